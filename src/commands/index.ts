@@ -1,0 +1,7 @@
+// Subcommands load lazily: `wanmig --version` does not pay for the NBD server.
+import type { CommandDef } from "citty";
+
+export const subCommands: Record<string, () => Promise<CommandDef<any>>> = {
+  serve: () => import("./serve.ts").then((m) => m.default as CommandDef<any>),
+  status: () => import("./status.ts").then((m) => m.default as CommandDef<any>),
+};

@@ -1,0 +1,39 @@
+import { defineCommand } from "citty";
+import { DiskService } from "../disk/disk-service.ts";
+import { parseEndpoint } from "../disk/nbd-server.ts";
+import { logger, setLogLevel } from "../log.ts";
+import { logArg, nameArg, runDirArg } from "./_shared.ts";
+
+export default defineCommand({
+  meta: { name: "serve", description: "Serve a VM's disk image over NBD, with record mode, throttling and fencing" },
+  args: {
+    image: { type: "string", description: "the disk image file (raw)", required: true, valueHint: "PATH" },
+    ...nameArg,
+    ...runDirArg,
+    nbd: { type: "string", description: "where to listen for NBD (default unix:DIR/NAME.nbd)", valueHint: "unix:PATH|tcp:HOST:PORT" },
+    "read-only": { type: "boolean", description: "refuse every write", default: false },
+    ...logArg,
+  },
+  async run({ args }) {
+    if (args.log) setLogLevel(args.log);
+    const log = logger("serve");
+    const svc = await DiskService.start({
+      image: args.image,
+      name: args.name,
+      runDir: args["run-dir"],
+      nbd: args.nbd ? parseEndpoint(args.nbd) : undefined,
+      readOnly: args["read-only"],
+      log,
+    });
+    // Runs until a signal: stop listening, close the image, remove our sockets.
+    await new Promise<void>((resolve) => {
+      const stop = (sig: string) => {
+        log.info(`${sig}: shutting down`);
+        svc.stop();
+        resolve();
+      };
+      process.once("SIGINT", () => stop("SIGINT"));
+      process.once("SIGTERM", () => stop("SIGTERM"));
+    });
+  },
+});

@@ -1,0 +1,80 @@
+// The control API of a `serve` (and of a `dest` once it serves): HTTP/1.1 on a unix
+// socket, so only local users with access to the socket file can use it. JSON in, JSON out.
+//
+//   GET  /v1/status     everything `wanmig status` prints
+//   POST /v1/record     {"action":"start"|"stop", "dir"?: path} -> recording state
+//   POST /v1/throttle   {"threshold"?, "delayUs"?, "maxDelayUs"?, "enabled"?} -> throttle state
+//   POST /v1/fence      {"fenced"?: true|false} -> fence state; false only before the point of no return
+
+import { existsSync, unlinkSync } from "node:fs";
+import { claimUnixPath } from "./nbd-server.ts";
+import type { DiskService } from "./disk-service.ts";
+import { validateThrottleParams } from "./throttle-policy.ts";
+
+export interface ControlApi {
+  stop(): void;
+}
+
+class BadRequest extends Error {}
+
+async function jsonBody(req: Request): Promise<Record<string, unknown>> {
+  const text = await req.text();
+  if (!text.trim()) return {};
+  try {
+    const v = JSON.parse(text);
+    if (v && typeof v === "object" && !Array.isArray(v)) return v as Record<string, unknown>;
+  } catch {}
+  throw new BadRequest("the body must be a JSON object");
+}
+
+async function route(req: Request, svc: DiskService): Promise<Response> {
+  const path = new URL(req.url).pathname;
+  const key = `${req.method} ${path}`;
+  switch (key) {
+    case "GET /v1/status":
+      return Response.json(svc.status());
+    case "POST /v1/record": {
+      const body = await jsonBody(req);
+      if (body.action === "start") return Response.json(svc.startRecording(typeof body.dir === "string" ? body.dir : undefined));
+      if (body.action === "stop") return Response.json(svc.stopRecording());
+      throw new BadRequest('action must be "start" or "stop"');
+    }
+    case "POST /v1/throttle": {
+      let params;
+      try {
+        params = validateThrottleParams(await jsonBody(req));
+      } catch (err) {
+        throw new BadRequest((err as Error).message);
+      }
+      return Response.json(svc.configureThrottle(params));
+    }
+    case "POST /v1/fence": {
+      const body = await jsonBody(req);
+      if (body.fenced === false) svc.unfence();
+      else svc.fence();
+      return Response.json(svc.status().fence);
+    }
+  }
+  return Response.json({ error: `no such endpoint: ${key}` }, { status: 404 });
+}
+
+export async function startControlApi(path: string, svc: DiskService): Promise<ControlApi> {
+  await claimUnixPath(path, "control socket");
+  const server = Bun.serve({
+    unix: path,
+    async fetch(req) {
+      try {
+        return await route(req, svc);
+      } catch (err) {
+        const status = err instanceof BadRequest ? 400 : 409;
+        return Response.json({ error: (err as Error).message }, { status });
+      }
+    },
+  });
+  return {
+    stop() {
+      server.stop(true);
+      if (existsSync(path)) unlinkSync(path);
+    },
+  };
+}

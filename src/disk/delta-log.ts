@@ -1,0 +1,248 @@
+// The delta log: every write completed in record mode, in the order it reached the image.
+//
+// File layout (all integers little-endian; the file is local, never sent as is):
+//
+//   file header, 64 bytes
+//     0   8  magic "WMDELTA1"
+//     8   4  format version (1)
+//    12   4  header length (64)
+//    16   8  sequence number of the first record
+//    24   8  image size in bytes when recording started
+//    32   8  creation time, ms since the epoch
+//    40  20  reserved, zero
+//    60   4  CRC-32 of bytes 0..60
+//
+//   records, back to back, each a 32-byte header and (for DATA) `length` bytes of data
+//     0   4  magic "WMDR"
+//     4   1  kind: 1 DATA (bytes follow), 2 ZERO (the range now reads as zeros)
+//     5   3  reserved, zero
+//     8   8  sequence number: the first record's, then +1 each, no gaps
+//    16   8  offset in the image
+//    24   4  length in bytes
+//    28   4  CRC-32 of bytes 0..28 followed by the data
+//
+// Why this shape: a reader can tail the file while `serve` appends to it. Each record is
+// written with one positional writev, so a reader sees either the whole record or a
+// short/garbled tail that it must re-read later; it never needs to ask the writer.
+// A tail that is still garbled once the writer has stopped is corruption.
+// TRIM is recorded as ZERO because our TRIM really zeros (we punch a hole), and replay
+// must reproduce the image byte for byte.
+
+import { closeSync, fstatSync, openSync, readSync, writevSync } from "node:fs";
+import { DeltaLogError } from "../errors.ts";
+
+const FILE_MAGIC = Buffer.from("WMDELTA1", "latin1");
+const RECORD_MAGIC = 0x52444d57; // "WMDR" read as little-endian u32
+export const FILE_HEADER_LEN = 64;
+export const RECORD_HEADER_LEN = 32;
+const FORMAT_VERSION = 1;
+/** A record can be no larger than one NBD request (32 MiB); anything larger is corruption. */
+const RECORD_MAX_DATA = 32 * 1024 * 1024;
+
+export const DeltaKind = { DATA: 1, ZERO: 2 } as const;
+export type DeltaKindValue = (typeof DeltaKind)[keyof typeof DeltaKind];
+
+export interface DeltaLogHeader {
+  firstSeq: bigint;
+  imageSize: number;
+  createdMs: number;
+}
+
+export interface DeltaRecord {
+  seq: bigint;
+  kind: DeltaKindValue;
+  offset: number;
+  length: number;
+  /** The written bytes for DATA; empty for ZERO. */
+  data: Uint8Array;
+  /** File offset just past this record: where a reader resumes. */
+  end: number;
+}
+
+function encodeFileHeader(h: DeltaLogHeader): Buffer {
+  const b = Buffer.alloc(FILE_HEADER_LEN);
+  FILE_MAGIC.copy(b, 0);
+  b.writeUInt32LE(FORMAT_VERSION, 8);
+  b.writeUInt32LE(FILE_HEADER_LEN, 12);
+  b.writeBigUInt64LE(h.firstSeq, 16);
+  b.writeBigUInt64LE(BigInt(h.imageSize), 24);
+  b.writeBigUInt64LE(BigInt(h.createdMs), 32);
+  b.writeUInt32LE(Bun.hash.crc32(b.subarray(0, 60)) >>> 0, 60);
+  return b;
+}
+
+function decodeFileHeader(b: Buffer, path: string): DeltaLogHeader {
+  if (!b.subarray(0, 8).equals(FILE_MAGIC)) throw new DeltaLogError(`${path} is not a wanmig delta log (bad magic)`);
+  const version = b.readUInt32LE(8);
+  if (version !== FORMAT_VERSION) throw new DeltaLogError(`${path}: delta log version ${version} is not supported (want ${FORMAT_VERSION})`);
+  if (b.readUInt32LE(60) !== Bun.hash.crc32(b.subarray(0, 60)) >>> 0) throw new DeltaLogError(`${path}: delta log header checksum mismatch`);
+  return {
+    firstSeq: b.readBigUInt64LE(16),
+    imageSize: Number(b.readBigUInt64LE(24)),
+    createdMs: Number(b.readBigUInt64LE(32)),
+  };
+}
+
+function recordChecksum(header: Buffer, data: Uint8Array): number {
+  return Bun.hash.crc32(data, Bun.hash.crc32(header.subarray(0, 28))) >>> 0;
+}
+
+/** Appends records. Used only by `serve`'s recording decorator, synchronously. */
+export class DeltaLogWriter {
+  private fd: number;
+  private position = FILE_HEADER_LEN;
+  private nextSeq: bigint;
+  records = 0;
+  bytes = 0;
+
+  constructor(
+    readonly path: string,
+    readonly header: DeltaLogHeader,
+  ) {
+    // "wx": never reuse a file a reader might still be following.
+    this.fd = openSync(path, "wx", 0o600);
+    const h = encodeFileHeader(header);
+    writevSync(this.fd, [h], 0);
+    this.nextSeq = header.firstSeq;
+  }
+
+  /** The sequence number the next record will get. */
+  get next(): bigint {
+    return this.nextSeq;
+  }
+
+  /** Appends one record and returns its sequence number. Throws if the log cannot be written. */
+  append(kind: DeltaKindValue, offset: number, length: number, data?: Uint8Array): bigint {
+    const payload = kind === DeltaKind.DATA ? data! : new Uint8Array(0);
+    const seq = this.nextSeq;
+    const h = Buffer.allocUnsafe(RECORD_HEADER_LEN);
+    h.writeUInt32LE(RECORD_MAGIC, 0);
+    h.writeUInt32LE(kind, 4); // kind byte plus three reserved zero bytes
+    h.writeBigUInt64LE(seq, 8);
+    h.writeBigUInt64LE(BigInt(offset), 16);
+    h.writeUInt32LE(length, 24);
+    h.writeUInt32LE(recordChecksum(h, payload), 28);
+    const total = RECORD_HEADER_LEN + payload.length;
+    let written = writevSync(this.fd, payload.length ? [h, payload] : [h], this.position);
+    // A short writev (rare: a signal, a nearly full disk) is finished by plain writes.
+    while (written < total) {
+      const rest = Buffer.concat([h, payload]).subarray(written);
+      const n = writevSync(this.fd, [rest], this.position + written);
+      if (n <= 0) throw new DeltaLogError(`${this.path}: short write`);
+      written += n;
+    }
+    this.position += total;
+    this.nextSeq = seq + 1n;
+    this.records++;
+    this.bytes += total;
+    return seq;
+  }
+
+  close(): void {
+    if (this.fd >= 0) closeSync(this.fd);
+    this.fd = -1;
+  }
+}
+
+/** Result of one read attempt at the reader's position. */
+export type ReadResult = DeltaRecord | "end";
+
+/**
+ * Reads a delta log from its start or from a saved position. `next()` returns "end" when
+ * the file holds no complete, valid record at the position yet (the writer may still be
+ * appending); `next({ final: true })` treats such a tail as corruption instead.
+ */
+export class DeltaLogReader {
+  readonly header: DeltaLogHeader;
+  private fd: number;
+  private expectSeq: bigint;
+  position: number;
+
+  constructor(
+    readonly path: string,
+    resume?: { position: number; nextSeq: bigint },
+  ) {
+    try {
+      this.fd = openSync(path, "r");
+    } catch (cause) {
+      throw new DeltaLogError(`cannot open delta log ${path}`, { cause });
+    }
+    const hb = Buffer.alloc(FILE_HEADER_LEN);
+    if (readSync(this.fd, hb, 0, FILE_HEADER_LEN, 0) !== FILE_HEADER_LEN) {
+      closeSync(this.fd);
+      throw new DeltaLogError(`${path}: delta log too short for its header`);
+    }
+    this.header = decodeFileHeader(hb, path);
+    this.position = resume?.position ?? FILE_HEADER_LEN;
+    this.expectSeq = resume?.nextSeq ?? this.header.firstSeq;
+  }
+
+  /** The sequence number the next record must carry. */
+  get nextSeq(): bigint {
+    return this.expectSeq;
+  }
+
+  next(opts: { final?: boolean } = {}): ReadResult {
+    const h = Buffer.alloc(RECORD_HEADER_LEN);
+    const got = readSync(this.fd, h, 0, RECORD_HEADER_LEN, this.position);
+    if (got === 0) return "end";
+    if (got < RECORD_HEADER_LEN) return this.incomplete(opts, "a truncated record header");
+    if (h.readUInt32LE(0) !== RECORD_MAGIC) return this.incomplete(opts, "a record without its magic");
+    const kind = h.readUInt8(4);
+    const length = h.readUInt32LE(24);
+    if (kind !== DeltaKind.DATA && kind !== DeltaKind.ZERO) return this.incomplete(opts, `an unknown record kind ${kind}`);
+    if (kind === DeltaKind.DATA && length > RECORD_MAX_DATA) return this.incomplete(opts, `a record of ${length} bytes`);
+    const data = Buffer.alloc(kind === DeltaKind.DATA ? length : 0);
+    if (data.length && readSync(this.fd, data, 0, data.length, this.position + RECORD_HEADER_LEN) < data.length)
+      return this.incomplete(opts, "a truncated record");
+    if (h.readUInt32LE(28) !== recordChecksum(h, data)) return this.incomplete(opts, "a record checksum mismatch");
+    const seq = h.readBigUInt64LE(8);
+    if (seq !== this.expectSeq)
+      throw new DeltaLogError(`${this.path}: sequence gap at byte ${this.position}: found ${seq}, expected ${this.expectSeq}`);
+    const offset = Number(h.readBigUInt64LE(16));
+    this.position += RECORD_HEADER_LEN + data.length;
+    this.expectSeq = seq + 1n;
+    return { seq, kind: kind as DeltaKindValue, offset, length, data, end: this.position };
+  }
+
+  /** Bytes in the file past the reader's position (complete or not). */
+  pendingBytes(): number {
+    return Math.max(0, fstatSync(this.fd).size - this.position);
+  }
+
+  close(): void {
+    if (this.fd >= 0) closeSync(this.fd);
+    this.fd = -1;
+  }
+
+  private incomplete(opts: { final?: boolean }, what: string): "end" {
+    if (opts.final) throw new DeltaLogError(`${this.path}: ${what} at byte ${this.position} (seq ${this.expectSeq})`);
+    return "end";
+  }
+}
+
+/** Applies one record to an image through a positional writer: the dest side and tests use it. */
+export interface DeltaTarget {
+  write(offset: number, data: Uint8Array): void;
+  zero(offset: number, length: number): void;
+}
+
+export function applyDelta(target: DeltaTarget, rec: DeltaRecord): void {
+  if (rec.kind === DeltaKind.DATA) target.write(rec.offset, rec.data);
+  else target.zero(rec.offset, rec.length);
+}
+
+/** Replays a whole, finished log onto a target; returns the number of records applied. */
+export function replayDeltaLog(path: string, target: DeltaTarget): number {
+  const reader = new DeltaLogReader(path);
+  try {
+    let n = 0;
+    for (let r = reader.next({ final: true }); r !== "end"; r = reader.next({ final: true })) {
+      applyDelta(target, r);
+      n++;
+    }
+    return n;
+  } finally {
+    reader.close();
+  }
+}

@@ -1,0 +1,534 @@
+// One NBD client connection: fixed-newstyle handshake, then pipelined requests.
+//
+// Structure after nbdkit's server/protocol.c: `validateRequest` is pure (range, flags,
+// read-only, each with its own message); `handleRequest` does the I/O. A rejected WRITE's
+// payload is drained so the stream stays in step, and the client gets an NBD error reply,
+// never a dropped connection. A malformed handshake ends this connection only.
+
+import type { Socket } from "bun";
+import { type BlockBackend, type MaybePromise, nbdErrorFor } from "./backend.ts";
+import {
+  allowedCmdFlags,
+  BLOCK_MAX,
+  BLOCK_MIN,
+  BLOCK_PREFERRED,
+  ClientFlag,
+  Cmd,
+  CmdFlag,
+  cmdName,
+  HandshakeFlag,
+  IHAVEOPT,
+  Info,
+  NBDMAGIC,
+  NbdErr,
+  Opt,
+  OPTION_HEADER_LEN,
+  OPTION_MAX_LEN,
+  OPTION_REPLY_MAGIC,
+  optName,
+  Rep,
+  REQUEST_HEADER_LEN,
+  REQUEST_MAGIC,
+  SIMPLE_REPLY_LEN,
+  SIMPLE_REPLY_MAGIC,
+  TransmissionFlag,
+} from "./nbd-protocol.ts";
+import { ByteQueue } from "../util/byte-queue.ts";
+import type { Logger } from "../log.ts";
+
+export interface NbdExport {
+  name: string;
+  description: string;
+  backend: BlockBackend;
+}
+
+/** What a connection needs from its server. */
+export interface ConnectionHost {
+  /** Looks up an export by the name the client asked for ("" means the default). */
+  findExport(name: string): NbdExport | undefined;
+  listExports(): NbdExport[];
+  /** Resolves when requests may be served; the destination holds them until consistent. */
+  gate(): Promise<void> | undefined;
+  stats: NbdStats;
+  log: Logger;
+}
+
+export interface NbdStats {
+  reads: number;
+  writes: number;
+  zeroes: number;
+  trims: number;
+  flushes: number;
+  bytesRead: number;
+  bytesWritten: number;
+  errors: number;
+}
+
+export function newStats(): NbdStats {
+  return { reads: 0, writes: 0, zeroes: 0, trims: 0, flushes: 0, bytesRead: 0, bytesWritten: 0, errors: 0 };
+}
+
+interface Request {
+  flags: number;
+  type: number;
+  cookie: Uint8Array; // 8 opaque bytes echoed back
+  offset: number;
+  length: number;
+}
+
+type Step =
+  | { kind: "clientFlags" }
+  | { kind: "optionHeader" }
+  | { kind: "optionData"; opt: number; length: number }
+  | { kind: "requestHeader" }
+  | { kind: "writePayload"; req: Request }
+  | { kind: "drain"; left: number }
+  | { kind: "done" };
+
+/** Backpressure: stop reading a client that does not read its replies. */
+const OUT_HIGH_WATER = 64 * 1024 * 1024;
+const OUT_LOW_WATER = 16 * 1024 * 1024;
+/** Requests being served at once per connection before we stop reading more. */
+const MAX_IN_FLIGHT = 512;
+
+class ProtocolViolation extends Error {}
+
+export class NbdConnection {
+  private inq = new ByteQueue();
+  private step: Step = { kind: "clientFlags" };
+  private noZeroes = false;
+  private export?: NbdExport;
+  private transmissionFlags = 0;
+  private outq: Uint8Array[] = [];
+  private outBytes = 0;
+  private inFlight = 0;
+  private paused = false;
+  private disconnecting = false;
+  closed = false;
+
+  constructor(
+    private readonly socket: Socket<unknown>,
+    private readonly host: ConnectionHost,
+    readonly peer: string,
+  ) {}
+
+  open(): void {
+    const b = Buffer.alloc(18);
+    b.writeBigUInt64BE(NBDMAGIC, 0);
+    b.writeBigUInt64BE(IHAVEOPT, 8);
+    b.writeUInt16BE(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES, 16);
+    this.send(b);
+  }
+
+  onData(chunk: Uint8Array): void {
+    this.inq.push(chunk);
+    this.process();
+  }
+
+  onDrain(): void {
+    while (this.outq.length > 0) {
+      const b = this.outq[0]!;
+      const n = this.socket.write(b);
+      if (n < 0) return this.onClose();
+      this.outBytes -= Math.max(n, 0);
+      if (n < b.length) {
+        this.outq[0] = b.subarray(n);
+        return;
+      }
+      this.outq.shift();
+    }
+    this.maybeResume();
+  }
+
+  onClose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.step = { kind: "done" };
+    this.outq = [];
+    if (this.inFlight > 0 || this.inq.length > 0)
+      this.host.log.info(`client ${this.peer} went away with ${this.inFlight} request(s) in flight`);
+  }
+
+  private process(): void {
+    try {
+      while (!this.closed && !this.paused) {
+        if (!this.stepOnce()) break;
+      }
+    } catch (err) {
+      if (err instanceof ProtocolViolation) {
+        this.host.log.warn(`client ${this.peer}: ${err.message}; closing this connection`);
+      } else {
+        this.host.log.error(`client ${this.peer}: unexpected error, closing this connection:`, err);
+      }
+      this.hangUp();
+    }
+  }
+
+  /** Advances the parser by one unit; false when more bytes are needed. */
+  private stepOnce(): boolean {
+    const q = this.inq;
+    const s = this.step;
+    switch (s.kind) {
+      case "clientFlags": {
+        if (q.length < 4) return false;
+        const flags = Buffer.from(q.take(4)).readUInt32BE(0);
+        if (flags & ~(ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES))
+          throw new ProtocolViolation(`unknown client flags 0x${flags.toString(16)}`);
+        if (!(flags & ClientFlag.FIXED_NEWSTYLE)) throw new ProtocolViolation("client does not speak fixed newstyle");
+        this.noZeroes = (flags & ClientFlag.NO_ZEROES) !== 0;
+        this.step = { kind: "optionHeader" };
+        return true;
+      }
+      case "optionHeader": {
+        if (q.length < OPTION_HEADER_LEN) return false;
+        const h = Buffer.from(q.take(OPTION_HEADER_LEN));
+        if (h.readBigUInt64BE(0) !== IHAVEOPT) throw new ProtocolViolation("option without the IHAVEOPT magic");
+        const opt = h.readUInt32BE(8);
+        const length = h.readUInt32BE(12);
+        if (length > OPTION_MAX_LEN) throw new ProtocolViolation(`option ${optName(opt)} of ${length} bytes is too large`);
+        this.step = { kind: "optionData", opt, length };
+        return true;
+      }
+      case "optionData": {
+        if (q.length < s.length) return false;
+        const data = Buffer.from(q.take(s.length));
+        this.step = { kind: "optionHeader" };
+        this.handleOption(s.opt, data);
+        return true;
+      }
+      case "requestHeader": {
+        if (this.inFlight >= MAX_IN_FLIGHT) {
+          this.pauseReading();
+          return false;
+        }
+        if (q.length < REQUEST_HEADER_LEN) return false;
+        const req = parseRequest(q.take(REQUEST_HEADER_LEN));
+        this.onRequest(req);
+        return true;
+      }
+      case "writePayload": {
+        if (q.length < s.req.length) return false;
+        const data = q.take(s.req.length);
+        this.step = { kind: "requestHeader" };
+        this.serve(s.req, data);
+        return true;
+      }
+      case "drain": {
+        const n = q.skip(s.left);
+        if (n === 0) return false;
+        s.left -= n;
+        if (s.left === 0) this.step = { kind: "requestHeader" };
+        return true;
+      }
+      case "done":
+        if (q.length > 0) q.skip(q.length);
+        return false;
+    }
+  }
+
+  // ---- handshake -------------------------------------------------------------------
+
+  private handleOption(opt: number, data: Buffer): void {
+    switch (opt) {
+      case Opt.EXPORT_NAME: {
+        const ex = this.host.findExport(data.toString("utf8"));
+        // EXPORT_NAME has no error reply: the only way to refuse is to hang up.
+        if (!ex) throw new ProtocolViolation(`unknown export ${JSON.stringify(data.toString("utf8"))}`);
+        this.enterTransmission(ex);
+        const b = Buffer.alloc(this.noZeroes ? 10 : 134);
+        b.writeBigUInt64BE(BigInt(ex.backend.size), 0);
+        b.writeUInt16BE(this.transmissionFlags, 8);
+        this.send(b);
+        return;
+      }
+      case Opt.ABORT:
+        this.sendOptionReply(opt, Rep.ACK);
+        this.hangUp();
+        return;
+      case Opt.LIST: {
+        if (data.length !== 0) return this.sendOptionError(opt, Rep.ERR_INVALID, "LIST takes no data");
+        for (const ex of this.host.listExports()) {
+          const name = Buffer.from(ex.name, "utf8");
+          const b = Buffer.alloc(4 + name.length);
+          b.writeUInt32BE(name.length, 0);
+          name.copy(b, 4);
+          this.sendOptionReply(opt, Rep.SERVER, b);
+        }
+        this.sendOptionReply(opt, Rep.ACK);
+        return;
+      }
+      case Opt.INFO:
+      case Opt.GO:
+        return this.handleInfoOrGo(opt, data);
+      default:
+        this.host.log.debug(`client ${this.peer}: option ${optName(opt)} not supported`);
+        this.sendOptionError(opt, Rep.ERR_UNSUP, `option ${optName(opt)} is not supported`);
+    }
+  }
+
+  private handleInfoOrGo(opt: number, data: Buffer): void {
+    if (data.length < 6) return this.sendOptionError(opt, Rep.ERR_INVALID, "truncated request");
+    const nameLen = data.readUInt32BE(0);
+    if (4 + nameLen + 2 > data.length) return this.sendOptionError(opt, Rep.ERR_INVALID, "name length past the data");
+    const name = data.subarray(4, 4 + nameLen).toString("utf8");
+    const nreq = data.readUInt16BE(4 + nameLen);
+    if (data.length !== 4 + nameLen + 2 + 2 * nreq)
+      return this.sendOptionError(opt, Rep.ERR_INVALID, "information request count does not match the length");
+    const requested = new Set<number>();
+    for (let i = 0; i < nreq; i++) requested.add(data.readUInt16BE(6 + nameLen + 2 * i));
+    const ex = this.host.findExport(name);
+    if (!ex) return this.sendOptionError(opt, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(name)}`);
+
+    const flags = transmissionFlagsFor(ex);
+    const info = Buffer.alloc(12);
+    info.writeUInt16BE(Info.EXPORT, 0);
+    info.writeBigUInt64BE(BigInt(ex.backend.size), 2);
+    info.writeUInt16BE(flags, 10);
+    this.sendOptionReply(opt, Rep.INFO, info);
+    if (requested.has(Info.NAME)) {
+      const n = Buffer.from(ex.name, "utf8");
+      this.sendOptionReply(opt, Rep.INFO, Buffer.concat([u16(Info.NAME), n]));
+    }
+    if (requested.has(Info.DESCRIPTION) && ex.description) {
+      this.sendOptionReply(opt, Rep.INFO, Buffer.concat([u16(Info.DESCRIPTION), Buffer.from(ex.description, "utf8")]));
+    }
+    // Always safe to send: a 1-byte minimum imposes nothing on the client.
+    const bs = Buffer.alloc(14);
+    bs.writeUInt16BE(Info.BLOCK_SIZE, 0);
+    bs.writeUInt32BE(BLOCK_MIN, 2);
+    bs.writeUInt32BE(BLOCK_PREFERRED, 6);
+    bs.writeUInt32BE(BLOCK_MAX, 10);
+    this.sendOptionReply(opt, Rep.INFO, bs);
+    this.sendOptionReply(opt, Rep.ACK);
+    if (opt === Opt.GO) this.enterTransmission(ex);
+  }
+
+  private enterTransmission(ex: NbdExport): void {
+    this.export = ex;
+    this.transmissionFlags = transmissionFlagsFor(ex);
+    this.step = { kind: "requestHeader" };
+    this.host.log.debug(`client ${this.peer}: serving export ${JSON.stringify(ex.name)}`);
+  }
+
+  private sendOptionReply(opt: number, type: number, data: Uint8Array = new Uint8Array(0)): void {
+    const h = Buffer.alloc(20);
+    h.writeBigUInt64BE(OPTION_REPLY_MAGIC, 0);
+    h.writeUInt32BE(opt, 8);
+    h.writeUInt32BE(type, 12);
+    h.writeUInt32BE(data.length, 16);
+    this.send(data.length ? Buffer.concat([h, data]) : h);
+  }
+
+  private sendOptionError(opt: number, type: number, message: string): void {
+    this.sendOptionReply(opt, type, Buffer.from(message, "utf8"));
+  }
+
+  // ---- transmission ----------------------------------------------------------------
+
+  private onRequest(req: Request): void {
+    const problem = this.validateRequest(req);
+    if (problem) {
+      this.host.stats.errors++;
+      this.host.log.info(`client ${this.peer}: ${cmdName(req.type)} offset=${req.offset} length=${req.length}: ${problem.message}`);
+      this.reply(req.cookie, problem.error);
+      if (req.type === Cmd.WRITE) this.step = req.length > 0 ? { kind: "drain", left: req.length } : this.step;
+      return;
+    }
+    if (req.type === Cmd.WRITE) {
+      this.step = { kind: "writePayload", req };
+      return;
+    }
+    if (req.type === Cmd.DISC) {
+      this.disconnecting = true;
+      this.step = { kind: "done" };
+      this.maybeFinishDisconnect();
+      return;
+    }
+    this.serve(req);
+  }
+
+  /** Read-only checks; the first problem found is what the client is told. */
+  private validateRequest(req: Request): { error: number; message: string } | undefined {
+    const ex = this.export!;
+    const size = ex.backend.size;
+    const allowed = allowedCmdFlags[req.type];
+    if (allowed === undefined) return { error: NbdErr.EINVAL, message: `unknown command ${req.type}` };
+    if (req.flags & ~allowed) return { error: NbdErr.EINVAL, message: `flags 0x${req.flags.toString(16)} not valid here` };
+    const isWrite = req.type === Cmd.WRITE || req.type === Cmd.TRIM || req.type === Cmd.WRITE_ZEROES;
+    if (req.type === Cmd.FLUSH || req.type === Cmd.DISC) return undefined;
+    if (isWrite && ex.backend.readOnly) return { error: NbdErr.EPERM, message: "the export is read-only" };
+    if ((req.type === Cmd.READ || req.type === Cmd.WRITE) && req.length === 0)
+      return { error: NbdErr.EINVAL, message: "zero-length request" };
+    if ((req.type === Cmd.READ || req.type === Cmd.WRITE) && req.length > BLOCK_MAX)
+      return { error: NbdErr.EINVAL, message: `request larger than the ${BLOCK_MAX}-byte maximum` };
+    if (req.offset + req.length > size)
+      return {
+        error: isWrite ? NbdErr.ENOSPC : NbdErr.EINVAL,
+        message: `range ends at ${req.offset + req.length}, past the end of the ${size}-byte export`,
+      };
+    return undefined;
+  }
+
+  private serve(req: Request, payload?: Uint8Array): void {
+    const gate = this.host.gate();
+    if (gate) {
+      // Held until the image is consistent; the payload view must outlive this callback.
+      const kept = payload ? Uint8Array.from(payload) : undefined;
+      this.track(gate.then(() => this.execute(req, kept)), req);
+      return;
+    }
+    let result: MaybePromise<void>;
+    try {
+      result = this.execute(req, payload);
+    } catch (err) {
+      this.fail(req, err);
+      return;
+    }
+    if (result instanceof Promise) this.track(result, req);
+  }
+
+  /** Performs one validated request; replies itself when synchronous, else returns a promise that does. */
+  private execute(req: Request, payload?: Uint8Array): MaybePromise<void> {
+    const be = this.export!.backend;
+    const stats = this.host.stats;
+    const fua = (req.flags & CmdFlag.FUA) !== 0;
+    switch (req.type) {
+      case Cmd.READ: {
+        const out = Buffer.allocUnsafe(SIMPLE_REPLY_LEN + req.length);
+        be.read(req.offset, out.subarray(SIMPLE_REPLY_LEN));
+        writeReplyHeader(out, req.cookie, 0);
+        stats.reads++;
+        stats.bytesRead += req.length;
+        this.send(out);
+        return;
+      }
+      case Cmd.WRITE:
+        stats.writes++;
+        stats.bytesWritten += req.length;
+        return this.completion(req, be.write(req.offset, payload!, fua));
+      case Cmd.WRITE_ZEROES:
+        stats.zeroes++;
+        return this.completion(req, be.zero(req.offset, req.length, fua, (req.flags & CmdFlag.NO_HOLE) === 0));
+      case Cmd.TRIM:
+        stats.trims++;
+        return this.completion(req, be.trim(req.offset, req.length, fua));
+      case Cmd.FLUSH:
+        stats.flushes++;
+        return this.completion(req, be.flush());
+    }
+  }
+
+  private completion(req: Request, r: MaybePromise<void>): MaybePromise<void> {
+    if (r instanceof Promise) return r.then(() => this.reply(req.cookie, 0));
+    this.reply(req.cookie, 0);
+  }
+
+  private track(p: Promise<void>, req: Request): void {
+    this.inFlight++;
+    p.catch((err) => this.fail(req, err)).finally(() => {
+      this.inFlight--;
+      this.maybeResume();
+      this.maybeFinishDisconnect();
+    });
+  }
+
+  private fail(req: Request, err: unknown): void {
+    const code = nbdErrorFor(err);
+    this.host.stats.errors++;
+    const msg = err instanceof Error ? err.message : String(err);
+    // Refusals by design (fence, read-only) are expected during a migration; I/O errors are not.
+    if (code === NbdErr.EPERM) this.host.log.debug(`client ${this.peer}: ${cmdName(req.type)} refused: ${msg}`);
+    else this.host.log.warn(`client ${this.peer}: ${cmdName(req.type)} offset=${req.offset} length=${req.length} failed: ${msg}`);
+    this.reply(req.cookie, code);
+  }
+
+  private reply(cookie: Uint8Array, error: number): void {
+    const b = Buffer.allocUnsafe(SIMPLE_REPLY_LEN);
+    writeReplyHeader(b, cookie, error);
+    this.send(b);
+  }
+
+  private maybeFinishDisconnect(): void {
+    if (this.disconnecting && this.inFlight === 0 && !this.closed) {
+      this.host.log.debug(`client ${this.peer}: disconnected cleanly`);
+      this.socket.end();
+    }
+  }
+
+  // ---- output and flow control --------------------------------------------------------
+
+  private send(b: Uint8Array): void {
+    if (this.closed) return;
+    if (this.outq.length > 0) {
+      this.outq.push(b);
+      this.outBytes += b.length;
+    } else {
+      const n = this.socket.write(b);
+      if (n < 0) return;
+      if (n < b.length) {
+        this.outq.push(b.subarray(n));
+        this.outBytes += b.length - n;
+      }
+    }
+    if (this.outBytes > OUT_HIGH_WATER) this.pauseReading();
+  }
+
+  private pauseReading(): void {
+    if (this.paused) return;
+    this.paused = true;
+    this.socket.pause();
+  }
+
+  private maybeResume(): void {
+    if (!this.paused || this.closed) return;
+    if (this.outBytes > OUT_LOW_WATER || this.inFlight >= MAX_IN_FLIGHT) return;
+    this.paused = false;
+    this.socket.resume();
+    this.process();
+  }
+
+  private hangUp(): void {
+    this.step = { kind: "done" };
+    this.socket.end();
+  }
+}
+
+function parseRequest(b: Uint8Array): Request {
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  if (v.getUint32(0) !== REQUEST_MAGIC) throw new ProtocolViolation("request without the request magic");
+  const hi = v.getUint32(16);
+  const lo = v.getUint32(20);
+  return {
+    flags: v.getUint16(4),
+    type: v.getUint16(6),
+    cookie: b.slice(8, 16),
+    // Offsets past 2^53 cannot be exact in a number; they are past any export anyway.
+    offset: hi >= 0x200000 ? Number.MAX_SAFE_INTEGER : hi * 0x100000000 + lo,
+    length: v.getUint32(24),
+  };
+}
+
+function writeReplyHeader(out: Buffer, cookie: Uint8Array, error: number): void {
+  out.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
+  out.writeUInt32BE(error, 4);
+  out.set(cookie, 8);
+}
+
+function transmissionFlagsFor(ex: NbdExport): number {
+  let f =
+    TransmissionFlag.HAS_FLAGS |
+    TransmissionFlag.SEND_FLUSH |
+    TransmissionFlag.SEND_FUA |
+    TransmissionFlag.SEND_TRIM |
+    TransmissionFlag.SEND_WRITE_ZEROES |
+    // Safe: all connections share one file descriptor, so a flush covers them all.
+    TransmissionFlag.CAN_MULTI_CONN;
+  if (ex.backend.readOnly) f |= TransmissionFlag.READ_ONLY;
+  return f;
+}
+
+function u16(v: number): Buffer {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(v, 0);
+  return b;
+}

@@ -1,0 +1,131 @@
+// The NBD listener: unix or TCP socket, many clients at once, one export.
+
+import type { Socket, SocketListener } from "bun";
+import { existsSync, unlinkSync } from "node:fs";
+import { type ConnectionHost, NbdConnection, type NbdExport, type NbdStats, newStats } from "./nbd-connection.ts";
+import type { Logger } from "../log.ts";
+import { ServeError } from "../errors.ts";
+
+export type Endpoint = { kind: "unix"; path: string } | { kind: "tcp"; host: string; port: number };
+
+export function parseEndpoint(spec: string): Endpoint {
+  if (spec.startsWith("unix:")) return { kind: "unix", path: spec.slice(5) };
+  if (spec.startsWith("/")) return { kind: "unix", path: spec };
+  const m = /^tcp:(.*):(\d+)$/.exec(spec);
+  if (m) {
+    const host = m[1]!.replace(/^\[(.*)\]$/, "$1");
+    const port = Number(m[2]);
+    if (port <= 65535) return { kind: "tcp", host, port };
+  }
+  throw new ServeError(`cannot parse endpoint ${JSON.stringify(spec)}`, {
+    hint: "use unix:/path/to/socket or tcp:HOST:PORT",
+    exitCode: 2,
+  });
+}
+
+export function formatEndpoint(e: Endpoint): string {
+  return e.kind === "unix" ? `unix:${e.path}` : `tcp:${e.host.includes(":") ? `[${e.host}]` : e.host}:${e.port}`;
+}
+
+/**
+ * A unix socket path that exists may belong to a live server (refuse: the name is
+ * served already) or be left over from a crash (remove it).
+ */
+export async function claimUnixPath(path: string, what: string): Promise<void> {
+  if (!existsSync(path)) return;
+  const alive = await Bun.connect({ unix: path, socket: { data() {}, open(s) { s.end(); } } }).then(
+    () => true,
+    () => false,
+  );
+  if (alive) throw new ServeError(`${what} ${path} is in use by a running server`, { hint: "is this name already served on this host? see `wanmig status`" });
+  unlinkSync(path);
+}
+
+interface SocketData {
+  conn?: NbdConnection;
+}
+
+export class NbdServer implements ConnectionHost {
+  readonly stats: NbdStats = newStats();
+  private listener?: SocketListener<SocketData>;
+  private readonly connections = new Set<NbdConnection>();
+  private holdUntil?: Promise<void>;
+  totalConnections = 0;
+
+  constructor(
+    private readonly exp: NbdExport,
+    readonly log: Logger,
+  ) {}
+
+  get clients(): number {
+    return this.connections.size;
+  }
+
+  findExport(name: string): NbdExport | undefined {
+    return name === "" || name === this.exp.name ? this.exp : undefined;
+  }
+
+  listExports(): NbdExport[] {
+    return [this.exp];
+  }
+
+  gate(): Promise<void> | undefined {
+    return this.holdUntil;
+  }
+
+  /** Holds every request until `release` resolves (the destination, before it is consistent). */
+  hold(release: Promise<void>): void {
+    const held = release.finally(() => {
+      if (this.holdUntil === held) this.holdUntil = undefined;
+    });
+    this.holdUntil = held;
+  }
+
+  async listen(endpoint: Endpoint): Promise<void> {
+    const handlers = {
+      open: (s: Socket<SocketData>) => {
+        const peer = endpoint.kind === "unix" ? `unix#${++this.totalConnections}` : `${s.remoteAddress}#${++this.totalConnections}`;
+        const conn = new NbdConnection(s as Socket<unknown>, this, peer);
+        s.data = { conn };
+        this.connections.add(conn);
+        if (endpoint.kind === "tcp") s.setNoDelay(true);
+        conn.open();
+      },
+      data: (s: Socket<SocketData>, chunk: Uint8Array) => s.data.conn?.onData(chunk),
+      drain: (s: Socket<SocketData>) => s.data.conn?.onDrain(),
+      close: (s: Socket<SocketData>) => this.dropConnection(s),
+      error: (s: Socket<SocketData>, err: Error) => {
+        this.log.debug(`socket error: ${err.message}`);
+        this.dropConnection(s);
+      },
+    };
+    try {
+      if (endpoint.kind === "unix") {
+        await claimUnixPath(endpoint.path, "NBD socket");
+        this.listener = Bun.listen<SocketData>({ unix: endpoint.path, socket: handlers, data: {} });
+      } else {
+        this.listener = Bun.listen<SocketData>({ hostname: endpoint.host, port: endpoint.port, socket: handlers, data: {} });
+      }
+    } catch (cause) {
+      if (cause instanceof ServeError) throw cause;
+      throw new ServeError(`cannot listen for NBD on ${formatEndpoint(endpoint)}`, { cause });
+    }
+  }
+
+  /** The port actually bound (useful with tcp port 0). */
+  get port(): number | undefined {
+    return this.listener && "port" in this.listener ? (this.listener.port as number) : undefined;
+  }
+
+  stop(): void {
+    this.listener?.stop(true);
+    this.listener = undefined;
+  }
+
+  private dropConnection(s: Socket<SocketData>): void {
+    const conn = s.data?.conn;
+    if (!conn) return;
+    conn.onClose();
+    this.connections.delete(conn);
+  }
+}

@@ -1,0 +1,84 @@
+// Enforcement of write throttling in the block path. While the policy asks for no delay
+// and nothing is queued, a write passes straight through (synchronously). Otherwise it
+// joins a FIFO queue and is applied at max(arrival + delay, previous write's turn): every
+// write waits its delay, writes still overlap in time, and they reach the image in the
+// order they arrived, so throttling never reorders writes.
+
+import { BackendDecorator, type BlockBackend, type MaybePromise } from "./backend.ts";
+import type { ThrottlePolicy } from "./throttle-policy.ts";
+
+export class ThrottlingBackend extends BackendDecorator {
+  /** Count writes only while recording: the paper throttles a migration, not a VM. */
+  counting = false;
+  delayedWrites = 0;
+  totalDelayMs = 0;
+  private queued = 0;
+  private tail: Promise<unknown> = Promise.resolve();
+  private lastTurn = 0;
+
+  constructor(
+    inner: BlockBackend,
+    readonly policy: ThrottlePolicy,
+  ) {
+    super(inner);
+  }
+
+  get queueLength(): number {
+    return this.queued;
+  }
+
+  override write(offset: number, data: Uint8Array, fua: boolean): MaybePromise<void> {
+    // The payload may be a view into a socket buffer: keep our own copy if we wait.
+    return this.admit(
+      () => this.inner.write(offset, data, fua),
+      () => {
+        const copy = data.slice();
+        return () => this.inner.write(offset, copy, fua);
+      },
+    );
+  }
+  override zero(offset: number, length: number, fua: boolean, mayPunch: boolean): MaybePromise<void> {
+    return this.admit(() => this.inner.zero(offset, length, fua, mayPunch));
+  }
+  override trim(offset: number, length: number, fua: boolean): MaybePromise<void> {
+    return this.admit(() => this.inner.trim(offset, length, fua));
+  }
+
+  /** `now` applies at once; `later` prepares an apply that is safe to run after this call. */
+  private admit(now: () => MaybePromise<void>, later: () => () => MaybePromise<void> = () => now): MaybePromise<void> {
+    const delayUs = this.counting ? this.policy.delayUs() : 0;
+    if (delayUs === 0 && this.queued === 0) {
+      const r = now();
+      this.counted();
+      return r;
+    }
+    return this.enqueue(later(), delayUs);
+  }
+
+  private counted(): void {
+    if (this.counting) this.policy.onWriteCompleted();
+  }
+
+  private enqueue(apply: () => MaybePromise<void>, delayUs: number): Promise<void> {
+    const arrival = performance.now();
+    const turn = Math.max(arrival + delayUs / 1000, this.lastTurn);
+    this.lastTurn = turn;
+    this.queued++;
+    if (delayUs > 0) this.delayedWrites++;
+    // The queue waits for each write to be applied, not for its FUA flush.
+    const applied = this.tail.then(async () => {
+      const wait = turn - performance.now();
+      if (wait > 0) await Bun.sleep(wait);
+      this.totalDelayMs += performance.now() - arrival;
+      try {
+        const result = apply();
+        this.counted();
+        return { result };
+      } finally {
+        this.queued--;
+      }
+    });
+    this.tail = applied.catch(() => undefined);
+    return applied.then(({ result }) => result);
+  }
+}

@@ -1,0 +1,84 @@
+#!/usr/bin/env bun
+// Entry point: the command tree, and the one place where the process exits.
+// citty would exit 1 for every failure; runbooks need to tell a usage error from a
+// migration that aborted safely, so errors map to the documented table in errors.ts.
+
+import { type CommandDef, defineCommand, renderUsage, runCommand } from "citty";
+import pkg from "../package.json" with { type: "json" };
+import { subCommands } from "./commands/index.ts";
+import { describeError, ExitCode, exitCodeOf, renderExitCodeTable, UsageError } from "./errors.ts";
+
+export const VERSION: string = pkg.version;
+
+const main = defineCommand({
+  meta: {
+    name: "wanmig",
+    version: VERSION,
+    description: "Live migration of a VM with its local disk and open connections, over LAN or WAN",
+  },
+  subCommands,
+});
+
+/** The deepest command named by the leading words of argv, with its parent (for usage). */
+async function resolveCommand(rawArgs: string[]): Promise<[CommandDef<any>, CommandDef<any> | undefined]> {
+  let cmd: CommandDef<any> = main;
+  let parent: CommandDef<any> | undefined;
+  for (const word of rawArgs) {
+    if (word.startsWith("-")) break;
+    const subs = (typeof cmd.subCommands === "function" ? await cmd.subCommands() : await cmd.subCommands) as
+      | Record<string, CommandDef<any> | (() => Promise<CommandDef<any>>)>
+      | undefined;
+    const next = subs?.[word];
+    if (!next) break;
+    parent = cmd;
+    cmd = typeof next === "function" ? await next() : next;
+  }
+  return [cmd, parent];
+}
+
+function stripAnsi(s: string): string {
+  return s.replace(/\x1b\[[0-9;]*m/g, "");
+}
+
+/** citty ignores flags it does not know; a typo in a runbook must fail loudly instead. */
+async function rejectUnknownFlags(rawArgs: string[]): Promise<void> {
+  const [cmd] = await resolveCommand(rawArgs);
+  const defs = (typeof cmd.args === "function" ? await cmd.args() : await cmd.args) ?? {};
+  const known = new Set<string>();
+  for (const [name, def] of Object.entries(defs as Record<string, { alias?: string | string[]; type?: string }>)) {
+    known.add(name);
+    for (const a of [def.alias ?? []].flat()) known.add(a);
+    if (def.type === "boolean") known.add(`no-${name}`);
+  }
+  for (const word of rawArgs) {
+    if (word === "--") break;
+    const m = /^--?([^=]+)/.exec(word);
+    if (m && !/^-\d/.test(word) && !known.has(m[1]!)) throw new UsageError(`unknown option ${word.split("=")[0]}`);
+  }
+}
+
+async function run(rawArgs: string[]): Promise<number> {
+  if (rawArgs.length === 1 && (rawArgs[0] === "--version" || rawArgs[0] === "-v")) {
+    process.stdout.write(`wanmig ${VERSION}\n`);
+    return ExitCode.ok;
+  }
+  if (rawArgs.length === 0 || rawArgs.includes("--help") || rawArgs.includes("-h")) {
+    const [cmd, parent] = await resolveCommand(rawArgs);
+    const usage = `${await renderUsage(cmd, parent)}\n\n${renderExitCodeTable()}\n`;
+    process.stdout.write(process.stdout.isTTY ? usage : stripAnsi(usage));
+    return rawArgs.length === 0 ? ExitCode.usage : ExitCode.ok;
+  }
+  try {
+    await rejectUnknownFlags(rawArgs);
+    await runCommand(main, { rawArgs });
+    return ExitCode.ok;
+  } catch (err) {
+    const code = exitCodeOf(err);
+    process.stderr.write(`wanmig: ${describeError(err)}\n`);
+    if (code === ExitCode.usage) process.stderr.write("Run `wanmig --help` or `wanmig COMMAND --help` for usage.\n");
+    if (code === ExitCode.internal && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
+    return code;
+  }
+}
+
+process.exitCode = await run(process.argv.slice(2));

@@ -1,0 +1,60 @@
+// Bytes received from a stream socket, consumed in protocol-sized pieces.
+// `take` returns a view into the received chunk when the piece lies inside one chunk
+// (the common case for headers and small writes), so no copy is made; callers that keep
+// a piece past the current callback must copy it themselves.
+
+export class ByteQueue {
+  private chunks: Uint8Array[] = [];
+  private head = 0; // read position inside chunks[0]
+  length = 0;
+
+  push(chunk: Uint8Array): void {
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+  }
+
+  /** Removes and returns the next `n` bytes; the caller checked `length >= n`. */
+  take(n: number): Uint8Array {
+    if (n === 0) return new Uint8Array(0);
+    const first = this.chunks[0]!;
+    const avail = first.length - this.head;
+    if (n <= avail) {
+      const out = first.subarray(this.head, this.head + n);
+      this.advance(n);
+      return out;
+    }
+    const out = new Uint8Array(n);
+    let filled = 0;
+    while (filled < n) {
+      const c = this.chunks[0]!;
+      const k = Math.min(c.length - this.head, n - filled);
+      out.set(c.subarray(this.head, this.head + k), filled);
+      filled += k;
+      this.advance(k);
+    }
+    return out;
+  }
+
+  /** Discards up to `n` bytes and returns how many were discarded. */
+  skip(n: number): number {
+    const k = Math.min(n, this.length);
+    let left = k;
+    while (left > 0) {
+      const c = this.chunks[0]!;
+      const step = Math.min(c.length - this.head, left);
+      this.advance(step);
+      left -= step;
+    }
+    return k;
+  }
+
+  private advance(n: number): void {
+    this.head += n;
+    this.length -= n;
+    if (this.head === this.chunks[0]!.length) {
+      this.chunks.shift();
+      this.head = 0;
+    }
+  }
+}
