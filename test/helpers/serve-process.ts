@@ -1,0 +1,88 @@
+// Starts `wanmig serve` as a real process, the way an operator does, and waits until its
+// control socket answers.
+import type { Subprocess } from "bun";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ControlClient } from "../../src/disk/control-client.ts";
+
+export const REPO = join(import.meta.dir, "..", "..");
+export const MAIN = join(REPO, "src", "main.ts");
+
+export function tempDir(prefix = "wanmig-test-"): { path: string; remove(): void } {
+  const path = mkdtempSync(join(tmpdir(), prefix));
+  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** Runs the wanmig CLI (from source) to completion. */
+export async function wanmig(args: string[], opts: { env?: Record<string, string> } = {}) {
+  const p = Bun.spawn([process.execPath, MAIN, ...args], { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...opts.env } });
+  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  return { stdout, stderr, code };
+}
+
+export interface ServeHandle {
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  runDir: string;
+  name: string;
+  socket: string;
+  uri: string;
+  ctl: ControlClient;
+  stderr(): string;
+  stop(): Promise<number>;
+}
+
+export async function startServe(opts: { image: string; runDir: string; name?: string; args?: string[] }): Promise<ServeHandle> {
+  const name = opts.name ?? "vm";
+  const proc = Bun.spawn([process.execPath, MAIN, "serve", "--image", opts.image, "--name", name, "--run-dir", opts.runDir, ...(opts.args ?? [])], {
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  let err = "";
+  (async () => {
+    for await (const chunk of proc.stderr) err += new TextDecoder().decode(chunk);
+  })();
+  const ctl = new ControlClient(join(opts.runDir, `${name}.ctl`));
+  const socket = join(opts.runDir, `${name}.nbd`);
+  for (let i = 0; ; i++) {
+    try {
+      await ctl.status();
+      if (existsSync(socket)) break;
+    } catch {}
+    if (proc.exitCode !== null) throw new Error(`serve exited ${proc.exitCode}: ${err}`);
+    if (i > 200) throw new Error(`serve did not come up: ${err}`);
+    await Bun.sleep(25);
+  }
+  return {
+    proc,
+    runDir: opts.runDir,
+    name,
+    socket,
+    uri: `nbd+unix:///?socket=${socket}`,
+    ctl,
+    stderr: () => err,
+    async stop() {
+      proc.kill("SIGTERM");
+      return proc.exited;
+    },
+  };
+}
+
+/** Runs an external tool and returns its output; throws with stderr on failure. */
+export async function sh(argv: string[], opts: { allowFail?: boolean; env?: Record<string, string> } = {}) {
+  const p = Bun.spawn(argv, { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...opts.env } });
+  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  if (code !== 0 && !opts.allowFail) throw new Error(`${argv.join(" ")} exited ${code}\n${stderr}\n${stdout}`);
+  return { stdout, stderr, code };
+}
+
+export async function randomFile(path: string, bytes: number): Promise<void> {
+  const buf = new Uint8Array(bytes);
+  for (let off = 0; off < bytes; off += 65536) crypto.getRandomValues(buf.subarray(off, Math.min(off + 65536, bytes)));
+  await Bun.write(path, buf);
+}
+
+export async function sparseFile(path: string, bytes: number): Promise<void> {
+  await sh(["truncate", "-s", String(bytes), path]);
+}
