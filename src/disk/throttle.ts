@@ -67,8 +67,8 @@ export class ThrottlingBackend extends BackendDecorator {
     if (delayUs > 0) this.delayedWrites++;
     // The queue waits for each write to be applied, not for its FUA flush.
     const applied = this.tail.then(async () => {
-      const wait = turn - performance.now();
-      if (wait > 0) await Bun.sleep(wait);
+      // Timers may fire a little early; a delay is a promise of *at least* that long.
+      for (let wait = turn - performance.now(); wait > 0; wait = turn - performance.now()) await Bun.sleep(Math.ceil(wait));
       this.totalDelayMs += performance.now() - arrival;
       try {
         const result = apply();
