@@ -145,7 +145,7 @@ export class NbdConnection {
     this.closed = true;
     this.step = { kind: "done" };
     this.outq = [];
-    if (this.inFlight > 0 || this.inq.length > 0)
+    if (this.inFlight > 0)
       this.host.log.info(`client ${this.peer} went away with ${this.inFlight} request(s) in flight`);
   }
 

@@ -1,7 +1,7 @@
 // Starts `wanmig serve` as a real process, the way an operator does, and waits until its
 // control socket answers.
 import type { Subprocess } from "bun";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ControlClient } from "../../src/disk/control-client.ts";
@@ -46,10 +46,8 @@ export async function startServe(opts: { image: string; runDir: string; name?: s
   const ctl = new ControlClient(join(opts.runDir, `${name}.ctl`));
   const socket = join(opts.runDir, `${name}.nbd`);
   for (let i = 0; ; i++) {
-    try {
-      await ctl.status();
-      if (existsSync(socket)) break;
-    } catch {}
+    // The "serving" line comes once both the control and the NBD listener are up.
+    if (err.includes("serving ")) break;
     if (proc.exitCode !== null) throw new Error(`serve exited ${proc.exitCode}: ${err}`);
     if (i > 200) throw new Error(`serve did not come up: ${err}`);
     await Bun.sleep(25);

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Debian packages the tests and benchmarks drive as real processes:
+#   libnbd-bin (nbdinfo, nbdcopy, nbdsh), python3-libnbd (nbdsh's bindings),
+#   qemu-utils (qemu-img, qemu-io, qemu-nbd), nbdkit (a peer server), fio (nbd engine).
+set -euo pipefail
+pkgs=(libnbd-bin python3-libnbd qemu-utils nbdkit fio)
+missing=()
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

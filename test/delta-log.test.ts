@@ -1,0 +1,107 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { closeSync, openSync, readFileSync, statSync, truncateSync, writeFileSync, writeSync } from "node:fs";
+import { join } from "node:path";
+import { DeltaKind, DeltaLogReader, DeltaLogWriter, FILE_HEADER_LEN, RECORD_HEADER_LEN } from "../src/disk/delta-log.ts";
+import { ByteQueue } from "../src/util/byte-queue.ts";
+import { tempDir } from "./helpers/serve-process.ts";
+
+let dir: ReturnType<typeof tempDir>;
+let n = 0;
+beforeAll(() => {
+  dir = tempDir();
+});
+afterAll(() => dir?.remove());
+
+function writeLog(records: Array<[number, number, number]>): string {
+  const path = join(dir.path, `log${n++}.deltas`);
+  const w = new DeltaLogWriter(path, { firstSeq: 7n, imageSize: 1 << 20, createdMs: 1 });
+  for (const [off, len, fill] of records) {
+    if (fill < 0) w.append(DeltaKind.ZERO, off, len);
+    else w.append(DeltaKind.DATA, off, len, Buffer.alloc(len, fill));
+  }
+  w.close();
+  return path;
+}
+
+describe("delta log format", () => {
+  test("round trip: kinds, offsets, data and sequence numbers", () => {
+    const path = writeLog([[0, 10, 1], [4096, 512, -1], [100, 3, 2]]);
+    const r = new DeltaLogReader(path);
+    expect(r.header.firstSeq).toBe(7n);
+    expect(r.header.imageSize).toBe(1 << 20);
+    const a = r.next();
+    const b = r.next();
+    const c = r.next();
+    expect(r.next({ final: true })).toBe("end");
+    if (a === "end" || b === "end" || c === "end") throw new Error("missing records");
+    expect([a.seq, b.seq, c.seq]).toEqual([7n, 8n, 9n]);
+    expect(a.kind).toBe(DeltaKind.DATA);
+    expect(Buffer.from(a.data).equals(Buffer.alloc(10, 1))).toBe(true);
+    expect(b.kind).toBe(DeltaKind.ZERO);
+    expect([b.offset, b.length, b.data.length]).toEqual([4096, 512, 0]);
+    expect(c.end).toBe(statSync(path).size);
+    r.close();
+  });
+
+  test("a torn tail reads as 'not yet' while following, and as an error once final", () => {
+    const path = writeLog([[0, 100, 1], [200, 100, 2]]);
+    truncateSync(path, statSync(path).size - 30);
+    const r = new DeltaLogReader(path);
+    expect(r.next()).not.toBe("end");
+    expect(r.next()).toBe("end");
+    expect(() => r.next({ final: true })).toThrow("truncated record");
+    r.close();
+  });
+
+  test("a resumed reader starts at its saved position and sequence", () => {
+    const path = writeLog([[0, 8, 1], [8, 8, 2], [16, 8, 3]]);
+    const first = new DeltaLogReader(path);
+    const a = first.next();
+    first.close();
+    if (a === "end") throw new Error("missing");
+    const again = new DeltaLogReader(path, { position: a.end, nextSeq: a.seq + 1n });
+    const b = again.next();
+    if (b === "end") throw new Error("missing");
+    expect(b.seq).toBe(8n);
+    expect(b.offset).toBe(8);
+    again.close();
+  });
+
+  test("a flipped data bit is caught by the checksum", () => {
+    const path = writeLog([[0, 64, 1]]);
+    const fd = openSync(path, "r+");
+    writeSync(fd, Buffer.from([0xfe]), 0, 1, FILE_HEADER_LEN + RECORD_HEADER_LEN + 5);
+    closeSync(fd);
+    const r = new DeltaLogReader(path);
+    expect(() => r.next({ final: true })).toThrow("checksum mismatch");
+    r.close();
+  });
+
+  test("a wrong file is refused by its magic", () => {
+    const path = join(dir.path, "not-a-log");
+    writeFileSync(path, Buffer.alloc(128, 0x41));
+    expect(() => new DeltaLogReader(path)).toThrow("not a wanmig delta log");
+  });
+
+  test("a writer never reuses an existing file", () => {
+    const path = writeLog([]);
+    expect(readFileSync(path).length).toBe(FILE_HEADER_LEN);
+    expect(() => new DeltaLogWriter(path, { firstSeq: 1n, imageSize: 1, createdMs: 1 })).toThrow();
+  });
+});
+
+describe("ByteQueue", () => {
+  test("takes across chunk boundaries and skips", () => {
+    const q = new ByteQueue();
+    q.push(Uint8Array.from([1, 2, 3]));
+    q.push(Uint8Array.from([4, 5]));
+    q.push(Uint8Array.from([6, 7, 8, 9]));
+    expect([...q.take(2)]).toEqual([1, 2]);
+    expect([...q.take(4)]).toEqual([3, 4, 5, 6]);
+    expect(q.skip(2)).toBe(2);
+    expect(q.length).toBe(1);
+    expect([...q.take(1)]).toEqual([9]);
+    expect(q.take(0).length).toBe(0);
+    expect(q.skip(5)).toBe(0);
+  });
+});
