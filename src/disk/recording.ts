@@ -46,7 +46,8 @@ export class RecordingBackend extends BackendDecorator {
   /** Starts a new log in `dir`; every write from now on is in it. */
   start(dir: string, name: string): RecordingState {
     if (this.log) return this.state();
-    const path = join(dir, `${name}.${Date.now()}.deltas`);
+    // Time for the operator, first sequence for uniqueness (two recordings in one ms).
+    const path = join(dir, `${name}.${Date.now()}.${this.nextSeq}.deltas`);
     this.log = new DeltaLogWriter(path, { firstSeq: this.nextSeq, imageSize: this.size, createdMs: Date.now() });
     this.failure = undefined;
     return this.state();
