@@ -10,3 +10,4 @@ if (!load) {
   process.exit(2);
 }
 await (await load()).main(rest);
+export {};

@@ -1,0 +1,339 @@
+// The wire protocol between `wanmig source` and `wanmig dest`, over any byte stream
+// (TCP, TLS, the stdio of `ssh HOST wanmig dest --stdio`).
+//
+//   source                                                   dest
+//     | HELLO     {version, nonce, name, size, blockSize}       |
+//     |------------------------------------------------------->|
+//     | WELCOME   {version, nonce, proof = HMAC(secret,          |  dest proves first,
+//     |            "dest" | source nonce | dest nonce)}          |  over both nonces
+//     |<-------------------------------------------------------|
+//     | AUTH      {proof = HMAC(secret, "source" | dest nonce |  |  (with SSH, proofs are
+//     |            source nonce)}                              |   empty: SSH authenticated)
+//     |------------------------------------------------------->|
+//     | READY     {bulkOffset, nextSeq}: where to resume        |  0/first on a new run
+//     |<-------------------------------------------------------|
+//     | BULK offset [zstd] data | ZERO offset length   ...      |  bulk copy, in order
+//     | DELTA seq kind offset length data              ...      |  deltas, in seq order
+//     |------------------------------------------------------->|
+//     | ACK bulkOffset seq    (applied and durable up to here)  |  periodic
+//     |<-------------------------------------------------------|
+//     | BARRIER   {lastSeq, size, sha256}   after the fence     |
+//     |------------------------------------------------------->|
+//     | DONE      {sha256} (verified; dest now serves the VM)   |
+//     |<-------------------------------------------------------|
+//   Either side may send ERROR {message} and close.
+//
+// Frame: u32 magic "WMG1" | u8 type | u8 flags | u16 reserved (0) | u32 payload length |
+// payload | u32 CRC-32 of header and payload. Big-endian. Control messages carry JSON;
+// data messages (BULK, ZERO, DELTA, ACK) a fixed binary header and the data.
+//
+// Versioning: HELLO carries PROTOCOL_VERSION; dest refuses another major version with
+// ERROR before anything else is said. New message types need a new version; unknown
+// types, oversize lengths and bad checksums are errors, never guesses.
+
+import { ProtocolError } from "./errors.ts";
+
+export const PROTOCOL_VERSION = 1;
+export const FRAME_MAGIC = 0x574d4731; // "WMG1"
+export const FRAME_HEADER_LEN = 12;
+export const FRAME_TRAILER_LEN = 4;
+/** Larger than any message we send (32 MiB delta + header); anything bigger is hostile. */
+export const MAX_PAYLOAD = 40 * 1024 * 1024;
+
+export const MsgType = {
+  HELLO: 1,
+  WELCOME: 2,
+  AUTH: 3,
+  READY: 4,
+  BULK: 10,
+  ZERO: 11,
+  DELTA: 12,
+  ACK: 13,
+  BARRIER: 20,
+  DONE: 21,
+  ERROR: 30,
+} as const;
+export type MsgTypeValue = (typeof MsgType)[keyof typeof MsgType];
+
+export const Flag = { ZSTD: 1 } as const;
+export const DeltaOp = { DATA: 1, ZERO: 2 } as const;
+
+export interface Hello {
+  type: typeof MsgType.HELLO;
+  version: number;
+  nonce: string; // hex
+  name: string;
+  size: number;
+  blockSize: number;
+}
+export interface Welcome {
+  type: typeof MsgType.WELCOME;
+  version: number;
+  nonce: string;
+  proof: string;
+}
+export interface Auth {
+  type: typeof MsgType.AUTH;
+  proof: string;
+}
+export interface Ready {
+  type: typeof MsgType.READY;
+  bulkOffset: number;
+  nextSeq: string; // decimal: sequence numbers are u64
+}
+export interface Bulk {
+  type: typeof MsgType.BULK;
+  offset: number;
+  /** Length of the block once decompressed. */
+  length: number;
+  compressed: boolean;
+  data: Uint8Array;
+}
+export interface Zero {
+  type: typeof MsgType.ZERO;
+  offset: number;
+  length: number;
+}
+export interface Delta {
+  type: typeof MsgType.DELTA;
+  seq: bigint;
+  op: (typeof DeltaOp)[keyof typeof DeltaOp];
+  offset: number;
+  length: number;
+  compressed: boolean;
+  data: Uint8Array;
+}
+export interface Ack {
+  type: typeof MsgType.ACK;
+  bulkOffset: number;
+  /** Every delta below this sequence number is applied. */
+  nextSeq: bigint;
+}
+export interface Barrier {
+  type: typeof MsgType.BARRIER;
+  lastSeq: string;
+  size: number;
+  sha256: string;
+}
+export interface Done {
+  type: typeof MsgType.DONE;
+  sha256: string;
+}
+export interface ErrorMsg {
+  type: typeof MsgType.ERROR;
+  message: string;
+}
+
+export type Message = Hello | Welcome | Auth | Ready | Bulk | Zero | Delta | Ack | Barrier | Done | ErrorMsg;
+
+/** Named constructors: the only way messages are made, so every field is always set. */
+export const msg = {
+  hello: (p: Omit<Hello, "type" | "version">): Hello => ({ type: MsgType.HELLO, version: PROTOCOL_VERSION, ...p }),
+  welcome: (p: Omit<Welcome, "type" | "version">): Welcome => ({ type: MsgType.WELCOME, version: PROTOCOL_VERSION, ...p }),
+  auth: (proof: string): Auth => ({ type: MsgType.AUTH, proof }),
+  ready: (bulkOffset: number, nextSeq: bigint): Ready => ({ type: MsgType.READY, bulkOffset, nextSeq: nextSeq.toString() }),
+  bulk: (offset: number, length: number, data: Uint8Array, compressed = false): Bulk => ({ type: MsgType.BULK, offset, length, data, compressed }),
+  zero: (offset: number, length: number): Zero => ({ type: MsgType.ZERO, offset, length }),
+  delta: (p: Omit<Delta, "type">): Delta => ({ type: MsgType.DELTA, ...p }),
+  ack: (bulkOffset: number, nextSeq: bigint): Ack => ({ type: MsgType.ACK, bulkOffset, nextSeq }),
+  barrier: (lastSeq: bigint, size: number, sha256: string): Barrier => ({ type: MsgType.BARRIER, lastSeq: lastSeq.toString(), size, sha256 }),
+  done: (sha256: string): Done => ({ type: MsgType.DONE, sha256 }),
+  error: (message: string): ErrorMsg => ({ type: MsgType.ERROR, message }),
+};
+
+const JSON_TYPES = new Set<number>([MsgType.HELLO, MsgType.WELCOME, MsgType.AUTH, MsgType.READY, MsgType.BARRIER, MsgType.DONE, MsgType.ERROR]);
+
+export function typeName(t: number): string {
+  for (const [k, v] of Object.entries(MsgType)) if (v === t) return k;
+  return `unknown(${t})`;
+}
+
+// ---- encode ------------------------------------------------------------------------
+
+function putU64(b: Buffer, off: number, v: number | bigint): void {
+  b.writeBigUInt64BE(BigInt(v), off);
+}
+
+/** Payload and flags of one message. */
+function encodePayload(m: Message): { flags: number; parts: Uint8Array[] } {
+  if (JSON_TYPES.has(m.type)) {
+    const { type: _t, ...rest } = m as Message & Record<string, unknown>;
+    return { flags: 0, parts: [Buffer.from(JSON.stringify(rest), "utf8")] };
+  }
+  switch (m.type) {
+    case MsgType.BULK: {
+      const h = Buffer.alloc(12);
+      putU64(h, 0, m.offset);
+      h.writeUInt32BE(m.length, 8);
+      return { flags: m.compressed ? Flag.ZSTD : 0, parts: [h, m.data] };
+    }
+    case MsgType.ZERO: {
+      const h = Buffer.alloc(12);
+      putU64(h, 0, m.offset);
+      h.writeUInt32BE(m.length, 8);
+      return { flags: 0, parts: [h] };
+    }
+    case MsgType.DELTA: {
+      const h = Buffer.alloc(21);
+      putU64(h, 0, m.seq);
+      h.writeUInt8(m.op, 8);
+      putU64(h, 9, m.offset);
+      h.writeUInt32BE(m.length, 17);
+      return { flags: m.compressed ? Flag.ZSTD : 0, parts: [h, m.data] };
+    }
+    case MsgType.ACK: {
+      const h = Buffer.alloc(16);
+      putU64(h, 0, m.bulkOffset);
+      putU64(h, 8, m.nextSeq);
+      return { flags: 0, parts: [h] };
+    }
+  }
+  throw new ProtocolError(`cannot encode message type ${(m as Message).type}`);
+}
+
+/** One frame, ready to write. */
+export function encodeFrame(m: Message): Buffer {
+  const { flags, parts } = encodePayload(m);
+  const length = parts.reduce((n, p) => n + p.length, 0);
+  if (length > MAX_PAYLOAD) throw new ProtocolError(`${typeName(m.type)} payload of ${length} bytes exceeds ${MAX_PAYLOAD}`);
+  const out = Buffer.allocUnsafe(FRAME_HEADER_LEN + length + FRAME_TRAILER_LEN);
+  out.writeUInt32BE(FRAME_MAGIC, 0);
+  out.writeUInt8(m.type, 4);
+  out.writeUInt8(flags, 5);
+  out.writeUInt16BE(0, 6);
+  out.writeUInt32BE(length, 8);
+  let at = FRAME_HEADER_LEN;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  out.writeUInt32BE(Bun.hash.crc32(out.subarray(0, at)) >>> 0, at);
+  return out;
+}
+
+// ---- decode ------------------------------------------------------------------------
+
+function getU64(b: Buffer, off: number): number {
+  const v = b.readBigUInt64BE(off);
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new ProtocolError(`offset ${v} is out of range`);
+  return Number(v);
+}
+
+function need(b: Buffer, n: number, what: string): void {
+  if (b.length < n) throw new ProtocolError(`${what} payload is ${b.length} bytes, needs at least ${n}`);
+}
+
+function decodeJson<T extends Message>(type: T["type"], payload: Buffer, check: (v: Record<string, unknown>) => boolean): T {
+  let v: unknown;
+  try {
+    v = JSON.parse(payload.toString("utf8"));
+  } catch (cause) {
+    throw new ProtocolError(`${typeName(type)} payload is not JSON`, { cause });
+  }
+  if (!v || typeof v !== "object" || Array.isArray(v) || !check(v as Record<string, unknown>))
+    throw new ProtocolError(`${typeName(type)} payload lacks required fields`);
+  return { ...(v as object), type } as T;
+}
+
+const isStr = (x: unknown) => typeof x === "string";
+const isNum = (x: unknown) => typeof x === "number" && Number.isSafeInteger(x) && x >= 0;
+
+export function decodePayload(type: number, flags: number, payload: Buffer): Message {
+  const compressed = (flags & Flag.ZSTD) !== 0;
+  if (flags & ~Flag.ZSTD) throw new ProtocolError(`unknown flags 0x${flags.toString(16)} on ${typeName(type)}`);
+  switch (type) {
+    case MsgType.HELLO:
+      return decodeJson<Hello>(type, payload, (v) => isNum(v.version) && isStr(v.nonce) && isStr(v.name) && isNum(v.size) && isNum(v.blockSize));
+    case MsgType.WELCOME:
+      return decodeJson<Welcome>(type, payload, (v) => isNum(v.version) && isStr(v.nonce) && isStr(v.proof));
+    case MsgType.AUTH:
+      return decodeJson<Auth>(type, payload, (v) => isStr(v.proof));
+    case MsgType.READY:
+      return decodeJson<Ready>(type, payload, (v) => isNum(v.bulkOffset) && isStr(v.nextSeq) && /^\d+$/.test(v.nextSeq as string));
+    case MsgType.BARRIER:
+      return decodeJson<Barrier>(type, payload, (v) => isStr(v.lastSeq) && isNum(v.size) && isStr(v.sha256));
+    case MsgType.DONE:
+      return decodeJson<Done>(type, payload, (v) => isStr(v.sha256));
+    case MsgType.ERROR:
+      return decodeJson<ErrorMsg>(type, payload, (v) => isStr(v.message));
+    case MsgType.BULK: {
+      need(payload, 12, "BULK");
+      const length = payload.readUInt32BE(8);
+      const data = payload.subarray(12);
+      if (!compressed && data.length !== length) throw new ProtocolError(`BULK says ${length} bytes but carries ${data.length}`);
+      return { type, offset: getU64(payload, 0), length, compressed, data };
+    }
+    case MsgType.ZERO:
+      need(payload, 12, "ZERO");
+      return { type, offset: getU64(payload, 0), length: payload.readUInt32BE(8) };
+    case MsgType.DELTA: {
+      need(payload, 21, "DELTA");
+      const op = payload.readUInt8(8);
+      if (op !== DeltaOp.DATA && op !== DeltaOp.ZERO) throw new ProtocolError(`DELTA with unknown op ${op}`);
+      const length = payload.readUInt32BE(17);
+      const data = payload.subarray(21);
+      if (op === DeltaOp.DATA && !compressed && data.length !== length) throw new ProtocolError(`DELTA says ${length} bytes but carries ${data.length}`);
+      return { type, seq: payload.readBigUInt64BE(0), op, offset: getU64(payload, 9), length, compressed, data };
+    }
+    case MsgType.ACK:
+      need(payload, 16, "ACK");
+      return { type, bulkOffset: getU64(payload, 0), nextSeq: payload.readBigUInt64BE(8) };
+  }
+  throw new ProtocolError(`unknown message type ${type}`);
+}
+
+/**
+ * Turns a byte stream into messages. Feed it chunks; it returns every complete message.
+ * Any framing error is fatal for the stream: the caller reports it and closes.
+ */
+export class FrameDecoder {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+
+  push(chunk: Uint8Array): Message[] {
+    this.chunks.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+    this.buffered += chunk.length;
+    const out: Message[] = [];
+    for (;;) {
+      if (this.buffered < FRAME_HEADER_LEN) break;
+      const head = this.peek(FRAME_HEADER_LEN);
+      const magic = head.readUInt32BE(0);
+      if (magic !== FRAME_MAGIC) throw new ProtocolError(`bad frame magic 0x${magic.toString(16)}: not a wanmig peer, or the stream lost step`);
+      const length = head.readUInt32BE(8);
+      if (length > MAX_PAYLOAD) throw new ProtocolError(`frame of ${length} bytes exceeds the ${MAX_PAYLOAD}-byte limit`);
+      if (head.readUInt16BE(6) !== 0) throw new ProtocolError("reserved frame bits are set");
+      const total = FRAME_HEADER_LEN + length + FRAME_TRAILER_LEN;
+      if (this.buffered < total) break;
+      const frame = this.take(total);
+      const crc = frame.readUInt32BE(total - FRAME_TRAILER_LEN);
+      if (crc !== Bun.hash.crc32(frame.subarray(0, total - FRAME_TRAILER_LEN)) >>> 0)
+        throw new ProtocolError(`checksum mismatch on a ${typeName(frame.readUInt8(4))} frame`);
+      out.push(decodePayload(frame.readUInt8(4), frame.readUInt8(5), frame.subarray(FRAME_HEADER_LEN, total - FRAME_TRAILER_LEN)));
+    }
+    return out;
+  }
+
+  private peek(n: number): Buffer {
+    if (this.chunks[0]!.length >= n) return this.chunks[0]!.subarray(0, n);
+    const all = Buffer.concat(this.chunks);
+    this.chunks = [all];
+    return all.subarray(0, n);
+  }
+
+  private take(n: number): Buffer {
+    const first = this.chunks[0]!;
+    let out: Buffer;
+    if (first.length >= n) {
+      // Copy: the chunk may be a socket buffer that is reused after this callback.
+      out = Buffer.from(first.subarray(0, n));
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      const all = Buffer.concat(this.chunks);
+      out = all.subarray(0, n);
+      this.chunks = all.length > n ? [all.subarray(n)] : [];
+    }
+    this.buffered -= n;
+    return out;
+  }
+}
