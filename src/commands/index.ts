@@ -3,5 +3,7 @@ import type { CommandDef } from "citty";
 
 export const subCommands: Record<string, () => Promise<CommandDef<any>>> = {
   serve: () => import("./serve.ts").then((m) => m.default as CommandDef<any>),
+  source: () => import("./source.ts").then((m) => m.default as CommandDef<any>),
+  dest: () => import("./dest.ts").then((m) => m.default as CommandDef<any>),
   status: () => import("./status.ts").then((m) => m.default as CommandDef<any>),
 };

@@ -26,6 +26,8 @@ export interface DiskServiceOptions {
   nbd?: Endpoint;
   readOnly?: boolean;
   throttle?: Partial<ThrottleParams>;
+  /** Hold every NBD request until this resolves (the destination, until consistent). */
+  hold?: Promise<void>;
   log: Logger;
 }
 
@@ -93,6 +95,7 @@ export class DiskService {
       // Control first: it claims the name on this host, so two servers never share one.
       svc.control = await startControlApi(svc.controlPath, svc);
       chmodSync(svc.controlPath, 0o600); // the control socket can fence the disk
+      if (opts.hold) svc.nbd.hold(opts.hold);
       await svc.nbd.listen(svc.nbdEndpoint);
     } catch (err) {
       svc.stop();

@@ -1,0 +1,17 @@
+// Argument handling shared by `source` and `dest`: the secret and the host:port form.
+import { UsageError } from "../errors.ts";
+import { readSecretFile } from "../net/auth.ts";
+import type { Credentials } from "../phases/init.ts";
+
+export function credentials(args: { "secret-file"?: string; insecure?: boolean }, what: string): Credentials {
+  if (args["secret-file"]) return { secret: readSecretFile(args["secret-file"]) };
+  if (args.insecure) return {};
+  throw new UsageError(`${what} over TCP needs --secret-file F (or --insecure, which lets anyone who can reach the port take the disk)`);
+}
+
+export function parseHostPort(spec: string, flag: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(spec);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new UsageError(`${flag} must be HOST:PORT, got ${JSON.stringify(spec)}`);
+  return { host: m[1] ?? m[2]!, port };
+}

@@ -1,0 +1,42 @@
+import { defineCommand } from "citty";
+import { logger, setLogLevel } from "../log.ts";
+import { connectTcp } from "../net/channel.ts";
+import { runSource } from "../phases/source-run.ts";
+import { jsonArg, logArg, nameArg, runDirArg } from "./_shared.ts";
+import { credentials, parseHostPort } from "./_migration.ts";
+import { UsageError } from "../errors.ts";
+
+export default defineCommand({
+  meta: { name: "source", description: "Migrate a locally served disk to a waiting `wanmig dest`" },
+  args: {
+    ...nameArg,
+    ...runDirArg,
+    to: { type: "string", description: "the destination", required: true, valueHint: "HOST:PORT" },
+    "secret-file": { type: "string", description: "shared secret (never sent)", valueHint: "F" },
+    insecure: { type: "boolean", description: "talk to a destination without a secret", default: false },
+    hypervisor: { type: "string", description: "who moves the memory: none (storage only)", default: "none" },
+    ...jsonArg,
+    ...logArg,
+  },
+  async run({ args }) {
+    if (args.log) setLogLevel(args.log);
+    if (args.hypervisor !== "none") throw new UsageError(`--hypervisor ${args.hypervisor} is not available yet; use none`);
+    const log = logger("migration sender");
+    const creds = credentials(args, "source");
+    const { host, port } = parseHostPort(args.to, "--to");
+    const m = await runSource({
+      name: args.name,
+      runDir: args["run-dir"],
+      connect: () => connectTcp(host, port),
+      creds,
+      log,
+      onEvent: args.json ? (e) => process.stdout.write(`${JSON.stringify(e)}\n`) : undefined,
+    });
+    if (!args.json)
+      process.stdout.write(
+        `migrated ${args.name} in ${m.migrationTimeMs} ms: storage downtime ${m.storageDowntimeMs} ms, ` +
+          `bulk ${m.bulkBytes} bytes (${m.bulkZeroBlocks} zero blocks skipped), ${m.deltaCount} deltas (${m.deltaBytes} bytes, ${m.finalDeltas} after the fence), ` +
+          `${m.bytesOnWire} bytes on the wire, throttle level ${m.throttleSteps}\n`,
+      );
+  },
+});

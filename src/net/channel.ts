@@ -1,0 +1,154 @@
+// A message channel over a stream socket: framed sends with backpressure, ordered receives.
+
+import type { Socket, TCPSocketListener } from "bun";
+import { ExitCode } from "../errors.ts";
+import { ProtocolError } from "./errors.ts";
+import { encodeFrame, FrameDecoder, type Message, typeName } from "./protocol.ts";
+
+const HIGH_WATER = 8 * 1024 * 1024;
+
+export class ChannelClosed extends ProtocolError {
+  constructor(message = "the peer closed the connection", cause?: unknown) {
+    super(message, { exitCode: ExitCode.peerFailure, cause });
+  }
+}
+
+export class Channel {
+  private decoder = new FrameDecoder();
+  private inbox: Message[] = [];
+  private failure?: Error;
+  private wake?: () => void;
+  private outq: Uint8Array[] = [];
+  private outBytes = 0;
+  private drained?: () => void;
+  closed = false;
+  bytesSent = 0;
+  bytesReceived = 0;
+
+  constructor(private socket: Socket<unknown>) {}
+
+  /** Called by the socket's handlers. */
+  onData(chunk: Uint8Array): void {
+    this.bytesReceived += chunk.length;
+    try {
+      for (const m of this.decoder.push(chunk)) this.inbox.push(m);
+    } catch (err) {
+      this.fail(err as Error);
+      this.socket.end();
+    }
+    this.wake?.();
+  }
+
+  onDrain(): void {
+    while (this.outq.length) {
+      const b = this.outq[0]!;
+      const n = this.socket.write(b);
+      if (n < 0) return;
+      this.outBytes -= n;
+      if (n < b.length) {
+        this.outq[0] = b.subarray(n);
+        return;
+      }
+      this.outq.shift();
+    }
+    this.drained?.();
+  }
+
+  onClose(err?: Error): void {
+    this.closed = true;
+    this.fail(err ? new ChannelClosed(`connection lost: ${err.message}`, err) : new ChannelClosed());
+    this.drained?.();
+  }
+
+  /** Queues one message; resolves once the unsent backlog is below the high-water mark. */
+  async send(m: Message): Promise<void> {
+    if (this.failure && this.closed) throw this.failure;
+    const f = encodeFrame(m);
+    this.bytesSent += f.length;
+    if (this.outq.length) {
+      this.outq.push(f);
+      this.outBytes += f.length;
+    } else {
+      const n = this.socket.write(f);
+      if (n < 0) throw new ChannelClosed();
+      if (n < f.length) {
+        this.outq.push(f.subarray(n));
+        this.outBytes += f.length - n;
+      }
+    }
+    while (this.outBytes > HIGH_WATER && !this.closed) await new Promise<void>((r) => (this.drained = r));
+    if (this.closed && this.failure) throw this.failure;
+  }
+
+  /** The next message, in order; throws if the stream failed or the timeout passed. */
+  async recv(timeoutMs = 0): Promise<Message> {
+    const deadline = timeoutMs ? Date.now() + timeoutMs : 0;
+    for (;;) {
+      const m = this.inbox.shift();
+      if (m) return m;
+      if (this.failure) throw this.failure;
+      const left = deadline ? deadline - Date.now() : 0;
+      if (deadline && left <= 0) throw new ProtocolError(`no message from the peer for ${timeoutMs} ms`, { exitCode: ExitCode.peerFailure });
+      await new Promise<void>((r) => {
+        this.wake = r;
+        if (left) setTimeout(r, left);
+      });
+    }
+  }
+
+  /** A message that is already here, without waiting. */
+  poll(): Message | undefined {
+    if (!this.inbox.length && this.failure) throw this.failure;
+    return this.inbox.shift();
+  }
+
+  async expect<T extends Message["type"]>(type: T, timeoutMs = 30_000): Promise<Extract<Message, { type: T }>> {
+    const m = await this.recv(timeoutMs);
+    if (m.type === type) return m as Extract<Message, { type: T }>;
+    if (m.type === 30) throw new ProtocolError(`the peer reported: ${(m as { message: string }).message}`, { exitCode: ExitCode.peerFailure });
+    throw new ProtocolError(`expected ${typeName(type)}, got ${typeName(m.type)}`);
+  }
+
+  close(): void {
+    this.socket.end();
+  }
+
+  private fail(err: Error): void {
+    this.failure ??= err;
+  }
+}
+
+interface Holder {
+  ch?: Channel;
+}
+
+function handlers(onOpen?: (ch: Channel) => void) {
+  return {
+    open(s: Socket<Holder>) {
+      s.data = { ch: new Channel(s as Socket<unknown>) };
+      s.setNoDelay(true);
+      onOpen?.(s.data.ch!);
+    },
+    data(s: Socket<Holder>, d: Uint8Array) {
+      s.data.ch?.onData(d);
+    },
+    drain(s: Socket<Holder>) {
+      s.data.ch?.onDrain();
+    },
+    close(s: Socket<Holder>) {
+      s.data?.ch?.onClose();
+    },
+    error(s: Socket<Holder>, err: Error) {
+      s.data?.ch?.onClose(err);
+    },
+  };
+}
+
+export async function connectTcp(host: string, port: number): Promise<Channel> {
+  const s = await Bun.connect<Holder>({ hostname: host, port, socket: handlers(), data: {} });
+  return s.data.ch!;
+}
+
+export function listenTcp(host: string, port: number, onChannel: (ch: Channel) => void): TCPSocketListener<Holder> {
+  return Bun.listen<Holder>({ hostname: host, port, socket: handlers(onChannel), data: {} });
+}

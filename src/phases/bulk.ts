@@ -1,0 +1,64 @@
+// Phase 2, bulk: copy the image while the VM runs. Record mode is already on, so every
+// block this copy reads too early is fixed by a later delta. All-zero blocks are not
+// sent: the destination's image is sparse and keeps them as holes.
+
+import { FileBackend } from "../disk/file-backend.ts";
+import type { Channel } from "../net/channel.ts";
+import { msg } from "../net/protocol.ts";
+import { BulkError } from "./errors.ts";
+
+export interface BulkProgress {
+  offset: number;
+  size: number;
+  bytesSent: number;
+  dataBlocks: number;
+  zeroBlocks: number;
+}
+
+const READ_CHUNK = 4 * 1024 * 1024;
+
+function isZero(b: Uint8Array): boolean {
+  // Compare 8 bytes at a time where aligned; images are mostly data or mostly holes.
+  const words = new BigUint64Array(b.buffer, b.byteOffset, b.byteLength >>> 3);
+  for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
+  for (let i = words.length << 3; i < b.length; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+export async function sendBulk(
+  ch: Channel,
+  imagePath: string,
+  opts: { from: number; blockSize: number; onProgress?: (p: BulkProgress) => void },
+): Promise<BulkProgress> {
+  let image: FileBackend;
+  try {
+    image = new FileBackend(imagePath, true);
+  } catch (cause) {
+    throw new BulkError(`cannot open ${imagePath}`, { cause });
+  }
+  const p: BulkProgress = { offset: opts.from, size: image.size, bytesSent: 0, dataBlocks: 0, zeroBlocks: 0 };
+  const buf = Buffer.allocUnsafe(READ_CHUNK);
+  try {
+    while (p.offset < p.size) {
+      const n = Math.min(READ_CHUNK, p.size - p.offset);
+      const chunk = buf.subarray(0, n);
+      image.read(p.offset, chunk);
+      for (let at = 0; at < n; at += opts.blockSize) {
+        const block = chunk.subarray(at, Math.min(at + opts.blockSize, n));
+        if (isZero(block)) {
+          p.zeroBlocks++;
+          continue;
+        }
+        // Copy: the read buffer is reused for the next chunk while frames may still queue.
+        await ch.send(msg.bulk(p.offset + at, block.length, Buffer.from(block)));
+        p.dataBlocks++;
+        p.bytesSent += block.length;
+      }
+      p.offset += n;
+      opts.onProgress?.(p);
+    }
+  } finally {
+    image.close();
+  }
+  return p;
+}

@@ -1,0 +1,64 @@
+// Phase 3, deltas: ship the delta log, record by record, in sequence order. The log is
+// tailed while `serve` appends to it; `final` reads are only made after the fence, when
+// nothing can be appended any more, so a torn tail then is corruption, not "not yet".
+
+import { DeltaKind, DeltaLogReader } from "../disk/delta-log.ts";
+import type { Channel } from "../net/channel.ts";
+import { DeltaOp, msg } from "../net/protocol.ts";
+import { DeltasError } from "./errors.ts";
+
+export class DeltaStreamer {
+  private reader: DeltaLogReader;
+  sent = 0;
+  bytes = 0;
+  lastSeq = 0n;
+
+  constructor(
+    private ch: Channel,
+    logPath: string,
+  ) {
+    try {
+      this.reader = new DeltaLogReader(logPath);
+    } catch (cause) {
+      throw new DeltasError("cannot open the delta log", { cause });
+    }
+    this.lastSeq = this.reader.header.firstSeq - 1n;
+  }
+
+  /** Bytes of log not yet sent: the queue the throttling policy and the hand-off watch. */
+  pendingBytes(): number {
+    return this.reader.pendingBytes();
+  }
+
+  /** Sends every complete record available now; returns how many. */
+  async pump(opts: { final?: boolean; pastPointOfNoReturn?: boolean } = {}): Promise<number> {
+    let n = 0;
+    for (;;) {
+      let r;
+      try {
+        r = this.reader.next({ final: opts.final });
+      } catch (cause) {
+        throw new DeltasError("the delta log is corrupt", { cause, pastPointOfNoReturn: opts.pastPointOfNoReturn });
+      }
+      if (r === "end") return n;
+      await this.ch.send(
+        msg.delta({
+          seq: r.seq,
+          op: r.kind === DeltaKind.DATA ? DeltaOp.DATA : DeltaOp.ZERO,
+          offset: r.offset,
+          length: r.length,
+          compressed: false,
+          data: r.data,
+        }),
+      );
+      this.lastSeq = r.seq;
+      this.sent++;
+      this.bytes += r.data.length;
+      n++;
+    }
+  }
+
+  close(): void {
+    this.reader.close();
+  }
+}

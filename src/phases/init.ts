@@ -1,0 +1,49 @@
+// Phase 1, init: version check and mutual authentication on a fresh channel.
+// The source says who it is and what it sends (name, size, block size); the destination
+// proves first, then the source; the destination answers READY with where to resume.
+
+import { proof, newNonce, verifyProof } from "../net/auth.ts";
+import type { Channel } from "../net/channel.ts";
+import { ProtocolError } from "../net/errors.ts";
+import { type Hello, msg, MsgType, PROTOCOL_VERSION, type Ready } from "../net/protocol.ts";
+import { InitError } from "./errors.ts";
+
+export interface Credentials {
+  /** Undefined only with --insecure (or over SSH, which authenticated already). */
+  secret?: Uint8Array;
+}
+
+export async function sourceHandshake(
+  ch: Channel,
+  creds: Credentials,
+  offer: { name: string; size: number; blockSize: number },
+): Promise<Ready> {
+  const nonce = newNonce();
+  await ch.send(msg.hello({ nonce, ...offer }));
+  const w = await ch.expect(MsgType.WELCOME);
+  if (w.version !== PROTOCOL_VERSION) throw new InitError(`destination speaks protocol ${w.version}, we speak ${PROTOCOL_VERSION}`, { hint: "use the same wanmig version on both hosts" });
+  if (creds.secret && !verifyProof(creds.secret, "dest", w.nonce, nonce, w.proof))
+    throw new InitError("the destination could not prove it knows the secret", {
+      cause: new ProtocolError("wrong secret"),
+      hint: "check --secret-file on both hosts",
+    });
+  await ch.send(msg.auth(creds.secret ? proof(creds.secret, "source", w.nonce, nonce) : ""));
+  return ch.expect(MsgType.READY);
+}
+
+/** The destination's side up to (not including) READY; returns what the source offered. */
+export async function destHandshake(ch: Channel, creds: Credentials): Promise<Hello> {
+  const hello = await ch.expect(MsgType.HELLO);
+  if (hello.version !== PROTOCOL_VERSION) {
+    await ch.send(msg.error(`protocol version ${hello.version} is not supported; this destination speaks ${PROTOCOL_VERSION}`));
+    throw new InitError(`source speaks protocol ${hello.version}, we speak ${PROTOCOL_VERSION}`, { cause: new ProtocolError("version mismatch") });
+  }
+  const nonce = newNonce();
+  await ch.send(msg.welcome({ nonce, proof: creds.secret ? proof(creds.secret, "dest", hello.nonce, nonce) : "" }));
+  const auth = await ch.expect(MsgType.AUTH);
+  if (creds.secret && !verifyProof(creds.secret, "source", hello.nonce, nonce, auth.proof)) {
+    await ch.send(msg.error("authentication failed"));
+    throw new InitError("the source could not prove it knows the secret", { cause: new ProtocolError("wrong secret") });
+  }
+  return hello;
+}
