@@ -81,4 +81,6 @@ async function run(rawArgs: string[]): Promise<number> {
   }
 }
 
-process.exitCode = await run(process.argv.slice(2));
+// Exit explicitly: a finished command may still hold sockets (a peer slow to close), and
+// a runbook must not hang on them. `serve` and `dest` return only when told to stop.
+process.exit(await run(process.argv.slice(2)));

@@ -17,7 +17,7 @@ export interface BulkProgress {
 
 const READ_CHUNK = 4 * 1024 * 1024;
 
-function isZero(b: Uint8Array): boolean {
+export function isZero(b: Uint8Array): boolean {
   // Compare 8 bytes at a time where aligned; images are mostly data or mostly holes.
   const words = new BigUint64Array(b.buffer, b.byteOffset, b.byteLength >>> 3);
   for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;

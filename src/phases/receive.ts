@@ -14,6 +14,7 @@ import type { Channel } from "../net/channel.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { DeltaOp, type Hello, msg, MsgType, typeName } from "../net/protocol.ts";
 import type { Logger } from "../log.ts";
+import { isZero } from "./bulk.ts";
 import { ReceiveError } from "./errors.ts";
 import { type Credentials, destHandshake } from "./init.ts";
 
@@ -27,14 +28,35 @@ export type ReceiverState =
 const ACK_EVERY_MS = 1000;
 
 /** Creates the image (sparse, the source's size) or checks that an existing one fits. */
-export function prepareImage(path: string, size: number): void {
+export function prepareImage(path: string, size: number): { fresh: boolean } {
   if (!existsSync(path)) {
     writeFileSync(path, new Uint8Array(0), { mode: 0o600 });
     truncateSync(path, size);
-    return;
+    return { fresh: true };
   }
   const have = statSync(path).size;
   if (have !== size) throw new ReceiveError(`existing image ${path} is ${have} bytes; the source's is ${size}`);
+  return { fresh: false };
+}
+
+const PAGE = 4096;
+
+/**
+ * Writes a bulk block into a fresh (all-hole) image without allocating its all-zero
+ * pages, so the image stays as sparse as the source's. Safe because a fresh image reads
+ * zero there already, and any later change to those pages arrives as a delta.
+ */
+function writeSparse(image: FileBackend, offset: number, data: Uint8Array): void {
+  let runStart = -1;
+  for (let at = 0; at <= data.length; at += PAGE) {
+    const page = at < data.length ? data.subarray(at, Math.min(at + PAGE, data.length)) : undefined;
+    const zero = !page || isZero(page);
+    if (!zero && runStart < 0) runStart = at;
+    if (zero && runStart >= 0) {
+      image.write(offset + runStart, data.subarray(runStart, Math.min(at, data.length)), false);
+      runStart = -1;
+    }
+  }
 }
 
 export async function receive(
@@ -43,11 +65,12 @@ export async function receive(
 ): Promise<ReceiverState> {
   let state: ReceiverState = { kind: "established" };
   let image: FileBackend | undefined;
+  let fresh = false;
   try {
     const hello = await destHandshake(ch, opts.creds);
     state = { kind: "authenticated", hello };
     try {
-      prepareImage(opts.image, hello.size);
+      fresh = prepareImage(opts.image, hello.size).fresh;
       image = new FileBackend(opts.image, false);
     } catch (cause) {
       await ch.send(msg.error(`destination cannot use ${opts.image}: ${(cause as Error).message}`));
@@ -66,7 +89,8 @@ export async function receive(
         case MsgType.BULK:
           if (m.compressed) throw new ProtocolError("compressed blocks are not supported by this destination");
           checkRange(m.offset, m.length, hello.size);
-          image.write(m.offset, m.data, false);
+          if (fresh) writeSparse(image, m.offset, m.data);
+          else image.write(m.offset, m.data, false);
           bulkOffset = Math.max(bulkOffset, m.offset + m.length);
           break;
         case MsgType.ZERO:
@@ -94,6 +118,7 @@ export async function receive(
           await ch.send(msg.done(sha));
           opts.log.info(`image verified (sha256 ${sha.slice(0, 16)}…); releasing held I/O`);
           state = { kind: "completed", sha256: sha };
+          ch.close();
           return state;
         }
         case MsgType.ERROR:

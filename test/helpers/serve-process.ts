@@ -84,3 +84,47 @@ export async function randomFile(path: string, bytes: number): Promise<void> {
 export async function sparseFile(path: string, bytes: number): Promise<void> {
   await sh(["truncate", "-s", String(bytes), path]);
 }
+
+/** Starts `wanmig dest` on an ephemeral port and returns it with the port it bound. */
+export async function startDest(opts: { image: string; runDir: string; name?: string; args?: string[] }) {
+  const name = opts.name ?? "vm";
+  const proc = Bun.spawn(
+    [process.execPath, MAIN, "dest", "--name", name, "--image", opts.image, "--run-dir", opts.runDir, "--listen", "127.0.0.1:0", ...(opts.args ?? [])],
+    { stdin: "ignore", stdout: "pipe", stderr: "pipe" },
+  );
+  let err = "";
+  (async () => {
+    for await (const chunk of proc.stderr) err += new TextDecoder().decode(chunk);
+  })();
+  for (let i = 0; !/listening on [^ ]+:(\d+)/.test(err); i++) {
+    if (proc.exitCode !== null) throw new Error(`dest exited ${proc.exitCode}: ${err}`);
+    if (i > 400) throw new Error(`dest did not come up: ${err}`);
+    await Bun.sleep(25);
+  }
+  const port = Number(/listening on [^ ]+:(\d+)/.exec(err)![1]);
+  return {
+    proc,
+    port,
+    name,
+    ctl: new ControlClient(join(opts.runDir, `${name}.ctl`)),
+    socket: join(opts.runDir, `${name}.nbd`),
+    stderr: () => err,
+    async waitFor(text: string, timeoutMs = 30_000) {
+      const end = Date.now() + timeoutMs;
+      while (!err.includes(text)) {
+        if (Date.now() > end) throw new Error(`dest never said ${JSON.stringify(text)}: ${err}`);
+        await Bun.sleep(25);
+      }
+    },
+    async stop() {
+      proc.kill("SIGTERM");
+      return proc.exited;
+    },
+  };
+}
+
+export async function secretFile(path: string, content = "a-test-secret-of-enough-length"): Promise<string> {
+  await Bun.write(path, content);
+  await sh(["chmod", "600", path]);
+  return path;
+}

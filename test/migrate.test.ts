@@ -1,0 +1,179 @@
+// source + dest between real processes over TCP on loopback, with a writer running.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import { NbdErr } from "../src/disk/nbd-protocol.ts";
+import { ExitCode } from "../src/errors.ts";
+import { RawNbd } from "./helpers/raw-nbd.ts";
+import { randomFile, secretFile, sh, sparseFile, startDest, startServe, tempDir, wanmig } from "./helpers/serve-process.ts";
+
+const MiB = 1024 * 1024;
+let dir: ReturnType<typeof tempDir>;
+let n = 0;
+beforeAll(() => {
+  dir = tempDir();
+});
+afterAll(() => dir?.remove());
+
+/** Two "hosts": directories A and B, each with its own run dir. */
+async function hosts(sizeMiB: number, dataMiB: number) {
+  const id = n++;
+  const a = join(dir.path, `A${id}`);
+  const b = join(dir.path, `B${id}`);
+  await sh(["mkdir", "-p", a, b]);
+  const image = join(a, "vm.img");
+  await sparseFile(image, sizeMiB * MiB);
+  if (dataMiB) {
+    await randomFile(join(a, "data"), dataMiB * MiB);
+    await sh(["dd", `if=${join(a, "data")}`, `of=${image}`, "conv=notrunc", "status=none"]);
+  }
+  const secret = await secretFile(join(dir.path, `secret${id}`));
+  return { a, b, image, destImage: join(b, "vm.img"), secret };
+}
+
+/** A writer that keeps writing numbered blocks and remembers what was acknowledged. */
+async function writer(socket: string, sizeBytes: number) {
+  const c = await RawNbd.connect(socket);
+  await c.go();
+  const acked = new Map<number, number>(); // block -> last acknowledged fill byte
+  let stop = false;
+  let refused = 0;
+  const done = (async () => {
+    for (let i = 1; !stop; i++) {
+      const block = Math.floor(Math.random() * (sizeBytes / 4096));
+      const fill = (i % 250) + 1;
+      const err = await c.write(block * 4096, Buffer.alloc(4096, fill));
+      if (err === 0) acked.set(block, fill);
+      else if (err === NbdErr.EPERM) refused++;
+      else throw new Error(`write failed with ${err}`);
+      if (i % 8 === 0) await Bun.sleep(1);
+    }
+  })();
+  return {
+    acked,
+    get refused() {
+      return refused;
+    },
+    async stop() {
+      stop = true;
+      await done;
+      c.disconnect();
+    },
+  };
+}
+
+describe("live migration, hypervisor none", () => {
+  test("under a random writer: destination == source, every acknowledged write is there, source fenced", async () => {
+    const h = await hosts(48, 20);
+    const srv = await startServe({ image: h.image, runDir: h.a });
+    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--secret-file", h.secret] });
+    const w = await writer(srv.socket, 48 * MiB);
+    await Bun.sleep(100);
+    const run = await wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--secret-file", h.secret, "--json"]);
+    await Bun.sleep(50);
+    await w.stop();
+    try {
+      expect(run.stderr).toContain("point of no return");
+      expect(run.code).toBe(0);
+      const events = run.stdout.trim().split("\n").map((l) => JSON.parse(l));
+      const done = events.find((e) => e.event === "done");
+      expect(done.deltaCount).toBeGreaterThan(0);
+      expect(done.bulkZeroBlocks).toBeGreaterThan(0); // 28 MiB of holes were not sent
+      expect(done.bulkBytes).toBeLessThan(48 * MiB);
+      expect(events.map((e) => e.phase).filter(Boolean)).toEqual(expect.arrayContaining(["init", "bulk", "deltas", "handoff"]));
+
+      await dst.waitFor("now serving");
+      expect(w.refused).toBeGreaterThan(0); // the writer ran into the fence
+      await sh(["cmp", h.image, h.destImage]);
+      // Every write the source acknowledged is in the destination image.
+      const c = await RawNbd.connect(dst.socket);
+      await c.go();
+      for (const [block, fill] of w.acked) {
+        const r = await c.read(block * 4096, 4096);
+        expect(r.data![0]).toBe(fill);
+      }
+      // The destination is now the VM's serve: writable, and the source is fenced.
+      expect(await c.write(0, Buffer.alloc(512, 1))).toBe(0);
+      c.disconnect();
+      expect((await srv.ctl.status()).mode).toBe("fenced");
+      expect((await dst.ctl.status()).mode).toBe("normal");
+      // Holes stay holes: the destination allocates no more than the source does.
+      const du = async (p: string) => Number((await sh(["du", "-k", p])).stdout.split("\t")[0]);
+      expect(await du(h.destImage)).toBeLessThanOrEqual((await du(h.image)) + 1024);
+    } finally {
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+
+  test("dest holds NBD requests until the image is consistent", async () => {
+    const h = await hosts(16, 4);
+    const srv = await startServe({ image: h.image, runDir: h.a });
+    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
+    const src = wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure"]);
+    await dst.waitFor("receiving");
+    // A client of the destination (the incoming VM) connects early and reads block 0.
+    const c = await RawNbd.connect(dst.socket);
+    await c.go();
+    const early = c.read(0, 4096);
+    const res = await src;
+    expect(res.code).toBe(0);
+    const r = await early;
+    expect(r.error).toBe(0);
+    expect(Buffer.from(r.data!).equals((await Bun.file(h.image).slice(0, 4096).bytes()) as Buffer) || Buffer.compare(r.data!, Buffer.from(await Bun.file(h.image).slice(0, 4096).arrayBuffer())) === 0).toBe(true);
+    c.disconnect();
+    await srv.stop();
+    await dst.stop();
+  });
+});
+
+describe("failures before the point of no return leave the source untouched", () => {
+  test("wrong secret: exit 3, clear message, source still writable and not recording", async () => {
+    const h = await hosts(8, 1);
+    const srv = await startServe({ image: h.image, runDir: h.a });
+    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--secret-file", h.secret] });
+    const wrong = await secretFile(join(dir.path, "wrong"), "another-secret-of-enough-length");
+    try {
+      const run = await wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--secret-file", wrong]);
+      expect(run.code).toBe(ExitCode.badInput);
+      expect(run.stderr).toContain("could not prove it knows the secret");
+      const st = await srv.ctl.status();
+      expect(st.mode).toBe("normal");
+      const c = await RawNbd.connect(srv.socket);
+      await c.go();
+      expect(await c.write(0, Buffer.alloc(512, 2))).toBe(0);
+      c.disconnect();
+    } finally {
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+
+  test("dest killed mid-bulk: exit 5 (aborted safely), source unfenced, recording stopped", async () => {
+    const h = await hosts(256, 200);
+    const srv = await startServe({ image: h.image, runDir: h.a });
+    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
+    try {
+      const src = wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure"]);
+      await dst.waitFor("receiving");
+      dst.proc.kill("SIGKILL");
+      const run = await src;
+      expect(run.code).toBe(ExitCode.abortedSafely);
+      expect(run.stderr).toMatch(/connection|closed/);
+      const st = await srv.ctl.status();
+      expect(st.mode).toBe("normal");
+      expect(st.recording.active).toBe(false);
+      const c = await RawNbd.connect(srv.socket);
+      await c.go();
+      expect(await c.write(0, Buffer.alloc(512, 3))).toBe(0);
+      c.disconnect();
+    } finally {
+      await srv.stop();
+    }
+  });
+
+  test("a TCP dest without a secret refuses to start unless --insecure", async () => {
+    const r = await wanmig(["dest", "--name", "x", "--image", join(dir.path, "x.img"), "--listen", "127.0.0.1:0", "--run-dir", dir.path]);
+    expect(r.code).toBe(ExitCode.usage);
+    expect(r.stderr).toContain("--secret-file");
+  });
+});
