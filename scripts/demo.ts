@@ -1,59 +1,81 @@
-// `npm run demo`: wanmig serve in action on loopback, on an embedded default.
-// Until `source`/`dest` land (issue 3), it shows what they stand on: a VM-like client
-// writes while record mode is on, and the delta log replayed on a snapshot gives the live
-// image. The full local migration demo replaces this when `source` and `dest` exist.
+// `npm run demo`: a live disk migration on loopback, on an embedded default.
+// Host A and host B are two directories; the "VM" is fio writing to its disk over NBD
+// through the whole migration. At the end both images must be byte-identical.
 import { $ } from "bun";
-import { copyFileSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ControlClient } from "../src/disk/control-client.ts";
-import { replayDeltaLog } from "../src/disk/delta-log.ts";
-import { FileBackend } from "../src/disk/file-backend.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "wanmig-demo-"));
-const image = join(dir, "vm.img");
+const hostA = join(dir, "hostA");
+const hostB = join(dir, "hostB");
+mkdirSync(hostA);
+mkdirSync(hostB);
+const image = join(hostA, "web1.img");
+const destImage = join(hostB, "web1.img");
+const secret = join(dir, "secret");
 const main = join(import.meta.dir, "..", "src", "main.ts");
+const wanmig = (...args: string[]) => [process.execPath, main, ...args];
 const say = (s: string) => console.log(`\n== ${s}`);
+const procs: ReturnType<typeof Bun.spawn>[] = [];
 
-try {
-  say(`a 64 MiB disk image with 16 MiB of data: ${image}`);
-  await $`truncate -s 64M ${image}`;
-  await $`head -c 16M /dev/urandom | dd of=${image} conv=notrunc status=none`;
-
-  say("wanmig serve --name demo (NBD on unix socket, control API beside it)");
-  const serve = Bun.spawn([process.execPath, main, "serve", "--image", image, "--name", "demo", "--run-dir", dir], { stderr: "inherit" });
-  const ctl = new ControlClient(join(dir, "demo.ctl"));
-  for (let i = 0; i < 200; i++) {
-    if (await ctl.status().then(() => true, () => false)) break;
+async function waitFor(check: () => Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; i < 400; i++) {
+    if (await check().catch(() => false)) return;
     await Bun.sleep(25);
   }
-  await Bun.sleep(100);
-  const uri = `nbd+unix:///?socket=${join(dir, "demo.nbd")}`;
-  console.log((await $`nbdinfo ${uri}`.text()).split("\n").slice(0, 4).join("\n"));
+  throw new Error(`timed out waiting for ${what}`);
+}
 
-  say("record mode on, snapshot taken; a client writes 8 MiB at random (fio, 2 connections)");
-  const rec = await ctl.startRecording();
-  const snapshot = join(dir, "snapshot.img");
-  copyFileSync(image, snapshot);
-  await $`fio --name=vm --ioengine=nbd --uri=${uri} --rw=randwrite --bs=4k --iodepth=16 --numjobs=2 --size=64M --io_size=4M --output=/dev/null`;
-  console.log(await $`${process.execPath} ${main} status --name demo --run-dir ${dir}`.text());
+try {
+  say(`host A: a 512 MiB image with 96 MiB of random data and 32 MiB of text (${image})`);
+  await $`truncate -s 512M ${image}`;
+  await $`head -c 96M /dev/urandom | dd of=${image} conv=notrunc status=none`;
+  await $`yes "wanmig demo: compressible log line" | head -c 32M | dd of=${image} bs=1M seek=200 conv=notrunc status=none`;
+  writeFileSync(secret, crypto.getRandomValues(new Uint8Array(24)).toHex(), { mode: 0o600 });
 
-  say(`replaying ${rec.path} onto the snapshot`);
-  const stopped = await ctl.stopRecording();
-  const fb = new FileBackend(snapshot, false);
-  const n = replayDeltaLog(stopped.path!, { write: (o, d) => void fb.write(o, d, false), zero: (o, l) => void fb.zero(o, l, false, true) });
-  fb.close();
-  const same = (await $`cmp ${snapshot} ${image}`.nothrow()).exitCode === 0;
-  console.log(`${n} deltas applied; snapshot + deltas ${same ? "==" : "!="} live image`);
+  say("host A: wanmig serve --name web1 (the VM's disk, over NBD)");
+  procs.push(Bun.spawn(wanmig("serve", "--image", image, "--name", "web1", "--run-dir", hostA), { stderr: "inherit" }));
+  const ctlA = new ControlClient(join(hostA, "web1.ctl"));
+  await waitFor(async () => (await ctlA.status()).clients >= 0, "serve");
 
-  say("fenced: writes now fail with EPERM, reads still work");
-  await ctl.fence();
-  const w = await $`nbdcopy --flush ${snapshot} ${uri}`.nothrow().quiet();
-  console.log(`nbdcopy into the fenced export: exit ${w.exitCode} (${w.stderr.toString().trim().split("\n")[0]})`);
+  say("host A: the VM writes 4 KiB blocks at random, 4 MiB/s, all along (fio over NBD)");
+  const uri = `nbd+unix:///?socket=${join(hostA, "web1.nbd")}`;
+  const vm = Bun.spawn(["fio", "--name=vm", "--ioengine=nbd", `--uri=${uri}`, "--rw=randwrite", "--bs=4k", "--iodepth=4", "--size=512M", "--rate=4m", "--time_based", "--runtime=60", "--output=/dev/null"], { stdout: "ignore", stderr: "ignore" });
+  procs.push(vm);
 
-  serve.kill("SIGTERM");
-  await serve.exited;
-  process.exitCode = same ? 0 : 1;
+  say("host B: wanmig dest --listen 127.0.0.1:0 (waits for the disk, then serves it)");
+  const dest = Bun.spawn(wanmig("dest", "--name", "web1", "--image", destImage, "--run-dir", hostB, "--listen", "127.0.0.1:0", "--secret-file", secret), { stderr: "pipe" });
+  procs.push(dest);
+  let destLog = "";
+  (async () => {
+    for await (const c of dest.stderr) {
+      const t = new TextDecoder().decode(c);
+      destLog += t;
+      process.stderr.write(t);
+    }
+  })();
+  await waitFor(async () => /listening on [^ ]+:\d+/.test(destLog), "dest");
+  const port = /listening on [^ ]+:(\d+)/.exec(destLog)![1];
+  await Bun.sleep(1000);
+
+  say(`host A: wanmig source --name web1 --to 127.0.0.1:${port}`);
+  const src = Bun.spawn(wanmig("source", "--name", "web1", "--run-dir", hostA, "--to", `127.0.0.1:${port}`, "--secret-file", secret), { stdout: "inherit", stderr: "inherit" });
+  const code = await src.exited;
+  vm.kill();
+  await vm.exited;
+  await waitFor(async () => destLog.includes("now serving"), "dest to serve");
+
+  say("check");
+  const same = (await $`cmp ${image} ${destImage}`.nothrow()).exitCode === 0;
+  const du = async (p: string) => (await $`du -h ${p}`.text()).split("\t")[0];
+  console.log(`source exit ${code}; images ${same ? "IDENTICAL" : "DIFFER"}; on disk: A ${await du(image)}, B ${await du(destImage)}`);
+  console.log((await $`${wanmig("status", "--name", "web1", "--run-dir", hostA)}`.text()).split("\n")[0]);
+  console.log((await $`${wanmig("status", "--name", "web1", "--run-dir", hostB)}`.text()).split("\n")[0]);
+  process.exitCode = code === 0 && same ? 0 : 1;
 } finally {
+  for (const p of procs) p.kill();
+  await Promise.all(procs.map((p) => p.exited));
   rmSync(dir, { recursive: true, force: true });
 }

@@ -105,6 +105,23 @@ describe("live migration, hypervisor none", () => {
     }
   });
 
+  test("a migration long enough for periodic ACKs completes, identical", async () => {
+    const h = await hosts(256, 160);
+    const srv = await startServe({ image: h.image, runDir: h.a });
+    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
+    try {
+      const run = await wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure", "--json"]);
+      expect(run.stderr).not.toContain("expected DONE");
+      expect(run.code).toBe(0);
+      const done = JSON.parse(run.stdout.trim().split("\n").at(-1)!);
+      expect(done.migrationTimeMs).toBeGreaterThan(1000); // long enough that ACKs were sent
+      await sh(["cmp", h.image, h.destImage]);
+    } finally {
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+
   test("dest holds NBD requests until the image is consistent", async () => {
     const h = await hosts(16, 4);
     const srv = await startServe({ image: h.image, runDir: h.a });

@@ -14,7 +14,7 @@
 import { imageSha256 } from "../disk/checksum.ts";
 import type { ControlClient } from "../disk/control-client.ts";
 import type { Channel } from "../net/channel.ts";
-import { msg, MsgType } from "../net/protocol.ts";
+import { type Done, msg, MsgType, typeName } from "../net/protocol.ts";
 import type { Logger } from "../log.ts";
 import type { DeltaStreamer } from "./deltas.ts";
 import { DeltasError, HandoffError } from "./errors.ts";
@@ -44,6 +44,17 @@ export async function catchUp(ctl: ControlClient, deltas: DeltaStreamer, log: Lo
   }
 }
 
+/** Waits for DONE; ACKs that were in flight (the destination sends them periodically) are skipped. */
+async function awaitDone(ch: Channel): Promise<Done> {
+  for (;;) {
+    const m = await ch.recv(10 * 60 * 1000);
+    if (m.type === MsgType.DONE) return m;
+    if (m.type === MsgType.ACK) continue;
+    if (m.type === MsgType.ERROR) throw new HandoffError(`the destination reported: ${m.message}`, { pastPointOfNoReturn: true });
+    throw new HandoffError(`expected DONE, got ${typeName(m.type)}`, { pastPointOfNoReturn: true });
+  }
+}
+
 export async function handOffStorage(
   ch: Channel,
   ctl: ControlClient,
@@ -66,7 +77,7 @@ export async function handOffStorage(
     if (after.recording.failed) throw new HandoffError(`record mode failed at the source: ${after.recording.failed}`, { pastPointOfNoReturn: true });
     const sha = imageSha256(imagePath);
     await ch.send(msg.barrier(deltas.lastSeq, after.size, sha));
-    const done = await ch.expect(MsgType.DONE, 10 * 60 * 1000);
+    const done = await awaitDone(ch);
     if (done.sha256 !== sha) throw new HandoffError("the destination's image checksum differs from the source's", { pastPointOfNoReturn: true });
     return { fencedAt, doneAt: performance.now(), finalDeltas: deltas.sent - before };
   } catch (cause) {
