@@ -14,6 +14,7 @@ export default defineCommand({
     to: { type: "string", description: "the destination", required: true, valueHint: "HOST:PORT" },
     "secret-file": { type: "string", description: "shared secret (never sent)", valueHint: "F" },
     insecure: { type: "boolean", description: "talk to a destination without a secret", default: false },
+    compress: { type: "enum", options: ["zstd", "none"], description: "compress blocks and deltas on the wire", default: "zstd" },
     hypervisor: { type: "string", description: "who moves the memory: none (storage only)", default: "none" },
     ...jsonArg,
     ...logArg,
@@ -29,13 +30,14 @@ export default defineCommand({
       runDir: args["run-dir"],
       connect: () => connectTcp(host, port),
       creds,
+      compress: args.compress !== "none",
       log,
       onEvent: args.json ? (e) => process.stdout.write(`${JSON.stringify(e)}\n`) : undefined,
     });
     if (!args.json)
       process.stdout.write(
         `migrated ${args.name} in ${m.migrationTimeMs} ms: storage downtime ${m.storageDowntimeMs} ms, ` +
-          `bulk ${m.bulkBytes} bytes (${m.bulkZeroBlocks} zero blocks skipped), ${m.deltaCount} deltas (${m.deltaBytes} bytes, ${m.finalDeltas} after the fence), ` +
+          `bulk ${m.bulkBytes} bytes (${m.bulkWireBytes} on the wire; ${m.bulkZeroBlocks} zero blocks skipped), ${m.deltaCount} deltas (${m.deltaBytes} bytes, ${m.finalDeltas} after the fence), ` +
           `${m.bytesOnWire} bytes on the wire, throttle level ${m.throttleSteps}\n`,
       );
   },

@@ -4,13 +4,17 @@
 
 import { FileBackend } from "../disk/file-backend.ts";
 import type { Channel } from "../net/channel.ts";
+import { maybeCompress } from "../net/compress.ts";
 import { msg } from "../net/protocol.ts";
 import { BulkError } from "./errors.ts";
 
 export interface BulkProgress {
   offset: number;
   size: number;
+  /** Image bytes sent, before compression. */
   bytesSent: number;
+  /** The same blocks as they crossed the wire (payload bytes, after compression). */
+  wireBytes: number;
   dataBlocks: number;
   zeroBlocks: number;
 }
@@ -28,7 +32,7 @@ export function isZero(b: Uint8Array): boolean {
 export async function sendBulk(
   ch: Channel,
   imagePath: string,
-  opts: { from: number; blockSize: number; onProgress?: (p: BulkProgress) => void },
+  opts: { from: number; blockSize: number; compress: boolean; onProgress?: (p: BulkProgress) => void },
 ): Promise<BulkProgress> {
   let image: FileBackend;
   try {
@@ -36,7 +40,7 @@ export async function sendBulk(
   } catch (cause) {
     throw new BulkError(`cannot open ${imagePath}`, { cause });
   }
-  const p: BulkProgress = { offset: opts.from, size: image.size, bytesSent: 0, dataBlocks: 0, zeroBlocks: 0 };
+  const p: BulkProgress = { offset: opts.from, size: image.size, bytesSent: 0, wireBytes: 0, dataBlocks: 0, zeroBlocks: 0 };
   const buf = Buffer.allocUnsafe(READ_CHUNK);
   try {
     while (p.offset < p.size) {
@@ -50,7 +54,9 @@ export async function sendBulk(
           continue;
         }
         // Copy: the read buffer is reused for the next chunk while frames may still queue.
-        await ch.send(msg.bulk(p.offset + at, block.length, Buffer.from(block)));
+        const out = opts.compress ? maybeCompress(block) : { data: block, compressed: false };
+        await ch.send(msg.bulk(p.offset + at, block.length, out.compressed ? out.data : Buffer.from(block), out.compressed));
+        p.wireBytes += out.data.length;
         p.dataBlocks++;
         p.bytesSent += block.length;
       }

@@ -4,6 +4,7 @@
 
 import { DeltaKind, DeltaLogReader } from "../disk/delta-log.ts";
 import type { Channel } from "../net/channel.ts";
+import { maybeCompress } from "../net/compress.ts";
 import { DeltaOp, msg } from "../net/protocol.ts";
 import { DeltasError } from "./errors.ts";
 
@@ -13,9 +14,12 @@ export class DeltaStreamer {
   bytes = 0;
   lastSeq = 0n;
 
+  wireBytes = 0;
+
   constructor(
     private ch: Channel,
     logPath: string,
+    private readonly compress: boolean,
   ) {
     try {
       this.reader = new DeltaLogReader(logPath);
@@ -41,16 +45,18 @@ export class DeltaStreamer {
         throw new DeltasError("the delta log is corrupt", { cause, pastPointOfNoReturn: opts.pastPointOfNoReturn });
       }
       if (r === "end") return n;
+      const out = this.compress && r.data.length ? maybeCompress(r.data) : { data: r.data, compressed: false };
       await this.ch.send(
         msg.delta({
           seq: r.seq,
           op: r.kind === DeltaKind.DATA ? DeltaOp.DATA : DeltaOp.ZERO,
           offset: r.offset,
           length: r.length,
-          compressed: false,
-          data: r.data,
+          compressed: out.compressed,
+          data: out.data,
         }),
       );
+      this.wireBytes += out.data.length;
       this.lastSeq = r.seq;
       this.sent++;
       this.bytes += r.data.length;

@@ -11,6 +11,7 @@ import { existsSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { imageSha256 } from "../disk/checksum.ts";
 import { FileBackend } from "../disk/file-backend.ts";
 import type { Channel } from "../net/channel.ts";
+import { decompress } from "../net/compress.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { DeltaOp, type Hello, msg, MsgType, typeName } from "../net/protocol.ts";
 import type { Logger } from "../log.ts";
@@ -87,10 +88,12 @@ export async function receive(
       const m = await ch.recv();
       switch (m.type) {
         case MsgType.BULK:
-          if (m.compressed) throw new ProtocolError("compressed blocks are not supported by this destination");
           checkRange(m.offset, m.length, hello.size);
-          if (fresh) writeSparse(image, m.offset, m.data);
-          else image.write(m.offset, m.data, false);
+          {
+            const data = m.compressed ? decompress(m.data, m.length) : m.data;
+            if (fresh) writeSparse(image, m.offset, data);
+            else image.write(m.offset, data, false);
+          }
           bulkOffset = Math.max(bulkOffset, m.offset + m.length);
           break;
         case MsgType.ZERO:
@@ -101,7 +104,7 @@ export async function receive(
           const expected = state.nextSeq;
           if (expected !== undefined && m.seq !== expected) throw new ProtocolError(`delta ${m.seq} arrived, expected ${expected}: deltas must come in order`);
           checkRange(m.offset, m.length, hello.size);
-          if (m.op === DeltaOp.DATA) image.write(m.offset, m.data, false);
+          if (m.op === DeltaOp.DATA) image.write(m.offset, m.compressed ? decompress(m.data, m.length) : m.data, false);
           else await image.zero(m.offset, m.length, false, true);
           state.nextSeq = m.seq + 1n;
           break;

@@ -18,6 +18,7 @@ export interface SourceOptions {
   connect: () => Promise<Channel>;
   creds: Credentials;
   blockSize?: number;
+  compress: boolean;
   log: Logger;
   onEvent?: (e: Record<string, unknown>) => void;
 }
@@ -26,9 +27,11 @@ export interface MigrationMetrics {
   migrationTimeMs: number;
   storageDowntimeMs: number;
   bulkBytes: number;
+  bulkWireBytes: number;
   bulkZeroBlocks: number;
   deltaCount: number;
   deltaBytes: number;
+  deltaWireBytes: number;
   finalDeltas: number;
   bytesOnWire: number;
   deltaRatePerSec: number;
@@ -69,12 +72,13 @@ export async function runSource(o: SourceOptions): Promise<MigrationMetrics> {
     const bulk = await sendBulk(ch, status.image, {
       from: ready.bulkOffset,
       blockSize,
+      compress: o.compress,
       onProgress: (p) => o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: p.bytesSent }),
     });
     o.log.info(`bulk copy done: ${bulk.dataBlocks} blocks sent, ${bulk.zeroBlocks} zero blocks skipped`);
 
     emit("deltas");
-    deltas = new DeltaStreamer(ch, rec.path!);
+    deltas = new DeltaStreamer(ch, rec.path!, o.compress);
     await catchUp(ctl, deltas, o.log);
 
     emit("handoff");
@@ -88,9 +92,11 @@ export async function runSource(o: SourceOptions): Promise<MigrationMetrics> {
       migrationTimeMs: Math.round(migrationTimeMs),
       storageDowntimeMs: Math.round(h.doneAt - h.fencedAt),
       bulkBytes: bulk.bytesSent,
+      bulkWireBytes: bulk.wireBytes,
       bulkZeroBlocks: bulk.zeroBlocks,
       deltaCount: deltas.sent,
       deltaBytes: deltas.bytes,
+      deltaWireBytes: deltas.wireBytes,
       finalDeltas: h.finalDeltas,
       bytesOnWire: ch.bytesSent,
       deltaRatePerSec: Math.round((deltas.sent / migrationTimeMs) * 1000),
