@@ -119,3 +119,16 @@ describe("authentication proofs", () => {
     expect(verifyProof(secret, "dest", nd, ns, "zz")).toBe(false);
   });
 });
+
+import { parseRate } from "../src/net/rate.ts";
+
+describe("rates", () => {
+  test("tc-style bits and byte units", () => {
+    expect(parseRate("5mbit")).toBe(625_000);
+    expect(parseRate("1gbit")).toBe(125_000_000);
+    expect(parseRate("10MB")).toBe(10_000_000);
+    expect(parseRate("8MiB/s")).toBe(8 * 1024 * 1024);
+    expect(() => parseRate("fast")).toThrow("cannot read rate");
+    expect(() => parseRate("5 parsecs")).toThrow("cannot read rate");
+  });
+});

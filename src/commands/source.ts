@@ -1,6 +1,7 @@
 import { defineCommand } from "citty";
 import { logger, setLogLevel } from "../log.ts";
 import { connectTcp } from "../net/channel.ts";
+import { parseRate, TokenBucket } from "../net/rate.ts";
 import { runSource } from "../phases/source-run.ts";
 import { jsonArg, logArg, nameArg, runDirArg } from "./_shared.ts";
 import { credentials, parseHostPort } from "./_migration.ts";
@@ -15,6 +16,7 @@ export default defineCommand({
     "secret-file": { type: "string", description: "shared secret (never sent)", valueHint: "F" },
     insecure: { type: "boolean", description: "talk to a destination without a secret", default: false },
     compress: { type: "enum", options: ["zstd", "none"], description: "compress blocks and deltas on the wire", default: "zstd" },
+    bandwidth: { type: "string", description: "cap the migration stream: 5mbit, 100mbit, 10MB (per second)", valueHint: "RATE" },
     hypervisor: { type: "string", description: "who moves the memory: none (storage only)", default: "none" },
     ...jsonArg,
     ...logArg,
@@ -25,10 +27,15 @@ export default defineCommand({
     const log = logger("migration sender");
     const creds = credentials(args, "source");
     const { host, port } = parseHostPort(args.to, "--to");
+    const rate = args.bandwidth ? new TokenBucket(parseRate(args.bandwidth)) : undefined;
     const m = await runSource({
       name: args.name,
       runDir: args["run-dir"],
-      connect: () => connectTcp(host, port),
+      connect: async () => {
+        const ch = await connectTcp(host, port);
+        ch.rate = rate;
+        return ch;
+      },
       creds,
       compress: args.compress !== "none",
       log,

@@ -4,6 +4,7 @@ import type { Socket, TCPSocketListener } from "bun";
 import { ExitCode } from "../errors.ts";
 import { ProtocolError } from "./errors.ts";
 import { encodeFrame, FrameDecoder, type Message, typeName } from "./protocol.ts";
+import type { TokenBucket } from "./rate.ts";
 
 const HIGH_WATER = 8 * 1024 * 1024;
 
@@ -22,6 +23,8 @@ export class Channel {
   private outBytes = 0;
   private drained?: () => void;
   closed = false;
+  /** Set by the source with --bandwidth. */
+  rate?: TokenBucket;
   bytesSent = 0;
   bytesReceived = 0;
 
@@ -64,6 +67,7 @@ export class Channel {
   async send(m: Message): Promise<void> {
     if (this.failure && this.closed) throw this.failure;
     const f = encodeFrame(m);
+    if (this.rate) await this.rate.take(f.length);
     this.bytesSent += f.length;
     if (this.outq.length) {
       this.outq.push(f);

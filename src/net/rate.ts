@@ -1,0 +1,48 @@
+// Bandwidth cap for the migration stream (--bandwidth), so a migration can share a WAN
+// link with the VM's own traffic. A token bucket with a small burst: the average rate is
+// exact over any second, and the stream never bursts far past the cap.
+
+import { UsageError } from "../errors.ts";
+
+const UNITS: Record<string, number> = {
+  bit: 1 / 8, kbit: 1e3 / 8, mbit: 1e6 / 8, gbit: 1e9 / 8,
+  b: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9,
+  kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3,
+};
+
+/** "5mbit", "100mbit", "1gbit" (bits, as tc writes them), "10MB", "8MiB" (bytes), per second. */
+export function parseRate(spec: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([a-z]+)?(?:\/s)?$/i.exec(spec.trim());
+  const unit = (m?.[2] ?? "b").toLowerCase();
+  const mult = UNITS[unit];
+  if (!m || mult === undefined || Number(m[1]) <= 0)
+    throw new UsageError(`cannot read rate ${JSON.stringify(spec)}`, "write it like 5mbit, 100mbit, 1gbit (bits/s) or 10MB, 8MiB (bytes/s)");
+  return Number(m[1]) * mult;
+}
+
+export class TokenBucket {
+  private tokens: number;
+  private last = performance.now();
+  private readonly burst: number;
+
+  constructor(readonly bytesPerSec: number) {
+    this.burst = Math.max(64 * 1024, bytesPerSec / 20);
+    this.tokens = this.burst;
+  }
+
+  /** Resolves when `bytes` may be sent. */
+  async take(bytes: number): Promise<void> {
+    this.refill();
+    this.tokens -= bytes;
+    if (this.tokens >= 0) return;
+    // In debt: wait until the debt is paid back at the configured rate.
+    await Bun.sleep(Math.ceil((-this.tokens / this.bytesPerSec) * 1000));
+    this.refill();
+  }
+
+  private refill(): void {
+    const now = performance.now();
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.bytesPerSec);
+    this.last = now;
+  }
+}
