@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the tests and benchmarks drive as real processes:
 #   libnbd-bin (nbdinfo, nbdcopy, nbdsh), python3-libnbd (nbdsh's bindings),
-#   qemu-utils (qemu-img, qemu-io, qemu-nbd), nbdkit (a peer server), fio (nbd engine).
+#   qemu-utils (qemu-img, qemu-io, qemu-nbd), nbdkit (a peer server), fio (nbd engine),
+#   openssh-server + openssh-client (the ssh:// transport, tested against a real sshd).
 set -euo pipefail
-pkgs=(libnbd-bin python3-libnbd qemu-utils nbdkit fio)
+pkgs=(libnbd-bin python3-libnbd qemu-utils nbdkit fio openssh-server openssh-client)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

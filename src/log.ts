@@ -27,3 +27,20 @@ export function logger(role: string): Logger {
 export function setLogLevel(name: string): void {
   if (name in levels) rootLogger.level = levels[name]!;
 }
+
+/**
+ * From now on, log to a file instead of stderr. `dest --stdio` does this once the
+ * migration is done: ssh goes away then, and a write to its dead pipe must not take
+ * down the server that now holds the VM's disk.
+ */
+export async function redirectLogsTo(path: string, loggers: Logger[]): Promise<void> {
+  const { createWriteStream } = await import("node:fs");
+  const stream = createWriteStream(path, { flags: "a", mode: 0o600 });
+  stream.on("error", () => undefined);
+  // Each tagged logger holds its own copy of the options: change them all.
+  for (const l of [rootLogger, ...loggers]) {
+    l.options.stdout = stream as unknown as NodeJS.WriteStream;
+    l.options.stderr = stream as unknown as NodeJS.WriteStream;
+    l.options.formatOptions = { ...l.options.formatOptions, colors: false };
+  }
+}

@@ -3,7 +3,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { NbdErr } from "../src/disk/nbd-protocol.ts";
 import { ExitCode } from "../src/errors.ts";
+import { ControlClient } from "../src/disk/control-client.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
+import { startSshd } from "./helpers/sshd.ts";
 import { randomFile, secretFile, sh, sparseFile, startDest, startServe, tempDir, wanmig } from "./helpers/serve-process.ts";
 
 const MiB = 1024 * 1024;
@@ -167,20 +169,59 @@ describe("live migration, hypervisor none", () => {
     const h = await hosts(16, 4);
     const srv = await startServe({ image: h.image, runDir: h.a });
     const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
-    const src = wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure"]);
-    await dst.waitFor("receiving");
-    // A client of the destination (the incoming VM) connects early and reads block 0.
-    const c = await RawNbd.connect(dst.socket);
-    await c.go();
-    const early = c.read(0, 4096);
-    const res = await src;
-    expect(res.code).toBe(0);
-    const r = await early;
-    expect(r.error).toBe(0);
-    expect(Buffer.from(r.data!).equals((await Bun.file(h.image).slice(0, 4096).bytes()) as Buffer) || Buffer.compare(r.data!, Buffer.from(await Bun.file(h.image).slice(0, 4096).arrayBuffer())) === 0).toBe(true);
-    c.disconnect();
-    await srv.stop();
-    await dst.stop();
+    try {
+      const src = wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure"]);
+      await dst.waitFor("receiving");
+      // A client of the destination (the incoming VM) connects early and reads block 0.
+      const c = await RawNbd.connect(dst.socket);
+      await c.go();
+      const early = c.read(0, 4096);
+      const res = await src;
+      expect(res.code).toBe(0);
+      const r = await early;
+      expect(r.error).toBe(0);
+      // It saw the source's data, not the empty image it would have read had it not been held.
+      const want = Buffer.from(await Bun.file(h.image).slice(0, 4096).arrayBuffer());
+      expect(Buffer.compare(r.data!, want)).toBe(0);
+      expect(want.some((b) => b !== 0)).toBe(true);
+      c.disconnect();
+    } finally {
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+});
+
+describe("over SSH (a real sshd on loopback)", () => {
+  test("source --to ssh:// starts dest --stdio there, migrates, and dest serves on after ssh is gone", async () => {
+    const h = await hosts(32, 8);
+    const sshd = await startSshd(join(dir.path, "sshd"));
+    const srv = await startServe({ image: h.image, runDir: h.a });
+    let destPid: number | undefined;
+    try {
+      const run = await wanmig(
+        ["source", "--name", "vm", "--run-dir", h.a, "--to", `ssh://root@127.0.0.1:${sshd.port}`,
+         "--dest-image", h.destImage, "--dest-run-dir", h.b, "--remote-bin", sshd.remoteBin, "--json"],
+        { env: { WANMIG_SSH: sshd.sshWrapper } },
+      );
+      expect(run.stderr).toContain("dest --stdio");
+      expect(run.code).toBe(0);
+      await sh(["cmp", h.image, h.destImage]);
+      const ctl = new ControlClient(join(h.b, "vm.ctl"));
+      await Bun.sleep(500); // ssh is gone by now
+      const st = await ctl.status();
+      destPid = st.pid;
+      expect(st.mode).toBe("normal");
+      const c = await RawNbd.connect(join(h.b, "vm.nbd"));
+      await c.go();
+      expect(await c.write(0, Buffer.alloc(4096, 9))).toBe(0);
+      c.disconnect();
+      expect(await Bun.file(join(h.b, "vm.log")).text()).toContain("now serving");
+    } finally {
+      if (destPid) process.kill(destPid, "SIGTERM");
+      await srv.stop();
+      await sshd.stop();
+    }
   });
 });
 

@@ -1,18 +1,57 @@
 import { defineCommand } from "citty";
 import { logger, setLogLevel } from "../log.ts";
-import { connectTcp } from "../net/channel.ts";
+import { connectTcp, pipeChannel } from "../net/channel.ts";
+import { ControlClient } from "../disk/control-client.ts";
+import { controlSocketPath } from "../disk/disk-service.ts";
+import type { Logger } from "../log.ts";
+import { quoteArgv, spawnPiped } from "../util/run.ts";
 import { parseRate, TokenBucket } from "../net/rate.ts";
 import { runSource } from "../phases/source-run.ts";
 import { jsonArg, logArg, nameArg, runDirArg } from "./_shared.ts";
 import { credentials, parseHostPort } from "./_migration.ts";
 import { UsageError } from "../errors.ts";
 
+function hostPort(spec: string): [string, number] {
+  const { host, port } = parseHostPort(spec, "--to");
+  return [host, port];
+}
+
+/** `ssh [-p PORT] [USER@]HOST wanmig dest --stdio …`, spoken to through its pipes. */
+async function sshDest(
+  args: { to: string; name: string; "run-dir": string; "dest-image"?: string; "dest-run-dir"?: string; "remote-bin": string },
+  log: Logger,
+) {
+  const m = /^ssh:\/\/(?:([^@/]+)@)?(\[[^\]]+\]|[^:/]+)(?::(\d+))?\/?$/.exec(args.to);
+  if (!m) throw new UsageError(`cannot parse ${JSON.stringify(args.to)}`, "write ssh://[USER@]HOST[:PORT]");
+  const status = await new ControlClient(controlSocketPath(args["run-dir"], args.name)).status();
+  const remote = [
+    args["remote-bin"], "dest", "--stdio", "--name", args.name,
+    "--image", args["dest-image"] ?? status.image, "--run-dir", args["dest-run-dir"] ?? args["run-dir"],
+  ];
+  const argv = [
+    process.env.WANMIG_SSH ?? "ssh", "-o", "BatchMode=yes", ...(m[3] ? ["-p", m[3]] : []),
+    `${m[1] ? `${m[1]}@` : ""}${m[2]!.replace(/^\[|\]$/g, "")}`, "--", quoteArgv(remote),
+  ];
+  const child = spawnPiped(argv, log);
+  const ch = pipeChannel(child.stdout, child.stdin);
+  // Closing the channel ends our ssh client too; the remote dest detaches and serves on.
+  const close = ch.close.bind(ch);
+  ch.close = () => {
+    close();
+    child.kill();
+  };
+  return ch;
+}
+
 export default defineCommand({
   meta: { name: "source", description: "Migrate a locally served disk to a waiting `wanmig dest`" },
   args: {
     ...nameArg,
     ...runDirArg,
-    to: { type: "string", description: "the destination", required: true, valueHint: "HOST:PORT" },
+    to: { type: "string", description: "the destination: a waiting `wanmig dest --listen`, or ssh:// to start one", required: true, valueHint: "HOST:PORT|ssh://[USER@]HOST[:PORT]" },
+    "dest-image": { type: "string", description: "with ssh://: the image path there (default: the same path as here)", valueHint: "PATH" },
+    "dest-run-dir": { type: "string", description: "with ssh://: the run directory there (default: the same as here)", valueHint: "DIR" },
+    "remote-bin": { type: "string", description: "with ssh://: the wanmig command there", default: "wanmig", valueHint: "PATH" },
     "secret-file": { type: "string", description: "shared secret (never sent)", valueHint: "F" },
     insecure: { type: "boolean", description: "talk to a destination without a secret", default: false },
     compress: { type: "enum", options: ["zstd", "none"], description: "compress blocks and deltas on the wire", default: "zstd" },
@@ -25,14 +64,15 @@ export default defineCommand({
     if (args.log) setLogLevel(args.log);
     if (args.hypervisor !== "none") throw new UsageError(`--hypervisor ${args.hypervisor} is not available yet; use none`);
     const log = logger("migration sender");
-    const creds = credentials(args, "source");
-    const { host, port } = parseHostPort(args.to, "--to");
     const rate = args.bandwidth ? new TokenBucket(parseRate(args.bandwidth)) : undefined;
+    const ssh = args.to.startsWith("ssh://");
+    // Over SSH, SSH authenticates and encrypts; a secret file is still honoured if given.
+    const creds = ssh && !args["secret-file"] ? {} : credentials(args, "source");
     const m = await runSource({
       name: args.name,
       runDir: args["run-dir"],
       connect: async () => {
-        const ch = await connectTcp(host, port);
+        const ch = ssh ? await sshDest(args, log) : await connectTcp(...hostPort(args.to));
         ch.rate = rate;
         return ch;
       },

@@ -1,6 +1,7 @@
-// A message channel over a stream socket: framed sends with backpressure, ordered receives.
+// A message channel over a byte stream (TCP socket, or the pipes of `ssh … dest --stdio`):
+// framed sends with backpressure, ordered receives.
 
-import type { Socket, TCPSocketListener } from "bun";
+import type { FileSink, Socket, TCPSocketListener } from "bun";
 import { ExitCode } from "../errors.ts";
 import { ProtocolError } from "./errors.ts";
 import { encodeFrame, FrameDecoder, type Message, typeName } from "./protocol.ts";
@@ -12,6 +13,13 @@ export class ChannelClosed extends ProtocolError {
   constructor(message = "the peer closed the connection", cause?: unknown) {
     super(message, { exitCode: ExitCode.peerFailure, cause });
   }
+}
+
+/** The writing half of a byte stream, as a Bun socket has it: takes what it can now. */
+export interface ByteWriter {
+  /** Bytes taken now (the rest is retried on drain), or -1 once closed. */
+  write(b: Uint8Array): number;
+  end(): void;
 }
 
 export class Channel {
@@ -28,7 +36,7 @@ export class Channel {
   bytesSent = 0;
   bytesReceived = 0;
 
-  constructor(private socket: Socket<unknown>) {}
+  constructor(private socket: ByteWriter) {}
 
   /** Called by the socket's handlers. */
   onData(chunk: Uint8Array): void {
@@ -125,6 +133,64 @@ export class Channel {
 interface Holder {
   ch?: Channel;
 }
+
+const PIPE_HIGH_WATER = 4 * 1024 * 1024;
+
+/**
+ * A channel over a readable stream and a writer (pipes: our stdio in `dest --stdio`, or
+ * the stdio of an `ssh` child). Backpressure: the writer refuses bytes while too much
+ * is buffered, and the channel queues them until it drains.
+ */
+export function pipeChannel(readable: ReadableStream<Uint8Array>, sink: { write(b: Uint8Array): unknown; flush?(): unknown; end(): unknown }, onEnd?: () => void): Channel {
+  let buffered = 0;
+  let closed = false;
+  let ch!: Channel;
+  const writer: ByteWriter = {
+    write(b) {
+      if (closed) return -1;
+      if (buffered > PIPE_HIGH_WATER) return 0;
+      sink.write(b);
+      buffered += b.length;
+      Promise.resolve(sink.flush?.()).then(
+        () => {
+          buffered = 0;
+          ch.onDrain();
+        },
+        () => undefined,
+      );
+      return b.length;
+    },
+    end() {
+      if (closed) return;
+      closed = true;
+      try {
+        sink.end();
+      } catch {}
+    },
+  };
+  ch = new Channel(writer);
+  (async () => {
+    try {
+      for await (const chunk of readable) ch.onData(chunk);
+      ch.onClose();
+    } catch (err) {
+      ch.onClose(err as Error);
+    }
+    onEnd?.();
+  })();
+  return ch;
+}
+
+/** Adapts Node's process.stdout (write returns false when full) to the FileSink shape. */
+export function stdoutSink(): { write(b: Uint8Array): void; flush(): Promise<void>; end(): void } {
+  return {
+    write: (b) => void process.stdout.write(b),
+    flush: () => (process.stdout.writableNeedDrain ? new Promise((r) => process.stdout.once("drain", () => r())) : Promise.resolve()),
+    end: () => process.stdout.end(),
+  };
+}
+
+export type { FileSink };
 
 function handlers(onOpen?: (ch: Channel) => void) {
   return {
