@@ -192,6 +192,50 @@ describe("live migration, hypervisor none", () => {
   });
 });
 
+describe("freeze-and-copy (the baseline)", () => {
+  test("writes are refused for the whole copy; the images end equal; downtime is the whole copy", async () => {
+    const h = await hosts(64, 32);
+    const srv = await startServe({ image: h.image, runDir: h.a });
+    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
+    const w = await writer(srv.socket, 64 * MiB);
+    try {
+      await Bun.sleep(50);
+      const run = await wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure", "--mode", "freeze-and-copy", "--json"]);
+      await w.stop();
+      expect(run.code).toBe(0);
+      const done = JSON.parse(run.stdout.trim().split("\n").at(-1)!);
+      expect(done.deltaCount).toBe(0);
+      expect(done.storageDowntimeMs).toBeGreaterThan(done.migrationTimeMs * 0.5);
+      expect(w.refused).toBeGreaterThan(0);
+      await sh(["cmp", h.image, h.destImage]);
+      expect((await srv.ctl.status()).mode).toBe("fenced");
+    } finally {
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+
+  test("dest killed mid-copy: the source is unfenced again and exits 5", async () => {
+    const h = await hosts(256, 200);
+    const srv = await startServe({ image: h.image, runDir: h.a });
+    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
+    try {
+      const src = wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure", "--mode", "freeze-and-copy", "--compress", "none"]);
+      await dst.waitFor("receiving");
+      dst.proc.kill("SIGKILL");
+      const run = await src;
+      expect(run.code).toBe(ExitCode.abortedSafely);
+      expect((await srv.ctl.status()).mode).toBe("normal");
+      const c = await RawNbd.connect(srv.socket);
+      await c.go();
+      expect(await c.write(0, Buffer.alloc(512, 4))).toBe(0);
+      c.disconnect();
+    } finally {
+      await srv.stop();
+    }
+  });
+});
+
 describe("over SSH (a real sshd on loopback)", () => {
   test("source --to ssh:// starts dest --stdio there, migrates, and dest serves on after ssh is gone", async () => {
     const h = await hosts(32, 8);

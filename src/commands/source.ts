@@ -54,6 +54,7 @@ export default defineCommand({
     "remote-bin": { type: "string", description: "with ssh://: the wanmig command there", default: "wanmig", valueHint: "PATH" },
     "secret-file": { type: "string", description: "shared secret (never sent)", valueHint: "F" },
     insecure: { type: "boolean", description: "talk to a destination without a secret", default: false },
+    mode: { type: "enum", options: ["live", "freeze-and-copy"], description: "live (copy while the VM runs) or freeze-and-copy (the baseline: stop writes, then copy)", default: "live" },
     compress: { type: "enum", options: ["zstd", "none"], description: "compress blocks and deltas on the wire", default: "zstd" },
     bandwidth: { type: "string", description: "cap the migration stream: 5mbit, 100mbit, 10MB (per second)", valueHint: "RATE" },
     hypervisor: { type: "string", description: "who moves the memory: none (storage only)", default: "none" },
@@ -78,6 +79,7 @@ export default defineCommand({
       },
       creds,
       compress: args.compress !== "none",
+      mode: args.mode as "live" | "freeze-and-copy",
       log,
       onEvent: args.json ? (e) => process.stdout.write(`${JSON.stringify(e)}\n`) : undefined,
     });

@@ -45,7 +45,7 @@ export async function catchUp(ctl: ControlClient, deltas: DeltaStreamer, log: Lo
 }
 
 /** Waits for DONE; ACKs that were in flight (the destination sends them periodically) are skipped. */
-async function awaitDone(ch: Channel): Promise<Done> {
+export async function awaitDone(ch: Channel): Promise<Done> {
   for (;;) {
     const m = await ch.recv(10 * 60 * 1000);
     if (m.type === MsgType.DONE) return m;

@@ -9,7 +9,10 @@ import type { Logger } from "../log.ts";
 import { sendBulk } from "./bulk.ts";
 import { DeltaStreamer } from "./deltas.ts";
 import { InitError, PhaseError } from "./errors.ts";
-import { catchUp, handOffStorage } from "./handoff.ts";
+import { awaitDone, catchUp, handOffStorage } from "./handoff.ts";
+import { imageSha256 } from "../disk/checksum.ts";
+import { msg } from "../net/protocol.ts";
+import { HandoffError } from "./errors.ts";
 import { type Credentials, sourceHandshake } from "./init.ts";
 
 export interface SourceOptions {
@@ -19,6 +22,8 @@ export interface SourceOptions {
   creds: Credentials;
   blockSize?: number;
   compress: boolean;
+  /** live (the paper's) or freeze-and-copy (the baseline it is compared with). */
+  mode?: "live" | "freeze-and-copy";
   log: Logger;
   onEvent?: (e: Record<string, unknown>) => void;
 }
@@ -61,6 +66,7 @@ export async function runSource(o: SourceOptions): Promise<MigrationMetrics> {
   let recording = false;
   let fenced = false;
   let deltas: DeltaStreamer | undefined;
+  if (o.mode === "freeze-and-copy") return freezeAndCopy(ch, ctl, status, blockSize, o, t0);
   try {
     const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, blockSize });
     // Record mode starts before the first bulk byte is read, so no write can be missed.
@@ -114,6 +120,61 @@ export async function runSource(o: SourceOptions): Promise<MigrationMetrics> {
     throw err instanceof PhaseError ? err : new PhaseError("migration", "aborted before the point of no return; the VM's disk is still served here, writable", { cause: err });
   } finally {
     deltas?.close();
+    ch.close();
+  }
+}
+
+/**
+ * The baseline: fence first (the VM's disk stops), copy everything, hand over. The point
+ * of no return is the BARRIER: until it is sent the destination cannot release anything,
+ * so a failure before it unfences the source and the VM's disk carries on here.
+ */
+async function freezeAndCopy(
+  ch: Channel,
+  ctl: ControlClient,
+  status: { size: number; image: string },
+  blockSize: number,
+  o: SourceOptions,
+  t0: number,
+): Promise<MigrationMetrics> {
+  let barrierSent = false;
+  let fencedAt = 0;
+  try {
+    const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, blockSize });
+    await ctl.fence();
+    fencedAt = performance.now();
+    o.log.info("freeze-and-copy: source fenced; copying the whole image");
+    o.onEvent?.({ event: "phase", phase: "bulk" });
+    const bulk = await sendBulk(ch, status.image, { from: ready.bulkOffset, blockSize, compress: o.compress });
+    const sha = imageSha256(status.image);
+    o.onEvent?.({ event: "phase", phase: "handoff" });
+    o.log.info("point of no return: sending the barrier");
+    barrierSent = true;
+    await ch.send(msg.barrier(0n, status.size, sha));
+    const done = await awaitDone(ch);
+    if (done.sha256 !== sha) throw new HandoffError("the destination's image checksum differs from the source's", { pastPointOfNoReturn: true });
+    const now = performance.now();
+    const metrics: MigrationMetrics = {
+      migrationTimeMs: Math.round(now - t0),
+      storageDowntimeMs: Math.round(now - fencedAt),
+      bulkBytes: bulk.bytesSent,
+      bulkWireBytes: bulk.wireBytes,
+      bulkZeroBlocks: bulk.zeroBlocks,
+      deltaCount: 0,
+      deltaBytes: 0,
+      deltaWireBytes: 0,
+      finalDeltas: 0,
+      bytesOnWire: ch.bytesSent,
+      deltaRatePerSec: 0,
+      throttleSteps: 0,
+    };
+    o.onEvent?.({ event: "done", ...metrics });
+    return metrics;
+  } catch (err) {
+    if (barrierSent) throw err instanceof PhaseError ? err : new HandoffError("failed after the point of no return", { cause: err, pastPointOfNoReturn: true });
+    if (fencedAt) await ctl.fence(false).catch(() => undefined);
+    throw err instanceof PhaseError ? err : new PhaseError("migration", "aborted before the point of no return; the VM's disk is served here again, writable", { cause: err });
+  } finally {
     ch.close();
   }
 }
