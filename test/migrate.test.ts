@@ -6,7 +6,8 @@ import { ExitCode } from "../src/errors.ts";
 import { ControlClient } from "../src/disk/control-client.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { startSshd } from "./helpers/sshd.ts";
-import { randomFile, secretFile, sh, sparseFile, startDest, startServe, tempDir, wanmig } from "./helpers/serve-process.ts";
+import { startProxy } from "./helpers/proxy.ts";
+import { MAIN, randomFile, secretFile, sh, sparseFile, startDest, startServe, tempDir, wanmig } from "./helpers/serve-process.ts";
 
 const MiB = 1024 * 1024;
 let dir: ReturnType<typeof tempDir>;
@@ -186,6 +187,77 @@ describe("live migration, hypervisor none", () => {
       expect(want.some((b) => b !== 0)).toBe(true);
       c.disconnect();
     } finally {
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+});
+
+describe("resume after a broken link", () => {
+  test("cut mid-bulk: the source reconnects and goes on from where the destination got, not from zero", async () => {
+    const h = await hosts(128, 128);
+    const srv = await startServe({ image: h.image, runDir: h.a });
+    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
+    const proxy = startProxy(dst.port);
+    const w = await writer(srv.socket, 128 * MiB);
+    try {
+      const src = Bun.spawn(
+        [process.execPath, MAIN, "source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${proxy.port}`, "--insecure", "--compress", "none", "--bandwidth", "400mbit", "--json"],
+        { stdout: "pipe", stderr: "pipe" },
+      );
+      const stderr = new Response(src.stderr).text();
+      while (proxy.bytes < 48 * MiB) await Bun.sleep(20);
+      proxy.cut();
+      const [out, code] = await Promise.all([new Response(src.stdout).text(), src.exited]);
+      await w.stop();
+      const err = await stderr;
+      expect(err).toContain("reconnecting");
+      expect(err).toContain("resumed: destination has bulk up to");
+      expect(code).toBe(0);
+      const done = JSON.parse(out.trim().split("\n").at(-1)!);
+      expect(done.reconnects).toBe(1);
+      // Starting over would send 128 MiB plus the 48 MiB already across.
+      expect(done.bulkBytes).toBeLessThan(128 * MiB + 16 * MiB);
+      await dst.waitFor("now serving");
+      await sh(["cmp", h.image, h.destImage]);
+      const c = await RawNbd.connect(dst.socket);
+      await c.go();
+      for (const [block, fill] of w.acked) expect((await c.read(block * 4096, 4096)).data![0]).toBe(fill);
+      c.disconnect();
+    } finally {
+      proxy.stop();
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+
+  test("cut while deltas stream: resumed at the destination's next sequence, identical", async () => {
+    const h = await hosts(32, 8);
+    const srv = await startServe({ image: h.image, runDir: h.a });
+    // Throttle hard so the deltas queue, and the link is cut while they stream.
+    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
+    const proxy = startProxy(dst.port);
+    const w = await writer(srv.socket, 32 * MiB);
+    try {
+      await Bun.sleep(300);
+      const src = Bun.spawn(
+        [process.execPath, MAIN, "source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${proxy.port}`, "--insecure", "--compress", "none", "--bandwidth", "100mbit"],
+        { stdout: "pipe", stderr: "pipe" },
+      );
+      let err = "";
+      (async () => {
+        for await (const c of src.stderr) err += new TextDecoder().decode(c);
+      })();
+      while (!err.includes("bulk copy done")) await Bun.sleep(10);
+      proxy.cut();
+      const code = await src.exited;
+      await w.stop();
+      expect(err).toContain("reconnecting");
+      expect(code).toBe(0);
+      await dst.waitFor("now serving");
+      await sh(["cmp", h.image, h.destImage]);
+    } finally {
+      proxy.stop();
       await srv.stop();
       await dst.stop();
     }

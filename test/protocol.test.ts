@@ -14,6 +14,7 @@ const all: Message[] = [
   msg.delta({ seq: 2n ** 63n + 5n, op: DeltaOp.DATA, offset: 4096, length: 3, compressed: false, data: Buffer.from([7, 8, 9]) }),
   msg.delta({ seq: 9n, op: DeltaOp.ZERO, offset: 0, length: 512, compressed: false, data: new Uint8Array(0) }),
   msg.ack(2 ** 33, 77n),
+  msg.bulkEnd(10 * 2 ** 30),
   msg.barrier(1000n, 4096, "00".repeat(32)),
   msg.done("11".repeat(32)),
   msg.error("disk full at the destination"),

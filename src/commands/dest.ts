@@ -5,19 +5,29 @@ import { logger, redirectLogsTo, setLogLevel } from "../log.ts";
 import type { Channel } from "../net/channel.ts";
 import { listenTcp, pipeChannel, stdoutSink } from "../net/channel.ts";
 import { UsageError } from "../errors.ts";
-import { receive } from "../phases/receive.ts";
+import { Receiver } from "../phases/receive.ts";
+import { ReceiveError } from "../phases/errors.ts";
 import { jsonArg, logArg, nameArg, runDirArg } from "./_shared.ts";
 import { credentials, parseHostPort } from "./_migration.ts";
 
-async function firstConnection(listen: string, name: string, log: ReturnType<typeof logger>): Promise<Channel> {
+/** Connections from the source, one after another (a broken one may be followed by a resume). */
+function connections(listen: string, name: string, log: ReturnType<typeof logger>) {
   const { host, port } = parseHostPort(listen, "--listen");
-  return new Promise<Channel>((resolve) => {
-    const listener = listenTcp(host, port, (ch) => {
-      listener.stop(false); // one migration per dest process
-      resolve(ch);
-    });
-    log.info(`listening on ${host}:${listener.port} for ${name}`);
+  const waiting: Channel[] = [];
+  let wake: (() => void) | undefined;
+  const listener = listenTcp(host, port, (ch) => {
+    waiting.push(ch);
+    wake?.();
   });
+  log.info(`listening on ${host}:${listener.port} for ${name}`);
+  return {
+    async next(timeoutMs: number): Promise<Channel | undefined> {
+      const end = Date.now() + timeoutMs;
+      while (!waiting.length && Date.now() < end) await new Promise<void>((r) => ((wake = r), setTimeout(r, Math.min(end - Date.now(), 60_000))));
+      return waiting.shift();
+    },
+    close: () => listener.stop(false),
+  };
 }
 
 export default defineCommand({
@@ -27,6 +37,7 @@ export default defineCommand({
     image: { type: "string", description: "the image file here (created sparse if missing)", required: true, valueHint: "PATH" },
     ...runDirArg,
     listen: { type: "string", description: "where the source connects", valueHint: "HOST:PORT" },
+    "resume-timeout": { type: "string", description: "after a broken link, how long to wait for the source to resume (seconds)", default: "600", valueHint: "S" },
     stdio: { type: "boolean", description: "speak the protocol on stdin/stdout (run by `ssh HOST wanmig dest --stdio`; SSH authenticates)", default: false },
     "secret-file": { type: "string", description: "shared secret (both sides prove they know it; it is never sent)", valueHint: "F" },
     insecure: { type: "boolean", description: "accept a source without a secret", default: false },
@@ -43,8 +54,7 @@ export default defineCommand({
     let svc: DiskService | undefined;
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
-    const ch = args.stdio ? pipeChannel(Bun.stdin.stream(), stdoutSink()) : await firstConnection(args.listen!, args.name, log);
-    await receive(ch, {
+    const receiver = new Receiver({
       image: args.image,
       creds,
       log,
@@ -52,6 +62,18 @@ export default defineCommand({
         svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], hold: held, log: serveLog });
       },
     });
+    if (args.stdio) {
+      if ((await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()))) === "dropped") throw new ReceiveError("the ssh link broke; run the migration again");
+    } else {
+      const conns = connections(args.listen!, args.name, log);
+      for (let first = true; ; first = false) {
+        // Wait for the first source as long as it takes; for a resume, a bounded time.
+        const ch = await conns.next(first ? Number.MAX_SAFE_INTEGER : Number(args["resume-timeout"]) * 1000);
+        if (!ch) throw new ReceiveError(`the source did not come back within ${args["resume-timeout"]} s`);
+        if ((await receiver.serve(ch)) === "completed") break;
+      }
+      conns.close();
+    }
     release();
     if (args.stdio) {
       // The source hangs up once it has DONE; the disk must go on being served.

@@ -69,6 +69,7 @@ export class Channel {
     this.closed = true;
     this.fail(err ? new ChannelClosed(`connection lost: ${err.message}`, err) : new ChannelClosed());
     this.drained?.();
+    this.wake?.(); // a receiver waiting for the next message must learn the stream is gone
   }
 
   /** Queues one message; resolves once the unsent backlog is below the high-water mark. */

@@ -13,6 +13,7 @@
 //     | READY     {bulkOffset, nextSeq}: where to resume        |  0/first on a new run
 //     |<-------------------------------------------------------|
 //     | BULK offset [zstd] data | ZERO offset length   ...      |  bulk copy, in order
+//     | BULK_END  {size}                                        |
 //     | DELTA seq kind offset length data              ...      |  deltas, in seq order
 //     |------------------------------------------------------->|
 //     | ACK bulkOffset seq    (applied and durable up to here)  |  periodic
@@ -22,6 +23,10 @@
 //     | DONE      {sha256} (verified; dest now serves the VM)   |
 //     |<-------------------------------------------------------|
 //   Either side may send ERROR {message} and close.
+//
+// Resume: if the stream breaks before the fence, the source connects again and repeats
+// HELLO/AUTH; READY then says how far the destination got (bulk offset, or the size once
+// BULK_END arrived; the next delta sequence it needs), and the source goes on from there.
 //
 // Frame: u32 magic "WMG1" | u8 type | u8 flags | u16 reserved (0) | u32 payload length |
 // payload | u32 CRC-32 of header and payload. Big-endian. Control messages carry JSON;
@@ -49,6 +54,7 @@ export const MsgType = {
   ZERO: 11,
   DELTA: 12,
   ACK: 13,
+  BULK_END: 14,
   BARRIER: 20,
   DONE: 21,
   ERROR: 30,
@@ -109,6 +115,11 @@ export interface Ack {
   /** Every delta below this sequence number is applied. */
   nextSeq: bigint;
 }
+/** Every block of the bulk copy has been sent (zero blocks are never sent, so say it). */
+export interface BulkEnd {
+  type: typeof MsgType.BULK_END;
+  size: number;
+}
 export interface Barrier {
   type: typeof MsgType.BARRIER;
   lastSeq: string;
@@ -124,7 +135,7 @@ export interface ErrorMsg {
   message: string;
 }
 
-export type Message = Hello | Welcome | Auth | Ready | Bulk | Zero | Delta | Ack | Barrier | Done | ErrorMsg;
+export type Message = Hello | Welcome | Auth | Ready | Bulk | Zero | Delta | Ack | BulkEnd | Barrier | Done | ErrorMsg;
 
 /** Named constructors: the only way messages are made, so every field is always set. */
 export const msg = {
@@ -136,12 +147,13 @@ export const msg = {
   zero: (offset: number, length: number): Zero => ({ type: MsgType.ZERO, offset, length }),
   delta: (p: Omit<Delta, "type">): Delta => ({ type: MsgType.DELTA, ...p }),
   ack: (bulkOffset: number, nextSeq: bigint): Ack => ({ type: MsgType.ACK, bulkOffset, nextSeq }),
+  bulkEnd: (size: number): BulkEnd => ({ type: MsgType.BULK_END, size }),
   barrier: (lastSeq: bigint, size: number, sha256: string): Barrier => ({ type: MsgType.BARRIER, lastSeq: lastSeq.toString(), size, sha256 }),
   done: (sha256: string): Done => ({ type: MsgType.DONE, sha256 }),
   error: (message: string): ErrorMsg => ({ type: MsgType.ERROR, message }),
 };
 
-const JSON_TYPES = new Set<number>([MsgType.HELLO, MsgType.WELCOME, MsgType.AUTH, MsgType.READY, MsgType.BARRIER, MsgType.DONE, MsgType.ERROR]);
+const JSON_TYPES = new Set<number>([MsgType.HELLO, MsgType.WELCOME, MsgType.AUTH, MsgType.READY, MsgType.BULK_END, MsgType.BARRIER, MsgType.DONE, MsgType.ERROR]);
 
 export function typeName(t: number): string {
   for (const [k, v] of Object.entries(MsgType)) if (v === t) return k;
@@ -250,6 +262,8 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
       return decodeJson<Auth>(type, payload, (v) => isStr(v.proof));
     case MsgType.READY:
       return decodeJson<Ready>(type, payload, (v) => isNum(v.bulkOffset) && isStr(v.nextSeq) && /^\d+$/.test(v.nextSeq as string));
+    case MsgType.BULK_END:
+      return decodeJson<BulkEnd>(type, payload, (v) => isNum(v.size));
     case MsgType.BARRIER:
       return decodeJson<Barrier>(type, payload, (v) => isStr(v.lastSeq) && isNum(v.size) && isStr(v.sha256));
     case MsgType.DONE:

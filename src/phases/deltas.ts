@@ -20,6 +20,8 @@ export class DeltaStreamer {
     private ch: Channel,
     logPath: string,
     private readonly compress: boolean,
+    /** Resume: the first sequence the destination still needs (0 = from the start). */
+    private readonly from = 0n,
   ) {
     try {
       this.reader = new DeltaLogReader(logPath);
@@ -45,6 +47,8 @@ export class DeltaStreamer {
         throw new DeltasError("the delta log is corrupt", { cause, pastPointOfNoReturn: opts.pastPointOfNoReturn });
       }
       if (r === "end") return n;
+      this.lastSeq = r.seq;
+      if (r.seq < this.from) continue; // applied at the destination before the link broke
       const out = this.compress && r.data.length ? maybeCompress(r.data) : { data: r.data, compressed: false };
       await this.ch.send(
         msg.delta({

@@ -10,10 +10,10 @@
 import { existsSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { imageSha256 } from "../disk/checksum.ts";
 import { FileBackend } from "../disk/file-backend.ts";
-import type { Channel } from "../net/channel.ts";
+import { type Channel, ChannelClosed } from "../net/channel.ts";
 import { decompress } from "../net/compress.ts";
 import { ProtocolError } from "../net/errors.ts";
-import { DeltaOp, type Hello, msg, MsgType, typeName } from "../net/protocol.ts";
+import { type Barrier, DeltaOp, type Hello, msg, MsgType, typeName } from "../net/protocol.ts";
 import type { Logger } from "../log.ts";
 import { isZero } from "./bulk.ts";
 import { ReceiveError } from "./errors.ts";
@@ -60,70 +60,95 @@ function writeSparse(image: FileBackend, offset: number, data: Uint8Array): void
   }
 }
 
-export async function receive(
-  ch: Channel,
-  opts: { image: string; creds: Credentials; log: Logger; onAuthenticated?: (hello: Hello) => Promise<void> },
-): Promise<ReceiverState> {
-  let state: ReceiverState = { kind: "established" };
-  let image: FileBackend | undefined;
-  let fresh = false;
-  try {
-    const hello = await destHandshake(ch, opts.creds);
-    state = { kind: "authenticated", hello };
+export type ServeOutcome = "completed" | "dropped";
+
+/**
+ * One migration's receiving side. It outlives a connection: when the stream breaks before
+ * the barrier, the image and the position reached stay, and the next connection resumes.
+ */
+export class Receiver {
+  state: ReceiverState = { kind: "established" };
+  private image?: FileBackend;
+  private fresh = false;
+  private hello?: Hello;
+  private bulkOffset = 0;
+  private bulkDone = false;
+  private nextSeq?: bigint;
+
+  constructor(private readonly opts: { image: string; creds: Credentials; log: Logger; onAuthenticated?: (hello: Hello) => Promise<void> }) {}
+
+  /** Runs one connection; "dropped" means the link broke and a resume is possible. */
+  async serve(ch: Channel): Promise<ServeOutcome> {
     try {
-      fresh = prepareImage(opts.image, hello.size).fresh;
-      image = new FileBackend(opts.image, false);
+      const hello = await destHandshake(ch, this.opts.creds);
+      await this.accept(ch, hello);
+      await ch.send(msg.ready(this.bulkDone ? hello.size : this.bulkOffset, this.nextSeq ?? 0n));
+      this.state = { kind: "receiving", hello, nextSeq: this.nextSeq };
+      this.opts.log.info(`receiving ${hello.name} (${hello.size} bytes) into ${this.opts.image}${this.bulkOffset || this.nextSeq ? `, resuming at bulk ${this.bulkDone ? "end" : this.bulkOffset}, delta ${this.nextSeq ?? 0n}` : ""}`);
+      return await this.loop(ch, hello);
+    } catch (err) {
+      if (err instanceof ChannelClosed && this.hello) {
+        await this.image?.flush();
+        this.opts.log.warn(`the link broke (${err.message}); waiting for the source to resume`);
+        return "dropped";
+      }
+      this.state = { kind: "aborted", reason: (err as Error).message };
+      this.image?.close();
+      throw err instanceof ReceiveError ? err : new ReceiveError("migration aborted", { cause: err });
+    }
+  }
+
+  private async accept(ch: Channel, hello: Hello): Promise<void> {
+    if (this.hello) {
+      if (hello.name !== this.hello.name || hello.size !== this.hello.size) {
+        await ch.send(msg.error(`a migration of ${this.hello.name} (${this.hello.size} bytes) is under way here`));
+        throw new ReceiveError(`a different migration tried to resume: ${hello.name}, ${hello.size} bytes`);
+      }
+      return;
+    }
+    try {
+      this.fresh = prepareImage(this.opts.image, hello.size).fresh;
+      this.image = new FileBackend(this.opts.image, false);
     } catch (cause) {
-      await ch.send(msg.error(`destination cannot use ${opts.image}: ${(cause as Error).message}`));
+      await ch.send(msg.error(`destination cannot use ${this.opts.image}: ${(cause as Error).message}`));
       throw cause;
     }
-    await opts.onAuthenticated?.(hello);
-    await ch.send(msg.ready(0, 0n));
-    state = { kind: "receiving", hello, nextSeq: undefined };
-    opts.log.info(`receiving ${hello.name} (${hello.size} bytes) into ${opts.image}`);
+    this.hello = hello;
+    await this.opts.onAuthenticated?.(hello);
+  }
 
-    let bulkOffset = 0;
+  private async loop(ch: Channel, hello: Hello): Promise<ServeOutcome> {
+    const image = this.image!;
     let lastAck = Date.now();
     for (;;) {
       const m = await ch.recv();
       switch (m.type) {
-        case MsgType.BULK:
+        case MsgType.BULK: {
           checkRange(m.offset, m.length, hello.size);
-          {
-            const data = m.compressed ? decompress(m.data, m.length) : m.data;
-            if (fresh) writeSparse(image, m.offset, data);
-            else image.write(m.offset, data, false);
-          }
-          bulkOffset = Math.max(bulkOffset, m.offset + m.length);
+          const data = m.compressed ? decompress(m.data, m.length) : m.data;
+          if (this.fresh) writeSparse(image, m.offset, data);
+          else image.write(m.offset, data, false);
+          this.bulkOffset = Math.max(this.bulkOffset, m.offset + m.length);
           break;
+        }
         case MsgType.ZERO:
           checkRange(m.offset, m.length, hello.size);
           await image.zero(m.offset, m.length, false, true);
           break;
+        case MsgType.BULK_END:
+          this.bulkDone = true;
+          this.bulkOffset = hello.size;
+          break;
         case MsgType.DELTA: {
-          const expected = state.nextSeq;
-          if (expected !== undefined && m.seq !== expected) throw new ProtocolError(`delta ${m.seq} arrived, expected ${expected}: deltas must come in order`);
+          if (this.nextSeq !== undefined && m.seq !== this.nextSeq) throw new ProtocolError(`delta ${m.seq} arrived, expected ${this.nextSeq}: deltas must come in order`);
           checkRange(m.offset, m.length, hello.size);
           if (m.op === DeltaOp.DATA) image.write(m.offset, m.compressed ? decompress(m.data, m.length) : m.data, false);
           else await image.zero(m.offset, m.length, false, true);
-          state.nextSeq = m.seq + 1n;
+          this.nextSeq = m.seq + 1n;
           break;
         }
-        case MsgType.BARRIER: {
-          if (state.nextSeq !== undefined && BigInt(m.lastSeq) !== state.nextSeq - 1n)
-            throw new ProtocolError(`barrier says the last delta is ${m.lastSeq}, we applied up to ${state.nextSeq - 1n}`);
-          await image.flush();
-          const sha = imageSha256(opts.image);
-          if (sha !== m.sha256) {
-            await ch.send(msg.error("image checksum mismatch after the last delta"));
-            throw new ReceiveError(`image checksum mismatch: ours ${sha}, source ${m.sha256}`);
-          }
-          await ch.send(msg.done(sha));
-          opts.log.info(`image verified (sha256 ${sha.slice(0, 16)}…); releasing held I/O`);
-          state = { kind: "completed", sha256: sha };
-          ch.close();
-          return state;
-        }
+        case MsgType.BARRIER:
+          return this.finish(ch, m);
         case MsgType.ERROR:
           throw new ReceiveError(`the source aborted: ${m.message}`);
         default:
@@ -131,15 +156,27 @@ export async function receive(
       }
       if (Date.now() - lastAck > ACK_EVERY_MS) {
         await image.flush(); // ACK means durable
-        await ch.send(msg.ack(bulkOffset, state.nextSeq ?? 0n));
+        await ch.send(msg.ack(this.bulkOffset, this.nextSeq ?? 0n));
         lastAck = Date.now();
       }
     }
-  } catch (err) {
-    state = { kind: "aborted", reason: (err as Error).message };
-    throw err instanceof ReceiveError ? err : new ReceiveError("migration aborted", { cause: err });
-  } finally {
-    image?.close();
+  }
+
+  private async finish(ch: Channel, m: Barrier): Promise<ServeOutcome> {
+    if (this.nextSeq !== undefined && BigInt(m.lastSeq) !== this.nextSeq - 1n)
+      throw new ProtocolError(`barrier says the last delta is ${m.lastSeq}, we applied up to ${this.nextSeq - 1n}`);
+    await this.image!.flush();
+    const sha = imageSha256(this.opts.image);
+    if (sha !== m.sha256) {
+      await ch.send(msg.error("image checksum mismatch after the last delta"));
+      throw new ReceiveError(`image checksum mismatch: ours ${sha}, source ${m.sha256}`);
+    }
+    await ch.send(msg.done(sha));
+    this.opts.log.info(`image verified (sha256 ${sha.slice(0, 16)}…); releasing held I/O`);
+    this.state = { kind: "completed", sha256: sha };
+    this.image!.close();
+    ch.close();
+    return "completed";
   }
 }
 

@@ -4,7 +4,8 @@
 
 import { ControlClient } from "../disk/control-client.ts";
 import { controlSocketPath } from "../disk/disk-service.ts";
-import type { Channel } from "../net/channel.ts";
+import { type Channel, ChannelClosed } from "../net/channel.ts";
+import type { ServeStatus } from "../disk/disk-service.ts";
 import type { Logger } from "../log.ts";
 import { sendBulk } from "./bulk.ts";
 import { DeltaStreamer } from "./deltas.ts";
@@ -41,6 +42,8 @@ export interface MigrationMetrics {
   bytesOnWire: number;
   deltaRatePerSec: number;
   throttleSteps: number;
+  /** Broken links resumed during this migration. */
+  reconnects?: number;
 }
 
 export async function runSource(o: SourceOptions): Promise<MigrationMetrics> {
@@ -56,72 +59,131 @@ export async function runSource(o: SourceOptions): Promise<MigrationMetrics> {
   if (status.mode === "fenced") throw new InitError(`${o.name} is fenced here: it has already moved away`);
   const blockSize = o.blockSize ?? 64 * 1024;
 
-  emit("init");
-  let ch: Channel;
-  try {
-    ch = await o.connect();
-  } catch (cause) {
-    throw new InitError("cannot connect to the destination", { cause });
+  if (o.mode === "freeze-and-copy") {
+    emit("init");
+    let ch: Channel;
+    try {
+      ch = await o.connect();
+    } catch (cause) {
+      throw new InitError("cannot connect to the destination", { cause });
+    }
+    return freezeAndCopy(ch, ctl, status, blockSize, o, t0);
   }
-  let recording = false;
+  return live(ctl, status, blockSize, o, t0);
+}
+
+/** Reconnects after a broken link: attempts and the pause before each (ms). */
+const RESUME_BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000];
+
+function isLinkFailure(err: unknown): boolean {
+  for (let e = err; e; e = (e as Error).cause) {
+    if (e instanceof ChannelClosed) return true;
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "ECONNREFUSED" || code === "ECONNRESET" || code === "EPIPE") return true;
+  }
+  return false;
+}
+
+async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, o: SourceOptions, t0: number): Promise<MigrationMetrics> {
+  const emit = (phase: string, extra: Record<string, unknown> = {}) => o.onEvent?.({ event: "phase", phase, ...extra });
+  let logPath: string | undefined;
   let fenced = false;
   let deltas: DeltaStreamer | undefined;
-  if (o.mode === "freeze-and-copy") return freezeAndCopy(ch, ctl, status, blockSize, o, t0);
-  try {
-    const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, blockSize });
-    // Record mode starts before the first bulk byte is read, so no write can be missed.
-    const rec = await ctl.startRecording();
-    recording = true;
-    o.log.info(`authenticated; recording into ${rec.path}`);
+  let ch: Channel | undefined;
+  const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0 };
+  let wire = 0;
+  let deltaStats = { sent: 0, bytes: 0, wireBytes: 0 };
+  emit("init");
+  for (let attempt = 0; ; attempt++) {
+    try {
+      try {
+        ch = await o.connect();
+      } catch (cause) {
+        throw new InitError("cannot connect to the destination", { cause });
+      }
+      const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, blockSize });
+      if (!logPath) {
+        // Record mode starts before the first bulk byte is read, so no write can be missed.
+        logPath = (await ctl.startRecording()).path!;
+        o.log.info(`authenticated; recording into ${logPath}`);
+      } else o.log.info(`resumed: destination has bulk up to ${ready.bulkOffset}, needs delta ${ready.nextSeq}`);
 
-    emit("bulk");
-    const bulk = await sendBulk(ch, status.image, {
-      from: ready.bulkOffset,
-      blockSize,
-      compress: o.compress,
-      onProgress: (p) => o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: p.bytesSent }),
-    });
-    o.log.info(`bulk copy done: ${bulk.dataBlocks} blocks sent, ${bulk.zeroBlocks} zero blocks skipped`);
+      if (ready.bulkOffset < status.size) {
+        emit("bulk");
+        const from = ready.bulkOffset - (ready.bulkOffset % blockSize);
+        const b = await sendBulk(ch, status.image, {
+          from,
+          blockSize,
+          compress: o.compress,
+          onProgress: (p) => o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: bulk.bytesSent + p.bytesSent }),
+        });
+        bulk.bytesSent += b.bytesSent;
+        bulk.wireBytes += b.wireBytes;
+        bulk.zeroBlocks += b.zeroBlocks;
+        bulk.dataBlocks += b.dataBlocks;
+        await ch.send(msg.bulkEnd(status.size));
+        o.log.info(`bulk copy done: ${b.dataBlocks} blocks sent, ${b.zeroBlocks} zero blocks skipped`);
+      }
 
-    emit("deltas");
-    deltas = new DeltaStreamer(ch, rec.path!, o.compress);
-    await catchUp(ctl, deltas, o.log);
+      emit("deltas");
+      deltas?.close();
+      deltas = new DeltaStreamer(ch, logPath, o.compress, BigInt(ready.nextSeq));
+      await catchUp(ctl, deltas, o.log);
 
-    emit("handoff");
-    fenced = true; // from inside handOffStorage on, the fence may already be up
-    const h = await handOffStorage(ch, ctl, deltas, status.image, o.log);
-    const end = await ctl.status();
-    await ctl.stopRecording();
-    recording = false;
-    const migrationTimeMs = performance.now() - t0;
-    const metrics: MigrationMetrics = {
-      migrationTimeMs: Math.round(migrationTimeMs),
-      storageDowntimeMs: Math.round(h.doneAt - h.fencedAt),
-      bulkBytes: bulk.bytesSent,
-      bulkWireBytes: bulk.wireBytes,
-      bulkZeroBlocks: bulk.zeroBlocks,
-      deltaCount: deltas.sent,
-      deltaBytes: deltas.bytes,
-      deltaWireBytes: deltas.wireBytes,
-      finalDeltas: h.finalDeltas,
-      bytesOnWire: ch.bytesSent,
-      deltaRatePerSec: Math.round((deltas.sent / migrationTimeMs) * 1000),
-      throttleSteps: end.throttle.level,
-    };
-    o.onEvent?.({ event: "done", ...metrics });
-    return metrics;
-  } catch (err) {
-    if (recording) await ctl.stopRecording().catch(() => undefined);
-    const st = await ctl.status().catch(() => undefined);
-    if (fenced && st?.fence.fenced) {
-      if (err instanceof PhaseError && err.exitCode === 6) throw err;
-      throw new PhaseError("hand-off", "failed after the point of no return", { cause: err, pastPointOfNoReturn: true });
+      emit("handoff");
+      fenced = true; // from inside handOffStorage on, the fence may already be up
+      const h = await handOffStorage(ch, ctl, deltas, status.image, o.log);
+      const end = await ctl.status();
+      await ctl.stopRecording();
+      deltaStats = { sent: deltaStats.sent + deltas.sent, bytes: deltaStats.bytes + deltas.bytes, wireBytes: deltaStats.wireBytes + deltas.wireBytes };
+      const migrationTimeMs = performance.now() - t0;
+      const metrics: MigrationMetrics = {
+        migrationTimeMs: Math.round(migrationTimeMs),
+        storageDowntimeMs: Math.round(h.doneAt - h.fencedAt),
+        bulkBytes: bulk.bytesSent,
+        bulkWireBytes: bulk.wireBytes,
+        bulkZeroBlocks: bulk.zeroBlocks,
+        deltaCount: deltaStats.sent,
+        deltaBytes: deltaStats.bytes,
+        deltaWireBytes: deltaStats.wireBytes,
+        finalDeltas: h.finalDeltas,
+        bytesOnWire: wire + ch.bytesSent,
+        deltaRatePerSec: Math.round((deltaStats.sent / migrationTimeMs) * 1000),
+        throttleSteps: end.throttle.level,
+        reconnects: attempt,
+      };
+      o.onEvent?.({ event: "done", ...metrics });
+      deltas.close();
+      ch.close();
+      return metrics;
+    } catch (err) {
+      if (ch) {
+        wire += ch.bytesSent;
+        ch.close();
+      }
+      if (deltas) deltaStats = { sent: deltaStats.sent + deltas.sent, bytes: deltaStats.bytes + deltas.bytes, wireBytes: deltaStats.wireBytes + deltas.wireBytes };
+      deltas?.close();
+      deltas = undefined;
+      // Before the fence a broken link is resumed; after it, the hand-off must not guess.
+      if (!fenced && isLinkFailure(err) && attempt < RESUME_BACKOFF_MS.length && logPath) {
+        o.log.warn(`link to the destination broke (${(err as Error).message}); reconnecting in ${RESUME_BACKOFF_MS[attempt]} ms`);
+        o.onEvent?.({ event: "reconnect", attempt: attempt + 1 });
+        await Bun.sleep(RESUME_BACKOFF_MS[attempt]!);
+        continue;
+      }
+      throw await abortLive(ctl, err, !!logPath, fenced);
     }
-    throw err instanceof PhaseError ? err : new PhaseError("migration", "aborted before the point of no return; the VM's disk is still served here, writable", { cause: err });
-  } finally {
-    deltas?.close();
-    ch.close();
   }
+}
+
+async function abortLive(ctl: ControlClient, err: unknown, recording: boolean, fenced: boolean): Promise<Error> {
+  if (recording) await ctl.stopRecording().catch(() => undefined);
+  const st = await ctl.status().catch(() => undefined);
+  if (fenced && st?.fence.fenced) {
+    if (err instanceof PhaseError && err.exitCode === 6) return err;
+    return new PhaseError("hand-off", "failed after the point of no return", { cause: err, pastPointOfNoReturn: true });
+  }
+  return err instanceof PhaseError ? err : new PhaseError("migration", "aborted before the point of no return; the VM's disk is still served here, writable", { cause: err });
 }
 
 /**

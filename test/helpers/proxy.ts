@@ -1,0 +1,102 @@
+// A TCP relay between source and dest whose connections the test can cut: a link drop
+// in the middle of a migration, with both processes still alive.
+import type { Socket } from "bun";
+
+interface End {
+  peer?: Socket<End>;
+  queue: Uint8Array[];
+}
+
+function forward(from: Socket<End>, to: Socket<End> | undefined, data: Uint8Array): void {
+  if (!to) {
+    from.data.queue.push(Uint8Array.from(data)); // the other side is still connecting
+    return;
+  }
+  if (to.data.queue.length) {
+    to.data.queue.push(Uint8Array.from(data));
+    return;
+  }
+  const n = to.write(data);
+  if (n >= 0 && n < data.length) {
+    to.data.queue.push(Uint8Array.from(data.subarray(n)));
+    from.pause(); // backpressure: stop reading until the other side drains
+  }
+}
+
+function drain(s: Socket<End>): void {
+  const q = s.data.queue;
+  while (q.length) {
+    const b = q[0]!;
+    const n = s.write(b);
+    if (n < 0) return;
+    if (n < b.length) {
+      q[0] = b.subarray(n);
+      return;
+    }
+    q.shift();
+  }
+  s.data.peer?.resume();
+}
+
+export function startProxy(targetPort: number) {
+  const live = new Set<Socket<End>>();
+  let bytes = 0;
+  const listener = Bun.listen<End>({
+    hostname: "127.0.0.1",
+    port: 0,
+    data: { queue: [] },
+    socket: {
+      open(client) {
+        client.data = { queue: [] };
+        live.add(client);
+        Bun.connect<End>({
+          hostname: "127.0.0.1",
+          port: targetPort,
+          data: { queue: [] },
+          socket: {
+            open(server) {
+              server.data = { peer: client, queue: [] };
+              client.data.peer = server;
+              live.add(server);
+              const pending = client.data.queue.splice(0);
+              for (const b of pending) forward(client, server, b);
+            },
+            data(server, d) {
+              forward(server, client, d);
+            },
+            drain,
+            close(server) {
+              live.delete(server);
+              client.end();
+            },
+          },
+        }).catch(() => client.end());
+      },
+      data(client, d) {
+        bytes += d.length;
+        forward(client, client.data.peer, d);
+      },
+      drain,
+      close(client) {
+        live.delete(client);
+        client.data.peer?.end();
+      },
+    },
+  });
+  return {
+    port: listener.port,
+    /** Bytes relayed from the source so far. */
+    get bytes() {
+      return bytes;
+    },
+    /** Drops every connection at once, as a broken link would. */
+    cut() {
+      for (const s of live) s.terminate();
+      live.clear();
+    },
+    stop() {
+      this.cut();
+      listener.stop(true);
+    },
+  };
+}
