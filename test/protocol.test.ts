@@ -16,6 +16,7 @@ const all: Message[] = [
   msg.ack(2 ** 33, 77n),
   msg.bulkEnd(10 * 2 ** 30),
   msg.barrier(1000n, 4096, "00".repeat(32)),
+  msg.checksum("22".repeat(32)),
   msg.done("11".repeat(32)),
   msg.error("disk full at the destination"),
 ];

@@ -19,6 +19,8 @@
 //     | ACK bulkOffset seq    (applied and durable up to here)  |  periodic
 //     |<-------------------------------------------------------|
 //     | BARRIER   {lastSeq, size, sha256}   after the fence     |
+//     | [CHECKSUM {sha256}]  when BARRIER's sha256 was empty:   |  both sides hash the
+//     |                      the source hashed meanwhile        |  image at the same time
 //     |------------------------------------------------------->|
 //     | DONE      {sha256} (verified; dest now serves the VM)   |
 //     |<-------------------------------------------------------|
@@ -57,6 +59,7 @@ export const MsgType = {
   BULK_END: 14,
   BARRIER: 20,
   DONE: 21,
+  CHECKSUM: 22,
   ERROR: 30,
 } as const;
 export type MsgTypeValue = (typeof MsgType)[keyof typeof MsgType];
@@ -126,6 +129,11 @@ export interface Barrier {
   size: number;
   sha256: string;
 }
+/** The source's image checksum, sent after a BARRIER whose sha256 is empty (both sides hash at once). */
+export interface Checksum {
+  type: typeof MsgType.CHECKSUM;
+  sha256: string;
+}
 export interface Done {
   type: typeof MsgType.DONE;
   sha256: string;
@@ -135,7 +143,7 @@ export interface ErrorMsg {
   message: string;
 }
 
-export type Message = Hello | Welcome | Auth | Ready | Bulk | Zero | Delta | Ack | BulkEnd | Barrier | Done | ErrorMsg;
+export type Message = Hello | Welcome | Auth | Ready | Bulk | Zero | Delta | Ack | BulkEnd | Barrier | Checksum | Done | ErrorMsg;
 
 /** Named constructors: the only way messages are made, so every field is always set. */
 export const msg = {
@@ -149,11 +157,12 @@ export const msg = {
   ack: (bulkOffset: number, nextSeq: bigint): Ack => ({ type: MsgType.ACK, bulkOffset, nextSeq }),
   bulkEnd: (size: number): BulkEnd => ({ type: MsgType.BULK_END, size }),
   barrier: (lastSeq: bigint, size: number, sha256: string): Barrier => ({ type: MsgType.BARRIER, lastSeq: lastSeq.toString(), size, sha256 }),
+  checksum: (sha256: string): Checksum => ({ type: MsgType.CHECKSUM, sha256 }),
   done: (sha256: string): Done => ({ type: MsgType.DONE, sha256 }),
   error: (message: string): ErrorMsg => ({ type: MsgType.ERROR, message }),
 };
 
-const JSON_TYPES = new Set<number>([MsgType.HELLO, MsgType.WELCOME, MsgType.AUTH, MsgType.READY, MsgType.BULK_END, MsgType.BARRIER, MsgType.DONE, MsgType.ERROR]);
+const JSON_TYPES = new Set<number>([MsgType.HELLO, MsgType.WELCOME, MsgType.AUTH, MsgType.READY, MsgType.BULK_END, MsgType.BARRIER, MsgType.CHECKSUM, MsgType.DONE, MsgType.ERROR]);
 
 export function typeName(t: number): string {
   for (const [k, v] of Object.entries(MsgType)) if (v === t) return k;
@@ -266,6 +275,8 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
       return decodeJson<BulkEnd>(type, payload, (v) => isNum(v.size));
     case MsgType.BARRIER:
       return decodeJson<Barrier>(type, payload, (v) => isStr(v.lastSeq) && isNum(v.size) && isStr(v.sha256));
+    case MsgType.CHECKSUM:
+      return decodeJson<Checksum>(type, payload, (v) => isStr(v.sha256));
     case MsgType.DONE:
       return decodeJson<Done>(type, payload, (v) => isStr(v.sha256));
     case MsgType.ERROR:

@@ -4,7 +4,8 @@
 //     drain deltas until the queue is small
 //     ---- POINT OF NO RETURN: fence the source serve ----
 //     read the log to its end, send the rest
-//     BARRIER {lastSeq, size, sha256}  ------->  apply, fdatasync, verify sha256
+//     BARRIER {lastSeq, size}  ------>  apply, fdatasync, hash the image
+//     hash the image; CHECKSUM -------->  compare
 //                                      <-------  DONE {sha256}: dest releases held I/O
 //
 // Before the fence any failure leaves the source serving and writable (the caller stops
@@ -75,8 +76,11 @@ export async function handOffStorage(
     await deltas.pump({ final: true, pastPointOfNoReturn: true });
     const after = await ctl.status();
     if (after.recording.failed) throw new HandoffError(`record mode failed at the source: ${after.recording.failed}`, { pastPointOfNoReturn: true });
+    // The barrier goes first, without the checksum, so the destination hashes its image
+    // while we hash ours: the verification costs one hash time of downtime, not two.
+    await ch.send(msg.barrier(deltas.lastSeq, after.size, ""));
     const sha = imageSha256(imagePath);
-    await ch.send(msg.barrier(deltas.lastSeq, after.size, sha));
+    await ch.send(msg.checksum(sha));
     const done = await awaitDone(ch);
     if (done.sha256 !== sha) throw new HandoffError("the destination's image checksum differs from the source's", { pastPointOfNoReturn: true });
     return { fencedAt, doneAt: performance.now(), finalDeltas: deltas.sent - before };

@@ -167,9 +167,11 @@ export class Receiver {
       throw new ProtocolError(`barrier says the last delta is ${m.lastSeq}, we applied up to ${this.nextSeq - 1n}`);
     await this.image!.flush();
     const sha = imageSha256(this.opts.image);
-    if (sha !== m.sha256) {
+    // An empty checksum in the barrier: the source hashed while we did; it follows now.
+    const theirs = m.sha256 || (await ch.expect(MsgType.CHECKSUM, 10 * 60 * 1000)).sha256;
+    if (sha !== theirs) {
       await ch.send(msg.error("image checksum mismatch after the last delta"));
-      throw new ReceiveError(`image checksum mismatch: ours ${sha}, source ${m.sha256}`);
+      throw new ReceiveError(`image checksum mismatch: ours ${sha}, source ${theirs}`);
     }
     await ch.send(msg.done(sha));
     this.opts.log.info(`image verified (sha256 ${sha.slice(0, 16)}…); releasing held I/O`);
