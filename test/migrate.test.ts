@@ -193,6 +193,48 @@ describe("live migration, hypervisor none", () => {
   });
 });
 
+describe("wanmig workload", () => {
+  test("each pattern drives a served disk", async () => {
+    const h = await hosts(64, 0);
+    const srv = await startServe({ image: h.image, runDir: h.a });
+    try {
+      for (const pattern of ["static-web", "dynamic-web", "video", "diabolical"]) {
+        const r = await wanmig(["workload", "--name", "vm", "--run-dir", h.a, "--pattern", pattern, "--duration", "600ms", "--json"]);
+        expect(r.code).toBe(0);
+        const rep = JSON.parse(r.stdout);
+        expect(rep.writes + rep.reads).toBeGreaterThan(0);
+        expect(rep.failedOps).toBe(0);
+      }
+      expect((await wanmig(["workload", "--name", "vm", "--run-dir", h.a, "--pattern", "bogus"])).code).toBe(ExitCode.usage);
+    } finally {
+      await srv.stop();
+    }
+  });
+
+  test("through a migration: it follows the disk to the new host and reports the disruption", async () => {
+    const h = await hosts(64, 16);
+    const srv = await startServe({ image: h.image, runDir: h.a });
+    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
+    try {
+      const wl = wanmig(["workload", "--name", "vm", "--run-dir", h.a, "--then-run-dir", h.b, "--pattern", "dynamic-web", "--duration", "4s", "--json"]);
+      await Bun.sleep(500);
+      const run = await wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure"]);
+      expect(run.code).toBe(0);
+      const w = await wl;
+      expect(w.code).toBe(0);
+      const rep = JSON.parse(w.stdout);
+      expect(rep.switchedTo).toBe(join(h.b, "vm.nbd"));
+      expect(rep.failedOps).toBeGreaterThan(0);
+      expect(rep.disruptionMs).toBeGreaterThan(0);
+      expect(rep.disruptionMs).toBeLessThan(3000);
+      expect((await dst.ctl.status()).io.writes).toBeGreaterThan(0); // it kept writing at the new host
+    } finally {
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+});
+
 describe("resume after a broken link", () => {
   test("cut mid-bulk: the source reconnects and goes on from where the destination got, not from zero", async () => {
     const h = await hosts(128, 128);

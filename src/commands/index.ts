@@ -5,5 +5,6 @@ export const subCommands: Record<string, () => Promise<CommandDef<any>>> = {
   serve: () => import("./serve.ts").then((m) => m.default as CommandDef<any>),
   source: () => import("./source.ts").then((m) => m.default as CommandDef<any>),
   dest: () => import("./dest.ts").then((m) => m.default as CommandDef<any>),
+  workload: () => import("./workload.ts").then((m) => m.default as CommandDef<any>),
   status: () => import("./status.ts").then((m) => m.default as CommandDef<any>),
 };
