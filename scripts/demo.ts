@@ -40,9 +40,9 @@ try {
   const ctlA = new ControlClient(join(hostA, "web1.ctl"));
   await waitFor(async () => (await ctlA.status()).clients >= 0, "serve");
 
-  say("host A: the VM writes 4 KiB blocks at random, 4 MiB/s, all along (fio over NBD)");
-  const uri = `nbd+unix:///?socket=${join(hostA, "web1.nbd")}`;
-  const vm = Bun.spawn(["fio", "--name=vm", "--ioengine=nbd", `--uri=${uri}`, "--rw=randwrite", "--bs=4k", "--iodepth=4", "--size=512M", "--rate=4m", "--time_based", "--runtime=60", "--output=/dev/null"], { stdout: "ignore", stderr: "ignore" });
+  say("host A: the \"VM\": wanmig workload --pattern dynamic-web (bursts of database writes, a log)");
+  // It runs until the hand-off; after it, host A refuses its writes (fenced).
+  const vm = Bun.spawn(wanmig("workload", "--name", "web1", "--run-dir", hostA, "--pattern", "dynamic-web", "--duration", "60s", "--log", "warn"), { stdout: "ignore", stderr: "inherit" });
   procs.push(vm);
 
   say("host B: wanmig dest --listen 127.0.0.1:0 (waits for the disk, then serves it)");
@@ -71,6 +71,7 @@ try {
   const same = (await $`cmp ${image} ${destImage}`.nothrow()).exitCode === 0;
   const du = async (p: string) => (await $`du -h ${p}`.text()).split("\t")[0];
   console.log(`source exit ${code}; images ${same ? "IDENTICAL" : "DIFFER"}; on disk: A ${await du(image)}, B ${await du(destImage)}`);
+  console.log((await $`${wanmig("workload", "--name", "web1", "--run-dir", hostB, "--pattern", "dynamic-web", "--duration", "1s")}`.text()).trim().replace(/^/, "host B, the disk's new home: "));
   console.log((await $`${wanmig("status", "--name", "web1", "--run-dir", hostA)}`.text()).split("\n")[0]);
   console.log((await $`${wanmig("status", "--name", "web1", "--run-dir", hostB)}`.text()).split("\n")[0]);
   process.exitCode = code === 0 && same ? 0 : 1;
