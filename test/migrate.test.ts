@@ -193,6 +193,39 @@ describe("live migration, hypervisor none", () => {
   });
 });
 
+describe("delta modes: paper and coalesce end byte-identical", () => {
+  for (const mode of ["paper", "coalesce"]) {
+    for (let round = 0; round < 3; round++) {
+      test(`--deltas ${mode}, round ${round + 1}: random writes during bulk and deltas`, async () => {
+        const h = await hosts(24, 6);
+        const srv = await startServe({ image: h.image, runDir: h.a });
+        const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
+        const w = await writer(srv.socket, 24 * MiB);
+        try {
+          await Bun.sleep(100);
+          // A capped link keeps the bulk copy going while the writer runs, so writes land
+          // both behind and ahead of the bulk cursor.
+          const run = await wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure", "--deltas", mode, "--bandwidth", "80mbit", "--json"]);
+          await w.stop();
+          expect(run.code).toBe(0);
+          const done = JSON.parse(run.stdout.trim().split("\n").at(-1)!);
+          if (mode === "paper") expect(done.deltasSkipped).toBe(0);
+          else expect(done.deltasSkipped).toBeGreaterThan(0);
+          await dst.waitFor("now serving");
+          await sh(["cmp", h.image, h.destImage]);
+          const c = await RawNbd.connect(dst.socket);
+          await c.go();
+          for (const [block, fill] of w.acked) expect((await c.read(block * 4096, 4096)).data![0]).toBe(fill);
+          c.disconnect();
+        } finally {
+          await srv.stop();
+          await dst.stop();
+        }
+      });
+    }
+  }
+});
+
 describe("wanmig workload", () => {
   test("each pattern drives a served disk", async () => {
     const h = await hosts(64, 0);

@@ -134,3 +134,27 @@ describe("rates", () => {
     expect(() => parseRate("5 parsecs")).toThrow("cannot read rate");
   });
 });
+
+import { BULK_CHUNK, BulkReadLog, coalesceBatch } from "../src/phases/coalesce.ts";
+import type { DeltaRecord } from "../src/disk/delta-log.ts";
+
+describe("coalescing rules", () => {
+  const rec = (seq: number, offset: number, length: number, end: number): DeltaRecord => ({ seq: BigInt(seq), kind: 1, offset, length, data: new Uint8Array(length), end });
+  test("a record is carried by the bulk copy only if every chunk it touches was read after it", () => {
+    const log = new BulkReadLog();
+    log.noteRead(0, 1000); // chunk 0 read when the log was 1000 bytes long
+    log.noteRead(BULK_CHUNK, 500); // chunk 1 read earlier, at 500
+    expect(log.carries(rec(1, 4096, 4096, 900))).toBe(true); // appended before chunk 0 was read
+    expect(log.carries(rec(2, 4096, 4096, 1100))).toBe(false); // appended after: must be sent
+    expect(log.carries(rec(3, BULK_CHUNK - 2048, 4096, 900))).toBe(false); // spans into chunk 1, read at 500
+    expect(log.carries(rec(4, 2 * BULK_CHUNK, 4096, 10))).toBe(false); // chunk never read: sent
+    // A resume re-reads part of chunk 0 later: only what preceded the first read is carried.
+    log.noteRead(BULK_CHUNK / 2, 5000);
+    expect(log.carries(rec(5, 4096, 4096, 1100))).toBe(false);
+    expect(log.carries(rec(6, 4096, 4096, 900))).toBe(true);
+  });
+  test("only exact repeats are coalesced, and the later one is kept", () => {
+    const out = coalesceBatch([rec(1, 0, 4096, 0), rec(2, 2048, 4096, 0), rec(3, 0, 4096, 0), rec(4, 0, 8192, 0)]);
+    expect(out.map((r) => Number(r.seq))).toEqual([2, 3, 4]);
+  });
+});

@@ -55,6 +55,7 @@ export default defineCommand({
     "secret-file": { type: "string", description: "shared secret (never sent)", valueHint: "F" },
     insecure: { type: "boolean", description: "talk to a destination without a secret", default: false },
     mode: { type: "enum", options: ["live", "freeze-and-copy"], description: "live (copy while the VM runs) or freeze-and-copy (the baseline: stop writes, then copy)", default: "live" },
+    deltas: { type: "enum", options: ["paper", "coalesce"], description: "paper: send every delta; coalesce: skip what the bulk copy carries and repeated writes", default: "coalesce" },
     compress: { type: "enum", options: ["zstd", "none"], description: "compress blocks and deltas on the wire", default: "zstd" },
     bandwidth: { type: "string", description: "cap the migration stream: 5mbit, 100mbit, 10MB (per second)", valueHint: "RATE" },
     hypervisor: { type: "string", description: "who moves the memory: none (storage only)", default: "none" },
@@ -80,13 +81,14 @@ export default defineCommand({
       creds,
       compress: args.compress !== "none",
       mode: args.mode as "live" | "freeze-and-copy",
+      deltas: args.deltas as "paper" | "coalesce",
       log,
       onEvent: args.json ? (e) => process.stdout.write(`${JSON.stringify(e)}\n`) : undefined,
     });
     if (!args.json)
       process.stdout.write(
         `migrated ${args.name} in ${m.migrationTimeMs} ms: storage downtime ${m.storageDowntimeMs} ms, ` +
-          `bulk ${m.bulkBytes} bytes (${m.bulkWireBytes} on the wire; ${m.bulkZeroBlocks} zero blocks skipped), ${m.deltaCount} deltas (${m.deltaBytes} bytes, ${m.finalDeltas} after the fence), ` +
+          `bulk ${m.bulkBytes} bytes (${m.bulkWireBytes} on the wire; ${m.bulkZeroBlocks} zero blocks skipped), ${m.deltaCount} deltas (${m.deltaBytes} bytes, ${m.finalDeltas} after the fence, ${m.deltasSkipped ?? 0} skipped), ` +
           `${m.bytesOnWire} bytes on the wire, throttle level ${m.throttleSteps}\n`,
       );
   },

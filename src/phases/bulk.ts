@@ -6,6 +6,7 @@ import { FileBackend } from "../disk/file-backend.ts";
 import type { Channel } from "../net/channel.ts";
 import { maybeCompress } from "../net/compress.ts";
 import { msg } from "../net/protocol.ts";
+import { BULK_CHUNK } from "./coalesce.ts";
 import { BulkError } from "./errors.ts";
 
 export interface BulkProgress {
@@ -19,7 +20,7 @@ export interface BulkProgress {
   zeroBlocks: number;
 }
 
-const READ_CHUNK = 4 * 1024 * 1024;
+const READ_CHUNK = BULK_CHUNK;
 
 export function isZero(b: Uint8Array): boolean {
   // Compare 8 bytes at a time where aligned; images are mostly data or mostly holes.
@@ -32,7 +33,14 @@ export function isZero(b: Uint8Array): boolean {
 export async function sendBulk(
   ch: Channel,
   imagePath: string,
-  opts: { from: number; blockSize: number; compress: boolean; onProgress?: (p: BulkProgress) => void },
+  opts: {
+    from: number;
+    blockSize: number;
+    compress: boolean;
+    onProgress?: (p: BulkProgress) => void;
+    /** Called just before each chunk is read (coalesce mode notes the delta log's length). */
+    beforeRead?: (offset: number) => void;
+  },
 ): Promise<BulkProgress> {
   let image: FileBackend;
   try {
@@ -44,8 +52,10 @@ export async function sendBulk(
   const buf = Buffer.allocUnsafe(READ_CHUNK);
   try {
     while (p.offset < p.size) {
-      const n = Math.min(READ_CHUNK, p.size - p.offset);
+      // Chunks stay aligned to READ_CHUNK, also when resuming mid-chunk (coalesce.ts relies on it).
+      const n = Math.min(READ_CHUNK - (p.offset % READ_CHUNK), p.size - p.offset);
       const chunk = buf.subarray(0, n);
+      opts.beforeRead?.(p.offset);
       image.read(p.offset, chunk);
       for (let at = 0; at < n; at += opts.blockSize) {
         const block = chunk.subarray(at, Math.min(at + opts.blockSize, n));

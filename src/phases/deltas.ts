@@ -2,7 +2,10 @@
 // tailed while `serve` appends to it; `final` reads are only made after the fence, when
 // nothing can be appended any more, so a torn tail then is corruption, not "not yet".
 
-import { DeltaKind, DeltaLogReader } from "../disk/delta-log.ts";
+import { DeltaKind, DeltaLogReader, type DeltaRecord } from "../disk/delta-log.ts";
+import { type BulkReadLog, coalesceBatch } from "./coalesce.ts";
+
+const BATCH_BYTES = 16 * 1024 * 1024;
 import type { Channel } from "../net/channel.ts";
 import { maybeCompress } from "../net/compress.ts";
 import { DeltaOp, msg } from "../net/protocol.ts";
@@ -12,7 +15,11 @@ export class DeltaStreamer {
   private reader: DeltaLogReader;
   sent = 0;
   bytes = 0;
+  /** Records dropped by coalescing (never sent). */
+  skipped = 0;
+  /** The last sequence sent (what the barrier names) and the last read from the log. */
   lastSeq = 0n;
+  lastRead = 0n;
 
   wireBytes = 0;
 
@@ -22,6 +29,8 @@ export class DeltaStreamer {
     private readonly compress: boolean,
     /** Resume: the first sequence the destination still needs (0 = from the start). */
     private readonly from = 0n,
+    /** Coalesce mode: what the bulk copy carried; undefined in paper mode (send everything). */
+    private readonly coalesce?: BulkReadLog,
   ) {
     try {
       this.reader = new DeltaLogReader(logPath);
@@ -40,16 +49,41 @@ export class DeltaStreamer {
   async pump(opts: { final?: boolean; pastPointOfNoReturn?: boolean } = {}): Promise<number> {
     let n = 0;
     for (;;) {
+      const batch = this.readBatch(opts);
+      if (!batch.length) return n;
+      for (const r of this.coalesce ? coalesceBatch(batch) : batch) {
+        if (this.coalesce?.carries(r)) {
+          this.skipped++;
+          continue;
+        }
+        await this.send(r);
+        n++;
+      }
+    }
+  }
+
+  /** Up to BATCH_BYTES of complete records, past those the destination already has. */
+  private readBatch(opts: { final?: boolean; pastPointOfNoReturn?: boolean }): DeltaRecord[] {
+    const batch: DeltaRecord[] = [];
+    let bytes = 0;
+    while (bytes < BATCH_BYTES) {
       let r;
       try {
         r = this.reader.next({ final: opts.final });
       } catch (cause) {
         throw new DeltasError("the delta log is corrupt", { cause, pastPointOfNoReturn: opts.pastPointOfNoReturn });
       }
-      if (r === "end") return n;
-      this.lastSeq = r.seq;
+      if (r === "end") break;
+      this.lastRead = r.seq;
       if (r.seq < this.from) continue; // applied at the destination before the link broke
-      const out = this.compress && r.data.length ? maybeCompress(r.data) : { data: r.data, compressed: false };
+      batch.push(r);
+      bytes += r.data.length + 32;
+    }
+    return batch;
+  }
+
+  private async send(r: DeltaRecord): Promise<void> {
+    const out = this.compress && r.data.length ? maybeCompress(r.data) : { data: r.data, compressed: false };
       await this.ch.send(
         msg.delta({
           seq: r.seq,
@@ -60,12 +94,10 @@ export class DeltaStreamer {
           data: out.data,
         }),
       );
-      this.wireBytes += out.data.length;
-      this.lastSeq = r.seq;
-      this.sent++;
-      this.bytes += r.data.length;
-      n++;
-    }
+    this.wireBytes += out.data.length;
+    this.lastSeq = r.seq;
+    this.sent++;
+    this.bytes += r.data.length;
   }
 
   close(): void {

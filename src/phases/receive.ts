@@ -140,7 +140,8 @@ export class Receiver {
           this.bulkOffset = hello.size;
           break;
         case MsgType.DELTA: {
-          if (this.nextSeq !== undefined && m.seq !== this.nextSeq) throw new ProtocolError(`delta ${m.seq} arrived, expected ${this.nextSeq}: deltas must come in order`);
+          // Gaps are allowed (coalescing drops records); going backwards never is.
+          if (this.nextSeq !== undefined && m.seq < this.nextSeq) throw new ProtocolError(`delta ${m.seq} arrived after ${this.nextSeq - 1n}: deltas must come in order`);
           checkRange(m.offset, m.length, hello.size);
           if (m.op === DeltaOp.DATA) image.write(m.offset, m.compressed ? decompress(m.data, m.length) : m.data, false);
           else await image.zero(m.offset, m.length, false, true);

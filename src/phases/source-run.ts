@@ -11,6 +11,8 @@ import { sendBulk } from "./bulk.ts";
 import { DeltaStreamer } from "./deltas.ts";
 import { InitError, PhaseError } from "./errors.ts";
 import { awaitDone, catchUp, handOffStorage } from "./handoff.ts";
+import { BulkReadLog } from "./coalesce.ts";
+import { statSync } from "node:fs";
 import { imageSha256 } from "../disk/checksum.ts";
 import { msg } from "../net/protocol.ts";
 import { HandoffError } from "./errors.ts";
@@ -25,6 +27,8 @@ export interface SourceOptions {
   compress: boolean;
   /** live (the paper's) or freeze-and-copy (the baseline it is compared with). */
   mode?: "live" | "freeze-and-copy";
+  /** paper: send every delta; coalesce: drop those the bulk copy carries or a later one covers. */
+  deltas?: "paper" | "coalesce";
   log: Logger;
   onEvent?: (e: Record<string, unknown>) => void;
 }
@@ -38,6 +42,8 @@ export interface MigrationMetrics {
   deltaCount: number;
   deltaBytes: number;
   deltaWireBytes: number;
+  /** Deltas not sent: the bulk copy carried them, or a later write covered them (coalesce). */
+  deltasSkipped?: number;
   finalDeltas: number;
   bytesOnWire: number;
   deltaRatePerSec: number;
@@ -72,6 +78,10 @@ export async function runSource(o: SourceOptions): Promise<MigrationMetrics> {
   return live(ctl, status, blockSize, o, t0);
 }
 
+function addDeltaStats(a: { sent: number; bytes: number; wireBytes: number; skipped: number }, d: DeltaStreamer) {
+  return { sent: a.sent + d.sent, bytes: a.bytes + d.bytes, wireBytes: a.wireBytes + d.wireBytes, skipped: a.skipped + d.skipped };
+}
+
 /** Reconnects after a broken link: attempts and the pause before each (ms). */
 const RESUME_BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000];
 
@@ -91,8 +101,9 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   let deltas: DeltaStreamer | undefined;
   let ch: Channel | undefined;
   const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0 };
+  const carried = o.deltas === "paper" ? undefined : new BulkReadLog();
   let wire = 0;
-  let deltaStats = { sent: 0, bytes: 0, wireBytes: 0 };
+  let deltaStats = { sent: 0, bytes: 0, wireBytes: 0, skipped: 0 };
   emit("init");
   for (let attempt = 0; ; attempt++) {
     try {
@@ -115,6 +126,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
           from,
           blockSize,
           compress: o.compress,
+          beforeRead: carried ? (offset) => carried.noteRead(offset, statSync(logPath!).size) : undefined,
           onProgress: (p) => o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: bulk.bytesSent + p.bytesSent }),
         });
         bulk.bytesSent += b.bytesSent;
@@ -127,7 +139,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
 
       emit("deltas");
       deltas?.close();
-      deltas = new DeltaStreamer(ch, logPath, o.compress, BigInt(ready.nextSeq));
+      deltas = new DeltaStreamer(ch, logPath, o.compress, BigInt(ready.nextSeq), carried);
       await catchUp(ctl, deltas, o.log);
 
       emit("handoff");
@@ -135,7 +147,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       const h = await handOffStorage(ch, ctl, deltas, status.image, o.log);
       const end = await ctl.status();
       await ctl.stopRecording();
-      deltaStats = { sent: deltaStats.sent + deltas.sent, bytes: deltaStats.bytes + deltas.bytes, wireBytes: deltaStats.wireBytes + deltas.wireBytes };
+      deltaStats = addDeltaStats(deltaStats, deltas);
       const migrationTimeMs = performance.now() - t0;
       const metrics: MigrationMetrics = {
         migrationTimeMs: Math.round(migrationTimeMs),
@@ -146,6 +158,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         deltaCount: deltaStats.sent,
         deltaBytes: deltaStats.bytes,
         deltaWireBytes: deltaStats.wireBytes,
+        deltasSkipped: deltaStats.skipped,
         finalDeltas: h.finalDeltas,
         bytesOnWire: wire + ch.bytesSent,
         deltaRatePerSec: Math.round((deltaStats.sent / migrationTimeMs) * 1000),
@@ -161,7 +174,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         wire += ch.bytesSent;
         ch.close();
       }
-      if (deltas) deltaStats = { sent: deltaStats.sent + deltas.sent, bytes: deltaStats.bytes + deltas.bytes, wireBytes: deltaStats.wireBytes + deltas.wireBytes };
+      if (deltas) deltaStats = addDeltaStats(deltaStats, deltas);
       deltas?.close();
       deltas = undefined;
       // Before the fence a broken link is resumed; after it, the hand-off must not guess.
