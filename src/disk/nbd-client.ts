@@ -4,6 +4,7 @@
 import type { Socket } from "bun";
 import { ExitCode, WanmigError } from "../errors.ts";
 import { ByteQueue } from "../util/byte-queue.ts";
+import { SocketWriter } from "../util/socket-writer.ts";
 import { Cmd, IHAVEOPT, Info, NBDMAGIC, Opt, OPTION_REPLY_MAGIC, Rep, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC } from "./nbd-protocol.ts";
 
 export class NbdClientError extends WanmigError {
@@ -31,7 +32,9 @@ export class NbdClient {
   private transmission = false;
   private replyHeader?: { error: number; cookie: bigint };
 
-  private constructor(private socket: Socket<unknown>) {}
+  private constructor(private socket: Socket<unknown>) {
+    this.out = new SocketWriter(socket);
+  }
 
   static async connect(unixPath: string, exportName = ""): Promise<NbdClient> {
     let self!: NbdClient;
@@ -39,7 +42,7 @@ export class NbdClient {
       unix: unixPath,
       socket: {
         data: (_s, d) => self.onData(d),
-        drain: () => self.onDrain(),
+        drain: () => void self.out.drain(),
         close: () => self.onClose(),
         error: () => self.onClose(),
       },
@@ -55,30 +58,8 @@ export class NbdClient {
     else this.wake?.();
   }
 
-  private outq: Uint8Array[] = [];
-
-  /** Socket writes may be partial: keep the rest, in order, until the socket drains. */
-  private send(b: Uint8Array): void {
-    if (this.outq.length) {
-      this.outq.push(b);
-      return;
-    }
-    const n = this.socket.write(b);
-    if (n >= 0 && n < b.length) this.outq.push(b.subarray(n));
-  }
-
-  private onDrain(): void {
-    while (this.outq.length) {
-      const b = this.outq[0]!;
-      const n = this.socket.write(b);
-      if (n < 0) return;
-      if (n < b.length) {
-        this.outq[0] = b.subarray(n);
-        return;
-      }
-      this.outq.shift();
-    }
-  }
+  /** Partial socket writes are finished in order on drain. */
+  private readonly out: SocketWriter;
 
   private onClose(): void {
     this.closed = true;
@@ -98,7 +79,7 @@ export class NbdClient {
   private async handshake(name: string): Promise<void> {
     const g = await this.read(18);
     if (g.readBigUInt64BE(0) !== NBDMAGIC || g.readBigUInt64BE(8) !== IHAVEOPT) throw new NbdClientError("not an NBD server (bad greeting)");
-    this.send(Buffer.from([0, 0, 0, 3]));
+    this.out.write(Buffer.from([0, 0, 0, 3]));
     const n = Buffer.from(name);
     const opt = Buffer.alloc(16 + 4 + n.length + 2);
     opt.writeBigUInt64BE(IHAVEOPT, 0);
@@ -106,7 +87,7 @@ export class NbdClient {
     opt.writeUInt32BE(4 + n.length + 2, 12);
     opt.writeUInt32BE(n.length, 16);
     n.copy(opt, 20);
-    this.send(opt);
+    this.out.write(opt);
     for (;;) {
       const h = await this.read(20);
       if (h.readBigUInt64BE(0) !== OPTION_REPLY_MAGIC) throw new NbdClientError("bad option reply");
@@ -156,7 +137,7 @@ export class NbdClient {
     h.writeUInt32BE(length, 24);
     return new Promise((resolve, reject) => {
       this.pending.set(cookie, { resolve, reject, readLength: type === Cmd.READ ? length : 0 });
-      this.send(payload ? Buffer.concat([h, payload]) : h);
+      this.out.write(payload ? Buffer.concat([h, payload]) : h);
     });
   }
 

@@ -34,6 +34,7 @@ import {
   TransmissionFlag,
 } from "./nbd-protocol.ts";
 import { ByteQueue } from "../util/byte-queue.ts";
+import { SocketWriter } from "../util/socket-writer.ts";
 import type { Logger } from "../log.ts";
 
 export interface NbdExport {
@@ -99,8 +100,7 @@ export class NbdConnection {
   private noZeroes = false;
   private export?: NbdExport;
   private transmissionFlags = 0;
-  private outq: Uint8Array[] = [];
-  private outBytes = 0;
+  private readonly out: SocketWriter;
   private inFlight = 0;
   private paused = false;
   private disconnecting = false;
@@ -110,7 +110,9 @@ export class NbdConnection {
     private readonly socket: Socket<unknown>,
     private readonly host: ConnectionHost,
     readonly peer: string,
-  ) {}
+  ) {
+    this.out = new SocketWriter(socket);
+  }
 
   open(): void {
     const b = Buffer.alloc(18);
@@ -126,17 +128,8 @@ export class NbdConnection {
   }
 
   onDrain(): void {
-    while (this.outq.length > 0) {
-      const b = this.outq[0]!;
-      const n = this.socket.write(b);
-      if (n < 0) return this.onClose();
-      this.outBytes -= Math.max(n, 0);
-      if (n < b.length) {
-        this.outq[0] = b.subarray(n);
-        return;
-      }
-      this.outq.shift();
-    }
+    this.out.drain();
+    if (this.out.closed) return this.onClose();
     this.maybeResume();
   }
 
@@ -144,7 +137,7 @@ export class NbdConnection {
     if (this.closed) return;
     this.closed = true;
     this.step = { kind: "done" };
-    this.outq = [];
+    this.out.discard();
     if (this.inFlight > 0)
       this.host.log.info(`client ${this.peer} went away with ${this.inFlight} request(s) in flight`);
   }
@@ -459,18 +452,8 @@ export class NbdConnection {
 
   private send(b: Uint8Array): void {
     if (this.closed) return;
-    if (this.outq.length > 0) {
-      this.outq.push(b);
-      this.outBytes += b.length;
-    } else {
-      const n = this.socket.write(b);
-      if (n < 0) return;
-      if (n < b.length) {
-        this.outq.push(b.subarray(n));
-        this.outBytes += b.length - n;
-      }
-    }
-    if (this.outBytes > OUT_HIGH_WATER) this.pauseReading();
+    this.out.write(b);
+    if (this.out.queued > OUT_HIGH_WATER) this.pauseReading();
   }
 
   private pauseReading(): void {
@@ -481,7 +464,7 @@ export class NbdConnection {
 
   private maybeResume(): void {
     if (!this.paused || this.closed) return;
-    if (this.outBytes > OUT_LOW_WATER || this.inFlight >= MAX_IN_FLIGHT) return;
+    if (this.out.queued > OUT_LOW_WATER || this.inFlight >= MAX_IN_FLIGHT) return;
     this.paused = false;
     this.socket.resume();
     this.process();

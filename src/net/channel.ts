@@ -6,6 +6,7 @@ import { ExitCode } from "../errors.ts";
 import { ProtocolError } from "./errors.ts";
 import { encodeFrame, FrameDecoder, type Message, typeName } from "./protocol.ts";
 import type { TokenBucket } from "./rate.ts";
+import { SocketWriter } from "../util/socket-writer.ts";
 
 const HIGH_WATER = 8 * 1024 * 1024;
 
@@ -27,8 +28,7 @@ export class Channel {
   private inbox: Message[] = [];
   private failure?: Error;
   private wake?: () => void;
-  private outq: Uint8Array[] = [];
-  private outBytes = 0;
+  private readonly out: SocketWriter;
   private drained?: () => void;
   closed = false;
   /** Set by the source with --bandwidth. */
@@ -36,7 +36,9 @@ export class Channel {
   bytesSent = 0;
   bytesReceived = 0;
 
-  constructor(private socket: ByteWriter) {}
+  constructor(private socket: ByteWriter) {
+    this.out = new SocketWriter(socket);
+  }
 
   /** Called by the socket's handlers. */
   onData(chunk: Uint8Array): void {
@@ -51,18 +53,7 @@ export class Channel {
   }
 
   onDrain(): void {
-    while (this.outq.length) {
-      const b = this.outq[0]!;
-      const n = this.socket.write(b);
-      if (n < 0) return;
-      this.outBytes -= n;
-      if (n < b.length) {
-        this.outq[0] = b.subarray(n);
-        return;
-      }
-      this.outq.shift();
-    }
-    this.drained?.();
+    if (this.out.drain()) this.drained?.();
   }
 
   onClose(err?: Error): void {
@@ -78,18 +69,9 @@ export class Channel {
     const f = encodeFrame(m);
     if (this.rate) await this.rate.take(f.length);
     this.bytesSent += f.length;
-    if (this.outq.length) {
-      this.outq.push(f);
-      this.outBytes += f.length;
-    } else {
-      const n = this.socket.write(f);
-      if (n < 0) throw new ChannelClosed();
-      if (n < f.length) {
-        this.outq.push(f.subarray(n));
-        this.outBytes += f.length - n;
-      }
-    }
-    while (this.outBytes > HIGH_WATER && !this.closed) await new Promise<void>((r) => (this.drained = r));
+    this.out.write(f);
+    if (this.out.closed) throw new ChannelClosed();
+    while (this.out.queued > HIGH_WATER && !this.closed) await new Promise<void>((r) => (this.drained = r));
     if (this.closed && this.failure) throw this.failure;
   }
 
