@@ -112,11 +112,6 @@ export class NbdServer implements ConnectionHost {
     }
   }
 
-  /** The port actually bound (useful with tcp port 0). */
-  get port(): number | undefined {
-    return this.listener && "port" in this.listener ? (this.listener.port as number) : undefined;
-  }
-
   stop(): void {
     this.listener?.stop(true);
     this.listener = undefined;

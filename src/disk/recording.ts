@@ -14,7 +14,7 @@
 
 import { join } from "node:path";
 import { BackendDecorator, type BlockBackend, type MaybePromise } from "./backend.ts";
-import { DeltaKind, DeltaLogWriter } from "./delta-log.ts";
+import { DeltaKind, type DeltaKindValue, DeltaLogWriter } from "./delta-log.ts";
 
 export interface RecordingState {
   active: boolean;
@@ -78,19 +78,19 @@ export class RecordingBackend extends BackendDecorator {
 
   override write(offset: number, data: Uint8Array, fua: boolean): MaybePromise<void> {
     const r = this.inner.write(offset, data, fua);
-    this.record(() => this.log!.append(DeltaKind.DATA, offset, data.length, data));
+    this.record(DeltaKind.DATA, offset, data.length, data);
     return r;
   }
 
   override zero(offset: number, length: number, fua: boolean, mayPunch: boolean): MaybePromise<void> {
     const r = this.inner.zero(offset, length, fua, mayPunch);
-    this.record(() => this.log!.append(DeltaKind.ZERO, offset, length));
+    this.record(DeltaKind.ZERO, offset, length);
     return r;
   }
 
   override trim(offset: number, length: number, fua: boolean): MaybePromise<void> {
     const r = this.inner.trim(offset, length, fua);
-    this.record(() => this.log!.append(DeltaKind.ZERO, offset, length));
+    this.record(DeltaKind.ZERO, offset, length);
     return r;
   }
 
@@ -99,10 +99,10 @@ export class RecordingBackend extends BackendDecorator {
     super.close();
   }
 
-  private record(append: () => void): void {
+  private record(kind: DeltaKindValue, offset: number, length: number, data?: Uint8Array): void {
     if (!this.log || this.failure) return;
     try {
-      append();
+      this.log.append(kind, offset, length, data);
     } catch (cause) {
       this.failure = `cannot append to ${this.log.path}: ${cause instanceof Error ? cause.message : String(cause)}`;
       this.onFailure?.(this.failure);

@@ -1,7 +1,7 @@
 // A message channel over a byte stream (TCP socket, or the pipes of `ssh … dest --stdio`):
 // framed sends with backpressure, ordered receives.
 
-import type { FileSink, Socket, TCPSocketListener } from "bun";
+import type { Socket, TCPSocketListener } from "bun";
 import { ExitCode } from "../errors.ts";
 import { ProtocolError } from "./errors.ts";
 import { encodeFrame, FrameDecoder, type Message, typeName } from "./protocol.ts";
@@ -91,12 +91,6 @@ export class Channel {
     }
   }
 
-  /** A message that is already here, without waiting. */
-  poll(): Message | undefined {
-    if (!this.inbox.length && this.failure) throw this.failure;
-    return this.inbox.shift();
-  }
-
   async expect<T extends Message["type"]>(type: T, timeoutMs = 30_000): Promise<Extract<Message, { type: T }>> {
     const m = await this.recv(timeoutMs);
     if (m.type === type) return m as Extract<Message, { type: T }>;
@@ -172,8 +166,6 @@ export function stdoutSink(): { write(b: Uint8Array): void; flush(): Promise<voi
     end: () => process.stdout.end(),
   };
 }
-
-export type { FileSink };
 
 function handlers(onOpen?: (ch: Channel) => void) {
   return {

@@ -30,7 +30,7 @@ export interface HandoffTimes {
   finalDeltas: number;
 }
 
-export async function catchUp(ctl: ControlClient, deltas: DeltaStreamer, log: Logger): Promise<void> {
+export async function catchUp(ctl: ControlClient, deltas: DeltaStreamer): Promise<void> {
   const start = Date.now();
   for (let round = 0; ; round++) {
     await deltas.pump();

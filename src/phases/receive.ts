@@ -1,11 +1,13 @@
 // The destination's side of a migration: an explicit state machine.
 //
-//   established --HELLO/AUTH--> authenticated --READY--> receiving --BARRIER--> verifying
-//        --DONE--> completed            (any error: aborted; the held NBD requests stay held)
+//   waiting --HELLO/AUTH/READY--> receiving --BARRIER/CHECKSUM/DONE--> completed
+//      ^                              |
+//      +------ the link broke --------+          any other error: aborted
+//                                                (the held NBD requests stay held)
 //
-// Bulk blocks and deltas are applied to the image as they arrive; deltas must come in
-// sequence order, with no gap. ACKs report what is applied and on stable storage, so a
-// resumed migration never resends it.
+// Bulk blocks and deltas are applied to the image as they arrive; delta sequence numbers
+// must increase (coalescing leaves gaps). ACKs report what is applied and on stable
+// storage, and READY on a resume says the same, so nothing applied is sent again.
 
 import { existsSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { imageSha256 } from "../disk/checksum.ts";
@@ -19,10 +21,10 @@ import { isZero } from "./bulk.ts";
 import { ReceiveError } from "./errors.ts";
 import { type Credentials, destHandshake } from "./init.ts";
 
+/** Where the receiver is; the position reached (bulk offset, next delta) lives beside it. */
 export type ReceiverState =
-  | { kind: "established" }
-  | { kind: "authenticated"; hello: Hello }
-  | { kind: "receiving"; hello: Hello; nextSeq: bigint | undefined }
+  | { kind: "waiting" } // for the first connection, or for a resume after a broken link
+  | { kind: "receiving" }
   | { kind: "completed"; sha256: string }
   | { kind: "aborted"; reason: string };
 
@@ -67,7 +69,7 @@ export type ServeOutcome = "completed" | "dropped";
  * the barrier, the image and the position reached stay, and the next connection resumes.
  */
 export class Receiver {
-  state: ReceiverState = { kind: "established" };
+  state: ReceiverState = { kind: "waiting" };
   private image?: FileBackend;
   private fresh = false;
   private hello?: Hello;
@@ -79,17 +81,23 @@ export class Receiver {
 
   /** Runs one connection; "dropped" means the link broke and a resume is possible. */
   async serve(ch: Channel): Promise<ServeOutcome> {
+    if (this.state.kind !== "waiting") {
+      await ch.send(msg.error(`this destination's migration is ${this.state.kind}`)).catch(() => undefined);
+      ch.close();
+      throw new ReceiveError(`a connection arrived while the migration is ${this.state.kind}`);
+    }
     try {
       const hello = await destHandshake(ch, this.opts.creds);
       await this.accept(ch, hello);
       await ch.send(msg.ready(this.bulkDone ? hello.size : this.bulkOffset, this.nextSeq ?? 0n));
-      this.state = { kind: "receiving", hello, nextSeq: this.nextSeq };
+      this.state = { kind: "receiving" };
       this.opts.log.info(`receiving ${hello.name} (${hello.size} bytes) into ${this.opts.image}${this.bulkOffset || this.nextSeq ? `, resuming at bulk ${this.bulkDone ? "end" : this.bulkOffset}, delta ${this.nextSeq ?? 0n}` : ""}`);
       return await this.loop(ch, hello);
     } catch (err) {
       if (err instanceof ChannelClosed && this.hello) {
         await this.image?.flush();
         this.opts.log.warn(`the link broke (${err.message}); waiting for the source to resume`);
+        this.state = { kind: "waiting" };
         return "dropped";
       }
       this.state = { kind: "aborted", reason: (err as Error).message };

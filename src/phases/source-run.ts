@@ -140,7 +140,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       emit("deltas");
       deltas?.close();
       deltas = new DeltaStreamer(ch, logPath, o.compress, BigInt(ready.nextSeq), carried);
-      await catchUp(ctl, deltas, o.log);
+      await catchUp(ctl, deltas);
 
       emit("handoff");
       fenced = true; // from inside handOffStorage on, the fence may already be up
