@@ -88,7 +88,7 @@ export default defineCommand({
     if (!args.json)
       process.stdout.write(
         `migrated ${args.name} in ${m.migrationTimeMs} ms: storage downtime ${m.storageDowntimeMs} ms, ` +
-          `bulk ${m.bulkBytes} bytes (${m.bulkWireBytes} on the wire; ${m.bulkZeroBlocks} zero blocks skipped), ${m.deltaCount} deltas (${m.deltaBytes} bytes, ${m.finalDeltas} after the fence, ${m.deltasSkipped ?? 0} skipped), ` +
+          `bulk ${m.bulkBytes} bytes (${m.bulkWireBytes} on the wire; ${m.bulkZeroBlocks} zero blocks skipped), ${m.deltaCount} deltas (${m.deltaBytes} bytes, ${m.finalDeltas} after the fence, ${m.deltasSkipped} skipped), ` +
           `${m.bytesOnWire} bytes on the wire, throttle level ${m.throttleSteps}\n`,
       );
   },

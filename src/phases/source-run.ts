@@ -43,13 +43,13 @@ export interface MigrationMetrics {
   deltaBytes: number;
   deltaWireBytes: number;
   /** Deltas not sent: the bulk copy carried them, or a later write covered them (coalesce). */
-  deltasSkipped?: number;
+  deltasSkipped: number;
   finalDeltas: number;
   bytesOnWire: number;
   deltaRatePerSec: number;
   throttleSteps: number;
   /** Broken links resumed during this migration. */
-  reconnects?: number;
+  reconnects: number;
 }
 
 export async function runSource(o: SourceOptions): Promise<MigrationMetrics> {
@@ -78,8 +78,52 @@ export async function runSource(o: SourceOptions): Promise<MigrationMetrics> {
   return live(ctl, status, blockSize, o, t0);
 }
 
-function addDeltaStats(a: { sent: number; bytes: number; wireBytes: number; skipped: number }, d: DeltaStreamer) {
+interface DeltaTotals {
+  sent: number;
+  bytes: number;
+  wireBytes: number;
+  skipped: number;
+}
+const NO_DELTAS: DeltaTotals = { sent: 0, bytes: 0, wireBytes: 0, skipped: 0 };
+
+function addDeltaStats(a: DeltaTotals, d: DeltaStreamer): DeltaTotals {
   return { sent: a.sent + d.sent, bytes: a.bytes + d.bytes, wireBytes: a.wireBytes + d.wireBytes, skipped: a.skipped + d.skipped };
+}
+
+/** The final figures of a migration, in the paper's terms; also sent as the "done" event. */
+function finish(
+  o: SourceOptions,
+  m: {
+    t0: number;
+    fencedAt: number;
+    doneAt: number;
+    bulk: { bytesSent: number; wireBytes: number; zeroBlocks: number };
+    deltas: DeltaTotals;
+    finalDeltas: number;
+    bytesOnWire: number;
+    throttleSteps: number;
+    reconnects: number;
+  },
+): MigrationMetrics {
+  const migrationTimeMs = m.doneAt - m.t0;
+  const metrics: MigrationMetrics = {
+    migrationTimeMs: Math.round(migrationTimeMs),
+    storageDowntimeMs: Math.round(m.doneAt - m.fencedAt),
+    bulkBytes: m.bulk.bytesSent,
+    bulkWireBytes: m.bulk.wireBytes,
+    bulkZeroBlocks: m.bulk.zeroBlocks,
+    deltaCount: m.deltas.sent,
+    deltaBytes: m.deltas.bytes,
+    deltaWireBytes: m.deltas.wireBytes,
+    deltasSkipped: m.deltas.skipped,
+    finalDeltas: m.finalDeltas,
+    bytesOnWire: m.bytesOnWire,
+    deltaRatePerSec: Math.round((m.deltas.sent / migrationTimeMs) * 1000),
+    throttleSteps: m.throttleSteps,
+    reconnects: m.reconnects,
+  };
+  o.onEvent?.({ event: "done", ...metrics });
+  return metrics;
 }
 
 /** Reconnects after a broken link: attempts and the pause before each (ms). */
@@ -103,7 +147,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0 };
   const carried = o.deltas === "paper" ? undefined : new BulkReadLog();
   let wire = 0;
-  let deltaStats = { sent: 0, bytes: 0, wireBytes: 0, skipped: 0 };
+  let deltaStats = NO_DELTAS;
   emit("init");
   for (let attempt = 0; ; attempt++) {
     try {
@@ -148,24 +192,17 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       const end = await ctl.status();
       await ctl.stopRecording();
       deltaStats = addDeltaStats(deltaStats, deltas);
-      const migrationTimeMs = performance.now() - t0;
-      const metrics: MigrationMetrics = {
-        migrationTimeMs: Math.round(migrationTimeMs),
-        storageDowntimeMs: Math.round(h.doneAt - h.fencedAt),
-        bulkBytes: bulk.bytesSent,
-        bulkWireBytes: bulk.wireBytes,
-        bulkZeroBlocks: bulk.zeroBlocks,
-        deltaCount: deltaStats.sent,
-        deltaBytes: deltaStats.bytes,
-        deltaWireBytes: deltaStats.wireBytes,
-        deltasSkipped: deltaStats.skipped,
+      const metrics = finish(o, {
+        t0,
+        fencedAt: h.fencedAt,
+        doneAt: h.doneAt,
+        bulk,
+        deltas: deltaStats,
         finalDeltas: h.finalDeltas,
         bytesOnWire: wire + ch.bytesSent,
-        deltaRatePerSec: Math.round((deltaStats.sent / migrationTimeMs) * 1000),
         throttleSteps: end.throttle.level,
         reconnects: attempt,
-      };
-      o.onEvent?.({ event: "done", ...metrics });
+      });
       deltas.close();
       ch.close();
       return metrics;
@@ -228,23 +265,17 @@ async function freezeAndCopy(
     await ch.send(msg.barrier(0n, status.size, sha));
     const done = await awaitDone(ch);
     if (done.sha256 !== sha) throw new HandoffError("the destination's image checksum differs from the source's", { pastPointOfNoReturn: true });
-    const now = performance.now();
-    const metrics: MigrationMetrics = {
-      migrationTimeMs: Math.round(now - t0),
-      storageDowntimeMs: Math.round(now - fencedAt),
-      bulkBytes: bulk.bytesSent,
-      bulkWireBytes: bulk.wireBytes,
-      bulkZeroBlocks: bulk.zeroBlocks,
-      deltaCount: 0,
-      deltaBytes: 0,
-      deltaWireBytes: 0,
+    return finish(o, {
+      t0,
+      fencedAt,
+      doneAt: performance.now(),
+      bulk,
+      deltas: NO_DELTAS,
       finalDeltas: 0,
       bytesOnWire: ch.bytesSent,
-      deltaRatePerSec: 0,
       throttleSteps: 0,
-    };
-    o.onEvent?.({ event: "done", ...metrics });
-    return metrics;
+      reconnects: 0,
+    });
   } catch (err) {
     if (barrierSent) throw err instanceof PhaseError ? err : new HandoffError("failed after the point of no return", { cause: err, pastPointOfNoReturn: true });
     if (fencedAt) await ctl.fence(false).catch(() => undefined);
