@@ -7,7 +7,9 @@ import { ControlClient } from "../src/disk/control-client.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { startSshd } from "./helpers/sshd.ts";
 import { startProxy } from "./helpers/proxy.ts";
-import { MAIN, randomFile, secretFile, sh, sparseFile, startDest, startServe, tempDir, wanmig } from "./helpers/serve-process.ts";
+import { MAIN, randomFile, secretFile, type ServeHandle, sh, sparseFile, startDest, startServe, tempDir, wanmig } from "./helpers/serve-process.ts";
+
+type DestHandle = Awaited<ReturnType<typeof startDest>>;
 
 const MiB = 1024 * 1024;
 let dir: ReturnType<typeof tempDir>;
@@ -31,6 +33,38 @@ async function hosts(sizeMiB: number, dataMiB: number) {
   }
   const secret = await secretFile(join(dir.path, `secret${id}`));
   return { a, b, image, destImage: join(b, "vm.img"), secret };
+}
+
+type Hosts = Awaited<ReturnType<typeof hosts>>;
+
+/** `serve` on host A and `dest` on host B around `body`; both stopped whatever happens. */
+async function withPair(
+  h: Hosts,
+  body: (p: { srv: ServeHandle; dst: DestHandle }) => Promise<void>,
+  destArgs: string[] = ["--insecure"],
+): Promise<void> {
+  const srv = await startServe({ image: h.image, runDir: h.a });
+  const dst = await startDest({ image: h.destImage, runDir: h.b, args: destArgs });
+  try {
+    await body({ srv, dst });
+  } finally {
+    await srv.stop();
+    await dst.stop();
+  }
+}
+
+/** The argv of `wanmig source` for host A's disk, sent to a port on loopback. */
+function sourceArgs(h: Hosts, port: number, extra: string[]): string[] {
+  return ["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${port}`, ...extra];
+}
+
+function source(h: Hosts, port: number, extra: string[]) {
+  return wanmig(sourceArgs(h, port, extra));
+}
+
+/** The last NDJSON event on stdout: the final metrics. */
+function lastEvent(stdout: string) {
+  return JSON.parse(stdout.trim().split("\n").at(-1)!);
 }
 
 /** A writer that keeps writing numbered blocks and remembers what was acknowledged. */
@@ -67,14 +101,12 @@ async function writer(socket: string, sizeBytes: number) {
 describe("live migration, hypervisor none", () => {
   test("under a random writer: destination == source, every acknowledged write is there, source fenced", async () => {
     const h = await hosts(48, 20);
-    const srv = await startServe({ image: h.image, runDir: h.a });
-    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--secret-file", h.secret] });
-    const w = await writer(srv.socket, 48 * MiB);
-    await Bun.sleep(100);
-    const run = await wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--secret-file", h.secret, "--json"]);
-    await Bun.sleep(50);
-    await w.stop();
-    try {
+    await withPair(h, async ({ srv, dst }) => {
+      const w = await writer(srv.socket, 48 * MiB);
+      await Bun.sleep(100);
+      const run = await source(h, dst.port, ["--secret-file", h.secret, "--json"]);
+      await Bun.sleep(50);
+      await w.stop();
       expect(run.stderr).toContain("point of no return");
       expect(run.code).toBe(0);
       const events = run.stdout.trim().split("\n").map((l) => JSON.parse(l));
@@ -102,27 +134,19 @@ describe("live migration, hypervisor none", () => {
       // Holes stay holes: the destination allocates no more than the source does.
       const du = async (p: string) => Number((await sh(["du", "-k", p])).stdout.split("\t")[0]);
       expect(await du(h.destImage)).toBeLessThanOrEqual((await du(h.image)) + 1024);
-    } finally {
-      await srv.stop();
-      await dst.stop();
-    }
+    }, ["--secret-file", h.secret]);
   });
 
   test("a migration long enough for periodic ACKs completes, identical", async () => {
     const h = await hosts(256, 160);
-    const srv = await startServe({ image: h.image, runDir: h.a });
-    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
-    try {
-      const run = await wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure", "--json"]);
+    await withPair(h, async ({ srv, dst }) => {
+      const run = await source(h, dst.port, ["--insecure", "--json"]);
       expect(run.stderr).not.toContain("expected DONE");
       expect(run.code).toBe(0);
-      const done = JSON.parse(run.stdout.trim().split("\n").at(-1)!);
+      const done = lastEvent(run.stdout);
       expect(done.migrationTimeMs).toBeGreaterThan(1000); // long enough that ACKs were sent
       await sh(["cmp", h.image, h.destImage]);
-    } finally {
-      await srv.stop();
-      await dst.stop();
-    }
+    });
   });
 
   test("zstd: compressible data crosses the wire much smaller; --compress none sends it whole", async () => {
@@ -131,17 +155,12 @@ describe("live migration, hypervisor none", () => {
       const h = await hosts(32, 0);
       // 16 MiB of text: a VM's logs, the compressible half of a real disk.
       await sh(["sh", "-c", `yes 'GET /index.html 200 1234 "Mozilla/5.0"' | head -c 16M | dd of=${h.image} conv=notrunc status=none`]);
-      const srv = await startServe({ image: h.image, runDir: h.a });
-      const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
-      try {
-        const run = await wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure", "--compress", mode, "--json"]);
+      await withPair(h, async ({ dst }) => {
+        const run = await source(h, dst.port, ["--insecure", "--compress", mode, "--json"]);
         expect(run.code).toBe(0);
-        results[mode] = JSON.parse(run.stdout.trim().split("\n").at(-1)!);
+        results[mode] = lastEvent(run.stdout);
         await sh(["cmp", h.image, h.destImage]);
-      } finally {
-        await srv.stop();
-        await dst.stop();
-      }
+      });
     }
     expect(results.zstd!.bulkBytes).toBe(16 * MiB);
     expect(results.zstd!.bulkWireBytes).toBeLessThan(MiB);
@@ -150,28 +169,21 @@ describe("live migration, hypervisor none", () => {
 
   test("--bandwidth caps the stream", async () => {
     const h = await hosts(16, 3);
-    const srv = await startServe({ image: h.image, runDir: h.a });
-    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
-    try {
+    await withPair(h, async ({ srv, dst }) => {
       const t0 = performance.now();
-      const run = await wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure", "--compress", "none", "--bandwidth", "24mbit"]);
+      const run = await source(h, dst.port, ["--insecure", "--compress", "none", "--bandwidth", "24mbit"]);
       const seconds = (performance.now() - t0) / 1000;
       expect(run.code).toBe(0);
       // 3 MiB at 3 MB/s takes at least about a second (minus one burst); unthrottled it is ~0.1 s.
       expect(seconds).toBeGreaterThan(0.9);
       await sh(["cmp", h.image, h.destImage]);
-    } finally {
-      await srv.stop();
-      await dst.stop();
-    }
+    });
   });
 
   test("dest holds NBD requests until the image is consistent", async () => {
     const h = await hosts(16, 4);
-    const srv = await startServe({ image: h.image, runDir: h.a });
-    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
-    try {
-      const src = wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure"]);
+    await withPair(h, async ({ srv, dst }) => {
+      const src = source(h, dst.port, ["--insecure"]);
       await dst.waitFor("receiving");
       // A client of the destination (the incoming VM) connects early and reads block 0.
       const c = await RawNbd.connect(dst.socket);
@@ -186,10 +198,7 @@ describe("live migration, hypervisor none", () => {
       expect(Buffer.compare(r.data!, want)).toBe(0);
       expect(want.some((b) => b !== 0)).toBe(true);
       c.disconnect();
-    } finally {
-      await srv.stop();
-      await dst.stop();
-    }
+    });
   });
 });
 
@@ -198,17 +207,15 @@ describe("delta modes: paper and coalesce end byte-identical", () => {
     for (let round = 0; round < 3; round++) {
       test(`--deltas ${mode}, round ${round + 1}: random writes during bulk and deltas`, async () => {
         const h = await hosts(24, 6);
-        const srv = await startServe({ image: h.image, runDir: h.a });
-        const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
-        const w = await writer(srv.socket, 24 * MiB);
-        try {
+        await withPair(h, async ({ srv, dst }) => {
+          const w = await writer(srv.socket, 24 * MiB);
           await Bun.sleep(100);
           // A capped link keeps the bulk copy going while the writer runs, so writes land
           // both behind and ahead of the bulk cursor.
-          const run = await wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure", "--deltas", mode, "--bandwidth", "80mbit", "--json"]);
+          const run = await source(h, dst.port, ["--insecure", "--deltas", mode, "--bandwidth", "80mbit", "--json"]);
           await w.stop();
           expect(run.code).toBe(0);
-          const done = JSON.parse(run.stdout.trim().split("\n").at(-1)!);
+          const done = lastEvent(run.stdout);
           if (mode === "paper") expect(done.deltasSkipped).toBe(0);
           else expect(done.deltasSkipped).toBeGreaterThan(0);
           await dst.waitFor("now serving");
@@ -217,10 +224,7 @@ describe("delta modes: paper and coalesce end byte-identical", () => {
           await c.go();
           for (const [block, fill] of w.acked) expect((await c.read(block * 4096, 4096)).data![0]).toBe(fill);
           c.disconnect();
-        } finally {
-          await srv.stop();
-          await dst.stop();
-        }
+        });
       });
     }
   }
@@ -246,12 +250,10 @@ describe("wanmig workload", () => {
 
   test("through a migration: it follows the disk to the new host and reports the disruption", async () => {
     const h = await hosts(64, 16);
-    const srv = await startServe({ image: h.image, runDir: h.a });
-    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
-    try {
+    await withPair(h, async ({ srv, dst }) => {
       const wl = wanmig(["workload", "--name", "vm", "--run-dir", h.a, "--then-run-dir", h.b, "--pattern", "dynamic-web", "--duration", "4s", "--json"]);
       await Bun.sleep(500);
-      const run = await wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure"]);
+      const run = await source(h, dst.port, ["--insecure"]);
       expect(run.code).toBe(0);
       const w = await wl;
       expect(w.code).toBe(0);
@@ -261,113 +263,98 @@ describe("wanmig workload", () => {
       expect(rep.disruptionMs).toBeGreaterThan(0);
       expect(rep.disruptionMs).toBeLessThan(3000);
       expect((await dst.ctl.status()).io.writes).toBeGreaterThan(0); // it kept writing at the new host
-    } finally {
-      await srv.stop();
-      await dst.stop();
-    }
+    });
   });
 });
 
 describe("resume after a broken link", () => {
   test("cut mid-bulk: the source reconnects and goes on from where the destination got, not from zero", async () => {
     const h = await hosts(128, 128);
-    const srv = await startServe({ image: h.image, runDir: h.a });
-    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
-    const proxy = startProxy(dst.port);
-    const w = await writer(srv.socket, 128 * MiB);
-    try {
-      const src = Bun.spawn(
-        [process.execPath, MAIN, "source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${proxy.port}`, "--insecure", "--compress", "none", "--bandwidth", "400mbit", "--json"],
-        { stdout: "pipe", stderr: "pipe" },
-      );
-      const stderr = new Response(src.stderr).text();
-      while (proxy.bytes < 48 * MiB) await Bun.sleep(20);
-      proxy.cut();
-      const [out, code] = await Promise.all([new Response(src.stdout).text(), src.exited]);
-      await w.stop();
-      const err = await stderr;
-      expect(err).toContain("reconnecting");
-      expect(err).toContain("resumed: destination has bulk up to");
-      expect(code).toBe(0);
-      const done = JSON.parse(out.trim().split("\n").at(-1)!);
-      expect(done.reconnects).toBe(1);
-      // Starting over would send 128 MiB plus the 48 MiB already across.
-      expect(done.bulkBytes).toBeLessThan(128 * MiB + 16 * MiB);
-      await dst.waitFor("now serving");
-      await sh(["cmp", h.image, h.destImage]);
-      const c = await RawNbd.connect(dst.socket);
-      await c.go();
-      for (const [block, fill] of w.acked) expect((await c.read(block * 4096, 4096)).data![0]).toBe(fill);
-      c.disconnect();
-    } finally {
-      proxy.stop();
-      await srv.stop();
-      await dst.stop();
-    }
+    await withPair(h, async ({ srv, dst }) => {
+      const proxy = startProxy(dst.port);
+      const w = await writer(srv.socket, 128 * MiB);
+      try {
+        const src = Bun.spawn(
+          [process.execPath, MAIN, ...sourceArgs(h, proxy.port, ["--insecure", "--compress", "none", "--bandwidth", "400mbit", "--json"])],
+          { stdout: "pipe", stderr: "pipe" },
+        );
+        const stderr = new Response(src.stderr).text();
+        while (proxy.bytes < 48 * MiB) await Bun.sleep(20);
+        proxy.cut();
+        const [out, code] = await Promise.all([new Response(src.stdout).text(), src.exited]);
+        await w.stop();
+        const err = await stderr;
+        expect(err).toContain("reconnecting");
+        expect(err).toContain("resumed: destination has bulk up to");
+        expect(code).toBe(0);
+        const done = lastEvent(out);
+        expect(done.reconnects).toBe(1);
+        // Starting over would send 128 MiB plus the 48 MiB already across.
+        expect(done.bulkBytes).toBeLessThan(128 * MiB + 16 * MiB);
+        await dst.waitFor("now serving");
+        await sh(["cmp", h.image, h.destImage]);
+        const c = await RawNbd.connect(dst.socket);
+        await c.go();
+        for (const [block, fill] of w.acked) expect((await c.read(block * 4096, 4096)).data![0]).toBe(fill);
+        c.disconnect();
+      } finally {
+        proxy.stop();
+      }
+    });
   });
 
   test("cut while deltas stream: resumed at the destination's next sequence, identical", async () => {
     const h = await hosts(32, 8);
-    const srv = await startServe({ image: h.image, runDir: h.a });
-    // Throttle hard so the deltas queue, and the link is cut while they stream.
-    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
-    const proxy = startProxy(dst.port);
-    const w = await writer(srv.socket, 32 * MiB);
-    try {
-      await Bun.sleep(300);
-      const src = Bun.spawn(
-        [process.execPath, MAIN, "source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${proxy.port}`, "--insecure", "--compress", "none", "--bandwidth", "100mbit"],
-        { stdout: "pipe", stderr: "pipe" },
-      );
-      let err = "";
-      (async () => {
-        for await (const c of src.stderr) err += new TextDecoder().decode(c);
-      })();
-      while (!err.includes("bulk copy done")) await Bun.sleep(10);
-      proxy.cut();
-      const code = await src.exited;
-      await w.stop();
-      expect(err).toContain("reconnecting");
-      expect(code).toBe(0);
-      await dst.waitFor("now serving");
-      await sh(["cmp", h.image, h.destImage]);
-    } finally {
-      proxy.stop();
-      await srv.stop();
-      await dst.stop();
-    }
+    await withPair(h, async ({ srv, dst }) => {
+      const proxy = startProxy(dst.port);
+      const w = await writer(srv.socket, 32 * MiB);
+      try {
+        await Bun.sleep(300);
+        const src = Bun.spawn(
+          [process.execPath, MAIN, ...sourceArgs(h, proxy.port, ["--insecure", "--compress", "none", "--bandwidth", "100mbit"])],
+          { stdout: "pipe", stderr: "pipe" },
+        );
+        let err = "";
+        (async () => {
+          for await (const c of src.stderr) err += new TextDecoder().decode(c);
+        })();
+        while (!err.includes("bulk copy done")) await Bun.sleep(10);
+        proxy.cut();
+        const code = await src.exited;
+        await w.stop();
+        expect(err).toContain("reconnecting");
+        expect(code).toBe(0);
+        await dst.waitFor("now serving");
+        await sh(["cmp", h.image, h.destImage]);
+      } finally {
+        proxy.stop();
+      }
+    });
   });
 });
 
 describe("freeze-and-copy (the baseline)", () => {
   test("writes are refused for the whole copy; the images end equal; downtime is the whole copy", async () => {
     const h = await hosts(64, 32);
-    const srv = await startServe({ image: h.image, runDir: h.a });
-    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
-    const w = await writer(srv.socket, 64 * MiB);
-    try {
+    await withPair(h, async ({ srv, dst }) => {
+      const w = await writer(srv.socket, 64 * MiB);
       await Bun.sleep(50);
-      const run = await wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure", "--mode", "freeze-and-copy", "--json"]);
+      const run = await source(h, dst.port, ["--insecure", "--mode", "freeze-and-copy", "--json"]);
       await w.stop();
       expect(run.code).toBe(0);
-      const done = JSON.parse(run.stdout.trim().split("\n").at(-1)!);
+      const done = lastEvent(run.stdout);
       expect(done.deltaCount).toBe(0);
       expect(done.storageDowntimeMs).toBeGreaterThan(done.migrationTimeMs * 0.5);
       expect(w.refused).toBeGreaterThan(0);
       await sh(["cmp", h.image, h.destImage]);
       expect((await srv.ctl.status()).mode).toBe("fenced");
-    } finally {
-      await srv.stop();
-      await dst.stop();
-    }
+    });
   });
 
   test("dest killed mid-copy: the source is unfenced again and exits 5", async () => {
     const h = await hosts(256, 200);
-    const srv = await startServe({ image: h.image, runDir: h.a });
-    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
-    try {
-      const src = wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure", "--mode", "freeze-and-copy", "--compress", "none"]);
+    await withPair(h, async ({ srv, dst }) => {
+      const src = source(h, dst.port, ["--insecure", "--mode", "freeze-and-copy", "--compress", "none"]);
       await dst.waitFor("receiving");
       dst.proc.kill("SIGKILL");
       const run = await src;
@@ -377,9 +364,7 @@ describe("freeze-and-copy (the baseline)", () => {
       await c.go();
       expect(await c.write(0, Buffer.alloc(512, 4))).toBe(0);
       c.disconnect();
-    } finally {
-      await srv.stop();
-    }
+    });
   });
 });
 
@@ -419,11 +404,9 @@ describe("over SSH (a real sshd on loopback)", () => {
 describe("failures before the point of no return leave the source untouched", () => {
   test("wrong secret: exit 3, clear message, source still writable and not recording", async () => {
     const h = await hosts(8, 1);
-    const srv = await startServe({ image: h.image, runDir: h.a });
-    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--secret-file", h.secret] });
-    const wrong = await secretFile(join(dir.path, "wrong"), "another-secret-of-enough-length");
-    try {
-      const run = await wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--secret-file", wrong]);
+    await withPair(h, async ({ srv, dst }) => {
+      const wrong = await secretFile(join(dir.path, "wrong"), "another-secret-of-enough-length");
+      const run = await source(h, dst.port, ["--secret-file", wrong]);
       expect(run.code).toBe(ExitCode.badInput);
       expect(run.stderr).toContain("could not prove it knows the secret");
       const st = await srv.ctl.status();
@@ -432,18 +415,13 @@ describe("failures before the point of no return leave the source untouched", ()
       await c.go();
       expect(await c.write(0, Buffer.alloc(512, 2))).toBe(0);
       c.disconnect();
-    } finally {
-      await srv.stop();
-      await dst.stop();
-    }
+    }, ["--secret-file", h.secret]);
   });
 
   test("dest killed mid-bulk: exit 5 (aborted safely), source unfenced, recording stopped", async () => {
     const h = await hosts(256, 200);
-    const srv = await startServe({ image: h.image, runDir: h.a });
-    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
-    try {
-      const src = wanmig(["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${dst.port}`, "--insecure"]);
+    await withPair(h, async ({ srv, dst }) => {
+      const src = source(h, dst.port, ["--insecure"]);
       await dst.waitFor("receiving");
       dst.proc.kill("SIGKILL");
       const run = await src;
@@ -456,9 +434,7 @@ describe("failures before the point of no return leave the source untouched", ()
       await c.go();
       expect(await c.write(0, Buffer.alloc(512, 3))).toBe(0);
       c.disconnect();
-    } finally {
-      await srv.stop();
-    }
+    });
   });
 
   test("a TCP dest without a secret refuses to start unless --insecure", async () => {
