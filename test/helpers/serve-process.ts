@@ -39,19 +39,11 @@ export async function startServe(opts: { image: string; runDir: string; name?: s
     stdout: "pipe",
     stderr: "pipe",
   });
-  let err = "";
-  (async () => {
-    for await (const chunk of proc.stderr) err += new TextDecoder().decode(chunk);
-  })();
+  const log = watchStderr(proc, "serve");
   const ctl = new ControlClient(join(opts.runDir, `${name}.ctl`));
   const socket = join(opts.runDir, `${name}.nbd`);
-  for (let i = 0; ; i++) {
-    // The "serving" line comes once both the control and the NBD listener are up.
-    if (err.includes("serving ")) break;
-    if (proc.exitCode !== null) throw new Error(`serve exited ${proc.exitCode}: ${err}`);
-    if (i > 200) throw new Error(`serve did not come up: ${err}`);
-    await Bun.sleep(25);
-  }
+  // The "serving" line comes once both the control and the NBD listener are up.
+  await log.waitFor("serving ", 5000);
   return {
     proc,
     runDir: opts.runDir,
@@ -59,10 +51,30 @@ export async function startServe(opts: { image: string; runDir: string; name?: s
     socket,
     uri: `nbd+unix:///?socket=${socket}`,
     ctl,
-    stderr: () => err,
+    stderr: log.text,
     async stop() {
       proc.kill("SIGTERM");
       return proc.exited;
+    },
+  };
+}
+
+/** Collects a child's stderr and waits for lines in it; fails early if the child exits. */
+function watchStderr(proc: Subprocess<"ignore", "pipe", "pipe">, what: string) {
+  let err = "";
+  (async () => {
+    for await (const chunk of proc.stderr) err += new TextDecoder().decode(chunk);
+  })();
+  return {
+    text: () => err,
+    async waitFor(pattern: string | RegExp, timeoutMs = 30_000): Promise<void> {
+      const end = Date.now() + timeoutMs;
+      const seen = () => (typeof pattern === "string" ? err.includes(pattern) : pattern.test(err));
+      while (!seen()) {
+        if (proc.exitCode !== null) throw new Error(`${what} exited ${proc.exitCode}: ${err}`);
+        if (Date.now() > end) throw new Error(`${what} never said ${pattern}: ${err}`);
+        await Bun.sleep(25);
+      }
     },
   };
 }
@@ -92,30 +104,18 @@ export async function startDest(opts: { image: string; runDir: string; name?: st
     [process.execPath, MAIN, "dest", "--name", name, "--image", opts.image, "--run-dir", opts.runDir, "--listen", "127.0.0.1:0", ...(opts.args ?? [])],
     { stdin: "ignore", stdout: "pipe", stderr: "pipe" },
   );
-  let err = "";
-  (async () => {
-    for await (const chunk of proc.stderr) err += new TextDecoder().decode(chunk);
-  })();
-  for (let i = 0; !/listening on [^ ]+:(\d+)/.test(err); i++) {
-    if (proc.exitCode !== null) throw new Error(`dest exited ${proc.exitCode}: ${err}`);
-    if (i > 400) throw new Error(`dest did not come up: ${err}`);
-    await Bun.sleep(25);
-  }
-  const port = Number(/listening on [^ ]+:(\d+)/.exec(err)![1]);
+  const log = watchStderr(proc, "dest");
+  const listening = /listening on [^ ]+:(\d+)/;
+  await log.waitFor(listening, 10_000);
+  const port = Number(listening.exec(log.text())![1]);
   return {
     proc,
     port,
     name,
     ctl: new ControlClient(join(opts.runDir, `${name}.ctl`)),
     socket: join(opts.runDir, `${name}.nbd`),
-    stderr: () => err,
-    async waitFor(text: string, timeoutMs = 30_000) {
-      const end = Date.now() + timeoutMs;
-      while (!err.includes(text)) {
-        if (Date.now() > end) throw new Error(`dest never said ${JSON.stringify(text)}: ${err}`);
-        await Bun.sleep(25);
-      }
-    },
+    stderr: log.text,
+    waitFor: log.waitFor,
     async stop() {
       proc.kill("SIGTERM");
       return proc.exited;
