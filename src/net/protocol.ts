@@ -175,6 +175,14 @@ function putU64(b: Buffer, off: number, v: number | bigint): void {
   b.writeBigUInt64BE(BigInt(v), off);
 }
 
+/** BULK and ZERO start alike: u64 offset, u32 length. */
+function rangeHeader(offset: number, length: number): Buffer {
+  const h = Buffer.alloc(12);
+  putU64(h, 0, offset);
+  h.writeUInt32BE(length, 8);
+  return h;
+}
+
 /** Payload and flags of one message. */
 function encodePayload(m: Message): { flags: number; parts: Uint8Array[] } {
   if (JSON_TYPES.has(m.type)) {
@@ -182,18 +190,10 @@ function encodePayload(m: Message): { flags: number; parts: Uint8Array[] } {
     return { flags: 0, parts: [Buffer.from(JSON.stringify(rest), "utf8")] };
   }
   switch (m.type) {
-    case MsgType.BULK: {
-      const h = Buffer.alloc(12);
-      putU64(h, 0, m.offset);
-      h.writeUInt32BE(m.length, 8);
-      return { flags: m.compressed ? Flag.ZSTD : 0, parts: [h, m.data] };
-    }
-    case MsgType.ZERO: {
-      const h = Buffer.alloc(12);
-      putU64(h, 0, m.offset);
-      h.writeUInt32BE(m.length, 8);
-      return { flags: 0, parts: [h] };
-    }
+    case MsgType.BULK:
+      return { flags: m.compressed ? Flag.ZSTD : 0, parts: [rangeHeader(m.offset, m.length), m.data] };
+    case MsgType.ZERO:
+      return { flags: 0, parts: [rangeHeader(m.offset, m.length)] };
     case MsgType.DELTA: {
       const h = Buffer.alloc(21);
       putU64(h, 0, m.seq);
