@@ -1,5 +1,5 @@
 // source + dest between real processes over TCP on loopback, with a writer running.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { NbdErr } from "../src/disk/nbd-protocol.ts";
 import { ExitCode } from "../src/errors.ts";
@@ -7,96 +7,10 @@ import { ControlClient } from "../src/disk/control-client.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { startSshd } from "./helpers/sshd.ts";
 import { startProxy } from "./helpers/proxy.ts";
-import { MAIN, randomFile, secretFile, type ServeHandle, sh, sparseFile, startDest, startServe, tempDir, wanmig } from "./helpers/serve-process.ts";
+import { hosts, lastEvent, MiB, removeHosts, source, sourceArgs, withPair, writer } from "./helpers/migration.ts";
+import { MAIN, randomFile, secretFile, sh, startDest, startServe, wanmig } from "./helpers/serve-process.ts";
 
-type DestHandle = Awaited<ReturnType<typeof startDest>>;
-
-const MiB = 1024 * 1024;
-let dir: ReturnType<typeof tempDir>;
-let n = 0;
-beforeAll(() => {
-  dir = tempDir();
-});
-afterAll(() => dir?.remove());
-
-/** Two "hosts": directories A and B, each with its own run dir. */
-async function hosts(sizeMiB: number, dataMiB: number) {
-  const id = n++;
-  const a = join(dir.path, `A${id}`);
-  const b = join(dir.path, `B${id}`);
-  await sh(["mkdir", "-p", a, b]);
-  const image = join(a, "vm.img");
-  await sparseFile(image, sizeMiB * MiB);
-  if (dataMiB) {
-    await randomFile(join(a, "data"), dataMiB * MiB);
-    await sh(["dd", `if=${join(a, "data")}`, `of=${image}`, "conv=notrunc", "status=none"]);
-  }
-  const secret = await secretFile(join(dir.path, `secret${id}`));
-  return { a, b, image, destImage: join(b, "vm.img"), secret };
-}
-
-type Hosts = Awaited<ReturnType<typeof hosts>>;
-
-/** `serve` on host A and `dest` on host B around `body`; both stopped whatever happens. */
-async function withPair(
-  h: Hosts,
-  body: (p: { srv: ServeHandle; dst: DestHandle }) => Promise<void>,
-  destArgs: string[] = ["--insecure"],
-): Promise<void> {
-  const srv = await startServe({ image: h.image, runDir: h.a });
-  const dst = await startDest({ image: h.destImage, runDir: h.b, args: destArgs });
-  try {
-    await body({ srv, dst });
-  } finally {
-    await srv.stop();
-    await dst.stop();
-  }
-}
-
-/** The argv of `wanmig source` for host A's disk, sent to a port on loopback. */
-function sourceArgs(h: Hosts, port: number, extra: string[]): string[] {
-  return ["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${port}`, ...extra];
-}
-
-function source(h: Hosts, port: number, extra: string[]) {
-  return wanmig(sourceArgs(h, port, extra));
-}
-
-/** The last NDJSON event on stdout: the final metrics. */
-function lastEvent(stdout: string) {
-  return JSON.parse(stdout.trim().split("\n").at(-1)!);
-}
-
-/** A writer that keeps writing numbered blocks and remembers what was acknowledged. */
-async function writer(socket: string, sizeBytes: number) {
-  const c = await RawNbd.connect(socket);
-  await c.go();
-  const acked = new Map<number, number>(); // block -> last acknowledged fill byte
-  let stop = false;
-  let refused = 0;
-  const done = (async () => {
-    for (let i = 1; !stop; i++) {
-      const block = Math.floor(Math.random() * (sizeBytes / 4096));
-      const fill = (i % 250) + 1;
-      const err = await c.write(block * 4096, Buffer.alloc(4096, fill));
-      if (err === 0) acked.set(block, fill);
-      else if (err === NbdErr.EPERM) refused++;
-      else throw new Error(`write failed with ${err}`);
-      if (i % 8 === 0) await Bun.sleep(1);
-    }
-  })();
-  return {
-    acked,
-    get refused() {
-      return refused;
-    },
-    async stop() {
-      stop = true;
-      await done;
-      c.disconnect();
-    },
-  };
-}
+afterAll(() => removeHosts());
 
 describe("live migration, hypervisor none", () => {
   test("under a random writer: destination == source, every acknowledged write is there, source fenced", async () => {
@@ -371,7 +285,7 @@ describe("freeze-and-copy (the baseline)", () => {
 describe("over SSH (a real sshd on loopback)", () => {
   test("source --to ssh:// starts dest --stdio there, migrates, and dest serves on after ssh is gone", async () => {
     const h = await hosts(32, 8);
-    const sshd = await startSshd(join(dir.path, "sshd"));
+    const sshd = await startSshd(join(h.a, "sshd"));
     const srv = await startServe({ image: h.image, runDir: h.a });
     let destPid: number | undefined;
     try {
@@ -405,7 +319,7 @@ describe("failures before the point of no return leave the source untouched", ()
   test("wrong secret: exit 3, clear message, source still writable and not recording", async () => {
     const h = await hosts(8, 1);
     await withPair(h, async ({ srv, dst }) => {
-      const wrong = await secretFile(join(dir.path, "wrong"), "another-secret-of-enough-length");
+      const wrong = await secretFile(join(h.a, "wrong"), "another-secret-of-enough-length");
       const run = await source(h, dst.port, ["--secret-file", wrong]);
       expect(run.code).toBe(ExitCode.badInput);
       expect(run.stderr).toContain("could not prove it knows the secret");
@@ -438,7 +352,8 @@ describe("failures before the point of no return leave the source untouched", ()
   });
 
   test("a TCP dest without a secret refuses to start unless --insecure", async () => {
-    const r = await wanmig(["dest", "--name", "x", "--image", join(dir.path, "x.img"), "--listen", "127.0.0.1:0", "--run-dir", dir.path]);
+    const h = await hosts(1, 0);
+    const r = await wanmig(["dest", "--name", "x", "--image", join(h.b, "x.img"), "--listen", "127.0.0.1:0", "--run-dir", h.b]);
     expect(r.code).toBe(ExitCode.usage);
     expect(r.stderr).toContain("--secret-file");
   });

@@ -18,11 +18,11 @@
 //     |------------------------------------------------------->|
 //     | ACK bulkOffset seq    (applied and durable up to here)  |  periodic
 //     |<-------------------------------------------------------|
-//     | BARRIER   {lastSeq, size, sha256}   after the fence     |
-//     | [CHECKSUM {sha256}]  when BARRIER's sha256 was empty:   |  both sides hash the
-//     |                      the source hashed meanwhile        |  image at the same time
+//     | BARRIER   {lastSeq, size, digest}   after the fence     |
+//     | [CHECKSUM {digest}]  when BARRIER's digest was empty:   |  both sides finish the
+//     |                      the source hashed meanwhile        |  digest at the same time
 //     |------------------------------------------------------->|
-//     | DONE      {sha256} (verified; dest now serves the VM)   |
+//     | DONE      {digest} (verified; dest now serves the VM)   |
 //     |<-------------------------------------------------------|
 //   Either side may send ERROR {message} and close.
 //
@@ -40,7 +40,7 @@
 
 import { ProtocolError } from "./errors.ts";
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const FRAME_MAGIC = 0x574d4731; // "WMG1"
 export const FRAME_HEADER_LEN = 12;
 export const FRAME_TRAILER_LEN = 4;
@@ -127,16 +127,17 @@ export interface Barrier {
   type: typeof MsgType.BARRIER;
   lastSeq: string;
   size: number;
-  sha256: string;
+  /** The image digest (region-digest.ts: SHA-256 over each 1 MiB region's SHA-256), or "" if a CHECKSUM follows. */
+  digest: string;
 }
-/** The source's image checksum, sent after a BARRIER whose sha256 is empty (both sides hash at once). */
+/** The source's image digest, sent after a BARRIER whose digest is empty (both sides hash at once). */
 export interface Checksum {
   type: typeof MsgType.CHECKSUM;
-  sha256: string;
+  digest: string;
 }
 export interface Done {
   type: typeof MsgType.DONE;
-  sha256: string;
+  digest: string;
 }
 export interface ErrorMsg {
   type: typeof MsgType.ERROR;
@@ -156,9 +157,9 @@ export const msg = {
   delta: (p: Omit<Delta, "type">): Delta => ({ type: MsgType.DELTA, ...p }),
   ack: (bulkOffset: number, nextSeq: bigint): Ack => ({ type: MsgType.ACK, bulkOffset, nextSeq }),
   bulkEnd: (size: number): BulkEnd => ({ type: MsgType.BULK_END, size }),
-  barrier: (lastSeq: bigint, size: number, sha256: string): Barrier => ({ type: MsgType.BARRIER, lastSeq: lastSeq.toString(), size, sha256 }),
-  checksum: (sha256: string): Checksum => ({ type: MsgType.CHECKSUM, sha256 }),
-  done: (sha256: string): Done => ({ type: MsgType.DONE, sha256 }),
+  barrier: (lastSeq: bigint, size: number, digest: string): Barrier => ({ type: MsgType.BARRIER, lastSeq: lastSeq.toString(), size, digest }),
+  checksum: (digest: string): Checksum => ({ type: MsgType.CHECKSUM, digest }),
+  done: (digest: string): Done => ({ type: MsgType.DONE, digest }),
   error: (message: string): ErrorMsg => ({ type: MsgType.ERROR, message }),
 };
 
@@ -274,11 +275,11 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
     case MsgType.BULK_END:
       return decodeJson<BulkEnd>(type, payload, (v) => isNum(v.size));
     case MsgType.BARRIER:
-      return decodeJson<Barrier>(type, payload, (v) => isStr(v.lastSeq) && isNum(v.size) && isStr(v.sha256));
+      return decodeJson<Barrier>(type, payload, (v) => isStr(v.lastSeq) && isNum(v.size) && isStr(v.digest));
     case MsgType.CHECKSUM:
-      return decodeJson<Checksum>(type, payload, (v) => isStr(v.sha256));
+      return decodeJson<Checksum>(type, payload, (v) => isStr(v.digest));
     case MsgType.DONE:
-      return decodeJson<Done>(type, payload, (v) => isStr(v.sha256));
+      return decodeJson<Done>(type, payload, (v) => isStr(v.digest));
     case MsgType.ERROR:
       return decodeJson<ErrorMsg>(type, payload, (v) => isStr(v.message));
     case MsgType.BULK: {

@@ -8,6 +8,7 @@ import { maybeCompress } from "../net/compress.ts";
 import { msg } from "../net/protocol.ts";
 import { BULK_CHUNK } from "./coalesce.ts";
 import { BulkError } from "./errors.ts";
+import { isZero } from "../util/zero.ts";
 
 export interface BulkProgress {
   offset: number;
@@ -22,14 +23,6 @@ export interface BulkProgress {
 
 const READ_CHUNK = BULK_CHUNK;
 
-export function isZero(b: Uint8Array): boolean {
-  // Compare 8 bytes at a time where aligned; images are mostly data or mostly holes.
-  const words = new BigUint64Array(b.buffer, b.byteOffset, b.byteLength >>> 3);
-  for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
-  for (let i = words.length << 3; i < b.length; i++) if (b[i] !== 0) return false;
-  return true;
-}
-
 export async function sendBulk(
   ch: Channel,
   imagePath: string,
@@ -40,6 +33,8 @@ export async function sendBulk(
     onProgress?: (p: BulkProgress) => void;
     /** Called just before each chunk is read (coalesce mode notes the delta log's length). */
     beforeRead?: (offset: number) => void;
+    /** Called with each chunk as read (the image digest hashes it). */
+    afterRead?: (offset: number, chunk: Uint8Array) => void;
   },
 ): Promise<BulkProgress> {
   let image: FileBackend;
@@ -57,6 +52,7 @@ export async function sendBulk(
       const chunk = buf.subarray(0, n);
       opts.beforeRead?.(p.offset);
       image.read(p.offset, chunk);
+      opts.afterRead?.(p.offset, chunk);
       for (let at = 0; at < n; at += opts.blockSize) {
         const block = chunk.subarray(at, Math.min(at + opts.blockSize, n));
         if (isZero(block)) {

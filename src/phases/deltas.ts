@@ -4,12 +4,22 @@
 
 import { DeltaKind, DeltaLogReader, type DeltaRecord } from "../disk/delta-log.ts";
 import { type BulkReadLog, coalesceBatch } from "./coalesce.ts";
-
-const BATCH_BYTES = 16 * 1024 * 1024;
 import type { Channel } from "../net/channel.ts";
 import { maybeCompress } from "../net/compress.ts";
 import { DeltaOp, msg } from "../net/protocol.ts";
 import { DeltasError } from "./errors.ts";
+
+const BATCH_BYTES = 16 * 1024 * 1024;
+
+export interface DeltaStreamOptions {
+  compress: boolean;
+  /** Resume: the first sequence the destination still needs (0 = from the start). */
+  from?: bigint;
+  /** Coalesce mode: what the bulk copy carried; undefined in paper mode (send everything). */
+  coalesce?: BulkReadLog;
+  /** Every record read from the log, sent or not (the image digest marks its regions dirty). */
+  onRecord?: (r: DeltaRecord) => void;
+}
 
 export class DeltaStreamer {
   private reader: DeltaLogReader;
@@ -23,15 +33,18 @@ export class DeltaStreamer {
 
   wireBytes = 0;
 
+  private readonly compress: boolean;
+  private readonly from: bigint;
+  private readonly coalesce?: BulkReadLog;
+
   constructor(
     private ch: Channel,
     logPath: string,
-    private readonly compress: boolean,
-    /** Resume: the first sequence the destination still needs (0 = from the start). */
-    private readonly from = 0n,
-    /** Coalesce mode: what the bulk copy carried; undefined in paper mode (send everything). */
-    private readonly coalesce?: BulkReadLog,
+    private readonly opts: DeltaStreamOptions,
   ) {
+    this.compress = opts.compress;
+    this.from = opts.from ?? 0n;
+    this.coalesce = opts.coalesce;
     try {
       this.reader = new DeltaLogReader(logPath);
     } catch (cause) {
@@ -75,6 +88,7 @@ export class DeltaStreamer {
       }
       if (r === "end") break;
       this.lastRead = r.seq;
+      this.opts.onRecord?.(r);
       if (r.seq < this.from) continue; // applied at the destination before the link broke
       batch.push(r);
       bytes += r.data.length + 32;
@@ -84,16 +98,16 @@ export class DeltaStreamer {
 
   private async send(r: DeltaRecord): Promise<void> {
     const out = this.compress && r.data.length ? maybeCompress(r.data) : { data: r.data, compressed: false };
-      await this.ch.send(
-        msg.delta({
-          seq: r.seq,
-          op: r.kind === DeltaKind.DATA ? DeltaOp.DATA : DeltaOp.ZERO,
-          offset: r.offset,
-          length: r.length,
-          compressed: out.compressed,
-          data: out.data,
-        }),
-      );
+    await this.ch.send(
+      msg.delta({
+        seq: r.seq,
+        op: r.kind === DeltaKind.DATA ? DeltaOp.DATA : DeltaOp.ZERO,
+        offset: r.offset,
+        length: r.length,
+        compressed: out.compressed,
+        data: out.data,
+      }),
+    );
     this.wireBytes += out.data.length;
     this.lastSeq = r.seq;
     this.sent++;

@@ -4,15 +4,18 @@
 //     drain deltas until the queue is small
 //     ---- POINT OF NO RETURN: fence the source serve ----
 //     read the log to its end, send the rest
-//     BARRIER {lastSeq, size}  ------>  apply, fdatasync, hash the image
-//     hash the image; CHECKSUM -------->  compare
-//                                      <-------  DONE {sha256}: dest releases held I/O
+//     BARRIER {lastSeq, size}  ------>  apply, fdatasync, rehash what the last deltas touched
+//     rehash likewise; CHECKSUM ------>  compare the image digests
+//                                      <-------  DONE {digest}: dest releases held I/O
+//
+// The digest is kept up to date region by region during the migration (region-digest.ts),
+// so the check in the downtime reads only what the last deltas wrote.
 //
 // Before the fence any failure leaves the source serving and writable (the caller stops
 // recording and exits "aborted safely"). After it the source stays fenced: the disk's
 // truth is at the destination, or in flight to it, and must not fork.
 
-import { imageSha256 } from "../disk/checksum.ts";
+import type { RegionDigests } from "../disk/region-digest.ts";
 import type { ControlClient } from "../disk/control-client.ts";
 import type { Channel } from "../net/channel.ts";
 import { type Done, msg, MsgType, typeName } from "../net/protocol.ts";
@@ -30,10 +33,18 @@ export interface HandoffTimes {
   finalDeltas: number;
 }
 
-export async function catchUp(ctl: ControlClient, deltas: DeltaStreamer): Promise<void> {
+/** The source image and its region digests, kept current as deltas are read. */
+export interface ImageCheck {
+  image: string;
+  digests: RegionDigests;
+}
+
+export async function catchUp(ctl: ControlClient, deltas: DeltaStreamer, check: ImageCheck): Promise<void> {
   const start = Date.now();
   for (let round = 0; ; round++) {
     await deltas.pump();
+    // Rehash what the deltas so far touched now, while the VM runs, not in the downtime.
+    check.digests.refresh(check.image);
     if (deltas.pendingBytes() < SWITCHOVER_PENDING_BYTES) return;
     if (round % 20 === 0) {
       const st = await ctl.status();
@@ -60,7 +71,7 @@ export async function handOffStorage(
   ch: Channel,
   ctl: ControlClient,
   deltas: DeltaStreamer,
-  imagePath: string,
+  check: ImageCheck,
   log: Logger,
 ): Promise<HandoffTimes> {
   const st = await ctl.status();
@@ -76,13 +87,14 @@ export async function handOffStorage(
     await deltas.pump({ final: true, pastPointOfNoReturn: true });
     const after = await ctl.status();
     if (after.recording.failed) throw new HandoffError(`record mode failed at the source: ${after.recording.failed}`, { pastPointOfNoReturn: true });
-    // The barrier goes first, without the checksum, so the destination hashes its image
-    // while we hash ours: the verification costs one hash time of downtime, not two.
+    // The barrier goes first, without the digest, so the destination rehashes its regions
+    // while we rehash ours: the verification costs one hash time of downtime, not two.
     await ch.send(msg.barrier(deltas.lastSeq, after.size, ""));
-    const sha = imageSha256(imagePath);
-    await ch.send(msg.checksum(sha));
+    check.digests.refresh(check.image, { all: true });
+    const digest = check.digests.digest();
+    await ch.send(msg.checksum(digest));
     const done = await awaitDone(ch);
-    if (done.sha256 !== sha) throw new HandoffError("the destination's image checksum differs from the source's", { pastPointOfNoReturn: true });
+    if (done.digest !== digest) throw new HandoffError("the destination's image digest differs from the source's", { pastPointOfNoReturn: true });
     return { fencedAt, doneAt: performance.now(), finalDeltas: deltas.sent - before };
   } catch (cause) {
     if (cause instanceof HandoffError || cause instanceof DeltasError) throw cause;

@@ -10,14 +10,14 @@
 // storage, and READY on a resume says the same, so nothing applied is sent again.
 
 import { existsSync, statSync, truncateSync, writeFileSync } from "node:fs";
-import { imageSha256 } from "../disk/checksum.ts";
+import { RegionDigests, REGION_SIZE } from "../disk/region-digest.ts";
 import { FileBackend } from "../disk/file-backend.ts";
 import { type Channel, ChannelClosed } from "../net/channel.ts";
 import { decompress } from "../net/compress.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { type Barrier, DeltaOp, type Hello, msg, MsgType, typeName } from "../net/protocol.ts";
 import type { Logger } from "../log.ts";
-import { isZero } from "./bulk.ts";
+import { isZero } from "../util/zero.ts";
 import { ReceiveError } from "./errors.ts";
 import { type Credentials, destHandshake } from "./init.ts";
 
@@ -25,7 +25,7 @@ import { type Credentials, destHandshake } from "./init.ts";
 export type ReceiverState =
   | { kind: "waiting" } // for the first connection, or for a resume after a broken link
   | { kind: "receiving" }
-  | { kind: "completed"; sha256: string }
+  | { kind: "completed"; digest: string }
   | { kind: "aborted"; reason: string };
 
 const ACK_EVERY_MS = 1000;
@@ -76,6 +76,9 @@ export class Receiver {
   private bulkOffset = 0;
   private bulkDone = false;
   private nextSeq?: bigint;
+  private digests?: RegionDigests;
+  /** Regions below this one are complete in bulk order and hashed (or dirtied since). */
+  private bulkHashedTo = 0;
 
   constructor(private readonly opts: { image: string; creds: Credentials; log: Logger; onAuthenticated?: (hello: Hello) => Promise<void> }) {}
 
@@ -122,6 +125,7 @@ export class Receiver {
       throw cause;
     }
     this.hello = hello;
+    this.digests = new RegionDigests(hello.size);
     await this.opts.onAuthenticated?.(hello);
   }
 
@@ -133,6 +137,7 @@ export class Receiver {
       switch (m.type) {
         case MsgType.BULK: {
           checkRange(m.offset, m.length, hello.size);
+          this.hashBulkBefore(m.offset);
           const data = m.compressed ? decompress(m.data, m.length) : m.data;
           if (this.fresh) writeSparse(image, m.offset, data);
           else image.write(m.offset, data, false);
@@ -141,11 +146,13 @@ export class Receiver {
         }
         case MsgType.ZERO:
           checkRange(m.offset, m.length, hello.size);
+          this.hashBulkBefore(m.offset);
           await image.zero(m.offset, m.length, false, true);
           break;
         case MsgType.BULK_END:
           this.bulkDone = true;
           this.bulkOffset = hello.size;
+          this.hashBulkBefore(hello.size);
           break;
         case MsgType.DELTA: {
           // Gaps are allowed (coalescing drops records); going backwards never is.
@@ -153,6 +160,7 @@ export class Receiver {
           checkRange(m.offset, m.length, hello.size);
           if (m.op === DeltaOp.DATA) image.write(m.offset, m.compressed ? decompress(m.data, m.length) : m.data, false);
           else await image.zero(m.offset, m.length, false, true);
+          this.digests!.markDirty(m.offset, m.length);
           this.nextSeq = m.seq + 1n;
           break;
         }
@@ -166,25 +174,36 @@ export class Receiver {
       if (Date.now() - lastAck > ACK_EVERY_MS) {
         await image.flush(); // ACK means durable
         await ch.send(msg.ack(this.bulkOffset, this.nextSeq ?? 0n));
+        // Keep the digest current while deltas stream, so the barrier rehashes little.
+        this.digests!.refresh(this.opts.image);
         lastAck = Date.now();
       }
     }
+  }
+
+  /** Bulk blocks arrive in offset order: every region ending at or before `offset` is complete. */
+  private hashBulkBefore(offset: number): void {
+    const upTo = Math.floor(offset / REGION_SIZE);
+    if (upTo <= this.bulkHashedTo) return;
+    this.digests!.hashRange(this.opts.image, this.bulkHashedTo, upTo);
+    this.bulkHashedTo = upTo;
   }
 
   private async finish(ch: Channel, m: Barrier): Promise<ServeOutcome> {
     if (this.nextSeq !== undefined && BigInt(m.lastSeq) !== this.nextSeq - 1n)
       throw new ProtocolError(`barrier says the last delta is ${m.lastSeq}, we applied up to ${this.nextSeq - 1n}`);
     await this.image!.flush();
-    const sha = imageSha256(this.opts.image);
-    // An empty checksum in the barrier: the source hashed while we did; it follows now.
-    const theirs = m.sha256 || (await ch.expect(MsgType.CHECKSUM, 10 * 60 * 1000)).sha256;
-    if (sha !== theirs) {
-      await ch.send(msg.error("image checksum mismatch after the last delta"));
-      throw new ReceiveError(`image checksum mismatch: ours ${sha}, source ${theirs}`);
+    this.digests!.refresh(this.opts.image, { all: true });
+    const digest = this.digests!.digest();
+    // An empty digest in the barrier: the source hashed while we did; it follows now.
+    const theirs = m.digest || (await ch.expect(MsgType.CHECKSUM, 10 * 60 * 1000)).digest;
+    if (digest !== theirs) {
+      await ch.send(msg.error("image digest mismatch after the last delta"));
+      throw new ReceiveError(`image digest mismatch: ours ${digest}, source ${theirs}`);
     }
-    await ch.send(msg.done(sha));
-    this.opts.log.info(`image verified (sha256 ${sha.slice(0, 16)}…); releasing held I/O`);
-    this.state = { kind: "completed", sha256: sha };
+    await ch.send(msg.done(digest));
+    this.opts.log.info(`image verified (digest ${digest.slice(0, 16)}…); releasing held I/O`);
+    this.state = { kind: "completed", digest };
     this.image!.close();
     ch.close();
     return "completed";

@@ -13,7 +13,7 @@ import { InitError, PhaseError } from "./errors.ts";
 import { awaitDone, catchUp, handOffStorage } from "./handoff.ts";
 import { BulkReadLog } from "./coalesce.ts";
 import { statSync } from "node:fs";
-import { imageSha256 } from "../disk/checksum.ts";
+import { RegionDigests } from "../disk/region-digest.ts";
 import { msg } from "../net/protocol.ts";
 import { HandoffError } from "./errors.ts";
 import { type Credentials, sourceHandshake } from "./init.ts";
@@ -146,6 +146,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   let ch: Channel | undefined;
   const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0 };
   const carried = o.deltas === "paper" ? undefined : new BulkReadLog();
+  const check = { image: status.image, digests: new RegionDigests(status.size) };
   let wire = 0;
   let deltaStats = NO_DELTAS;
   emit("init");
@@ -171,6 +172,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
           blockSize,
           compress: o.compress,
           beforeRead: carried ? (offset) => carried.noteRead(offset, statSync(logPath!).size) : undefined,
+          afterRead: (offset, chunk) => check.digests.noteData(offset, chunk),
           onProgress: (p) => o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: bulk.bytesSent + p.bytesSent }),
         });
         bulk.bytesSent += b.bytesSent;
@@ -183,12 +185,17 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
 
       emit("deltas");
       deltas?.close();
-      deltas = new DeltaStreamer(ch, logPath, o.compress, BigInt(ready.nextSeq), carried);
-      await catchUp(ctl, deltas);
+      deltas = new DeltaStreamer(ch, logPath, {
+        compress: o.compress,
+        from: BigInt(ready.nextSeq),
+        coalesce: carried,
+        onRecord: (r) => check.digests.markDirty(r.offset, r.length),
+      });
+      await catchUp(ctl, deltas, check);
 
       emit("handoff");
       fenced = true; // from inside handOffStorage on, the fence may already be up
-      const h = await handOffStorage(ch, ctl, deltas, status.image, o.log);
+      const h = await handOffStorage(ch, ctl, deltas, check, o.log);
       const end = await ctl.status();
       await ctl.stopRecording();
       deltaStats = addDeltaStats(deltaStats, deltas);
@@ -257,14 +264,22 @@ async function freezeAndCopy(
     fencedAt = performance.now();
     o.log.info("freeze-and-copy: source fenced; copying the whole image");
     o.onEvent?.({ event: "phase", phase: "bulk" });
-    const bulk = await sendBulk(ch, status.image, { from: ready.bulkOffset, blockSize, compress: o.compress });
-    const sha = imageSha256(status.image);
+    const digests = new RegionDigests(status.size);
+    const bulk = await sendBulk(ch, status.image, {
+      from: ready.bulkOffset,
+      blockSize,
+      compress: o.compress,
+      afterRead: (offset, chunk) => digests.noteData(offset, chunk),
+    });
+    // Fenced: nothing changed since the read; only regions a resumed copy skipped need reading.
+    digests.refresh(status.image, { all: true });
+    const digest = digests.digest();
     o.onEvent?.({ event: "phase", phase: "handoff" });
     o.log.info("point of no return: sending the barrier");
     barrierSent = true;
-    await ch.send(msg.barrier(0n, status.size, sha));
+    await ch.send(msg.barrier(0n, status.size, digest));
     const done = await awaitDone(ch);
-    if (done.sha256 !== sha) throw new HandoffError("the destination's image checksum differs from the source's", { pastPointOfNoReturn: true });
+    if (done.digest !== digest) throw new HandoffError("the destination's image digest differs from the source's", { pastPointOfNoReturn: true });
     return finish(o, {
       t0,
       fencedAt,

@@ -1,10 +1,38 @@
 // A TCP relay between source and dest whose connections the test can cut: a link drop
-// in the middle of a migration, with both processes still alive.
+// in the middle of a migration, with both processes still alive. With `tamper`, it splits
+// the source's stream into protocol frames and lets the test drop or alter each one: a
+// link that loses or corrupts data in ways TCP's own checksum would not catch.
 import type { Socket } from "bun";
+import { FRAME_HEADER_LEN, FRAME_TRAILER_LEN } from "../../src/net/protocol.ts";
+
+/** Returns the frame to pass on (the same, altered, or null to drop it). */
+export type Tamper = (type: number, frame: Uint8Array) => Uint8Array | null;
+
+function frameSplitter(tamper: Tamper) {
+  let buf = new Uint8Array(0);
+  return (data: Uint8Array): Uint8Array => {
+    const joined = new Uint8Array(buf.length + data.length);
+    joined.set(buf);
+    joined.set(data, buf.length);
+    const out: Uint8Array[] = [];
+    let at = 0;
+    while (joined.length - at >= FRAME_HEADER_LEN) {
+      const view = new DataView(joined.buffer, joined.byteOffset + at);
+      const total = FRAME_HEADER_LEN + view.getUint32(8) + FRAME_TRAILER_LEN;
+      if (joined.length - at < total) break;
+      const kept = tamper(view.getUint8(4), joined.slice(at, at + total));
+      if (kept) out.push(kept);
+      at += total;
+    }
+    buf = joined.slice(at);
+    return Buffer.concat(out);
+  };
+}
 
 interface End {
   peer?: Socket<End>;
   queue: Uint8Array[];
+  split?: (data: Uint8Array) => Uint8Array;
 }
 
 function forward(from: Socket<End>, to: Socket<End> | undefined, data: Uint8Array): void {
@@ -38,7 +66,7 @@ function drain(s: Socket<End>): void {
   s.data.peer?.resume();
 }
 
-export function startProxy(targetPort: number) {
+export function startProxy(targetPort: number, opts: { tamper?: Tamper } = {}) {
   const live = new Set<Socket<End>>();
   let bytes = 0;
   const listener = Bun.listen<End>({
@@ -47,7 +75,7 @@ export function startProxy(targetPort: number) {
     data: { queue: [] },
     socket: {
       open(client) {
-        client.data = { queue: [] };
+        client.data = { queue: [], split: opts.tamper && frameSplitter(opts.tamper) };
         live.add(client);
         Bun.connect<End>({
           hostname: "127.0.0.1",
@@ -74,7 +102,8 @@ export function startProxy(targetPort: number) {
       },
       data(client, d) {
         bytes += d.length;
-        forward(client, client.data.peer, d);
+        const out = client.data.split ? client.data.split(d) : d;
+        if (out.length) forward(client, client.data.peer, out);
       },
       drain,
       close(client) {

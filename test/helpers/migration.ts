@@ -1,0 +1,98 @@
+// Two "hosts" on loopback for migration tests: serve on A, dest on B, a writer, the source's argv.
+import { join } from "node:path";
+import { NbdErr } from "../../src/disk/nbd-protocol.ts";
+import { RawNbd } from "./raw-nbd.ts";
+import { randomFile, secretFile, type ServeHandle, sh, sparseFile, startDest, startServe, tempDir, wanmig } from "./serve-process.ts";
+
+export type DestHandle = Awaited<ReturnType<typeof startDest>>;
+
+export const MiB = 1024 * 1024;
+let dir: ReturnType<typeof tempDir> | undefined;
+let n = 0;
+
+/** Removes every host directory made so far (call from afterAll). */
+export function removeHosts(): void {
+  dir?.remove();
+  dir = undefined;
+}
+
+/** Two "hosts": directories A and B, each with its own run dir. */
+export async function hosts(sizeMiB: number, dataMiB: number) {
+  dir ??= tempDir();
+  const id = n++;
+  const a = join(dir!.path, `A${id}`);
+  const b = join(dir!.path, `B${id}`);
+  await sh(["mkdir", "-p", a, b]);
+  const image = join(a, "vm.img");
+  await sparseFile(image, sizeMiB * MiB);
+  if (dataMiB) {
+    await randomFile(join(a, "data"), dataMiB * MiB);
+    await sh(["dd", `if=${join(a, "data")}`, `of=${image}`, "conv=notrunc", "status=none"]);
+  }
+  const secret = await secretFile(join(dir!.path, `secret${id}`));
+  return { a, b, image, destImage: join(b, "vm.img"), secret };
+}
+
+export type Hosts = Awaited<ReturnType<typeof hosts>>;
+
+/** `serve` on host A and `dest` on host B around `body`; both stopped whatever happens. */
+export async function withPair(
+  h: Hosts,
+  body: (p: { srv: ServeHandle; dst: DestHandle }) => Promise<void>,
+  destArgs: string[] = ["--insecure"],
+): Promise<void> {
+  const srv = await startServe({ image: h.image, runDir: h.a });
+  const dst = await startDest({ image: h.destImage, runDir: h.b, args: destArgs });
+  try {
+    await body({ srv, dst });
+  } finally {
+    await srv.stop();
+    await dst.stop();
+  }
+}
+
+/** The argv of `wanmig source` for host A's disk, sent to a port on loopback. */
+export function sourceArgs(h: Hosts, port: number, extra: string[]): string[] {
+  return ["source", "--name", "vm", "--run-dir", h.a, "--to", `127.0.0.1:${port}`, ...extra];
+}
+
+export function source(h: Hosts, port: number, extra: string[]) {
+  return wanmig(sourceArgs(h, port, extra));
+}
+
+/** The last NDJSON event on stdout: the final metrics. */
+export function lastEvent(stdout: string) {
+  return JSON.parse(stdout.trim().split("\n").at(-1)!);
+}
+
+/** A writer that keeps writing numbered blocks and remembers what was acknowledged. */
+export async function writer(socket: string, sizeBytes: number) {
+  const c = await RawNbd.connect(socket);
+  await c.go();
+  const acked = new Map<number, number>(); // block -> last acknowledged fill byte
+  let stop = false;
+  let refused = 0;
+  const done = (async () => {
+    for (let i = 1; !stop; i++) {
+      const block = Math.floor(Math.random() * (sizeBytes / 4096));
+      const fill = (i % 250) + 1;
+      const err = await c.write(block * 4096, Buffer.alloc(4096, fill));
+      if (err === 0) acked.set(block, fill);
+      else if (err === NbdErr.EPERM) refused++;
+      else throw new Error(`write failed with ${err}`);
+      if (i % 8 === 0) await Bun.sleep(1);
+    }
+  })();
+  return {
+    acked,
+    get refused() {
+      return refused;
+    },
+    async stop() {
+      stop = true;
+      await done;
+      c.disconnect();
+    },
+  };
+}
+
