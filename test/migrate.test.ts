@@ -116,6 +116,29 @@ describe("live migration, hypervisor none", () => {
   });
 });
 
+describe("write throttling watches the delta queue", () => {
+  test("a writer outpacing a slow link is throttled; --throttle-threshold/--throttle-delay reach the serve; identical", async () => {
+    const h = await hosts(32, 4);
+    await withPair(h, async ({ srv, dst }) => {
+      const w = await writer(srv.socket, 2 * MiB); // a hot spot: the bulk copy stays short
+      try {
+        await Bun.sleep(200);
+        const run = await source(h, dst.port, ["--insecure", "--json", "--deltas", "paper", "--compress", "none", "--bandwidth", "16mbit", "--throttle-threshold", "20", "--throttle-delay", "1ms"]);
+        await w.stop();
+        expect(run.code).toBe(0);
+        expect(lastEvent(run.stdout).throttleSteps).toBeGreaterThan(0);
+        const st = (await srv.ctl.status()).throttle;
+        expect(st.threshold).toBe(20);
+        expect(st.delayUs).toBe(1000);
+        await dst.waitFor("now serving");
+        await sh(["cmp", h.image, h.destImage]);
+      } finally {
+        await w.stop();
+      }
+    });
+  });
+});
+
 describe("delta modes: paper and coalesce end byte-identical", () => {
   for (const mode of ["paper", "coalesce"]) {
     for (let round = 0; round < 3; round++) {

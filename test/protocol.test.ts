@@ -4,10 +4,11 @@ import { DeltaOp, encodeFrame, FRAME_HEADER_LEN, FrameDecoder, MAX_PAYLOAD, type
 import { ProtocolError } from "../src/net/errors.ts";
 
 const all: Message[] = [
-  msg.hello({ nonce: "ab".repeat(16), name: "web1", size: 10 * 2 ** 30, blockSize: 65536 }),
+  msg.hello({ nonce: "ab".repeat(16), name: "web1", size: 10 * 2 ** 30, blockSize: 65536, recording: "web1.1764000000000.0.deltas" }),
   msg.welcome({ nonce: "cd".repeat(16), proof: "ef".repeat(32) }),
   msg.auth("01".repeat(32)),
-  msg.ready(123 * 65536, 42n),
+  msg.ready(123 * 65536, 42n, true),
+  msg.baseHashes(8 * 2 ** 20, new Uint8Array(64 * 16).fill(3)),
   msg.bulk(2 ** 40, 5, Buffer.from("hello")),
   msg.bulk(0, 65536, Buffer.from([1, 2, 3]), true),
   msg.zero(65536, 1 << 20),
@@ -87,6 +88,7 @@ describe("frames", () => {
     expect(() => new FrameDecoder().push(frame(MsgType.HELLO, Buffer.from('{"name":"x"}')))).toThrow("lacks required fields");
     expect(() => new FrameDecoder().push(frame(MsgType.AUTH, Buffer.from("{not json")))).toThrow("not JSON");
     expect(() => new FrameDecoder().push(frame(MsgType.ACK, Buffer.alloc(3)))).toThrow("needs at least 16");
+    expect(() => new FrameDecoder().push(frame(MsgType.BASE_HASHES, Buffer.alloc(8 + 17)))).toThrow("not a whole number of hashes");
     const lie = Buffer.alloc(12 + 3);
     lie.writeUInt32BE(10, 8);
     expect(() => new FrameDecoder().push(frame(MsgType.BULK, lie))).toThrow("says 10 bytes but carries 3");

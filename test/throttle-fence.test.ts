@@ -41,6 +41,20 @@ describe("throttle policy", () => {
     p.reset();
     expect(p.delayUs()).toBe(0);
   });
+
+  test("it watches the queue: shipping deltas brings the level down, and the highest level is kept", () => {
+    const p = new DoublingThrottlePolicy({ threshold: 10, delayUs: 100 });
+    for (let i = 0; i < 50; i++) p.onWriteCompleted();
+    expect(p.state().level).toBe(3); // queue 50 > 40
+    p.noteShipped(35); // queue 15: past T only
+    expect(p.state()).toMatchObject({ level: 1, maxLevel: 3, deltaQueue: 15, currentDelayUs: 100 });
+    p.noteShipped(20); // reports never go backwards
+    expect(p.state().deltaQueue).toBe(15);
+    p.noteShipped(50);
+    expect(p.delayUs()).toBe(0);
+    for (let i = 0; i < 10; i++) p.onWriteCompleted();
+    expect(p.state().level).toBe(0); // a queue of 10 is not past T=10
+  });
 });
 
 describe("throttling in serve", () => {

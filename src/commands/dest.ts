@@ -1,6 +1,8 @@
 import { defineCommand } from "citty";
 import { DiskService } from "../disk/disk-service.ts";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { runCommand } from "../util/run.ts";
 import { logger, redirectLogsTo, setLogLevel } from "../log.ts";
 import type { Channel } from "../net/channel.ts";
 import { listenTcp, pipeChannel, stdoutSink } from "../net/channel.ts";
@@ -30,12 +32,21 @@ function connections(listen: string, name: string, log: ReturnType<typeof logger
   };
 }
 
+/** The image starts as a sparse (or reflinked) copy of the base; an existing image is a base already. */
+async function copyBase(base: string, image: string, log: ReturnType<typeof logger>): Promise<void> {
+  if (existsSync(image)) throw new UsageError(`--image ${image} exists already`, "an existing image is itself used as the base: drop --base, or point --image at a new file");
+  if (!existsSync(base)) throw new UsageError(`--base ${base} does not exist`);
+  const r = await runCommand(["cp", "--sparse=always", "--reflink=auto", base, image], log);
+  log.info(`image ${image} starts as a copy of ${base} (${r.durationMs} ms)`);
+}
+
 export default defineCommand({
   meta: { name: "dest", description: "Receive a migrating VM's disk, then serve it here (holding its I/O until consistent)" },
   args: {
     ...nameArg,
     image: { type: "string", description: "the image file here (created sparse if missing)", required: true, valueHint: "PATH" },
     ...runDirArg,
+    base: { type: "string", description: "start --image as a copy of this file (a template, an older copy of the disk): only blocks that differ travel", valueHint: "PATH" },
     listen: { type: "string", description: "where the source connects", valueHint: "HOST:PORT" },
     "resume-timeout": { type: "string", description: "after a broken link, how long to wait for the source to resume (seconds)", default: "600", valueHint: "S" },
     stdio: { type: "boolean", description: "speak the protocol on stdin/stdout (run by `ssh HOST wanmig dest --stdio`; SSH authenticates)", default: false },
@@ -51,6 +62,7 @@ export default defineCommand({
     if (!args.stdio && !args.listen) throw new UsageError("dest needs --listen HOST:PORT or --stdio");
     // Over SSH the transport authenticated both ends already; no secret is needed.
     const creds = args.stdio ? { secret: args["secret-file"] ? credentials(args, "dest").secret : undefined } : credentials(args, "dest");
+    if (args.base) await copyBase(args.base, args.image, log);
     let svc: DiskService | undefined;
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));

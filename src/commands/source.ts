@@ -10,6 +10,8 @@ import { runSource } from "../phases/source-run.ts";
 import { jsonArg, logArg, nameArg, runDirArg } from "./_shared.ts";
 import { credentials, parseHostPort } from "./_migration.ts";
 import { UsageError } from "../errors.ts";
+import type { ThrottleParams } from "../disk/throttle-policy.ts";
+import { parseDuration } from "../util/duration.ts";
 
 function hostPort(spec: string): [string, number] {
   const { host, port } = parseHostPort(spec, "--to");
@@ -43,6 +45,17 @@ async function sshDest(
   return ch;
 }
 
+function throttleParams(args: { "throttle-threshold"?: string; "throttle-delay"?: string }): Partial<ThrottleParams> | undefined {
+  const p: Partial<ThrottleParams> = {};
+  if (args["throttle-threshold"] !== undefined) {
+    const n = Number(args["throttle-threshold"]);
+    if (!Number.isSafeInteger(n) || n < 1) throw new UsageError(`--throttle-threshold ${args["throttle-threshold"]} is not a count of deltas`, "write a whole number >= 1");
+    p.threshold = n;
+  }
+  if (args["throttle-delay"] !== undefined) p.delayUs = Math.round(parseDuration(args["throttle-delay"]) * 1000);
+  return Object.keys(p).length ? p : undefined;
+}
+
 export default defineCommand({
   meta: { name: "source", description: "Migrate a locally served disk to a waiting `wanmig dest`" },
   args: {
@@ -58,6 +71,8 @@ export default defineCommand({
     deltas: { type: "enum", options: ["paper", "coalesce"], description: "paper: send every delta; coalesce: skip what the bulk copy carries and repeated writes", default: "coalesce" },
     compress: { type: "enum", options: ["zstd", "none"], description: "compress blocks and deltas on the wire", default: "zstd" },
     bandwidth: { type: "string", description: "cap the migration stream: 5mbit, 100mbit, 10MB (per second)", valueHint: "RATE" },
+    "throttle-threshold": { type: "string", description: "throttle the VM's writes once this many deltas are queued (doubling at 2N, 4N, ...)", valueHint: "N" },
+    "throttle-delay": { type: "string", description: "the first throttle step's delay per write (doubling with each step): 2ms, 500us", valueHint: "DURATION" },
     hypervisor: { type: "string", description: "who moves the memory: none (storage only)", default: "none" },
     ...jsonArg,
     ...logArg,
@@ -82,6 +97,7 @@ export default defineCommand({
       compress: args.compress !== "none",
       mode: args.mode as "live" | "freeze-and-copy",
       deltas: args.deltas as "paper" | "coalesce",
+      throttle: throttleParams(args),
       log,
       onEvent: args.json ? (e) => process.stdout.write(`${JSON.stringify(e)}\n`) : undefined,
     });

@@ -3,6 +3,8 @@
 //
 //   GET  /v1/status     everything `wanmig status` prints
 //   POST /v1/record     {"action":"start"|"stop", "dir"?: path} -> recording state
+//                       {"action":"shipped", "seq": "N"} -> throttle state (the source
+//                       has shipped every delta up to N; the throttle watches the queue)
 //   POST /v1/throttle   {"threshold"?, "delayUs"?, "maxDelayUs"?, "enabled"?} -> throttle state
 //   POST /v1/fence      {"fenced"?: true|false} -> fence state; false only before the point of no return
 
@@ -37,7 +39,11 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
       const body = await jsonBody(req);
       if (body.action === "start") return Response.json(svc.startRecording(typeof body.dir === "string" ? body.dir : undefined));
       if (body.action === "stop") return Response.json(svc.stopRecording());
-      throw new BadRequest('action must be "start" or "stop"');
+      if (body.action === "shipped") {
+        if (typeof body.seq !== "string" || !/^\d+$/.test(body.seq)) throw new BadRequest("seq must be a decimal string");
+        return Response.json(svc.noteShipped(BigInt(body.seq)));
+      }
+      throw new BadRequest('action must be "start", "stop" or "shipped"');
     }
     case "POST /v1/throttle": {
       let params;

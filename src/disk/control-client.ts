@@ -21,6 +21,11 @@ export class ControlClient {
     return this.call("POST", "/v1/record", { action: "stop" });
   }
 
+  /** Every delta up to `seq` is shipped (or skipped): the throttle's queue shrinks. */
+  shipped(seq: bigint): Promise<ThrottleState> {
+    return this.call("POST", "/v1/record", { action: "shipped", seq: seq.toString() });
+  }
+
   throttle(params: Partial<ThrottleParams>): Promise<ThrottleState> {
     return this.call("POST", "/v1/throttle", params);
   }

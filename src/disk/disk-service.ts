@@ -132,7 +132,14 @@ export class DiskService {
     return st;
   }
 
-  configureThrottle(params: Partial<ThrottleParams>): ThrottleState {
+  /** The source has shipped (or skipped) every delta up to `seq`: the throttle's queue shrinks. */
+  noteShipped(seq: bigint): ThrottleState {
+    const first = this.recording.state().firstSeq;
+    if (first !== undefined && seq >= BigInt(first)) this.throttling.policy.noteShipped(Number(seq - BigInt(first) + 1n));
+    return this.throttling.policy.state();
+  }
+
+    configureThrottle(params: Partial<ThrottleParams>): ThrottleState {
     this.throttling.policy.configure(params);
     return this.throttling.policy.state();
   }

@@ -4,7 +4,7 @@
 import type { Socket, TCPSocketListener } from "bun";
 import { ExitCode } from "../errors.ts";
 import { ProtocolError } from "./errors.ts";
-import { encodeFrame, FrameDecoder, type Message, typeName } from "./protocol.ts";
+import { encodeFrame, FrameDecoder, type Message, MsgType, typeName } from "./protocol.ts";
 import type { TokenBucket } from "./rate.ts";
 import { SocketWriter } from "../util/socket-writer.ts";
 
@@ -14,6 +14,22 @@ export class ChannelClosed extends ProtocolError {
   constructor(message = "the peer closed the connection", cause?: unknown) {
     super(message, { exitCode: ExitCode.peerFailure, cause });
   }
+}
+
+/**
+ * The peer sent ERROR: it gave up on this migration for good. A destination that sends
+ * ERROR never releases the image it was receiving (receive.ts), which is what lets the
+ * source unfence safely even after its point of no return.
+ */
+export class PeerAborted extends ProtocolError {
+  constructor(readonly reason: string) {
+    super(`the peer aborted: ${reason}`, { exitCode: ExitCode.peerFailure });
+  }
+}
+
+export function peerAborted(err: unknown): PeerAborted | undefined {
+  for (let e = err; e; e = (e as Error).cause) if (e instanceof PeerAborted) return e;
+  return undefined;
 }
 
 /** The writing half of a byte stream, as a Bun socket has it: takes what it can now. */
@@ -35,6 +51,8 @@ export class Channel {
   rate?: TokenBucket;
   bytesSent = 0;
   bytesReceived = 0;
+  /** We told the peer we give up (so an abort path does not say it twice). */
+  errorSent = false;
 
   constructor(private socket: ByteWriter) {
     this.out = new SocketWriter(socket);
@@ -43,11 +61,15 @@ export class Channel {
   /** Called by the socket's handlers. */
   onData(chunk: Uint8Array): void {
     this.bytesReceived += chunk.length;
+    if (this.failure) return; // the stream lost step: what follows cannot be decoded
     try {
-      for (const m of this.decoder.push(chunk)) this.inbox.push(m);
+      for (const m of this.decoder.push(chunk)) {
+        this.inbox.push(m);
+        if (m.type === MsgType.ERROR) this.fail(new PeerAborted(m.message));
+      }
     } catch (err) {
+      // Not closed here: the owner reads the failure, tells the peer why, then closes.
       this.fail(err as Error);
-      this.socket.end();
     }
     this.wake?.();
   }
@@ -65,12 +87,13 @@ export class Channel {
 
   /** Queues one message; resolves once the unsent backlog is below the high-water mark. */
   async send(m: Message): Promise<void> {
-    if (this.failure && this.closed) throw this.failure;
+    if (this.failure && (this.closed || this.failure instanceof PeerAborted)) throw this.failure;
+    if (m.type === MsgType.ERROR) this.errorSent = true;
     const f = encodeFrame(m);
     if (this.rate) await this.rate.take(f.length);
     this.bytesSent += f.length;
     this.out.write(f);
-    if (this.out.closed) throw new ChannelClosed();
+    if (this.out.closed) throw this.failure ?? new ChannelClosed();
     while (this.out.queued > HIGH_WATER && !this.closed) await new Promise<void>((r) => (this.drained = r));
     if (this.closed && this.failure) throw this.failure;
   }
@@ -94,12 +117,29 @@ export class Channel {
   async expect<T extends Message["type"]>(type: T, timeoutMs = 30_000): Promise<Extract<Message, { type: T }>> {
     const m = await this.recv(timeoutMs);
     if (m.type === type) return m as Extract<Message, { type: T }>;
-    if (m.type === 30) throw new ProtocolError(`the peer reported: ${(m as { message: string }).message}`, { exitCode: ExitCode.peerFailure });
+    if (m.type === MsgType.ERROR) throw new PeerAborted(m.message);
     throw new ProtocolError(`expected ${typeName(type)}, got ${typeName(m.type)}`);
   }
 
   close(): void {
     this.socket.end();
+  }
+
+  /**
+   * Ends the stream once what is queued has gone out, and waits (bounded) for the peer to
+   * hang up too: a process about to exit would otherwise lose its last words (an ERROR).
+   */
+  async shutdown(timeoutMs = 2000): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    const tick = (set: (r: () => void) => void) => new Promise<void>((r) => (set(r), setTimeout(r, 50)));
+    while (this.out.queued > 0 && !this.closed && Date.now() < end) await tick((r) => (this.drained = r));
+    this.socket.end();
+    while (!this.closed && Date.now() < end) await tick((r) => (this.wake = r));
+  }
+
+  /** Why the stream failed, if it did (an ERROR from the peer shows as PeerAborted). */
+  get failedWith(): Error | undefined {
+    return this.failure;
   }
 
   private fail(err: Error): void {

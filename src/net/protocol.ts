@@ -2,7 +2,8 @@
 // (TCP, TLS, the stdio of `ssh HOST wanmig dest --stdio`).
 //
 //   source                                                   dest
-//     | HELLO     {version, nonce, name, size, blockSize}       |
+//     | HELLO     {version, nonce, name, size, blockSize,       |
+//     |            recording: which delta log this run ships}  |
 //     |------------------------------------------------------->|
 //     | WELCOME   {version, nonce, proof = HMAC(secret,          |  dest proves first,
 //     |            "dest" | source nonce | dest nonce)}          |  over both nonces
@@ -10,8 +11,10 @@
 //     | AUTH      {proof = HMAC(secret, "source" | dest nonce |  |  (with SSH, proofs are
 //     |            source nonce)}                              |   empty: SSH authenticated)
 //     |------------------------------------------------------->|
-//     | READY     {bulkOffset, nextSeq}: where to resume        |  0/first on a new run
-//     |<-------------------------------------------------------|
+//     | READY     {bulkOffset, nextSeq, base}: where to resume  |  0/first on a new run
+//     | BASE_HASHES offset hash* (if base: per block, per chunk)|  the image here has
+//     |<-------------------------------------------------------|  content: send only
+//     |                                                        |  blocks that differ
 //     | BULK offset [zstd] data | ZERO offset length   ...      |  bulk copy, in order
 //     | BULK_END  {size}                                        |
 //     | DELTA seq kind offset length data              ...      |  deltas, in seq order
@@ -29,6 +32,15 @@
 // Resume: if the stream breaks before the fence, the source connects again and repeats
 // HELLO/AUTH; READY then says how far the destination got (bulk offset, or the size once
 // BULK_END arrived; the next delta sequence it needs), and the source goes on from there.
+// Positions only mean something against one delta log: a HELLO naming another recording
+// (the source was restarted and the serve's log with it) starts over from offset 0, with
+// what the image already holds used as a base.
+//
+// Base: when the destination's image already has content (a template, an older copy, an
+// interrupted run), READY says base=true and the destination streams BASE_HASHES, one per
+// bulk chunk (4 MiB, aligned) from the resume offset on: a 16-byte truncated SHA-256 per
+// block. The source sends only blocks whose hash differs, and ZERO for all-zero blocks
+// the base does not already have as zeros.
 //
 // Frame: u32 magic "WMG1" | u8 type | u8 flags | u16 reserved (0) | u32 payload length |
 // payload | u32 CRC-32 of header and payload. Big-endian. Control messages carry JSON;
@@ -57,6 +69,7 @@ export const MsgType = {
   DELTA: 12,
   ACK: 13,
   BULK_END: 14,
+  BASE_HASHES: 15,
   BARRIER: 20,
   DONE: 21,
   CHECKSUM: 22,
@@ -74,6 +87,8 @@ export interface Hello {
   name: string;
   size: number;
   blockSize: number;
+  /** The delta log this run ships (its file name at the source): resume positions refer to it. */
+  recording: string;
 }
 export interface Welcome {
   type: typeof MsgType.WELCOME;
@@ -89,6 +104,8 @@ export interface Ready {
   type: typeof MsgType.READY;
   bulkOffset: number;
   nextSeq: string; // decimal: sequence numbers are u64
+  /** The destination's image has content: BASE_HASHES follow, and zero blocks must be sent. */
+  base: boolean;
 }
 export interface Bulk {
   type: typeof MsgType.BULK;
@@ -123,6 +140,14 @@ export interface BulkEnd {
   type: typeof MsgType.BULK_END;
   size: number;
 }
+/** Hashes of the destination's blocks in one bulk chunk, starting at `offset`. */
+export interface BaseHashes {
+  type: typeof MsgType.BASE_HASHES;
+  offset: number;
+  /** BASE_HASH_LEN bytes per block. */
+  hashes: Uint8Array;
+}
+export const BASE_HASH_LEN = 16;
 export interface Barrier {
   type: typeof MsgType.BARRIER;
   lastSeq: string;
@@ -144,19 +169,20 @@ export interface ErrorMsg {
   message: string;
 }
 
-export type Message = Hello | Welcome | Auth | Ready | Bulk | Zero | Delta | Ack | BulkEnd | Barrier | Checksum | Done | ErrorMsg;
+export type Message = Hello | Welcome | Auth | Ready | Bulk | Zero | Delta | Ack | BulkEnd | BaseHashes | Barrier | Checksum | Done | ErrorMsg;
 
 /** Named constructors: the only way messages are made, so every field is always set. */
 export const msg = {
   hello: (p: Omit<Hello, "type" | "version">): Hello => ({ type: MsgType.HELLO, version: PROTOCOL_VERSION, ...p }),
   welcome: (p: Omit<Welcome, "type" | "version">): Welcome => ({ type: MsgType.WELCOME, version: PROTOCOL_VERSION, ...p }),
   auth: (proof: string): Auth => ({ type: MsgType.AUTH, proof }),
-  ready: (bulkOffset: number, nextSeq: bigint): Ready => ({ type: MsgType.READY, bulkOffset, nextSeq: nextSeq.toString() }),
+  ready: (bulkOffset: number, nextSeq: bigint, base: boolean): Ready => ({ type: MsgType.READY, bulkOffset, nextSeq: nextSeq.toString(), base }),
   bulk: (offset: number, length: number, data: Uint8Array, compressed = false): Bulk => ({ type: MsgType.BULK, offset, length, data, compressed }),
   zero: (offset: number, length: number): Zero => ({ type: MsgType.ZERO, offset, length }),
   delta: (p: Omit<Delta, "type">): Delta => ({ type: MsgType.DELTA, ...p }),
   ack: (bulkOffset: number, nextSeq: bigint): Ack => ({ type: MsgType.ACK, bulkOffset, nextSeq }),
   bulkEnd: (size: number): BulkEnd => ({ type: MsgType.BULK_END, size }),
+  baseHashes: (offset: number, hashes: Uint8Array): BaseHashes => ({ type: MsgType.BASE_HASHES, offset, hashes }),
   barrier: (lastSeq: bigint, size: number, digest: string): Barrier => ({ type: MsgType.BARRIER, lastSeq: lastSeq.toString(), size, digest }),
   checksum: (digest: string): Checksum => ({ type: MsgType.CHECKSUM, digest }),
   done: (digest: string): Done => ({ type: MsgType.DONE, digest }),
@@ -202,6 +228,11 @@ function encodePayload(m: Message): { flags: number; parts: Uint8Array[] } {
       putU64(h, 9, m.offset);
       h.writeUInt32BE(m.length, 17);
       return { flags: m.compressed ? Flag.ZSTD : 0, parts: [h, m.data] };
+    }
+    case MsgType.BASE_HASHES: {
+      const h = Buffer.alloc(8);
+      putU64(h, 0, m.offset);
+      return { flags: 0, parts: [h, m.hashes] };
     }
     case MsgType.ACK: {
       const h = Buffer.alloc(16);
@@ -265,13 +296,13 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
   if (flags & ~Flag.ZSTD) throw new ProtocolError(`unknown flags 0x${flags.toString(16)} on ${typeName(type)}`);
   switch (type) {
     case MsgType.HELLO:
-      return decodeJson<Hello>(type, payload, (v) => isNum(v.version) && isStr(v.nonce) && isStr(v.name) && isNum(v.size) && isNum(v.blockSize));
+      return decodeJson<Hello>(type, payload, (v) => isNum(v.version) && isStr(v.nonce) && isStr(v.name) && isNum(v.size) && isNum(v.blockSize) && isStr(v.recording));
     case MsgType.WELCOME:
       return decodeJson<Welcome>(type, payload, (v) => isNum(v.version) && isStr(v.nonce) && isStr(v.proof));
     case MsgType.AUTH:
       return decodeJson<Auth>(type, payload, (v) => isStr(v.proof));
     case MsgType.READY:
-      return decodeJson<Ready>(type, payload, (v) => isNum(v.bulkOffset) && isStr(v.nextSeq) && /^\d+$/.test(v.nextSeq as string));
+      return decodeJson<Ready>(type, payload, (v) => isNum(v.bulkOffset) && isStr(v.nextSeq) && /^\d+$/.test(v.nextSeq as string) && typeof v.base === "boolean");
     case MsgType.BULK_END:
       return decodeJson<BulkEnd>(type, payload, (v) => isNum(v.size));
     case MsgType.BARRIER:
@@ -300,6 +331,12 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
       const data = payload.subarray(21);
       if (op === DeltaOp.DATA && !compressed && data.length !== length) throw new ProtocolError(`DELTA says ${length} bytes but carries ${data.length}`);
       return { type, seq: payload.readBigUInt64BE(0), op, offset: getU64(payload, 9), length, compressed, data };
+    }
+    case MsgType.BASE_HASHES: {
+      need(payload, 8, "BASE_HASHES");
+      const hashes = payload.subarray(8);
+      if (hashes.length % BASE_HASH_LEN) throw new ProtocolError(`BASE_HASHES carries ${hashes.length} bytes, not a whole number of hashes`);
+      return { type, offset: getU64(payload, 0), hashes };
     }
     case MsgType.ACK:
       need(payload, 16, "ACK");

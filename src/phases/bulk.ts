@@ -1,14 +1,16 @@
 // Phase 2, bulk: copy the image while the VM runs. Record mode is already on, so every
 // block this copy reads too early is fixed by a later delta. All-zero blocks are not
-// sent: the destination's image is sparse and keeps them as holes.
+// sent: the destination's image is sparse and keeps them as holes. Against a base (the
+// destination's image already has content), blocks the base already holds are not sent
+// either, and all-zero blocks travel as ZERO where the base has something else there.
 
 import { FileBackend } from "../disk/file-backend.ts";
 import type { Channel } from "../net/channel.ts";
 import { maybeCompress } from "../net/compress.ts";
-import { msg } from "../net/protocol.ts";
-import { BULK_CHUNK } from "./coalesce.ts";
-import { BulkError } from "./errors.ts";
+import { BASE_HASH_LEN, msg } from "../net/protocol.ts";
 import { isZero } from "../util/zero.ts";
+import { blockHash, chunkLength, receiveBaseHashes, zeroBlockHash } from "./base-hashes.ts";
+import { BulkError } from "./errors.ts";
 
 export interface BulkProgress {
   offset: number;
@@ -19,9 +21,13 @@ export interface BulkProgress {
   wireBytes: number;
   dataBlocks: number;
   zeroBlocks: number;
+  /** Blocks the destination's base already held (not sent). */
+  baseBlocks: number;
 }
 
-const READ_CHUNK = BULK_CHUNK;
+function sameHash(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
 
 export async function sendBulk(
   ch: Channel,
@@ -30,6 +36,8 @@ export async function sendBulk(
     from: number;
     blockSize: number;
     compress: boolean;
+    /** The destination has a base image and streams its block hashes. */
+    base?: boolean;
     onProgress?: (p: BulkProgress) => void;
     /** Called just before each chunk is read (coalesce mode notes the delta log's length). */
     beforeRead?: (offset: number) => void;
@@ -43,20 +51,26 @@ export async function sendBulk(
   } catch (cause) {
     throw new BulkError(`cannot open ${imagePath}`, { cause });
   }
-  const p: BulkProgress = { offset: opts.from, size: image.size, bytesSent: 0, wireBytes: 0, dataBlocks: 0, zeroBlocks: 0 };
-  const buf = Buffer.allocUnsafe(READ_CHUNK);
+  const p: BulkProgress = { offset: opts.from, size: image.size, bytesSent: 0, wireBytes: 0, dataBlocks: 0, zeroBlocks: 0, baseBlocks: 0 };
+  const buf = Buffer.allocUnsafe(chunkLength(0, Number.MAX_SAFE_INTEGER));
   try {
     while (p.offset < p.size) {
-      // Chunks stay aligned to READ_CHUNK, also when resuming mid-chunk (coalesce.ts relies on it).
-      const n = Math.min(READ_CHUNK - (p.offset % READ_CHUNK), p.size - p.offset);
+      const n = chunkLength(p.offset, p.size);
       const chunk = buf.subarray(0, n);
+      const theirs = opts.base ? await receiveBaseHashes(ch, p.offset, Math.ceil(n / opts.blockSize)) : undefined;
       opts.beforeRead?.(p.offset);
       image.read(p.offset, chunk);
       opts.afterRead?.(p.offset, chunk);
-      for (let at = 0; at < n; at += opts.blockSize) {
+      for (let at = 0, i = 0; at < n; at += opts.blockSize, i++) {
         const block = chunk.subarray(at, Math.min(at + opts.blockSize, n));
+        const baseHash = theirs?.subarray(i * BASE_HASH_LEN, (i + 1) * BASE_HASH_LEN);
         if (isZero(block)) {
           p.zeroBlocks++;
+          if (baseHash && !sameHash(baseHash, zeroBlockHash(block.length))) await ch.send(msg.zero(p.offset + at, block.length));
+          continue;
+        }
+        if (baseHash && sameHash(baseHash, blockHash(block))) {
+          p.baseBlocks++;
           continue;
         }
         // Copy: the read buffer is reused for the next chunk while frames may still queue.

@@ -17,7 +17,7 @@
 
 import type { RegionDigests } from "../disk/region-digest.ts";
 import type { ControlClient } from "../disk/control-client.ts";
-import type { Channel } from "../net/channel.ts";
+import { type Channel, PeerAborted, peerAborted } from "../net/channel.ts";
 import { type Done, msg, MsgType, typeName } from "../net/protocol.ts";
 import type { Logger } from "../log.ts";
 import type { DeltaStreamer } from "./deltas.ts";
@@ -41,10 +41,17 @@ export interface ImageCheck {
 
 export async function catchUp(ctl: ControlClient, deltas: DeltaStreamer, check: ImageCheck): Promise<void> {
   const start = Date.now();
+  let reported = -1n;
   for (let round = 0; ; round++) {
     await deltas.pump();
-    // Rehash what the deltas so far touched now, while the VM runs, not in the downtime.
-    check.digests.refresh(check.image);
+    // The serve's throttle watches the queue: tell it how far we got.
+    if (deltas.lastRead !== reported) {
+      await ctl.shipped(deltas.lastRead);
+      reported = deltas.lastRead;
+    }
+    // Rehash what the deltas so far touched now, while the VM runs, not in the downtime
+    // (the first round also hashes regions no bulk chunk covered whole: a resumed copy).
+    check.digests.refresh(check.image, { all: true });
     if (deltas.pendingBytes() < SWITCHOVER_PENDING_BYTES) return;
     if (round % 20 === 0) {
       const st = await ctl.status();
@@ -62,7 +69,7 @@ export async function awaitDone(ch: Channel): Promise<Done> {
     const m = await ch.recv(10 * 60 * 1000);
     if (m.type === MsgType.DONE) return m;
     if (m.type === MsgType.ACK) continue;
-    if (m.type === MsgType.ERROR) throw new HandoffError(`the destination reported: ${m.message}`, { pastPointOfNoReturn: true });
+    if (m.type === MsgType.ERROR) throw new PeerAborted(m.message);
     throw new HandoffError(`expected DONE, got ${typeName(m.type)}`, { pastPointOfNoReturn: true });
   }
 }
@@ -97,6 +104,14 @@ export async function handOffStorage(
     if (done.digest !== digest) throw new HandoffError("the destination's image digest differs from the source's", { pastPointOfNoReturn: true });
     return { fencedAt, doneAt: performance.now(), finalDeltas: deltas.sent - before };
   } catch (cause) {
+    // The destination said it gives up: it will never release its copy, so the disk's
+    // truth is still here alone, and the source can serve it again.
+    const aborted = peerAborted(cause);
+    if (aborted) {
+      await ctl.fence(false);
+      log.warn("the destination aborted the hand-off; source unfenced: the VM's disk is served here again, writable");
+      throw new HandoffError(`the destination aborted: ${aborted.reason}`, { cause, hint: "the migration did not happen; fix the cause and run it again" });
+    }
     if (cause instanceof HandoffError || cause instanceof DeltasError) throw cause;
     throw new HandoffError("failed after the point of no return", {
       cause,

@@ -16,7 +16,7 @@ export interface Credentials {
 export async function sourceHandshake(
   ch: Channel,
   creds: Credentials,
-  offer: { name: string; size: number; blockSize: number },
+  offer: { name: string; size: number; blockSize: number; recording: string },
 ): Promise<Ready> {
   const nonce = newNonce();
   await ch.send(msg.hello({ nonce, ...offer }));

@@ -5,6 +5,9 @@
 //      +------ the link broke --------+          any other error: aborted
 //                                                (the held NBD requests stay held)
 //
+// Once this side sends ERROR (on any abort) it never releases the image: the source
+// relies on that to unfence safely.
+//
 // Bulk blocks and deltas are applied to the image as they arrive; delta sequence numbers
 // must increase (coalescing leaves gaps). ACKs report what is applied and on stable
 // storage, and READY on a resume says the same, so nothing applied is sent again.
@@ -12,12 +15,14 @@
 import { existsSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { RegionDigests, REGION_SIZE } from "../disk/region-digest.ts";
 import { FileBackend } from "../disk/file-backend.ts";
-import { type Channel, ChannelClosed } from "../net/channel.ts";
+import { type Channel, ChannelClosed, peerAborted } from "../net/channel.ts";
+import { describeError } from "../errors.ts";
 import { decompress } from "../net/compress.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { type Barrier, DeltaOp, type Hello, msg, MsgType, typeName } from "../net/protocol.ts";
 import type { Logger } from "../log.ts";
 import { isZero } from "../util/zero.ts";
+import { bulkResumeOffset, sendBaseHashes } from "./base-hashes.ts";
 import { ReceiveError } from "./errors.ts";
 import { type Credentials, destHandshake } from "./init.ts";
 
@@ -92,7 +97,8 @@ export class Receiver {
     try {
       const hello = await destHandshake(ch, this.opts.creds);
       await this.accept(ch, hello);
-      await ch.send(msg.ready(this.bulkDone ? hello.size : this.bulkOffset, this.nextSeq ?? 0n));
+      await ch.send(msg.ready(this.bulkDone ? hello.size : this.bulkOffset, this.nextSeq ?? 0n, !this.fresh));
+      if (!this.fresh && !this.bulkDone) this.streamBaseHashes(ch, hello);
       this.state = { kind: "receiving" };
       this.opts.log.info(`receiving ${hello.name} (${hello.size} bytes) into ${this.opts.image}${this.bulkOffset || this.nextSeq ? `, resuming at bulk ${this.bulkDone ? "end" : this.bulkOffset}, delta ${this.nextSeq ?? 0n}` : ""}`);
       return await this.loop(ch, hello);
@@ -105,6 +111,9 @@ export class Receiver {
       }
       this.state = { kind: "aborted", reason: (err as Error).message };
       this.image?.close();
+      // Say why before hanging up; the source then knows we will never release this image.
+      if (!ch.errorSent && !peerAborted(err)) await ch.send(msg.error(describeError(err).replace(/\n\s*/g, "; "))).catch(() => undefined);
+      await ch.shutdown();
       throw err instanceof ReceiveError ? err : new ReceiveError("migration aborted", { cause: err });
     }
   }
@@ -115,6 +124,7 @@ export class Receiver {
         await ch.send(msg.error(`a migration of ${this.hello.name} (${this.hello.size} bytes) is under way here`));
         throw new ReceiveError(`a different migration tried to resume: ${hello.name}, ${hello.size} bytes`);
       }
+      if (hello.recording !== this.hello.recording) this.startOver(hello);
       return;
     }
     try {
@@ -179,6 +189,31 @@ export class Receiver {
         lastAck = Date.now();
       }
     }
+  }
+
+  /**
+   * A source run with another delta log (the first one died, and its log with it): our
+   * positions refer to a log it cannot ship, so start from zero. What the image holds now
+   * is a base: only blocks that differ travel again.
+   */
+  private startOver(hello: Hello): void {
+    this.opts.log.warn(`the source ships a new delta log (${hello.recording}); starting over, with what is here as a base`);
+    this.hello = hello;
+    this.fresh = false;
+    this.bulkOffset = 0;
+    this.bulkDone = false;
+    this.nextSeq = undefined;
+    this.digests = new RegionDigests(hello.size);
+    this.bulkHashedTo = 0;
+  }
+
+  /** Runs beside the receive loop; a failure closes the channel, which the loop reports. */
+  private streamBaseHashes(ch: Channel, hello: Hello): void {
+    sendBaseHashes(ch, this.opts.image, bulkResumeOffset(this.bulkOffset, hello.blockSize), hello.blockSize).catch((err) => {
+      if (err instanceof ChannelClosed) return;
+      this.opts.log.error(`cannot hash the base image: ${(err as Error).message}`);
+      ch.send(msg.error(`the destination cannot read its base image: ${(err as Error).message}`)).finally(() => ch.close());
+    });
   }
 
   /** Bulk blocks arrive in offset order: every region ending at or before `offset` is complete. */

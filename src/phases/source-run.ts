@@ -4,8 +4,9 @@
 
 import { ControlClient } from "../disk/control-client.ts";
 import { controlSocketPath } from "../disk/disk-service.ts";
-import { type Channel, ChannelClosed } from "../net/channel.ts";
+import { type Channel, ChannelClosed, peerAborted } from "../net/channel.ts";
 import type { ServeStatus } from "../disk/disk-service.ts";
+import type { ThrottleParams } from "../disk/throttle-policy.ts";
 import type { Logger } from "../log.ts";
 import { sendBulk } from "./bulk.ts";
 import { DeltaStreamer } from "./deltas.ts";
@@ -13,6 +14,8 @@ import { InitError, PhaseError } from "./errors.ts";
 import { awaitDone, catchUp, handOffStorage } from "./handoff.ts";
 import { BulkReadLog } from "./coalesce.ts";
 import { statSync } from "node:fs";
+import { basename } from "node:path";
+import { bulkResumeOffset } from "./base-hashes.ts";
 import { RegionDigests } from "../disk/region-digest.ts";
 import { msg } from "../net/protocol.ts";
 import { HandoffError } from "./errors.ts";
@@ -29,6 +32,8 @@ export interface SourceOptions {
   mode?: "live" | "freeze-and-copy";
   /** paper: send every delta; coalesce: drop those the bulk copy carries or a later one covers. */
   deltas?: "paper" | "coalesce";
+  /** --throttle-threshold / --throttle-delay: set on the serve before recording starts. */
+  throttle?: Partial<ThrottleParams>;
   log: Logger;
   onEvent?: (e: Record<string, unknown>) => void;
 }
@@ -39,6 +44,8 @@ export interface MigrationMetrics {
   bulkBytes: number;
   bulkWireBytes: number;
   bulkZeroBlocks: number;
+  /** Blocks the destination's base image already held, so they were not sent. */
+  bulkBaseBlocks: number;
   deltaCount: number;
   deltaBytes: number;
   deltaWireBytes: number;
@@ -97,7 +104,7 @@ function finish(
     t0: number;
     fencedAt: number;
     doneAt: number;
-    bulk: { bytesSent: number; wireBytes: number; zeroBlocks: number };
+    bulk: { bytesSent: number; wireBytes: number; zeroBlocks: number; baseBlocks: number };
     deltas: DeltaTotals;
     finalDeltas: number;
     bytesOnWire: number;
@@ -112,6 +119,7 @@ function finish(
     bulkBytes: m.bulk.bytesSent,
     bulkWireBytes: m.bulk.wireBytes,
     bulkZeroBlocks: m.bulk.zeroBlocks,
+    bulkBaseBlocks: m.bulk.baseBlocks,
     deltaCount: m.deltas.sent,
     deltaBytes: m.deltas.bytes,
     deltaWireBytes: m.deltas.wireBytes,
@@ -144,7 +152,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   let fenced = false;
   let deltas: DeltaStreamer | undefined;
   let ch: Channel | undefined;
-  const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0 };
+  const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0, baseBlocks: 0 };
   const carried = o.deltas === "paper" ? undefined : new BulkReadLog();
   const check = { image: status.image, digests: new RegionDigests(status.size) };
   let wire = 0;
@@ -152,25 +160,31 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   emit("init");
   for (let attempt = 0; ; attempt++) {
     try {
+      if (!logPath) {
+        // Record mode starts before the first bulk byte is read, so no write can be missed.
+        // A serve still recording for a source run that died is adopted: its log holds
+        // every write since that run began, which is what a destination that got part of
+        // that run needs (the HELLO names the log, so the destination can tell).
+        if (o.throttle) await ctl.throttle(o.throttle);
+        if (status.recording.active) o.log.warn(`adopting the delta log of an earlier source run that did not finish: ${status.recording.path}`);
+        logPath = (await ctl.startRecording()).path!;
+        o.log.info(`recording into ${logPath}`);
+      }
       try {
         ch = await o.connect();
       } catch (cause) {
         throw new InitError("cannot connect to the destination", { cause });
       }
-      const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, blockSize });
-      if (!logPath) {
-        // Record mode starts before the first bulk byte is read, so no write can be missed.
-        logPath = (await ctl.startRecording()).path!;
-        o.log.info(`authenticated; recording into ${logPath}`);
-      } else o.log.info(`resumed: destination has bulk up to ${ready.bulkOffset}, needs delta ${ready.nextSeq}`);
+      const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, blockSize, recording: basename(logPath) });
+      if (attempt > 0) o.log.info(`resumed: destination has bulk up to ${ready.bulkOffset}, needs delta ${ready.nextSeq}`);
 
       if (ready.bulkOffset < status.size) {
         emit("bulk");
-        const from = ready.bulkOffset - (ready.bulkOffset % blockSize);
         const b = await sendBulk(ch, status.image, {
-          from,
+          from: bulkResumeOffset(ready.bulkOffset, blockSize),
           blockSize,
           compress: o.compress,
+          base: ready.base,
           beforeRead: carried ? (offset) => carried.noteRead(offset, statSync(logPath!).size) : undefined,
           afterRead: (offset, chunk) => check.digests.noteData(offset, chunk),
           onProgress: (p) => o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: bulk.bytesSent + p.bytesSent }),
@@ -179,8 +193,9 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         bulk.wireBytes += b.wireBytes;
         bulk.zeroBlocks += b.zeroBlocks;
         bulk.dataBlocks += b.dataBlocks;
+        bulk.baseBlocks += b.baseBlocks;
         await ch.send(msg.bulkEnd(status.size));
-        o.log.info(`bulk copy done: ${b.dataBlocks} blocks sent, ${b.zeroBlocks} zero blocks skipped`);
+        o.log.info(`bulk copy done: ${b.dataBlocks} blocks sent, ${b.zeroBlocks} zero blocks skipped${ready.base ? `, ${b.baseBlocks} already in the destination's base` : ""}`);
       }
 
       emit("deltas");
@@ -207,14 +222,18 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         deltas: deltaStats,
         finalDeltas: h.finalDeltas,
         bytesOnWire: wire + ch.bytesSent,
-        throttleSteps: end.throttle.level,
+        throttleSteps: end.throttle.maxLevel,
         reconnects: attempt,
       });
       deltas.close();
       ch.close();
       return metrics;
-    } catch (err) {
+    } catch (caught) {
+      let err = caught;
       if (ch) {
+        // A broken write can race the destination's last words: give them a moment to land.
+        if (isLinkFailure(err)) await Bun.sleep(50);
+        if (peerAborted(ch.failedWith) && !peerAborted(err)) err = ch.failedWith;
         wire += ch.bytesSent;
         ch.close();
       }
@@ -259,16 +278,18 @@ async function freezeAndCopy(
   let barrierSent = false;
   let fencedAt = 0;
   try {
-    const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, blockSize });
+    // No delta log in this mode: nothing to resume against.
+    const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, blockSize, recording: "" });
     await ctl.fence();
     fencedAt = performance.now();
     o.log.info("freeze-and-copy: source fenced; copying the whole image");
     o.onEvent?.({ event: "phase", phase: "bulk" });
     const digests = new RegionDigests(status.size);
     const bulk = await sendBulk(ch, status.image, {
-      from: ready.bulkOffset,
+      from: bulkResumeOffset(ready.bulkOffset, blockSize),
       blockSize,
       compress: o.compress,
+      base: ready.base,
       afterRead: (offset, chunk) => digests.noteData(offset, chunk),
     });
     // Fenced: nothing changed since the read; only regions a resumed copy skipped need reading.
@@ -292,7 +313,8 @@ async function freezeAndCopy(
       reconnects: 0,
     });
   } catch (err) {
-    if (barrierSent) throw err instanceof PhaseError ? err : new HandoffError("failed after the point of no return", { cause: err, pastPointOfNoReturn: true });
+    // After the barrier only the destination's explicit ERROR (it never releases then) makes unfencing safe.
+    if (barrierSent && !peerAborted(err)) throw err instanceof PhaseError ? err : new HandoffError("failed after the point of no return", { cause: err, pastPointOfNoReturn: true });
     if (fencedAt) await ctl.fence(false).catch(() => undefined);
     throw err instanceof PhaseError ? err : new PhaseError("migration", "aborted before the point of no return; the VM's disk is served here again, writable", { cause: err });
   } finally {

@@ -1,11 +1,50 @@
-// The one way we start external programs (ssh now; xl, ip, nsupdate with the next
-// issues, which add a run-to-completion form with argv, exit code and stderr in the
-// error): argv is always logged.
+// The one way we start external programs (ssh, cp; xl, ip, nsupdate with the next issues).
+// Every argv is logged with how long it took; a failure keeps the exit code and stderr in
+// the error, so the operator sees exactly which command failed and what it said.
 
+import { ExitCode, WanmigError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 
 export function quoteArgv(argv: string[]): string {
   return argv.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`)).join(" ");
+}
+
+/** An external command exited non-zero, or could not be started. */
+export class CommandError extends WanmigError {
+  constructor(
+    readonly argv: string[],
+    readonly code: number | null,
+    readonly stderr: string,
+    opts: { cause?: unknown; hint?: string } = {},
+  ) {
+    const said = stderr.trim().split("\n").at(-1);
+    super(`${quoteArgv(argv)} ${code === null ? "could not be run" : `exited ${code}`}${said ? `: ${said}` : ""}`, {
+      exitCode: ExitCode.peerFailure,
+      ...opts,
+    });
+  }
+}
+
+export interface CommandResult {
+  stdout: string;
+  stderr: string;
+  durationMs: number;
+}
+
+/** Runs a command to completion; throws CommandError unless it exits 0. */
+export async function runCommand(argv: string[], log: Logger, opts: { timeoutMs?: number } = {}): Promise<CommandResult> {
+  const start = performance.now();
+  let proc;
+  try {
+    proc = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe", timeout: opts.timeoutMs });
+  } catch (cause) {
+    throw new CommandError(argv, null, "", { cause });
+  }
+  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  const durationMs = Math.round(performance.now() - start);
+  log.debug(`ran (${durationMs} ms, exit ${code}): ${quoteArgv(argv)}`);
+  if (code !== 0) throw new CommandError(argv, code, stderr);
+  return { stdout, stderr, durationMs };
 }
 
 /** Starts a long-lived child with piped stdin/stdout (stderr passes through to ours). */

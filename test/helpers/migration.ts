@@ -2,7 +2,7 @@
 import { join } from "node:path";
 import { NbdErr } from "../../src/disk/nbd-protocol.ts";
 import { RawNbd } from "./raw-nbd.ts";
-import { randomFile, secretFile, type ServeHandle, sh, sparseFile, startDest, startServe, tempDir, wanmig } from "./serve-process.ts";
+import { MAIN, randomFile, secretFile, type ServeHandle, sh, sparseFile, startDest, startServe, tempDir, wanmig, watchStderr } from "./serve-process.ts";
 
 export type DestHandle = Awaited<ReturnType<typeof startDest>>;
 
@@ -88,7 +88,9 @@ export async function writer(socket: string, sizeBytes: number) {
     get refused() {
       return refused;
     },
+    /** Stops writing and disconnects; safe to call again. */
     async stop() {
+      if (stop) return done;
       stop = true;
       await done;
       c.disconnect();
@@ -96,3 +98,54 @@ export async function writer(socket: string, sizeBytes: number) {
   };
 }
 
+/** `wanmig source --json` running in the background: its events as they come, its stderr. */
+export function spawnSource(h: Hosts, port: number, extra: string[]) {
+  const proc = Bun.spawn([process.execPath, MAIN, ...sourceArgs(h, port, ["--json", ...extra])], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const err = watchStderr(proc, "source");
+  let out = "";
+  (async () => {
+    for await (const chunk of proc.stdout) out += new TextDecoder().decode(chunk);
+  })();
+  const events = () => out.split("\n").filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  return {
+    proc,
+    stderr: err.text,
+    events,
+    /** Resolves with the first event that matches; fails if the source exits first. */
+    async waitEvent(match: (e: Record<string, unknown>) => boolean, timeoutMs = 30_000) {
+      const end = Date.now() + timeoutMs;
+      for (;;) {
+        const e = events().find(match);
+        if (e) return e;
+        if (proc.exitCode !== null) throw new Error(`source exited ${proc.exitCode} first: ${err.text()}`);
+        if (Date.now() > end) throw new Error(`no such event from the source: ${out}`);
+        await Bun.sleep(10);
+      }
+    },
+    /** Exit code and the final event, once it ends. */
+    async result() {
+      const code = await proc.exited;
+      await Bun.sleep(50); // let the stdout reader take the last line
+      return { code, stderr: err.text(), done: events().find((e) => e.event === "done") };
+    },
+  };
+}
+
+/** Reads back every write the writer saw acknowledged; returns the blocks that differ. */
+export async function missingWrites(socket: string, acked: Map<number, number>): Promise<number[]> {
+  const c = await RawNbd.connect(socket);
+  await c.go();
+  const missing: number[] = [];
+  for (const [block, fill] of acked) if ((await c.read(block * 4096, 4096)).data![0] !== fill) missing.push(block);
+  c.disconnect();
+  return missing;
+}
+
+/** True when the disk behind `socket` takes a write now (not fenced, not held). */
+export async function writable(socket: string): Promise<boolean> {
+  const c = await RawNbd.connect(socket);
+  await c.go();
+  const err = await c.write(0, Buffer.alloc(512, 9));
+  c.disconnect();
+  return err === 0;
+}

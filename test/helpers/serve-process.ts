@@ -60,7 +60,7 @@ export async function startServe(opts: { image: string; runDir: string; name?: s
 }
 
 /** Collects a child's stderr and waits for lines in it; fails early if the child exits. */
-function watchStderr(proc: Subprocess<"ignore", "pipe", "pipe">, what: string) {
+export function watchStderr(proc: Subprocess<"ignore", "pipe", "pipe">, what: string) {
   let err = "";
   (async () => {
     for await (const chunk of proc.stderr) err += new TextDecoder().decode(chunk);

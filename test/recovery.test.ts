@@ -1,0 +1,189 @@
+// Migrations that meet trouble: a base image at the destination, a source that dies and is
+// run again, a link that loses or corrupts frames, a destination whose disk fills up.
+// Each ends either identical and complete, or with a clear error, the right exit code and
+// the VM's disk still served and writable at the source.
+import { afterAll, describe, expect, test } from "bun:test";
+import { openSync, writeSync, closeSync } from "node:fs";
+import { join } from "node:path";
+import { ExitCode } from "../src/errors.ts";
+import { MsgType } from "../src/net/protocol.ts";
+import { startProxy } from "./helpers/proxy.ts";
+import { hosts, MiB, missingWrites, removeHosts, source, spawnSource, withPair, writable, writer } from "./helpers/migration.ts";
+import { randomFile, sh, startDest, startServe } from "./helpers/serve-process.ts";
+
+afterAll(() => removeHosts());
+
+const BLOCK = 64 * 1024;
+
+function overwrite(path: string, offset: number, data: Uint8Array): void {
+  const fd = openSync(path, "r+");
+  writeSync(fd, data, 0, data.length, offset);
+  closeSync(fd);
+}
+
+describe("a base image at the destination", () => {
+  test("dest --base: only the blocks that differ travel; zeros the base lacks go as ZERO", async () => {
+    const h = await hosts(32, 16);
+    const base = join(h.b, "template.img");
+    await sh(["cp", "--sparse=always", h.image, base]);
+    // The source moved on from the template in four blocks:
+    overwrite(h.image, 3 * BLOCK, crypto.getRandomValues(new Uint8Array(BLOCK))); // changed data
+    overwrite(h.image, 10 * BLOCK + 100, Uint8Array.of(1, 2, 3)); // three bytes changed
+    overwrite(h.image, 5 * BLOCK, new Uint8Array(BLOCK)); // zeroed at the source
+    overwrite(base, 300 * BLOCK, new Uint8Array(BLOCK).fill(7)); // the template has data where the source has a hole
+    await withPair(h, async ({ dst }) => {
+      const run = await source(h, dst.port, ["--insecure", "--json"]);
+      expect(run.code).toBe(0);
+      const done = JSON.parse(run.stdout.trim().split("\n").at(-1)!);
+      expect(done.bulkBytes).toBe(2 * BLOCK); // blocks 3 and 10
+      expect(done.bulkBaseBlocks).toBe(16 * MiB / BLOCK - 3);
+      await dst.waitFor("now serving");
+      await sh(["cmp", h.image, h.destImage]);
+    }, ["--insecure", "--base", base]);
+  });
+
+  test("dest --base refuses an --image that exists already", async () => {
+    const h = await hosts(1, 0);
+    await sh(["truncate", "-s", "1M", h.destImage]);
+    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure", "--base", h.image] }).catch((e: Error) => e);
+    expect(String(dst)).toContain("exists already");
+  });
+});
+
+describe("the source dies mid-bulk and is run again", () => {
+  test("killed: the disk stays writable; the next run adopts the delta log and the destination resumes where it was", async () => {
+    const h = await hosts(64, 24);
+    await withPair(h, async ({ srv, dst }) => {
+      const w = await writer(srv.socket, 4 * MiB); // the first 4 MiB: the rest stays as the bulk copy found it
+      try {
+        const first = spawnSource(h, dst.port, ["--insecure", "--bandwidth", "40mbit"]);
+        await first.waitEvent((e) => e.event === "progress" && (e.offset as number) >= 12 * MiB);
+        first.proc.kill("SIGKILL");
+        await first.proc.exited;
+        expect(await writable(srv.socket)).toBe(true);
+        expect((await srv.ctl.status()).recording.active).toBe(true); // nobody stopped it: the next run adopts it
+        await Bun.sleep(300); // the VM writes on in the gap; those writes are in the log
+
+        const second = spawnSource(h, dst.port, ["--insecure"]);
+        const r = await second.result();
+        expect(r.code).toBe(0);
+        expect(r.stderr).toContain("adopting the delta log");
+        const resumedAt = Number(/resuming at bulk (\d+)/.exec(dst.stderr())?.[1]);
+        expect(resumedAt).toBeGreaterThan(4 * MiB);
+        expect(r.done!.bulkBytes as number).toBeLessThanOrEqual(24 * MiB - resumedAt + BLOCK); // nothing below it again
+        await w.stop();
+        await dst.waitFor("now serving");
+        await sh(["cmp", h.image, h.destImage]);
+        expect(await missingWrites(dst.socket, w.acked)).toEqual([]);
+      } finally {
+        await w.stop();
+      }
+    });
+  });
+
+  test("killed, and its recording stopped: the next run starts over, and what arrived serves as a base", async () => {
+    const h = await hosts(64, 24);
+    await withPair(h, async ({ srv, dst }) => {
+      const w = await writer(srv.socket, 4 * MiB); // the first 4 MiB: the rest stays as the bulk copy found it
+      try {
+        const first = spawnSource(h, dst.port, ["--insecure", "--bandwidth", "40mbit"]);
+        await first.waitEvent((e) => e.event === "progress" && (e.offset as number) >= 12 * MiB);
+        first.proc.kill("SIGKILL");
+        await first.proc.exited;
+        await srv.ctl.stopRecording(); // an operator cleaned up: that log is gone
+        const second = spawnSource(h, dst.port, ["--insecure"]);
+        const r = await second.result();
+        expect(r.code).toBe(0);
+        expect(dst.stderr()).toContain("starting over");
+        // About 12 MiB had arrived; all of it but the writer's 4 MiB is still current.
+        expect(r.done!.bulkBaseBlocks as number).toBeGreaterThanOrEqual((6 * MiB) / BLOCK);
+        await w.stop();
+        await dst.waitFor("now serving");
+        await sh(["cmp", h.image, h.destImage]);
+        expect(await missingWrites(dst.socket, w.acked)).toEqual([]);
+      } finally {
+        await w.stop();
+      }
+    });
+  });
+});
+
+describe("a link that loses or corrupts what TCP would not notice", () => {
+  test("deltas lost on the way are caught by the image digest: the destination never serves, the source serves again (exit 5)", async () => {
+    const h = await hosts(32, 8);
+    await withPair(h, async ({ srv, dst }) => {
+      // Every DELTA vanishes (some are redundant with the bulk copy; not all can be: the
+      // writer goes on writing after the bulk copy has passed).
+      let dropped = 0;
+      const proxy = startProxy(dst.port, { tamper: (type, frame) => (type === MsgType.DELTA ? (dropped++, null) : frame) });
+      const w = await writer(srv.socket, 32 * MiB);
+      try {
+        const run = await source(h, proxy.port, ["--insecure", "--deltas", "paper", "--bandwidth", "100mbit"]);
+        await w.stop();
+        expect(dropped).toBeGreaterThan(0);
+        expect(run.code).toBe(ExitCode.abortedSafely);
+        expect(run.stderr).toContain("point of no return");
+        expect(run.stderr).toContain("image digest mismatch");
+        expect(run.stderr).toContain("source unfenced");
+        expect(dst.stderr()).toContain("image digest mismatch");
+        expect(dst.stderr()).not.toContain("now serving");
+        // Running in one place only: the source serves again, the destination never released.
+        expect((await srv.ctl.status()).mode).toBe("normal");
+        expect(await writable(srv.socket)).toBe(true);
+        expect(await dst.proc.exited).not.toBe(0);
+      } finally {
+        await w.stop();
+        proxy.stop();
+      }
+    });
+  });
+
+  for (const [what, damage, expected] of [
+    ["a flipped bit in a bulk block", (f: Uint8Array) => (f[40]! ^= 0x10, f), /checksum mismatch on a BULK frame/],
+    ["a frame header claiming 1 GiB", (f: Uint8Array) => (new DataView(f.buffer, f.byteOffset).setUint32(8, 2 ** 30), f), /exceeds the \d+-byte limit/],
+  ] as const) {
+    test(`${what}: the destination refuses the stream; the source aborts safely (exit 5), disk writable`, async () => {
+      const h = await hosts(16, 8);
+      await withPair(h, async ({ srv, dst }) => {
+        let bulk = 0;
+        const proxy = startProxy(dst.port, { tamper: (type, frame) => (type === MsgType.BULK && ++bulk === 20 ? damage(frame) : frame) });
+        try {
+          const run = await source(h, proxy.port, ["--insecure"]);
+          expect(run.code).toBe(ExitCode.abortedSafely);
+          expect(run.stderr).toMatch(expected);
+          expect(dst.stderr()).toMatch(expected);
+          expect((await srv.ctl.status()).recording.active).toBe(false);
+          expect(await writable(srv.socket)).toBe(true);
+        } finally {
+          proxy.stop();
+        }
+      });
+    });
+  }
+});
+
+describe("the destination's disk fills up", () => {
+  test("ENOSPC there: the source aborts safely with the cause (exit 5), its disk writable and no longer recording", async () => {
+    const h = await hosts(16, 12);
+    const small = join(h.b, "small");
+    await sh(["mkdir", "-p", small]);
+    await sh(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", small]);
+    try {
+      const srv = await startServe({ image: h.image, runDir: h.a });
+      const dst = await startDest({ image: join(small, "vm.img"), runDir: h.b, args: ["--insecure"] });
+      try {
+        const run = await source(h, dst.port, ["--insecure", "--compress", "none"]);
+        expect(run.code).toBe(ExitCode.abortedSafely);
+        expect(run.stderr).toMatch(/ENOSPC|no space/i);
+        expect(await dst.proc.exited).not.toBe(0);
+        expect((await srv.ctl.status()).recording.active).toBe(false);
+        expect(await writable(srv.socket)).toBe(true);
+      } finally {
+        await srv.stop();
+        await dst.stop();
+      }
+    } finally {
+      await sh(["umount", "-l", small], { allowFail: true });
+    }
+  });
+});
