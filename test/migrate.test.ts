@@ -7,7 +7,7 @@ import { ControlClient } from "../src/disk/control-client.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { startSshd } from "./helpers/sshd.ts";
 import { startProxy } from "./helpers/proxy.ts";
-import { hosts, lastEvent, MiB, removeHosts, source, sourceArgs, withPair, writer } from "./helpers/migration.ts";
+import { hosts, lastEvent, MiB, removeHosts, source, sourceArgs, spawnSource, withPair, writer } from "./helpers/migration.ts";
 import { MAIN, randomFile, secretFile, sh, startDest, startServe, wanmig } from "./helpers/serve-process.ts";
 
 afterAll(() => removeHosts());
@@ -211,20 +211,15 @@ describe("resume after a broken link", () => {
       const proxy = startProxy(dst.port);
       const w = await writer(srv.socket, 128 * MiB);
       try {
-        const src = Bun.spawn(
-          [process.execPath, MAIN, ...sourceArgs(h, proxy.port, ["--insecure", "--compress", "none", "--bandwidth", "400mbit", "--json"])],
-          { stdout: "pipe", stderr: "pipe" },
-        );
-        const stderr = new Response(src.stderr).text();
+        const src = spawnSource(h, proxy.port, ["--insecure", "--compress", "none", "--bandwidth", "400mbit"]);
         while (proxy.bytes < 48 * MiB) await Bun.sleep(20);
         proxy.cut();
-        const [out, code] = await Promise.all([new Response(src.stdout).text(), src.exited]);
+        const { code, stderr: err, done } = await src.result();
+        if (!done) throw new Error(`no final event: ${err}`);
         await w.stop();
-        const err = await stderr;
         expect(err).toContain("reconnecting");
         expect(err).toContain("resumed: destination has bulk up to");
         expect(code).toBe(0);
-        const done = lastEvent(out);
         expect(done.reconnects).toBe(1);
         // Starting over would send 128 MiB plus the 48 MiB already across.
         expect(done.bulkBytes).toBeLessThan(128 * MiB + 16 * MiB);

@@ -187,3 +187,22 @@ describe("the destination's disk fills up", () => {
     }
   });
 });
+
+describe("one migration of a disk at a time", () => {
+  test("a second source while the first runs is refused (the disk could otherwise go to two hosts); the first completes", async () => {
+    const h = await hosts(32, 16);
+    await withPair(h, async ({ srv, dst }) => {
+      const first = spawnSource(h, dst.port, ["--insecure", "--bandwidth", "40mbit"]);
+      await first.waitEvent((e) => e.phase === "bulk");
+      const second = await source(h, dst.port, ["--insecure"]);
+      expect(second.code).toBe(ExitCode.badInput); // "a resource busy", as the exit table says
+      expect(second.stderr).toContain(`already under way (source pid ${first.proc.pid})`);
+      const freeze = await source(h, dst.port, ["--insecure", "--mode", "freeze-and-copy"]);
+      expect(freeze.stderr).toContain("recording for a live migration");
+      expect((await first.result()).code).toBe(0);
+      await dst.waitFor("now serving");
+      await sh(["cmp", h.image, h.destImage]);
+      expect((await srv.ctl.status()).mode).toBe("fenced");
+    });
+  });
+});

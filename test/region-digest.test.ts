@@ -48,6 +48,27 @@ describe("region digests", () => {
     expect(d.digest()).toBe(imageDigest(path, size));
   });
 
+  test("after a region's first rehash only its dirty 64 KiB pieces are read again", async () => {
+    const path = join(dir.path, "pieces");
+    const size = 2 * REGION_SIZE;
+    await randomFile(path, size);
+    const d = new RegionDigests(size);
+    d.refresh(path, { all: true });
+    overwrite(path, 100, Uint8Array.of(1, 2, 3));
+    d.markDirty(100, 3);
+    d.refresh(path); // the whole region is read once; its pieces are kept
+    expect(d.digest()).toBe(imageDigest(path, size));
+    // Two changes in region 0: only the marked piece is read, so only it shows.
+    overwrite(path, 5 * 65536 + 9, Uint8Array.of(0xaa));
+    overwrite(path, 9 * 65536 + 9, Uint8Array.of(0xbb));
+    d.markDirty(5 * 65536 + 9, 1);
+    d.refresh(path);
+    expect(d.digest()).not.toBe(imageDigest(path, size));
+    d.markDirty(9 * 65536, 65536);
+    d.refresh(path);
+    expect(d.digest()).toBe(imageDigest(path, size));
+  });
+
   test("a range across region boundaries marks every region it touches", () => {
     const d = new RegionDigests(4 * REGION_SIZE);
     d.noteData(0, new Uint8Array(4 * REGION_SIZE));

@@ -6,10 +6,12 @@ import { controlSocketPath } from "../disk/disk-service.ts";
 import type { Logger } from "../log.ts";
 import { quoteArgv, spawnPiped } from "../util/run.ts";
 import { parseRate, TokenBucket } from "../net/rate.ts";
-import { runSource } from "../phases/source-run.ts";
+import { type MigrationMetrics, runSource } from "../phases/source-run.ts";
+import { formatBytes } from "../util/format.ts";
 import { jsonArg, logArg, nameArg, runDirArg } from "./_shared.ts";
 import { credentials, parseHostPort } from "./_migration.ts";
 import { UsageError } from "../errors.ts";
+import { progressReporter } from "./_progress.ts";
 import type { ThrottleParams } from "../disk/throttle-policy.ts";
 import { parseDuration } from "../util/duration.ts";
 
@@ -56,6 +58,19 @@ function throttleParams(args: { "throttle-threshold"?: string; "throttle-delay"?
   return Object.keys(p).length ? p : undefined;
 }
 
+/** The final summary: the paper's metrics, one per line, downtime first. */
+function summary(name: string, m: MigrationMetrics): string {
+  const rows: [string, string][] = [
+    ["storage downtime", `${m.storageDowntimeMs} ms (fence to the destination's verified image; ${m.finalDeltas} deltas after the fence)`],
+    ["bulk copy", `${formatBytes(m.bulkBytes)} sent as ${formatBytes(m.bulkWireBytes)}; ${m.bulkZeroBlocks} zero blocks skipped${m.bulkBaseBlocks ? `, ${m.bulkBaseBlocks} already in the destination's base` : ""}`],
+    ["deltas", `${m.deltaCount} sent (${formatBytes(m.deltaBytes)} as ${formatBytes(m.deltaWireBytes)}), ${m.deltasSkipped} skipped, ${m.deltaRatePerSec}/s`],
+    ["on the wire", formatBytes(m.bytesOnWire)],
+    ["throttle", `highest level ${m.throttleSteps}`],
+  ];
+  if (m.reconnects) rows.push(["link", `${m.reconnects} reconnect(s), resumed`]);
+  return `migrated ${name} in ${(m.migrationTimeMs / 1000).toFixed(1)} s\n${rows.map(([k, v]) => `  ${k.padEnd(17)}${v}`).join("\n")}\n`;
+}
+
 export default defineCommand({
   meta: { name: "source", description: "Migrate a locally served disk to a waiting `wanmig dest`" },
   args: {
@@ -82,6 +97,7 @@ export default defineCommand({
     if (args.hypervisor !== "none") throw new UsageError(`--hypervisor ${args.hypervisor} is not available yet; use none`);
     const log = logger("migration sender");
     const rate = args.bandwidth ? new TokenBucket(parseRate(args.bandwidth)) : undefined;
+    const progress = progressReporter(process.stderr);
     const ssh = args.to.startsWith("ssh://");
     // Over SSH, SSH authenticates and encrypts; a secret file is still honoured if given.
     const creds = ssh && !args["secret-file"] ? {} : credentials(args, "source");
@@ -99,13 +115,8 @@ export default defineCommand({
       deltas: args.deltas as "paper" | "coalesce",
       throttle: throttleParams(args),
       log,
-      onEvent: args.json ? (e) => process.stdout.write(`${JSON.stringify(e)}\n`) : undefined,
-    });
-    if (!args.json)
-      process.stdout.write(
-        `migrated ${args.name} in ${m.migrationTimeMs} ms: storage downtime ${m.storageDowntimeMs} ms, ` +
-          `bulk ${m.bulkBytes} bytes (${m.bulkWireBytes} on the wire; ${m.bulkZeroBlocks} zero blocks skipped), ${m.deltaCount} deltas (${m.deltaBytes} bytes, ${m.finalDeltas} after the fence, ${m.deltasSkipped} skipped), ` +
-          `${m.bytesOnWire} bytes on the wire, throttle level ${m.throttleSteps}\n`,
-      );
+      onEvent: args.json ? (e) => process.stdout.write(`${JSON.stringify(e)}\n`) : progress.onEvent,
+    }).finally(() => progress.end());
+    if (!args.json) process.stdout.write(summary(args.name, m));
   },
 });

@@ -2,7 +2,7 @@
 // socket, so only local users with access to the socket file can use it. JSON in, JSON out.
 //
 //   GET  /v1/status     everything `wanmig status` prints
-//   POST /v1/record     {"action":"start"|"stop", "dir"?: path} -> recording state
+//   POST /v1/record     {"action":"start"|"stop", "dir"?: path, "owner"?: pid} -> recording state
 //                       {"action":"shipped", "seq": "N"} -> throttle state (the source
 //                       has shipped every delta up to N; the throttle watches the queue)
 //   POST /v1/throttle   {"threshold"?, "delayUs"?, "maxDelayUs"?, "enabled"?} -> throttle state
@@ -37,7 +37,8 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
       return Response.json(svc.status());
     case "POST /v1/record": {
       const body = await jsonBody(req);
-      if (body.action === "start") return Response.json(svc.startRecording(typeof body.dir === "string" ? body.dir : undefined));
+      if (body.action === "start")
+        return Response.json(svc.startRecording(typeof body.dir === "string" ? body.dir : undefined, typeof body.owner === "number" ? body.owner : undefined));
       if (body.action === "stop") return Response.json(svc.stopRecording());
       if (body.action === "shipped") {
         if (typeof body.seq !== "string" || !/^\d+$/.test(body.seq)) throw new BadRequest("seq must be a decimal string");

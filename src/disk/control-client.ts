@@ -13,8 +13,9 @@ export class ControlClient {
     return this.call("GET", "/v1/status");
   }
 
-  startRecording(dir?: string): Promise<RecordingState> {
-    return this.call("POST", "/v1/record", { action: "start", dir });
+  /** `owner`: the pid of the source process the recording is for (a second one is refused while it lives). */
+  startRecording(dir?: string, owner?: number): Promise<RecordingState> {
+    return this.call("POST", "/v1/record", { action: "start", dir, owner });
   }
 
   stopRecording(): Promise<RecordingState> {

@@ -46,9 +46,18 @@ export interface ServeStatus {
   clients: number;
   connectionsTotal: number;
   io: NbdServer["stats"];
-  recording: RecordingState;
+  recording: RecordingState & { owner?: number };
   throttle: ThrottleState & { queueLength: number; delayedWrites: number; totalDelayMs: number };
   fence: { fenced: boolean; refusedWrites: number };
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
 }
 
 export function defaultNbdEndpoint(runDir: string, name: string): Endpoint {
@@ -68,6 +77,7 @@ export class DiskService {
   readonly nbdEndpoint: Endpoint;
   readonly controlPath: string;
   private control?: ControlApi;
+  private recordingOwner?: number;
   private readonly startedAt = new Date();
 
   private constructor(readonly opts: DiskServiceOptions) {
@@ -112,19 +122,30 @@ export class DiskService {
     return this.recording.active ? "recording" : "normal";
   }
 
-  startRecording(dir?: string): RecordingState {
+  /**
+   * Starts record mode for the `source` process `owner`. A recording whose source is
+   * still alive belongs to that migration: a second source would share its log and could
+   * hand the disk to a second host, so it is refused. A dead owner's log is adopted.
+   */
+  startRecording(dir?: string, owner?: number): RecordingState & { owner?: number } {
     if (this.file.readOnly) throw new ServeError("a read-only export has no writes to record");
     const wasActive = this.recording.active;
+    if (wasActive && this.recordingOwner !== undefined && owner !== this.recordingOwner && processAlive(this.recordingOwner))
+      throw new ServeError(`a migration of ${this.opts.name} is already under way (source pid ${this.recordingOwner})`, {
+        hint: "wait for it, or stop it; only one migration of a disk at a time",
+      });
+    this.recordingOwner = owner;
     const st = this.recording.start(dir ?? this.opts.runDir, this.opts.name);
     if (!wasActive) {
       this.throttling.policy.reset();
       this.throttling.counting = true;
       this.opts.log.info(`record mode on: delta log ${st.path}, first sequence ${st.firstSeq}`);
     }
-    return st;
+    return { ...st, owner };
   }
 
   stopRecording(): RecordingState {
+    this.recordingOwner = undefined;
     const st = this.recording.stop();
     this.throttling.counting = false;
     this.throttling.policy.reset();
@@ -168,7 +189,7 @@ export class DiskService {
       clients: this.nbd.clients,
       connectionsTotal: this.nbd.totalConnections,
       io: { ...this.nbd.stats },
-      recording: this.recording.state(),
+      recording: { ...this.recording.state(), owner: this.recordingOwner },
       throttle: {
         ...this.throttling.policy.state(),
         queueLength: this.throttling.queueLength,

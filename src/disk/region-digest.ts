@@ -1,30 +1,45 @@
 // The end-to-end check of a migration, at a cost that does not grow with the image.
 //
-// The image digest is SHA-256 over the SHA-256 of each 1 MiB region, in order. Both sides
-// keep the per-region hashes as the migration goes: a region is hashed once when the bulk
-// copy has passed it (the source hashes what it read, the destination reads back what it
-// wrote), and again whenever a delta touches it. So at the hand-off only the regions the
-// last deltas touched are read, and the downtime no longer contains a whole-image hash
-// (a 512 MiB image took ~0.7 s to hash, a 100 GiB one would take minutes).
+// The image digest is SHA-256 over the hashes of its 1 MiB regions, in order; a region's
+// hash is SHA-256 over the SHA-256 of each of its 64 KiB pieces. Both sides keep the
+// region hashes as the migration goes: a region is hashed once when the bulk copy has
+// passed it (the source hashes what it read, the destination reads back what it wrote),
+// and again whenever a delta touches it. So at the hand-off only what the last deltas
+// touched is read, and the downtime no longer holds a whole-image hash (a 512 MiB image
+// took ~0.7 s to hash; a 100 GiB one would take minutes).
 //
-// Why a stale region hash cannot hide a difference: at the source every write after
-// record mode began is in the delta log, and every record read from the log marks its
-// regions dirty; a region is rehashed from the image *after* it was marked, so any write
-// that reached the image later is logged later and marks it again. The destination's
-// image is written only by the receiver, which marks what it writes. Memory: 32 bytes per
-// MiB of image (6.4 MB for 200 GiB).
+// Why two levels: a 4 KiB write dirties a region; rehashing the whole 1 MiB for it would
+// cost 256 times the write, and a random writer would outrun the hashing. Once a region
+// has been dirtied, its piece hashes are kept, and only the dirty pieces are read again
+// (16 times the write at worst). Pieces are kept for dirtied regions only (512 bytes each),
+// capped; the region hashes cost 32 bytes per MiB of image (6.4 MB for 200 GiB).
+//
+// Why a stale hash cannot hide a difference: at the source every write after record mode
+// began is in the delta log, and every record read from the log marks its pieces dirty; a
+// piece is rehashed from the image *after* it was marked, so any write that reached the
+// image later is logged later and marks it again. The destination's image is written only
+// by the receiver, which marks what it writes.
 
 import { closeSync, openSync, readSync } from "node:fs";
 import { isZero } from "../util/zero.ts";
 
 export const REGION_SIZE = 1024 * 1024;
+const PIECE_SIZE = 64 * 1024;
+const PIECES = REGION_SIZE / PIECE_SIZE;
 const HASH_LEN = 32;
+/** Regions whose piece hashes are kept (512 bytes each): 64 MiB at most. */
+const MAX_KEPT_REGIONS = 128 * 1024;
+
+const sha256 = (data: Uint8Array): Uint8Array => new Bun.CryptoHasher("sha256").update(data).digest();
 
 export class RegionDigests {
   private readonly hashes: Uint8Array;
   /** 1 = the stored hash is current. Cleared by markDirty, set by hashing. */
   private readonly current: Uint8Array;
-  private readonly dirtyList: number[] = [];
+  /** Dirty regions, each with a bit per dirty piece. */
+  private readonly dirty = new Map<number, number>();
+  /** Piece hashes of regions dirtied before, so the next rehash reads only dirty pieces. */
+  private readonly pieces = new Map<number, Uint8Array>();
   readonly regions: number;
 
   constructor(readonly size: number) {
@@ -44,15 +59,20 @@ export class RegionDigests {
       const start = r * REGION_SIZE - offset;
       const len = this.regionLength(r);
       if (start + len > data.length) break;
-      this.store(r, data.subarray(start, start + len));
+      this.storeRegion(r, data.subarray(start, start + len), false);
     }
   }
 
   markDirty(offset: number, length: number): void {
     if (length <= 0) return;
-    const last = Math.min(Math.floor((offset + length - 1) / REGION_SIZE), this.regions - 1);
-    for (let r = Math.floor(offset / REGION_SIZE); r <= last; r++) {
-      if (this.current[r]) this.dirtyList.push(r);
+    const end = Math.min(offset + length, this.size);
+    for (let r = Math.floor(offset / REGION_SIZE); r * REGION_SIZE < end; r++) {
+      const base = r * REGION_SIZE;
+      const firstPiece = Math.max(0, Math.floor((offset - base) / PIECE_SIZE));
+      const lastPiece = Math.min(PIECES - 1, Math.floor((end - 1 - base) / PIECE_SIZE));
+      let mask = this.dirty.get(r) ?? 0;
+      for (let p = firstPiece; p <= lastPiece; p++) mask |= 1 << p;
+      this.dirty.set(r, mask);
       this.current[r] = 0;
     }
   }
@@ -65,11 +85,13 @@ export class RegionDigests {
   }
 
   /**
-   * Rehashes the regions marked dirty so far (cheap: only those), or with `all`, every
-   * region not yet current (also those the bulk copy never hashed). Returns regions read.
+   * Rehashes what was marked dirty so far (cheap: only those pieces), or with `all`, also
+   * every region never hashed (those no bulk chunk covered whole). Returns regions hashed.
    */
   refresh(imagePath: string, opts: { all?: boolean } = {}): number {
-    return this.hashRegions(imagePath, opts.all ? this.staleRegions() : this.takeDirty());
+    const todo = [...this.dirty.keys()];
+    if (opts.all) for (let r = 0; r < this.regions; r++) if (!this.current[r] && !this.dirty.has(r)) todo.push(r);
+    return this.hashRegions(imagePath, todo);
   }
 
   /** Reads and hashes regions [from, to) whose hash is not current (the destination, behind its bulk copy). */
@@ -83,12 +105,28 @@ export class RegionDigests {
     if (!todo.length) return 0;
     const fd = openSync(imagePath, "r");
     const buf = Buffer.allocUnsafe(REGION_SIZE);
+    const read = (at: number, len: number) => {
+      const n = readSync(fd, buf, 0, len, at);
+      if (n !== len) throw new Error(`short read in ${imagePath} at ${at}`);
+      return buf.subarray(0, len);
+    };
     try {
       for (const r of todo) {
-        const len = this.regionLength(r);
-        const n = readSync(fd, buf, 0, len, r * REGION_SIZE);
-        if (n !== len) throw new Error(`short read in ${imagePath} at ${r * REGION_SIZE}`);
-        this.store(r, buf.subarray(0, len));
+        const mask = this.dirty.get(r) ?? 0;
+        this.dirty.delete(r);
+        const kept = this.pieces.get(r);
+        if (kept && mask) {
+          for (let p = 0; p < PIECES; p++) {
+            if (!(mask & (1 << p))) continue;
+            const at = r * REGION_SIZE + p * PIECE_SIZE;
+            if (at >= this.size) break;
+            kept.set(sha256(read(at, Math.min(PIECE_SIZE, this.size - at))), p * HASH_LEN);
+          }
+          this.setRegionHash(r, sha256(kept.subarray(0, this.pieceCount(r) * HASH_LEN)));
+        } else {
+          // A first rehash reads the whole region and keeps its pieces for the next ones.
+          this.storeRegion(r, read(r * REGION_SIZE, this.regionLength(r)), mask !== 0);
+        }
       }
     } finally {
       closeSync(fd);
@@ -102,30 +140,42 @@ export class RegionDigests {
     return new Bun.CryptoHasher("sha256").update(this.hashes).digest("hex");
   }
 
-  private store(region: number, data: Uint8Array): void {
+  private pieceCount(region: number): number {
+    return Math.ceil(this.regionLength(region) / PIECE_SIZE);
+  }
+
+  private storeRegion(region: number, data: Uint8Array, keepPieces: boolean): void {
     // All-zero regions (holes, mostly) are common and their hash is a constant.
-    const hash = data.length === REGION_SIZE && isZero(data) ? zeroRegionHash() : new Bun.CryptoHasher("sha256").update(data).digest();
+    if (!keepPieces && data.length === REGION_SIZE && isZero(data)) {
+      this.setRegionHash(region, zeroRegionHash());
+      return;
+    }
+    const n = this.pieceCount(region);
+    const pieces = new Uint8Array(n * HASH_LEN);
+    for (let p = 0; p < n; p++) pieces.set(sha256(data.subarray(p * PIECE_SIZE, Math.min((p + 1) * PIECE_SIZE, data.length))), p * HASH_LEN);
+    this.setRegionHash(region, sha256(pieces));
+    if (keepPieces) this.keepPieces(region, pieces);
+  }
+
+  private keepPieces(region: number, pieces: Uint8Array): void {
+    if (this.pieces.size >= MAX_KEPT_REGIONS) this.pieces.delete(this.pieces.keys().next().value!);
+    this.pieces.set(region, pieces);
+  }
+
+  private setRegionHash(region: number, hash: Uint8Array): void {
     this.hashes.set(hash, region * HASH_LEN);
     this.current[region] = 1;
-  }
-
-  private takeDirty(): number[] {
-    const out = [...new Set(this.dirtyList)].filter((r) => !this.current[r]);
-    this.dirtyList.length = 0;
-    return out;
-  }
-
-  private staleRegions(): number[] {
-    this.dirtyList.length = 0;
-    const out: number[] = [];
-    for (let r = 0; r < this.regions; r++) if (!this.current[r]) out.push(r);
-    return out;
   }
 }
 
 let zeroHash: Uint8Array | undefined;
 function zeroRegionHash(): Uint8Array {
-  zeroHash ??= new Bun.CryptoHasher("sha256").update(new Uint8Array(REGION_SIZE)).digest();
+  if (!zeroHash) {
+    const piece = sha256(new Uint8Array(PIECE_SIZE));
+    const pieces = new Uint8Array(PIECES * HASH_LEN);
+    for (let p = 0; p < PIECES; p++) pieces.set(piece, p * HASH_LEN);
+    zeroHash = sha256(pieces);
+  }
   return zeroHash;
 }
 

@@ -114,7 +114,20 @@ export class Channel {
     }
   }
 
-  async expect<T extends Message["type"]>(type: T, timeoutMs = 30_000): Promise<Extract<Message, { type: T }>> {
+  /** Messages arrived and not yet taken. */
+  pending(): number {
+    return this.inbox.length;
+  }
+
+  /** The next message if one has arrived, without waiting; throws if the stream failed. */
+  tryRecv(): Message | undefined {
+    const m = this.inbox.shift();
+    if (m) return m;
+    if (this.failure) throw this.failure;
+    return undefined;
+  }
+
+    async expect<T extends Message["type"]>(type: T, timeoutMs = 30_000): Promise<Extract<Message, { type: T }>> {
     const m = await this.recv(timeoutMs);
     if (m.type === type) return m as Extract<Message, { type: T }>;
     if (m.type === MsgType.ERROR) throw new PeerAborted(m.message);

@@ -19,7 +19,7 @@
 //     | BULK_END  {size}                                        |
 //     | DELTA seq kind offset length data              ...      |  deltas, in seq order
 //     |------------------------------------------------------->|
-//     | ACK bulkOffset seq    (applied and durable up to here)  |  periodic
+//     | ACK bulkOffset seq    (applied up to here)              |  after bursts
 //     |<-------------------------------------------------------|
 //     | BARRIER   {lastSeq, size, digest}   after the fence     |
 //     | [CHECKSUM {digest}]  when BARRIER's digest was empty:   |  both sides finish the

@@ -6,7 +6,9 @@ import { DeltaKind, DeltaLogReader, type DeltaRecord } from "../disk/delta-log.t
 import { type BulkReadLog, coalesceBatch } from "./coalesce.ts";
 import type { Channel } from "../net/channel.ts";
 import { maybeCompress } from "../net/compress.ts";
-import { DeltaOp, msg } from "../net/protocol.ts";
+import { PeerAborted } from "../net/channel.ts";
+import { ProtocolError } from "../net/errors.ts";
+import { DeltaOp, msg, MsgType, typeName } from "../net/protocol.ts";
 import { DeltasError } from "./errors.ts";
 
 const BATCH_BYTES = 16 * 1024 * 1024;
@@ -32,6 +34,12 @@ export class DeltaStreamer {
   lastRead = 0n;
 
   wireBytes = 0;
+  /** What the destination has acknowledged (applied, durable): ACK's bulk offset and next sequence. */
+  ackedBulk = 0;
+  ackedNext = 0n;
+  /** Sent and not yet acknowledged, oldest first: [seq, bytes on the wire]. */
+  private inFlight: [bigint, number][] = [];
+  private inFlightBytes = 0;
 
   private readonly compress: boolean;
   private readonly from: bigint;
@@ -56,6 +64,22 @@ export class DeltaStreamer {
   /** Bytes of log not yet sent: the queue the throttling policy and the hand-off watch. */
   pendingBytes(): number {
     return this.reader.pendingBytes();
+  }
+
+  /** Delta bytes sent that the destination has not yet acknowledged as applied. */
+  unackedBytes(): number {
+    return this.inFlightBytes;
+  }
+
+  /** Takes the ACKs that have arrived (without waiting). An ERROR from the destination throws. */
+  takeAcks(): void {
+    for (let m = this.ch.tryRecv(); m; m = this.ch.tryRecv()) {
+      if (m.type === MsgType.ERROR) throw new PeerAborted(m.message);
+      if (m.type !== MsgType.ACK) throw new ProtocolError(`expected ACK, got ${typeName(m.type)}`);
+      this.ackedBulk = Math.max(this.ackedBulk, m.bulkOffset);
+      if (m.nextSeq > this.ackedNext) this.ackedNext = m.nextSeq;
+    }
+    while (this.inFlight.length && this.inFlight[0]![0] < this.ackedNext) this.inFlightBytes -= this.inFlight.shift()![1];
   }
 
   /** Sends every complete record available now; returns how many. */
@@ -109,6 +133,8 @@ export class DeltaStreamer {
       }),
     );
     this.wireBytes += out.data.length;
+    this.inFlight.push([r.seq, out.data.length]);
+    this.inFlightBytes += out.data.length;
     this.lastSeq = r.seq;
     this.sent++;
     this.bytes += r.data.length;

@@ -23,8 +23,9 @@ import type { Logger } from "../log.ts";
 import type { DeltaStreamer } from "./deltas.ts";
 import { DeltasError, HandoffError } from "./errors.ts";
 
-/** Switch over once less than this much log is unsent: it bounds the storage part of downtime. */
+/** Switch over once less than this much is unsent or unapplied: it bounds the storage part of downtime. */
 const SWITCHOVER_PENDING_BYTES = 1024 * 1024;
+const DRAIN_ACKS_MAX_MS = 2000;
 const CATCH_UP_TIMEOUT_MS = 10 * 60 * 1000;
 
 export interface HandoffTimes {
@@ -39,20 +40,61 @@ export interface ImageCheck {
   digests: RegionDigests;
 }
 
-export async function catchUp(ctl: ControlClient, deltas: DeltaStreamer, check: ImageCheck): Promise<void> {
+/**
+ * Waits (bounded) for the destination to acknowledge everything sent, sending nothing new:
+ * the fence then finds it idle, and the barrier's sync has only the last deltas to write.
+ */
+async function drainAcks(deltas: DeltaStreamer): Promise<void> {
+  const end = Date.now() + DRAIN_ACKS_MAX_MS;
+  while (deltas.unackedBytes() > 0 && Date.now() < end) {
+    await Bun.sleep(2);
+    deltas.takeAcks();
+  }
+}
+
+/** What the deltas phase reports while it runs (the progress line, --json). */
+export interface DeltasProgress {
+  queuedBytes: number;
+  unackedBytes: number;
+  deltasSent: number;
+  deltasSkipped: number;
+  throttleLevel: number;
+}
+
+const PROGRESS_EVERY_MS = 250;
+
+export async function catchUp(
+  ctl: ControlClient,
+  deltas: DeltaStreamer,
+  check: ImageCheck,
+  size: number,
+  onProgress?: (p: DeltasProgress) => void,
+): Promise<void> {
   const start = Date.now();
   let reported = -1n;
+  let throttleLevel = 0;
+  let lastProgress = 0;
   for (let round = 0; ; round++) {
     await deltas.pump();
+    deltas.takeAcks();
     // The serve's throttle watches the queue: tell it how far we got.
     if (deltas.lastRead !== reported) {
-      await ctl.shipped(deltas.lastRead);
+      throttleLevel = (await ctl.shipped(deltas.lastRead)).level;
       reported = deltas.lastRead;
+    }
+    if (onProgress && Date.now() - lastProgress >= PROGRESS_EVERY_MS) {
+      lastProgress = Date.now();
+      onProgress({ queuedBytes: deltas.pendingBytes(), unackedBytes: deltas.unackedBytes(), deltasSent: deltas.sent, deltasSkipped: deltas.skipped, throttleLevel });
     }
     // Rehash what the deltas so far touched now, while the VM runs, not in the downtime
     // (the first round also hashes regions no bulk chunk covered whole: a resumed copy).
     check.digests.refresh(check.image, { all: true });
-    if (deltas.pendingBytes() < SWITCHOVER_PENDING_BYTES) return;
+    // Switch over only when little is left unsent here and the destination has caught up
+    // with what was sent: a backlog there (unapplied, unsynced) would be downtime.
+    if (deltas.ackedBulk >= size && deltas.pendingBytes() + deltas.unackedBytes() < SWITCHOVER_PENDING_BYTES) {
+      await drainAcks(deltas);
+      return;
+    }
     if (round % 20 === 0) {
       const st = await ctl.status();
       if (st.recording.failed) throw new DeltasError(`record mode failed at the source: ${st.recording.failed}`);
@@ -85,13 +127,15 @@ export async function handOffStorage(
   if (st.recording.failed) throw new HandoffError(`record mode failed at the source: ${st.recording.failed}`);
 
   // ---- POINT OF NO RETURN -------------------------------------------------------------
-  await ctl.fence();
+  // Downtime is counted from before the request: the fence may apply before we hear back.
   const fencedAt = performance.now();
+  await ctl.fence();
   log.info("point of no return: source fenced; every later write there is refused");
 
   try {
     const before = deltas.sent;
     await deltas.pump({ final: true, pastPointOfNoReturn: true });
+    const pumpedAt = performance.now();
     const after = await ctl.status();
     if (after.recording.failed) throw new HandoffError(`record mode failed at the source: ${after.recording.failed}`, { pastPointOfNoReturn: true });
     // The barrier goes first, without the digest, so the destination rehashes its regions
@@ -100,9 +144,16 @@ export async function handOffStorage(
     check.digests.refresh(check.image, { all: true });
     const digest = check.digests.digest();
     await ch.send(msg.checksum(digest));
+    const hashedAt = performance.now();
     const done = await awaitDone(ch);
     if (done.digest !== digest) throw new HandoffError("the destination's image digest differs from the source's", { pastPointOfNoReturn: true });
-    return { fencedAt, doneAt: performance.now(), finalDeltas: deltas.sent - before };
+    const doneAt = performance.now();
+    const ms = (a: number, b: number) => `${Math.round(b - a)} ms`;
+    log.info(
+      `hand-off: fence and last ${deltas.sent - before} deltas ${ms(fencedAt, pumpedAt)}, digest here ${ms(pumpedAt, hashedAt)}, ` +
+        `until the destination verified ${ms(hashedAt, doneAt)}`,
+    );
+    return { fencedAt, doneAt, finalDeltas: deltas.sent - before };
   } catch (cause) {
     // The destination said it gives up: it will never release its copy, so the disk's
     // truth is still here alone, and the source can serve it again.

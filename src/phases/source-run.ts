@@ -70,6 +70,8 @@ export async function runSource(o: SourceOptions): Promise<MigrationMetrics> {
     throw new InitError(`no local serve named ${o.name}`, { cause, hint: `start it with: wanmig serve --name ${o.name} --image PATH` });
   }
   if (status.mode === "fenced") throw new InitError(`${o.name} is fenced here: it has already moved away`);
+  if (o.mode === "freeze-and-copy" && status.recording.active)
+    throw new InitError(`${o.name} is recording for a live migration`, { hint: "wait for it to finish; or, if its source died, stop recording first (POST /v1/record stop)" });
   const blockSize = o.blockSize ?? 64 * 1024;
 
   if (o.mode === "freeze-and-copy") {
@@ -166,8 +168,8 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         // every write since that run began, which is what a destination that got part of
         // that run needs (the HELLO names the log, so the destination can tell).
         if (o.throttle) await ctl.throttle(o.throttle);
-        if (status.recording.active) o.log.warn(`adopting the delta log of an earlier source run that did not finish: ${status.recording.path}`);
-        logPath = (await ctl.startRecording()).path!;
+        logPath = (await ctl.startRecording(undefined, process.pid)).path!;
+        if (status.recording.active) o.log.warn(`adopting the delta log of an earlier source run that did not finish: ${logPath}`);
         o.log.info(`recording into ${logPath}`);
       }
       try {
@@ -206,7 +208,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         coalesce: carried,
         onRecord: (r) => check.digests.markDirty(r.offset, r.length),
       });
-      await catchUp(ctl, deltas, check);
+      await catchUp(ctl, deltas, check, status.size, (p) => o.onEvent?.({ event: "progress", phase: "deltas", ...p }));
 
       emit("handoff");
       fenced = true; // from inside handOffStorage on, the fence may already be up
