@@ -3,10 +3,11 @@ import { DiskService } from "../disk/disk-service.ts";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { runCommand } from "../util/run.ts";
+import { destHypervisor } from "../hypervisor/index.ts";
 import { logger, redirectLogsTo, setLogLevel } from "../log.ts";
 import type { Channel } from "../net/channel.ts";
 import { listenTcp, pipeChannel, stdoutSink } from "../net/channel.ts";
-import { UsageError } from "../errors.ts";
+import { describeError, UsageError } from "../errors.ts";
 import { Receiver } from "../phases/receive.ts";
 import { ReceiveError } from "../phases/errors.ts";
 import { jsonArg, logArg, nameArg, runDirArg } from "./_shared.ts";
@@ -49,6 +50,9 @@ export default defineCommand({
     base: { type: "string", description: "start --image as a copy of this file (a template, an older copy of the disk): only blocks that differ travel", valueHint: "PATH" },
     listen: { type: "string", description: "where the source connects", valueHint: "HOST:PORT" },
     "resume-timeout": { type: "string", description: "after a broken link, how long to wait for the source to resume (seconds)", default: "600", valueHint: "S" },
+    hypervisor: { type: "enum", options: ["none", "xl", "qemu"], description: "who runs the VM here once its disk is verified: none, xl (unpause DOMAIN), qemu (wait until it runs)", default: "none" },
+    domain: { type: "string", description: "with xl: the domain to unpause", valueHint: "DOMAIN" },
+    qmp: { type: "string", description: "with qemu: the destination QEMU's QMP socket", valueHint: "unix:PATH" },
     stdio: { type: "boolean", description: "speak the protocol on stdin/stdout (run by `ssh HOST wanmig dest --stdio`; SSH authenticates)", default: false },
     "secret-file": { type: "string", description: "shared secret (both sides prove they know it; it is never sent)", valueHint: "F" },
     insecure: { type: "boolean", description: "accept a source without a secret", default: false },
@@ -62,6 +66,7 @@ export default defineCommand({
     if (!args.stdio && !args.listen) throw new UsageError("dest needs --listen HOST:PORT or --stdio");
     // Over SSH the transport authenticated both ends already; no secret is needed.
     const creds = args.stdio ? { secret: args["secret-file"] ? credentials(args, "dest").secret : undefined } : credentials(args, "dest");
+    const hv = destHypervisor(args, log);
     if (args.base) await copyBase(args.base, args.image, log);
     let svc: DiskService | undefined;
     let release!: () => void;
@@ -71,7 +76,8 @@ export default defineCommand({
       creds,
       log,
       onAuthenticated: async () => {
-        svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], hold: held, log: serveLog });
+        // A QEMU waiting for the incoming migration reads its disk at start-up: let reads through (nbd-server.ts).
+        svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], hold: held, holdWritesOnly: hv.kind === "qemu", log: serveLog });
       },
     });
     if (args.stdio) {
@@ -87,6 +93,12 @@ export default defineCommand({
       conns.close();
     }
     release();
+    // The disk is verified and served from here on, whatever the hypervisor says next: a
+    // VM that fails to start here is an operator's call, not a reason to drop its disk.
+    await hv.release().then(
+      () => hv.kind !== "none" && log.info(`the VM runs here (${hv.kind})`),
+      (err) => log.error(`${describeError(err)}\nthe disk is verified and served here; start the VM by hand`),
+    );
     if (args.stdio) {
       // The source hangs up once it has DONE; the disk must go on being served.
       const logFile = join(args["run-dir"], `${args.name}.log`);

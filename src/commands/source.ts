@@ -11,9 +11,16 @@ import { formatBytes } from "../util/format.ts";
 import { jsonArg, logArg, nameArg, runDirArg } from "./_shared.ts";
 import { credentials, parseHostPort } from "./_migration.ts";
 import { UsageError } from "../errors.ts";
+import { sourceHypervisor } from "../hypervisor/index.ts";
 import { progressReporter } from "./_progress.ts";
 import type { ThrottleParams } from "../disk/throttle-policy.ts";
 import { parseDuration } from "../util/duration.ts";
+
+/** The destination host for the hypervisor (xl migrate's HOST): from HOST:PORT or ssh://[USER@]HOST[:PORT]. */
+function destHostOf(to: string): string {
+  const ssh = /^ssh:\/\/((?:[^@/]+@)?(?:\[[^\]]+\]|[^:/]+))/.exec(to);
+  return ssh ? ssh[1]!.replace(/\[|\]/g, "") : parseHostPort(to, "--to").host;
+}
 
 function hostPort(spec: string): [string, number] {
   const { host, port } = parseHostPort(spec, "--to");
@@ -88,20 +95,26 @@ export default defineCommand({
     bandwidth: { type: "string", description: "cap the migration stream: 5mbit, 100mbit, 10MB (per second)", valueHint: "RATE" },
     "throttle-threshold": { type: "string", description: "throttle the VM's writes once this many deltas are queued (doubling at 2N, 4N, ...)", valueHint: "N" },
     "throttle-delay": { type: "string", description: "the first throttle step's delay per write (doubling with each step): 2ms, 500us", valueHint: "DURATION" },
-    hypervisor: { type: "string", description: "who moves the memory: none (storage only)", default: "none" },
+    hypervisor: { type: "enum", options: ["none", "xl", "qemu"], description: "who moves the memory: none (storage only), xl (Xen), qemu (QMP)", default: "none" },
+    domain: { type: "string", description: "with xl: the domain to migrate", valueHint: "DOMAIN" },
+    "xl-ssh": { type: "string", description: "with xl: the command xl migrate uses to reach the destination (its -s)", valueHint: "CMD" },
+    "xl-config": { type: "string", description: "with xl: the domain config for the destination (its -C)", valueHint: "FILE" },
+    qmp: { type: "string", description: "with qemu: the source QEMU's QMP socket", valueHint: "unix:PATH" },
+    "migrate-uri": { type: "string", description: "with qemu: where the destination QEMU listens (-incoming)", valueHint: "tcp:HOST:PORT" },
     ...jsonArg,
     ...logArg,
   },
   async run({ args }) {
     if (args.log) setLogLevel(args.log);
-    if (args.hypervisor !== "none") throw new UsageError(`--hypervisor ${args.hypervisor} is not available yet; use none`);
     const log = logger("migration sender");
     const rate = args.bandwidth ? new TokenBucket(parseRate(args.bandwidth)) : undefined;
     const progress = progressReporter(process.stderr);
     const ssh = args.to.startsWith("ssh://");
     // Over SSH, SSH authenticates and encrypts; a secret file is still honoured if given.
     const creds = ssh && !args["secret-file"] ? {} : credentials(args, "source");
+    const hypervisor = sourceHypervisor(args, destHostOf(args.to), log);
     const m = await runSource({
+      hypervisor,
       name: args.name,
       runDir: args["run-dir"],
       connect: async () => {

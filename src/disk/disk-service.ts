@@ -28,6 +28,8 @@ export interface DiskServiceOptions {
   throttle?: Partial<ThrottleParams>;
   /** Hold every NBD request until this resolves (the destination, until consistent). */
   hold?: Promise<void>;
+  /** While holding, answer reads (a QEMU destination probes its disk at start-up; nbd-server.ts). */
+  holdWritesOnly?: boolean;
   log: Logger;
 }
 
@@ -105,7 +107,7 @@ export class DiskService {
       // Control first: it claims the name on this host, so two servers never share one.
       svc.control = await startControlApi(svc.controlPath, svc);
       chmodSync(svc.controlPath, 0o600); // the control socket can fence the disk
-      if (opts.hold) svc.nbd.hold(opts.hold);
+      if (opts.hold) svc.nbd.hold(opts.hold, { reads: !opts.holdWritesOnly });
       await svc.nbd.listen(svc.nbdEndpoint);
     } catch (err) {
       svc.stop();

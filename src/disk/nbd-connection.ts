@@ -48,8 +48,8 @@ export interface ConnectionHost {
   /** Looks up an export by the name the client asked for ("" means the default). */
   findExport(name: string): NbdExport | undefined;
   listExports(): NbdExport[];
-  /** Resolves when requests may be served; the destination holds them until consistent. */
-  gate(): Promise<void> | undefined;
+  /** Resolves when a request of this kind may be served; the destination holds them until consistent. */
+  gate(read: boolean): Promise<void> | undefined;
   stats: NbdStats;
   log: Logger;
 }
@@ -363,7 +363,7 @@ export class NbdConnection {
   }
 
   private serve(req: Request, payload?: Uint8Array): void {
-    const gate = this.host.gate();
+    const gate = this.host.gate(req.type === Cmd.READ);
     if (gate) {
       // Held until the image is consistent; the payload view must outlive this callback.
       const kept = payload ? Uint8Array.from(payload) : undefined;

@@ -50,6 +50,7 @@ export class NbdServer implements ConnectionHost {
   private listener?: SocketListener<SocketData>;
   private readonly connections = new Set<NbdConnection>();
   private holdUntil?: Promise<void>;
+  private holdReads = true;
   totalConnections = 0;
 
   constructor(
@@ -69,12 +70,19 @@ export class NbdServer implements ConnectionHost {
     return [this.exp];
   }
 
-  gate(): Promise<void> | undefined {
-    return this.holdUntil;
+  gate(read: boolean): Promise<void> | undefined {
+    return read && !this.holdReads ? undefined : this.holdUntil;
   }
 
-  /** Holds every request until `release` resolves (the destination, before it is consistent). */
-  hold(release: Promise<void>): void {
+  /**
+   * Holds every request until `release` resolves (the destination, before it is
+   * consistent). With `reads: false` only writes are held: a QEMU waiting for an incoming
+   * migration opens its NBD disk and reads it at start-up, long before the hand-off; held,
+   * that read would stall QEMU and the migration with it. It runs no guest until the
+   * migration completes, which is after the release, so no guest sees those reads.
+   */
+  hold(release: Promise<void>, opts: { reads?: boolean } = {}): void {
+    this.holdReads = opts.reads ?? true;
     const held = release.finally(() => {
       if (this.holdUntil === held) this.holdUntil = undefined;
     });

@@ -11,7 +11,11 @@ import type { Logger } from "../log.ts";
 import { sendBulk } from "./bulk.ts";
 import { DeltaStreamer } from "./deltas.ts";
 import { InitError, PhaseError } from "./errors.ts";
-import { awaitDone, catchUp, handOffStorage } from "./handoff.ts";
+import { awaitDone, handOffStorage } from "./handoff.ts";
+import { CatchUp } from "./catch-up.ts";
+import { NoSourceHypervisor } from "../hypervisor/none.ts";
+import type { SourceHypervisor } from "../hypervisor/types.ts";
+import { ExitCode } from "../errors.ts";
 import { BulkReadLog } from "./coalesce.ts";
 import { statSync } from "node:fs";
 import { basename } from "node:path";
@@ -32,6 +36,8 @@ export interface SourceOptions {
   mode?: "live" | "freeze-and-copy";
   /** paper: send every delta; coalesce: drop those the bulk copy carries or a later one covers. */
   deltas?: "paper" | "coalesce";
+  /** Who moves the memory (default: none, storage only). */
+  hypervisor?: SourceHypervisor;
   /** --throttle-threshold / --throttle-delay: set on the serve before recording starts. */
   throttle?: Partial<ThrottleParams>;
   log: Logger;
@@ -40,6 +46,12 @@ export interface SourceOptions {
 
 export interface MigrationMetrics {
   migrationTimeMs: number;
+  /**
+   * The VM's downtime as the source sees it: paused at the source until the hypervisor
+   * reported the move complete (storage only: the storage downtime). The destination logs
+   * when its VM actually runs; the guest's own view is the truest (see the real-VM test).
+   */
+  downtimeMs: number;
   storageDowntimeMs: number;
   bulkBytes: number;
   bulkWireBytes: number;
@@ -106,6 +118,9 @@ function finish(
     t0: number;
     fencedAt: number;
     doneAt: number;
+    /** With a hypervisor: when the VM paused at the source, and when the hypervisor said it had moved. */
+    pausedAt?: number;
+    resumedAt?: number;
     bulk: { bytesSent: number; wireBytes: number; zeroBlocks: number; baseBlocks: number };
     deltas: DeltaTotals;
     finalDeltas: number;
@@ -117,6 +132,7 @@ function finish(
   const migrationTimeMs = m.doneAt - m.t0;
   const metrics: MigrationMetrics = {
     migrationTimeMs: Math.round(migrationTimeMs),
+    downtimeMs: Math.round(m.pausedAt !== undefined && m.resumedAt !== undefined ? m.resumedAt - m.pausedAt : m.doneAt - m.fencedAt),
     storageDowntimeMs: Math.round(m.doneAt - m.fencedAt),
     bulkBytes: m.bulk.bytesSent,
     bulkWireBytes: m.bulk.wireBytes,
@@ -148,10 +164,19 @@ function isLinkFailure(err: unknown): boolean {
   return false;
 }
 
+/** How far a live migration got: what a failure means depends on it. */
+interface LiveStage {
+  recording: boolean;
+  fenced: boolean;
+  /** The hypervisor's point of no return passed (xl migrate returned; QEMU continued). */
+  vmGone: boolean;
+}
+
 async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, o: SourceOptions, t0: number): Promise<MigrationMetrics> {
   const emit = (phase: string, extra: Record<string, unknown> = {}) => o.onEvent?.({ event: "phase", phase, ...extra });
+  const hv = o.hypervisor ?? new NoSourceHypervisor();
+  const stage: LiveStage = { recording: false, fenced: false, vmGone: false };
   let logPath: string | undefined;
-  let fenced = false;
   let deltas: DeltaStreamer | undefined;
   let ch: Channel | undefined;
   const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0, baseBlocks: 0 };
@@ -163,12 +188,14 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   for (let attempt = 0; ; attempt++) {
     try {
       if (!logPath) {
+        await hv.prepare();
+        if (o.throttle) await ctl.throttle(o.throttle);
         // Record mode starts before the first bulk byte is read, so no write can be missed.
         // A serve still recording for a source run that died is adopted: its log holds
         // every write since that run began, which is what a destination that got part of
         // that run needs (the HELLO names the log, so the destination can tell).
-        if (o.throttle) await ctl.throttle(o.throttle);
         logPath = (await ctl.startRecording(undefined, process.pid)).path!;
+        stage.recording = true;
         if (status.recording.active) o.log.warn(`adopting the delta log of an earlier source run that did not finish: ${logPath}`);
         o.log.info(`recording into ${logPath}`);
       }
@@ -208,11 +235,26 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         coalesce: carried,
         onRecord: (r) => check.digests.markDirty(r.offset, r.length),
       });
-      await catchUp(ctl, deltas, check, status.size, (p) => o.onEvent?.({ event: "progress", phase: "deltas", ...p }));
+      const catchUp = new CatchUp(ctl, deltas, check, status.size, (p) => o.onEvent?.({ event: "progress", phase: "deltas", ...p }));
+      await catchUp.untilSmall();
+
+      if (hv.kind !== "none") emit("memory");
+      const { pausedAt } = await hv.moveMemory(() => catchUp.round());
+      if (hv.pointOfNoReturn === "memory-moved") {
+        stage.vmGone = true;
+        o.log.info(`point of no return: the VM has left (${hv.kind}); handing its disk over`);
+      }
 
       emit("handoff");
-      fenced = true; // from inside handOffStorage on, the fence may already be up
-      const h = await handOffStorage(ch, ctl, deltas, check, o.log);
+      stage.fenced = true; // from inside handOffStorage on, the fence may already be up
+      const h = await handOffStorage(ch, ctl, deltas, check, o.log, { fenceIsPointOfNoReturn: hv.pointOfNoReturn === "fence" });
+      if (hv.pointOfNoReturn === "fence") stage.vmGone = true;
+      if (hv.pointOfNoReturn === "complete") {
+        stage.vmGone = true; // from the request on: QEMU may send the last state at once
+        o.log.info(`point of no return: the destination verified the disk; letting the VM run there (${hv.kind})`);
+      }
+      await hv.complete();
+      const resumedAt = performance.now();
       const end = await ctl.status();
       await ctl.stopRecording();
       deltaStats = addDeltaStats(deltaStats, deltas);
@@ -220,6 +262,8 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         t0,
         fencedAt: h.fencedAt,
         doneAt: h.doneAt,
+        pausedAt: hv.kind === "none" ? undefined : pausedAt,
+        resumedAt,
         bulk,
         deltas: deltaStats,
         finalDeltas: h.finalDeltas,
@@ -229,6 +273,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       });
       deltas.close();
       ch.close();
+      hv.close();
       return metrics;
     } catch (caught) {
       let err = caught;
@@ -242,26 +287,60 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       if (deltas) deltaStats = addDeltaStats(deltaStats, deltas);
       deltas?.close();
       deltas = undefined;
-      // Before the fence a broken link is resumed; after it, the hand-off must not guess.
-      if (!fenced && isLinkFailure(err) && attempt < RESUME_BACKOFF_MS.length && logPath) {
+      // Before the fence, while memory has not started to move, a broken link is resumed.
+      if (!stage.fenced && !stage.vmGone && isLinkFailure(err) && attempt < RESUME_BACKOFF_MS.length && logPath) {
         o.log.warn(`link to the destination broke (${(err as Error).message}); reconnecting in ${RESUME_BACKOFF_MS[attempt]} ms`);
         o.onEvent?.({ event: "reconnect", attempt: attempt + 1 });
         await Bun.sleep(RESUME_BACKOFF_MS[attempt]!);
         continue;
       }
-      throw await abortLive(ctl, err, !!logPath, fenced);
+      const final = await abortLive(ctl, hv, stage, err, o.log);
+      hv.close();
+      throw final;
     }
   }
 }
 
-async function abortLive(ctl: ControlClient, err: unknown, recording: boolean, fenced: boolean): Promise<Error> {
-  if (recording) await ctl.stopRecording().catch(() => undefined);
-  const st = await ctl.status().catch(() => undefined);
-  if (fenced && st?.fence.fenced) {
-    if (err instanceof PhaseError && err.exitCode === 6) return err;
-    return new PhaseError("hand-off", "failed after the point of no return", { cause: err, pastPointOfNoReturn: true });
+/**
+ * Where a failed live migration leaves the VM. It can come back to the source when:
+ *  - the hypervisor's point of no return has not passed, and
+ *  - either the source is not fenced, or the destination cannot use its copy: it said it
+ *    gives up (ERROR: it never releases then), or the VM cannot run there without us
+ *    (QEMU before migrate-continue).
+ * Then: unfence, stop recording, let the VM carry on at the source (exit 5). Otherwise the
+ * source stays fenced and the error says so (exit 6).
+ */
+async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveStage, err: unknown, log: Logger): Promise<Error> {
+  const destCannotRun = !!peerAborted(err) || hv.pointOfNoReturn === "complete";
+  if (!stage.vmGone && (!stage.fenced || destCannotRun)) {
+    try {
+      await hv.abort();
+      if (stage.fenced) {
+        await ctl.fence(false);
+        log.warn("source unfenced: the VM's disk is served here again, writable");
+      }
+      if (stage.recording) await ctl.stopRecording();
+    } catch (cause) {
+      return new PhaseError("migration", "aborted, but the source could not be fully restored", {
+        cause: new AggregateError([err, cause], "failed, then failed to restore the source"),
+        pastPointOfNoReturn: true,
+        hint: "check the VM and `wanmig status` at the source",
+      });
+    }
+    const reason = peerAborted(err);
+    if (reason) return new HandoffError(`the destination aborted: ${reason.reason}`, { cause: err, hint: "the migration did not happen; the VM runs at the source; fix the cause and run it again" });
+    return err instanceof PhaseError && err.exitCode !== ExitCode.unsafeState
+      ? err
+      : new PhaseError("migration", "aborted before the point of no return; the VM's disk is still served here, writable", { cause: err });
   }
-  return err instanceof PhaseError ? err : new PhaseError("migration", "aborted before the point of no return; the VM's disk is still served here, writable", { cause: err });
+  if (stage.recording) await ctl.stopRecording().catch(() => undefined);
+  return new HandoffError("failed after the point of no return", {
+    cause: err,
+    pastPointOfNoReturn: true,
+    hint: stage.fenced
+      ? "the source stays fenced; check the destination (wanmig status there): if its image is verified, run the VM there; else re-run the migration"
+      : "the VM has left the source; check it at the destination",
+  });
 }
 
 /**

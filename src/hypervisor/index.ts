@@ -1,0 +1,47 @@
+// Picks the driver for --hypervisor; checks its flags are there.
+import { UsageError } from "../errors.ts";
+import type { Logger } from "../log.ts";
+import { NoDestHypervisor, NoSourceHypervisor } from "./none.ts";
+import { QemuDest, QemuSource } from "./qemu.ts";
+import type { DestHypervisor, SourceHypervisor } from "./types.ts";
+import { XlDest, XlSource } from "./xl.ts";
+
+export interface HypervisorArgs {
+  hypervisor: string;
+  domain?: string;
+  qmp?: string;
+  "migrate-uri"?: string;
+  "xl-ssh"?: string;
+  "xl-config"?: string;
+}
+
+function need(args: HypervisorArgs, flag: keyof HypervisorArgs): string {
+  const v = args[flag];
+  if (!v) throw new UsageError(`--hypervisor ${args.hypervisor} needs --${flag}`);
+  return v;
+}
+
+/** `destHost`: where xl migrate sends the domain (the --to host). */
+export function sourceHypervisor(args: HypervisorArgs, destHost: string, log: Logger): SourceHypervisor {
+  switch (args.hypervisor) {
+    case "none":
+      return new NoSourceHypervisor();
+    case "qemu":
+      return new QemuSource({ qmp: need(args, "qmp"), migrateUri: need(args, "migrate-uri") }, log);
+    case "xl":
+      return new XlSource({ domain: need(args, "domain"), host: destHost, sshCommand: args["xl-ssh"], config: args["xl-config"] }, log);
+  }
+  throw new UsageError(`unknown --hypervisor ${args.hypervisor}`, "use none, xl or qemu");
+}
+
+export function destHypervisor(args: HypervisorArgs, log: Logger): DestHypervisor {
+  switch (args.hypervisor) {
+    case "none":
+      return new NoDestHypervisor();
+    case "qemu":
+      return new QemuDest({ qmp: need(args, "qmp") }, log);
+    case "xl":
+      return new XlDest({ domain: need(args, "domain") }, log);
+  }
+  throw new UsageError(`unknown --hypervisor ${args.hypervisor}`, "use none, xl or qemu");
+}

@@ -1,0 +1,20 @@
+// Storage only: no memory to move. The disk's fence is the point of no return.
+import type { DestHypervisor, SourceHypervisor } from "./types.ts";
+
+export class NoSourceHypervisor implements SourceHypervisor {
+  readonly kind = "none" as const;
+  readonly pointOfNoReturn = "fence" as const;
+  async prepare(): Promise<void> {}
+  async moveMemory(): Promise<{ pausedAt: number }> {
+    return { pausedAt: performance.now() };
+  }
+  async complete(): Promise<void> {}
+  async abort(): Promise<void> {}
+  close(): void {}
+}
+
+export class NoDestHypervisor implements DestHypervisor {
+  readonly kind = "none" as const;
+  async release(): Promise<void> {}
+  close(): void {}
+}

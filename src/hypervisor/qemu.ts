@@ -1,0 +1,139 @@
+// QEMU through QMP. Source: pause-before-switchover, so QEMU stops the VM (and flushes
+// its writes to our serve) and then waits for us in state "pre-switchover"; the disk is
+// handed over in that pause; migrate-continue sends the last device state, and only then
+// can the destination run the VM (the point of no return). Destination: QEMU with
+// -incoming; the source reports "completed" before the destination has loaded the state,
+// so we watch the destination itself until it runs.
+
+import type { Logger } from "../log.ts";
+import { HypervisorError } from "./errors.ts";
+import { QmpClient, type QmpEvent } from "./qmp.ts";
+import type { DestHypervisor, SourceHypervisor } from "./types.ts";
+
+const POLL_MS = 50;
+const MIGRATION_TIMEOUT_MS = 60 * 60 * 1000;
+
+interface MigrateInfo {
+  status?: string;
+  "error-desc"?: string;
+}
+
+/** QEMU's event timestamps are wall-clock; map one onto performance.now(). */
+function eventInstant(e: QmpEvent): number {
+  if (!e.timestamp) return performance.now();
+  const wallMs = e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000;
+  return performance.now() - (Date.now() - wallMs);
+}
+
+export class QemuSource implements SourceHypervisor {
+  readonly kind = "qemu" as const;
+  readonly pointOfNoReturn = "complete" as const;
+  private qmp?: QmpClient;
+  private stoppedAt?: number;
+
+  constructor(
+    private readonly opts: { qmp: string; migrateUri: string },
+    private readonly log: Logger,
+  ) {}
+
+  async prepare(): Promise<void> {
+    this.qmp = await QmpClient.connect(this.opts.qmp, this.log);
+    const st = await this.qmp.execute<{ status: string }>("query-status");
+    if (st.status !== "running") throw new HypervisorError(`the source VM is ${st.status}, not running`);
+    const mig = await this.qmp.execute<MigrateInfo>("query-migrate");
+    if (mig.status && !["completed", "failed", "cancelled", "none"].includes(mig.status))
+      throw new HypervisorError(`a migration of this VM is already ${mig.status}`);
+    await this.qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "pause-before-switchover", state: true }] });
+    this.qmp.onEvent((e) => {
+      if (e.event === "STOP") this.stoppedAt = eventInstant(e);
+    });
+  }
+
+  async moveMemory(whileWaiting: () => Promise<void>): Promise<{ pausedAt: number }> {
+    const qmp = this.qmp!;
+    await qmp.execute("migrate", { uri: this.opts.migrateUri });
+    this.log.info(`QEMU migrates memory to ${this.opts.migrateUri}`);
+    const end = Date.now() + MIGRATION_TIMEOUT_MS;
+    let lastPoll = 0;
+    for (;;) {
+      await whileWaiting();
+      if (Date.now() - lastPoll < POLL_MS) {
+        await Bun.sleep(5);
+        continue;
+      }
+      lastPoll = Date.now();
+      const m = await qmp.execute<MigrateInfo>("query-migrate");
+      if (m.status === "pre-switchover") {
+        this.log.info("QEMU paused the VM at the source (pre-switchover); its writes are flushed");
+        return { pausedAt: this.stoppedAt ?? performance.now() };
+      }
+      if (m.status === "failed" || m.status === "cancelled")
+        throw new HypervisorError(`QEMU's memory migration ${m.status}${m["error-desc"] ? `: ${m["error-desc"]}` : ""}`);
+      if (Date.now() > end) throw new HypervisorError("QEMU's memory migration did not reach pre-switchover in time");
+    }
+  }
+
+  async complete(): Promise<void> {
+    const qmp = this.qmp!;
+    await qmp.execute("migrate-continue", { state: "pre-switchover" });
+    const end = Date.now() + MIGRATION_TIMEOUT_MS;
+    for (;;) {
+      const m = await qmp.execute<MigrateInfo>("query-migrate");
+      if (m.status === "completed") return;
+      if (m.status === "failed" || m.status === "cancelled")
+        throw new HypervisorError(`QEMU's migration ${m.status} after migrate-continue${m["error-desc"] ? `: ${m["error-desc"]}` : ""}`);
+      if (Date.now() > end) throw new HypervisorError("QEMU's migration did not complete in time");
+      await Bun.sleep(POLL_MS);
+    }
+  }
+
+  /** Cancels the migration and makes sure the VM runs here again. */
+  async abort(): Promise<void> {
+    const qmp = this.qmp;
+    if (!qmp) return;
+    const m = await qmp.execute<MigrateInfo>("query-migrate");
+    if (m.status && !["completed", "failed", "cancelled", "none"].includes(m.status)) {
+      await qmp.execute("migrate_cancel");
+      for (let i = 0; i < 200; i++) {
+        const s = (await qmp.execute<MigrateInfo>("query-migrate")).status;
+        if (s === "cancelled" || s === "failed") break;
+        await Bun.sleep(POLL_MS);
+      }
+    }
+    const st = await qmp.execute<{ status: string }>("query-status");
+    if (st.status !== "running") await qmp.execute("cont");
+    this.log.info("QEMU migration cancelled; the VM runs at the source");
+  }
+
+  close(): void {
+    this.qmp?.close();
+  }
+}
+
+export class QemuDest implements DestHypervisor {
+  readonly kind = "qemu" as const;
+
+  constructor(
+    private readonly opts: { qmp: string },
+    private readonly log: Logger,
+  ) {}
+
+  async release(): Promise<void> {
+    const qmp = await QmpClient.connect(this.opts.qmp, this.log);
+    try {
+      const end = Date.now() + MIGRATION_TIMEOUT_MS;
+      for (;;) {
+        const st = await qmp.execute<{ status: string }>("query-status");
+        if (st.status === "running") return;
+        // Started with -S: the incoming migration is done, the start is ours to give.
+        if (st.status === "paused" && (await qmp.execute<MigrateInfo>("query-migrate")).status === "completed") await qmp.execute("cont");
+        if (Date.now() > end) throw new HypervisorError(`the destination VM is still ${st.status}`);
+        await Bun.sleep(POLL_MS);
+      }
+    } finally {
+      qmp.close();
+    }
+  }
+
+  close(): void {}
+}

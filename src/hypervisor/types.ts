@@ -1,0 +1,43 @@
+// The hypervisor's part of a migration: moving the VM's memory and CPU state, joined to
+// the disk's hand-off at one moment. That join is where data is lost or a VM ends up
+// running twice, so each driver states where its point of no return lies.
+//
+//   source: prepare -> (bulk, deltas) -> moveMemory (deltas keep streaming) ->
+//           [VM paused at the source, its writes flushed to our serve] ->
+//           storage hand-off (fence, last deltas, destination verifies) -> complete
+//   dest:   (image verified, held I/O released) -> release (the VM runs here)
+
+export type HypervisorKind = "none" | "xl" | "qemu";
+
+/**
+ * Where the VM can no longer come back to the source:
+ *  - "fence": storage only; once fenced, the destination's copy may be in use.
+ *  - "memory-moved": `xl migrate` returned: the domain exists only at the destination.
+ *  - "complete": QEMU's migrate-continue; before it, the destination cannot run the VM.
+ */
+export type PointOfNoReturn = "fence" | "memory-moved" | "complete";
+
+export interface SourceHypervisor {
+  readonly kind: HypervisorKind;
+  readonly pointOfNoReturn: PointOfNoReturn;
+  /** Checks the VM is there and running, and sets up what the hand-off needs. Before any copying. */
+  prepare(): Promise<void>;
+  /**
+   * Moves memory; resolves once the VM is paused at the source and its disk writes are
+   * flushed to our serve (`pausedAt`, performance.now()). `whileWaiting` is called over
+   * and over meanwhile, so deltas keep streaming.
+   */
+  moveMemory(whileWaiting: () => Promise<void>): Promise<{ pausedAt: number }>;
+  /** The destination has verified the disk: let the VM run there. */
+  complete(): Promise<void>;
+  /** Before the point of no return: the VM carries on at the source. */
+  abort(): Promise<void>;
+  close(): void;
+}
+
+export interface DestHypervisor {
+  readonly kind: HypervisorKind;
+  /** The disk is verified and served: run the VM here; resolves when it runs. */
+  release(): Promise<void>;
+  close(): void;
+}
