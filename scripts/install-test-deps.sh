@@ -2,9 +2,11 @@
 # Debian packages the tests and benchmarks drive as real processes:
 #   libnbd-bin (nbdinfo, nbdcopy, nbdsh), python3-libnbd (nbdsh's bindings),
 #   qemu-utils (qemu-img, qemu-io, qemu-nbd), nbdkit (a peer server), fio (nbd engine),
-#   openssh-server + openssh-client (the ssh:// transport, tested against a real sshd).
+#   openssh-server + openssh-client (the ssh:// transport, tested against a real sshd),
+#   qemu-system-x86 + busybox-static (the real-VM migration test: a TCG guest, its initramfs),
+#   xen-utils-4.17 (Debian's real xl: on a host without Xen it must fail the way we name).
 set -euo pipefail
-pkgs=(libnbd-bin python3-libnbd qemu-utils nbdkit fio openssh-server openssh-client)
+pkgs=(libnbd-bin python3-libnbd qemu-utils nbdkit fio openssh-server openssh-client qemu-system-x86 busybox-static xen-utils-4.17)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

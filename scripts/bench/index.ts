@@ -1,6 +1,7 @@
 // `npm run bench -- NAME [options]`: benchmarks that compare wanmig with its peers in one run.
 const benches: Record<string, () => Promise<{ main(args: string[]): Promise<void> }>> = {
   nbd: () => import("./nbd.ts"),
+  migrate: () => import("./migrate.ts"),
 };
 
 const [name, ...rest] = process.argv.slice(2);

@@ -2,7 +2,10 @@
 import { ExitCode, WanmigError } from "../errors.ts";
 
 export class HypervisorError extends WanmigError {
-  constructor(message: string, opts: { cause?: unknown; hint?: string } = {}) {
-    super(message, { exitCode: ExitCode.peerFailure, ...opts });
+  /** The hypervisor says the VM may be running at both ends, or neither: never resume it here. */
+  readonly unsafe: boolean;
+  constructor(message: string, opts: { cause?: unknown; hint?: string; unsafe?: boolean } = {}) {
+    super(message, { exitCode: ExitCode.peerFailure, cause: opts.cause, hint: opts.hint });
+    this.unsafe = opts.unsafe ?? false;
   }
 }

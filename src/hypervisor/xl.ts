@@ -9,17 +9,28 @@ import { CommandError, runCommand } from "../util/run.ts";
 import { HypervisorError } from "./errors.ts";
 import type { DestHypervisor, SourceHypervisor } from "./types.ts";
 
-/** xl's own words for failures an operator can act on, turned into one clear line each. */
-const KNOWN_XL_ERRORS: [RegExp, string, string][] = [
-  [
-    /xencall: error: Could not obtain handle|cannot init xl context|privileged command interface|\/proc\/xen|xenstore/i,
-    "no Xen hypervisor is running on this host (xl cannot reach it)",
-    "run wanmig on the Xen host (dom0), or pick another --hypervisor",
-  ],
-  [/invalid domain identifier|domain .* does not exist|cannot find domain/i, "no such Xen domain", "check the name with: xl list"],
-  [/Permission denied|must be run as root/i, "xl needs root", "run wanmig as root on the Xen host"],
-  [/ssh: |Connection refused|Could not resolve hostname|Host key verification failed/i, "xl could not reach the destination over ssh", "check that `ssh HOST` works non-interactively (or pass --xl-ssh)"],
-  [/migration target|migration receiver|Migration failed/i, "xl migrate failed at the destination", "read xl's message below; the domain still runs here"],
+/**
+ * xl's own words for failures an operator can act on, each turned into one clear line.
+ * The texts are xl's (tools/xl/xl_migrate.c) and Debian's xen-utils wrapper's, which
+ * answers for `xl` on a host that did not boot Xen. `unsafe`: xl itself says the domain
+ * may be running at both ends or neither.
+ */
+const KNOWN_XL_ERRORS: { re: RegExp; says: string; hint: string; unsafe?: boolean }[] = [
+  {
+    re: /Can't find hypervisor information in sysfs|Hypervisor is not xen|Could not obtain handle on privileged command interface|cannot init xl context/i,
+    says: "no Xen hypervisor is running on this host (xl cannot reach it)",
+    hint: "run wanmig on the Xen host (dom0), or pick another --hypervisor",
+  },
+  {
+    re: /Migration failed during final handshake|Domain state is now undefined/i,
+    says: "xl migrate failed in its final handshake: the domain's state is undefined",
+    hint: "check both hosts (xl list) and resume at most one instance; the disk is still served (unfenced) here, and the destination holds its copy unreleased",
+    unsafe: true,
+  },
+  { re: /Migration failed, resuming at sender|Migration failed due to problems at target|failed to suspend at sender/i, says: "xl migrate failed; the domain runs at the source again", hint: "read xl's message below" },
+  { re: /invalid domain identifier|domain .* does not exist|cannot find domain/i, says: "no such Xen domain", hint: "check the name with: xl list" },
+  { re: /ssh: |Connection refused|Could not resolve hostname|Host key verification failed/i, says: "xl could not reach the destination over ssh", hint: "check that `ssh HOST` works non-interactively (or pass --xl-ssh)" },
+  { re: /Permission denied|must be run as root/i, says: "xl needs root", hint: "run wanmig as root on the Xen host" },
 ];
 
 /** Runs xl; a failure becomes a HypervisorError naming the cause, with xl's own stderr beneath. */
@@ -28,9 +39,9 @@ export async function runXl(args: string[], log: Logger, what: string): Promise<
     return (await runCommand(["xl", ...args], log)).stdout;
   } catch (err) {
     if (!(err instanceof CommandError)) throw err;
-    const known = KNOWN_XL_ERRORS.find(([re]) => re.test(err.stderr));
     if (err.code === null) throw new HypervisorError(`${what}: cannot run xl`, { cause: err, hint: "install xen-utils, or pick another --hypervisor" });
-    throw new HypervisorError(`${what}: ${known ? known[1] : `xl exited ${err.code}`}`, { cause: err, hint: known?.[2] });
+    const known = KNOWN_XL_ERRORS.find((k) => k.re.test(err.stderr));
+    throw new HypervisorError(`${what}: ${known ? known.says : `xl exited ${err.code}`}`, { cause: err, hint: known?.hint, unsafe: known?.unsafe });
   }
 }
 

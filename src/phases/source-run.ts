@@ -15,6 +15,7 @@ import { awaitDone, handOffStorage } from "./handoff.ts";
 import { CatchUp } from "./catch-up.ts";
 import { NoSourceHypervisor } from "../hypervisor/none.ts";
 import type { SourceHypervisor } from "../hypervisor/types.ts";
+import { HypervisorError } from "../hypervisor/errors.ts";
 import { ExitCode } from "../errors.ts";
 import { BulkReadLog } from "./coalesce.ts";
 import { statSync } from "node:fs";
@@ -281,6 +282,9 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         // A broken write can race the destination's last words: give them a moment to land.
         if (isLinkFailure(err)) await Bun.sleep(50);
         if (peerAborted(ch.failedWith) && !peerAborted(err)) err = ch.failedWith;
+        // A failure of ours (not the link's, not theirs): tell the destination, so it stops
+        // waiting for a resume and exits, keeping what it has as a base for the next run.
+        else if (!isLinkFailure(err) && !ch.errorSent) await ch.send(msg.error(`the source gave up: ${(err as Error).message}`)).catch(() => undefined);
         wire += ch.bytesSent;
         ch.close();
       }
@@ -294,6 +298,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         await Bun.sleep(RESUME_BACKOFF_MS[attempt]!);
         continue;
       }
+      if (err instanceof HypervisorError && err.unsafe) stage.vmGone = true; // never resume a VM that may run elsewhere
       const final = await abortLive(ctl, hv, stage, err, o.log);
       hv.close();
       throw final;
@@ -334,6 +339,7 @@ async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveSt
       : new PhaseError("migration", "aborted before the point of no return; the VM's disk is still served here, writable", { cause: err });
   }
   if (stage.recording) await ctl.stopRecording().catch(() => undefined);
+  if (err instanceof HypervisorError && err.unsafe) return new HandoffError(err.message, { cause: err, pastPointOfNoReturn: true, hint: err.hint });
   return new HandoffError("failed after the point of no return", {
     cause: err,
     pastPointOfNoReturn: true,

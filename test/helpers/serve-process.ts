@@ -38,6 +38,7 @@ export async function startServe(opts: { image: string; runDir: string; name?: s
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
+    env: { ...process.env }, // as it is now (Bun.spawn alone would pass the environment we started with)
   });
   const log = watchStderr(proc, "serve");
   const ctl = new ControlClient(join(opts.runDir, `${name}.ctl`));
@@ -102,7 +103,7 @@ export async function startDest(opts: { image: string; runDir: string; name?: st
   const name = opts.name ?? "vm";
   const proc = Bun.spawn(
     [process.execPath, MAIN, "dest", "--name", name, "--image", opts.image, "--run-dir", opts.runDir, "--listen", "127.0.0.1:0", ...(opts.args ?? [])],
-    { stdin: "ignore", stdout: "pipe", stderr: "pipe" },
+    { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env } },
   );
   const log = watchStderr(proc, "dest");
   const listening = /listening on [^ ]+:(\d+)/;

@@ -1,0 +1,125 @@
+// --hypervisor xl against a PATH shim (test/fixtures/bin/xl: no Xen host can exist here)
+// that logs its argv and plays xl's real outputs, plus Debian's real xl on this Xen-less
+// host. What is pinned: the argv contract, the order (xl migrate returns, then the fence,
+// then the destination verifies, then xl unpause), and what each failure leaves behind.
+import { afterAll, describe, expect, test } from "bun:test";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { ExitCode } from "../src/errors.ts";
+import { type Hosts, hosts, MiB, removeHosts, source, withPair, writable, writer } from "./helpers/migration.ts";
+import { REPO, sh } from "./helpers/serve-process.ts";
+
+afterAll(() => removeHosts());
+
+const SHIM_PATH = `${join(REPO, "test", "fixtures", "bin")}:${process.env.PATH}`;
+
+function xlCalls(log: string): { argv: string[]; t: number }[] {
+  return existsSync(log) ? readFileSync(log, "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l)) : [];
+}
+
+/**
+ * Runs `body` with the shim first on PATH and its scenario set, for every process the
+ * test starts (serve, dest and source inherit our environment); restored afterwards.
+ */
+async function withXlShim(scenario: string, body: (p: { h: Hosts; log: string }) => Promise<void>): Promise<void> {
+  const h = await hosts(16, 4);
+  const log = join(h.a, "xl.log");
+  const saved = { ...process.env };
+  Object.assign(process.env, { PATH: SHIM_PATH, WANMIG_XL_LOG: log, WANMIG_XL_SCENARIO: scenario });
+  try {
+    await body({ h, log });
+  } finally {
+    for (const k of ["PATH", "WANMIG_XL_LOG", "WANMIG_XL_SCENARIO"]) {
+      if (saved[k] === undefined) delete process.env[k];
+      else process.env[k] = saved[k];
+    }
+  }
+}
+
+const XL_DEST = ["--insecure", "--hypervisor", "xl", "--domain", "vm1"];
+
+describe("xl (Xen), through a PATH shim", () => {
+  test("xl migrate -p with -s and -C, then the fence, then the destination verifies and runs xl unpause", async () => {
+    await withXlShim("ok", ({ h, log }) => withPair(h, async ({ srv, dst }) => {
+      const w = await writer(srv.socket, 4 * MiB);
+      const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1", "--xl-ssh", "ssh -p 2222", "--xl-config", "/etc/xen/vm1.cfg", "--json"]);
+      await w.stop();
+      expect(run.code).toBe(0);
+      await dst.waitFor("the VM runs here (xl)");
+      const calls = xlCalls(log);
+      expect(calls.map((c) => c.argv)).toEqual([
+        ["list", "vm1"],
+        ["migrate", "-p", "-s", "ssh -p 2222", "-C", "/etc/xen/vm1.cfg", "vm1", "127.0.0.1"],
+        ["unpause", "vm1"],
+      ]);
+      // The order that keeps the VM in one place: the domain leaves, then the fence, then unpause.
+      const err = run.stderr;
+      expect(err.indexOf("point of no return: the VM has left (xl)")).toBeGreaterThan(-1);
+      expect(err.indexOf("point of no return: the VM has left (xl)")).toBeLessThan(err.indexOf("source fenced"));
+      expect(dst.stderr().indexOf("image verified")).toBeLessThan(dst.stderr().indexOf("xl unpause vm1"));
+      expect((await srv.ctl.status()).mode).toBe("fenced");
+      await sh(["cmp", h.image, h.destImage]);
+    }, XL_DEST));
+  });
+
+  test("xl migrate fails: the domain runs at the source, its disk unfenced and writable, no unpause anywhere (exit 5)", async () => {
+    await withXlShim("migrate-fails", ({ h, log }) => withPair(h, async ({ srv, dst }) => {
+      const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1"]);
+      expect(run.code).toBe(ExitCode.abortedSafely);
+      expect(run.stderr).toContain("xl migrate failed; the domain runs at the source again");
+      expect(run.stderr).toContain("Migration failed due to problems at target"); // xl's own words kept
+      const st = await srv.ctl.status();
+      expect(st.mode).toBe("normal");
+      expect(st.recording.active).toBe(false);
+      expect(await writable(srv.socket)).toBe(true);
+      expect(xlCalls(log).some((c) => c.argv[0] === "unpause")).toBe(false);
+      expect(await dst.proc.exited).not.toBe(0); // told the source gave up; it does not wait for a resume
+    }, XL_DEST));
+  });
+
+  test("xl says the domain state is undefined: exit 6, nothing resumed here, the operator told to check both ends", async () => {
+    await withXlShim("handshake-fails", ({ h }) => withPair(h, async ({ srv, dst }) => {
+      const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1"]);
+      expect(run.code).toBe(ExitCode.unsafeState);
+      expect(run.stderr).toContain("final handshake");
+      expect(run.stderr).toContain("check both hosts");
+      expect((await srv.ctl.status()).mode).toBe("normal"); // not fenced: the domain may be running here
+    }, XL_DEST));
+  });
+
+  test("an unknown domain is refused before anything is copied or recorded", async () => {
+    await withXlShim("no-such-domain", ({ h }) => withPair(h, async ({ srv, dst }) => {
+      const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "nope"]);
+      expect(run.code).toBe(ExitCode.abortedSafely);
+      expect(run.stderr).toContain("no such Xen domain");
+      expect((await srv.ctl.status()).recording.records).toBe(0);
+      expect((await srv.ctl.status()).recording.active).toBe(false);
+    }, XL_DEST));
+  });
+
+  test("xl unpause fails at the destination: the disk is verified and stays served there; the error says so", async () => {
+    await withXlShim("unpause-fails", ({ h }) => withPair(h, async ({ dst }) => {
+      const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1"]);
+      expect(run.code).toBe(0);
+      await dst.waitFor("start the VM by hand");
+      expect(dst.stderr()).toContain("unpausing vm1");
+      expect(dst.stderr()).toContain("Unpausing domain: Invalid argument"); // the shim's xl, not the host's
+      expect(dst.proc.exitCode).toBeNull();
+      expect(await writable(dst.socket)).toBe(true);
+    }, XL_DEST));
+  });
+});
+
+describe("Debian's real xl on a host without Xen", () => {
+  test("the error names the cause: no Xen hypervisor here (exit 5, the disk untouched)", async () => {
+    expect(existsSync("/usr/sbin/xl")).toBe(true); // xen-utils is installed by scripts/install-test-deps.sh
+    const h = await hosts(4, 1);
+    await withPair(h, async ({ srv, dst }) => {
+      const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1"]);
+      expect(run.code).toBe(ExitCode.abortedSafely);
+      expect(run.stderr).toContain("no Xen hypervisor is running on this host");
+      expect(run.stderr).toMatch(/Can't find hypervisor information in sysfs|cannot init xl context/); // xl's own words
+      expect((await srv.ctl.status()).mode).toBe("normal");
+    });
+  });
+});
