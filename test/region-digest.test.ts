@@ -5,6 +5,7 @@ import { openSync, readFileSync, writeSync, closeSync } from "node:fs";
 import { join } from "node:path";
 import { imageDigest, RegionDigests, REGION_SIZE } from "../src/disk/region-digest.ts";
 import { randomFile, tempDir } from "./helpers/serve-process.ts";
+import { isZero } from "../src/util/zero.ts";
 
 const dir = tempDir();
 afterAll(() => dir.remove());
@@ -76,5 +77,24 @@ describe("region digests", () => {
     expect(d.staleCount()).toBe(3);
     d.markDirty(0, 0);
     expect(d.staleCount()).toBe(3);
+  });
+});
+
+describe("isZero", () => {
+  test("finds a single non-zero byte anywhere, at any offset and length, also past its 4 MiB compare buffer", () => {
+    const a = new Uint8Array(100);
+    for (let s = 0; s < 20; s++)
+      for (let e = s; e < 100; e += 7) {
+        expect(isZero(a.subarray(s, e))).toBe(true);
+        for (let k = s; k < e; k++) {
+          a[k] = 1;
+          expect(isZero(a.subarray(s, e))).toBe(false);
+          a[k] = 0;
+        }
+      }
+    const big = new Uint8Array(9 * 1024 * 1024);
+    expect(isZero(big)).toBe(true);
+    big[big.length - 1] = 1;
+    expect(isZero(big)).toBe(false);
   });
 });

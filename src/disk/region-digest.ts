@@ -41,6 +41,8 @@ export class RegionDigests {
   /** Piece hashes of regions dirtied before, so the next rehash reads only dirty pieces. */
   private readonly pieces = new Map<number, Uint8Array>();
   readonly regions: number;
+  /** One read buffer for every rehash (they run one at a time): no 1 MiB of garbage per region. */
+  private readonly readBuf = Buffer.allocUnsafe(REGION_SIZE);
 
   constructor(readonly size: number) {
     this.regions = Math.ceil(size / REGION_SIZE);
@@ -104,7 +106,7 @@ export class RegionDigests {
   private hashRegions(imagePath: string, todo: number[]): number {
     if (!todo.length) return 0;
     const fd = openSync(imagePath, "r");
-    const buf = Buffer.allocUnsafe(REGION_SIZE);
+    const buf = this.readBuf;
     const read = (at: number, len: number) => {
       const n = readSync(fd, buf, 0, len, at);
       if (n !== len) throw new Error(`short read in ${imagePath} at ${at}`);

@@ -9,6 +9,23 @@ import type { TokenBucket } from "./rate.ts";
 import { SocketWriter } from "../util/socket-writer.ts";
 
 const HIGH_WATER = 8 * 1024 * 1024;
+/**
+ * Received and not yet taken: past the high mark we stop reading the stream (TCP then
+ * pushes back on the sender), under the low mark we read again. Without it a receiver
+ * slower than the link would buffer without bound.
+ */
+const INBOX_HIGH = 16 * 1024 * 1024;
+const INBOX_LOW = 4 * 1024 * 1024;
+
+/** Pauses and resumes reading from the underlying stream. */
+export interface ReadFlow {
+  pause(): void;
+  resume(): void;
+}
+
+function messageBytes(m: Message): number {
+  return "data" in m ? m.data.length + 32 : "hashes" in m ? m.hashes.length + 32 : 64;
+}
 
 export class ChannelClosed extends ProtocolError {
   constructor(message = "the peer closed the connection", cause?: unknown) {
@@ -42,6 +59,10 @@ export interface ByteWriter {
 export class Channel {
   private decoder = new FrameDecoder();
   private inbox: Message[] = [];
+  private inboxBytes = 0;
+  private readPaused = false;
+  /** Set by the transport: how to stop and restart reading (backpressure on the inbox). */
+  flow?: ReadFlow;
   private failure?: Error;
   private wake?: () => void;
   private readonly out: SocketWriter;
@@ -65,13 +86,29 @@ export class Channel {
     try {
       for (const m of this.decoder.push(chunk)) {
         this.inbox.push(m);
+        this.inboxBytes += messageBytes(m);
         if (m.type === MsgType.ERROR) this.fail(new PeerAborted(m.message));
       }
     } catch (err) {
       // Not closed here: the owner reads the failure, tells the peer why, then closes.
       this.fail(err as Error);
     }
+    if (this.inboxBytes > INBOX_HIGH && !this.readPaused && this.flow) {
+      this.readPaused = true;
+      this.flow.pause();
+    }
     this.wake?.();
+  }
+
+  private take(): Message | undefined {
+    const m = this.inbox.shift();
+    if (!m) return undefined;
+    this.inboxBytes -= messageBytes(m);
+    if (this.readPaused && this.inboxBytes < INBOX_LOW) {
+      this.readPaused = false;
+      this.flow?.resume();
+    }
+    return m;
   }
 
   onDrain(): void {
@@ -102,7 +139,7 @@ export class Channel {
   async recv(timeoutMs = 0): Promise<Message> {
     const deadline = timeoutMs ? Date.now() + timeoutMs : 0;
     for (;;) {
-      const m = this.inbox.shift();
+      const m = this.take();
       if (m) return m;
       if (this.failure) throw this.failure;
       const left = deadline ? deadline - Date.now() : 0;
@@ -121,7 +158,7 @@ export class Channel {
 
   /** The next message if one has arrived, without waiting; throws if the stream failed. */
   tryRecv(): Message | undefined {
-    const m = this.inbox.shift();
+    const m = this.take();
     if (m) return m;
     if (this.failure) throw this.failure;
     return undefined;
@@ -199,9 +236,21 @@ export function pipeChannel(readable: ReadableStream<Uint8Array>, sink: { write(
     },
   };
   ch = new Channel(writer);
+  let gate: Promise<void> | undefined;
+  let open: (() => void) | undefined;
+  ch.flow = {
+    pause: () => (gate = new Promise<void>((r) => (open = r))),
+    resume: () => {
+      gate = undefined;
+      open?.();
+    },
+  };
   (async () => {
     try {
-      for await (const chunk of readable) ch.onData(chunk);
+      for await (const chunk of readable) {
+        ch.onData(chunk);
+        if (gate) await gate;
+      }
       ch.onClose();
     } catch (err) {
       ch.onClose(err as Error);
@@ -224,6 +273,7 @@ function handlers(onOpen?: (ch: Channel) => void) {
   return {
     open(s: Socket<Holder>) {
       s.data = { ch: new Channel(s as Socket<unknown>) };
+      s.data.ch!.flow = { pause: () => s.pause(), resume: () => s.resume() };
       s.setNoDelay(true);
       onOpen?.(s.data.ch!);
     },

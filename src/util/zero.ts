@@ -1,11 +1,13 @@
-/** True when every byte is zero. Compares 8 bytes at a time; images are mostly data or mostly holes. */
+// All-zero detection: memcmp against a shared zero buffer (native, ~30 GB/s here). A JS
+// loop over a BigUint64Array ran at ~450 MB/s and allocated a BigInt per word, which on a
+// 1 GiB image cost seconds of CPU and a busy garbage collector on both hosts.
+const ZEROS = new Uint8Array(4 * 1024 * 1024);
+
+/** True when every byte is zero. */
 export function isZero(b: Uint8Array): boolean {
-  // A word view needs an 8-byte-aligned start: check the bytes before it one by one.
-  const head = (8 - (b.byteOffset & 7)) & 7;
-  if (b.length < head + 8) return b.every((x) => x === 0);
-  for (let i = 0; i < head; i++) if (b[i] !== 0) return false;
-  const words = new BigUint64Array(b.buffer, b.byteOffset + head, (b.length - head) >>> 3);
-  for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
-  for (let i = head + (words.length << 3); i < b.length; i++) if (b[i] !== 0) return false;
+  for (let at = 0; at < b.length; at += ZEROS.length) {
+    const n = Math.min(ZEROS.length, b.length - at);
+    if (Buffer.compare(b.subarray(at, at + n), ZEROS.subarray(0, n)) !== 0) return false;
+  }
   return true;
 }
