@@ -12,6 +12,8 @@ import type { DestHypervisor, SourceHypervisor } from "./types.ts";
 
 const POLL_MS = 50;
 const MIGRATION_TIMEOUT_MS = 60 * 60 * 1000;
+/** How long a destination QEMU that does not listen yet is waited for. */
+const LISTEN_WAIT_MS = 60_000;
 
 interface MigrateInfo {
   status?: string;
@@ -51,9 +53,14 @@ export class QemuSource implements SourceHypervisor {
 
   async moveMemory(whileWaiting: () => Promise<void>): Promise<{ pausedAt: number }> {
     const qmp = this.qmp!;
+    const end = Date.now() + MIGRATION_TIMEOUT_MS;
+    // The destination QEMU listens only once it has opened its disk, which our dest serves
+    // only after the source authenticated: on a small disk we can get here first. So a
+    // refused connection is retried for a while, as an operator would.
+    const refusedUntil = Date.now() + LISTEN_WAIT_MS;
+    let started = false;
     await qmp.execute("migrate", { uri: this.opts.migrateUri });
     this.log.info(`QEMU migrates memory to ${this.opts.migrateUri}`);
-    const end = Date.now() + MIGRATION_TIMEOUT_MS;
     let lastPoll = 0;
     for (;;) {
       await whileWaiting();
@@ -63,9 +70,18 @@ export class QemuSource implements SourceHypervisor {
       }
       lastPoll = Date.now();
       const m = await qmp.execute<MigrateInfo>("query-migrate");
+      if (m.status === "active" && !started) {
+        started = true;
+        this.log.info("QEMU memory migration under way");
+      }
       if (m.status === "pre-switchover") {
         this.log.info("QEMU paused the VM at the source (pre-switchover); its writes are flushed");
         return { pausedAt: this.stoppedAt ?? performance.now() };
+      }
+      if (m.status === "failed" && !started && /Connection refused/i.test(m["error-desc"] ?? "") && Date.now() < refusedUntil) {
+        await Bun.sleep(250);
+        await qmp.execute("migrate", { uri: this.opts.migrateUri });
+        continue;
       }
       if (m.status === "failed" || m.status === "cancelled")
         throw new HypervisorError(`QEMU's memory migration ${m.status}${m["error-desc"] ? `: ${m["error-desc"]}` : ""}`);

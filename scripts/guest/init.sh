@@ -1,0 +1,48 @@
+#!/bin/busybox sh
+# /init of the real-VM test's guest (busybox initramfs, Debian's kernel, TCG).
+# It writes numbered records to random 4 KiB blocks of its disk, each with O_DIRECT, and
+# prints one serial line per acknowledged write:  GUEST W i=<n> off=<block>
+# so the host can check afterwards that the last write to every block is on the disk.
+# It also re-reads one of its recent writes each round (the record of what it wrote lives
+# in tmpfs, guest RAM, which migrates with the VM) and prints GUEST VERIFY-FAIL on a
+# mismatch: a lost write shows inside the guest too.
+# Kernel parameters: slp=S (pause per round, default 0.05).
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs run /run
+# Debian builds the virtio drivers as modules; this order satisfies their dependencies.
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
+  insmod /lib/modules/$m.ko || echo "GUEST insmod $m failed"
+done
+n=0
+while [ ! -b /dev/vda ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done
+[ -b /dev/vda ] || { echo "GUEST NO-DISK"; exec sleep 3600; }
+SLP=0.05
+for a in $(cat /proc/cmdline); do case "$a" in slp=*) SLP=${a#slp=} ;; esac; done
+BLOCKS=$(($(cat /sys/block/vda/size) / 8))
+mkdir -p /run/last /run/recent
+echo "GUEST BOOTED blocks=$BLOCKS"
+i=0
+while true; do
+  i=$((i + 1))
+  off=$(((RANDOM * 32768 + RANDOM) % BLOCKS))
+  if printf 'CNT %010d OFF %08d\n' $i $off | dd of=/dev/vda bs=4096 seek=$off count=1 conv=sync,notrunc oflag=direct status=none; then
+    echo $i > /run/last/$off
+    echo $off > /run/recent/$((i % 64))
+    echo "GUEST W i=$i off=$off"
+  else
+    echo "GUEST WRITE-ERR i=$i off=$off"
+  fi
+  # Re-read one of the last 64 writes from the device itself.
+  k=$((RANDOM % (i < 64 ? i : 64)))
+  voff=$(cat /run/recent/$(((i - k) % 64)) 2>/dev/null)
+  if [ -n "$voff" ]; then
+    want=$(printf 'CNT %010d OFF %08d' "$(cat /run/last/$voff)" "$voff")
+    got=$(dd if=/dev/vda bs=4096 skip=$voff count=1 iflag=direct status=none | head -c 30)
+    [ "$got" = "$want" ] || echo "GUEST VERIFY-FAIL i=$i off=$voff want='$want' got='$got'"
+  fi
+  sleep $SLP
+done

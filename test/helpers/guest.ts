@@ -1,0 +1,114 @@
+// The real-VM test's guest under QEMU (TCG: /dev/kvm does not work on these machines),
+// and what its serial console says. The guest (scripts/guest/init.sh) prints one line per
+// acknowledged disk write; each line is stamped with the host's clock as it arrives.
+import type { Subprocess } from "bun";
+import { closeSync, openSync, readSync } from "node:fs";
+import { join } from "node:path";
+import { QmpClient } from "../../src/hypervisor/qmp.ts";
+import { logger } from "../../src/log.ts";
+import { REPO, sh } from "./serve-process.ts";
+
+export const GUEST_DIR = join(REPO, ".cache", "guest");
+
+export async function buildGuest(): Promise<void> {
+  await sh(["bash", join(REPO, "scripts", "guest", "build.sh"), GUEST_DIR]);
+}
+
+export interface SerialLine {
+  t: number; // Date.now() when the line arrived
+  text: string;
+}
+
+export interface Guest {
+  proc: Subprocess;
+  lines: SerialLine[];
+  qmpPath: string;
+  qmp(): Promise<QmpClient>;
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<SerialLine>;
+  writes(): { i: number; off: number; t: number }[];
+  failures(): string[];
+  stop(): Promise<void>;
+}
+
+/** Starts QEMU with the guest; its disk is the NBD server on `nbdSocket` (waited for, up to openTimeout s). */
+export function startGuest(opts: { name: string; dir: string; nbdSocket: string; netnsExec?: string[]; incoming?: string; openTimeout?: number }): Guest {
+  const qmpPath = join(opts.dir, `${opts.name}.qmp`);
+  const argv = [
+    ...(opts.netnsExec ?? []),
+    "qemu-system-x86_64", "-name", opts.name, "-accel", "tcg", "-m", "128", "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
+    "-kernel", join(GUEST_DIR, "vmlinux"), "-initrd", join(GUEST_DIR, "initrd.gz"), "-append", "console=ttyS0 quiet panic=-1 slp=0.05",
+    "-serial", "stdio", "-qmp", `unix:${qmpPath},server=on,wait=off`,
+    "-blockdev", `driver=nbd,node-name=disk0,server.type=unix,server.path=${opts.nbdSocket},export=vm,open-timeout=${opts.openTimeout ?? 30}`,
+    "-device", "virtio-blk-pci,drive=disk0,id=vblk0",
+    ...(opts.incoming ? ["-incoming", opts.incoming] : []),
+  ];
+  const proc = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const lines: SerialLine[] = [];
+  let partial = "";
+  (async () => {
+    for await (const chunk of proc.stdout) {
+      partial += new TextDecoder().decode(chunk);
+      const parts = partial.split("\n");
+      partial = parts.pop()!;
+      for (const text of parts) lines.push({ t: Date.now(), text: text.replace(/\r$/, "") });
+    }
+  })();
+  let stderr = "";
+  (async () => {
+    for await (const chunk of proc.stderr) stderr += new TextDecoder().decode(chunk);
+  })();
+  const guest: Guest = {
+    proc,
+    lines,
+    qmpPath,
+    qmp: () => QmpClient.connect(qmpPath, logger("test-qmp")),
+    async waitFor(pattern, timeoutMs = 60_000) {
+      const end = Date.now() + timeoutMs;
+      for (;;) {
+        const hit = lines.find((l) => pattern.test(l.text));
+        if (hit) return hit;
+        if (proc.exitCode !== null) throw new Error(`QEMU ${opts.name} exited ${proc.exitCode}: ${stderr}\n${lines.map((l) => l.text).join("\n")}`);
+        if (Date.now() > end) throw new Error(`QEMU ${opts.name}: no ${pattern} within ${timeoutMs} ms: ${stderr}\n${lines.slice(-5).map((l) => l.text).join("\n")}`);
+        await Bun.sleep(50);
+      }
+    },
+    writes() {
+      return lines.flatMap((l) => {
+        const m = /^GUEST W i=(\d+) off=(\d+)/.exec(l.text);
+        return m ? [{ i: Number(m[1]), off: Number(m[2]), t: l.t }] : [];
+      });
+    },
+    failures() {
+      return lines.filter((l) => /VERIFY-FAIL|WRITE-ERR|NO-DISK/.test(l.text)).map((l) => l.text);
+    },
+    async stop() {
+      proc.kill("SIGKILL");
+      await proc.exited;
+    },
+  };
+  return guest;
+}
+
+/**
+ * The host-side check: for every block the guest wrote (as its serial lines say, on
+ * either host), the image holds that block's last write. Returns the blocks that do not.
+ */
+export function lostWrites(image: string, writes: { i: number; off: number }[]): { off: number; want: string; got: string }[] {
+  const last = new Map<number, number>();
+  for (const w of writes) last.set(w.off, Math.max(last.get(w.off) ?? 0, w.i));
+  const fd = openSync(image, "r");
+  const RECORD = 27; // "CNT %010d OFF %08d"
+  const buf = Buffer.alloc(RECORD);
+  const lost: { off: number; want: string; got: string }[] = [];
+  try {
+    for (const [off, i] of last) {
+      readSync(fd, buf, 0, RECORD, off * 4096);
+      const want = `CNT ${String(i).padStart(10, "0")} OFF ${String(off).padStart(8, "0")}`;
+      const got = buf.toString("latin1");
+      if (got !== want) lost.push({ off, want, got: got.replace(/\0/g, ".") });
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return lost;
+}
