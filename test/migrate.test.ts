@@ -334,7 +334,7 @@ describe("over SSH (a real sshd on loopback)", () => {
 });
 
 describe("failures before the point of no return leave the source untouched", () => {
-  test("wrong secret: exit 3, clear message, source still writable and not recording", async () => {
+  test("wrong secret: exit 3, clear message, source still writable and not recording; dest waits on for the right one", async () => {
     const h = await hosts(8, 1);
     await withPair(h, async ({ srv, dst }) => {
       const wrong = await secretFile(join(h.a, "wrong"), "another-secret-of-enough-length");
@@ -347,6 +347,9 @@ describe("failures before the point of no return leave the source untouched", ()
       await c.go();
       expect(await c.write(0, Buffer.alloc(512, 2))).toBe(0);
       c.disconnect();
+      // The destination turned that connection away and waits on: the right secret gets through.
+      await dst.waitFor("refused a connection");
+      expect((await source(h, dst.port, ["--secret-file", h.secret])).code).toBe(0);
     }, ["--secret-file", h.secret]);
   });
 

@@ -6,7 +6,8 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { openSync, writeSync, closeSync } from "node:fs";
 import { join } from "node:path";
 import { ExitCode } from "../src/errors.ts";
-import { MsgType } from "../src/net/protocol.ts";
+import { msg, MsgType, PROTOCOL_VERSION } from "../src/net/protocol.ts";
+import { connectTcp } from "../src/net/channel.ts";
 import { startProxy } from "./helpers/proxy.ts";
 import { hosts, MiB, missingWrites, removeHosts, source, spawnSource, withPair, writable, writer } from "./helpers/migration.ts";
 import { randomFile, sh, startDest, startServe } from "./helpers/serve-process.ts";
@@ -203,6 +204,24 @@ describe("one migration of a disk at a time", () => {
       await dst.waitFor("now serving");
       await sh(["cmp", h.image, h.destImage]);
       expect((await srv.ctl.status()).mode).toBe("fenced");
+    });
+  });
+});
+
+describe("a peer speaking another protocol version", () => {
+  test("dest answers a HELLO of another version with ERROR naming both versions, and waits on for a real source", async () => {
+    const h = await hosts(4, 1);
+    await withPair(h, async ({ dst }) => {
+      const ch = await connectTcp("127.0.0.1", dst.port);
+      await ch.send({ ...msg.hello({ nonce: "00".repeat(16), name: "vm", size: 4 * MiB, blockSize: 65536, recording: "x" }), version: PROTOCOL_VERSION + 1 });
+      const err = await ch.recv(5000).catch((e: Error) => e);
+      expect(String((err as { message?: string }).message)).toContain(`protocol version ${PROTOCOL_VERSION + 1} is not supported; this destination speaks ${PROTOCOL_VERSION}`);
+      ch.close();
+      await dst.waitFor(`source speaks protocol ${PROTOCOL_VERSION + 1}`);
+      // Still waiting: a real source migrates.
+      const run = await source(h, dst.port, ["--insecure"]);
+      expect(run.code).toBe(0);
+      await dst.waitFor("now serving");
     });
   });
 });

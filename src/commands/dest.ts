@@ -81,14 +81,18 @@ export default defineCommand({
       },
     });
     if (args.stdio) {
-      if ((await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()))) === "dropped") throw new ReceiveError("the ssh link broke; run the migration again");
+      const outcome = await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()));
+      if (outcome === "dropped") throw new ReceiveError("the ssh link broke; run the migration again");
+      if (outcome === "rejected") throw new ReceiveError("the source's handshake failed (see above)");
     } else {
       const conns = connections(args.listen!, args.name, log);
-      for (let first = true; ; first = false) {
+      for (let started = false; ; ) {
         // Wait for the first source as long as it takes; for a resume, a bounded time.
-        const ch = await conns.next(first ? Number.MAX_SAFE_INTEGER : Number(args["resume-timeout"]) * 1000);
+        const ch = await conns.next(started ? Number(args["resume-timeout"]) * 1000 : Number.MAX_SAFE_INTEGER);
         if (!ch) throw new ReceiveError(`the source did not come back within ${args["resume-timeout"]} s`);
-        if ((await receiver.serve(ch)) === "completed") break;
+        const outcome = await receiver.serve(ch);
+        if (outcome === "completed") break;
+        if (outcome === "dropped") started = true;
       }
       conns.close();
     }

@@ -69,7 +69,8 @@ function writeSparse(image: FileBackend, offset: number, data: Uint8Array): void
   }
 }
 
-export type ServeOutcome = "completed" | "dropped";
+/** completed; dropped: the link broke, a resume may follow; rejected: the handshake failed, nothing changed. */
+export type ServeOutcome = "completed" | "dropped" | "rejected";
 
 /**
  * One migration's receiving side. It outlives a connection: when the stream breaks before
@@ -96,8 +97,17 @@ export class Receiver {
       ch.close();
       throw new ReceiveError(`a connection arrived while the migration is ${this.state.kind}`);
     }
+    let hello: Hello;
     try {
-      const hello = await destHandshake(ch, this.opts.creds);
+      hello = await destHandshake(ch, this.opts.creds);
+    } catch (err) {
+      // A stranger, a wrong secret or another version: turn this connection away and
+      // wait on for the real source (anyone who can reach the port must not end us).
+      this.opts.log.warn(`refused a connection: ${describeError(err).replace(/\n\s*/g, "; ")}`);
+      await ch.shutdown(500);
+      return "rejected";
+    }
+    try {
       await this.accept(ch, hello);
       await ch.send(msg.ready(this.bulkDone ? hello.size : this.bulkOffset, this.nextSeq ?? 0n, !this.fresh));
       if (!this.fresh && !this.bulkDone) this.streamBaseHashes(ch, hello);
