@@ -100,7 +100,11 @@ export default defineCommand({
     // The disk is verified and served from here on, whatever the hypervisor says next: a
     // VM that fails to start here is an operator's call, not a reason to drop its disk.
     await hv.release().then(
-      () => hv.kind !== "none" && log.info(`the VM runs here (${hv.kind})`),
+      ({ runningAt }) => {
+        if (hv.kind === "none") return;
+        log.info(`the VM runs here (${hv.kind}) since ${new Date(runningAt).toISOString()}`);
+        if (args.json && !args.stdio) process.stdout.write(`${JSON.stringify({ event: "running", hypervisor: hv.kind, at: runningAt })}\n`);
+      },
       (err) => log.error(`${describeError(err)}\nthe disk is verified and served here; start the VM by hand`),
     );
     if (args.stdio) {

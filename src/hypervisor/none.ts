@@ -15,6 +15,8 @@ export class NoSourceHypervisor implements SourceHypervisor {
 
 export class NoDestHypervisor implements DestHypervisor {
   readonly kind = "none" as const;
-  async release(): Promise<void> {}
+  async release(): Promise<{ runningAt: number }> {
+    return { runningAt: Date.now() };
+  }
   close(): void {}
 }

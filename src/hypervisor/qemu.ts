@@ -134,13 +134,18 @@ export class QemuDest implements DestHypervisor {
     private readonly log: Logger,
   ) {}
 
-  async release(): Promise<void> {
+  async release(): Promise<{ runningAt: number }> {
     const qmp = await QmpClient.connect(this.opts.qmp, this.log);
+    let resumedAt: number | undefined;
+    qmp.onEvent((e) => {
+      if (e.event === "RESUME" && e.timestamp) resumedAt = e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000;
+    });
     try {
       const end = Date.now() + MIGRATION_TIMEOUT_MS;
       for (;;) {
         const st = await qmp.execute<{ status: string }>("query-status");
-        if (st.status === "running") return;
+        // QEMU's RESUME event has the instant when we saw it; else the poll that found it running.
+        if (st.status === "running") return { runningAt: resumedAt ?? Date.now() };
         // Started with -S: the incoming migration is done, the start is ours to give.
         if (st.status === "paused" && (await qmp.execute<MigrateInfo>("query-migrate")).status === "completed") await qmp.execute("cont");
         if (Date.now() > end) throw new HypervisorError(`the destination VM is still ${st.status}`);

@@ -37,7 +37,7 @@ export interface SourceHypervisor {
 
 export interface DestHypervisor {
   readonly kind: HypervisorKind;
-  /** The disk is verified and served: run the VM here; resolves when it runs. */
-  release(): Promise<void>;
+  /** The disk is verified and served: run the VM here; resolves when it runs, with that instant (wall clock, ms). */
+  release(): Promise<{ runningAt: number }>;
   close(): void;
 }

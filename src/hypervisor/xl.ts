@@ -91,9 +91,10 @@ export class XlDest implements DestHypervisor {
     private readonly log: Logger,
   ) {}
 
-  async release(): Promise<void> {
+  async release(): Promise<{ runningAt: number }> {
     await runXl(["unpause", this.opts.domain], this.log, `unpausing ${this.opts.domain}`);
     this.log.info(`xl unpause ${this.opts.domain}: the domain runs here`);
+    return { runningAt: Date.now() };
   }
 
   close(): void {}

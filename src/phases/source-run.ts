@@ -241,6 +241,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
 
       if (hv.kind !== "none") emit("memory");
       const { pausedAt } = await hv.moveMemory(() => catchUp.round());
+      if (hv.kind !== "none") o.onEvent?.({ event: "paused", at: Math.round(Date.now() - (performance.now() - pausedAt)) });
       if (hv.pointOfNoReturn === "memory-moved") {
         stage.vmGone = true;
         o.log.info(`point of no return: the VM has left (${hv.kind}); handing its disk over`);
