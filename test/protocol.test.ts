@@ -19,6 +19,8 @@ const all: Message[] = [
   msg.barrier(1000n, 4096, "00".repeat(32)),
   msg.checksum("22".repeat(32)),
   msg.done("11".repeat(32)),
+  msg.redirect({ mode: "vxlan", iface: "wm-web1", vni: 4242, table: 4242, oldIp: "192.0.2.10", sourceAddr: "198.51.100.1", destAddr: "203.0.113.2", newIp: "203.0.113.10", idleMs: 30000 }),
+  msg.redirectReady("wm-web1"),
   msg.error("disk full at the destination"),
 ];
 

@@ -4,6 +4,8 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { runCommand } from "../util/run.ts";
 import { destHypervisor } from "../hypervisor/index.ts";
+import { recoverStaleJournal } from "../redirect/journal.ts";
+import { Redirect } from "../redirect/redirect.ts";
 import { logger, redirectLogsTo, setLogLevel } from "../log.ts";
 import type { Channel } from "../net/channel.ts";
 import { listenTcp, pipeChannel, stdoutSink } from "../net/channel.ts";
@@ -41,6 +43,35 @@ async function copyBase(base: string, image: string, log: ReturnType<typeof logg
   log.info(`image ${image} starts as a copy of ${base} (${r.durationMs} ms)`);
 }
 
+/** The interface this host routes an address through (where the VM sits, by its new address). */
+async function routeDevice(ip: string, log: ReturnType<typeof logger>): Promise<string | undefined> {
+  const out = (await runCommand(["ip", "-j", "route", "get", ip], log)).stdout;
+  return (JSON.parse(out) as { dev?: string }[])[0]?.dev;
+}
+
+/** Runs connections from the source until the migration completes (TCP: resumes included). */
+async function receive(args: { stdio: boolean; listen?: string; name: string; "resume-timeout": string }, receiver: Receiver, log: ReturnType<typeof logger>): Promise<void> {
+  if (args.stdio) {
+    const outcome = await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()));
+    if (outcome === "dropped") throw new ReceiveError("the ssh link broke; run the migration again");
+    if (outcome === "rejected") throw new ReceiveError("the source's handshake failed (see above)");
+    return;
+  }
+  const conns = connections(args.listen!, args.name, log);
+  try {
+    for (let started = false; ; ) {
+      // Wait for the first source as long as it takes; for a resume, a bounded time.
+      const ch = await conns.next(started ? Number(args["resume-timeout"]) * 1000 : Number.MAX_SAFE_INTEGER);
+      if (!ch) throw new ReceiveError(`the source did not come back within ${args["resume-timeout"]} s`);
+      const outcome = await receiver.serve(ch);
+      if (outcome === "completed") return;
+      if (outcome === "dropped") started = true;
+    }
+  } finally {
+    conns.close();
+  }
+}
+
 export default defineCommand({
   meta: { name: "dest", description: "Receive a migrating VM's disk, then serve it here (holding its I/O until consistent)" },
   args: {
@@ -53,6 +84,7 @@ export default defineCommand({
     hypervisor: { type: "enum", options: ["none", "xl", "qemu"], description: "who runs the VM here once its disk is verified: none, xl (unpause DOMAIN), qemu (wait until it runs)", default: "none" },
     domain: { type: "string", description: "with xl: the domain to unpause", valueHint: "DOMAIN" },
     qmp: { type: "string", description: "with qemu: the destination QEMU's QMP socket", valueHint: "unix:PATH" },
+    "vm-dev": { type: "string", description: "with a network redirect: the interface behind which the VM sits on this host (default: the route to its new address)", valueHint: "DEV" },
     stdio: { type: "boolean", description: "speak the protocol on stdin/stdout (run by `ssh HOST wanmig dest --stdio`; SSH authenticates)", default: false },
     "secret-file": { type: "string", description: "shared secret (both sides prove they know it; it is never sent)", valueHint: "F" },
     insecure: { type: "boolean", description: "accept a source without a secret", default: false },
@@ -68,7 +100,9 @@ export default defineCommand({
     const creds = args.stdio ? { secret: args["secret-file"] ? credentials(args, "dest").secret : undefined } : credentials(args, "dest");
     const hv = destHypervisor(args, log);
     if (args.base) await copyBase(args.base, args.image, log);
+    await recoverStaleJournal(args["run-dir"], args.name, log);
     let svc: DiskService | undefined;
+    let redirect: Redirect | undefined;
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
     const receiver = new Receiver({
@@ -79,24 +113,35 @@ export default defineCommand({
         // A QEMU waiting for the incoming migration reads its disk at start-up: let reads through (nbd-server.ts).
         svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], hold: held, holdWritesOnly: hv.kind === "qemu", log: serveLog });
       },
+      onRedirect: async (m) => {
+        const vmDev = args["vm-dev"] ?? (m.newIp ? await routeDevice(m.newIp, log) : undefined);
+        if (!vmDev) throw new UsageError("the network redirect needs the VM's interface here", "pass --vm-dev DEV to dest, or --new-ip to source");
+        const spec = { mode: m.mode, iface: m.iface, local: m.destAddr, remote: m.sourceAddr, oldIp: m.oldIp, vni: m.vni, table: m.table };
+        redirect = await Redirect.dest(spec, vmDev, { runDir: args["run-dir"], name: args.name }, log);
+        redirectIdleMs = m.idleMs;
+        log.info(`redirect: ${m.mode} tunnel ${m.iface} from ${m.sourceAddr} up; ${m.oldIp} is delivered to ${vmDev}, its replies go back through the tunnel`);
+      },
     });
-    if (args.stdio) {
-      const outcome = await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()));
-      if (outcome === "dropped") throw new ReceiveError("the ssh link broke; run the migration again");
-      if (outcome === "rejected") throw new ReceiveError("the source's handshake failed (see above)");
-    } else {
-      const conns = connections(args.listen!, args.name, log);
-      for (let started = false; ; ) {
-        // Wait for the first source as long as it takes; for a resume, a bounded time.
-        const ch = await conns.next(started ? Number(args["resume-timeout"]) * 1000 : Number.MAX_SAFE_INTEGER);
-        if (!ch) throw new ReceiveError(`the source did not come back within ${args["resume-timeout"]} s`);
-        const outcome = await receiver.serve(ch);
-        if (outcome === "completed") break;
-        if (outcome === "dropped") started = true;
-      }
-      conns.close();
+    let redirectIdleMs = 0;
+    // Whatever ends the migration early, this host's redirect end must not outlive it.
+    const undoRedirect = () => redirect?.teardown().catch((err) => log.error(describeError(err)));
+    try {
+      await receive(args, receiver, log);
+    } catch (err) {
+      await undoRedirect();
+      throw err;
     }
     release();
+    if (redirect) {
+      const r = redirect;
+      r.teardownWhenIdle(redirectIdleMs).then(
+        ({ lastPacketAt }) => {
+          log.info(`redirect: no packet through ${r.spec.iface} for ${redirectIdleMs} ms; torn down`);
+          if (args.json && !args.stdio) process.stdout.write(`${JSON.stringify({ event: "redirect-teardown", lastPacketAt, at: Date.now() })}\n`);
+        },
+        (err) => log.error(describeError(err)),
+      );
+    }
     // The disk is verified and served from here on, whatever the hypervisor says next: a
     // VM that fails to start here is an operator's call, not a reason to drop its disk.
     await hv.release().then(
@@ -120,8 +165,9 @@ export default defineCommand({
     } else if (args.json) process.stdout.write(`${JSON.stringify({ event: "done", name: args.name, image: args.image })}\n`);
     log.info(`migration complete: now serving ${args.name}`);
     await new Promise<void>((resolve) => {
-      const stop = () => {
+      const stop = async () => {
         svc?.stop();
+        await undoRedirect(); // a clean exit leaves no network change behind
         resolve();
       };
       process.once("SIGINT", stop);

@@ -12,6 +12,8 @@ import { jsonArg, logArg, nameArg, runDirArg } from "./_shared.ts";
 import { credentials, parseHostPort } from "./_migration.ts";
 import { UsageError } from "../errors.ts";
 import { sourceHypervisor } from "../hypervisor/index.ts";
+import type { RedirectOptions } from "../phases/redirect.ts";
+import { recoverStaleJournal } from "../redirect/journal.ts";
 import { progressReporter } from "./_progress.ts";
 import type { ThrottleParams } from "../disk/throttle-policy.ts";
 import { parseDuration } from "../util/duration.ts";
@@ -78,6 +80,35 @@ function summary(name: string, m: MigrationMetrics): string {
   return `migrated ${name} in ${(m.migrationTimeMs / 1000).toFixed(1)} s\n${rows.map(([k, v]) => `  ${k.padEnd(17)}${v}`).join("\n")}\n`;
 }
 
+function redirectOptions(args: Record<string, unknown>): RedirectOptions | undefined {
+  const oldIp = args["old-ip"] as string | undefined;
+  const dnsFlags = ["dns-name", "dns-server", "dns-key"].filter((k) => args[k] !== undefined);
+  if (!oldIp) {
+    if (args["new-ip"] || dnsFlags.length) throw new UsageError("--new-ip and --dns-* need --old-ip (the address to redirect)");
+    return undefined;
+  }
+  if (dnsFlags.length && dnsFlags.length < 3) throw new UsageError("a DNS update needs --dns-name, --dns-server and --dns-key together");
+  if (dnsFlags.length && !args["new-ip"]) throw new UsageError("a DNS update needs --new-ip");
+  let dns: RedirectOptions["dns"];
+  if (dnsFlags.length) {
+    const server = String(args["dns-server"]);
+    const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(server);
+    if (!m) throw new UsageError(`cannot read --dns-server ${server}`, "write HOST or HOST:PORT");
+    const ttl = Number(args["dns-ttl"]);
+    if (!Number.isSafeInteger(ttl) || ttl < 0) throw new UsageError(`--dns-ttl ${args["dns-ttl"]} is not a number of seconds`);
+    dns = { name: String(args["dns-name"]), server: m[1]!.replace(/^\[|\]$/g, ""), port: Number(m[2] ?? 53), keyFile: String(args["dns-key"]), ttl };
+  }
+  return {
+    mode: args.tunnel as RedirectOptions["mode"],
+    oldIp,
+    newIp: args["new-ip"] as string | undefined,
+    idleMs: parseDuration(String(args["tunnel-idle"])),
+    local: args["tunnel-local"] as string | undefined,
+    remote: args["tunnel-remote"] as string | undefined,
+    dns,
+  };
+}
+
 export default defineCommand({
   meta: { name: "source", description: "Migrate a locally served disk to a waiting `wanmig dest`" },
   args: {
@@ -95,6 +126,16 @@ export default defineCommand({
     bandwidth: { type: "string", description: "cap the migration stream: 5mbit, 100mbit, 10MB (per second)", valueHint: "RATE" },
     "throttle-threshold": { type: "string", description: "throttle the VM's writes once this many deltas are queued (doubling at 2N, 4N, ...)", valueHint: "N" },
     "throttle-delay": { type: "string", description: "the first throttle step's delay per write (doubling with each step): 2ms, 500us", valueHint: "DURATION" },
+    "old-ip": { type: "string", description: "redirect: the VM's address here, tunnelled to the destination so open connections survive", valueHint: "ADDR" },
+    "new-ip": { type: "string", description: "redirect: the VM's address at the destination (DNS is pointed at it)", valueHint: "ADDR" },
+    tunnel: { type: "enum", options: ["vxlan", "ipip", "gre"], description: "redirect: the tunnel's kind", default: "vxlan" },
+    "tunnel-idle": { type: "string", description: "redirect: tear the tunnel down after this long without a packet", default: "60s", valueHint: "DURATION" },
+    "tunnel-local": { type: "string", description: "redirect: this host's tunnel address (default: the migration connection's)", valueHint: "ADDR" },
+    "tunnel-remote": { type: "string", description: "redirect: the destination host's tunnel address (default: the migration connection's)", valueHint: "ADDR" },
+    "dns-name": { type: "string", description: "redirect: the VM's DNS name, updated to --new-ip (RFC 2136)", valueHint: "FQDN" },
+    "dns-server": { type: "string", description: "redirect: the DNS server taking the update", valueHint: "HOST[:PORT]" },
+    "dns-key": { type: "string", description: "redirect: the TSIG key file for nsupdate -k", valueHint: "FILE" },
+    "dns-ttl": { type: "string", description: "redirect: the new record's TTL (seconds)", default: "30", valueHint: "SECONDS" },
     hypervisor: { type: "enum", options: ["none", "xl", "qemu"], description: "who moves the memory: none (storage only), xl (Xen), qemu (QMP)", default: "none" },
     domain: { type: "string", description: "with xl: the domain to migrate", valueHint: "DOMAIN" },
     "xl-ssh": { type: "string", description: "with xl: the command xl migrate uses to reach the destination (its -s)", valueHint: "CMD" },
@@ -113,7 +154,9 @@ export default defineCommand({
     // Over SSH, SSH authenticates and encrypts; a secret file is still honoured if given.
     const creds = ssh && !args["secret-file"] ? {} : credentials(args, "source");
     const hypervisor = sourceHypervisor(args, destHostOf(args.to), log);
-    const m = await runSource({
+    if (args["old-ip"]) await recoverStaleJournal(args["run-dir"], args.name, log);
+    const { metrics: m, redirect } = await runSource({
+      redirect: redirectOptions(args),
       hypervisor,
       name: args.name,
       runDir: args["run-dir"],
@@ -131,5 +174,16 @@ export default defineCommand({
       onEvent: args.json ? (e) => process.stdout.write(`${JSON.stringify(e)}\n`) : progress.onEvent,
     }).finally(() => progress.end());
     if (!args.json) process.stdout.write(summary(args.name, m));
+    if (redirect) {
+      // The migration is done and reported; the tunnel stays until nothing uses it.
+      const idleMs = parseDuration(args["tunnel-idle"]);
+      log.info(`redirect: waiting until ${redirect.spec.iface} carries no packet for ${args["tunnel-idle"]}`);
+      const emit = (e: Record<string, unknown>) => args.json && process.stdout.write(`${JSON.stringify(e)}\n`);
+      const stop = () => redirect.teardown().finally(() => process.exit(130));
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+      const { lastPacketAt } = await redirect.teardownWhenIdle(idleMs);
+      emit({ event: "redirect-teardown", lastPacketAt, at: Date.now() });
+    }
   },
 });

@@ -74,6 +74,9 @@ export class Channel {
   bytesReceived = 0;
   /** We told the peer we give up (so an abort path does not say it twice). */
   errorSent = false;
+  /** Over TCP: this end's and the peer's addresses (the network redirect's tunnel endpoints). */
+  localAddress?: string;
+  remoteAddress?: string;
 
   constructor(private socket: ByteWriter) {
     this.out = new SocketWriter(socket);
@@ -274,6 +277,8 @@ function handlers(onOpen?: (ch: Channel) => void) {
     open(s: Socket<Holder>) {
       s.data = { ch: new Channel(s as Socket<unknown>) };
       s.data.ch!.flow = { pause: () => s.pause(), resume: () => s.resume() };
+      s.data.ch!.localAddress = s.localAddress;
+      s.data.ch!.remoteAddress = s.remoteAddress;
       s.setNoDelay(true);
       onOpen?.(s.data.ch!);
     },

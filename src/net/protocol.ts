@@ -21,6 +21,9 @@
 //     |------------------------------------------------------->|
 //     | ACK bulkOffset seq    (applied up to here)              |  after bursts
 //     |<-------------------------------------------------------|
+//     | REDIRECT  {tunnel: mode, iface, vni, table, oldIp,      |  optional, before the
+//     |            sourceAddr, destAddr}                       |  VM pauses: dest sets
+//     |<------------------------------------ REDIRECT_READY {} |  up its tunnel end
 //     | BARRIER   {lastSeq, size, digest}   after the fence     |
 //     | [CHECKSUM {digest}]  when BARRIER's digest was empty:   |  both sides finish the
 //     |                      the source hashed meanwhile        |  digest at the same time
@@ -47,12 +50,13 @@
 // data messages (BULK, ZERO, DELTA, ACK) a fixed binary header and the data.
 //
 // Versioning: HELLO carries PROTOCOL_VERSION; dest refuses another major version with
-// ERROR before anything else is said. New message types need a new version; unknown
+// ERROR before anything else is said. 2: region digest, base hashes, the recording named
+// in HELLO; 3: REDIRECT. New message types need a new version; unknown
 // types, oversize lengths and bad checksums are errors, never guesses.
 
 import { ProtocolError } from "./errors.ts";
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 export const FRAME_MAGIC = 0x574d4731; // "WMG1"
 export const FRAME_HEADER_LEN = 12;
 export const FRAME_TRAILER_LEN = 4;
@@ -73,6 +77,8 @@ export const MsgType = {
   BARRIER: 20,
   DONE: 21,
   CHECKSUM: 22,
+  REDIRECT: 23,
+  REDIRECT_READY: 24,
   ERROR: 30,
 } as const;
 export type MsgTypeValue = (typeof MsgType)[keyof typeof MsgType];
@@ -160,6 +166,26 @@ export interface Checksum {
   type: typeof MsgType.CHECKSUM;
   digest: string;
 }
+/** The source asks the destination to set up its end of the network redirect (src/redirect/). */
+export interface Redirect {
+  type: typeof MsgType.REDIRECT;
+  mode: "vxlan" | "ipip" | "gre";
+  iface: string;
+  vni: number;
+  table: number;
+  oldIp: string;
+  /** The tunnel's outer endpoints: the source host's and the destination host's addresses. */
+  sourceAddr: string;
+  destAddr: string;
+  /** The VM's new address ("" if not given): the destination finds the VM's interface by it. */
+  newIp: string;
+  /** Tear the tunnel down after this long without a packet. */
+  idleMs: number;
+}
+export interface RedirectReady {
+  type: typeof MsgType.REDIRECT_READY;
+  iface: string;
+}
 export interface Done {
   type: typeof MsgType.DONE;
   digest: string;
@@ -169,7 +195,7 @@ export interface ErrorMsg {
   message: string;
 }
 
-export type Message = Hello | Welcome | Auth | Ready | Bulk | Zero | Delta | Ack | BulkEnd | BaseHashes | Barrier | Checksum | Done | ErrorMsg;
+export type Message = Hello | Welcome | Auth | Ready | Bulk | Zero | Delta | Ack | BulkEnd | BaseHashes | Barrier | Checksum | Redirect | RedirectReady | Done | ErrorMsg;
 
 /** Named constructors: the only way messages are made, so every field is always set. */
 export const msg = {
@@ -186,10 +212,12 @@ export const msg = {
   barrier: (lastSeq: bigint, size: number, digest: string): Barrier => ({ type: MsgType.BARRIER, lastSeq: lastSeq.toString(), size, digest }),
   checksum: (digest: string): Checksum => ({ type: MsgType.CHECKSUM, digest }),
   done: (digest: string): Done => ({ type: MsgType.DONE, digest }),
+  redirect: (p: Omit<Redirect, "type">): Redirect => ({ type: MsgType.REDIRECT, ...p }),
+  redirectReady: (iface: string): RedirectReady => ({ type: MsgType.REDIRECT_READY, iface }),
   error: (message: string): ErrorMsg => ({ type: MsgType.ERROR, message }),
 };
 
-const JSON_TYPES = new Set<number>([MsgType.HELLO, MsgType.WELCOME, MsgType.AUTH, MsgType.READY, MsgType.BULK_END, MsgType.BARRIER, MsgType.CHECKSUM, MsgType.DONE, MsgType.ERROR]);
+const JSON_TYPES = new Set<number>([MsgType.HELLO, MsgType.WELCOME, MsgType.AUTH, MsgType.READY, MsgType.BULK_END, MsgType.BARRIER, MsgType.CHECKSUM, MsgType.REDIRECT, MsgType.REDIRECT_READY, MsgType.DONE, MsgType.ERROR]);
 
 export function typeName(t: number): string {
   for (const [k, v] of Object.entries(MsgType)) if (v === t) return k;
@@ -309,6 +337,14 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
       return decodeJson<Barrier>(type, payload, (v) => isStr(v.lastSeq) && isNum(v.size) && isStr(v.digest));
     case MsgType.CHECKSUM:
       return decodeJson<Checksum>(type, payload, (v) => isStr(v.digest));
+    case MsgType.REDIRECT:
+      return decodeJson<Redirect>(
+        type,
+        payload,
+        (v) => ["vxlan", "ipip", "gre"].includes(v.mode as string) && isStr(v.iface) && /^[\w.-]{1,15}$/.test(v.iface as string) && isNum(v.vni) && isNum(v.table) && isStr(v.oldIp) && isStr(v.sourceAddr) && isStr(v.destAddr) && isStr(v.newIp) && isNum(v.idleMs),
+      );
+    case MsgType.REDIRECT_READY:
+      return decodeJson<RedirectReady>(type, payload, (v) => isStr(v.iface));
     case MsgType.DONE:
       return decodeJson<Done>(type, payload, (v) => isStr(v.digest));
     case MsgType.ERROR:

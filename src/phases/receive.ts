@@ -20,7 +20,7 @@ import { type Channel, ChannelClosed, peerAborted } from "../net/channel.ts";
 import { describeError } from "../errors.ts";
 import { decompress } from "../net/compress.ts";
 import { ProtocolError } from "../net/errors.ts";
-import { type Barrier, DeltaOp, type Hello, msg, MsgType, typeName } from "../net/protocol.ts";
+import { type Barrier, DeltaOp, type Hello, msg, MsgType, type Redirect as RedirectMsg, typeName } from "../net/protocol.ts";
 import type { Logger } from "../log.ts";
 import { isZero } from "../util/zero.ts";
 import { bulkResumeOffset, sendBaseHashes } from "./base-hashes.ts";
@@ -88,7 +88,16 @@ export class Receiver {
   /** Regions below this one are complete in bulk order and hashed (or dirtied since). */
   private bulkHashedTo = 0;
 
-  constructor(private readonly opts: { image: string; creds: Credentials; log: Logger; onAuthenticated?: (hello: Hello) => Promise<void> }) {}
+  constructor(
+    private readonly opts: {
+      image: string;
+      creds: Credentials;
+      log: Logger;
+      onAuthenticated?: (hello: Hello) => Promise<void>;
+      /** The source asks for this end of the network redirect (src/redirect/); a failure aborts the migration. */
+      onRedirect?: (m: RedirectMsg, ch: Channel) => Promise<void>;
+    },
+  ) {}
 
   /** Runs one connection; "dropped" means the link broke and a resume is possible. */
   async serve(ch: Channel): Promise<ServeOutcome> {
@@ -191,6 +200,11 @@ export class Receiver {
           this.nextSeq = m.seq + 1n;
           break;
         }
+        case MsgType.REDIRECT:
+          if (!this.opts.onRedirect) throw new ReceiveError("the source asked for a network redirect, which this destination does not do");
+          await this.opts.onRedirect(m, ch);
+          await ch.send(msg.redirectReady(m.iface));
+          break;
         case MsgType.BARRIER:
           return this.finish(ch, m);
         case MsgType.ERROR:

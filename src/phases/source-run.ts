@@ -16,6 +16,8 @@ import { CatchUp } from "./catch-up.ts";
 import { NoSourceHypervisor } from "../hypervisor/none.ts";
 import type { SourceHypervisor } from "../hypervisor/types.ts";
 import { HypervisorError } from "../hypervisor/errors.ts";
+import type { Redirect } from "../redirect/redirect.ts";
+import { completeRedirect, type RedirectOptions, setUpRedirect } from "./redirect.ts";
 import { ExitCode } from "../errors.ts";
 import { BulkReadLog } from "./coalesce.ts";
 import { statSync } from "node:fs";
@@ -37,6 +39,8 @@ export interface SourceOptions {
   mode?: "live" | "freeze-and-copy";
   /** paper: send every delta; coalesce: drop those the bulk copy carries or a later one covers. */
   deltas?: "paper" | "coalesce";
+  /** Tunnel the VM's old address and update DNS (phase 5), if given. */
+  redirect?: RedirectOptions;
   /** Who moves the memory (default: none, storage only). */
   hypervisor?: SourceHypervisor;
   /** --throttle-threshold / --throttle-delay: set on the serve before recording starts. */
@@ -72,7 +76,13 @@ export interface MigrationMetrics {
   reconnects: number;
 }
 
-export async function runSource(o: SourceOptions): Promise<MigrationMetrics> {
+/** The metrics, and the network redirect still up (the caller waits for it to go idle). */
+export interface SourceResult {
+  metrics: MigrationMetrics;
+  redirect?: Redirect;
+}
+
+export async function runSource(o: SourceOptions): Promise<SourceResult> {
   const t0 = performance.now();
   const ctl = new ControlClient(controlSocketPath(o.runDir, o.name));
   const emit = (phase: string, extra: Record<string, unknown> = {}) => o.onEvent?.({ event: "phase", phase, ...extra });
@@ -88,6 +98,7 @@ export async function runSource(o: SourceOptions): Promise<MigrationMetrics> {
   const blockSize = o.blockSize ?? 64 * 1024;
 
   if (o.mode === "freeze-and-copy") {
+    if (o.redirect) throw new InitError("--mode freeze-and-copy does not redirect the network", { hint: "use --mode live, or drop --old-ip" });
     emit("init");
     let ch: Channel;
     try {
@@ -95,7 +106,7 @@ export async function runSource(o: SourceOptions): Promise<MigrationMetrics> {
     } catch (cause) {
       throw new InitError("cannot connect to the destination", { cause });
     }
-    return freezeAndCopy(ch, ctl, status, blockSize, o, t0);
+    return { metrics: await freezeAndCopy(ch, ctl, status, blockSize, o, t0) };
   }
   return live(ctl, status, blockSize, o, t0);
 }
@@ -173,13 +184,14 @@ interface LiveStage {
   vmGone: boolean;
 }
 
-async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, o: SourceOptions, t0: number): Promise<MigrationMetrics> {
+async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, o: SourceOptions, t0: number): Promise<SourceResult> {
   const emit = (phase: string, extra: Record<string, unknown> = {}) => o.onEvent?.({ event: "phase", phase, ...extra });
   const hv = o.hypervisor ?? new NoSourceHypervisor();
   const stage: LiveStage = { recording: false, fenced: false, vmGone: false };
   let logPath: string | undefined;
   let deltas: DeltaStreamer | undefined;
   let ch: Channel | undefined;
+  let redirect: Redirect | undefined;
   const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0, baseBlocks: 0 };
   const carried = o.deltas === "paper" ? undefined : new BulkReadLog();
   const check = { image: status.image, digests: new RegionDigests(status.size) };
@@ -239,6 +251,11 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       const catchUp = new CatchUp(ctl, deltas, check, status.size, (p) => o.onEvent?.({ event: "progress", phase: "deltas", ...p }));
       await catchUp.untilSmall();
 
+      // Phase 5 starts before the pause: both tunnel ends up, nothing routed into it yet.
+      if (o.redirect && !redirect) {
+        emit("redirect");
+        redirect = await setUpRedirect(ch, o.redirect, { runDir: o.runDir, name: o.name }, o.log);
+      }
       if (hv.kind !== "none") emit("memory");
       const { pausedAt } = await hv.moveMemory(() => catchUp.round());
       if (hv.kind !== "none") o.onEvent?.({ event: "paused", at: Math.round(Date.now() - (performance.now() - pausedAt)) });
@@ -257,6 +274,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       }
       await hv.complete();
       const resumedAt = performance.now();
+      if (redirect) await completeRedirect(redirect, o.redirect!, o.log, (e) => o.onEvent?.(e));
       const end = await ctl.status();
       await ctl.stopRecording();
       deltaStats = addDeltaStats(deltaStats, deltas);
@@ -276,7 +294,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       deltas.close();
       ch.close();
       hv.close();
-      return metrics;
+      return { metrics, redirect };
     } catch (caught) {
       let err = caught;
       if (ch) {
@@ -300,6 +318,8 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         continue;
       }
       if (err instanceof HypervisorError && err.unsafe) stage.vmGone = true; // never resume a VM that may run elsewhere
+      // The VM stays (or comes back) here: its old address must not go into a tunnel.
+      if (redirect && !stage.vmGone) await redirect.teardown().catch((e) => o.log.error(`redirect: ${(e as Error).message}`));
       const final = await abortLive(ctl, hv, stage, err, o.log);
       hv.close();
       throw final;

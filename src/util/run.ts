@@ -32,11 +32,11 @@ export interface CommandResult {
 }
 
 /** Runs a command to completion; throws CommandError unless it exits 0. */
-export async function runCommand(argv: string[], log: Logger, opts: { timeoutMs?: number } = {}): Promise<CommandResult> {
+export async function runCommand(argv: string[], log: Logger, opts: { timeoutMs?: number; input?: string } = {}): Promise<CommandResult> {
   const start = performance.now();
   let proc;
   try {
-    proc = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe", timeout: opts.timeoutMs });
+    proc = Bun.spawn(argv, { stdin: opts.input === undefined ? "ignore" : new TextEncoder().encode(opts.input), stdout: "pipe", stderr: "pipe", timeout: opts.timeoutMs, env: process.env });
   } catch (cause) {
     throw new CommandError(argv, null, "", { cause });
   }
