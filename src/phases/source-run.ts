@@ -85,7 +85,7 @@ export interface SourceResult {
 export async function runSource(o: SourceOptions): Promise<SourceResult> {
   const t0 = performance.now();
   const ctl = new ControlClient(controlSocketPath(o.runDir, o.name));
-  const emit = (phase: string, extra: Record<string, unknown> = {}) => o.onEvent?.({ event: "phase", phase, ...extra });
+  const emit = (phase: string, extra: Record<string, unknown> = {}) => o.onEvent?.({ event: "phase", phase, at: Date.now(), ...extra });
   let status;
   try {
     status = await ctl.status();
@@ -185,7 +185,7 @@ interface LiveStage {
 }
 
 async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, o: SourceOptions, t0: number): Promise<SourceResult> {
-  const emit = (phase: string, extra: Record<string, unknown> = {}) => o.onEvent?.({ event: "phase", phase, ...extra });
+  const emit = (phase: string, extra: Record<string, unknown> = {}) => o.onEvent?.({ event: "phase", phase, at: Date.now(), ...extra });
   const hv = o.hypervisor ?? new NoSourceHypervisor();
   const stage: LiveStage = { recording: false, fenced: false, vmGone: false };
   let logPath: string | undefined;
