@@ -7,7 +7,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=$(mkdir -p "${1:-$HERE/../../.cache/guest}" && cd "${1:-$HERE/../../.cache/guest}" && pwd)
-if [ -s "$OUT/vmlinux" ] && [ -s "$OUT/initrd.gz" ] && [ "$OUT/initrd.gz" -nt "$HERE/init.sh" ]; then exit 0; fi
+if [ -s "$OUT/vmlinux" ] && [ -s "$OUT/initrd.gz" ] && [ "$OUT/initrd.gz" -nt "$HERE/init.sh" ] && [ "$OUT/initrd.gz" -nt "$0" ]; then exit 0; fi
 cd "$OUT"
 # The kernel linux-image-amd64 points at (6.1.0-N-amd64 on Debian 12).
 KPKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
@@ -16,9 +16,10 @@ if [ ! -s kernel.deb ]; then
   apt-get download "$KPKG" >/dev/null 2>&1 || { apt-get update -qq && apt-get download "$KPKG" >/dev/null; }
   mv "${KPKG}"_*.deb kernel.deb
 fi
-# Only the kernel image and six modules (the whole package unpacks to ~400 MB).
+# Only the kernel image and nine modules (the whole package unpacks to ~400 MB).
 rm -rf kpkg && mkdir kpkg
-dpkg-deb --fsys-tarfile kernel.deb | tar -x -C kpkg --wildcards './boot/vmlinuz-*' '*/drivers/virtio/virtio*.ko' '*/drivers/block/virtio_blk.ko'
+dpkg-deb --fsys-tarfile kernel.deb | tar -x -C kpkg --wildcards './boot/vmlinuz-*' '*/drivers/virtio/virtio*.ko' '*/drivers/block/virtio_blk.ko' \
+  '*/net/core/failover.ko' '*/drivers/net/net_failover.ko' '*/drivers/net/virtio_net.ko'
 # vmlinuz carries the kernel as an xz stream: take it out for a PVH boot of the ELF.
 /usr/bin/python3 - "kpkg/boot/vmlinuz-$KVER" vmlinux <<'PY'
 import lzma, sys
@@ -29,7 +30,8 @@ PY
 M=kpkg/lib/modules/$KVER/kernel
 rm -rf initrd && mkdir -p initrd/{bin,dev,proc,sys,run,lib/modules}
 cp /bin/busybox initrd/bin/ && ln -s busybox initrd/bin/sh
-cp $M/drivers/virtio/{virtio_ring,virtio,virtio_pci_modern_dev,virtio_pci_legacy_dev,virtio_pci}.ko $M/drivers/block/virtio_blk.ko initrd/lib/modules/
+cp $M/drivers/virtio/{virtio_ring,virtio,virtio_pci_modern_dev,virtio_pci_legacy_dev,virtio_pci}.ko $M/drivers/block/virtio_blk.ko \
+  $M/net/core/failover.ko $M/drivers/net/{net_failover,virtio_net}.ko initrd/lib/modules/
 cp "$HERE/init.sh" initrd/init && chmod +x initrd/init
 # No devtmpfs mount before /init runs: /dev/console must be in the archive.
 mknod -m 600 initrd/dev/console c 5 1

@@ -6,7 +6,9 @@
 # It also re-reads one of its recent writes each round (the record of what it wrote lives
 # in tmpfs, guest RAM, which migrates with the VM) and prints GUEST VERIFY-FAIL on a
 # mismatch: a lost write shows inside the guest too.
-# Kernel parameters: slp=S (pause per round, default 0.05).
+# Kernel parameters: slp=S (pause per round, default 0.05); gip=ADDR/LEN and ggw=GATEWAY
+# give eth0 an address and a default route, and start a TCP echo server on port 7777 (the
+# open connection that must survive a migration).
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -14,14 +16,23 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs run /run
 # Debian builds the virtio drivers as modules; this order satisfies their dependencies.
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net; do
   insmod /lib/modules/$m.ko || echo "GUEST insmod $m failed"
 done
 n=0
 while [ ! -b /dev/vda ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done
 [ -b /dev/vda ] || { echo "GUEST NO-DISK"; exec sleep 3600; }
 SLP=0.05
-for a in $(cat /proc/cmdline); do case "$a" in slp=*) SLP=${a#slp=} ;; esac; done
+GIP=
+GGW=
+for a in $(cat /proc/cmdline); do
+  case "$a" in slp=*) SLP=${a#slp=} ;; gip=*) GIP=${a#gip=} ;; ggw=*) GGW=${a#ggw=} ;; esac
+done
+ip link set lo up
+if [ -n "$GIP" ]; then
+  ip link set eth0 up && ip addr add "$GIP" dev eth0 && { [ -z "$GGW" ] || ip route add default via "$GGW"; } && echo "GUEST NET eth0 $GIP"
+  nc -ll -p 7777 -e cat &
+fi
 BLOCKS=$(($(cat /sys/block/vda/size) / 8))
 mkdir -p /run/last /run/recent
 echo "GUEST BOOTED blocks=$BLOCKS"

@@ -31,15 +31,25 @@ export interface Guest {
 }
 
 /** Starts QEMU with the guest; its disk is the NBD server on `nbdSocket` (waited for, up to openTimeout s). */
-export function startGuest(opts: { name: string; dir: string; nbdSocket: string; netnsExec?: string[]; incoming?: string; openTimeout?: number }): Guest {
+export function startGuest(opts: {
+  name: string;
+  dir: string;
+  nbdSocket: string;
+  netnsExec?: string[];
+  incoming?: string;
+  openTimeout?: number;
+  /** A NIC on this tap device (in the QEMU's namespace), and the guest's address/gateway (init.sh's gip=, ggw=). */
+  nic?: { tap: string; gip: string; ggw: string };
+}): Guest {
   const qmpPath = join(opts.dir, `${opts.name}.qmp`);
   const argv = [
     ...(opts.netnsExec ?? []),
     "qemu-system-x86_64", "-name", opts.name, "-accel", "tcg", "-m", "128", "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
-    "-kernel", join(GUEST_DIR, "vmlinux"), "-initrd", join(GUEST_DIR, "initrd.gz"), "-append", "console=ttyS0 quiet panic=-1 slp=0.05",
+    "-kernel", join(GUEST_DIR, "vmlinux"), "-initrd", join(GUEST_DIR, "initrd.gz"), "-append", `console=ttyS0 quiet panic=-1 slp=0.05${opts.nic ? ` gip=${opts.nic.gip} ggw=${opts.nic.ggw}` : ""}`,
     "-serial", "stdio", "-qmp", `unix:${qmpPath},server=on,wait=off`,
     "-blockdev", `driver=nbd,node-name=disk0,server.type=unix,server.path=${opts.nbdSocket},export=vm,open-timeout=${opts.openTimeout ?? 30}`,
     "-device", "virtio-blk-pci,drive=disk0,id=vblk0",
+    ...(opts.nic ? ["-netdev", `tap,id=n0,ifname=${opts.nic.tap},script=no,downscript=no`, "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"] : []),
     ...(opts.incoming ? ["-incoming", opts.incoming] : []),
   ];
   const proc = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });

@@ -1,0 +1,119 @@
+// The redirect with a real VM: the guest (QEMU, TCG) has a virtio NIC on a tap device at
+// each host, holds its address through the move, and a client's TCP connection to it
+// (the guest's echo server) must survive the live migration, through the VXLAN tunnel.
+//   client ns C --veth-- host A (tap0: the guest, its disk on serve) --veth-- host B (tap0, dest, QEMU -incoming)
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+import { buildGuest, startGuest } from "./helpers/guest.ts";
+import { MAIN, REPO, secretFile, sh, sparseFile, startServe, tempDir, watchStderr } from "./helpers/serve-process.ts";
+
+const dir = tempDir("wanmig-vmnet-");
+const o = 200 + (process.pid % 50);
+const id = `${process.pid % 10000}`;
+const ns = { C: `wnC${id}`, A: `wnA${id}`, B: `wnB${id}` };
+const ip = { client: `10.${o}.1.2`, aLan: `10.${o}.1.1`, aWan: `10.${o}.2.1`, bWan: `10.${o}.2.2`, gw: `10.${o}.5.1`, guest: `10.${o}.5.10` };
+const procs: Subprocess[] = [];
+const stops: (() => Promise<unknown>)[] = [];
+const ipIn = (n: string, ...argv: string[]) => sh(["ip", "-n", n, ...argv]);
+
+function spawnIn(n: string, argv: string[], what: string) {
+  const proc = Bun.spawn(["ip", "netns", "exec", n, ...argv], { stdin: "ignore", stdout: "pipe", stderr: "pipe" }) as Subprocess<"ignore", "pipe", "pipe">;
+  procs.push(proc);
+  let out = "";
+  (async () => {
+    for await (const c of proc.stdout) out += new TextDecoder().decode(c);
+  })();
+  return { proc, log: watchStderr(proc, what), out: () => out };
+}
+
+async function waitUntil(check: () => boolean, what: string, timeoutMs = 60_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(50);
+  }
+}
+
+beforeAll(async () => {
+  await buildGuest();
+  for (const n of Object.values(ns)) await sh(["ip", "netns", "add", n]);
+  const veth = async (a: string, aDev: string, aCidr: string, b: string, bDev: string, bCidr: string) => {
+    await sh(["ip", "link", "add", `${aDev}${id}`, "mtu", "1600", "type", "veth", "peer", "name", `${bDev}${id}`, "mtu", "1600"]);
+    for (const [n, dev, cidr] of [[a, aDev, aCidr], [b, bDev, bCidr]] as const) {
+      await sh(["ip", "link", "set", `${dev}${id}`, "netns", n]);
+      await ipIn(n, "addr", "add", cidr, "dev", `${dev}${id}`);
+      await ipIn(n, "link", "set", `${dev}${id}`, "up");
+    }
+  };
+  for (const n of Object.values(ns)) await ipIn(n, "link", "set", "lo", "up");
+  await veth(ns.C, "c0", `${ip.client}/24`, ns.A, "a0", `${ip.aLan}/24`);
+  await veth(ns.A, "a1", `${ip.aWan}/24`, ns.B, "b1", `${ip.bWan}/24`);
+  await ipIn(ns.C, "route", "add", "default", "via", ip.aLan);
+  // Each host gives the guest the same gateway on its tap: the guest need not know it moved.
+  for (const n of [ns.A, ns.B]) {
+    await ipIn(n, "tuntap", "add", "dev", "tap0", "mode", "tap");
+    await ipIn(n, "addr", "add", `${ip.gw}/24`, "dev", "tap0");
+    await ipIn(n, "link", "set", "tap0", "up");
+  }
+  await sh(["ip", "netns", "exec", ns.A, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+}, 300_000);
+
+afterAll(async () => {
+  for (const s of stops) await s().catch(() => undefined);
+  for (const p of procs) p.kill("SIGKILL");
+  for (const n of Object.values(ns)) await sh(["ip", "netns", "del", n], { allowFail: true });
+  dir.remove();
+});
+
+describe("a real VM's open TCP connection across a live migration (--hypervisor qemu, --tunnel vxlan)", () => {
+  test("the client's connection to the guest keeps exchanging data; the guest carries on at B", async () => {
+    const a = join(dir.path, "A");
+    const b = join(dir.path, "B");
+    await sh(["mkdir", "-p", a, b]);
+    const image = join(a, "vm.img");
+    await sparseFile(image, 64 * 1024 * 1024);
+    const secret = await secretFile(join(dir.path, "secret"));
+    const srv = await startServe({ image, runDir: a });
+    stops.push(() => srv.stop());
+    const nic = { tap: "tap0", gip: `${ip.guest}/24`, ggw: ip.gw };
+    const src = startGuest({ name: "src", dir: a, nbdSocket: srv.socket, netnsExec: ["ip", "netns", "exec", ns.A], nic });
+    stops.push(() => src.stop());
+    await src.waitFor(/GUEST W i=1 /, 90_000);
+
+    const client = spawnIn(ns.C, [process.execPath, join(REPO, "test", "helpers", "tcp-probe.ts"), "client", ip.guest, "7777"], "probe client");
+    await waitUntil(() => client.out().includes("connected"), "the client's connection to the guest", 30_000);
+    const echoes = () => Number(/"echoes":(\d+)\}\n$/.exec(client.out())?.[1] ?? 0);
+    await waitUntil(() => echoes() > 5, "echoes from the guest");
+
+    const dest = spawnIn(ns.B, [
+      process.execPath, MAIN, "dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b, "--listen", `${ip.bWan}:7300`, "--secret-file", secret,
+      "--hypervisor", "qemu", "--qmp", `unix:${join(b, "dst.qmp")}`, "--vm-dev", "tap0", "--json",
+    ], "dest");
+    await dest.log.waitFor("listening on");
+    const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: ["ip", "netns", "exec", ns.B], incoming: `tcp:${ip.bWan}:4444`, openTimeout: 120, nic });
+    stops.push(() => dst.stop());
+    const source = spawnIn(ns.A, [
+      process.execPath, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", `${ip.bWan}:7300`, "--secret-file", secret, "--json",
+      "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", `tcp:${ip.bWan}:4444`,
+      "--old-ip", ip.guest, "--tunnel", "vxlan", "--tunnel-idle", "2s",
+    ], "source");
+    await waitUntil(() => source.out().includes('"event":"done"'), "the migration", 180_000);
+    await dest.log.waitFor("the VM runs here (qemu)", 60_000);
+    const before = echoes();
+    const writesBefore = dst.writes().length;
+    await Bun.sleep(3000);
+    expect(echoes()).toBeGreaterThan(before + 20); // the same connection, now through the tunnel to B
+    expect(dst.writes().length).toBeGreaterThan(writesBefore + 3);
+    client.proc.kill("SIGTERM");
+    await client.proc.exited;
+    const probe = JSON.parse(client.out().trim().split("\n").find((l) => l.includes('"sent"'))!);
+    expect(probe.broke).toBeNull();
+    expect(src.failures()).toEqual([]);
+    expect(dst.failures()).toEqual([]);
+    expect(await source.proc.exited).toBe(0); // after the idle time: torn down
+    console.log(`real VM over the redirect: longest gap of a 50 ms probe ${probe.longestGapMs} ms; ${probe.sent} probes, ${probe.echoes} echoes`);
+    dest.proc.kill("SIGTERM");
+    await dest.proc.exited;
+  }, 300_000);
+});
