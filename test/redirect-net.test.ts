@@ -78,8 +78,8 @@ afterAll(async () => {
 });
 
 /** A real named in the source host's namespace, serving example.test with a TSIG key allowed to update web1. */
-async function startNamed(): Promise<{ keyFile: string; dig(): Promise<string> }> {
-  const d = join(dir.path, "named");
+async function startNamed(where = ns.S, tag = "named"): Promise<{ keyFile: string; dig(): Promise<string> }> {
+  const d = join(dir.path, tag);
   await sh(["mkdir", "-p", d]);
   const secret = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64");
   const keyFile = join(d, "ddns.key");
@@ -90,9 +90,9 @@ async function startNamed(): Promise<{ keyFile: string; dig(): Promise<string> }
       `include "${keyFile}";\nzone "example.test" { type primary; file "${d}/example.test.zone"; update-policy { grant wanmig-ddns name web1.example.test A; }; };\n`,
   );
   writeFileSync(join(d, "example.test.zone"), `$TTL 60\n@ IN SOA ns.example.test. admin.example.test. 1 60 60 600 60\n@ IN NS ns.example.test.\nns IN A 127.0.0.1\nweb1 IN A ${ip.oldIp}\n`);
-  const named = spawnIn(ns.S, ["named", "-g", "-c", join(d, "named.conf")], "named");
+  const named = spawnIn(where, ["named", "-g", "-c", join(d, "named.conf")], "named");
   await named.log.waitFor("all zones loaded", 20_000);
-  return { keyFile, dig: async () => (await inNs(ns.S, "dig", "@127.0.0.1", "-p", String(DNS_PORT), "web1.example.test", "A", "+short")).stdout.trim() };
+  return { keyFile, dig: async () => (await inNs(where, "dig", "@127.0.0.1", "-p", String(DNS_PORT), "web1.example.test", "A", "+short")).stdout.trim() };
 }
 
 describe("redirect with --tunnel vxlan, between network namespaces", () => {
@@ -170,4 +170,23 @@ describe("redirect with --tunnel vxlan, between network namespaces", () => {
     );
     dest.proc.kill("SIGTERM");
   }, 120_000);
+});
+
+describe("dynamic DNS against a real named", () => {
+  test("a wrong TSIG key is refused by named and reported as such; the record is unchanged", async () => {
+    const named = await startNamed(ns.D, "named-wrongkey");
+    const wrongKey = join(dir.path, "wrong.key");
+    writeFileSync(wrongKey, `key "wanmig-ddns" { algorithm hmac-sha256; secret "${Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64")}"; };\n`);
+    const script = join(dir.path, "update.ts");
+    writeFileSync(
+      script,
+      `import { updateDns } from ${JSON.stringify(join(REPO, "src", "redirect", "dns.ts"))};\n` +
+        `import { logger } from ${JSON.stringify(join(REPO, "src", "log.ts"))};\n` +
+        `await updateDns({ name: "web1.example.test", server: "127.0.0.1", port: ${DNS_PORT}, keyFile: ${JSON.stringify(wrongKey)}, ttl: 5 }, ${JSON.stringify(ip.oldIp)}, "10.0.0.99", logger("t")).then(() => console.log("updated"), (e) => console.log("ERR " + e.message));\n`,
+    );
+    // nsupdate runs where named is (the destination host's namespace, its loopback).
+    const out = (await inNs(ns.D, process.execPath, script)).stdout;
+    expect(out).toContain("ERR DNS update of web1.example.test to 10.0.0.99: the DNS server refused the TSIG key");
+    expect(await named.dig()).toBe(ip.oldIp);
+  }, 60_000);
 });
