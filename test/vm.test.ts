@@ -94,7 +94,7 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
     const runningAt = JSON.parse(destOut.trim().split("\n").find((l) => l.includes('"running"'))!).at as number;
     const fig = summary(s.src, dst);
     console.log(
-      `real VM: migration ${done.migrationTimeMs} ms; downtime: paused at A -> running at B ${runningAt - pausedAt} ms ` +
+      `real VM: migration ${done.migrationTimeMs} ms; downtime: paused at A -> running at B ${Math.round(runningAt - pausedAt)} ms ` +
         `(source's view ${done.downtimeMs} ms, storage ${done.storageDowntimeMs} ms); guest serial gap ${fig.serialGapMs} ms; writes A ${fig.srcWrites}, B ${fig.dstWrites}`,
     );
     expect(runningAt).toBeGreaterThan(pausedAt);
