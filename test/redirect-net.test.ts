@@ -10,7 +10,8 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { journalPath } from "../src/redirect/journal.ts";
 import { tunnelSpec } from "../src/phases/redirect.ts";
-import { MAIN, REPO, sh, sparseFile, startServe, tempDir, watchStderr } from "./helpers/serve-process.ts";
+import { spawnInNs, waitUntil } from "./helpers/netns.ts";
+import { MAIN, REPO, sh, sparseFile, startServe, tempDir } from "./helpers/serve-process.ts";
 
 const dir = tempDir("wanmig-redir-");
 const o = 150 + (process.pid % 50);
@@ -24,23 +25,8 @@ const DNS_PORT = 5300 + (process.pid % 600);
 const inNs = (n: string, ...argv: string[]) => sh(["ip", "netns", "exec", n, ...argv]);
 const ipIn = (n: string, ...argv: string[]) => sh(["ip", "-n", n, ...argv]);
 
-function spawnIn(n: string, argv: string[], what: string) {
-  const proc = Bun.spawn(["ip", "netns", "exec", n, ...argv], { stdin: "ignore", stdout: "pipe", stderr: "pipe" }) as Subprocess<"ignore", "pipe", "pipe">;
-  procs.push(proc);
-  let out = "";
-  (async () => {
-    for await (const c of proc.stdout) out += new TextDecoder().decode(c);
-  })();
-  return { proc, log: watchStderr(proc, what), out: () => out };
-}
+const spawnIn = (n: string, argv: string[], what: string) => spawnInNs(n, argv, what, procs);
 
-async function waitUntil(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 30_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(50);
-  }
-}
 
 beforeAll(async () => {
   for (const n of Object.values(ns)) await sh(["ip", "netns", "add", n]);

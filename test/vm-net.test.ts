@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { buildGuest, startGuest } from "./helpers/guest.ts";
-import { MAIN, REPO, secretFile, sh, sparseFile, startServe, tempDir, watchStderr } from "./helpers/serve-process.ts";
+import { spawnInNs, waitUntil } from "./helpers/netns.ts";
+import { MAIN, REPO, secretFile, sh, sparseFile, startServe, tempDir } from "./helpers/serve-process.ts";
 
 const dir = tempDir("wanmig-vmnet-");
 const o = 200 + (process.pid % 50);
@@ -17,23 +18,8 @@ const procs: Subprocess[] = [];
 const stops: (() => Promise<unknown>)[] = [];
 const ipIn = (n: string, ...argv: string[]) => sh(["ip", "-n", n, ...argv]);
 
-function spawnIn(n: string, argv: string[], what: string) {
-  const proc = Bun.spawn(["ip", "netns", "exec", n, ...argv], { stdin: "ignore", stdout: "pipe", stderr: "pipe" }) as Subprocess<"ignore", "pipe", "pipe">;
-  procs.push(proc);
-  let out = "";
-  (async () => {
-    for await (const c of proc.stdout) out += new TextDecoder().decode(c);
-  })();
-  return { proc, log: watchStderr(proc, what), out: () => out };
-}
+const spawnIn = (n: string, argv: string[], what: string) => spawnInNs(n, argv, what, procs);
 
-async function waitUntil(check: () => boolean, what: string, timeoutMs = 60_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(50);
-  }
-}
 
 beforeAll(async () => {
   await buildGuest();

@@ -11,8 +11,8 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { ExitCode } from "../src/errors.ts";
 import { buildGuest, type Guest, lostWrites, startGuest } from "./helpers/guest.ts";
-import { hostPair, type HostPair } from "./helpers/netns.ts";
-import { MAIN, secretFile, sh, sparseFile, startServe, tempDir, watchStderr } from "./helpers/serve-process.ts";
+import { hostPair, type HostPair, spawnInNs } from "./helpers/netns.ts";
+import { MAIN, secretFile, sh, sparseFile, startServe, tempDir } from "./helpers/serve-process.ts";
 
 const dir = tempDir("wanmig-vm-");
 let net: HostPair;
@@ -25,15 +25,14 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
+  for (const p of procs) p.kill("SIGKILL");
   await net?.remove();
   dir.remove();
 });
 
-function spawnIn(ns: string, args: string[]) {
-  const proc = Bun.spawn([...net.exec(ns), process.execPath, MAIN, ...args], { stdin: "ignore", stdout: "pipe", stderr: "pipe" }) as Subprocess<"ignore", "pipe", "pipe">;
-  cleanups.push(() => proc.kill("SIGKILL"));
-  return { proc, log: watchStderr(proc, args[0]!) };
-}
+const procs: Subprocess[] = [];
+/** wanmig inside a namespace. */
+const spawnIn = (ns: string, args: string[]) => spawnInNs(ns, [process.execPath, MAIN, ...args], args[0]!, procs);
 
 /** Host A with the guest running and writing, host B waiting with dest and QEMU -incoming. */
 async function guestOnA(name: string) {
@@ -65,10 +64,6 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
       "dest", "--name", "vm", "--image", s.destImage, "--run-dir", s.b, "--listen", `${net.b.ip}:${port}`, "--secret-file", s.secret,
       "--hypervisor", "qemu", "--qmp", `unix:${join(s.b, "dst.qmp")}`, "--json",
     ]);
-    let destOut = "";
-    (async () => {
-      for await (const c of dest.proc.stdout) destOut += new TextDecoder().decode(c);
-    })();
     await dest.log.waitFor("listening on");
     // QEMU at B opens its disk at start-up, before any data is there: dest lets that read through.
     const dst = startGuest({ name: "dst", dir: s.b, nbdSocket: join(s.b, "vm.nbd"), netnsExec: net.exec(net.b.ns), incoming: `tcp:${net.b.ip}:4444`, openTimeout: 120 });
@@ -78,7 +73,9 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
       "source", "--name", "vm", "--run-dir", s.a, "--to", `${net.b.ip}:${port}`, "--secret-file", s.secret, "--json",
       "--hypervisor", "qemu", "--qmp", `unix:${s.src.qmpPath}`, "--migrate-uri", `tcp:${net.b.ip}:4444`,
     ]);
-    const [code, out] = await Promise.all([source.proc.exited, new Response(source.proc.stdout).text()]);
+    const code = await source.proc.exited;
+    await Bun.sleep(50); // the last stdout line
+    const out = source.out();
     expect(source.log.text()).toContain("point of no return: the destination verified the disk");
     expect(code).toBe(0);
     await dest.log.waitFor("the VM runs here (qemu)", 60_000);
@@ -91,7 +88,7 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
     // Downtime measured, not taken from QEMU: the source's pause (QEMU's STOP) to the
     // destination's run (its RESUME), both on this host's clock.
     const pausedAt = events.find((e) => e.event === "paused").at as number;
-    const runningAt = JSON.parse(destOut.trim().split("\n").find((l) => l.includes('"running"'))!).at as number;
+    const runningAt = JSON.parse(dest.out().trim().split("\n").find((l) => l.includes('"running"'))!).at as number;
     const fig = summary(s.src, dst);
     console.log(
       `real VM: migration ${done.migrationTimeMs} ms; downtime: paused at A -> running at B ${Math.round(runningAt - pausedAt)} ms ` +

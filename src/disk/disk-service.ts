@@ -7,6 +7,7 @@
 //   Recording   appends to the delta log in the same turn as the image write
 //   File        the image
 
+import { processAlive } from "../util/process.ts";
 import { chmodSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { ServeError } from "../errors.ts";
@@ -53,14 +54,6 @@ export interface ServeStatus {
   fence: { fenced: boolean; refusedWrites: number };
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 export function defaultNbdEndpoint(runDir: string, name: string): Endpoint {
   return { kind: "unix", path: join(runDir, `${name}.nbd`) };

@@ -3,6 +3,7 @@
 // the list backwards and forgives "already gone", so it is safe to repeat after a crash
 // (ours, or the host's); a journal left by a dead process is undone on the next start.
 
+import { processAlive } from "../util/process.ts";
 import { existsSync, readFileSync, renameSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ExitCode, WanmigError } from "../errors.ts";
@@ -107,14 +108,6 @@ export async function undoChanges(path: string, file: JournalFile, log: Logger):
   return left;
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 /** On start: a journal whose process is gone is undone now (a crash must leave nothing behind). */
 export async function recoverStaleJournal(runDir: string, name: string, log: Logger): Promise<void> {

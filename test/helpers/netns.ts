@@ -1,6 +1,7 @@
 // Two "hosts" as network namespaces joined by a veth pair (10.<n>.0.1 and 10.<n>.0.2),
 // with unique names (other namespaces may exist on the machine). Needs root.
-import { sh } from "./serve-process.ts";
+import type { Subprocess } from "bun";
+import { sh, watchStderr } from "./serve-process.ts";
 
 export interface HostPair {
   a: { ns: string; ip: string };
@@ -45,4 +46,23 @@ export async function hostPair(): Promise<HostPair> {
     throw err;
   }
   return pair;
+}
+
+/** A process inside a namespace, with its stdout collected and its stderr watched. `procs` collects it for cleanup. */
+export function spawnInNs(ns: string, argv: string[], what: string, procs: Subprocess[]) {
+  const proc = Bun.spawn(["ip", "netns", "exec", ns, ...argv], { stdin: "ignore", stdout: "pipe", stderr: "pipe" }) as Subprocess<"ignore", "pipe", "pipe">;
+  procs.push(proc);
+  let out = "";
+  (async () => {
+    for await (const c of proc.stdout) out += new TextDecoder().decode(c);
+  })();
+  return { proc, log: watchStderr(proc, what), out: () => out };
+}
+
+export async function waitUntil(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 60_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(50);
+  }
 }
