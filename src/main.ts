@@ -4,11 +4,10 @@
 // migration that aborted safely, so errors map to the documented table in errors.ts.
 
 import { type CommandDef, defineCommand, renderUsage, runCommand } from "citty";
-import pkg from "../package.json" with { type: "json" };
 import { subCommands } from "./commands/index.ts";
 import { describeError, ExitCode, exitCodeOf, renderExitCodeTable, UsageError } from "./errors.ts";
 
-export const VERSION: string = pkg.version;
+import { VERSION } from "./version.ts";
 
 const main = defineCommand({
   meta: {

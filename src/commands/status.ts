@@ -2,7 +2,8 @@ import { defineCommand } from "citty";
 import { ControlClient } from "../disk/control-client.ts";
 import { controlSocketPath, type ServeStatus } from "../disk/disk-service.ts";
 import { formatBytes } from "../util/format.ts";
-import { jsonArg, nameArg, runDirArg } from "./_shared.ts";
+import { readdirSync } from "node:fs";
+import { jsonArg, runDirArg } from "./_shared.ts";
 
 export function renderStatus(s: ServeStatus): string {
   const t = s.throttle;
@@ -19,11 +20,33 @@ export function renderStatus(s: ServeStatus): string {
   return lines.join("\n");
 }
 
+/** Every serve (or dest) on this host: the control sockets in the run directory. */
+async function allStatuses(runDir: string): Promise<ServeStatus[]> {
+  let names: string[] = [];
+  try {
+    names = readdirSync(runDir).filter((f) => f.endsWith(".ctl")).map((f) => f.slice(0, -4));
+  } catch {
+    return [];
+  }
+  const all = await Promise.all(names.map((n) => new ControlClient(controlSocketPath(runDir, n)).status().catch(() => undefined)));
+  return all.filter((s): s is ServeStatus => !!s);
+}
+
 export default defineCommand({
-  meta: { name: "status", description: "Show the state of a local serve: mode, clients, recording, throttle, fence" },
-  args: { ...nameArg, ...runDirArg, ...jsonArg },
+  meta: { name: "status", description: "Show the state of the serves on this host (or one, with --name): mode, clients, recording, throttle, fence" },
+  args: {
+    name: { type: "string", description: "only this one", valueHint: "NAME" },
+    ...runDirArg,
+    ...jsonArg,
+  },
   async run({ args }) {
-    const status = await new ControlClient(controlSocketPath(args["run-dir"], args.name)).status();
-    process.stdout.write(args.json ? `${JSON.stringify(status)}\n` : `${renderStatus(status)}\n`);
+    if (args.name) {
+      const status = await new ControlClient(controlSocketPath(args["run-dir"], args.name)).status();
+      process.stdout.write(args.json ? `${JSON.stringify(status)}\n` : `${renderStatus(status)}\n`);
+      return;
+    }
+    const all = await allStatuses(args["run-dir"]);
+    if (args.json) process.stdout.write(`${JSON.stringify(all)}\n`);
+    else process.stdout.write(all.length ? `${all.map(renderStatus).join("\n")}\n` : `no serve in ${args["run-dir"]}\n`);
   },
 });

@@ -2,6 +2,7 @@
 // socket, so only local users with access to the socket file can use it. JSON in, JSON out.
 //
 //   GET  /v1/status     everything `wanmig status` prints
+//   GET  /metrics       the same counters in Prometheus text format
 //   POST /v1/record     {"action":"start"|"stop", "dir"?: path, "owner"?: pid} -> recording state
 //                       {"action":"shipped", "seq": "N"} -> throttle state (the source
 //                       has shipped every delta up to N; the throttle watches the queue)
@@ -12,6 +13,7 @@ import { existsSync, unlinkSync } from "node:fs";
 import { claimUnixPath } from "./nbd-server.ts";
 import type { DiskService } from "./disk-service.ts";
 import { validateThrottleParams } from "./throttle-policy.ts";
+import { renderMetrics } from "./metrics.ts";
 
 export interface ControlApi {
   stop(): void;
@@ -35,6 +37,8 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
   switch (key) {
     case "GET /v1/status":
       return Response.json(svc.status());
+    case "GET /metrics":
+      return new Response(renderMetrics(svc.status()), { headers: { "content-type": "text/plain; version=0.0.4" } });
     case "POST /v1/record": {
       const body = await jsonBody(req);
       if (body.action === "start")

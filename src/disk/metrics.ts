@@ -1,0 +1,30 @@
+// GET /metrics on the control socket: the serve's counters in Prometheus text format
+// (version 0.0.4), one family per line group, labelled with the disk's name.
+import type { ServeStatus } from "./disk-service.ts";
+
+type Family = [name: string, type: "counter" | "gauge", help: string, value: number];
+
+export function renderMetrics(s: ServeStatus): string {
+  const families: Family[] = [
+    ["wanmig_nbd_clients", "gauge", "NBD clients connected now", s.clients],
+    ["wanmig_nbd_connections_total", "counter", "NBD connections accepted", s.connectionsTotal],
+    ["wanmig_io_reads_total", "counter", "NBD reads served", s.io.reads],
+    ["wanmig_io_writes_total", "counter", "NBD writes applied", s.io.writes],
+    ["wanmig_io_flushes_total", "counter", "NBD flushes", s.io.flushes],
+    ["wanmig_io_read_bytes_total", "counter", "bytes read", s.io.bytesRead],
+    ["wanmig_io_written_bytes_total", "counter", "bytes written", s.io.bytesWritten],
+    ["wanmig_io_errors_total", "counter", "NBD requests answered with an error", s.io.errors],
+    ["wanmig_recording", "gauge", "1 while record mode is on", s.recording.active ? 1 : 0],
+    ["wanmig_recording_failed", "gauge", "1 if the delta log could not be written", s.recording.failed ? 1 : 0],
+    ["wanmig_recording_deltas", "gauge", "deltas in the current delta log", s.recording.records],
+    ["wanmig_recording_bytes", "gauge", "bytes of data in the current delta log", s.recording.bytes],
+    ["wanmig_throttle_level", "gauge", "write throttling step (0: none)", s.throttle.level],
+    ["wanmig_throttle_delay_microseconds", "gauge", "delay added to each write now", s.throttle.currentDelayUs],
+    ["wanmig_throttle_delta_queue", "gauge", "deltas recorded and not yet shipped", s.throttle.deltaQueue],
+    ["wanmig_throttle_delayed_writes_total", "counter", "writes that were delayed", s.throttle.delayedWrites],
+    ["wanmig_fenced", "gauge", "1 once the disk is fenced (it has moved away)", s.fence.fenced ? 1 : 0],
+    ["wanmig_fence_refused_writes_total", "counter", "writes refused by the fence", s.fence.refusedWrites],
+  ];
+  const label = `{name=${JSON.stringify(s.name)}}`;
+  return families.map(([name, type, help, value]) => `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${name}${label} ${value}\n`).join("");
+}
