@@ -1,6 +1,6 @@
 import { defineCommand } from "citty";
 import { DiskService } from "../disk/disk-service.ts";
-import { existsSync } from "node:fs";
+import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { runCommand } from "../util/run.ts";
 import { destHypervisor } from "../hypervisor/index.ts";
@@ -84,6 +84,8 @@ export default defineCommand({
     hypervisor: { type: "enum", options: ["none", "xl", "qemu"], description: "who runs the VM here once its disk is verified: none, xl (unpause DOMAIN), qemu (wait until it runs)", default: "none" },
     domain: { type: "string", description: "with xl: the domain to unpause", valueHint: "DOMAIN" },
     qmp: { type: "string", description: "with qemu: the destination QEMU's QMP socket", valueHint: "unix:PATH" },
+    "pid-file": { type: "string", description: "write our pid here (removed on exit): the daemon `wanmig migrate` leaves behind", valueHint: "FILE" },
+    "remove-on-abort": { type: "boolean", description: "if the migration aborts, remove the image this run created (what `wanmig migrate` asks)", default: false },
     "vm-dev": { type: "string", description: "with a network redirect: the interface behind which the VM sits on this host (default: the route to its new address)", valueHint: "DEV" },
     stdio: { type: "boolean", description: "speak the protocol on stdin/stdout (run by `ssh HOST wanmig dest --stdio`; SSH authenticates)", default: false },
     "secret-file": { type: "string", description: "shared secret (both sides prove they know it; it is never sent)", valueHint: "F" },
@@ -99,6 +101,12 @@ export default defineCommand({
     // Over SSH the transport authenticated both ends already; no secret is needed.
     const creds = args.stdio ? { secret: args["secret-file"] ? credentials(args, "dest").secret : undefined } : credentials(args, "dest");
     const hv = destHypervisor(args, log);
+    const createdImage = !existsSync(args.image);
+    if (args["pid-file"]) {
+      writeFileSync(args["pid-file"], `${process.pid}\n`);
+      const pidFile = args["pid-file"];
+      process.on("exit", () => rmSync(pidFile, { force: true }));
+    }
     if (args.base) await copyBase(args.base, args.image, log);
     await recoverStaleJournal(args["run-dir"], args.name, log);
     let svc: DiskService | undefined;
@@ -129,6 +137,11 @@ export default defineCommand({
       await receive(args, receiver, log);
     } catch (err) {
       await undoRedirect();
+      svc?.stop();
+      if (args["remove-on-abort"] && createdImage) {
+        rmSync(args.image, { force: true });
+        log.warn(`migration aborted: removed ${args.image}, which this run had created`);
+      }
       throw err;
     }
     release();

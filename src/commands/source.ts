@@ -1,10 +1,9 @@
-import { defineCommand } from "citty";
+import { type ArgsDef, defineCommand, type ParsedArgs } from "citty";
+import { parseSshUrl, sshChannel } from "../remote/ssh.ts";
 import { logger, setLogLevel } from "../log.ts";
-import { connectTcp, pipeChannel } from "../net/channel.ts";
+import { connectTcp } from "../net/channel.ts";
 import { ControlClient } from "../disk/control-client.ts";
 import { controlSocketPath } from "../disk/disk-service.ts";
-import type { Logger } from "../log.ts";
-import { quoteArgv, spawnPiped } from "../util/run.ts";
 import { parseRate, TokenBucket } from "../net/rate.ts";
 import { type MigrationMetrics, runSource } from "../phases/source-run.ts";
 import { formatBytes } from "../util/format.ts";
@@ -29,31 +28,16 @@ function hostPort(spec: string): [string, number] {
   return [host, port];
 }
 
-/** `ssh [-p PORT] [USER@]HOST wanmig dest --stdio …`, spoken to through its pipes. */
-async function sshDest(
-  args: { to: string; name: string; "run-dir": string; "dest-image"?: string; "dest-run-dir"?: string; "remote-bin": string },
-  log: Logger,
-) {
-  const m = /^ssh:\/\/(?:([^@/]+)@)?(\[[^\]]+\]|[^:/]+)(?::(\d+))?\/?$/.exec(args.to);
-  if (!m) throw new UsageError(`cannot parse ${JSON.stringify(args.to)}`, "write ssh://[USER@]HOST[:PORT]");
+/** The remote `wanmig dest --stdio` argv for an ssh:// destination. */
+async function remoteDestArgv(
+  args: { name: string; "run-dir": string; "dest-image"?: string; "dest-run-dir"?: string; "remote-bin": string },
+  extra: string[],
+): Promise<string[]> {
   const status = await new ControlClient(controlSocketPath(args["run-dir"], args.name)).status();
-  const remote = [
+  return [
     args["remote-bin"], "dest", "--stdio", "--name", args.name,
-    "--image", args["dest-image"] ?? status.image, "--run-dir", args["dest-run-dir"] ?? args["run-dir"],
+    "--image", args["dest-image"] ?? status.image, "--run-dir", args["dest-run-dir"] ?? args["run-dir"], ...extra,
   ];
-  const argv = [
-    process.env.WANMIG_SSH ?? "ssh", "-o", "BatchMode=yes", ...(m[3] ? ["-p", m[3]] : []),
-    `${m[1] ? `${m[1]}@` : ""}${m[2]!.replace(/^\[|\]$/g, "")}`, "--", quoteArgv(remote),
-  ];
-  const child = spawnPiped(argv, log);
-  const ch = pipeChannel(child.stdout, child.stdin);
-  // Closing the channel ends our ssh client too; the remote dest detaches and serves on.
-  const close = ch.close.bind(ch);
-  ch.close = () => {
-    close();
-    child.kill();
-  };
-  return ch;
 }
 
 function throttleParams(args: { "throttle-threshold"?: string; "throttle-delay"?: string }): Partial<ThrottleParams> | undefined {
@@ -109,12 +93,8 @@ function redirectOptions(args: Record<string, unknown>): RedirectOptions | undef
   };
 }
 
-export default defineCommand({
-  meta: { name: "source", description: "Migrate a locally served disk to a waiting `wanmig dest`" },
-  args: {
-    ...nameArg,
-    ...runDirArg,
-    to: { type: "string", description: "the destination: a waiting `wanmig dest --listen`, or ssh:// to start one", required: true, valueHint: "HOST:PORT|ssh://[USER@]HOST[:PORT]" },
+/** Every option of a migration's sending side; `migrate` takes them too. */
+export const sourceOptionArgs = {
     "dest-image": { type: "string", description: "with ssh://: the image path there (default: the same path as here)", valueHint: "PATH" },
     "dest-run-dir": { type: "string", description: "with ssh://: the run directory there (default: the same as here)", valueHint: "DIR" },
     "remote-bin": { type: "string", description: "with ssh://: the wanmig command there", default: "wanmig", valueHint: "PATH" },
@@ -144,10 +124,28 @@ export default defineCommand({
     "migrate-uri": { type: "string", description: "with qemu: where the destination QEMU listens (-incoming)", valueHint: "tcp:HOST:PORT" },
     ...jsonArg,
     ...logArg,
-  },
-  async run({ args }) {
+} as const satisfies ArgsDef;
+
+type SourceArgs = ParsedArgs<typeof sourceOptionArgs> & { name: string; "run-dir": string; to: string };
+
+/**
+ * Runs a migration as `wanmig source` does: the transfer, the summary, then the redirect
+ * until idle. `remoteDestArgs`: more flags for an ssh:// destination's `wanmig dest`.
+ */
+export async function runSourceCommand(args: SourceArgs, opts: { remoteDestArgs?: string[] } = {}): Promise<void> {
     if (args.log) setLogLevel(args.log);
     const log = logger("migration sender");
+    // Ctrl-C: before the point of no return the migration stops there and then, and the VM
+    // stays here; after it, it finishes (stopping then would leave the VM nowhere). A
+    // second Ctrl-C exits at once.
+    let interrupted = false;
+    const onSignal = (sig: string) => {
+      if (interrupted) process.exit(130);
+      interrupted = true;
+      log.warn(`${sig}: stopping before the point of no return if it has not passed; else finishing (again to exit at once)`);
+    };
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
     const rate = args.bandwidth ? new TokenBucket(parseRate(args.bandwidth)) : undefined;
     const progress = progressReporter(process.stderr);
     const ssh = args.to.startsWith("ssh://");
@@ -161,7 +159,7 @@ export default defineCommand({
       name: args.name,
       runDir: args["run-dir"],
       connect: async () => {
-        const ch = ssh ? await sshDest(args, log) : await connectTcp(...hostPort(args.to));
+        const ch = ssh ? sshChannel(parseSshUrl(args.to), await remoteDestArgv(args, opts.remoteDestArgs ?? []), log) : await connectTcp(...hostPort(args.to));
         ch.rate = rate;
         return ch;
       },
@@ -171,6 +169,7 @@ export default defineCommand({
       deltas: args.deltas as "paper" | "coalesce",
       throttle: throttleParams(args),
       log,
+      interrupted: () => interrupted,
       onEvent: args.json ? (e) => process.stdout.write(`${JSON.stringify(e)}\n`) : progress.onEvent,
     }).finally(() => progress.end());
     if (!args.json) process.stdout.write(summary(args.name, m));
@@ -180,10 +179,22 @@ export default defineCommand({
       log.info(`redirect: waiting until ${redirect.spec.iface} carries no packet for ${args["tunnel-idle"]}`);
       const emit = (e: Record<string, unknown>) => args.json && process.stdout.write(`${JSON.stringify(e)}\n`);
       const stop = () => redirect.teardown().finally(() => process.exit(130));
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
       process.once("SIGINT", stop);
       process.once("SIGTERM", stop);
       const { lastPacketAt } = await redirect.teardownWhenIdle(idleMs);
       emit({ event: "redirect-teardown", lastPacketAt, at: Date.now() });
     }
+}
+
+export default defineCommand({
+  meta: { name: "source", description: "Migrate a locally served disk to a waiting `wanmig dest`" },
+  args: {
+    ...nameArg,
+    ...runDirArg,
+    to: { type: "string", description: "the destination: a waiting `wanmig dest --listen`, or ssh:// to start one", required: true, valueHint: "HOST:PORT|ssh://[USER@]HOST[:PORT]" },
+    ...sourceOptionArgs,
   },
+  run: ({ args }) => runSourceCommand(args),
 });

@@ -66,9 +66,10 @@ export class CatchUp {
    * acknowledged; then waits (bounded) for the last ACKs, sending nothing new, so the fence
    * finds the destination idle.
    */
-  async untilSmall(): Promise<void> {
+  async untilSmall(check?: () => void): Promise<void> {
     const start = Date.now();
     for (let n = 0; ; n++) {
+      check?.();
       await this.round();
       const d = this.deltas;
       if (d.ackedBulk >= this.size && d.pendingBytes() + d.unackedBytes() < SWITCHOVER_PENDING_BYTES) return this.drainAcks();

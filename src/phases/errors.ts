@@ -40,3 +40,10 @@ export class ReceiveError extends PhaseError {
     super("receive", message, opts);
   }
 }
+
+/** Ctrl-C (or SIGTERM) before the point of no return: the migration stops, the VM stays at the source. */
+export class Interrupted extends WanmigError {
+  constructor() {
+    super("interrupted before the point of no return; the VM runs at the source, its disk served and writable", { exitCode: ExitCode.interrupted });
+  }
+}

@@ -25,7 +25,7 @@ import { basename } from "node:path";
 import { bulkResumeOffset } from "./base-hashes.ts";
 import { RegionDigests } from "../disk/region-digest.ts";
 import { msg } from "../net/protocol.ts";
-import { HandoffError } from "./errors.ts";
+import { HandoffError, Interrupted } from "./errors.ts";
 import { type Credentials, sourceHandshake } from "./init.ts";
 
 export interface SourceOptions {
@@ -41,6 +41,8 @@ export interface SourceOptions {
   deltas?: "paper" | "coalesce";
   /** Tunnel the VM's old address and update DNS (phase 5), if given. */
   redirect?: RedirectOptions;
+  /** Polled at every step before the point of no return: true once the operator asked to stop (Ctrl-C). */
+  interrupted?: () => boolean;
   /** Who moves the memory (default: none, storage only). */
   hypervisor?: SourceHypervisor;
   /** --throttle-threshold / --throttle-delay: set on the serve before recording starts. */
@@ -192,6 +194,9 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   let deltas: DeltaStreamer | undefined;
   let ch: Channel | undefined;
   let redirect: Redirect | undefined;
+  const checkInterrupted = () => {
+    if (o.interrupted?.() && !stage.vmGone) throw new Interrupted();
+  };
   const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0, baseBlocks: 0 };
   const carried = o.deltas === "paper" ? undefined : new BulkReadLog();
   const check = { image: status.image, digests: new RegionDigests(status.size) };
@@ -227,7 +232,10 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
           blockSize,
           compress: o.compress,
           base: ready.base,
-          beforeRead: carried ? (offset) => carried.noteRead(offset, statSync(logPath!).size) : undefined,
+          beforeRead: (offset) => {
+            checkInterrupted();
+            carried?.noteRead(offset, statSync(logPath!).size);
+          },
           afterRead: (offset, chunk) => check.digests.noteData(offset, chunk),
           onProgress: (p) => o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: bulk.bytesSent + p.bytesSent }),
         });
@@ -249,7 +257,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         onRecord: (r) => check.digests.markDirty(r.offset, r.length),
       });
       const catchUp = new CatchUp(ctl, deltas, check, status.size, (p) => o.onEvent?.({ event: "progress", phase: "deltas", ...p }));
-      await catchUp.untilSmall();
+      await catchUp.untilSmall(checkInterrupted);
 
       // Phase 5 starts before the pause: both tunnel ends up, nothing routed into it yet.
       if (o.redirect && !redirect) {
@@ -257,13 +265,17 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         redirect = await setUpRedirect(ch, o.redirect, { runDir: o.runDir, name: o.name }, o.log);
       }
       if (hv.kind !== "none") emit("memory");
-      const { pausedAt } = await hv.moveMemory(() => catchUp.round());
+      const { pausedAt } = await hv.moveMemory(async () => {
+        checkInterrupted();
+        await catchUp.round();
+      });
       if (hv.kind !== "none") o.onEvent?.({ event: "paused", at: Math.round(Date.now() - (performance.now() - pausedAt)) });
       if (hv.pointOfNoReturn === "memory-moved") {
         stage.vmGone = true;
         o.log.info(`point of no return: the VM has left (${hv.kind}); handing its disk over`);
       }
 
+      checkInterrupted();
       emit("handoff");
       stage.fenced = true; // from inside handOffStorage on, the fence may already be up
       const h = await handOffStorage(ch, ctl, deltas, check, o.log, { fenceIsPointOfNoReturn: hv.pointOfNoReturn === "fence" });
@@ -353,6 +365,7 @@ async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveSt
         hint: "check the VM and `wanmig status` at the source",
       });
     }
+    if (err instanceof Interrupted) return err;
     const reason = peerAborted(err);
     if (reason) return new HandoffError(`the destination aborted: ${reason.reason}`, { cause: err, hint: "the migration did not happen; the VM runs at the source; fix the cause and run it again" });
     return err instanceof PhaseError && err.exitCode !== ExitCode.unsafeState

@@ -32,11 +32,11 @@ export interface CommandResult {
 }
 
 /** Runs a command to completion; throws CommandError unless it exits 0. */
-export async function runCommand(argv: string[], log: Logger, opts: { timeoutMs?: number; input?: string } = {}): Promise<CommandResult> {
+export async function runCommand(argv: string[], log: Logger, opts: { timeoutMs?: number; input?: string | Uint8Array } = {}): Promise<CommandResult> {
   const start = performance.now();
   let proc;
   try {
-    proc = Bun.spawn(argv, { stdin: opts.input === undefined ? "ignore" : new TextEncoder().encode(opts.input), stdout: "pipe", stderr: "pipe", timeout: opts.timeoutMs, env: process.env });
+    proc = Bun.spawn(argv, { stdin: opts.input === undefined ? "ignore" : typeof opts.input === "string" ? new TextEncoder().encode(opts.input) : opts.input, stdout: "pipe", stderr: "pipe", timeout: opts.timeoutMs, env: process.env });
   } catch (cause) {
     throw new CommandError(argv, null, "", { cause });
   }

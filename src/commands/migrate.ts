@@ -1,0 +1,77 @@
+import { defineCommand } from "citty";
+import { ControlClient } from "../disk/control-client.ts";
+import { controlSocketPath } from "../disk/disk-service.ts";
+import { ExitCode, UsageError, WanmigError } from "../errors.ts";
+import { logger, setLogLevel } from "../log.ts";
+import { copySelf, preflight } from "../remote/preflight.ts";
+import { describeTarget, parseSshUrl } from "../remote/ssh.ts";
+import { InitError } from "../phases/errors.ts";
+import { runDirArg } from "./_shared.ts";
+import { runSourceCommand, sourceOptionArgs } from "./source.ts";
+
+class PreflightFailed extends WanmigError {
+  constructor(n: number, sshFailed: boolean) {
+    super(`${n} pre-flight check(s) failed; nothing was changed`, { exitCode: sshFailed ? ExitCode.peerFailure : ExitCode.badInput });
+  }
+}
+
+/**
+ * One command for the whole move over SSH: check the other host, bring this very binary
+ * there if needed, start `wanmig dest --stdio` there, migrate through ssh's pipes, and
+ * leave dest serving the disk there as a daemon (with a pid file).
+ */
+export default defineCommand({
+  meta: { name: "migrate", description: "Migrate a VM (its disk, and with --hypervisor its memory) to another host over SSH, in one command" },
+  args: {
+    name: { type: "positional", description: "the VM's disk, as served here (`wanmig serve --name NAME`)", required: true, valueHint: "NAME" },
+    ...runDirArg,
+    to: { type: "string", description: "the other host", required: true, valueHint: "ssh://[USER@]HOST[:PORT]" },
+    "remote-image": { type: "string", description: "the image path there (default: the same path as here)", valueHint: "PATH" },
+    "remote-run-dir": { type: "string", description: "the run directory there (default: the same as here)", valueHint: "DIR" },
+    "remote-qmp": { type: "string", description: "with --hypervisor qemu: the destination QEMU's QMP socket there", valueHint: "unix:PATH" },
+    "dry-run": { type: "boolean", description: "run the pre-flight checks only", default: false },
+    ...sourceOptionArgs,
+    "remote-bin": { type: "string", description: "wanmig there; copied from this binary when missing or of another protocol", default: "/usr/local/bin/wanmig", valueHint: "PATH" },
+  },
+  async run({ args }) {
+    if (args.log) setLogLevel(args.log);
+    const log = logger("migrate");
+    if (!args.to.startsWith("ssh://")) throw new UsageError("migrate goes over SSH", "write --to ssh://[USER@]HOST[:PORT]; for a waiting dest over TCP use `wanmig source`");
+    const target = parseSshUrl(args.to);
+    let local;
+    try {
+      local = await new ControlClient(controlSocketPath(args["run-dir"], args.name)).status();
+    } catch (cause) {
+      throw new InitError(`no local serve named ${args.name}`, { cause, hint: `start it with: wanmig serve --name ${args.name} --image PATH` });
+    }
+    const remoteImage = args["remote-image"] ?? local.image;
+    const remoteRunDir = args["remote-run-dir"] ?? args["run-dir"];
+    const tools = args.hypervisor === "xl" ? ["xl"] : [];
+    const say = (e: Record<string, unknown>, text: string) => (args.json ? process.stdout.write(`${JSON.stringify(e)}\n`) : process.stderr.write(`${text}\n`));
+
+    const { checks, needCopy } = await preflight(target, { name: args.name, localImage: local.image, remoteImage, remoteRunDir, remoteBin: args["remote-bin"], tools }, log);
+    for (const c of checks) say({ event: "check", ...c }, `  ${c.ok ? "ok  " : "FAIL"}  ${c.what.padEnd(13)}${c.detail}${c.fix ? `\n        -> ${c.fix}` : ""}`);
+    const failed = checks.filter((c) => !c.ok);
+    if (failed.length) throw new PreflightFailed(failed.length, failed.some((c) => c.what === "ssh"));
+    if (args["dry-run"]) {
+      say({ event: "dry-run", ready: true }, `dry run: ${args.name} can move to ${describeTarget(target)}${needCopy ? ` (this binary would be copied to ${args["remote-bin"]})` : ""}`);
+      return;
+    }
+    if (needCopy) {
+      const c = await copySelf(target, args["remote-bin"], log);
+      say({ event: "copied", path: args["remote-bin"], ...c }, `copied this wanmig (${(c.bytes / (1 << 20)).toFixed(1)} MiB) to ${describeTarget(target)}:${args["remote-bin"]}; SHA-256 checked`);
+    }
+    const hvArgs =
+      args.hypervisor === "xl"
+        ? ["--hypervisor", "xl", "--domain", args.domain ?? ""]
+        : args.hypervisor === "qemu"
+          ? ["--hypervisor", "qemu", "--qmp", args["remote-qmp"] ?? ""]
+          : [];
+    if (args.hypervisor === "qemu" && !args["remote-qmp"]) throw new UsageError("--hypervisor qemu needs --remote-qmp (the destination QEMU's QMP socket there)");
+    await runSourceCommand(
+      { ...args, "dest-image": remoteImage, "dest-run-dir": remoteRunDir } as Parameters<typeof runSourceCommand>[0],
+      // dest stays there as the VM's serve, a daemon with a pid file; if this run aborts it removes what it created.
+      { remoteDestArgs: ["--remove-on-abort", "--pid-file", `${remoteRunDir}/${args.name}.pid`, ...hvArgs] },
+    );
+  },
+});

@@ -1,0 +1,119 @@
+// What `wanmig migrate` checks on the other host before anything moves: each problem is
+// one line saying what is wrong and what to do. The checks read; the binary copy is the
+// only change, and `--dry-run` skips it.
+
+import { createHash } from "node:crypto";
+import { readFileSync, statSync } from "node:fs";
+import { basename, dirname } from "node:path";
+import type { Logger } from "../log.ts";
+import { PROTOCOL_VERSION } from "../net/protocol.ts";
+import { CommandError } from "../util/run.ts";
+import { VERSION } from "../version.ts";
+import { describeTarget, type SshTarget, sshRun } from "./ssh.ts";
+
+export interface Check {
+  what: string;
+  ok: boolean;
+  detail: string;
+  /** What to do about it (failed checks). */
+  fix?: string;
+}
+
+export interface PreflightPlan {
+  name: string;
+  localImage: string;
+  remoteImage: string;
+  remoteRunDir: string;
+  remoteBin: string;
+  /** Local tools the hypervisor needs, and the same on the remote host. */
+  tools: string[];
+}
+
+/** The running executable, when it is wanmig itself (compiled) and not Bun running the sources. */
+export function selfBinary(): string | undefined {
+  return /^bun(\.exe)?$/.test(basename(process.execPath)) ? undefined : process.execPath;
+}
+
+function said(err: unknown): string {
+  return err instanceof CommandError ? err.stderr.trim().split("\n").at(-1) ?? err.message : (err as Error).message;
+}
+
+/** Runs the checks; `needCopy` says the remote wanmig is missing or speaks another protocol. */
+export async function preflight(t: SshTarget, p: PreflightPlan, log: Logger): Promise<{ checks: Check[]; needCopy: boolean }> {
+  const host = describeTarget(t);
+  const checks: Check[] = [];
+  try {
+    await sshRun(t, ["true"], log, { timeoutMs: 20_000 });
+    checks.push({ what: "ssh", ok: true, detail: `${host} reachable` });
+  } catch (err) {
+    checks.push({ what: "ssh", ok: false, detail: `cannot reach ${host} over ssh: ${said(err)}`, fix: "check that `ssh HOST true` works without a prompt (keys, ~/.ssh/config, $WANMIG_SSH)" });
+    return { checks, needCopy: false };
+  }
+
+  let needCopy = false;
+  try {
+    const there = JSON.parse((await sshRun(t, [p.remoteBin, "version", "--json"], log)).stdout) as { version: string; protocol: number };
+    if (there.protocol === PROTOCOL_VERSION) checks.push({ what: "wanmig there", ok: true, detail: `${p.remoteBin}: wanmig ${there.version}, protocol ${there.protocol}` });
+    else {
+      needCopy = true;
+      checks.push({ what: "wanmig there", ok: true, detail: `${p.remoteBin} speaks protocol ${there.protocol} (${there.version}), this one ${PROTOCOL_VERSION} (${VERSION}): it will be replaced by this binary` });
+    }
+  } catch {
+    needCopy = true;
+    checks.push({ what: "wanmig there", ok: true, detail: `no usable ${p.remoteBin} there: this binary will be copied` });
+  }
+  if (needCopy && !selfBinary())
+    checks[checks.length - 1] = { ...checks[checks.length - 1]!, ok: false, fix: "run the compiled wanmig (npm run build, dist/wanmig): it copies itself" };
+
+  // Space: what the image takes here (its allocated blocks: holes stay holes there).
+  const need = statSync(p.localImage).blocks * 512;
+  try {
+    const dir = dirname(p.remoteImage);
+    const out = (await sshRun(t, ["sh", "-c", 'd="$1"; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -P -B1 "$d" | tail -n 1', "df", dir], log)).stdout;
+    const avail = Number(out.trim().split(/\s+/)[3]);
+    checks.push(
+      avail >= need
+        ? { what: "space", ok: true, detail: `${fmt(avail)} free for ${p.remoteImage} (${fmt(need)} needed)` }
+        : { what: "space", ok: false, detail: `only ${fmt(avail)} free for ${p.remoteImage}; the image needs ${fmt(need)}`, fix: "free space there, or pick another --remote-image" },
+    );
+  } catch (err) {
+    checks.push({ what: "space", ok: false, detail: `cannot measure free space there: ${said(err)}`, fix: "check --remote-image" });
+  }
+
+  const ctl = `${p.remoteRunDir}/${p.name}.ctl`;
+  const served = await sshRun(t, ["sh", "-c", 'test -S "$1" && "$2" status --name "$3" --run-dir "$4" >/dev/null 2>&1', "check", ctl, p.remoteBin, p.name, p.remoteRunDir], log).then(
+    () => true,
+    () => false,
+  );
+  checks.push(
+    served
+      ? { what: "name", ok: false, detail: `${p.name} is already served on ${host} (${ctl})`, fix: "stop it there, or migrate under another name" }
+      : { what: "name", ok: true, detail: `${p.name} is not served there yet` },
+  );
+
+  for (const tool of p.tools) {
+    const here = !!Bun.which(tool);
+    const there = await sshRun(t, ["sh", "-c", 'command -v "$1" >/dev/null', "which", tool], log).then(() => true, () => false);
+    checks.push(
+      here && there
+        ? { what: tool, ok: true, detail: `${tool} on both hosts` }
+        : { what: tool, ok: false, detail: `${tool} is missing ${!here && !there ? "on both hosts" : here ? `on ${host}` : "here"}`, fix: `install ${tool}` },
+    );
+  }
+  return { checks, needCopy };
+}
+
+/** Copies this very binary to `remoteBin` (atomically: a temporary name, then mv) and checks it by SHA-256. */
+export async function copySelf(t: SshTarget, remoteBin: string, log: Logger): Promise<{ bytes: number; sha256: string }> {
+  const self = selfBinary()!;
+  const bytes = readFileSync(self);
+  const sha256 = createHash("sha256").update(bytes).digest("hex");
+  await sshRun(t, ["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1.tmp.$$" && chmod 755 "$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"', "copy", remoteBin], log, { input: bytes, timeoutMs: 10 * 60_000 });
+  const there = (await sshRun(t, ["sha256sum", remoteBin], log)).stdout.split(/\s+/)[0];
+  if (there !== sha256) throw new CommandError(["sha256sum", remoteBin], 0, `the copy's SHA-256 is ${there}, this binary's ${sha256}`);
+  return { bytes: bytes.length, sha256 };
+}
+
+function fmt(n: number): string {
+  return n >= 1 << 30 ? `${(n / (1 << 30)).toFixed(1)} GiB` : `${(n / (1 << 20)).toFixed(1)} MiB`;
+}
