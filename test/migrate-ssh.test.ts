@@ -9,7 +9,7 @@ import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ExitCode } from "../src/errors.ts";
 import { PROTOCOL_VERSION } from "../src/net/protocol.ts";
-import { hosts, removeHosts } from "./helpers/migration.ts";
+import { hosts, removeHosts, writable } from "./helpers/migration.ts";
 import { REPO, sh, startServe } from "./helpers/serve-process.ts";
 import { startSshd } from "./helpers/sshd.ts";
 
@@ -109,6 +109,36 @@ describe("wanmig migrate over SSH", () => {
       expect(sha(remoteBin)).toBe(sha(BIN));
       const pid = Number(readFileSync(join(h.b, "vm.pid"), "utf8"));
       process.kill(pid, "SIGTERM");
+    } finally {
+      await srv.stop();
+    }
+  });
+
+  test("Ctrl-C before the point of no return: exit 130, the disk served and writable here, what was created there removed", async () => {
+    const { h, srv, common } = await setup(64, 24);
+    try {
+      const p = Bun.spawn([BIN, "migrate", ...common, "--bandwidth", "40mbit", "--json"], { stdout: "pipe", stderr: "pipe", env: { ...process.env, WANMIG_SSH: sshd.sshWrapper } });
+      let out = "";
+      (async () => {
+        for await (const c of p.stdout) out += new TextDecoder().decode(c);
+      })();
+      const end = Date.now() + 60_000;
+      while (!/"phase":"bulk"/.test(out) && Date.now() < end) await Bun.sleep(20);
+      await Bun.sleep(500); // well into the bulk copy
+      expect(existsSync(h.destImage)).toBe(true);
+      p.kill("SIGINT");
+      const [stderr, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
+      expect(code).toBe(ExitCode.interrupted);
+      expect(stderr).toContain("interrupted before the point of no return");
+      const st = await srv.ctl.status();
+      expect(st.mode).toBe("normal");
+      expect(st.recording.active).toBe(false);
+      expect(await writable(srv.socket)).toBe(true);
+      // There: dest gave up and removed the image it had created; no daemon left.
+      const gone = Date.now() + 10_000;
+      while ((existsSync(h.destImage) || existsSync(join(h.b, "vm.pid"))) && Date.now() < gone) await Bun.sleep(50);
+      expect(existsSync(h.destImage)).toBe(false);
+      expect(existsSync(join(h.b, "vm.pid"))).toBe(false);
     } finally {
       await srv.stop();
     }
