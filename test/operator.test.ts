@@ -1,10 +1,11 @@
 // What an operator reads on a host: every serve at once (`wanmig status`), the version a
 // remote `wanmig migrate` compares, and Prometheus metrics on the control socket.
 import { afterAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { PROTOCOL_VERSION } from "../src/net/protocol.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
-import { sparseFile, startServe, tempDir, wanmig } from "./helpers/serve-process.ts";
+import { REPO, sh, sparseFile, startServe, tempDir, wanmig } from "./helpers/serve-process.ts";
 
 const dir = tempDir("wanmig-op-");
 afterAll(() => dir.remove());
@@ -53,4 +54,21 @@ describe("operator views", () => {
       await srv.stop();
     }
   });
+});
+
+describe("installing on a host", () => {
+  test("scripts/install.sh puts the binary, a wanmig-serve@ unit and bash completion in place; the completion completes", async () => {
+    await sh(["npm", "run", "--silent", "build"], { env: { PATH: `${join(REPO, "node_modules", ".bin")}:${process.env.PATH}` } });
+    const root = join(dir.path, "root");
+    await sh(["bash", join(REPO, "scripts", "install.sh")], { env: { DESTDIR: root } });
+    expect((await sh([join(root, "usr/local/bin/wanmig"), "version"])).stdout).toMatch(/^wanmig \S+ \(protocol \d+\)/);
+    const unit = readFileSync(join(root, "etc/systemd/system/wanmig-serve@.service"), "utf8");
+    expect(unit).toContain("ExecStart=/usr/local/bin/wanmig serve --name %i --image ${IMAGE} --run-dir /run/wanmig $WANMIG_SERVE_ARGS");
+    expect(unit).toContain("EnvironmentFile=/etc/wanmig/%i.env");
+    const complete = (words: string[]) =>
+      sh(["bash", "-c", `source ${join(root, "etc/bash_completion.d/wanmig")}; COMP_WORDS=(${words.map((w) => `'${w}'`).join(" ")}); COMP_CWORD=${words.length - 1}; _wanmig; echo "\${COMPREPLY[@]}"`]).then((r) => r.stdout.trim());
+    expect(await complete(["wanmig", "mig"])).toBe("migrate");
+    expect(await complete(["wanmig", "migrate", "--dry"])).toBe("--dry-run");
+    expect(await complete(["wanmig", "source", "--hypervisor", ""])).toBe("none xl qemu");
+  }, 120_000);
 });

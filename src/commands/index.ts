@@ -9,5 +9,6 @@ export const subCommands: Record<string, () => Promise<CommandDef<any>>> = {
   status: () => import("./status.ts").then((m) => m.default as CommandDef<any>),
   redirect: () => import("./redirect.ts").then((m) => m.default as CommandDef<any>),
   migrate: () => import("./migrate.ts").then((m) => m.default as CommandDef<any>),
+  completion: () => import("./completion.ts").then((m) => m.default as CommandDef<any>),
   version: () => import("./version.ts").then((m) => m.default as CommandDef<any>),
 };
