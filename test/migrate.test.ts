@@ -116,6 +116,35 @@ describe("live migration, hypervisor none", () => {
   });
 });
 
+describe("--report: the timeline as a picture", () => {
+  test("an SVG with throughput, the delta queue, the throttle level and the pause; an HTML page with the figures", async () => {
+    const h = await hosts(32, 8);
+    await withPair(h, async ({ srv, dst }) => {
+      const w = await writer(srv.socket, 2 * MiB);
+      try {
+        const svg = join(h.a, "timeline.svg");
+        const run = await source(h, dst.port, ["--insecure", "--bandwidth", "40mbit", "--report", svg]);
+        expect(run.code).toBe(0);
+        const text = await Bun.file(svg).text();
+        expect(text.startsWith("<svg")).toBe(true);
+        for (const label of ["throughput (MiB/s)", "delta queue", "throttle level", "pause (fence → verified, shaded)"]) expect(text).toContain(label);
+        expect(text.match(/<path d="M/g)?.length ?? 0).toBeGreaterThanOrEqual(3); // bulk, queue and throttle curves
+        expect((await sh(["rsvg-convert", "-o", join(h.a, "timeline.png"), svg])).code).toBe(0); // it renders
+      } finally {
+        await w.stop();
+      }
+    });
+    const h2 = await hosts(8, 2);
+    await withPair(h2, async ({ dst }) => {
+      const html = join(h2.a, "timeline.html");
+      expect((await source(h2, dst.port, ["--insecure", "--report", html])).code).toBe(0);
+      const text = await Bun.file(html).text();
+      expect(text).toContain("<svg");
+      expect(text).toMatch(/<td>storageDowntimeMs<\/td><td>\d+<\/td>/);
+    });
+  });
+});
+
 describe("write throttling watches the delta queue", () => {
   test("a writer outpacing a slow link is throttled; --throttle-threshold/--throttle-delay reach the serve; identical", async () => {
     const h = await hosts(32, 4);

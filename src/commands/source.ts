@@ -1,5 +1,7 @@
 import { type ArgsDef, defineCommand, type ParsedArgs } from "citty";
 import { parseSshUrl, sshChannel } from "../remote/ssh.ts";
+import { writeFileSync } from "node:fs";
+import { Timeline } from "../report/timeline.ts";
 import { logger, setLogLevel } from "../log.ts";
 import { connectTcp } from "../net/channel.ts";
 import { ControlClient } from "../disk/control-client.ts";
@@ -122,6 +124,7 @@ export const sourceOptionArgs = {
     "xl-config": { type: "string", description: "with xl: the domain config for the destination (its -C)", valueHint: "FILE" },
     qmp: { type: "string", description: "with qemu: the source QEMU's QMP socket", valueHint: "unix:PATH" },
     "migrate-uri": { type: "string", description: "with qemu: where the destination QEMU listens (-incoming)", valueHint: "tcp:HOST:PORT" },
+    report: { type: "string", description: "draw the migration's timeline (throughput, delta queue, throttle, the pause) into FILE.svg or FILE.html", valueHint: "FILE" },
     ...jsonArg,
     ...logArg,
 } as const satisfies ArgsDef;
@@ -148,6 +151,9 @@ export async function runSourceCommand(args: SourceArgs, opts: { remoteDestArgs?
     process.on("SIGTERM", onSignal);
     const rate = args.bandwidth ? new TokenBucket(parseRate(args.bandwidth)) : undefined;
     const progress = progressReporter(process.stderr);
+    if (args.report && !/\.(svg|html)$/.test(args.report)) throw new UsageError(`--report ${args.report}: name a .svg or .html file`);
+    const timeline = args.report ? new Timeline() : undefined;
+    const show = args.json ? (e: Record<string, unknown>) => process.stdout.write(`${JSON.stringify(e)}\n`) : progress.onEvent;
     const ssh = args.to.startsWith("ssh://");
     // Over SSH, SSH authenticates and encrypts; a secret file is still honoured if given.
     const creds = ssh && !args["secret-file"] ? {} : credentials(args, "source");
@@ -170,9 +176,17 @@ export async function runSourceCommand(args: SourceArgs, opts: { remoteDestArgs?
       throttle: throttleParams(args),
       log,
       interrupted: () => interrupted,
-      onEvent: args.json ? (e) => process.stdout.write(`${JSON.stringify(e)}\n`) : progress.onEvent,
+      onEvent: (e) => {
+        timeline?.add(e);
+        show(e);
+      },
     }).finally(() => progress.end());
     if (!args.json) process.stdout.write(summary(args.name, m));
+    if (timeline && args.report) {
+      const title = `wanmig: ${args.name} to ${args.to}, ${new Date().toISOString().slice(0, 19)}Z`;
+      writeFileSync(args.report, args.report.endsWith(".html") ? timeline.html(title, { ...m }) : timeline.svg(title));
+      log.info(`timeline drawn in ${args.report}`);
+    }
     if (redirect) {
       // The migration is done and reported; the tunnel stays until nothing uses it.
       const idleMs = parseDuration(args["tunnel-idle"]);

@@ -25,6 +25,8 @@ export interface DeltasProgress {
   queuedBytes: number;
   unackedBytes: number;
   deltasSent: number;
+  /** Delta bytes sent so far (before compression). */
+  deltaBytes: number;
   deltasSkipped: number;
   throttleLevel: number;
 }
@@ -57,7 +59,7 @@ export class CatchUp {
     }
     if (this.onProgress && Date.now() - this.lastProgress >= PROGRESS_EVERY_MS) {
       this.lastProgress = Date.now();
-      this.onProgress({ queuedBytes: d.pendingBytes(), unackedBytes: d.unackedBytes(), deltasSent: d.sent, deltasSkipped: d.skipped, throttleLevel: this.throttleLevel });
+      this.onProgress({ queuedBytes: d.pendingBytes(), unackedBytes: d.unackedBytes(), deltasSent: d.sent, deltaBytes: d.bytes, deltasSkipped: d.skipped, throttleLevel: this.throttleLevel });
     }
   }
 

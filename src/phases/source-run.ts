@@ -178,6 +178,22 @@ function isLinkFailure(err: unknown): boolean {
   return false;
 }
 
+/**
+ * Every 250 ms while recording: the serve's delta queue and throttle level, as "sample"
+ * events (the report's queue and throttle curves, which the bulk phase would not show
+ * otherwise: deltas are only shipped after it).
+ */
+function sampleServe(ctl: ControlClient, onEvent?: (e: Record<string, unknown>) => void): { stop(): void } {
+  if (!onEvent) return { stop() {} };
+  const timer = setInterval(() => {
+    ctl.status().then(
+      (st) => onEvent({ event: "sample", at: Date.now(), deltaQueue: st.throttle.deltaQueue, throttleLevel: st.throttle.level, recordedDeltas: st.recording.records }),
+      () => undefined,
+    );
+  }, 250);
+  return { stop: () => clearInterval(timer) };
+}
+
 /** How far a live migration got: what a failure means depends on it. */
 interface LiveStage {
   recording: boolean;
@@ -194,6 +210,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   let deltas: DeltaStreamer | undefined;
   let ch: Channel | undefined;
   let redirect: Redirect | undefined;
+  let sampler: { stop(): void } | undefined;
   const checkInterrupted = () => {
     if (o.interrupted?.() && !stage.vmGone) throw new Interrupted();
   };
@@ -214,6 +231,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         // that run needs (the HELLO names the log, so the destination can tell).
         logPath = (await ctl.startRecording(undefined, process.pid)).path!;
         stage.recording = true;
+        sampler = sampleServe(ctl, o.onEvent);
         if (status.recording.active) o.log.warn(`adopting the delta log of an earlier source run that did not finish: ${logPath}`);
         o.log.info(`recording into ${logPath}`);
       }
@@ -287,6 +305,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       await hv.complete();
       const resumedAt = performance.now();
       if (redirect) await completeRedirect(redirect, o.redirect!, o.log, (e) => o.onEvent?.(e));
+      sampler?.stop();
       const end = await ctl.status();
       await ctl.stopRecording();
       deltaStats = addDeltaStats(deltaStats, deltas);
@@ -330,6 +349,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         continue;
       }
       if (err instanceof HypervisorError && err.unsafe) stage.vmGone = true; // never resume a VM that may run elsewhere
+      sampler?.stop();
       // The VM stays (or comes back) here: its old address must not go into a tunnel.
       if (redirect && !stage.vmGone) await redirect.teardown().catch((e) => o.log.error(`redirect: ${(e as Error).message}`));
       const final = await abortLive(ctl, hv, stage, err, o.log);
