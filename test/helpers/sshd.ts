@@ -3,7 +3,11 @@ import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { MAIN, sh } from "./serve-process.ts";
 
-export async function startSshd(dir: string) {
+/**
+ * `where`: run sshd inside a network namespace, listening on `ip` there, and reach it from
+ * `clientNs` (both made by the test); by default, loopback in our own namespace.
+ */
+export async function startSshd(dir: string, where: { ns: string; ip: string; clientNs: string } | undefined = undefined) {
   mkdirSync(dir, { recursive: true });
   mkdirSync("/run/sshd", { recursive: true }); // Debian's sshd wants its privilege-separation dir
   await sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", join(dir, "host_key")]);
@@ -15,7 +19,7 @@ export async function startSshd(dir: string) {
     config,
     [
       `Port ${port}`,
-      "ListenAddress 127.0.0.1",
+      `ListenAddress ${where?.ip ?? "127.0.0.1"}`,
       `HostKey ${join(dir, "host_key")}`,
       `AuthorizedKeysFile ${join(dir, "authorized_keys")}`,
       "PermitRootLogin prohibit-password",
@@ -26,23 +30,25 @@ export async function startSshd(dir: string) {
       "LogLevel ERROR",
     ].join("\n") + "\n",
   );
-  const proc = Bun.spawn(["/usr/sbin/sshd", "-D", "-e", "-f", config], { stdout: "ignore", stderr: "pipe" });
+  const inNs = (ns: string | undefined) => (ns ? ["ip", "netns", "exec", ns] : []);
+  const proc = Bun.spawn([...inNs(where?.ns), "/usr/sbin/sshd", "-D", "-e", "-f", config], { stdout: "ignore", stderr: "pipe" });
   // The client side: the real ssh, told to use our key and not to keep host keys.
   const sshWrapper = join(dir, "ssh");
-  writeFileSync(sshWrapper, `#!/bin/sh\nexec ssh -i ${join(dir, "user_key")} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "$@"\n`);
+  writeFileSync(sshWrapper, `#!/bin/sh\nexec ${inNs(where?.clientNs).join(" ")} ssh -i ${join(dir, "user_key")} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "$@"\n`);
   chmodSync(sshWrapper, 0o755);
   // The "remote" wanmig: this checkout, run by Bun.
   const remoteBin = join(dir, "wanmig");
   writeFileSync(remoteBin, `#!/bin/sh\nexec ${process.execPath} ${MAIN} "$@"\n`);
   chmodSync(remoteBin, 0o755);
   for (let i = 0; ; i++) {
-    const r = await sh([sshWrapper, "-p", String(port), "root@127.0.0.1", "true"], { allowFail: true });
+    const r = await sh([sshWrapper, "-p", String(port), `root@${where?.ip ?? "127.0.0.1"}`, "true"], { allowFail: true });
     if (r.code === 0) break;
     if (i > 100) throw new Error(`sshd did not come up: ${r.stderr}`);
     await Bun.sleep(50);
   }
   return {
     port,
+    host: where?.ip ?? "127.0.0.1",
     sshWrapper,
     remoteBin,
     async stop() {
