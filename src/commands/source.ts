@@ -56,7 +56,15 @@ function throttleParams(args: { "throttle-threshold"?: string; "throttle-delay"?
 /** The final summary: the paper's metrics, one per line, downtime first. */
 function summary(name: string, m: MigrationMetrics): string {
   const rows: [string, string][] = [
-    ["storage downtime", `${m.storageDowntimeMs} ms (fence to the destination's verified image; ${m.finalDeltas} deltas after the fence)`],
+    ...(m.downtimeMs !== m.storageDowntimeMs ? ([["VM downtime", `${m.downtimeMs} ms (paused at the source until the hypervisor reported the move complete)`]] as [string, string][]) : []),
+    [
+      "storage downtime",
+      `${m.storageDowntimeMs} ms (fence to the destination's verified image${
+        m.storageDowntimeParts
+          ? ` = ${m.storageDowntimeParts.fenceAndLastDeltasMs} fence and ${m.finalDeltas} last deltas + ${m.storageDowntimeParts.digestMs} digest here + ${m.storageDowntimeParts.destinationMs} destination applying and verifying`
+          : ""
+      })`,
+    ],
     ["bulk copy", `${formatBytes(m.bulkBytes)} sent as ${formatBytes(m.bulkWireBytes)}; ${m.bulkZeroBlocks} zero blocks skipped${m.bulkBaseBlocks ? `, ${m.bulkBaseBlocks} already in the destination's base` : ""}`],
     ["deltas", `${m.deltaCount} sent (${formatBytes(m.deltaBytes)} as ${formatBytes(m.deltaWireBytes)}), ${m.deltasSkipped} skipped, ${m.deltaRatePerSec}/s`],
     ["on the wire", formatBytes(m.bytesOnWire)],

@@ -26,6 +26,8 @@ export interface HandoffTimes {
   fencedAt: number;
   doneAt: number;
   finalDeltas: number;
+  /** The storage downtime in its parts (ms): fence and last deltas; our digest; the destination's apply and verify. */
+  parts: { fenceAndLastDeltasMs: number; digestMs: number; destinationMs: number };
 }
 
 /** Waits for DONE; ACKs that were in flight (the destination sends them periodically) are skipped. */
@@ -82,5 +84,10 @@ export async function handOffStorage(
     `hand-off: fence and last ${deltas.sent - before} deltas ${ms(fencedAt, pumpedAt)}, digest here ${ms(pumpedAt, hashedAt)}, ` +
       `until the destination verified ${ms(hashedAt, doneAt)}`,
   );
-  return { fencedAt, doneAt, finalDeltas: deltas.sent - before };
+  return {
+    fencedAt,
+    doneAt,
+    finalDeltas: deltas.sent - before,
+    parts: { fenceAndLastDeltasMs: Math.round(pumpedAt - fencedAt), digestMs: Math.round(hashedAt - pumpedAt), destinationMs: Math.round(doneAt - hashedAt) },
+  };
 }

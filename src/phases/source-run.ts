@@ -11,7 +11,7 @@ import type { Logger } from "../log.ts";
 import { sendBulk } from "./bulk.ts";
 import { DeltaStreamer } from "./deltas.ts";
 import { InitError, PhaseError } from "./errors.ts";
-import { awaitDone, handOffStorage } from "./handoff.ts";
+import { awaitDone, handOffStorage, type HandoffTimes } from "./handoff.ts";
 import { CatchUp } from "./catch-up.ts";
 import { NoSourceHypervisor } from "../hypervisor/none.ts";
 import type { SourceHypervisor } from "../hypervisor/types.ts";
@@ -60,6 +60,8 @@ export interface MigrationMetrics {
    */
   downtimeMs: number;
   storageDowntimeMs: number;
+  /** The storage downtime's parts (live mode). */
+  storageDowntimeParts?: HandoffTimes["parts"];
   bulkBytes: number;
   bulkWireBytes: number;
   bulkZeroBlocks: number;
@@ -132,6 +134,7 @@ function finish(
     t0: number;
     fencedAt: number;
     doneAt: number;
+    parts?: HandoffTimes["parts"];
     /** With a hypervisor: when the VM paused at the source, and when the hypervisor said it had moved. */
     pausedAt?: number;
     resumedAt?: number;
@@ -148,6 +151,7 @@ function finish(
     migrationTimeMs: Math.round(migrationTimeMs),
     downtimeMs: Math.round(m.pausedAt !== undefined && m.resumedAt !== undefined ? m.resumedAt - m.pausedAt : m.doneAt - m.fencedAt),
     storageDowntimeMs: Math.round(m.doneAt - m.fencedAt),
+    storageDowntimeParts: m.parts,
     bulkBytes: m.bulk.bytesSent,
     bulkWireBytes: m.bulk.wireBytes,
     bulkZeroBlocks: m.bulk.zeroBlocks,
@@ -313,6 +317,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         t0,
         fencedAt: h.fencedAt,
         doneAt: h.doneAt,
+        parts: h.parts,
         pausedAt: hv.kind === "none" ? undefined : pausedAt,
         resumedAt,
         bulk,
