@@ -169,6 +169,19 @@ describe("wanmig migrate over SSH", () => {
     }
   });
 
+  test("--hypervisor qemu: both QMP sockets are checked, and a missing one is named", async () => {
+    const { h, srv, common } = await setup(4, 1);
+    try {
+      const localQmp = join(h.a, "src.qmp");
+      const r = await migrate([...common, "--dry-run", "--hypervisor", "qemu", "--qmp", `unix:${localQmp}`, "--migrate-uri", "tcp:127.0.0.1:4444", "--remote-qmp", `unix:${join(h.b, "dst.qmp")}`]);
+      expect(r.code).toBe(ExitCode.badInput);
+      expect(r.stderr).toMatch(new RegExp(`FAIL\\s+qemu\\s+no QMP socket ${localQmp} here and ${join(h.b, "dst.qmp")} on root@`));
+      expect(r.stderr).toContain("start QEMU with -qmp unix:PATH,server=on,wait=off");
+    } finally {
+      await srv.stop();
+    }
+  });
+
   test("a wrong key: cannot reach the host, ssh's own words, exit 4", async () => {
     const { srv, common } = await setup(4, 1);
     const wrongKey = join(sshHome, "wrong_key");

@@ -6,6 +6,7 @@ import { logger, setLogLevel } from "../log.ts";
 import { copySelf, preflight } from "../remote/preflight.ts";
 import { describeTarget, parseSshUrl } from "../remote/ssh.ts";
 import { InitError } from "../phases/errors.ts";
+import { qmpSocketPath } from "../hypervisor/qmp.ts";
 import { runDirArg } from "./_shared.ts";
 import { runSourceCommand, sourceOptionArgs } from "./source.ts";
 
@@ -49,7 +50,9 @@ export default defineCommand({
     const tools = args.hypervisor === "xl" ? ["xl"] : [];
     const say = (e: Record<string, unknown>, text: string) => (args.json ? process.stdout.write(`${JSON.stringify(e)}\n`) : process.stderr.write(`${text}\n`));
 
-    const { checks, needCopy } = await preflight(target, { name: args.name, localImage: local.image, remoteImage, remoteRunDir, remoteBin: args["remote-bin"], tools }, log);
+    if (args.hypervisor === "qemu" && (!args["remote-qmp"] || !args.qmp)) throw new UsageError("--hypervisor qemu needs --qmp (the source QEMU's) and --remote-qmp (the destination QEMU's there)");
+    const qmp = args.hypervisor === "qemu" ? { local: qmpSocketPath(args.qmp!), remote: qmpSocketPath(args["remote-qmp"]!) } : undefined;
+    const { checks, needCopy } = await preflight(target, { name: args.name, localImage: local.image, remoteImage, remoteRunDir, remoteBin: args["remote-bin"], tools, qmp }, log);
     for (const c of checks) say({ event: "check", ...c }, `  ${c.ok ? "ok  " : "FAIL"}  ${c.what.padEnd(13)}${c.detail}${c.fix ? `\n        -> ${c.fix}` : ""}`);
     const failed = checks.filter((c) => !c.ok);
     if (failed.length) throw new PreflightFailed(failed.length, failed.some((c) => c.what === "ssh"));
@@ -67,7 +70,6 @@ export default defineCommand({
         : args.hypervisor === "qemu"
           ? ["--hypervisor", "qemu", "--qmp", args["remote-qmp"] ?? ""]
           : [];
-    if (args.hypervisor === "qemu" && !args["remote-qmp"]) throw new UsageError("--hypervisor qemu needs --remote-qmp (the destination QEMU's QMP socket there)");
     await runSourceCommand(
       { ...args, "dest-image": remoteImage, "dest-run-dir": remoteRunDir } as Parameters<typeof runSourceCommand>[0],
       // dest stays there as the VM's serve, a daemon with a pid file; if this run aborts it removes what it created.

@@ -3,7 +3,7 @@
 // only change, and `--dry-run` skips it.
 
 import { createHash } from "node:crypto";
-import { readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { basename, dirname } from "node:path";
 import type { Logger } from "../log.ts";
 import { PROTOCOL_VERSION } from "../net/protocol.ts";
@@ -27,6 +27,8 @@ export interface PreflightPlan {
   remoteBin: string;
   /** Local tools the hypervisor needs, and the same on the remote host. */
   tools: string[];
+  /** QMP sockets that must exist: here (the source QEMU) and there (the destination QEMU). */
+  qmp?: { local: string; remote: string };
 }
 
 /** The running executable, when it is wanmig itself (compiled) and not Bun running the sources. */
@@ -98,6 +100,20 @@ export async function preflight(t: SshTarget, p: PreflightPlan, log: Logger): Pr
       here && there
         ? { what: tool, ok: true, detail: `${tool} on both hosts` }
         : { what: tool, ok: false, detail: `${tool} is missing ${!here && !there ? "on both hosts" : here ? `on ${host}` : "here"}`, fix: `install ${tool}` },
+    );
+  }
+  if (p.qmp) {
+    const here = existsSync(p.qmp.local);
+    const there = await sshRun(t, ["test", "-S", p.qmp.remote], log).then(() => true, () => false);
+    checks.push(
+      here && there
+        ? { what: "qemu", ok: true, detail: `QMP sockets ${p.qmp.local} here and ${p.qmp.remote} there` }
+        : {
+            what: "qemu",
+            ok: false,
+            detail: `no QMP socket ${!here ? `${p.qmp.local} here` : ""}${!here && !there ? " and " : ""}${!there ? `${p.qmp.remote} on ${host}` : ""}`,
+            fix: "start QEMU with -qmp unix:PATH,server=on,wait=off (the destination's with -incoming)",
+          },
     );
   }
   return { checks, needCopy };
