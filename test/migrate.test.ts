@@ -117,6 +117,22 @@ describe("live migration, hypervisor none", () => {
   });
 });
 
+describe("wanmig status on the destination while the image arrives", () => {
+  test("shows the incoming migration's progress", async () => {
+    const h = await hosts(64, 32);
+    await withPair(h, async ({ dst }) => {
+      const src = spawnSource(h, dst.port, ["--insecure", "--bandwidth", "80mbit"]);
+      await src.waitEvent((e) => e.event === "progress" && (e.offset as number) >= 8 * MiB);
+      const st = JSON.parse((await wanmig(["status", "--run-dir", h.b, "--name", "vm", "--json"])).stdout);
+      expect(st.migration.state).toBe("receiving");
+      expect(st.migration.size).toBe(64 * MiB);
+      expect(st.migration.bulkOffset).toBeGreaterThan(0);
+      expect((await wanmig(["status", "--run-dir", h.b])).stdout).toMatch(/incoming\s+receiving: bulk [\d.]+% \(.* of 64\.0 MiB\)/);
+      expect((await src.result()).code).toBe(0);
+    });
+  });
+});
+
 describe("--report: the timeline as a picture", () => {
   test("an SVG with throughput, the delta queue, the throttle level and the pause; an HTML page with the figures", async () => {
     const h = await hosts(32, 8);

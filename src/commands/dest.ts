@@ -120,6 +120,7 @@ export default defineCommand({
       onAuthenticated: async () => {
         // A QEMU waiting for the incoming migration reads its disk at start-up: let reads through (nbd-server.ts).
         svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], hold: held, holdWritesOnly: hv.kind === "qemu", log: serveLog });
+        svc.incoming = () => receiver.progress();
       },
       onRedirect: async (m) => {
         const vmDev = args["vm-dev"] ?? (m.newIp ? await routeDevice(m.newIp, log) : undefined);

@@ -17,6 +17,9 @@ export function renderStatus(s: ServeStatus): string {
     `  throttle   level ${t.level}, delay ${t.currentDelayUs} us, next step at ${t.nextThreshold} writes (${t.writesCounted} counted), ${t.queueLength} queued`,
     `  fence      ${s.fence.fenced ? `fenced, ${s.fence.refusedWrites} writes refused` : "open"}`,
   ];
+  const m = s.migration;
+  if (m && m.state !== "completed")
+    lines.push(`  incoming   ${m.state}: bulk ${m.size ? ((m.bulkOffset / m.size) * 100).toFixed(1) : "0"}% (${formatBytes(m.bulkOffset)} of ${formatBytes(m.size)}), next delta ${m.nextSeq}; I/O held until verified`);
   return lines.join("\n");
 }
 

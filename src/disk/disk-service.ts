@@ -52,6 +52,15 @@ export interface ServeStatus {
   recording: RecordingState & { owner?: number };
   throttle: ThrottleState & { queueLength: number; delayedWrites: number; totalDelayMs: number };
   fence: { fenced: boolean; refusedWrites: number };
+  /** On a destination: how far the incoming migration is. */
+  migration?: IncomingMigration;
+}
+
+export interface IncomingMigration {
+  state: string;
+  bulkOffset: number;
+  size: number;
+  nextSeq: string;
 }
 
 
@@ -73,6 +82,8 @@ export class DiskService {
   readonly controlPath: string;
   private control?: ControlApi;
   private recordingOwner?: number;
+  /** Set by dest: the receiver's progress, for `wanmig status` while the image arrives. */
+  incoming?: () => IncomingMigration;
   private readonly startedAt = new Date();
 
   private constructor(readonly opts: DiskServiceOptions) {
@@ -192,6 +203,7 @@ export class DiskService {
         totalDelayMs: Math.round(this.throttling.totalDelayMs),
       },
       fence: { fenced: this.fencing.fenced, refusedWrites: this.fencing.refused },
+      migration: this.incoming?.(),
     };
   }
 

@@ -99,6 +99,11 @@ export class Receiver {
     },
   ) {}
 
+  /** How far this migration is (`wanmig status` on the destination). */
+  progress(): { state: string; bulkOffset: number; size: number; nextSeq: string } {
+    return { state: this.state.kind, bulkOffset: this.bulkDone ? (this.hello?.size ?? 0) : this.bulkOffset, size: this.hello?.size ?? 0, nextSeq: String(this.nextSeq ?? 0n) };
+  }
+
   /** Runs one connection; "dropped" means the link broke and a resume is possible. */
   async serve(ch: Channel): Promise<ServeOutcome> {
     if (this.state.kind !== "waiting") {
