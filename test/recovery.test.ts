@@ -3,24 +3,18 @@
 // Each ends either identical and complete, or with a clear error, the right exit code and
 // the VM's disk still served and writable at the source.
 import { afterAll, describe, expect, test } from "bun:test";
-import { openSync, writeSync, closeSync } from "node:fs";
 import { join } from "node:path";
 import { ExitCode } from "../src/errors.ts";
 import { msg, MsgType, PROTOCOL_VERSION } from "../src/net/protocol.ts";
 import { connectTcp } from "../src/net/channel.ts";
 import { startProxy } from "./helpers/proxy.ts";
-import { hosts, MiB, missingWrites, removeHosts, source, spawnSource, withPair, writable, writer } from "./helpers/migration.ts";
-import { randomFile, sh, startDest, startServe } from "./helpers/serve-process.ts";
+import { type Hosts, hosts, MiB, missingWrites, removeHosts, source, spawnSource, withPair, writable, writer } from "./helpers/migration.ts";
+import { overwrite, randomFile, sh, startDest, startServe } from "./helpers/serve-process.ts";
 
 afterAll(() => removeHosts());
 
 const BLOCK = 64 * 1024;
 
-function overwrite(path: string, offset: number, data: Uint8Array): void {
-  const fd = openSync(path, "r+");
-  writeSync(fd, data, 0, data.length, offset);
-  closeSync(fd);
-}
 
 describe("a base image at the destination", () => {
   test("dest --base: only the blocks that differ travel; zeros the base lacks go as ZERO", async () => {
@@ -51,16 +45,21 @@ describe("a base image at the destination", () => {
   });
 });
 
+/** A first source run killed (SIGKILL) well into its bulk copy, as a crash would. */
+async function killedMidBulk(h: Hosts, port: number): Promise<void> {
+  const first = spawnSource(h, port, ["--insecure", "--bandwidth", "40mbit"]);
+  await first.waitEvent((e) => e.event === "progress" && (e.offset as number) >= 12 * MiB);
+  first.proc.kill("SIGKILL");
+  await first.proc.exited;
+}
+
 describe("the source dies mid-bulk and is run again", () => {
   test("killed: the disk stays writable; the next run adopts the delta log and the destination resumes where it was", async () => {
     const h = await hosts(64, 24);
     await withPair(h, async ({ srv, dst }) => {
       const w = await writer(srv.socket, 4 * MiB); // the first 4 MiB: the rest stays as the bulk copy found it
       try {
-        const first = spawnSource(h, dst.port, ["--insecure", "--bandwidth", "40mbit"]);
-        await first.waitEvent((e) => e.event === "progress" && (e.offset as number) >= 12 * MiB);
-        first.proc.kill("SIGKILL");
-        await first.proc.exited;
+        await killedMidBulk(h, dst.port);
         expect(await writable(srv.socket)).toBe(true);
         expect((await srv.ctl.status()).recording.active).toBe(true); // nobody stopped it: the next run adopts it
         await Bun.sleep(300); // the VM writes on in the gap; those writes are in the log
@@ -87,10 +86,7 @@ describe("the source dies mid-bulk and is run again", () => {
     await withPair(h, async ({ srv, dst }) => {
       const w = await writer(srv.socket, 4 * MiB); // the first 4 MiB: the rest stays as the bulk copy found it
       try {
-        const first = spawnSource(h, dst.port, ["--insecure", "--bandwidth", "40mbit"]);
-        await first.waitEvent((e) => e.event === "progress" && (e.offset as number) >= 12 * MiB);
-        first.proc.kill("SIGKILL");
-        await first.proc.exited;
+        await killedMidBulk(h, dst.port);
         await srv.ctl.stopRecording(); // an operator cleaned up: that log is gone
         const second = spawnSource(h, dst.port, ["--insecure"]);
         const r = await second.result();

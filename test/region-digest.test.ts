@@ -1,20 +1,15 @@
 // The image digest kept region by region must equal a fresh hash of the whole image,
 // and must change when a region changes and is marked.
 import { afterAll, describe, expect, test } from "bun:test";
-import { openSync, readFileSync, writeSync, closeSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { imageDigest, RegionDigests, REGION_SIZE } from "../src/disk/region-digest.ts";
-import { randomFile, tempDir } from "./helpers/serve-process.ts";
+import { overwrite, randomFile, tempDir } from "./helpers/serve-process.ts";
 import { isZero } from "../src/util/zero.ts";
 
 const dir = tempDir();
 afterAll(() => dir.remove());
 
-function overwrite(path: string, offset: number, data: Uint8Array): void {
-  const fd = openSync(path, "r+");
-  writeSync(fd, data, 0, data.length, offset);
-  closeSync(fd);
-}
 
 describe("region digests", () => {
   test("built from chunks as a bulk copy reads them, then kept current by marking writes", async () => {

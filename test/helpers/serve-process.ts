@@ -1,7 +1,7 @@
 // Starts `wanmig serve` as a real process, the way an operator does, and waits until its
 // control socket answers.
 import type { Subprocess } from "bun";
-import { mkdtempSync, rmSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ControlClient } from "../../src/disk/control-client.ts";
@@ -128,4 +128,11 @@ export async function secretFile(path: string, content = "a-test-secret-of-enoug
   await Bun.write(path, content);
   await sh(["chmod", "600", path]);
   return path;
+}
+
+/** Writes `data` into a file at `offset` in place (a block of an image changed by hand). */
+export function overwrite(path: string, offset: number, data: Uint8Array): void {
+  const fd = openSync(path, "r+");
+  writeSync(fd, data, 0, data.length, offset);
+  closeSync(fd);
 }
