@@ -182,6 +182,34 @@ describe("wanmig migrate over SSH", () => {
     }
   });
 
+  test("a host that runs systemd: dest is started in a transient scope of its own (systemd-run --scope), and serves on", async () => {
+    // No systemd PID 1 here: systemctl and systemd-run are PATH shims on that host (test/fixtures/systemd-bin).
+    const home = join(sshHome, "sshd-systemd");
+    const log = join(home, "systemd-run.log");
+    const shimPath = `${join(REPO, "test", "fixtures", "systemd-bin")}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`;
+    const sd = await startSshd(home, { ns: net.b.ns, ip: net.b.ip, clientNs: net.a.ns }, { PATH: shimPath, WANMIG_SYSTEMD_LOG: log });
+    const { h, srv, remoteBin, common } = await setup(16, 4);
+    try {
+      const args = [...common];
+      args[args.indexOf("--to") + 1] = `ssh://root@${sd.host}:${sd.port}`;
+      const r = await migrate(args, sd.sshWrapper);
+      expect(r.stderr).toContain("dest will run in a systemd scope of its own (systemd-run --scope)");
+      expect(r.code).toBe(0);
+      const argv = JSON.parse(readFileSync(log, "utf8").trim().split("\n")[0]!).argv as string[];
+      expect(argv.slice(0, 4)).toEqual(["--scope", "--quiet", "--collect", argv[3]!]);
+      expect(argv[3]).toMatch(/^--unit=wanmig-dest-vm-\d+$/);
+      expect(argv.slice(4, 7)).toEqual(["--", remoteBin, "dest"]);
+      await sh(["cmp", h.image, h.destImage]);
+      await Bun.sleep(300);
+      const pid = Number(readFileSync(join(h.b, "vm.pid"), "utf8"));
+      expect(() => process.kill(pid, 0)).not.toThrow();
+      process.kill(pid, "SIGTERM");
+    } finally {
+      await srv.stop();
+      await sd.stop();
+    }
+  });
+
   test("a wrong key: cannot reach the host, ssh's own words, exit 4", async () => {
     const { srv, common } = await setup(4, 1);
     const wrongKey = join(sshHome, "wrong_key");

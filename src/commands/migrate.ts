@@ -52,7 +52,7 @@ export default defineCommand({
 
     if (args.hypervisor === "qemu" && (!args["remote-qmp"] || !args.qmp)) throw new UsageError("--hypervisor qemu needs --qmp (the source QEMU's) and --remote-qmp (the destination QEMU's there)");
     const qmp = args.hypervisor === "qemu" ? { local: qmpSocketPath(args.qmp!), remote: qmpSocketPath(args["remote-qmp"]!) } : undefined;
-    const { checks, needCopy } = await preflight(target, { name: args.name, localImage: local.image, remoteImage, remoteRunDir, remoteBin: args["remote-bin"], tools, qmp }, log);
+    const { checks, needCopy, systemd } = await preflight(target, { name: args.name, localImage: local.image, remoteImage, remoteRunDir, remoteBin: args["remote-bin"], tools, qmp }, log);
     for (const c of checks) say({ event: "check", ...c }, `  ${c.ok ? "ok  " : "FAIL"}  ${c.what.padEnd(13)}${c.detail}${c.fix ? `\n        -> ${c.fix}` : ""}`);
     const failed = checks.filter((c) => !c.ok);
     if (failed.length) throw new PreflightFailed(failed.length, failed.some((c) => c.what === "ssh"));
@@ -72,8 +72,13 @@ export default defineCommand({
           : [];
     await runSourceCommand(
       { ...args, "dest-image": remoteImage, "dest-run-dir": remoteRunDir } as Parameters<typeof runSourceCommand>[0],
-      // dest stays there as the VM's serve, a daemon with a pid file; if this run aborts it removes what it created.
-      { remoteDestArgs: ["--remove-on-abort", "--pid-file", `${remoteRunDir}/${args.name}.pid`, ...hvArgs] },
+      {
+        // dest stays there as the VM's serve, a daemon with a pid file; if this run aborts it removes what it created.
+        remoteDestArgs: ["--remove-on-abort", "--pid-file", `${remoteRunDir}/${args.name}.pid`, ...hvArgs],
+        // With systemd, in a transient scope of its own: it keeps ssh's pipes (the scope
+        // execs it in place) and is no longer part of the ssh session logind may clean up.
+        remoteWrapper: systemd ? ["systemd-run", "--scope", "--quiet", "--collect", `--unit=wanmig-dest-${args.name}-${Date.now()}`, "--"] : [],
+      },
     );
   },
 });

@@ -143,7 +143,7 @@ type SourceArgs = ParsedArgs<typeof sourceOptionArgs> & { name: string; "run-dir
  * Runs a migration as `wanmig source` does: the transfer, the summary, then the redirect
  * until idle. `remoteDestArgs`: more flags for an ssh:// destination's `wanmig dest`.
  */
-export async function runSourceCommand(args: SourceArgs, opts: { remoteDestArgs?: string[] } = {}): Promise<void> {
+export async function runSourceCommand(args: SourceArgs, opts: { remoteDestArgs?: string[]; remoteWrapper?: string[] } = {}): Promise<void> {
     if (args.log) setLogLevel(args.log);
     const log = logger("migration sender");
     // Ctrl-C: before the point of no return the migration stops there and then, and the VM
@@ -173,7 +173,9 @@ export async function runSourceCommand(args: SourceArgs, opts: { remoteDestArgs?
       name: args.name,
       runDir: args["run-dir"],
       connect: async () => {
-        const ch = ssh ? sshChannel(parseSshUrl(args.to), await remoteDestArgv(args, opts.remoteDestArgs ?? []), log) : await connectTcp(...hostPort(args.to));
+        const ch = ssh
+          ? sshChannel(parseSshUrl(args.to), [...(opts.remoteWrapper ?? []), ...(await remoteDestArgv(args, opts.remoteDestArgs ?? []))], log)
+          : await connectTcp(...hostPort(args.to));
         ch.rate = rate;
         return ch;
       },

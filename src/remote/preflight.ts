@@ -40,8 +40,8 @@ function said(err: unknown): string {
   return err instanceof CommandError ? err.stderr.trim().split("\n").at(-1) ?? err.message : (err as Error).message;
 }
 
-/** Runs the checks; `needCopy` says the remote wanmig is missing or speaks another protocol. */
-export async function preflight(t: SshTarget, p: PreflightPlan, log: Logger): Promise<{ checks: Check[]; needCopy: boolean }> {
+/** Runs the checks; `needCopy` says the remote wanmig is missing or speaks another protocol; `systemd`: the host runs systemd. */
+export async function preflight(t: SshTarget, p: PreflightPlan, log: Logger): Promise<{ checks: Check[]; needCopy: boolean; systemd: boolean }> {
   const host = describeTarget(t);
   const checks: Check[] = [];
   try {
@@ -49,7 +49,7 @@ export async function preflight(t: SshTarget, p: PreflightPlan, log: Logger): Pr
     checks.push({ what: "ssh", ok: true, detail: `${host} reachable` });
   } catch (err) {
     checks.push({ what: "ssh", ok: false, detail: `cannot reach ${host} over ssh: ${said(err)}`, fix: "check that `ssh HOST true` works without a prompt (keys, ~/.ssh/config, $WANMIG_SSH)" });
-    return { checks, needCopy: false };
+    return { checks, needCopy: false, systemd: false };
   }
 
   let needCopy = false;
@@ -102,6 +102,16 @@ export async function preflight(t: SshTarget, p: PreflightPlan, log: Logger): Pr
         : { what: tool, ok: false, detail: `${tool} is missing ${!here && !there ? "on both hosts" : here ? `on ${host}` : "here"}`, fix: `install ${tool}` },
     );
   }
+  // How dest will outlive this ssh session there: in a systemd scope of its own where
+  // systemd runs (logind may kill what is left in a closed session), else as a plain
+  // daemon that ignores the hang-up (pid file either way).
+  const systemd = await sshRun(t, ["sh", "-c", 'command -v systemd-run >/dev/null || exit 1; case "$(systemctl is-system-running 2>/dev/null)" in running|degraded|starting) exit 0;; *) exit 1;; esac'], log).then(
+    () => true,
+    () => false,
+  );
+
+  checks.push({ what: "detach", ok: true, detail: systemd ? "dest will run in a systemd scope of its own (systemd-run --scope)" : "no systemd there: dest will run as a daemon with a pid file" });
+
   if (p.qmp) {
     const here = existsSync(p.qmp.local);
     const there = await sshRun(t, ["test", "-S", p.qmp.remote], log).then(() => true, () => false);
@@ -116,7 +126,7 @@ export async function preflight(t: SshTarget, p: PreflightPlan, log: Logger): Pr
           },
     );
   }
-  return { checks, needCopy };
+  return { checks, needCopy, systemd };
 }
 
 /** Copies this very binary to `remoteBin` (atomically: a temporary name, then mv) and checks it by SHA-256. */

@@ -7,7 +7,7 @@ import { MAIN, sh } from "./serve-process.ts";
  * `where`: run sshd inside a network namespace, listening on `ip` there, and reach it from
  * `clientNs` (both made by the test); by default, loopback in our own namespace.
  */
-export async function startSshd(dir: string, where: { ns: string; ip: string; clientNs: string } | undefined = undefined) {
+export async function startSshd(dir: string, where: { ns: string; ip: string; clientNs: string } | undefined = undefined, sessionEnv: Record<string, string> = {}) {
   mkdirSync(dir, { recursive: true });
   mkdirSync("/run/sshd", { recursive: true }); // Debian's sshd wants its privilege-separation dir
   await sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", join(dir, "host_key")]);
@@ -28,6 +28,9 @@ export async function startSshd(dir: string, where: { ns: string; ip: string; cl
       "UsePAM no",
       `PidFile ${join(dir, "sshd.pid")}`,
       "LogLevel ERROR",
+      // Environment of every session (PATH shims for what a test host cannot have); one
+      // SetEnv line, since sshd takes the first of repeated options.
+      ...(Object.keys(sessionEnv).length ? [`SetEnv ${Object.entries(sessionEnv).map(([k, v]) => `${k}=${v}`).join(" ")}`] : []),
     ].join("\n") + "\n",
   );
   const inNs = (ns: string | undefined) => (ns ? ["ip", "netns", "exec", ns] : []);
