@@ -9,6 +9,7 @@ import type { Channel } from "../net/channel.ts";
 import { maybeCompress } from "../net/compress.ts";
 import { BASE_HASH_LEN, msg } from "../net/protocol.ts";
 import { isZero } from "../util/zero.ts";
+import { GcNudge } from "../util/gc.ts";
 import { blockHash, chunkLength, receiveBaseHashes, zeroBlockHash } from "./base-hashes.ts";
 import { BulkError } from "./errors.ts";
 
@@ -53,6 +54,7 @@ export async function sendBulk(
   }
   const p: BulkProgress = { offset: opts.from, size: image.size, bytesSent: 0, wireBytes: 0, dataBlocks: 0, zeroBlocks: 0, baseBlocks: 0 };
   const buf = Buffer.allocUnsafe(chunkLength(0, Number.MAX_SAFE_INTEGER));
+  const gc = new GcNudge();
   try {
     while (p.offset < p.size) {
       const n = chunkLength(p.offset, p.size);
@@ -81,6 +83,7 @@ export async function sendBulk(
         p.bytesSent += block.length;
       }
       p.offset += n;
+      gc.add(n);
       opts.onProgress?.(p);
     }
   } finally {

@@ -23,6 +23,7 @@ import { ProtocolError } from "../net/errors.ts";
 import { type Barrier, DeltaOp, type Hello, msg, MsgType, type Redirect as RedirectMsg, typeName } from "../net/protocol.ts";
 import type { Logger } from "../log.ts";
 import { isZero } from "../util/zero.ts";
+import { GcNudge } from "../util/gc.ts";
 import { bulkResumeOffset, sendBaseHashes } from "./base-hashes.ts";
 import { ReceiveError } from "./errors.ts";
 import { type Credentials, destHandshake } from "./init.ts";
@@ -98,6 +99,8 @@ export class Receiver {
       onRedirect?: (m: RedirectMsg, ch: Channel) => Promise<void>;
     },
   ) {}
+
+  private readonly gc = new GcNudge();
 
   /** How far this migration is (`wanmig status` on the destination). */
   progress(): { state: string; bulkOffset: number; size: number; nextSeq: string } {
@@ -179,6 +182,7 @@ export class Receiver {
           if (this.fresh) writeSparse(image, m.offset, data);
           else image.write(m.offset, data, false);
           this.bulkOffset = Math.max(this.bulkOffset, m.offset + m.length);
+          this.gc.add(m.length);
           break;
         }
         case MsgType.ZERO:
