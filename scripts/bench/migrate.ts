@@ -404,6 +404,23 @@ interface Ctx {
   logDir?: string;
 }
 
+/** The processes of one row: started in order, stopped in reverse, their logs and peak RSS kept. */
+class RowProcs {
+  readonly all: Proc[] = [];
+
+  start(name: string, ns: string, argv: string[], rss = false): Proc {
+    const p = new Proc(name, ns, argv, rss);
+    this.all.push(p);
+    return p;
+  }
+
+  async finish(ctx: Ctx, sc: Scenario, row: RowDef, r: RowResult): Promise<void> {
+    for (const p of [...this.all].reverse()) await p.stop();
+    keepLogs(ctx, sc, row, this.all);
+    for (const p of this.all) if (p.watchRss) r.rss[p.name] = p.peak;
+  }
+}
+
 function keepLogs(ctx: Ctx, sc: Scenario, row: RowDef, procs: Proc[]): void {
   if (!ctx.logDir) return;
   mkdirSync(ctx.logDir, { recursive: true });
@@ -445,12 +462,8 @@ async function runWanmig(sc: Scenario, row: RowDef, ctx: Ctx, dir: string): Prom
   mkdirSync(b);
   const image = join(a, "vm.img");
   await $`cp --sparse=always ${ctx.image} ${image}`;
-  const procs: Proc[] = [];
-  const start = (name: string, ns: string, argv: string[], rss = false) => {
-    const p = new Proc(name, ns, argv, rss);
-    procs.push(p);
-    return p;
-  };
+  const procs = new RowProcs();
+  const start = procs.start.bind(procs);
   try {
     const serve = start("serve", NS_SRC, [BUN, MAIN, "serve", "--name", "vm", "--image", image, "--run-dir", a, "--log", "warn"], true);
     const ctl = new ControlClient(join(a, "vm.ctl"));
@@ -516,12 +529,8 @@ async function runWanmig(sc: Scenario, row: RowDef, ctx: Ctx, dir: string): Prom
     r.error = (err as Error).message;
     return r;
   } finally {
-    for (const p of [...procs].reverse()) await p.stop();
-    keepLogs(ctx, sc, row, procs);
-    for (const p of procs) {
-      if (p.watchRss) r.rss[p.name] = p.peak;
-      if (["serve", "source", "dest", "workload"].includes(p.name)) r.notes.push(...notable(p.name, p.stderr));
-    }
+    await procs.finish(ctx, sc, row, r);
+    for (const p of procs.all) if (["serve", "source", "dest", "workload"].includes(p.name)) r.notes.push(...notable(p.name, p.stderr));
   }
 }
 
@@ -531,12 +540,8 @@ async function runNbdcopy(sc: Scenario, row: RowDef, ctx: Ctx, dir: string): Pro
   const image = join(dir, "src.img");
   const out = join(dir, "dst.img");
   await $`cp --sparse=always ${ctx.image} ${image}`;
-  const procs: Proc[] = [];
-  const start = (name: string, ns: string, argv: string[], rss = false) => {
-    const p = new Proc(name, ns, argv, rss);
-    procs.push(p);
-    return p;
-  };
+  const procs = new RowProcs();
+  const start = procs.start.bind(procs);
   try {
     const qport = ctx.port++;
     const bind = sc.rttMs > 0 ? "127.0.0.1" : SRC_IP;
@@ -580,9 +585,7 @@ async function runNbdcopy(sc: Scenario, row: RowDef, ctx: Ctx, dir: string): Pro
     r.error = (err as Error).message;
     return r;
   } finally {
-    for (const p of [...procs].reverse()) await p.stop();
-    keepLogs(ctx, sc, row, procs);
-    for (const p of procs) if (p.watchRss) r.rss[p.name] = p.peak;
+    await procs.finish(ctx, sc, row, r);
   }
 }
 

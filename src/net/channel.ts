@@ -103,6 +103,7 @@ export class Channel {
     this.wake?.();
   }
 
+  /** The next message; an ERROR from the peer is thrown here, once for every reader, as PeerAborted. */
   private take(): Message | undefined {
     const m = this.inbox.shift();
     if (!m) return undefined;
@@ -111,6 +112,7 @@ export class Channel {
       this.readPaused = false;
       this.flow?.resume();
     }
+    if (m.type === MsgType.ERROR) throw new PeerAborted(m.message);
     return m;
   }
 
@@ -170,7 +172,6 @@ export class Channel {
     async expect<T extends Message["type"]>(type: T, timeoutMs = 30_000): Promise<Extract<Message, { type: T }>> {
     const m = await this.recv(timeoutMs);
     if (m.type === type) return m as Extract<Message, { type: T }>;
-    if (m.type === MsgType.ERROR) throw new PeerAborted(m.message);
     throw new ProtocolError(`expected ${typeName(type)}, got ${typeName(m.type)}`);
   }
 

@@ -7,7 +7,7 @@
 // receiving them; deltas come after the whole bulk copy.
 
 import { FileBackend } from "../disk/file-backend.ts";
-import { type Channel, PeerAborted } from "../net/channel.ts";
+import type { Channel } from "../net/channel.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { BASE_HASH_LEN, msg, MsgType, typeName } from "../net/protocol.ts";
 import { BULK_CHUNK } from "./coalesce.ts";
@@ -60,7 +60,6 @@ export async function receiveBaseHashes(ch: Channel, offset: number, blocks: num
   for (;;) {
     const m = await ch.recv(10 * 60 * 1000);
     if (m.type === MsgType.ACK) continue;
-    if (m.type === MsgType.ERROR) throw new PeerAborted(m.message);
     if (m.type !== MsgType.BASE_HASHES) throw new ProtocolError(`expected BASE_HASHES, got ${typeName(m.type)}`);
     if (m.offset !== offset || m.hashes.length !== blocks * BASE_HASH_LEN)
       throw new ProtocolError(`BASE_HASHES for ${m.hashes.length / BASE_HASH_LEN} blocks at ${m.offset}; expected ${blocks} at ${offset}`);

@@ -13,6 +13,7 @@ const SWITCHOVER_PENDING_BYTES = 1024 * 1024;
 const DRAIN_ACKS_MAX_MS = 2000;
 const CATCH_UP_TIMEOUT_MS = 10 * 60 * 1000;
 const PROGRESS_EVERY_MS = 250;
+const SHIP_REPORT_EVERY_MS = 50;
 
 /** The source image and its region digests, kept current as deltas are read. */
 export interface ImageCheck {
@@ -33,6 +34,7 @@ export interface DeltasProgress {
 
 export class CatchUp {
   private reported = -1n;
+  private lastReport = 0;
   private throttleLevel = 0;
   private lastProgress = 0;
   private rounds = 0;
@@ -53,9 +55,12 @@ export class CatchUp {
     // Rehash what the deltas so far touched now, while the VM runs, not in the downtime
     // (the first round also hashes regions no bulk chunk covered whole: a resumed copy).
     this.check.digests.refresh(this.check.image, { all: this.rounds++ === 0 });
-    if (d.lastRead !== this.reported) {
+    // A request to the serve per round (every few ms while memory moves) would be most of
+    // the round's cost; the throttle needs the queue's size, not each step of it.
+    if (d.lastRead !== this.reported && Date.now() - this.lastReport >= SHIP_REPORT_EVERY_MS) {
       this.throttleLevel = (await this.ctl.shipped(d.lastRead)).level;
       this.reported = d.lastRead;
+      this.lastReport = Date.now();
     }
     if (this.onProgress && Date.now() - this.lastProgress >= PROGRESS_EVERY_MS) {
       this.lastProgress = Date.now();

@@ -6,7 +6,6 @@ import { DeltaKind, DeltaLogReader, type DeltaRecord } from "../disk/delta-log.t
 import { type BulkReadLog, coalesceBatch } from "./coalesce.ts";
 import type { Channel } from "../net/channel.ts";
 import { maybeCompress } from "../net/compress.ts";
-import { PeerAborted } from "../net/channel.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { DeltaOp, msg, MsgType, typeName } from "../net/protocol.ts";
 import { DeltasError } from "./errors.ts";
@@ -41,18 +40,11 @@ export class DeltaStreamer {
   private inFlight: [bigint, number][] = [];
   private inFlightBytes = 0;
 
-  private readonly compress: boolean;
-  private readonly from: bigint;
-  private readonly coalesce?: BulkReadLog;
-
   constructor(
     private ch: Channel,
     logPath: string,
     private readonly opts: DeltaStreamOptions,
   ) {
-    this.compress = opts.compress;
-    this.from = opts.from ?? 0n;
-    this.coalesce = opts.coalesce;
     try {
       this.reader = new DeltaLogReader(logPath);
     } catch (cause) {
@@ -74,7 +66,6 @@ export class DeltaStreamer {
   /** Takes the ACKs that have arrived (without waiting). An ERROR from the destination throws. */
   takeAcks(): void {
     for (let m = this.ch.tryRecv(); m; m = this.ch.tryRecv()) {
-      if (m.type === MsgType.ERROR) throw new PeerAborted(m.message);
       if (m.type !== MsgType.ACK) throw new ProtocolError(`expected ACK, got ${typeName(m.type)}`);
       this.ackedBulk = Math.max(this.ackedBulk, m.bulkOffset);
       if (m.nextSeq > this.ackedNext) this.ackedNext = m.nextSeq;
@@ -88,8 +79,9 @@ export class DeltaStreamer {
     for (;;) {
       const batch = this.readBatch(opts);
       if (!batch.length) return n;
-      for (const r of this.coalesce ? coalesceBatch(batch) : batch) {
-        if (this.coalesce?.carries(r)) {
+      const coalesce = this.opts.coalesce;
+      for (const r of coalesce ? coalesceBatch(batch) : batch) {
+        if (coalesce?.carries(r)) {
           this.skipped++;
           continue;
         }
@@ -113,7 +105,7 @@ export class DeltaStreamer {
       if (r === "end") break;
       this.lastRead = r.seq;
       this.opts.onRecord?.(r);
-      if (r.seq < this.from) continue; // applied at the destination before the link broke
+      if (r.seq < (this.opts.from ?? 0n)) continue; // applied at the destination before the link broke
       batch.push(r);
       bytes += r.data.length + 32;
     }
@@ -121,7 +113,7 @@ export class DeltaStreamer {
   }
 
   private async send(r: DeltaRecord): Promise<void> {
-    const out = this.compress && r.data.length ? maybeCompress(r.data) : { data: r.data, compressed: false };
+    const out = this.opts.compress && r.data.length ? maybeCompress(r.data) : { data: r.data, compressed: false };
     await this.ch.send(
       msg.delta({
         seq: r.seq,

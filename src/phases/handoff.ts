@@ -16,7 +16,7 @@
 
 import type { ImageCheck } from "./catch-up.ts";
 import type { ControlClient } from "../disk/control-client.ts";
-import { type Channel, PeerAborted } from "../net/channel.ts";
+import type { Channel } from "../net/channel.ts";
 import { type Done, msg, MsgType, typeName } from "../net/protocol.ts";
 import type { Logger } from "../log.ts";
 import type { DeltaStreamer } from "./deltas.ts";
@@ -36,7 +36,6 @@ export async function awaitDone(ch: Channel): Promise<Done> {
     const m = await ch.recv(10 * 60 * 1000);
     if (m.type === MsgType.DONE) return m;
     if (m.type === MsgType.ACK) continue;
-    if (m.type === MsgType.ERROR) throw new PeerAborted(m.message);
     throw new HandoffError(`expected DONE, got ${typeName(m.type)}`);
   }
 }

@@ -216,8 +216,6 @@ export class Receiver {
           break;
         case MsgType.BARRIER:
           return this.finish(ch, m);
-        case MsgType.ERROR:
-          throw new ReceiveError(`the source aborted: ${m.message}`);
         default:
           throw new ProtocolError(`unexpected ${typeName(m.type)} while receiving`);
       }

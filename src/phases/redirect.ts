@@ -5,7 +5,6 @@
 import { createHash } from "node:crypto";
 import type { Logger } from "../log.ts";
 import type { Channel } from "../net/channel.ts";
-import { PeerAborted } from "../net/channel.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { msg, MsgType, typeName } from "../net/protocol.ts";
 import { type DnsUpdate, updateDns, waitUntilAnswers } from "../redirect/dns.ts";
@@ -44,7 +43,6 @@ export async function setUpRedirect(ch: Channel, o: RedirectOptions, at: { runDi
       const m = await ch.recv(60_000);
       if (m.type === MsgType.REDIRECT_READY) break;
       if (m.type === MsgType.ACK) continue;
-      if (m.type === MsgType.ERROR) throw new PeerAborted(m.message);
       throw new ProtocolError(`expected REDIRECT_READY, got ${typeName(m.type)}`);
     }
   } catch (err) {

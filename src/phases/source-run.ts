@@ -86,10 +86,13 @@ export interface SourceResult {
   redirect?: Redirect;
 }
 
+function phaseEvent(o: SourceOptions, phase: string): void {
+  o.onEvent?.({ event: "phase", phase, at: Date.now() });
+}
+
 export async function runSource(o: SourceOptions): Promise<SourceResult> {
   const t0 = performance.now();
   const ctl = new ControlClient(controlSocketPath(o.runDir, o.name));
-  const emit = (phase: string, extra: Record<string, unknown> = {}) => o.onEvent?.({ event: "phase", phase, at: Date.now(), ...extra });
   let status;
   try {
     status = await ctl.status();
@@ -103,7 +106,7 @@ export async function runSource(o: SourceOptions): Promise<SourceResult> {
 
   if (o.mode === "freeze-and-copy") {
     if (o.redirect) throw new InitError("--mode freeze-and-copy does not redirect the network", { hint: "use --mode live, or drop --old-ip" });
-    emit("init");
+    phaseEvent(o, "init");
     let ch: Channel;
     try {
       ch = await o.connect();
@@ -207,7 +210,7 @@ interface LiveStage {
 }
 
 async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, o: SourceOptions, t0: number): Promise<SourceResult> {
-  const emit = (phase: string, extra: Record<string, unknown> = {}) => o.onEvent?.({ event: "phase", phase, at: Date.now(), ...extra });
+  const emit = (phase: string) => phaseEvent(o, phase);
   const hv = o.hypervisor ?? new NoSourceHypervisor();
   const stage: LiveStage = { recording: false, fenced: false, vmGone: false };
   let logPath: string | undefined;
@@ -301,11 +304,9 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       emit("handoff");
       stage.fenced = true; // from inside handOffStorage on, the fence may already be up
       const h = await handOffStorage(ch, ctl, deltas, check, o.log, { fenceIsPointOfNoReturn: hv.pointOfNoReturn === "fence" });
-      if (hv.pointOfNoReturn === "fence") stage.vmGone = true;
-      if (hv.pointOfNoReturn === "complete") {
-        stage.vmGone = true; // from the request on: QEMU may send the last state at once
-        o.log.info(`point of no return: the destination verified the disk; letting the VM run there (${hv.kind})`);
-      }
+      // none: the fence was it; QEMU: from the continue request on, it may send the last state at once.
+      stage.vmGone = true;
+      if (hv.pointOfNoReturn === "complete") o.log.info(`point of no return: the destination verified the disk; letting the VM run there (${hv.kind})`);
       await hv.complete();
       const resumedAt = performance.now();
       if (redirect) await completeRedirect(redirect, o.redirect!, o.log, (e) => o.onEvent?.(e));
@@ -429,7 +430,7 @@ async function freezeAndCopy(
     await ctl.fence();
     fencedAt = performance.now();
     o.log.info("freeze-and-copy: source fenced; copying the whole image");
-    o.onEvent?.({ event: "phase", phase: "bulk" });
+    phaseEvent(o, "bulk");
     const digests = new RegionDigests(status.size);
     const bulk = await sendBulk(ch, status.image, {
       from: bulkResumeOffset(ready.bulkOffset, blockSize),
@@ -441,7 +442,7 @@ async function freezeAndCopy(
     // Fenced: nothing changed since the read; only regions a resumed copy skipped need reading.
     digests.refresh(status.image, { all: true });
     const digest = digests.digest();
-    o.onEvent?.({ event: "phase", phase: "handoff" });
+    phaseEvent(o, "handoff");
     o.log.info("point of no return: sending the barrier");
     barrierSent = true;
     await ch.send(msg.barrier(0n, status.size, digest));
