@@ -12,6 +12,11 @@ export default defineCommand({
     ...runDirArg,
     nbd: { type: "string", description: "where to listen for NBD (default unix:DIR/NAME.nbd)", valueHint: "unix:PATH|tcp:HOST:PORT" },
     "read-only": { type: "boolean", description: "refuse every write", default: false },
+    unfence: {
+      type: "boolean",
+      description: "lift a fence an earlier migration left on this image (only when the VM runs nowhere else: the disk could fork)",
+      default: false,
+    },
     ...logArg,
   },
   async run({ args }) {
@@ -23,6 +28,7 @@ export default defineCommand({
       runDir: args["run-dir"],
       nbd: args.nbd ? parseEndpoint(args.nbd) : undefined,
       readOnly: args["read-only"],
+      unfence: args.unfence,
       log,
     });
     // Runs until a signal: stop listening, close the image, remove our sockets.

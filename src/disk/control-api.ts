@@ -3,11 +3,19 @@
 //
 //   GET  /v1/status     everything `wanmig status` prints
 //   GET  /metrics       the same counters in Prometheus text format
-//   POST /v1/record     {"action":"start"|"stop", "dir"?: path, "owner"?: pid} -> recording state
-//                       {"action":"shipped", "seq": "N"} -> throttle state (the source
-//                       has shipped every delta up to N; the throttle watches the queue)
+//   POST /v1/record     {"action":"start", "dir"?: path, "owner"?: pid} -> recording state
+//                       {"action":"stop", "moved"?: {"digest"?, "to"?}} -> recording state;
+//                         with "moved" the hand-off completed and the fence is for good
+//                       {"action":"shipped", "seq": "N", "recording"?: id} -> throttle state
+//                         and what was written since the last call (the source has shipped
+//                         every delta up to N; the throttle watches the queue)
+//                       {"action":"dirty", "recording"?: id} -> written since the last call
 //   POST /v1/throttle   {"threshold"?, "delayUs"?, "maxDelayUs"?, "enabled"?} -> throttle state
-//   POST /v1/fence      {"fenced"?: true|false} -> fence state; false only before the point of no return
+//   POST /v1/fence      {"recording"?: id, "reason"?} -> fence state and the recording's
+//                       counts (durable before the answer); {"fenced": false, "reason"?}
+//                       -> lifts it, refused once a hand-off completed
+// A "recording" that is not the one the serve holds is refused (409): the caller's view of
+// the log is wrong, and acting on it could pass a disk that lacks writes.
 
 import { existsSync, unlinkSync } from "node:fs";
 import { claimUnixPath } from "./nbd-server.ts";
@@ -31,6 +39,13 @@ async function jsonBody(req: Request): Promise<Record<string, unknown>> {
   throw new BadRequest("the body must be a JSON object");
 }
 
+function optString(body: Record<string, unknown>, key: string): string | undefined {
+  const v = body[key];
+  if (v === undefined) return undefined;
+  if (typeof v !== "string") throw new BadRequest(`${key} must be a string`);
+  return v;
+}
+
 async function route(req: Request, svc: DiskService): Promise<Response> {
   const path = new URL(req.url).pathname;
   const key = `${req.method} ${path}`;
@@ -41,14 +56,20 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
       return new Response(renderMetrics(svc.status()), { headers: { "content-type": "text/plain; version=0.0.4" } });
     case "POST /v1/record": {
       const body = await jsonBody(req);
+      const recording = optString(body, "recording");
       if (body.action === "start")
         return Response.json(svc.startRecording(typeof body.dir === "string" ? body.dir : undefined, typeof body.owner === "number" ? body.owner : undefined));
-      if (body.action === "stop") return Response.json(svc.stopRecording());
+      if (body.action === "stop") {
+        const moved = body.moved && typeof body.moved === "object" ? (body.moved as { digest?: string; to?: string }) : undefined;
+        return Response.json(svc.stopRecording(moved ? { moved } : undefined));
+      }
       if (body.action === "shipped") {
         if (typeof body.seq !== "string" || !/^\d+$/.test(body.seq)) throw new BadRequest("seq must be a decimal string");
-        return Response.json(svc.noteShipped(BigInt(body.seq)));
+        const dirty = svc.takeDirty(recording);
+        return Response.json({ ...svc.noteShipped(BigInt(body.seq)), ...dirty });
       }
-      throw new BadRequest('action must be "start", "stop" or "shipped"');
+      if (body.action === "dirty") return Response.json(svc.takeDirty(recording));
+      throw new BadRequest('action must be "start", "stop", "shipped" or "dirty"');
     }
     case "POST /v1/throttle": {
       let params;
@@ -61,9 +82,11 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
     }
     case "POST /v1/fence": {
       const body = await jsonBody(req);
-      if (body.fenced === false) svc.unfence();
-      else svc.fence();
-      return Response.json(svc.status().fence);
+      const reason = optString(body, "reason");
+      if (body.fenced === false) svc.unfence(reason ?? "lifted by a control request");
+      else svc.fence({ recording: optString(body, "recording"), reason });
+      const st = svc.status();
+      return Response.json({ ...st.fence, recording: st.recording });
     }
   }
   return Response.json({ error: `no such endpoint: ${key}` }, { status: 404 });

@@ -6,8 +6,24 @@ import type { ServeStatus } from "./disk-service.ts";
 import type { RecordingState } from "./recording.ts";
 import type { ThrottleParams, ThrottleState } from "./throttle-policy.ts";
 
+export interface DirtySince {
+  recording?: string;
+  instance: string;
+  pieceSize: number;
+  /** [first piece, count] runs written since the last call. */
+  runs: [number, number][];
+}
+
 export class ControlClient {
-  constructor(readonly socketPath: string) {}
+  /**
+   * `retryMs`: how long to keep trying while nothing answers on the socket (a serve that
+   * is being restarted, by systemd's Restart=on-failure say); a migrating source rides
+   * out the gap instead of failing on it. An answer with an error is never retried.
+   */
+  constructor(
+    readonly socketPath: string,
+    private readonly opts: { retryMs?: number } = {},
+  ) {}
 
   status(): Promise<ServeStatus> {
     return this.call("GET", "/v1/status");
@@ -18,34 +34,52 @@ export class ControlClient {
     return this.call("POST", "/v1/record", { action: "start", dir, owner });
   }
 
-  stopRecording(): Promise<RecordingState> {
-    return this.call("POST", "/v1/record", { action: "stop" });
+  /** `moved`: the hand-off completed; the serve keeps its fence for good. */
+  stopRecording(moved?: { digest?: string; to?: string }): Promise<RecordingState> {
+    return this.call("POST", "/v1/record", { action: "stop", moved });
   }
 
-  /** Every delta up to `seq` is shipped (or skipped): the throttle's queue shrinks. */
-  shipped(seq: bigint): Promise<ThrottleState> {
-    return this.call("POST", "/v1/record", { action: "shipped", seq: seq.toString() });
+  /** Every delta up to `seq` is shipped (or skipped): the throttle's queue shrinks. Returns what was written since the last call too. */
+  shipped(seq: bigint, recording?: string): Promise<ThrottleState & DirtySince> {
+    return this.call("POST", "/v1/record", { action: "shipped", seq: seq.toString(), recording });
+  }
+
+  /** What was written since the last call (the serve's dirty map, cleared as it is read). */
+  dirty(recording?: string): Promise<DirtySince> {
+    return this.call("POST", "/v1/record", { action: "dirty", recording });
   }
 
   throttle(params: Partial<ThrottleParams>): Promise<ThrottleState> {
     return this.call("POST", "/v1/throttle", params);
   }
 
-  fence(fenced = true): Promise<ServeStatus["fence"]> {
-    return this.call("POST", "/v1/fence", { fenced });
+  /** Fences (durably) for the hand-off of `recording`; the answer carries the recording's final counts. */
+  fence(opts: { recording?: string; reason?: string } = {}): Promise<ServeStatus["fence"] & { recording: ServeStatus["recording"] }> {
+    return this.call("POST", "/v1/fence", opts);
+  }
+
+  unfence(reason: string): Promise<ServeStatus["fence"]> {
+    return this.call("POST", "/v1/fence", { fenced: false, reason });
   }
 
   private async call<T>(method: "GET" | "POST", path: string, body?: object): Promise<T> {
-    try {
-      // Bun's fetch takes `unix`; ofetch passes unknown options through to it.
-      return await ofetch<T>(`http://localhost${path}`, { method, body, unix: this.socketPath, retry: 0 } as never);
-    } catch (cause) {
-      if (cause instanceof FetchError && cause.data && typeof cause.data === "object" && "error" in cause.data)
-        throw new ControlError(`${method} ${path}: ${(cause.data as { error: string }).error}`, { exitCode: 3 });
-      throw new ControlError(`cannot reach the control socket ${this.socketPath}`, {
-        cause,
-        hint: "is `wanmig serve` running with this --name and --run-dir?",
-      });
+    const until = Date.now() + (this.opts.retryMs ?? 0);
+    for (;;) {
+      try {
+        // Bun's fetch takes `unix`; ofetch passes unknown options through to it.
+        return await ofetch<T>(`http://localhost${path}`, { method, body, unix: this.socketPath, retry: 0 } as never);
+      } catch (cause) {
+        if (cause instanceof FetchError && cause.data && typeof cause.data === "object" && "error" in cause.data)
+          throw new ControlError(`${method} ${path}: ${(cause.data as { error: string }).error}`, { exitCode: 3 });
+        if (Date.now() < until) {
+          await Bun.sleep(100);
+          continue;
+        }
+        throw new ControlError(`cannot reach the control socket ${this.socketPath}`, {
+          cause,
+          hint: "is `wanmig serve` running with this --name and --run-dir?",
+        });
+      }
     }
   }
 }

@@ -28,7 +28,7 @@
 // TRIM is recorded as ZERO because our TRIM really zeros (we punch a hole), and replay
 // must reproduce the image byte for byte.
 
-import { closeSync, fstatSync, openSync, readSync, writeSync, writevSync } from "node:fs";
+import { closeSync, fstatSync, ftruncateSync, openSync, readSync, writeSync, writevSync } from "node:fs";
 import { DeltaLogError } from "../errors.ts";
 
 const FILE_MAGIC = Buffer.from("WMDELTA1", "latin1");
@@ -111,12 +111,41 @@ export class DeltaLogWriter {
   constructor(
     readonly path: string,
     readonly header: DeltaLogHeader,
+    /** Go on appending to a log a killed serve left (see `continueLog`), instead of a new file. */
+    resume?: { fd: number; end: LogEnd },
   ) {
+    if (resume) {
+      this.fd = resume.fd;
+      this.position = resume.end.position;
+      this.nextSeq = resume.end.nextSeq;
+      this.records = Number(resume.end.nextSeq - header.firstSeq);
+      this.bytes = resume.end.position - FILE_HEADER_LEN;
+      return;
+    }
     // "wx": never reuse a file a reader might still be following.
     this.fd = openSync(path, "wx", 0o600);
     const h = encodeFileHeader(header);
     writevSync(this.fd, [h], 0);
     this.nextSeq = header.firstSeq;
+  }
+
+  /**
+   * Reopens the log of a serve that died while recording, to go on appending where it
+   * stopped. A record torn by the kill (a write the kill cut short: its image write never
+   * began, since the log is written first) is cut off, so a reader following the file
+   * sees the next record in its place. Returns the last whole record too: the dead serve
+   * may have logged it without writing the image, so the caller writes it again.
+   */
+  static continueLog(path: string): { writer: DeltaLogWriter; last?: DeltaRecord } {
+    const end = findLogEnd(path);
+    const fd = openSync(path, "r+");
+    try {
+      ftruncateSync(fd, end.position);
+    } catch (cause) {
+      closeSync(fd);
+      throw new DeltaLogError(`cannot cut the torn tail of ${path}`, { cause });
+    }
+    return { writer: new DeltaLogWriter(path, end.header, { fd, end }), last: end.last };
   }
 
   /** The sequence number the next record will get. */
@@ -159,6 +188,50 @@ export class DeltaLogWriter {
   }
 }
 
+export interface LogEnd {
+  header: DeltaLogHeader;
+  /** Just past the last whole record. */
+  position: number;
+  nextSeq: bigint;
+  last?: DeltaRecord;
+}
+
+/**
+ * Where the whole records of a log end. Only headers are read on the way (a log can hold
+ * gigabytes); the last record is checked whole, since a kill can only tear the tail.
+ */
+export function findLogEnd(path: string): LogEnd {
+  const reader = new DeltaLogReader(path);
+  try {
+    const size = fstatSync(reader.fd).size;
+    const h = Buffer.alloc(RECORD_HEADER_LEN);
+    let at = FILE_HEADER_LEN;
+    let seq = reader.header.firstSeq;
+    let lastAt = -1;
+    for (;;) {
+      if (readSync(reader.fd, h, 0, RECORD_HEADER_LEN, at) < RECORD_HEADER_LEN) break;
+      const kind = h.readUInt8(4);
+      const length = h.readUInt32LE(24);
+      const dataLen = kind === DeltaKind.DATA ? length : 0;
+      const whole =
+        h.readUInt32LE(0) === RECORD_MAGIC && (kind === DeltaKind.DATA || kind === DeltaKind.ZERO) && dataLen <= RECORD_MAX_DATA && h.readBigUInt64LE(8) === seq && at + RECORD_HEADER_LEN + dataLen <= size;
+      if (!whole) break;
+      lastAt = at;
+      at += RECORD_HEADER_LEN + dataLen;
+      seq++;
+    }
+    if (lastAt < 0) return { header: reader.header, position: FILE_HEADER_LEN, nextSeq: reader.header.firstSeq };
+    reader.position = lastAt;
+    reader.expectSeqAt(seq - 1n);
+    const last = reader.next();
+    // A last record that fails its checksum was torn mid-data: it never reached the image.
+    if (last === "end") return { header: reader.header, position: lastAt, nextSeq: seq - 1n };
+    return { header: reader.header, position: at, nextSeq: seq, last };
+  } finally {
+    reader.close();
+  }
+}
+
 /** Result of one read attempt at the reader's position. */
 export type ReadResult = DeltaRecord | "end";
 
@@ -169,7 +242,7 @@ export type ReadResult = DeltaRecord | "end";
  */
 export class DeltaLogReader {
   readonly header: DeltaLogHeader;
-  private fd: number;
+  fd: number;
   private expectSeq: bigint;
   position: number;
 
@@ -190,6 +263,11 @@ export class DeltaLogReader {
     this.header = decodeFileHeader(hb, path);
     this.position = resume?.position ?? FILE_HEADER_LEN;
     this.expectSeq = resume?.nextSeq ?? this.header.firstSeq;
+  }
+
+  /** Repositions the sequence check (with `position`): for a scan that skipped records. */
+  expectSeqAt(seq: bigint): void {
+    this.expectSeq = seq;
   }
 
   /** The sequence number the next record must carry. */

@@ -4,8 +4,14 @@
 // The stack, outermost first, and why in this order:
 //   Throttling  delays writes; must see every write, and must delay before the fence check
 //   Fencing     checked when a write is applied, so a throttled write cannot slip past it
-//   Recording   appends to the delta log in the same turn as the image write
+//   Recording   appends to the delta log in the same turn as the image write (log first)
+//   Tracking    counts and maps every write applied, to check the log against (write-tracking.ts)
 //   File        the image
+//
+// Before it answers anything, a service locks its image (image-lock.ts: QEMU's scheme, so
+// no second writer opens it) and reads the image's durable state (image-state.ts): a fence
+// that some earlier process set holds from the first request on, and a recording a killed
+// serve left goes on in the same log before the first write is taken.
 
 import { processAlive } from "../util/process.ts";
 import { chmodSync, mkdirSync } from "node:fs";
@@ -17,6 +23,10 @@ import { FileBackend } from "./file-backend.ts";
 import { type Endpoint, formatEndpoint, NbdServer } from "./nbd-server.ts";
 import { RecordingBackend, type RecordingState } from "./recording.ts";
 import { ThrottlingBackend } from "./throttle.ts";
+import { TrackingBackend } from "./write-tracking.ts";
+import { type ImageLock, ImageLockError, lockImage } from "./image-lock.ts";
+import { bootId, type ImageState, ImageStateFile } from "./image-state.ts";
+import { basename } from "node:path";
 import { DoublingThrottlePolicy, type ThrottleParams, type ThrottleState } from "./throttle-policy.ts";
 import { startControlApi, type ControlApi } from "./control-api.ts";
 
@@ -31,11 +41,22 @@ export interface DiskServiceOptions {
   hold?: Promise<void>;
   /** While holding, answer reads (a QEMU destination probes its disk at start-up; nbd-server.ts). */
   holdWritesOnly?: boolean;
+  /** The operator lifts a fence that an earlier process set (`serve --unfence`). */
+  unfence?: boolean;
   log: Logger;
 }
 
 export type ServeMode = "normal" | "recording" | "fenced";
 
+/**
+ * Where this image stands in a hand-off, for `status`:
+ *  - fenced: fenced by a control request, no migration named;
+ *  - unfinished: fenced by a migration whose hand-off never completed (run `wanmig source` again);
+ *  - moved: the hand-off completed, the VM's disk lives elsewhere now;
+ *  - receiving: a destination, before its copy is verified (I/O held);
+ *  - verified: a destination whose copy is verified and served.
+ */
+export type HandoffState = "none" | "fenced" | "unfinished" | "moved" | "receiving" | "verified";
 export interface ServeStatus {
   name: string;
   pid: number;
@@ -49,9 +70,12 @@ export interface ServeStatus {
   clients: number;
   connectionsTotal: number;
   io: NbdServer["stats"];
-  recording: RecordingState & { owner?: number };
+  /** A new value every time a serve process starts: the migrating source notices a restart by it. */
+  instance: string;
+  recording: RecordingState & { owner?: number; id?: string; applied: number; restarts?: number };
+  handoff: { state: HandoffState; recording?: string; since?: string; reason?: string; text: string };
   throttle: ThrottleState & { queueLength: number; delayedWrites: number; totalDelayMs: number };
-  fence: { fenced: boolean; refusedWrites: number };
+  fence: { fenced: boolean; refusedWrites: number; since?: string; reason?: string };
   /** On a destination: how far the incoming migration is. */
   migration?: IncomingMigration;
 }
@@ -75,6 +99,10 @@ export function controlSocketPath(runDir: string, name: string): string {
 export class DiskService {
   readonly file: FileBackend;
   readonly recording: RecordingBackend;
+  readonly tracking: TrackingBackend;
+  readonly state: ImageStateFile | undefined;
+  readonly instance = crypto.randomUUID();
+  private lock?: ImageLock;
   readonly fencing: FencingBackend;
   readonly throttling: ThrottlingBackend;
   readonly nbd: NbdServer;
@@ -92,7 +120,9 @@ export class DiskService {
     } catch (cause) {
       throw new ServeError(`cannot open image ${opts.image}`, { cause, hint: "the image must be an existing regular file (create one with truncate -s SIZE)" });
     }
-    this.recording = new RecordingBackend(this.file, (msg) => opts.log.error(`record mode failed: ${msg}; a migration under way must abort`));
+    this.tracking = new TrackingBackend(this.file);
+    this.recording = new RecordingBackend(this.tracking, (msg) => opts.log.error(`record mode failed: ${msg}; a migration under way must abort`), this.tracking);
+    this.state = this.file.readOnly ? undefined : new ImageStateFile(opts.image);
     this.fencing = new FencingBackend(this.recording);
     this.throttling = new ThrottlingBackend(this.fencing, new DoublingThrottlePolicy(opts.throttle));
     this.nbdEndpoint = opts.nbd ?? defaultNbdEndpoint(opts.runDir, opts.name);
@@ -106,8 +136,24 @@ export class DiskService {
     } catch (cause) {
       throw new ServeError(`cannot create run directory ${opts.runDir}`, { cause, hint: "pass --run-dir DIR with a directory you can write" });
     }
-    const svc = new DiskService(opts);
+    let lock: ImageLock;
     try {
+      lock = lockImage(opts.image, { readOnly: opts.readOnly });
+    } catch (cause) {
+      if (cause instanceof ImageLockError)
+        throw new ServeError(`${opts.image} is in use by another process`, { cause, hint: "only one process may serve an image: see `wanmig status`, or the QEMU that has it open" });
+      throw new ServeError(`cannot open image ${opts.image}`, { cause, hint: "the image must be an existing regular file (create one with truncate -s SIZE)" });
+    }
+    let svc: DiskService;
+    try {
+      svc = new DiskService(opts);
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
+    svc.lock = lock;
+    try {
+      svc.restoreState();
       // Control first: it claims the name on this host, so two servers never share one.
       svc.control = await startControlApi(svc.controlPath, svc);
       chmodSync(svc.controlPath, 0o600); // the control socket can fence the disk
@@ -121,6 +167,40 @@ export class DiskService {
       `serving ${opts.image} (${svc.file.size} bytes${svc.file.readOnly ? ", read-only" : ""}) as ${JSON.stringify(opts.name)} on ${formatEndpoint(svc.nbdEndpoint)}; control ${svc.controlPath}`,
     );
     return svc;
+  }
+
+  /** What an earlier process of this image left: its fence, and a recording to go on with. */
+  private restoreState(): void {
+    const st = this.state?.state;
+    if (!st) return;
+    const log = this.opts.log;
+    if (st.fence) {
+      if (this.opts.unfence) {
+        this.unfence(`the operator passed --unfence (it was fenced since ${st.fence.since}: ${st.fence.reason})`, { force: true });
+      } else {
+        this.fencing.fence();
+        log.warn(`fenced since ${st.fence.since}: ${st.fence.reason}; every write is refused`);
+      }
+    } else if (this.opts.unfence) log.info("--unfence: the image was not fenced");
+    const rec = st.recording;
+    if (!rec) return;
+    if (rec.bootId !== bootId()) {
+      // The log's tail may not have reached the disk before the reboot (it is not synced
+      // per write, and /run is a tmpfs): going on with it could miss writes. Drop it; a
+      // source that still runs sees another recording and aborts before its point of no return.
+      log.warn(`the recording ${rec.id} did not survive the reboot; a migration under way must start again`);
+      this.state!.update((s) => delete s.recording);
+      return;
+    }
+    const r = this.recording.resume(rec.logs.at(-1)!);
+    this.tracking.start(r.records);
+    this.recordingOwner = rec.owner;
+    this.throttling.counting = true;
+    this.state!.update((s) => (s.recording = { ...rec, restarts: (rec.restarts ?? 0) + 1 }));
+    log.warn(
+      `record mode goes on after a restart: ${r.path}, next sequence ${r.nextSeq}` +
+        (r.rewrote ? ` (its last record, ${r.rewrote.length} bytes at ${r.rewrote.offset}, written to the image again)` : ""),
+    );
   }
 
   get mode(): ServeMode {
@@ -140,23 +220,65 @@ export class DiskService {
       throw new ServeError(`a migration of ${this.opts.name} is already under way (source pid ${this.recordingOwner})`, {
         hint: "wait for it, or stop it; only one migration of a disk at a time",
       });
+    if (!wasActive && this.fencing.fenced) throw new ServeError("the image is fenced: there is nothing to migrate from here");
     this.recordingOwner = owner;
     const st = this.recording.start(dir ?? this.opts.runDir, this.opts.name);
     if (!wasActive) {
+      this.tracking.start();
+      try {
+        // Durable before the first bulk byte is read: a serve started after a kill must go on recording.
+        this.state!.update((s) => (s.recording = { id: basename(st.path!), logs: [st.path!], owner, startedAt: new Date().toISOString(), bootId: bootId() }));
+      } catch (cause) {
+        this.recording.stop();
+        this.tracking.stop();
+        throw new ServeError(`cannot record the recording in ${this.state!.path}`, { cause });
+      }
       this.throttling.policy.reset();
       this.throttling.counting = true;
       this.opts.log.info(`record mode on: delta log ${st.path}, first sequence ${st.firstSeq}`);
-    }
-    return { ...st, owner };
+    } else if (owner !== undefined && this.state?.state.recording) this.state.update((s) => (s.recording!.owner = owner));
+    return { ...this.recordingStatus(), owner };
   }
 
-  stopRecording(): RecordingState {
+  /**
+   * Ends record mode. `outcome` "moved": the hand-off completed and the disk stays fenced
+   * for good (durably, before this returns); anything else: the migration is over without
+   * moving the disk.
+   */
+  stopRecording(outcome?: { moved?: { digest?: string; to?: string } }): RecordingState {
+    const id = this.state?.state.recording?.id;
+    if (outcome?.moved && !this.fencing.fenced) throw new ServeError("a hand-off cannot complete on a disk that is not fenced");
+    this.state?.update((s) => {
+      delete s.recording;
+      if (outcome?.moved) {
+        const what = id ?? s.fence?.recording ?? "a freeze-and-copy migration";
+        s.moved = { recording: what, at: new Date().toISOString(), digest: outcome.moved.digest };
+        s.fence = { ...s.fence!, reason: `the VM's disk moved${outcome.moved.to ? ` to ${outcome.moved.to}` : ""} (hand-off of ${what} completed)` };
+      }
+    });
     this.recordingOwner = undefined;
     const st = this.recording.stop();
+    this.tracking.stop();
     this.throttling.counting = false;
     this.throttling.policy.reset();
-    this.opts.log.info(`record mode off after ${st.records} deltas`);
+    this.opts.log.info(`record mode off after ${st.records} deltas${outcome?.moved ? "; the disk has moved away and stays fenced" : ""}`);
     return st;
+  }
+
+  private recordingStatus(): ServeStatus["recording"] {
+    const marker = this.state?.state.recording;
+    return { ...this.recording.state(), owner: this.recordingOwner, id: marker?.id, applied: this.tracking.applied, restarts: marker?.restarts };
+  }
+
+  /**
+   * The source takes what was written since it last asked (the dirty map), checked
+   * against the recording it started: a serve that lost or replaced that recording
+   * must not be read as if it had it.
+   */
+  takeDirty(recording?: string): { recording?: string; instance: string; pieceSize: number; runs: [number, number][] } {
+    const id = this.state?.state.recording?.id;
+    if (recording !== undefined && recording !== id) throw new ServeError(`the serve records ${id ? `recording ${id}` : "nothing"}, not ${recording}: writes may have escaped the log`);
+    return { recording: id, instance: this.instance, pieceSize: 64 * 1024, runs: this.tracking.takeDirty() };
   }
 
   /** The source has shipped (or skipped) every delta up to `seq`: the throttle's queue shrinks. */
@@ -171,14 +293,53 @@ export class DiskService {
     return this.throttling.policy.state();
   }
 
-  fence(): void {
-    if (!this.fencing.fenced) this.opts.log.info("fenced: every later write is refused with EPERM");
+  /**
+   * Fences now (in memory first, so no write gets past while the marker is written), then
+   * makes it durable; returns only once a restart would come up fenced. `recording`: the
+   * migration's hand-off, which must be the recording this serve holds.
+   */
+  fence(opts: { recording?: string; reason?: string } = {}): void {
+    const id = this.state?.state.recording?.id;
+    if (opts.recording !== undefined && opts.recording !== id)
+      throw new ServeError(`the serve records ${id ? `recording ${id}` : "nothing"}, not ${opts.recording}: writes may have escaped the log; not fencing`);
+    const was = this.fencing.fenced;
     this.fencing.fence();
+    const reason = opts.reason ?? (opts.recording ? `hand-off of ${opts.recording}` : "fenced by a control request");
+    if (!this.state?.state.fence) this.state?.update((s) => (s.fence = { since: new Date().toISOString(), reason, recording: opts.recording }));
+    if (!was) this.opts.log.info(`fenced (${reason}): every later write is refused with EPERM`);
   }
 
-  unfence(): void {
-    if (this.fencing.fenced) this.opts.log.warn("unfenced: writes accepted again");
+  /**
+   * Lifts the fence, durably. Through the control API only while a migration's hand-off is
+   * unfinished (the source rolls back before its point of no return); once the disk has
+   * moved, only the operator can (`serve --unfence`: `force`).
+   */
+  unfence(reason: string, opts: { force?: boolean } = {}): void {
+    const st = this.state?.state;
+    if (!opts.force && st?.fence && st.moved)
+      throw new ServeError(`the disk is fenced for good (${st.fence.reason}); refusing to unfence it`, {
+        hint: "only an operator who knows the VM runs nowhere else may: wanmig serve ... --unfence",
+      });
+    this.state?.update((s) => {
+      delete s.fence;
+      if (opts.force) delete s.moved;
+    });
+    if (this.fencing.fenced) this.opts.log.warn(`unfenced: writes accepted again (${reason})`);
     this.fencing.unfence();
+  }
+
+  /** Where this image stands in a hand-off (status). */
+  handoff(): ServeStatus["handoff"] {
+    const st: Readonly<ImageState> = this.state?.state ?? { version: 1 };
+    const m = this.incoming?.();
+    if (m && m.state !== "completed")
+      return { state: "receiving", recording: st.incoming?.recording, text: m.state === "waiting" && st.incoming ? "receiving: waiting for the source to resume" : `receiving (${m.state})` };
+    if (st.fence && st.moved) return { state: "moved", recording: st.moved.recording, since: st.fence.since, reason: st.fence.reason, text: `fenced: ${st.fence.reason}` };
+    if (st.fence && (st.recording || st.fence.recording))
+      return { state: "unfinished", recording: st.recording?.id ?? st.fence.recording, since: st.fence.since, reason: st.fence.reason, text: "fenced, hand-off unfinished: run the migration again to finish or roll it back" };
+    if (st.fence) return { state: "fenced", since: st.fence.since, reason: st.fence.reason, text: `fenced: ${st.fence.reason}` };
+    if (st.incoming?.state === "verified") return { state: "verified", recording: st.incoming.recording, since: st.incoming.at, text: "verified, serving" };
+    return { state: "none", text: "serving" };
   }
 
   status(): ServeStatus {
@@ -195,22 +356,26 @@ export class DiskService {
       clients: this.nbd.clients,
       connectionsTotal: this.nbd.totalConnections,
       io: { ...this.nbd.stats },
-      recording: { ...this.recording.state(), owner: this.recordingOwner },
+      instance: this.instance,
+      recording: this.recordingStatus(),
+      handoff: this.handoff(),
       throttle: {
         ...this.throttling.policy.state(),
         queueLength: this.throttling.queueLength,
         delayedWrites: this.throttling.delayedWrites,
         totalDelayMs: Math.round(this.throttling.totalDelayMs),
       },
-      fence: { fenced: this.fencing.fenced, refusedWrites: this.fencing.refused },
+      fence: { fenced: this.fencing.fenced, refusedWrites: this.fencing.refused, since: this.state?.state.fence?.since, reason: this.state?.state.fence?.reason },
       migration: this.incoming?.(),
     };
   }
 
+  /** A clean stop keeps the recording marker: a serve started again goes on recording. */
   stop(): void {
     this.nbd.stop();
     this.control?.stop();
     this.recording.stop();
     this.file.close();
+    this.lock?.release();
   }
 }

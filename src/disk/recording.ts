@@ -6,15 +6,33 @@
 // write and the log append then happen in one event-loop turn, so the log order is the
 // image order and no control request can fall between them.
 //
-// Order: image first, then log. If the image write fails, nothing is logged (the client
-// gets the error). If the log append fails (its disk is full), the image already changed
-// but the log misses it: recording is marked failed and appends stop. The VM is not
-// punished for it: its write did land. The migration reads `failed` from the status and
-// aborts before the point of no return, which leaves the VM running here, untouched.
+// Order: log first, then image, as in any write-ahead log. A serve killed between the two
+// leaves a record whose write may not have reached the image; the next serve of the image
+// writes the log's last record again before it answers anything (`resume`), so the log
+// and the image agree again. (Image first would leave a write in the image that no log
+// holds: nothing could find it after the kill.) If the log append fails (its disk is
+// full), recording is marked failed and the write still goes to the image: the VM is not
+// punished; the migration reads `failed` and aborts before the point of no return. If the
+// image write fails after its record was logged, the log no longer describes the image:
+// recording is marked failed the same way.
+//
+// The log is trusted across a process restart (the page cache holds every append), never
+// across a reboot: it is not synced per write, and the run directory is often a tmpfs.
 
 import { join } from "node:path";
 import { BackendDecorator, type BlockBackend, type MaybePromise } from "./backend.ts";
-import { DeltaKind, type DeltaKindValue, DeltaLogWriter } from "./delta-log.ts";
+import { applyDelta, DeltaKind, type DeltaKindValue, DeltaLogWriter } from "./delta-log.ts";
+import type { TrackingBackend } from "./write-tracking.ts";
+
+/**
+ * Test-only faults (WANMIG_TEST_FAULT), to prove the hand-off catches a log that misses a
+ * write: "drop-record:N" leaves the Nth recorded write out of the log; "hide-write:N" also
+ * hides it from the serve's write count, so only the dirty map still knows.
+ */
+function faultFromEnv(): { kind: "drop-record" | "hide-write"; nth: number } | undefined {
+  const m = /^(drop-record|hide-write):(\d+)$/.exec(process.env.WANMIG_TEST_FAULT ?? "");
+  return m ? { kind: m[1] as "drop-record" | "hide-write", nth: Number(m[2]) } : undefined;
+}
 
 export interface RecordingState {
   active: boolean;
@@ -32,9 +50,13 @@ export class RecordingBackend extends BackendDecorator {
   /** Sequence numbers go on across recordings of one server, so logs never overlap. */
   private nextSeq = 1n;
 
+  private readonly fault = faultFromEnv();
+  private faultCount = 0;
+
   constructor(
     inner: BlockBackend,
     private readonly onFailure?: (message: string) => void,
+    private readonly tracker?: TrackingBackend,
   ) {
     super(inner);
   }
@@ -51,6 +73,19 @@ export class RecordingBackend extends BackendDecorator {
     this.log = new DeltaLogWriter(path, { firstSeq: this.nextSeq, imageSize: this.size, createdMs: Date.now() });
     this.failure = undefined;
     return this.state();
+  }
+
+  /**
+   * Goes on with the log a killed serve of this image left: its torn tail cut off, its
+   * last record written to the image again (log first: the kill may have come between).
+   */
+  resume(path: string): RecordingState & { rewrote?: { seq: bigint; offset: number; length: number } } {
+    if (this.log) return this.state();
+    const { writer, last } = DeltaLogWriter.continueLog(path);
+    if (last) applyDelta({ write: (o, d) => this.inner.write(o, d, false), zero: (o, l) => this.inner.zero(o, l, false, true) }, last);
+    this.log = writer;
+    this.failure = undefined;
+    return { ...this.state(), rewrote: last && { seq: last.seq, offset: last.offset, length: last.length } };
   }
 
   stop(): RecordingState {
@@ -77,21 +112,18 @@ export class RecordingBackend extends BackendDecorator {
   }
 
   override write(offset: number, data: Uint8Array, fua: boolean): MaybePromise<void> {
-    const r = this.inner.write(offset, data, fua);
     this.record(DeltaKind.DATA, offset, data.length, data);
-    return r;
+    return this.applied(() => this.inner.write(offset, data, fua));
   }
 
   override zero(offset: number, length: number, fua: boolean, mayPunch: boolean): MaybePromise<void> {
-    const r = this.inner.zero(offset, length, fua, mayPunch);
     this.record(DeltaKind.ZERO, offset, length);
-    return r;
+    return this.applied(() => this.inner.zero(offset, length, fua, mayPunch));
   }
 
   override trim(offset: number, length: number, fua: boolean): MaybePromise<void> {
-    const r = this.inner.trim(offset, length, fua);
     this.record(DeltaKind.ZERO, offset, length);
-    return r;
+    return this.applied(() => this.inner.trim(offset, length, fua));
   }
 
   override close(): void {
@@ -99,13 +131,31 @@ export class RecordingBackend extends BackendDecorator {
     super.close();
   }
 
+  /** Runs the image write; if it fails after its record was logged, the log is wrong from here on. */
+  private applied(write: () => MaybePromise<void>): MaybePromise<void> {
+    try {
+      return write();
+    } catch (err) {
+      if (this.log && !this.failure) this.fail(`the image write failed after it was logged (${err instanceof Error ? err.message : String(err)})`);
+      throw err;
+    }
+  }
+
+  private fail(message: string): void {
+    this.failure = message;
+    this.onFailure?.(message);
+  }
+
   private record(kind: DeltaKindValue, offset: number, length: number, data?: Uint8Array): void {
     if (!this.log || this.failure) return;
+    if (this.fault && ++this.faultCount === this.fault.nth) {
+      if (this.fault.kind === "hide-write" && this.tracker) this.tracker.applied--;
+      return;
+    }
     try {
       this.log.append(kind, offset, length, data);
     } catch (cause) {
-      this.failure = `cannot append to ${this.log.path}: ${cause instanceof Error ? cause.message : String(cause)}`;
-      this.onFailure?.(this.failure);
+      this.fail(`cannot append to ${this.log.path}: ${cause instanceof Error ? cause.message : String(cause)}`);
     }
   }
 }

@@ -32,6 +32,16 @@
 //     |<-------------------------------------------------------|
 //   Either side may send ERROR {message} and close.
 //
+// Recovery of an interrupted hand-off (a source or destination killed after the fence):
+// the source, fenced, connects again with the same recording. READY's `verified` carries
+// the digest if the destination already verified (and released) it: the source checks it
+// against its own image and records the move. Otherwise, if the destination has the whole
+// bulk copy, the hand-off is finished as usual from READY's position. If it cannot be:
+//     | ROLLBACK  {reason}                                      |  the destination records,
+//     |------------------------------------------------------->|  durably, that it never
+//     |<------------------------------------------- ROLLED_BACK |  releases this recording
+//   and only then does the source lift its fence.
+//
 // Resume: if the stream breaks before the fence, the source connects again and repeats
 // HELLO/AUTH; READY then says how far the destination got (bulk offset, or the size once
 // BULK_END arrived; the next delta sequence it needs), and the source goes on from there.
@@ -51,12 +61,12 @@
 //
 // Versioning: HELLO carries PROTOCOL_VERSION; dest refuses another major version with
 // ERROR before anything else is said. 2: region digest, base hashes, the recording named
-// in HELLO; 3: REDIRECT. New message types need a new version; unknown
+// in HELLO; 3: REDIRECT; 4: recovery (READY.verified, ROLLBACK, ROLLED_BACK). New message types need a new version; unknown
 // types, oversize lengths and bad checksums are errors, never guesses.
 
 import { ProtocolError } from "./errors.ts";
 
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 export const FRAME_MAGIC = 0x574d4731; // "WMG1"
 export const FRAME_HEADER_LEN = 12;
 export const FRAME_TRAILER_LEN = 4;
@@ -79,6 +89,8 @@ export const MsgType = {
   CHECKSUM: 22,
   REDIRECT: 23,
   REDIRECT_READY: 24,
+  ROLLBACK: 25,
+  ROLLED_BACK: 26,
   ERROR: 30,
 } as const;
 export type MsgTypeValue = (typeof MsgType)[keyof typeof MsgType];
@@ -112,6 +124,8 @@ export interface Ready {
   nextSeq: string; // decimal: sequence numbers are u64
   /** The destination's image has content: BASE_HASHES follow, and zero blocks must be sent. */
   base: boolean;
+  /** Set when the destination verified this recording already (DONE was sent): its digest. */
+  verified?: string;
 }
 export interface Bulk {
   type: typeof MsgType.BULK;
@@ -190,19 +204,29 @@ export interface Done {
   type: typeof MsgType.DONE;
   digest: string;
 }
+/** The source gives the migration up during a hand-off's recovery; the destination must never release it. */
+export interface Rollback {
+  type: typeof MsgType.ROLLBACK;
+  reason: string;
+}
+/** The destination has recorded, durably, that it never releases this recording. */
+export interface RolledBack {
+  type: typeof MsgType.ROLLED_BACK;
+  recording: string;
+}
 export interface ErrorMsg {
   type: typeof MsgType.ERROR;
   message: string;
 }
 
-export type Message = Hello | Welcome | Auth | Ready | Bulk | Zero | Delta | Ack | BulkEnd | BaseHashes | Barrier | Checksum | Redirect | RedirectReady | Done | ErrorMsg;
+export type Message = Hello | Welcome | Auth | Ready | Bulk | Zero | Delta | Ack | BulkEnd | BaseHashes | Barrier | Checksum | Redirect | RedirectReady | Done | Rollback | RolledBack | ErrorMsg;
 
 /** Named constructors: the only way messages are made, so every field is always set. */
 export const msg = {
   hello: (p: Omit<Hello, "type" | "version">): Hello => ({ type: MsgType.HELLO, version: PROTOCOL_VERSION, ...p }),
   welcome: (p: Omit<Welcome, "type" | "version">): Welcome => ({ type: MsgType.WELCOME, version: PROTOCOL_VERSION, ...p }),
   auth: (proof: string): Auth => ({ type: MsgType.AUTH, proof }),
-  ready: (bulkOffset: number, nextSeq: bigint, base: boolean): Ready => ({ type: MsgType.READY, bulkOffset, nextSeq: nextSeq.toString(), base }),
+  ready: (bulkOffset: number, nextSeq: bigint, base: boolean, verified?: string): Ready => ({ type: MsgType.READY, bulkOffset, nextSeq: nextSeq.toString(), base, ...(verified ? { verified } : {}) }),
   bulk: (offset: number, length: number, data: Uint8Array, compressed = false): Bulk => ({ type: MsgType.BULK, offset, length, data, compressed }),
   zero: (offset: number, length: number): Zero => ({ type: MsgType.ZERO, offset, length }),
   delta: (p: Omit<Delta, "type">): Delta => ({ type: MsgType.DELTA, ...p }),
@@ -214,10 +238,12 @@ export const msg = {
   done: (digest: string): Done => ({ type: MsgType.DONE, digest }),
   redirect: (p: Omit<Redirect, "type">): Redirect => ({ type: MsgType.REDIRECT, ...p }),
   redirectReady: (iface: string): RedirectReady => ({ type: MsgType.REDIRECT_READY, iface }),
+  rollback: (reason: string): Rollback => ({ type: MsgType.ROLLBACK, reason }),
+  rolledBack: (recording: string): RolledBack => ({ type: MsgType.ROLLED_BACK, recording }),
   error: (message: string): ErrorMsg => ({ type: MsgType.ERROR, message }),
 };
 
-const JSON_TYPES = new Set<number>([MsgType.HELLO, MsgType.WELCOME, MsgType.AUTH, MsgType.READY, MsgType.BULK_END, MsgType.BARRIER, MsgType.CHECKSUM, MsgType.REDIRECT, MsgType.REDIRECT_READY, MsgType.DONE, MsgType.ERROR]);
+const JSON_TYPES = new Set<number>([MsgType.HELLO, MsgType.WELCOME, MsgType.AUTH, MsgType.READY, MsgType.BULK_END, MsgType.BARRIER, MsgType.CHECKSUM, MsgType.REDIRECT, MsgType.REDIRECT_READY, MsgType.DONE, MsgType.ROLLBACK, MsgType.ROLLED_BACK, MsgType.ERROR]);
 
 export function typeName(t: number): string {
   for (const [k, v] of Object.entries(MsgType)) if (v === t) return k;
@@ -330,7 +356,7 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
     case MsgType.AUTH:
       return decodeJson<Auth>(type, payload, (v) => isStr(v.proof));
     case MsgType.READY:
-      return decodeJson<Ready>(type, payload, (v) => isNum(v.bulkOffset) && isStr(v.nextSeq) && /^\d+$/.test(v.nextSeq as string) && typeof v.base === "boolean");
+      return decodeJson<Ready>(type, payload, (v) => isNum(v.bulkOffset) && isStr(v.nextSeq) && /^\d+$/.test(v.nextSeq as string) && typeof v.base === "boolean" && (v.verified === undefined || isStr(v.verified)));
     case MsgType.BULK_END:
       return decodeJson<BulkEnd>(type, payload, (v) => isNum(v.size));
     case MsgType.BARRIER:
@@ -347,6 +373,10 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
       return decodeJson<RedirectReady>(type, payload, (v) => isStr(v.iface));
     case MsgType.DONE:
       return decodeJson<Done>(type, payload, (v) => isStr(v.digest));
+    case MsgType.ROLLBACK:
+      return decodeJson<Rollback>(type, payload, (v) => isStr(v.reason));
+    case MsgType.ROLLED_BACK:
+      return decodeJson<RolledBack>(type, payload, (v) => isStr(v.recording));
     case MsgType.ERROR:
       return decodeJson<ErrorMsg>(type, payload, (v) => isStr(v.message));
     case MsgType.BULK: {
