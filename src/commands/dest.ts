@@ -11,6 +11,7 @@ import type { Channel } from "../net/channel.ts";
 import { listenTcp, pipeChannel, stdoutSink } from "../net/channel.ts";
 import { describeError, UsageError } from "../errors.ts";
 import { Receiver } from "../phases/receive.ts";
+import { ImageStateFile, stateFilePath } from "../disk/image-state.ts";
 import { ReceiveError } from "../phases/errors.ts";
 import { jsonArg, logArg, nameArg, runDirArg } from "./_shared.ts";
 import { credentials, parseHostPort } from "./_migration.ts";
@@ -49,13 +50,22 @@ async function routeDevice(ip: string, log: ReturnType<typeof logger>): Promise<
   return (JSON.parse(out) as { dev?: string }[])[0]?.dev;
 }
 
-/** Runs connections from the source until the migration completes (TCP: resumes included). */
-async function receive(args: { stdio: boolean; listen?: string; name: string; "resume-timeout": string }, receiver: Receiver, log: ReturnType<typeof logger>): Promise<void> {
+type Connections = ReturnType<typeof connections>;
+
+/**
+ * Runs connections from the source until the migration completes (TCP: resumes included).
+ * Returns the listener still open (TCP), so a source that lost DONE can ask a while longer.
+ */
+async function receive(
+  args: { stdio: boolean; listen?: string; name: string; "resume-timeout": string },
+  receiver: Receiver,
+  log: ReturnType<typeof logger>,
+): Promise<Connections | undefined> {
   if (args.stdio) {
     const outcome = await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()));
     if (outcome === "dropped") throw new ReceiveError("the ssh link broke; run the migration again");
     if (outcome === "rejected") throw new ReceiveError("the source's handshake failed (see above)");
-    return;
+    return undefined;
   }
   const conns = connections(args.listen!, args.name, log);
   try {
@@ -64,8 +74,24 @@ async function receive(args: { stdio: boolean; listen?: string; name: string; "r
       const ch = await conns.next(started ? Number(args["resume-timeout"]) * 1000 : Number.MAX_SAFE_INTEGER);
       if (!ch) throw new ReceiveError(`the source did not come back within ${args["resume-timeout"]} s`);
       const outcome = await receiver.serve(ch);
-      if (outcome === "completed") return;
+      if (outcome === "completed") return conns;
       if (outcome === "dropped") started = true;
+    }
+  } catch (err) {
+    conns.close();
+    throw err;
+  }
+}
+
+/** After completion: answer a source that lost DONE (it asks with the same recording) until `ms` pass. */
+async function answerLateQueries(conns: Connections, receiver: Receiver, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  try {
+    for (;;) {
+      const left = end - Date.now();
+      if (left <= 0) return;
+      const ch = await conns.next(left);
+      if (ch) await receiver.serve(ch).catch(() => undefined);
     }
   } finally {
     conns.close();
@@ -107,7 +133,10 @@ export default defineCommand({
       const pidFile = args["pid-file"];
       process.on("exit", () => rmSync(pidFile, { force: true }));
     }
-    if (args.base) await copyBase(args.base, args.image, log);
+    // A killed destination of this image left its position here: take it up, copy no base over it.
+    const resuming = ImageStateFile.read(args.image).incoming?.state === "receiving" && existsSync(args.image);
+    if (args.base && !resuming) await copyBase(args.base, args.image, log);
+    const state = new ImageStateFile(args.image);
     await recoverStaleJournal(args["run-dir"], args.name, log);
     let svc: DiskService | undefined;
     let redirect: Redirect | undefined;
@@ -117,10 +146,16 @@ export default defineCommand({
       image: args.image,
       creds,
       log,
+      state,
       onAuthenticated: async () => {
         // A QEMU waiting for the incoming migration reads its disk at start-up: let reads through (nbd-server.ts).
-        svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], hold: held, holdWritesOnly: hv.kind === "qemu", log: serveLog });
+        svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], hold: held, holdWritesOnly: hv.kind === "qemu", log: serveLog, state });
         svc.incoming = () => receiver.progress();
+      },
+      // The image is the VM's disk here from now on: a fence an earlier migration away from
+      // this host left on it (this is the way back) is lifted, durably, before DONE goes out.
+      onVerified: () => {
+        if (svc?.fencing.fenced || state.state.fence) svc?.unfence("the incoming migration is verified: the VM's disk lives here again", { force: true });
       },
       onRedirect: async (m) => {
         const vmDev = args["vm-dev"] ?? (m.newIp ? await routeDevice(m.newIp, log) : undefined);
@@ -134,17 +169,35 @@ export default defineCommand({
     let redirectIdleMs = 0;
     // Whatever ends the migration early, this host's redirect end must not outlive it.
     const undoRedirect = () => redirect?.teardown().catch((err) => log.error(describeError(err)));
-    try {
-      await receive(args, receiver, log);
-    } catch (err) {
-      await undoRedirect();
-      svc?.stop();
-      if (args["remove-on-abort"] && createdImage) {
-        rmSync(args.image, { force: true });
-        log.warn(`migration aborted: removed ${args.image}, which this run had created`);
+    let conns: Connections | undefined;
+    if (receiver.verifiedRecording) {
+      // Verified before a restart: serve it; a source that lost DONE may still ask.
+      log.info(`the incoming migration ${receiver.verifiedRecording} was verified here before a restart; serving ${args.image}`);
+      try {
+        svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], log: serveLog, state });
+      } catch (err) {
+        // Over ssh, a recovering source starts us beside the daemon that serves the image: answer, and leave it be.
+        if (!args.stdio) throw err;
+        await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()));
+        return;
       }
-      throw err;
+      if (args.stdio) await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()));
+      else conns = connections(args.listen!, args.name, log);
+    } else {
+      try {
+        conns = await receive(args, receiver, log);
+      } catch (err) {
+        await undoRedirect();
+        svc?.stop();
+        if (args["remove-on-abort"] && createdImage) {
+          rmSync(args.image, { force: true });
+          rmSync(stateFilePath(args.image), { force: true });
+          log.warn(`migration aborted: removed ${args.image}, which this run had created`);
+        }
+        throw err;
+      }
     }
+    if (conns) void answerLateQueries(conns, receiver, Number(args["resume-timeout"]) * 1000);
     release();
     if (redirect) {
       const r = redirect;

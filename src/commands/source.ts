@@ -172,6 +172,7 @@ export async function runSourceCommand(args: SourceArgs, opts: { remoteDestArgs?
       hypervisor,
       name: args.name,
       runDir: args["run-dir"],
+      to: args.to,
       connect: async () => {
         const ch = ssh
           ? sshChannel(parseSshUrl(args.to), [...(opts.remoteWrapper ?? []), ...(await remoteDestArgv(args, opts.remoteDestArgs ?? []))], log)

@@ -30,7 +30,7 @@ export class ControlClient {
   }
 
   /** `owner`: the pid of the source process the recording is for (a second one is refused while it lives). */
-  startRecording(dir?: string, owner?: number): Promise<RecordingState> {
+  startRecording(dir?: string, owner?: number): Promise<ServeStatus["recording"]> {
     return this.call("POST", "/v1/record", { action: "start", dir, owner });
   }
 

@@ -43,6 +43,8 @@ export interface DiskServiceOptions {
   holdWritesOnly?: boolean;
   /** The operator lifts a fence that an earlier process set (`serve --unfence`). */
   unfence?: boolean;
+  /** The image's state file, when the caller (dest) shares it; else the service opens it. */
+  state?: ImageStateFile;
   log: Logger;
 }
 
@@ -122,7 +124,7 @@ export class DiskService {
     }
     this.tracking = new TrackingBackend(this.file);
     this.recording = new RecordingBackend(this.tracking, (msg) => opts.log.error(`record mode failed: ${msg}; a migration under way must abort`), this.tracking);
-    this.state = this.file.readOnly ? undefined : new ImageStateFile(opts.image);
+    this.state = this.file.readOnly ? undefined : (opts.state ?? new ImageStateFile(opts.image));
     this.fencing = new FencingBackend(this.recording);
     this.throttling = new ThrottlingBackend(this.fencing, new DoublingThrottlePolicy(opts.throttle));
     this.nbdEndpoint = opts.nbd ?? defaultNbdEndpoint(opts.runDir, opts.name);

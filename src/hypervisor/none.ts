@@ -10,6 +10,10 @@ export class NoSourceHypervisor implements SourceHypervisor {
   }
   async complete(): Promise<void> {}
   async abort(): Promise<void> {}
+  /** Nothing to ask: whatever uses the disk waits behind the fence either way. */
+  async recoverState(): Promise<"can-roll-back"> {
+    return "can-roll-back";
+  }
   close(): void {}
 }
 

@@ -103,6 +103,16 @@ export class QemuSource implements SourceHypervisor {
     }
   }
 
+  /** pre-switchover: paused here, either way is open; completed: the state has gone. */
+  async recoverState(): Promise<"can-roll-back" | "must-complete" | "runs-here"> {
+    this.qmp ??= await QmpClient.connect(this.opts.qmp, this.log);
+    const m = await this.qmp.execute<MigrateInfo>("query-migrate");
+    if (m.status === "completed") return "must-complete";
+    if (m.status === "pre-switchover" || m.status === "device") return "can-roll-back";
+    const st = await this.qmp.execute<{ status: string }>("query-status");
+    return st.status === "running" ? "runs-here" : "can-roll-back";
+  }
+
   /** Cancels the migration and makes sure the VM runs here again. */
   async abort(): Promise<void> {
     const qmp = this.qmp;

@@ -17,6 +17,14 @@ export type HypervisorKind = "none" | "xl" | "qemu";
  */
 export type PointOfNoReturn = "fence" | "memory-moved" | "complete";
 
+/**
+ * Where the VM stands when a hand-off that a killed source left unfinished is taken up:
+ *  - "can-roll-back": paused (or never moved) here; it may still go either way;
+ *  - "must-complete": its memory has left; only the destination can run it now;
+ *  - "runs-here": running here again (its migration failed or was cancelled).
+ */
+export type RecoveryState = "can-roll-back" | "must-complete" | "runs-here";
+
 export interface SourceHypervisor {
   readonly kind: HypervisorKind;
   readonly pointOfNoReturn: PointOfNoReturn;
@@ -32,6 +40,8 @@ export interface SourceHypervisor {
   complete(): Promise<void>;
   /** Before the point of no return: the VM carries on at the source. */
   abort(): Promise<void>;
+  /** Looks at the VM after a source died mid hand-off; complete() or abort() follow. */
+  recoverState(): Promise<RecoveryState>;
   close(): void;
 }
 

@@ -80,6 +80,16 @@ export class XlSource implements SourceHypervisor {
   /** xl migrate resumes the domain at the source when it fails; nothing is left to undo. */
   async abort(): Promise<void> {}
 
+  /** The domain still listed here has not left (xl destroys it here only once it moved). */
+  async recoverState(): Promise<"can-roll-back" | "must-complete"> {
+    try {
+      await runXl(["list", this.opts.domain], this.log, `looking for domain ${this.opts.domain}`);
+      return "can-roll-back";
+    } catch {
+      return "must-complete";
+    }
+  }
+
   close(): void {}
 }
 

@@ -7,6 +7,7 @@ import type { ControlClient } from "../disk/control-client.ts";
 import type { RegionDigests } from "../disk/region-digest.ts";
 import type { DeltaStreamer } from "./deltas.ts";
 import { DeltasError } from "./errors.ts";
+import type { RecordingWatch } from "./recording-watch.ts";
 
 /** Switch over once less than this much is unsent or unapplied: it bounds the storage part of downtime. */
 const SWITCHOVER_PENDING_BYTES = 1024 * 1024;
@@ -44,6 +45,7 @@ export class CatchUp {
     private readonly deltas: DeltaStreamer,
     private readonly check: ImageCheck,
     private readonly size: number,
+    private readonly watch: RecordingWatch,
     private readonly onProgress?: (p: DeltasProgress) => void,
   ) {}
 
@@ -52,16 +54,19 @@ export class CatchUp {
     const d = this.deltas;
     await d.pump();
     d.takeAcks();
-    // Rehash what the deltas so far touched now, while the VM runs, not in the downtime
-    // (the first round also hashes regions no bulk chunk covered whole: a resumed copy).
-    this.check.digests.refresh(this.check.image, { all: this.rounds++ === 0 });
     // A request to the serve per round (every few ms while memory moves) would be most of
-    // the round's cost; the throttle needs the queue's size, not each step of it.
-    if (d.lastRead !== this.reported && Date.now() - this.lastReport >= SHIP_REPORT_EVERY_MS) {
-      this.throttleLevel = (await this.ctl.shipped(d.lastRead)).level;
+    // the round's cost; the throttle needs the queue's size, not each step of it. The same
+    // answer brings the serve's dirty map, marked before the rehash below.
+    if (Date.now() - this.lastReport >= SHIP_REPORT_EVERY_MS) {
+      const answer = await this.ctl.shipped(d.lastRead, this.watch.recording);
+      this.watch.apply(answer);
+      this.throttleLevel = answer.level;
       this.reported = d.lastRead;
       this.lastReport = Date.now();
     }
+    // Rehash what the deltas so far touched now, while the VM runs, not in the downtime
+    // (the first round also hashes regions no bulk chunk covered whole: a resumed copy).
+    this.check.digests.refresh(this.check.image, { all: this.rounds++ === 0 });
     if (this.onProgress && Date.now() - this.lastProgress >= PROGRESS_EVERY_MS) {
       this.lastProgress = Date.now();
       this.onProgress({ queuedBytes: d.pendingBytes(), unackedBytes: d.unackedBytes(), deltasSent: d.sent, deltaBytes: d.bytes, deltasSkipped: d.skipped, throttleLevel: this.throttleLevel });

@@ -2,8 +2,11 @@
 //
 //   source                                   dest
 //     drain deltas until the queue is small (catch-up.ts); the VM pauses (hypervisor)
-//     ---- fence the source serve (the point of no return with --hypervisor none) ----
+//     ---- fence the source serve, durably, naming the recording ----
+//     check the log against the serve's own count of writes; take its dirty map
 //     read the log to its end, send the rest
+//     ---- the point of no return with --hypervisor none: before the barrier, the
+//          destination can release nothing, so a failure here still rolls back ----
 //     BARRIER {lastSeq, size}  ------>  apply, fdatasync, rehash what the last deltas touched
 //     rehash likewise; CHECKSUM ------>  compare the image digests
 //                                      <-------  DONE {digest}: dest releases held I/O
@@ -21,11 +24,14 @@ import { type Done, msg, MsgType, typeName } from "../net/protocol.ts";
 import type { Logger } from "../log.ts";
 import type { DeltaStreamer } from "./deltas.ts";
 import { HandoffError } from "./errors.ts";
+import type { RecordingWatch } from "./recording-watch.ts";
 
 export interface HandoffTimes {
   fencedAt: number;
   doneAt: number;
   finalDeltas: number;
+  /** The verified image digest (the source's record of the move keeps it). */
+  digest: string;
   /** The storage downtime in its parts (ms): fence and last deltas; our digest; the destination's apply and verify. */
   parts: { fenceAndLastDeltasMs: number; digestMs: number; destinationMs: number };
 }
@@ -52,25 +58,32 @@ export async function handOffStorage(
   deltas: DeltaStreamer,
   check: ImageCheck,
   log: Logger,
-  opts: { fenceIsPointOfNoReturn: boolean },
+  opts: { watch: RecordingWatch; to: string; barrierIsPointOfNoReturn: boolean; onBarrier: () => void },
 ): Promise<HandoffTimes> {
   const st = await ctl.status();
   if (st.recording.failed) throw new HandoffError(`record mode failed at the source: ${st.recording.failed}`);
 
   // Downtime is counted from before the request: the fence may apply before we hear back.
   const fencedAt = performance.now();
-  await ctl.fence();
-  if (opts.fenceIsPointOfNoReturn) log.info("point of no return: source fenced; every later write there is refused");
-  else log.info("source fenced; the VM is paused, and cannot run at the destination before the hand-off completes");
+  const fenced = await ctl.fence({ recording: opts.watch.recording, reason: `hand-off of ${opts.watch.recording} to ${opts.to}` });
+  log.info("source fenced (durably); every later write there is refused");
+  const rec = fenced.recording;
+  if (rec.failed) throw new HandoffError(`record mode failed at the source: ${rec.failed}`);
+  // No write can be applied any more: the serve's own count must be the log's.
+  if (rec.applied !== rec.records)
+    throw new HandoffError(`the delta log holds ${rec.records} records, but the serve applied ${rec.applied} writes while recording: ${Math.abs(rec.applied - rec.records)} escaped the log`, {
+      hint: "the migration is rolled back; report this as a bug",
+    });
+  opts.watch.apply(await ctl.dirty(opts.watch.recording));
 
   const before = deltas.sent;
-  await deltas.pump({ final: true, pastPointOfNoReturn: opts.fenceIsPointOfNoReturn });
+  await deltas.pump({ final: true });
   const pumpedAt = performance.now();
-  const after = await ctl.status();
-  if (after.recording.failed) throw new HandoffError(`record mode failed at the source: ${after.recording.failed}`);
   // The barrier goes first, without the digest, so the destination rehashes its regions
   // while we rehash ours: the verification costs one hash time of downtime, not two.
-  await ch.send(msg.barrier(deltas.lastSeq, after.size, ""));
+  opts.onBarrier();
+  if (opts.barrierIsPointOfNoReturn) log.info("point of no return: the barrier goes out; the destination may release the disk once it has verified it");
+  await ch.send(msg.barrier(deltas.lastSeq, st.size, ""));
   check.digests.refresh(check.image, { all: true });
   const digest = check.digests.digest();
   await ch.send(msg.checksum(digest));
@@ -87,6 +100,7 @@ export async function handOffStorage(
     fencedAt,
     doneAt,
     finalDeltas: deltas.sent - before,
+    digest,
     parts: { fenceAndLastDeltasMs: Math.round(pumpedAt - fencedAt), digestMs: Math.round(hashedAt - pumpedAt), destinationMs: Math.round(doneAt - hashedAt) },
   };
 }

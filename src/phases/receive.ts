@@ -6,7 +6,14 @@
 //                                                (the held NBD requests stay held)
 //
 // Once this side sends ERROR (on any abort) it never releases the image: the source
-// relies on that to unfence safely.
+// relies on that to unfence safely. That promise is durable: the recording is written to
+// the image's state file as abandoned before ERROR (or ROLLED_BACK) goes out, and no later
+// process of this image takes it up again.
+//
+// The position reached is durable too (image-state.ts): it is written after each periodic
+// fdatasync of the image, so it never runs ahead of the image. A destination killed and
+// started again takes up from there, and a verified image is recorded as such before DONE
+// is sent, so a source that lost DONE can connect again and ask (READY.verified).
 //
 // Bulk blocks and deltas are applied to the image as they arrive; delta sequence numbers
 // must increase (coalescing leaves gaps). ACKs report what is applied; it is synced at the
@@ -21,6 +28,7 @@ import { describeError } from "../errors.ts";
 import { decompress } from "../net/compress.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { type Barrier, DeltaOp, type Hello, msg, MsgType, type Redirect as RedirectMsg, typeName } from "../net/protocol.ts";
+import type { ImageStateFile, IncomingMarker } from "../disk/image-state.ts";
 import type { Logger } from "../log.ts";
 import { isZero } from "../util/zero.ts";
 import { GcNudge } from "../util/gc.ts";
@@ -70,8 +78,14 @@ function writeSparse(image: FileBackend, offset: number, data: Uint8Array): void
   }
 }
 
-/** completed; dropped: the link broke, a resume may follow; rejected: the handshake failed, nothing changed. */
-export type ServeOutcome = "completed" | "dropped" | "rejected";
+/**
+ * completed; dropped: the link broke, a resume may follow; rejected: the handshake failed,
+ * nothing changed; answered: a source asked after a migration completed here, and was told.
+ */
+export type ServeOutcome = "completed" | "dropped" | "rejected" | "answered";
+
+/** What a restarted destination knows of its incoming migration (the fields HELLO gave). */
+type KnownHello = Pick<Hello, "name" | "size" | "blockSize" | "recording">;
 
 /**
  * One migration's receiving side. It outlives a connection: when the stream breaks before
@@ -81,7 +95,7 @@ export class Receiver {
   state: ReceiverState = { kind: "waiting" };
   private image?: FileBackend;
   private fresh = false;
-  private hello?: Hello;
+  private hello?: KnownHello;
   private bulkOffset = 0;
   private bulkDone = false;
   private nextSeq?: bigint;
@@ -94,11 +108,75 @@ export class Receiver {
       image: string;
       creds: Credentials;
       log: Logger;
-      onAuthenticated?: (hello: Hello) => Promise<void>;
+      /** The image's durable state: where a killed destination got to, and what it must never release. */
+      state?: ImageStateFile;
+      /** The image is opened for the migration (before any byte is written): start serving it, held. */
+      onAuthenticated?: (hello: KnownHello) => Promise<void>;
+      /** The image is verified; called before DONE is sent (the image becomes the VM's disk here). */
+      onVerified?: (digest: string) => void;
       /** The source asks for this end of the network redirect (src/redirect/); a failure aborts the migration. */
       onRedirect?: (m: RedirectMsg, ch: Channel) => Promise<void>;
     },
-  ) {}
+  ) {
+    this.restore();
+  }
+
+  /** Takes up where a killed destination of this image got to (its durable position). */
+  private restore(): void {
+    const inc = this.opts.state?.state.incoming;
+    if (!inc) return;
+    if (inc.state === "verified") {
+      this.hello = inc;
+      this.bulkDone = true;
+      this.bulkOffset = inc.size;
+      this.state = { kind: "completed", digest: inc.digest ?? "" };
+      return;
+    }
+    if (inc.state !== "receiving" || !existsSync(this.opts.image)) return;
+    this.hello = inc;
+    this.fresh = false;
+    this.bulkOffset = inc.bulkOffset;
+    this.bulkDone = inc.bulkDone;
+    this.nextSeq = inc.nextSeq === "0" ? undefined : BigInt(inc.nextSeq);
+    this.digests = new RegionDigests(inc.size);
+    this.opts.log.info(`taking up the incoming migration of ${inc.name} (${inc.recording}) where a killed destination left it: bulk ${inc.bulkDone ? "done" : inc.bulkOffset}, next delta ${inc.nextSeq}`);
+  }
+
+  /** Read through a method: the compiler would narrow the field across the awaits that change it. */
+  private isCompleted(): boolean {
+    return this.state.kind === "completed";
+  }
+
+  /** The recording the image here was verified for, if it was. */
+  get verifiedRecording(): string | undefined {
+    return this.state.kind === "completed" ? this.hello?.recording : undefined;
+  }
+
+  private persist(state: IncomingMarker["state"], digest?: string): void {
+    const h = this.hello;
+    if (!this.opts.state || !h) return;
+    this.opts.state.update((s) => {
+      s.incoming = {
+        name: h.name,
+        recording: h.recording,
+        size: h.size,
+        blockSize: h.blockSize,
+        bulkOffset: this.bulkDone ? h.size : this.bulkOffset,
+        bulkDone: this.bulkDone,
+        nextSeq: String(this.nextSeq ?? 0n),
+        state,
+        digest,
+        at: new Date().toISOString(),
+      };
+      if (state === "abandoned") s.abandoned = [...new Set([...(s.abandoned ?? []), h.recording])].slice(-16);
+    });
+  }
+
+  /** Syncs the image, then records the position: the record never runs ahead of the data. */
+  private async checkpoint(): Promise<void> {
+    await this.image?.flush();
+    this.persist("receiving");
+  }
 
   private readonly gc = new GcNudge();
 
@@ -109,6 +187,7 @@ export class Receiver {
 
   /** Runs one connection; "dropped" means the link broke and a resume is possible. */
   async serve(ch: Channel): Promise<ServeOutcome> {
+    if (this.state.kind === "completed") return this.answerCompleted(ch);
     if (this.state.kind !== "waiting") {
       await ch.send(msg.error(`this destination's migration is ${this.state.kind}`)).catch(() => undefined);
       ch.close();
@@ -132,13 +211,26 @@ export class Receiver {
       this.opts.log.info(`receiving ${hello.name} (${hello.size} bytes) into ${this.opts.image}${this.bulkOffset || this.nextSeq ? `, resuming at bulk ${this.bulkDone ? "end" : this.bulkOffset}, delta ${this.nextSeq ?? 0n}` : ""}`);
       return await this.loop(ch, hello);
     } catch (err) {
-      if (err instanceof ChannelClosed && this.hello) {
-        await this.image?.flush();
+      if (err instanceof ChannelClosed && this.hello && !this.isCompleted()) {
+        await this.checkpoint();
         this.opts.log.warn(`the link broke (${err.message}); waiting for the source to resume`);
         this.state = { kind: "waiting" };
         return "dropped";
       }
+      // DONE may not have gone out; the image is verified and recorded so all the same,
+      // and a source that missed DONE asks again (answerCompleted).
+      if (this.isCompleted()) {
+        this.opts.log.warn(`the link broke as DONE went out (${(err as Error).message}); the image is verified and served here`);
+        this.image?.close();
+        return "completed";
+      }
       this.state = { kind: "aborted", reason: (err as Error).message };
+      // Durable before the source can hear of it: this copy is never released, by any process.
+      try {
+        this.persist("abandoned");
+      } catch (cause) {
+        this.opts.log.error(`cannot record that this copy is abandoned: ${(cause as Error).message}`);
+      }
       this.image?.close();
       // Say why before hanging up; the source then knows we will never release this image.
       if (!ch.errorSent && !peerAborted(err)) await ch.send(msg.error(describeError(err).replace(/\n\s*/g, "; "))).catch(() => undefined);
@@ -148,27 +240,69 @@ export class Receiver {
   }
 
   private async accept(ch: Channel, hello: Hello): Promise<void> {
+    if (this.opts.state?.state.abandoned?.includes(hello.recording)) {
+      await ch.send(msg.error(`the migration of ${hello.recording} was given up here; this copy is never released`));
+      throw new ReceiveError(`the source asked to resume ${hello.recording}, which was given up here`);
+    }
     if (this.hello) {
       if (hello.name !== this.hello.name || hello.size !== this.hello.size) {
         await ch.send(msg.error(`a migration of ${this.hello.name} (${this.hello.size} bytes) is under way here`));
         throw new ReceiveError(`a different migration tried to resume: ${hello.name}, ${hello.size} bytes`);
       }
       if (hello.recording !== this.hello.recording) this.startOver(hello);
-      return;
+    } else {
+      try {
+        this.fresh = prepareImage(this.opts.image, hello.size).fresh;
+      } catch (cause) {
+        await ch.send(msg.error(`destination cannot use ${this.opts.image}: ${(cause as Error).message}`));
+        throw cause;
+      }
+      this.hello = hello;
+      this.digests = new RegionDigests(hello.size);
     }
-    try {
-      this.fresh = prepareImage(this.opts.image, hello.size).fresh;
-      this.image = new FileBackend(this.opts.image, false);
-    } catch (cause) {
-      await ch.send(msg.error(`destination cannot use ${this.opts.image}: ${(cause as Error).message}`));
-      throw cause;
+    if (!this.image) {
+      try {
+        this.image = new FileBackend(this.opts.image, false);
+      } catch (cause) {
+        await ch.send(msg.error(`destination cannot use ${this.opts.image}: ${(cause as Error).message}`));
+        throw cause;
+      }
+      try {
+        await this.opts.onAuthenticated?.(this.hello);
+      } catch (cause) {
+        await ch.send(msg.error(`destination cannot serve ${this.opts.image}: ${(cause as Error).message}`));
+        throw cause;
+      }
     }
-    this.hello = hello;
-    this.digests = new RegionDigests(hello.size);
-    await this.opts.onAuthenticated?.(hello);
+    this.persist("receiving");
   }
 
-  private async loop(ch: Channel, hello: Hello): Promise<ServeOutcome> {
+  /**
+   * A source that lost DONE (or was killed after it) asks again: tell it the image is
+   * verified, with the digest, for the recording that was verified here.
+   */
+  private async answerCompleted(ch: Channel): Promise<ServeOutcome> {
+    let hello: Hello;
+    try {
+      hello = await destHandshake(ch, this.opts.creds);
+    } catch (err) {
+      this.opts.log.warn(`refused a connection: ${describeError(err).replace(/\n\s*/g, "; ")}`);
+      await ch.shutdown(500);
+      return "rejected";
+    }
+    const st = this.state as { kind: "completed"; digest: string };
+    if (hello.recording !== this.hello?.recording || hello.size !== this.hello.size) {
+      await ch.send(msg.error(`this destination completed another migration (${this.hello?.recording}) and serves it`)).catch(() => undefined);
+      await ch.shutdown();
+      return "answered";
+    }
+    await ch.send(msg.ready(hello.size, this.nextSeq ?? 0n, false, st.digest));
+    this.opts.log.info(`the source asked after ${hello.recording}: told it the image is verified (${st.digest.slice(0, 16)}…)`);
+    await ch.shutdown(2000);
+    return "answered";
+  }
+
+  private async loop(ch: Channel, hello: KnownHello): Promise<ServeOutcome> {
     const image = this.image!;
     let lastAck = Date.now();
     let lastFlush = lastAck;
@@ -196,9 +330,19 @@ export class Receiver {
           this.hashBulkBefore(hello.size);
           // Write the bulk copy back now, while the VM still runs at the source: left to
           // the barrier's sync, hundreds of MB of page cache would be downtime.
-          await image.flush();
+          await this.checkpoint();
           lastFlush = Date.now();
           break;
+        case MsgType.ROLLBACK:
+          // Durable first: once the source hears ROLLED_BACK it lifts its fence, and from
+          // then on this copy must never serve, whichever process of ours comes next.
+          this.state = { kind: "aborted", reason: `rolled back by the source: ${m.reason}` };
+          this.persist("abandoned");
+          await ch.send(msg.rolledBack(hello.recording));
+          this.opts.log.warn(`the source rolled the migration back (${m.reason}); this copy is never released`);
+          await ch.shutdown(2000);
+          this.image?.close();
+          throw new ReceiveError(`the source rolled the migration back: ${m.reason}`);
         case MsgType.DELTA: {
           // Gaps are allowed (coalescing drops records); going backwards never is.
           if (this.nextSeq !== undefined && m.seq < this.nextSeq) throw new ProtocolError(`delta ${m.seq} arrived after ${this.nextSeq - 1n}: deltas must come in order`);
@@ -225,7 +369,7 @@ export class Receiver {
       // writer). The periodic sync keeps the barrier's own sync small.
       const now = Date.now();
       if (now - lastFlush > FLUSH_EVERY_MS) {
-        await image.flush();
+        await this.checkpoint();
         lastFlush = now;
       }
       if (now - lastAck > ACK_EVERY_MS || (!ch.pending() && (m.type === MsgType.DELTA || m.type === MsgType.BULK_END))) {
@@ -241,7 +385,7 @@ export class Receiver {
    * positions refer to a log it cannot ship, so start from zero. What the image holds now
    * is a base: only blocks that differ travel again.
    */
-  private startOver(hello: Hello): void {
+  private startOver(hello: KnownHello): void {
     this.opts.log.warn(`the source ships a new delta log (${hello.recording}); starting over, with what is here as a base`);
     this.hello = hello;
     this.fresh = false;
@@ -253,7 +397,7 @@ export class Receiver {
   }
 
   /** Runs beside the receive loop; a failure closes the channel, which the loop reports. */
-  private streamBaseHashes(ch: Channel, hello: Hello): void {
+  private streamBaseHashes(ch: Channel, hello: KnownHello): void {
     sendBaseHashes(ch, this.opts.image, bulkResumeOffset(this.bulkOffset, hello.blockSize), hello.blockSize).catch((err) => {
       if (err instanceof ChannelClosed) return;
       this.opts.log.error(`cannot hash the base image: ${(err as Error).message}`);
@@ -280,13 +424,14 @@ export class Receiver {
     this.opts.log.info(`barrier: image synced in ${Math.round(t1 - t0)} ms, ${rehashed} regions rehashed in ${Math.round(performance.now() - t1)} ms`);
     // An empty digest in the barrier: the source hashed while we did; it follows now.
     const theirs = m.digest || (await ch.expect(MsgType.CHECKSUM, 10 * 60 * 1000)).digest;
-    if (digest !== theirs) {
-      await ch.send(msg.error("image digest mismatch after the last delta"));
-      throw new ReceiveError(`image digest mismatch: ours ${digest}, source ${theirs}`);
-    }
+    if (digest !== theirs) throw new ReceiveError(`image digest mismatch: ours ${digest}, source ${theirs}`);
+    // Verified: durable before DONE, so that a restart of ours serves it, and a source that
+    // loses DONE can ask again and hear the same answer.
+    this.persist("verified", digest);
+    this.opts.onVerified?.(digest);
+    this.state = { kind: "completed", digest };
     await ch.send(msg.done(digest));
     this.opts.log.info(`image verified (digest ${digest.slice(0, 16)}…); releasing held I/O`);
-    this.state = { kind: "completed", digest };
     this.image!.close();
     ch.close();
     return "completed";

@@ -27,6 +27,8 @@ import { RegionDigests } from "../disk/region-digest.ts";
 import { msg } from "../net/protocol.ts";
 import { HandoffError, Interrupted } from "./errors.ts";
 import { type Credentials, sourceHandshake } from "./init.ts";
+import { type RecoveryOptions, settleHandoff } from "./recover.ts";
+import { RecordingWatch } from "./recording-watch.ts";
 
 export interface SourceOptions {
   name: string;
@@ -45,6 +47,8 @@ export interface SourceOptions {
   interrupted?: () => boolean;
   /** Who moves the memory (default: none, storage only). */
   hypervisor?: SourceHypervisor;
+  /** Where the destination is (the record of the move at the source names it). */
+  to?: string;
   /** --throttle-threshold / --throttle-delay: set on the serve before recording starts. */
   throttle?: Partial<ThrottleParams>;
   log: Logger;
@@ -99,10 +103,16 @@ export async function runSource(o: SourceOptions): Promise<SourceResult> {
   } catch (cause) {
     throw new InitError(`no local serve named ${o.name}`, { cause, hint: `start it with: wanmig serve --name ${o.name} --image PATH` });
   }
-  if (status.mode === "fenced") throw new InitError(`${o.name} is fenced here: it has already moved away`);
+  // The rest rides out a serve restarting under us (it goes on with the recording).
+  const retrying = new ControlClient(controlSocketPath(o.runDir, o.name), { retryMs: SERVE_RESTART_GRACE_MS });
+  if (status.handoff.state === "unfinished") {
+    if (o.mode === "freeze-and-copy") throw new InitError(`${o.name} has an unfinished hand-off`, { hint: "run the live migration again (without --mode freeze-and-copy) to finish or roll it back" });
+    return settle(retrying, status, blockSize(o), o, t0);
+  }
+  if (status.mode === "fenced") throw new InitError(`${o.name} is fenced here (${status.handoff.text})`, { hint: "it has moved away; migrate it from where it runs now" });
   if (o.mode === "freeze-and-copy" && status.recording.active)
     throw new InitError(`${o.name} is recording for a live migration`, { hint: "wait for it to finish; or, if its source died, stop recording first (POST /v1/record stop)" });
-  const blockSize = o.blockSize ?? 64 * 1024;
+  const bs = blockSize(o);
 
   if (o.mode === "freeze-and-copy") {
     if (o.redirect) throw new InitError("--mode freeze-and-copy does not redirect the network", { hint: "use --mode live, or drop --old-ip" });
@@ -113,9 +123,44 @@ export async function runSource(o: SourceOptions): Promise<SourceResult> {
     } catch (cause) {
       throw new InitError("cannot connect to the destination", { cause });
     }
-    return { metrics: await freezeAndCopy(ch, ctl, status, blockSize, o, t0) };
+    return { metrics: await freezeAndCopy(ch, retrying, status, bs, o, t0) };
   }
-  return live(ctl, status, blockSize, o, t0);
+  return live(retrying, status, bs, o, t0);
+}
+
+/** How long the source waits for a serve that went away (a restart) before it gives up. */
+const SERVE_RESTART_GRACE_MS = 30_000;
+
+function blockSize(o: SourceOptions): number {
+  return o.blockSize ?? 64 * 1024;
+}
+
+function recoveryOptions(o: SourceOptions, hv: SourceHypervisor, bs: number): RecoveryOptions {
+  return { name: o.name, connect: o.connect, creds: o.creds, compress: o.compress, blockSize: bs, hypervisor: hv, log: o.log, to: o.to ?? "the destination", backoffMs: RESUME_BACKOFF_MS };
+}
+
+/** A re-run source that finds the hand-off unfinished: finish it or roll it back, with the destination. */
+async function settle(ctl: ControlClient, status: ServeStatus, bs: number, o: SourceOptions, t0: number): Promise<SourceResult> {
+  phaseEvent(o, "handoff");
+  const hv = o.hypervisor ?? new NoSourceHypervisor();
+  try {
+    const r = await settleHandoff(ctl, status, recoveryOptions(o, hv, bs));
+    const now = performance.now();
+    const metrics = finish(o, {
+      t0,
+      fencedAt: t0,
+      doneAt: now,
+      bulk: { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, baseBlocks: 0 },
+      deltas: NO_DELTAS,
+      finalDeltas: r.finalDeltas,
+      bytesOnWire: r.bytesOnWire,
+      throttleSteps: 0,
+      reconnects: 0,
+    });
+    return { metrics };
+  } finally {
+    hv.close();
+  }
 }
 
 interface DeltaTotals {
@@ -205,6 +250,8 @@ function sampleServe(ctl: ControlClient, onEvent?: (e: Record<string, unknown>) 
 interface LiveStage {
   recording: boolean;
   fenced: boolean;
+  /** The BARRIER went out: from here the destination may verify and release its copy. */
+  barrierSent: boolean;
   /** The hypervisor's point of no return passed (xl migrate returned; QEMU continued). */
   vmGone: boolean;
 }
@@ -212,7 +259,8 @@ interface LiveStage {
 async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, o: SourceOptions, t0: number): Promise<SourceResult> {
   const emit = (phase: string) => phaseEvent(o, phase);
   const hv = o.hypervisor ?? new NoSourceHypervisor();
-  const stage: LiveStage = { recording: false, fenced: false, vmGone: false };
+  const stage: LiveStage = { recording: false, fenced: false, barrierSent: false, vmGone: false };
+  let watch: RecordingWatch | undefined;
   let logPath: string | undefined;
   let deltas: DeltaStreamer | undefined;
   let ch: Channel | undefined;
@@ -236,8 +284,10 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         // A serve still recording for a source run that died is adopted: its log holds
         // every write since that run began, which is what a destination that got part of
         // that run needs (the HELLO names the log, so the destination can tell).
-        logPath = (await ctl.startRecording(undefined, process.pid)).path!;
+        const rec = await ctl.startRecording(undefined, process.pid);
+        logPath = rec.path!;
         stage.recording = true;
+        watch = new RecordingWatch(rec.id!, (await ctl.status()).instance, check.digests, o.log);
         sampler = sampleServe(ctl, o.onEvent);
         if (status.recording.active) o.log.warn(`adopting the delta log of an earlier source run that did not finish: ${logPath}`);
         o.log.info(`recording into ${logPath}`);
@@ -281,7 +331,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         coalesce: carried,
         onRecord: (r) => check.digests.markDirty(r.offset, r.length),
       });
-      const catchUp = new CatchUp(ctl, deltas, check, status.size, (p) => o.onEvent?.({ event: "progress", phase: "deltas", ...p }));
+      const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, (p) => o.onEvent?.({ event: "progress", phase: "deltas", ...p }));
       await catchUp.untilSmall(checkInterrupted);
 
       // Phase 5 starts before the pause: both tunnel ends up, nothing routed into it yet.
@@ -303,7 +353,12 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       checkInterrupted();
       emit("handoff");
       stage.fenced = true; // from inside handOffStorage on, the fence may already be up
-      const h = await handOffStorage(ch, ctl, deltas, check, o.log, { fenceIsPointOfNoReturn: hv.pointOfNoReturn === "fence" });
+      const h = await handOffStorage(ch, ctl, deltas, check, o.log, {
+        watch: watch!,
+        to: o.to ?? "the destination",
+        barrierIsPointOfNoReturn: hv.pointOfNoReturn === "fence",
+        onBarrier: () => (stage.barrierSent = true),
+      });
       // none: the fence was it; QEMU: from the continue request on, it may send the last state at once.
       stage.vmGone = true;
       if (hv.pointOfNoReturn === "complete") o.log.info(`point of no return: the destination verified the disk; letting the VM run there (${hv.kind})`);
@@ -312,7 +367,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       if (redirect) await completeRedirect(redirect, o.redirect!, o.log, (e) => o.onEvent?.(e));
       sampler?.stop();
       const end = await ctl.status();
-      await ctl.stopRecording();
+      await ctl.stopRecording({ digest: h.digest, to: o.to });
       deltaStats = addDeltaStats(deltaStats, deltas);
       const metrics = finish(o, {
         t0,
@@ -356,6 +411,27 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       }
       if (err instanceof HypervisorError && err.unsafe) stage.vmGone = true; // never resume a VM that may run elsewhere
       sampler?.stop();
+      // The link broke in the hand-off (the destination may have been killed): settle it
+      // with the destination, reconnecting, rather than leave it unfinished. With QEMU
+      // before its continue, rolling back alone is safe: that is abortLive's.
+      if (stage.fenced && isLinkFailure(err) && !(hv.pointOfNoReturn === "complete" && !stage.vmGone)) {
+        const st = await ctl.status().catch(() => undefined);
+        if (st?.handoff.state === "unfinished") {
+          o.log.warn(`the link broke in the hand-off (${(err as Error).message}); settling it with the destination`);
+          try {
+            const r = await settleHandoff(ctl, st, recoveryOptions(o, hv, blockSize));
+            if (redirect) await completeRedirect(redirect, o.redirect!, o.log, (e) => o.onEvent?.(e));
+            const now = performance.now();
+            const metrics = finish(o, { t0, fencedAt: now, doneAt: now, bulk, deltas: deltaStats, finalDeltas: r.finalDeltas, bytesOnWire: wire, throttleSteps: st.throttle.maxLevel, reconnects: attempt + 1 });
+            return { metrics, redirect };
+          } catch (settled) {
+            if (redirect && (settled as PhaseError).exitCode !== ExitCode.unsafeState) await redirect.teardown().catch(() => undefined);
+            throw settled;
+          } finally {
+            hv.close();
+          }
+        }
+      }
       // The VM stays (or comes back) here: its old address must not go into a tunnel.
       if (redirect && !stage.vmGone) await redirect.teardown().catch((e) => o.log.error(`redirect: ${(e as Error).message}`));
       const final = await abortLive(ctl, hv, stage, err, o.log);
@@ -376,11 +452,11 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
  */
 async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveStage, err: unknown, log: Logger): Promise<Error> {
   const destCannotRun = !!peerAborted(err) || hv.pointOfNoReturn === "complete";
-  if (!stage.vmGone && (!stage.fenced || destCannotRun)) {
+  if (!stage.vmGone && (!stage.barrierSent || destCannotRun)) {
     try {
       await hv.abort();
       if (stage.fenced) {
-        await ctl.fence(false);
+        await ctl.unfence(`the migration aborted before its point of no return: ${(err as Error).message}`);
         log.warn("source unfenced: the VM's disk is served here again, writable");
       }
       if (stage.recording) await ctl.stopRecording();
@@ -398,13 +474,13 @@ async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveSt
       ? err
       : new PhaseError("migration", "aborted before the point of no return; the VM's disk is still served here, writable", { cause: err });
   }
-  if (stage.recording) await ctl.stopRecording().catch(() => undefined);
+  // Recording stays on: a re-run source needs the log to finish the hand-off.
   if (err instanceof HypervisorError && err.unsafe) return new HandoffError(err.message, { cause: err, pastPointOfNoReturn: true, hint: err.hint });
   return new HandoffError("failed after the point of no return", {
     cause: err,
     pastPointOfNoReturn: true,
     hint: stage.fenced
-      ? "the source stays fenced; check the destination (wanmig status there): if its image is verified, run the VM there; else re-run the migration"
+      ? "the source stays fenced with the hand-off unfinished; run the same `wanmig source` again: it finishes the hand-off with the destination, or rolls it back"
       : "the VM has left the source; check it at the destination",
   });
 }
@@ -427,7 +503,7 @@ async function freezeAndCopy(
   try {
     // No delta log in this mode: nothing to resume against.
     const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, blockSize, recording: "" });
-    await ctl.fence();
+    await ctl.fence({ reason: `freeze-and-copy to ${o.to ?? "the destination"}` });
     fencedAt = performance.now();
     o.log.info("freeze-and-copy: source fenced; copying the whole image");
     phaseEvent(o, "bulk");
@@ -448,6 +524,7 @@ async function freezeAndCopy(
     await ch.send(msg.barrier(0n, status.size, digest));
     const done = await awaitDone(ch);
     if (done.digest !== digest) throw new HandoffError("the destination's image digest differs from the source's", { pastPointOfNoReturn: true });
+    await ctl.stopRecording({ digest, to: o.to });
     return finish(o, {
       t0,
       fencedAt,
@@ -462,7 +539,7 @@ async function freezeAndCopy(
   } catch (err) {
     // After the barrier only the destination's explicit ERROR (it never releases then) makes unfencing safe.
     if (barrierSent && !peerAborted(err)) throw err instanceof PhaseError ? err : new HandoffError("failed after the point of no return", { cause: err, pastPointOfNoReturn: true });
-    if (fencedAt) await ctl.fence(false).catch(() => undefined);
+    if (fencedAt) await ctl.unfence(`freeze-and-copy aborted before its point of no return: ${(err as Error).message}`).catch(() => undefined);
     throw err instanceof PhaseError ? err : new PhaseError("migration", "aborted before the point of no return; the VM's disk is served here again, writable", { cause: err });
   } finally {
     ch.close();

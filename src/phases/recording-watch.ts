@@ -1,0 +1,33 @@
+// The source's hold on the recording it started: every control call names it, so a serve
+// that lost it (a restart that could not go on with it, another recording) is caught
+// before the point of no return; a serve that restarted and went on with it is followed.
+// It also carries the serve's dirty map into the region digests: what the serve says it
+// wrote is rehashed beside what the log says, so a write the log misses cannot pass.
+
+import type { DirtySince } from "../disk/control-client.ts";
+import type { RegionDigests } from "../disk/region-digest.ts";
+import type { Logger } from "../log.ts";
+import { DeltasError } from "./errors.ts";
+
+export class RecordingWatch {
+  restarts = 0;
+
+  constructor(
+    readonly recording: string,
+    private instance: string,
+    private readonly digests: RegionDigests,
+    private readonly log: Logger,
+  ) {}
+
+  /** Takes one answer of the serve (shipped, dirty): its recording, its instance, what it wrote. */
+  apply(d: DirtySince): void {
+    if (d.recording !== this.recording)
+      throw new DeltasError(`the serve no longer records ${this.recording} (it records ${d.recording ?? "nothing"}): writes may have escaped the log`);
+    if (d.instance !== this.instance) {
+      this.restarts++;
+      this.log.warn(`the serve restarted (instance ${this.instance.slice(0, 8)} -> ${d.instance.slice(0, 8)}) and went on with recording ${this.recording}; following it`);
+      this.instance = d.instance;
+    }
+    for (const [first, count] of d.runs) this.digests.markDirty(first * d.pieceSize, count * d.pieceSize);
+  }
+}
