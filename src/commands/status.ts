@@ -13,9 +13,10 @@ export function renderStatus(s: ServeStatus): string {
     `  image      ${s.image} (${formatBytes(s.size)}${s.readOnly ? ", read-only" : ""})`,
     `  nbd        ${s.nbd}`,
     `  io         ${s.io.writes} writes (${formatBytes(s.io.bytesWritten)}), ${s.io.reads} reads (${formatBytes(s.io.bytesRead)}), ${s.io.flushes} flushes, ${s.io.errors} errors`,
-    `  recording  ${r.active ? `on, ${r.records} deltas (${formatBytes(r.bytes)}) in ${r.path}` : "off"}${r.failed ? `, FAILED: ${r.failed}` : ""}`,
+    `  recording  ${r.active ? `on, ${r.records} deltas (${formatBytes(r.bytes)}) in ${r.path}${r.restarts ? `, went on after ${r.restarts} restart(s)` : ""}` : "off"}${r.failed ? `, FAILED: ${r.failed}` : ""}`,
     `  throttle   level ${t.level}, delay ${t.currentDelayUs} us, next step at ${t.nextThreshold} writes (${t.writesCounted} counted), ${t.queueLength} queued`,
-    `  fence      ${s.fence.fenced ? `fenced, ${s.fence.refusedWrites} writes refused` : "open"}`,
+    `  fence      ${s.fence.fenced ? `fenced${s.fence.since ? ` since ${s.fence.since}` : ""}, ${s.fence.refusedWrites} writes refused` : "open"}`,
+    `  hand-off   ${s.handoff.text}${s.handoff.recording ? ` (${s.handoff.recording})` : ""}`,
   ];
   const m = s.migration;
   if (m && m.state !== "completed")

@@ -322,11 +322,12 @@ export class DiskService {
       throw new ServeError(`the disk is fenced for good (${st.fence.reason}); refusing to unfence it`, {
         hint: "only an operator who knows the VM runs nowhere else may: wanmig serve ... --unfence",
       });
-    this.state?.update((s) => {
-      delete s.fence;
-      if (opts.force) delete s.moved;
-    });
-    if (this.fencing.fenced) this.opts.log.warn(`unfenced: writes accepted again (${reason})`);
+    if (st?.fence || st?.moved)
+      this.state!.update((s) => {
+        delete s.fence;
+        if (opts.force) delete s.moved;
+      });
+    if (this.fencing.fenced || st?.fence) this.opts.log.warn(`unfenced: writes accepted again (${reason})`);
     this.fencing.unfence();
   }
 

@@ -24,6 +24,7 @@ export function renderMetrics(s: ServeStatus): string {
     ["wanmig_throttle_delayed_writes_total", "counter", "writes that were delayed", s.throttle.delayedWrites],
     ["wanmig_fenced", "gauge", "1 once the disk is fenced (it has moved away)", s.fence.fenced ? 1 : 0],
     ["wanmig_fence_refused_writes_total", "counter", "writes refused by the fence", s.fence.refusedWrites],
+    ["wanmig_handoff_unfinished", "gauge", "1 while fenced by a hand-off that neither finished nor rolled back", s.handoff.state === "unfinished" ? 1 : 0],
   ];
   const label = `{name=${JSON.stringify(s.name)}}`;
   return families.map(([name, type, help, value]) => `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${name}${label} ${value}\n`).join("");

@@ -25,6 +25,7 @@ import type { Logger } from "../log.ts";
 import type { DeltaStreamer } from "./deltas.ts";
 import { HandoffError } from "./errors.ts";
 import type { RecordingWatch } from "./recording-watch.ts";
+import { beforeKillPoint, killPoint } from "../util/kill-point.ts";
 
 export interface HandoffTimes {
   fencedAt: number;
@@ -67,6 +68,7 @@ export async function handOffStorage(
   const fencedAt = performance.now();
   const fenced = await ctl.fence({ recording: opts.watch.recording, reason: `hand-off of ${opts.watch.recording} to ${opts.to}` });
   log.info("source fenced (durably); every later write there is refused");
+  killPoint("source-fenced");
   const rec = fenced.recording;
   if (rec.failed) throw new HandoffError(`record mode failed at the source: ${rec.failed}`);
   // No write can be applied any more: the serve's own count must be the log's.
@@ -84,9 +86,13 @@ export async function handOffStorage(
   opts.onBarrier();
   if (opts.barrierIsPointOfNoReturn) log.info("point of no return: the barrier goes out; the destination may release the disk once it has verified it");
   await ch.send(msg.barrier(deltas.lastSeq, st.size, ""));
+  await beforeKillPoint("source-barrier");
+  killPoint("source-barrier");
   check.digests.refresh(check.image, { all: true });
   const digest = check.digests.digest();
   await ch.send(msg.checksum(digest));
+  await beforeKillPoint("source-done", 1000); // DONE arrives, unread
+  killPoint("source-done");
   const hashedAt = performance.now();
   const done = await awaitDone(ch);
   if (done.digest !== digest) throw new HandoffError("the destination's image digest differs from the source's");

@@ -29,6 +29,7 @@ import { decompress } from "../net/compress.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { type Barrier, DeltaOp, type Hello, msg, MsgType, type Redirect as RedirectMsg, typeName } from "../net/protocol.ts";
 import type { ImageStateFile, IncomingMarker } from "../disk/image-state.ts";
+import { beforeKillPoint, killPoint } from "../util/kill-point.ts";
 import type { Logger } from "../log.ts";
 import { isZero } from "../util/zero.ts";
 import { GcNudge } from "../util/gc.ts";
@@ -414,6 +415,7 @@ export class Receiver {
   }
 
   private async finish(ch: Channel, m: Barrier): Promise<ServeOutcome> {
+    killPoint("dest-barrier");
     if (this.nextSeq !== undefined && BigInt(m.lastSeq) !== this.nextSeq - 1n)
       throw new ProtocolError(`barrier says the last delta is ${m.lastSeq}, we applied up to ${this.nextSeq - 1n}`);
     const t0 = performance.now();
@@ -430,7 +432,10 @@ export class Receiver {
     this.persist("verified", digest);
     this.opts.onVerified?.(digest);
     this.state = { kind: "completed", digest };
+    killPoint("dest-verified");
     await ch.send(msg.done(digest));
+    await beforeKillPoint("dest-done");
+    killPoint("dest-done");
     this.opts.log.info(`image verified (digest ${digest.slice(0, 16)}…); releasing held I/O`);
     this.image!.close();
     ch.close();

@@ -99,8 +99,8 @@ export async function writer(socket: string, sizeBytes: number) {
 }
 
 /** `wanmig source --json` running in the background: its events as they come, its stderr. */
-export function spawnSource(h: Hosts, port: number, extra: string[]) {
-  const proc = Bun.spawn([process.execPath, MAIN, ...sourceArgs(h, port, ["--json", ...extra])], { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env } });
+export function spawnSource(h: Hosts, port: number, extra: string[], env: Record<string, string> = {}) {
+  const proc = Bun.spawn([process.execPath, MAIN, ...sourceArgs(h, port, ["--json", ...extra])], { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
   const err = watchStderr(proc, "source");
   let out = "";
   (async () => {

@@ -32,13 +32,13 @@ export interface ServeHandle {
   stop(): Promise<number>;
 }
 
-export async function startServe(opts: { image: string; runDir: string; name?: string; args?: string[] }): Promise<ServeHandle> {
+export async function startServe(opts: { image: string; runDir: string; name?: string; args?: string[]; env?: Record<string, string> }): Promise<ServeHandle> {
   const name = opts.name ?? "vm";
   const proc = Bun.spawn([process.execPath, MAIN, "serve", "--image", opts.image, "--name", name, "--run-dir", opts.runDir, ...(opts.args ?? [])], {
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
-    env: { ...process.env }, // as it is now (Bun.spawn alone would pass the environment we started with)
+    env: { ...process.env, ...opts.env }, // as it is now (Bun.spawn alone would pass the environment we started with)
   });
   const log = watchStderr(proc, "serve");
   const ctl = new ControlClient(join(opts.runDir, `${name}.ctl`));
@@ -99,11 +99,11 @@ export async function sparseFile(path: string, bytes: number): Promise<void> {
 }
 
 /** Starts `wanmig dest` on an ephemeral port and returns it with the port it bound. */
-export async function startDest(opts: { image: string; runDir: string; name?: string; args?: string[] }) {
+export async function startDest(opts: { image: string; runDir: string; name?: string; args?: string[]; port?: number; env?: Record<string, string> }) {
   const name = opts.name ?? "vm";
   const proc = Bun.spawn(
-    [process.execPath, MAIN, "dest", "--name", name, "--image", opts.image, "--run-dir", opts.runDir, "--listen", "127.0.0.1:0", ...(opts.args ?? [])],
-    { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env } },
+    [process.execPath, MAIN, "dest", "--name", name, "--image", opts.image, "--run-dir", opts.runDir, "--listen", `127.0.0.1:${opts.port ?? 0}`, ...(opts.args ?? [])],
+    { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...opts.env } },
   );
   const log = watchStderr(proc, "dest");
   const listening = /listening on [^ ]+:(\d+)/;

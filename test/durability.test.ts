@@ -1,0 +1,275 @@
+// The promises that must outlive any one process (issue 10): every write made during a
+// migration reaches the destination, even across a serve killed and restarted; a fenced
+// disk stays fenced; nobody else writes a served image; and a hand-off interrupted by a
+// killed source or destination is finished or rolled back by the tool, never left with
+// the VM writable nowhere or in two places. Every case runs under a writer that hits the
+// disk as hard as it can, with incompressible data.
+import { afterAll, describe, expect, test } from "bun:test";
+import { ExitCode } from "../src/errors.ts";
+import { NbdErr } from "../src/disk/nbd-protocol.ts";
+import { type Hosts, hosts, MiB, removeHosts, source, spawnSource, writable } from "./helpers/migration.ts";
+import { RawNbd } from "./helpers/raw-nbd.ts";
+import { sh, startDest, startServe, wanmig } from "./helpers/serve-process.ts";
+import { lostWrites, mergeAcked, stressWriter, type StressPattern } from "./helpers/stress-writer.ts";
+
+afterAll(() => removeHosts());
+
+/** The NBD error a 4 KiB write at `offset` gets from the disk behind `socket`. */
+async function writeError(socket: string, offset = 0): Promise<number> {
+  const c = await RawNbd.connect(socket);
+  await c.go();
+  const err = await c.write(offset, Buffer.alloc(4096, 7));
+  c.disconnect();
+  return err;
+}
+
+async function freePort(): Promise<number> {
+  const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = l.port;
+  l.stop(true);
+  return port;
+}
+
+/** The VM's disk is writable on exactly one host: the destination; the source refuses with EPERM. */
+async function expectMovedOnce(srvSocket: string, dstSocket: string): Promise<void> {
+  expect(await writeError(srvSocket)).toBe(NbdErr.EPERM);
+  expect(await writable(dstSocket)).toBe(true);
+}
+
+describe("a serve killed and restarted mid-migration goes on recording", () => {
+  for (const [when, pattern] of [
+    ["bulk", "random4k"],
+    ["deltas", "seq1m"],
+  ] as [string, StressPattern][]) {
+    test(`SIGKILL mid-${when} (${pattern} writer before and after the restart): the migration completes with every acknowledged write`, async () => {
+      const h = await hosts(128, 64);
+      const srv1 = await startServe({ image: h.image, runDir: h.a });
+      const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
+      let srv2: Awaited<ReturnType<typeof startServe>> | undefined;
+      try {
+        const w1 = await stressWriter(srv1.socket, { pattern, bytes: 32 * MiB });
+        const src = spawnSource(h, dst.port, ["--insecure", "--bandwidth", when === "bulk" ? "200mbit" : "2000mbit"]);
+        await src.waitEvent((e) => (when === "bulk" ? e.event === "progress" && e.phase === "bulk" && (e.offset as number) >= 8 * MiB : e.event === "phase" && e.phase === "deltas"));
+        srv1.proc.kill("SIGKILL");
+        await srv1.proc.exited;
+        await w1.stop();
+        // As systemd's Restart=on-failure would: the same command again.
+        srv2 = await startServe({ image: h.image, runDir: h.a });
+        expect(srv2.stderr()).toContain("record mode goes on after a restart");
+        const w2 = await stressWriter(srv2.socket, { pattern, bytes: 32 * MiB });
+        await Bun.sleep(1000);
+        await w2.stop();
+        const r = await src.result();
+        expect(r.stderr).toContain("the serve restarted");
+        expect(r.code).toBe(0);
+        await dst.waitFor("now serving");
+        expect(w1.writes + w2.writes).toBeGreaterThan(0);
+        await sh(["cmp", h.image, h.destImage]);
+        expect(lostWrites(h.destImage, mergeAcked(w1.acked, w2.acked))).toEqual([]);
+        await expectMovedOnce(srv2.socket, dst.socket);
+      } finally {
+        srv1.proc.kill("SIGKILL");
+        await srv2?.stop();
+        await dst.stop();
+      }
+    });
+  }
+});
+
+describe("the fence outlives the process", () => {
+  test("after a completed migration the source serve is killed and started again: fenced, writes refused with EPERM; --unfence lifts it", async () => {
+    const h = await hosts(32, 8);
+    const srv = await startServe({ image: h.image, runDir: h.a });
+    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
+    try {
+      const w = await stressWriter(srv.socket, { pattern: "random4k", bytes: 8 * MiB });
+      const run = await source(h, dst.port, ["--insecure"]);
+      await w.stop();
+      expect(run.code).toBe(0);
+      srv.proc.kill("SIGKILL");
+      await srv.proc.exited;
+      const again = await startServe({ image: h.image, runDir: h.a });
+      try {
+        const st = await again.ctl.status();
+        expect(st.mode).toBe("fenced");
+        expect(st.handoff.state).toBe("moved");
+        expect(again.stderr()).toMatch(/fenced since .*moved/);
+        expect(await writeError(again.socket)).toBe(NbdErr.EPERM);
+        // Not through the control API: the hand-off completed.
+        expect(String(await again.ctl.unfence("a stray call").catch((e: Error) => e.message))).toContain("fenced for good");
+        const text = await wanmig(["status", "--name", "vm", "--run-dir", h.a]);
+        expect(text.stdout).toContain("fenced: the VM's disk moved");
+      } finally {
+        await again.stop();
+      }
+      const unfenced = await startServe({ image: h.image, runDir: h.a, args: ["--unfence"] });
+      try {
+        expect(unfenced.stderr()).toContain("unfenced");
+        expect(await writable(unfenced.socket)).toBe(true);
+      } finally {
+        await unfenced.stop();
+      }
+    } finally {
+      srv.proc.kill("SIGKILL");
+      await dst.stop();
+    }
+  });
+});
+
+describe("one writer per image", () => {
+  test("a second serve of the same image under another name is refused; qemu-io cannot write it; QEMU's own lock keeps serve out", async () => {
+    const h = await hosts(8, 1);
+    const srv = await startServe({ image: h.image, runDir: h.a });
+    try {
+      const second = await wanmig(["serve", "--image", h.image, "--name", "other", "--run-dir", h.a]);
+      expect(second.code).toBe(ExitCode.badInput);
+      expect(second.stderr).toContain(`${h.image} is in use by another process`);
+      expect(second.stderr).not.toContain("    at "); // no stack
+      const io = await sh(["qemu-io", "-f", "raw", "-c", "write 0 4k", h.image], { allowFail: true });
+      expect(io.code).not.toBe(0);
+      expect(io.stderr).toContain('Failed to get "write" lock');
+    } finally {
+      await srv.stop();
+    }
+    // The other way round: an image that qemu-nbd has open for writing is refused.
+    const nbd = Bun.spawn(["qemu-nbd", "-f", "raw", "-t", "-k", `${h.a}/q.sock`, h.image], { stdout: "ignore", stderr: "ignore" });
+    try {
+      for (let i = 0; i < 100 && !(await Bun.file(`${h.a}/q.sock`).exists()); i++) await Bun.sleep(50);
+      const refused = await wanmig(["serve", "--image", h.image, "--name", "vm", "--run-dir", h.a]);
+      expect(refused.code).toBe(ExitCode.badInput);
+      expect(refused.stderr).toContain("in use by another process");
+    } finally {
+      nbd.kill();
+      await nbd.exited;
+    }
+  });
+});
+
+describe("the hand-off check catches a write the log misses", () => {
+  for (const [fault, expected] of [
+    ["drop-record", /escaped the log/],
+    ["hide-write", /image digest mismatch/],
+  ] as const) {
+    test(`${fault}: the hand-off fails before the point of no return (exit 5), the source disk writable, the destination never serves`, async () => {
+      const h = await hosts(64, 32);
+      const srv = await startServe({ image: h.image, runDir: h.a, env: { WANMIG_TEST_FAULT: `${fault}:50` } });
+      const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
+      try {
+        const src = spawnSource(h, dst.port, ["--insecure", "--bandwidth", "40mbit"]);
+        await src.waitEvent((e) => e.event === "progress" && e.phase === "bulk" && (e.offset as number) >= 4 * MiB);
+        // 100 writes where the bulk copy has passed: only the log can carry them; the 50th it lacks.
+        const c = await RawNbd.connect(srv.socket);
+        await c.go();
+        for (let b = 0; b < 100; b++) expect(await c.write(b * 4096, crypto.getRandomValues(new Uint8Array(4096)))).toBe(0);
+        c.disconnect();
+        const r = await src.result();
+        expect(r.code).toBe(ExitCode.abortedSafely);
+        expect(r.stderr).toMatch(expected);
+        expect(r.stderr).toContain("source unfenced");
+        expect(await writable(srv.socket)).toBe(true);
+        expect(await dst.proc.exited).not.toBe(0);
+        expect(dst.stderr()).not.toContain("now serving");
+      } finally {
+        await srv.stop();
+        await dst.stop();
+      }
+    });
+  }
+});
+
+/** serve and a writer on A, dest on B at a fixed port (so that it can be started again there). */
+async function handoffSetup(h: Hosts, destEnv: Record<string, string> = {}) {
+  const port = await freePort();
+  const srv = await startServe({ image: h.image, runDir: h.a });
+  const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"], port, env: destEnv });
+  const w = await stressWriter(srv.socket, { pattern: "random4k", bytes: 16 * MiB });
+  return { port, srv, dst, w };
+}
+
+describe("the source killed in the hand-off: a re-run finishes it", () => {
+  for (const point of ["source-fenced", "source-barrier", "source-done"]) {
+    test(`SIGKILL at ${point}: status says so at both ends; the same source command again completes the move (exit 0)`, async () => {
+      const h = await hosts(64, 16);
+      const { port, srv, dst, w } = await handoffSetup(h);
+      try {
+        const first = spawnSource(h, port, ["--insecure"], { WANMIG_TEST_KILL_AT: point });
+        expect(await first.proc.exited).toBe(137);
+        await w.stop();
+        const st = await srv.ctl.status();
+        expect(st.mode).toBe("fenced");
+        expect(st.handoff.state).toBe("unfinished");
+        expect((await wanmig(["status", "--name", "vm", "--run-dir", h.a])).stdout).toContain("fenced, hand-off unfinished");
+        if (point !== "source-done") expect((await wanmig(["status", "--name", "vm", "--run-dir", h.b])).stdout).toContain("waiting for the source to resume");
+        const again = await source(h, port, ["--insecure"]);
+        expect(again.stderr).toContain("was left unfinished");
+        expect(again.code).toBe(0);
+        await dst.waitFor("now serving");
+        await sh(["cmp", h.image, h.destImage]);
+        expect(lostWrites(h.destImage, w.acked)).toEqual([]);
+        await expectMovedOnce(srv.socket, dst.socket);
+        expect((await srv.ctl.status()).handoff.state).toBe("moved");
+      } finally {
+        await w.stop();
+        await srv.stop();
+        await dst.stop();
+      }
+    });
+  }
+
+  test("SIGKILL at the fence, and the destination lost its copy: the re-run rolls back (exit 5); the source writable, the destination never serves", async () => {
+    const h = await hosts(64, 16);
+    const { port, srv, dst, w } = await handoffSetup(h);
+    try {
+      const first = spawnSource(h, port, ["--insecure"], { WANMIG_TEST_KILL_AT: "source-fenced" });
+      expect(await first.proc.exited).toBe(137);
+      await w.stop();
+      dst.proc.kill("SIGKILL");
+      await dst.proc.exited;
+      await sh(["rm", "-f", h.destImage, `${h.destImage}.wanmig.json`]);
+      const fresh = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"], port });
+      const again = await source(h, port, ["--insecure"]);
+      expect(again.code).toBe(ExitCode.abortedSafely);
+      expect(again.stderr).toContain("rolled back");
+      expect(await writable(srv.socket)).toBe(true);
+      expect((await srv.ctl.status()).mode).toBe("normal");
+      expect(await fresh.proc.exited).not.toBe(0);
+      expect(fresh.stderr()).toContain("rolled the migration back");
+      expect(fresh.stderr()).not.toContain("now serving");
+    } finally {
+      await w.stop();
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+});
+
+describe("the destination killed in the hand-off: started again, the migration ends the same way", () => {
+  for (const point of ["fence", "dest-barrier", "dest-verified", "dest-done"]) {
+    test(`SIGKILL at ${point}: dest restarted with the same command; the source settles (exit 0)`, async () => {
+      const h = await hosts(64, 16);
+      const { port, srv, dst, w } = await handoffSetup(h, point === "fence" ? {} : { WANMIG_TEST_KILL_AT: point });
+      let dst2: Awaited<ReturnType<typeof startDest>> | undefined;
+      try {
+        const src = spawnSource(h, port, ["--insecure"]);
+        if (point === "fence") {
+          await src.waitEvent((e) => e.event === "phase" && e.phase === "handoff");
+          dst.proc.kill("SIGKILL");
+        }
+        expect(await dst.proc.exited).toBe(137);
+        dst2 = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"], port });
+        const r = await src.result();
+        await w.stop();
+        expect(r.code).toBe(0);
+        await dst2.waitFor(/now serving|verified here before a restart/);
+        await sh(["cmp", h.image, h.destImage]);
+        expect(lostWrites(h.destImage, w.acked)).toEqual([]);
+        await expectMovedOnce(srv.socket, dst2.socket);
+      } finally {
+        await w.stop();
+        await srv.stop();
+        dst.proc.kill("SIGKILL");
+        await dst2?.stop();
+      }
+    });
+  }
+});
