@@ -2,6 +2,7 @@
 const benches: Record<string, () => Promise<{ main(args: string[]): Promise<void> }>> = {
   nbd: () => import("./nbd.ts"),
   migrate: () => import("./migrate.ts"),
+  durability: () => import("./durability.ts"),
 };
 
 const [name, ...rest] = process.argv.slice(2);

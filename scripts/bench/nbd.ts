@@ -2,7 +2,10 @@
 // mode), `qemu-nbd` and `nbdkit file`, each measured by the same client (fio's nbd engine)
 // in one run. Figures are ratios to qemu-nbd; absolute numbers depend on the machine.
 //
-//   npm run bench -- nbd [--size-mib 1024] [--runtime 5] [--repeat 1] [--json FILE]
+//   npm run bench -- nbd [--size-mib 1024] [--runtime 5] [--repeat 1] [--json FILE] [--baseline BIN]
+//
+// --baseline BIN adds rows for another wanmig binary (an earlier build, say), plain and in
+// record mode, so that a change to the write path is measured side by side in one run.
 
 import { $, type Subprocess } from "bun";
 import { existsSync, mkdtempSync, readFileSync, rmSync, readdirSync, unlinkSync } from "node:fs";
@@ -24,12 +27,12 @@ interface Server {
   recordDir?: string;
 }
 
-function wanmigServe(label: string, name: string, recordDir?: string): Server {
+function wanmigServe(label: string, name: string, recordDir?: string, bin = join(REPO, "dist", "wanmig")): Server {
   return {
     label,
     recordDir,
     async start(dir, image) {
-      const proc = Bun.spawn([join(REPO, "dist", "wanmig"), "serve", "--image", image, "--name", name, "--run-dir", dir, "--log", "warn"], { stderr: "inherit" });
+      const proc = Bun.spawn([bin, "serve", "--image", image, "--name", name, "--run-dir", dir, "--log", "warn"], { stderr: "inherit" });
       return { proc, socket: join(dir, `${name}.nbd`), ctl: new ControlClient(join(dir, `${name}.ctl`)) };
     },
   };
@@ -98,8 +101,14 @@ export async function main(argv: string[]): Promise<void> {
       runtime: { type: "string", default: "5" },
       repeat: { type: "string", default: "1" },
       json: { type: "string" },
+      baseline: { type: "string" },
     },
   });
+  if (values.baseline)
+    servers.push(
+      wanmigServe(`baseline serve`, "basebench", undefined, values.baseline),
+      wanmigServe(`baseline serve (record, log on tmpfs)`, "basebenchrec", "/dev/shm", values.baseline),
+    );
   const sizeMiB = Number(values["size-mib"]);
   const runtime = Number(values.runtime);
   const repeat = Number(values.repeat);
@@ -161,6 +170,11 @@ export async function main(argv: string[]): Promise<void> {
   }
   const plain = results["wanmig serve"]!;
   lines.push("");
+  if (values.baseline) {
+    const vs = (a: string, b: string) =>
+      `${a} vs ${b}: ${rows(runtime).map((r) => `${r.name} ${((results[a]![r.name]!.mibs / results[b]![r.name]!.mibs - 1) * 100).toFixed(1)}%`).join(", ")}`;
+    lines.push(vs("wanmig serve", "baseline serve"), vs("wanmig serve (record, log on tmpfs)", "baseline serve (record, log on tmpfs)"));
+  }
   for (const srv of servers.filter((x) => x.recordDir !== undefined)) {
     const rec = results[srv.label]!;
     lines.push(`${srv.label} vs plain: ${rows(runtime).map((r) => `${r.name} ${((rec[r.name]!.mibs / plain[r.name]!.mibs - 1) * 100).toFixed(1)}%`).join(", ")}`);
