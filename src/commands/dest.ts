@@ -9,7 +9,7 @@ import { Redirect } from "../redirect/redirect.ts";
 import { logger, redirectLogsTo, setLogLevel } from "../log.ts";
 import type { Channel } from "../net/channel.ts";
 import { listenTcp, pipeChannel, stdoutSink } from "../net/channel.ts";
-import { describeError, UsageError } from "../errors.ts";
+import { describeError, ServeError, UsageError } from "../errors.ts";
 import { Receiver } from "../phases/receive.ts";
 import { ImageStateFile, stateFilePath } from "../disk/image-state.ts";
 import { ReceiveError } from "../phases/errors.ts";
@@ -83,20 +83,30 @@ async function receive(
   }
 }
 
-/** After completion: answer a source that lost DONE (it asks with the same recording) until `ms` pass. */
-async function answerLateQueries(conns: Connections, receiver: Receiver, ms: number): Promise<void> {
+/**
+ * After completion: answer a source that lost DONE (it asks with the same recording) until
+ * `ms` pass, or (`once`) until one has been answered.
+ */
+async function answerLateQueries(conns: Connections, receiver: Receiver, ms: number, once = false): Promise<void> {
   const end = Date.now() + ms;
   try {
     for (;;) {
       const left = end - Date.now();
       if (left <= 0) return;
       const ch = await conns.next(left);
-      if (ch) await receiver.serve(ch).catch(() => undefined);
+      if (ch && (await receiver.serve(ch).catch(() => "rejected")) === "answered" && once) return;
     }
   } finally {
     conns.close();
   }
 }
+
+/**
+ * How long a TCP dest keeps its port after completing, for a source that lost DONE: long
+ * enough for the source's own reconnects, short enough that a runbook moving the next VM
+ * to the same port does not trip on it. Later, `wanmig dest` run again answers instead.
+ */
+const LATE_ANSWER_MS = 60_000;
 
 export default defineCommand({
   meta: { name: "dest", description: "Receive a migrating VM's disk, then serve it here (holding its I/O until consistent)" },
@@ -176,9 +186,12 @@ export default defineCommand({
       try {
         svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], log: serveLog, state });
       } catch (err) {
-        // Over ssh, a recovering source starts us beside the daemon that serves the image: answer, and leave it be.
-        if (!args.stdio) throw err;
-        await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()));
+        // A recovering source asks us while another process (the dest daemon of that
+        // migration) serves the image: answer it, and leave that process be.
+        if (!(err instanceof ServeError) || !/in use/.test(err.message)) throw err;
+        log.info("another process serves the image; answering the source's question only");
+        if (args.stdio) await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()));
+        else await answerLateQueries(connections(args.listen!, args.name, log), receiver, Number(args["resume-timeout"]) * 1000, true);
         return;
       }
       if (args.stdio) await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()));
@@ -197,7 +210,7 @@ export default defineCommand({
         throw err;
       }
     }
-    if (conns) void answerLateQueries(conns, receiver, Number(args["resume-timeout"]) * 1000);
+    if (conns) void answerLateQueries(conns, receiver, Math.min(LATE_ANSWER_MS, Number(args["resume-timeout"]) * 1000));
     release();
     if (redirect) {
       const r = redirect;

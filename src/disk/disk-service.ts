@@ -20,7 +20,7 @@ import { ServeError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { FencingBackend } from "./fencing.ts";
 import { FileBackend } from "./file-backend.ts";
-import { type Endpoint, formatEndpoint, NbdServer } from "./nbd-server.ts";
+import { claimUnixPath, type Endpoint, formatEndpoint, NbdServer } from "./nbd-server.ts";
 import { RecordingBackend, type RecordingState } from "./recording.ts";
 import { ThrottlingBackend } from "./throttle.ts";
 import { TrackingBackend } from "./write-tracking.ts";
@@ -138,6 +138,8 @@ export class DiskService {
     } catch (cause) {
       throw new ServeError(`cannot create run directory ${opts.runDir}`, { cause, hint: "pass --run-dir DIR with a directory you can write" });
     }
+    // The name first (the clearer message when it is served already), then the image.
+    await claimUnixPath(controlSocketPath(opts.runDir, opts.name), "control socket");
     let lock: ImageLock;
     try {
       lock = lockImage(opts.image, { readOnly: opts.readOnly });

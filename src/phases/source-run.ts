@@ -235,8 +235,10 @@ function isLinkFailure(err: unknown): boolean {
  * events (the report's queue and throttle curves, which the bulk phase would not show
  * otherwise: deltas are only shipped after it).
  */
-function sampleServe(ctl: ControlClient, onEvent?: (e: Record<string, unknown>) => void): { stop(): void } {
+function sampleServe(retrying: ControlClient, onEvent?: (e: Record<string, unknown>) => void): { stop(): void } {
   if (!onEvent) return { stop() {} };
+  // A sample missed while the serve restarts is only a gap in the curve: no retries piling up.
+  const ctl = new ControlClient(retrying.socketPath);
   const timer = setInterval(() => {
     ctl.status().then(
       (st) => onEvent({ event: "sample", at: Date.now(), deltaQueue: st.throttle.deltaQueue, throttleLevel: st.throttle.level, recordedDeltas: st.recording.records }),
@@ -474,7 +476,8 @@ async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveSt
       ? err
       : new PhaseError("migration", "aborted before the point of no return; the VM's disk is still served here, writable", { cause: err });
   }
-  // Recording stays on: a re-run source needs the log to finish the hand-off.
+  // Fenced, recording stays on: a re-run source needs the log to finish the hand-off.
+  if (stage.recording && !stage.fenced) await ctl.stopRecording().catch(() => undefined);
   if (err instanceof HypervisorError && err.unsafe) return new HandoffError(err.message, { cause: err, pastPointOfNoReturn: true, hint: err.hint });
   return new HandoffError("failed after the point of no return", {
     cause: err,
