@@ -53,6 +53,36 @@ describe("delta log format", () => {
     r.close();
   });
 
+  test("a log a killed serve left goes on: a torn tail is cut, the last whole record is handed back, appends continue its sequence", () => {
+    const path = writeLog([[0, 100, 1], [200, 100, 2], [400, 100, 3]]);
+    const follower = new DeltaLogReader(path); // a source tailing the log through the kill
+    expect(follower.next()).not.toBe("end");
+    truncateSync(path, statSync(path).size - 30); // the third record torn mid-data
+    const { writer, last } = DeltaLogWriter.continueLog(path);
+    expect(last?.seq).toBe(8n);
+    expect(last?.offset).toBe(200);
+    expect(writer.next).toBe(9n);
+    writer.append(DeltaKind.DATA, 600, 10, Buffer.alloc(10, 4));
+    writer.close();
+    const b = follower.next({ final: true });
+    const c = follower.next({ final: true });
+    expect(follower.next({ final: true })).toBe("end");
+    if (b === "end" || c === "end") throw new Error("missing records");
+    expect([b.seq, b.offset, c.seq, c.offset]).toEqual([8n, 200, 9n, 600]);
+    follower.close();
+  });
+
+  test("a log whose last record is whole goes on after it; an empty log starts at its first sequence", () => {
+    const whole = writeLog([[0, 100, 1], [200, 100, 2]]);
+    const a = DeltaLogWriter.continueLog(whole);
+    expect([a.last?.seq, a.writer.next]).toEqual([8n, 9n]);
+    a.writer.close();
+    const empty = writeLog([]);
+    const b = DeltaLogWriter.continueLog(empty);
+    expect([b.last, b.writer.next]).toEqual([undefined, 7n]);
+    b.writer.close();
+  });
+
   test("a resumed reader starts at its saved position and sequence", () => {
     const path = writeLog([[0, 8, 1], [8, 8, 2], [16, 8, 3]]);
     const first = new DeltaLogReader(path);

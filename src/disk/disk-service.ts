@@ -157,8 +157,7 @@ export class DiskService {
     }
     svc.lock = lock;
     try {
-      svc.restoreState();
-      // Control first: it claims the name on this host, so two servers never share one.
+      svc.restoreState(); // before any request: a fence holds from the first one
       svc.control = await startControlApi(svc.controlPath, svc);
       chmodSync(svc.controlPath, 0o600); // the control socket can fence the disk
       if (opts.hold) svc.nbd.hold(opts.hold, { reads: !opts.holdWritesOnly });
@@ -196,7 +195,16 @@ export class DiskService {
       this.state!.update((s) => delete s.recording);
       return;
     }
-    const r = this.recording.resume(rec.logs.at(-1)!);
+    let r: ReturnType<RecordingBackend["resume"]>;
+    try {
+      r = this.recording.resume(rec.logs.at(-1)!);
+    } catch (cause) {
+      // The disk must be served all the same. Without its log the recording is over: a
+      // source still running sees no recording and aborts before its point of no return.
+      log.error(`cannot go on with the recording ${rec.id} (${(cause as Error).message}${(cause as Error).cause ? `: ${((cause as Error).cause as Error).message}` : ""}); it is dropped, and a migration under way must start again`);
+      this.state!.update((s) => delete s.recording);
+      return;
+    }
     this.tracking.start(r.records);
     this.recordingOwner = rec.owner;
     this.throttling.counting = true;
