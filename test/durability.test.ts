@@ -76,6 +76,38 @@ describe("a serve killed and restarted mid-migration goes on recording", () => {
   }
 });
 
+describe("a recording that cannot go on", () => {
+  test("the serve comes back after a reboot (another boot id): it drops the recording; the source aborts before its point of no return (exit 5), the disk writable", async () => {
+    const h = await hosts(64, 32);
+    const srv1 = await startServe({ image: h.image, runDir: h.a });
+    const dst = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
+    let srv2: Awaited<ReturnType<typeof startServe>> | undefined;
+    try {
+      const src = spawnSource(h, dst.port, ["--insecure", "--bandwidth", "40mbit"]);
+      await src.waitEvent((e) => e.event === "progress" && e.phase === "bulk" && (e.offset as number) >= 4 * MiB);
+      srv1.proc.kill("SIGKILL");
+      await srv1.proc.exited;
+      // What a reboot leaves: the state file says the recording began under another boot.
+      const statePath = `${h.image}.wanmig.json`;
+      const state = JSON.parse(await Bun.file(statePath).text());
+      state.recording.bootId = "an-earlier-boot";
+      await Bun.write(statePath, JSON.stringify(state));
+      srv2 = await startServe({ image: h.image, runDir: h.a });
+      expect(srv2.stderr()).toContain("did not survive the reboot");
+      const r = await src.result();
+      expect(r.code).toBe(ExitCode.abortedSafely);
+      expect(r.stderr).toContain("lost the recording");
+      expect(await writable(srv2.socket)).toBe(true);
+      expect((await srv2.ctl.status()).mode).toBe("normal");
+      expect(await dst.proc.exited).not.toBe(0);
+    } finally {
+      srv1.proc.kill("SIGKILL");
+      await srv2?.stop();
+      await dst.stop();
+    }
+  });
+});
+
 describe("the fence outlives the process", () => {
   test("after a completed migration the source serve is killed and started again: fenced, writes refused with EPERM; --unfence lifts it", async () => {
     const h = await hosts(32, 8);

@@ -2,7 +2,9 @@
 //  - the control calls that now write IMAGE.wanmig.json with fsync before they answer
 //    (start recording, fence, unfence, stop), on a real disk, median of N;
 //  - a storage-only live migration on loopback under a random 4 KiB writer with
-//    incompressible data: migration time, storage downtime and its fence part, median of R.
+//    incompressible data for its first seconds (a writer that never stops would not let
+//    either build converge: that is issue 12's), then a gentle one to the end: migration
+//    time, storage downtime and its fence part, median of R.
 //
 //   npm run bench -- durability --baseline OLD_BIN [--calls 30] [--runs 5] [--size-mib 256]
 //
@@ -44,6 +46,7 @@ async function timeCalls(bin: string, dir: string, calls: number): Promise<Recor
       // The old API unfenced with {"fenced": false}; the new one takes a reason too.
       await timed("unfence", () => ctl.unfence("bench"));
       await timed("stop recording", () => ctl.stopRecording());
+      await Bun.sleep(2); // earlier builds named two logs started in one ms alike
     }
   } finally {
     proc.kill("SIGTERM");
@@ -64,9 +67,15 @@ async function migrateOnce(bin: string, dir: string, sizeMiB: number, run: numbe
   const port = 20000 + Math.floor(Math.random() * 20000);
   const dst = Bun.spawn([bin, "dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b, "--listen", `127.0.0.1:${port}`, "--insecure", "--log", "warn"], { stderr: "inherit" });
   await Bun.sleep(500);
-  const w = await stressWriter(socket, { pattern: "random4k", bytes: 32 * 1024 * 1024 });
+  let w = await stressWriter(socket, { pattern: "random4k", bytes: 32 * 1024 * 1024 });
+  const calm = setTimeout(async () => {
+    await w.stop();
+    // From here on about 400 writes a second: the hand-off always has a few in flight.
+    w = await stressWriter(socket, { pattern: "random4k", bytes: 32 * 1024 * 1024, pauseMs: 2 });
+  }, 3000);
   try {
     const out = await $`${bin} source --name vm --run-dir ${a} --to 127.0.0.1:${port} --insecure --json --log warn`.text();
+    clearTimeout(calm);
     const done = out.trim().split("\n").map((l) => JSON.parse(l)).find((e) => e.event === "done");
     return { migrationMs: done.migrationTimeMs, storageDowntimeMs: done.storageDowntimeMs, fenceAndLastDeltasMs: done.storageDowntimeParts?.fenceAndLastDeltasMs ?? NaN };
   } finally {

@@ -51,6 +51,7 @@ export class RecordingBackend extends BackendDecorator {
   private nextSeq = 1n;
 
   private readonly fault = faultFromEnv();
+  private lastStartMs = 0;
   private faultCount = 0;
 
   constructor(
@@ -68,8 +69,10 @@ export class RecordingBackend extends BackendDecorator {
   /** Starts a new log in `dir`; every write from now on is in it. */
   start(dir: string, name: string): RecordingState {
     if (this.log) return this.state();
-    // Time for the operator, first sequence for uniqueness (two recordings in one ms).
-    const path = join(dir, `${name}.${Date.now()}.${this.nextSeq}.deltas`);
+    // Time for the operator, first sequence for uniqueness; two recordings without a write
+    // between them in one ms would still collide, so the time never repeats here.
+    this.lastStartMs = Math.max(Date.now(), this.lastStartMs + 1);
+    const path = join(dir, `${name}.${this.lastStartMs}.${this.nextSeq}.deltas`);
     this.log = new DeltaLogWriter(path, { firstSeq: this.nextSeq, imageSize: this.size, createdMs: Date.now() });
     this.failure = undefined;
     return this.state();

@@ -7,6 +7,7 @@ import type { ControlClient } from "../disk/control-client.ts";
 import type { RegionDigests } from "../disk/region-digest.ts";
 import type { DeltaStreamer } from "./deltas.ts";
 import { DeltasError } from "./errors.ts";
+import { ControlError, ExitCode } from "../errors.ts";
 import type { RecordingWatch } from "./recording-watch.ts";
 
 /** Switch over once less than this much is unsent or unapplied: it bounds the storage part of downtime. */
@@ -58,7 +59,12 @@ export class CatchUp {
     // the round's cost; the throttle needs the queue's size, not each step of it. The same
     // answer brings the serve's dirty map, marked before the rehash below.
     if (Date.now() - this.lastReport >= SHIP_REPORT_EVERY_MS) {
-      const answer = await this.ctl.shipped(d.lastRead, this.watch.recording);
+      const answer = await this.ctl.shipped(d.lastRead, this.watch.recording).catch((err: Error) => {
+        // The serve answered that it holds another recording (or none): a restart that could
+        // not go on with ours. Writes since may be in no log: abort, the VM stays here.
+        if (err instanceof ControlError && err.exitCode === ExitCode.badInput) throw new DeltasError(`the serve lost the recording: ${err.message}`);
+        throw err;
+      });
       this.watch.apply(answer);
       this.throttleLevel = answer.level;
       this.reported = d.lastRead;

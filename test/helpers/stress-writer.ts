@@ -21,7 +21,8 @@ export interface StressWriter {
   stop(): Promise<void>;
 }
 
-export async function stressWriter(socket: string, opts: { pattern: StressPattern; from?: number; bytes: number }): Promise<StressWriter> {
+/** `pauseMs`: sleep after each write (a gentle writer); without it, as fast as it can. */
+export async function stressWriter(socket: string, opts: { pattern: StressPattern; from?: number; bytes: number; pauseMs?: number }): Promise<StressWriter> {
   const c = await RawNbd.connect(socket);
   await c.go();
   const from = opts.from ?? 0;
@@ -47,7 +48,8 @@ export async function stressWriter(socket: string, opts: { pattern: StressPatter
       if (err === 0) for (let b = 0; b < len; b += BLOCK) acked.set((offset + b) / BLOCK, Buffer.from(buf.subarray(b, b + TAG)));
       else if (err === NbdErr.EPERM) refused++;
       else throw new Error(`write failed with NBD error ${err}`);
-      if (i % 64 === 63) await Bun.sleep(0); // let the test's other work run
+      if (opts.pauseMs) await Bun.sleep(opts.pauseMs);
+      else if (i % 64 === 63) await Bun.sleep(0); // let the test's other work run
     }
   })();
   return {
