@@ -148,6 +148,38 @@ describe("the fence outlives the process", () => {
   });
 });
 
+describe("migrating back", () => {
+  test("A -> B, 1 MiB written at B, B -> A with A's fenced image as the base: about 1 MiB travels; A's disk is writable again once verified", async () => {
+    const h = await hosts(32, 16);
+    const srvA = await startServe({ image: h.image, runDir: h.a });
+    const dstB = await startDest({ image: h.destImage, runDir: h.b, args: ["--insecure"] });
+    let dstA: Awaited<ReturnType<typeof startDest>> | undefined;
+    try {
+      expect((await source(h, dstB.port, ["--insecure"])).code).toBe(0);
+      await dstB.waitFor("now serving");
+      await srvA.stop(); // fenced for good; its image stays
+      const c = await RawNbd.connect(dstB.socket);
+      await c.go();
+      expect(await c.write(3 * MiB, crypto.getRandomValues(new Uint8Array(MiB)))).toBe(0);
+      c.disconnect();
+      dstA = await startDest({ image: h.image, runDir: h.a, args: ["--insecure"] });
+      const back = await wanmig(["source", "--name", "vm", "--run-dir", h.b, "--to", `127.0.0.1:${dstA.port}`, "--insecure", "--json"]);
+      expect(back.code).toBe(0);
+      const done = JSON.parse(back.stdout.trim().split("\n").at(-1)!);
+      expect(done.bulkBytes).toBeLessThanOrEqual(MiB + 64 * 1024);
+      await dstA.waitFor("now serving");
+      await sh(["cmp", h.image, h.destImage]);
+      expect(dstA.stderr()).toContain("the VM's disk lives here again");
+      await expectMovedOnce(dstB.socket, dstA.socket);
+      expect((await dstA.ctl.status()).handoff.state).toBe("verified");
+    } finally {
+      await srvA.stop();
+      await dstB.stop();
+      await dstA?.stop();
+    }
+  });
+});
+
 describe("one writer per image", () => {
   test("a second serve of the same image under another name is refused; qemu-io cannot write it; QEMU's own lock keeps serve out", async () => {
     const h = await hosts(8, 1);
