@@ -6,7 +6,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ExitCode } from "../src/errors.ts";
-import { type Hosts, hosts, MiB, removeHosts, source, withPair, writable, writer } from "./helpers/migration.ts";
+import { type Hosts, hosts, MiB, removeHosts, source, spawnSource, withPair, writable, writer } from "./helpers/migration.ts";
 import { REPO, sh } from "./helpers/serve-process.ts";
 
 afterAll(() => removeHosts());
@@ -84,6 +84,24 @@ describe("xl (Xen), through a PATH shim", () => {
       expect(run.stderr).toContain("final handshake");
       expect(run.stderr).toContain("check both hosts");
       expect((await srv.ctl.status()).mode).toBe("normal"); // not fenced: the domain may be running here
+    }, XL_DEST));
+  });
+
+  test("the source killed after xl migrate returned (the domain gone from here): the same command again finishes the hand-off; the destination unpauses", async () => {
+    await withXlShim("ok", ({ h, log }) => withPair(h, async ({ srv, dst }) => {
+      const w = await writer(srv.socket, 4 * MiB);
+      const first = spawnSource(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1"], { WANMIG_TEST_KILL_AT: "source-fenced" });
+      expect(await first.proc.exited).toBe(137);
+      await w.stop();
+      expect((await srv.ctl.status()).handoff.state).toBe("unfinished");
+      process.env.WANMIG_XL_SCENARIO = "no-such-domain"; // xl migrate -p destroyed it here
+      const again = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1"]);
+      expect(again.stderr).toContain("the VM has left: settling it with the destination");
+      expect(again.code).toBe(0);
+      await dst.waitFor("the VM runs here (xl)");
+      expect(xlCalls(log).map((c) => c.argv[0])).toEqual(["list", "migrate", "list", "unpause"]);
+      await sh(["cmp", h.image, h.destImage]);
+      expect((await srv.ctl.status()).handoff.state).toBe("moved");
     }, XL_DEST));
   });
 

@@ -127,6 +127,42 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
     expect(lost.length).toBeGreaterThan(0);
   }, 240_000);
 
+  test("the source killed in the hand-off (QEMU in pre-switchover, its guest paused): the same command again finishes it, and the guest carries on at B", async () => {
+    const s = await guestOnA("settle");
+    const port = 7102;
+    const dest = spawnIn(net.b.ns, [
+      "dest", "--name", "vm", "--image", s.destImage, "--run-dir", s.b, "--listen", `${net.b.ip}:${port}`, "--secret-file", s.secret,
+      "--hypervisor", "qemu", "--qmp", `unix:${join(s.b, "dst.qmp")}`,
+    ]);
+    await dest.log.waitFor("listening on");
+    const dst = startGuest({ name: "dst", dir: s.b, nbdSocket: join(s.b, "vm.nbd"), netnsExec: net.exec(net.b.ns), incoming: `tcp:${net.b.ip}:4447`, openTimeout: 120 });
+    cleanups.push(() => dst.stop());
+    await Bun.sleep(1500);
+    const args = [
+      "source", "--name", "vm", "--run-dir", s.a, "--to", `${net.b.ip}:${port}`, "--secret-file", s.secret,
+      "--hypervisor", "qemu", "--qmp", `unix:${s.src.qmpPath}`, "--migrate-uri", `tcp:${net.b.ip}:4447`,
+    ];
+    const first = spawnInNs(net.a.ns, ["env", "WANMIG_TEST_KILL_AT=source-fenced", process.execPath, MAIN, ...args], "source", procs);
+    expect(await first.proc.exited).toBe(137);
+    expect((await s.srv.ctl.status()).handoff.state).toBe("unfinished");
+    const qmp = await s.src.qmp();
+    expect((await qmp.execute<{ status?: string }>("query-migrate")).status).toBe("pre-switchover");
+    qmp.close();
+    const again = spawnIn(net.a.ns, args);
+    const code = await again.proc.exited;
+    expect(again.log.text()).toContain("is paused here: settling it with the destination");
+    expect(code).toBe(0);
+    await dest.log.waitFor("the VM runs here (qemu)", 60_000);
+    const before = dst.writes().length;
+    await Bun.sleep(3000);
+    expect(dst.writes().length).toBeGreaterThan(before + 5); // it carries on at B
+    expect(s.src.failures()).toEqual([]);
+    expect(dst.failures()).toEqual([]);
+    expect((await s.srv.ctl.status()).handoff.state).toBe("moved");
+    await dst.stop();
+    expect(lostWrites(s.destImage, [...s.src.writes(), ...dst.writes()])).toEqual([]);
+  }, 240_000);
+
   test("the destination dies during the memory copy: QEMU's migration is cancelled, the guest runs on at A, disk unfenced (exit 5)", async () => {
     const s = await guestOnA("abort");
     const port = 7101;
