@@ -154,6 +154,27 @@ describe("wanmig migrate over SSH", () => {
     }
   });
 
+  test("killed after DONE was sent (dest serves the verified image there): the same migrate again settles the hand-off (exit 0)", async () => {
+    const { h, srv, common } = await setup();
+    try {
+      // Output not collected: the killed source's ssh child lingers with its pipes, as it would for an operator.
+      const first = Bun.spawn([...net.exec(net.a.ns), BIN, "migrate", ...common], { stdout: "ignore", stderr: "ignore", env: { ...process.env, WANMIG_SSH: sshd.sshWrapper, WANMIG_TEST_KILL_AT: "source-done" } });
+      expect(await first.exited).toBe(137);
+      await sh(["pkill", "-x", "ssh"], { allowFail: true });
+      expect((await srv.ctl.status()).handoff.state).toBe("unfinished");
+      const again = await migrate(common);
+      expect(again.stderr).toContain("hand-off was left unfinished");
+      expect(again.code).toBe(0);
+      expect(again.stderr).toContain("the destination had verified the disk already");
+      expect((await srv.ctl.status()).handoff.state).toBe("moved");
+      await sh(["cmp", h.image, h.destImage]);
+      expect(await writable(join(h.b, "vm.nbd"))).toBe(true); // the daemon of the first run serves it there
+    } finally {
+      await srv.stop();
+      await sh(["sh", "-c", `kill $(cat ${join(h.b, "vm.pid")}) 2>/dev/null || true`]);
+    }
+  });
+
   test("no space there: refused with the sizes (exit 3)", async () => {
     const { srv, common } = await setup(32, 16);
     const small = join(sshHome, "small");

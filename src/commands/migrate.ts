@@ -52,6 +52,13 @@ export default defineCommand({
 
     if (args.hypervisor === "qemu" && (!args["remote-qmp"] || !args.qmp)) throw new UsageError("--hypervisor qemu needs --qmp (the source QEMU's) and --remote-qmp (the destination QEMU's there)");
     const qmp = args.hypervisor === "qemu" ? { local: qmpSocketPath(args.qmp!), remote: qmpSocketPath(args["remote-qmp"]!) } : undefined;
+    // A hand-off a killed run left unfinished: the destination holds our copy (or serves it
+    // already), so the pre-flight's "not served there" would turn us away. Settle it instead.
+    if (local.handoff?.state === "unfinished") {
+      log.warn(`${args.name}'s hand-off was left unfinished; settling it with ${describeTarget(target)} (no pre-flight)`);
+      await runSourceCommand({ ...args, "dest-image": remoteImage, "dest-run-dir": remoteRunDir } as Parameters<typeof runSourceCommand>[0], {});
+      return;
+    }
     const { checks, needCopy, systemd } = await preflight(target, { name: args.name, localImage: local.image, remoteImage, remoteRunDir, remoteBin: args["remote-bin"], tools, qmp }, log);
     for (const c of checks) say({ event: "check", ...c }, `  ${c.ok ? "ok  " : "FAIL"}  ${c.what.padEnd(13)}${c.detail}${c.fix ? `\n        -> ${c.fix}` : ""}`);
     const failed = checks.filter((c) => !c.ok);

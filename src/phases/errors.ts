@@ -11,12 +11,12 @@ function codeFor(cause: unknown, pastPointOfNoReturn: boolean): ExitCodeValue {
 }
 
 export class PhaseError extends WanmigError {
-  constructor(phase: string, message: string, opts: { cause?: unknown; pastPointOfNoReturn?: boolean; hint?: string } = {}) {
-    super(`${phase}: ${message}`, { cause: opts.cause, hint: opts.hint, exitCode: codeFor(opts.cause, opts.pastPointOfNoReturn ?? false) });
+  constructor(phase: string, message: string, opts: { cause?: unknown; pastPointOfNoReturn?: boolean; hint?: string; exitCode?: ExitCodeValue } = {}) {
+    super(`${phase}: ${message}`, { cause: opts.cause, hint: opts.hint, exitCode: opts.exitCode ?? codeFor(opts.cause, opts.pastPointOfNoReturn ?? false) });
   }
 }
 export class InitError extends PhaseError {
-  constructor(message: string, opts: { cause?: unknown; hint?: string } = {}) {
+  constructor(message: string, opts: { cause?: unknown; hint?: string; exitCode?: ExitCodeValue } = {}) {
     super("init", message, opts);
   }
 }

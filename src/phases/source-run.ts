@@ -109,7 +109,9 @@ export async function runSource(o: SourceOptions): Promise<SourceResult> {
     if (o.mode === "freeze-and-copy") throw new InitError(`${o.name} has an unfinished hand-off`, { hint: "run the live migration again (without --mode freeze-and-copy) to finish or roll it back" });
     return settle(retrying, status, blockSize(o), o, t0);
   }
-  if (status.mode === "fenced") throw new InitError(`${o.name} is fenced here (${status.handoff.text})`, { hint: "it has moved away; migrate it from where it runs now" });
+  // Not 5: the VM does not run here with a writable disk; there is nothing to migrate from here.
+  if (status.mode === "fenced")
+    throw new InitError(`${o.name} is fenced here (${status.handoff.text})`, { hint: "it has moved away; migrate it from where it runs now", exitCode: ExitCode.badInput });
   if (o.mode === "freeze-and-copy" && status.recording.active)
     throw new InitError(`${o.name} is recording for a live migration`, { hint: "wait for it to finish; or, if its source died, stop recording first (POST /v1/record stop)" });
   const bs = blockSize(o);
