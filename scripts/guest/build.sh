@@ -16,10 +16,12 @@ if [ ! -s kernel.deb ]; then
   apt-get download "$KPKG" >/dev/null 2>&1 || { apt-get update -qq && apt-get download "$KPKG" >/dev/null; }
   mv "${KPKG}"_*.deb kernel.deb
 fi
-# Only the kernel image and nine modules (the whole package unpacks to ~400 MB).
+# Only the kernel image and the modules init.sh loads (the whole package unpacks to ~400 MB):
+# virtio block and net, and ext4 with what it needs (the guest's file-system mode, mode=fs).
 rm -rf kpkg && mkdir kpkg
 dpkg-deb --fsys-tarfile kernel.deb | tar -x -C kpkg --wildcards './boot/vmlinuz-*' '*/drivers/virtio/virtio*.ko' '*/drivers/block/virtio_blk.ko' \
-  '*/net/core/failover.ko' '*/drivers/net/net_failover.ko' '*/drivers/net/virtio_net.ko'
+  '*/net/core/failover.ko' '*/drivers/net/net_failover.ko' '*/drivers/net/virtio_net.ko' \
+  '*/fs/ext4/ext4.ko' '*/fs/jbd2/jbd2.ko' '*/fs/mbcache.ko' '*/lib/crc16.ko' '*/crypto/crc32c_generic.ko'
 # vmlinuz carries the kernel as an xz stream: take it out for a PVH boot of the ELF.
 /usr/bin/python3 - "kpkg/boot/vmlinuz-$KVER" vmlinux <<'PY'
 import lzma, sys
@@ -31,7 +33,8 @@ M=kpkg/lib/modules/$KVER/kernel
 rm -rf initrd && mkdir -p initrd/{bin,dev,proc,sys,run,lib/modules}
 cp /bin/busybox initrd/bin/ && ln -s busybox initrd/bin/sh
 cp $M/drivers/virtio/{virtio_ring,virtio,virtio_pci_modern_dev,virtio_pci_legacy_dev,virtio_pci}.ko $M/drivers/block/virtio_blk.ko \
-  $M/net/core/failover.ko $M/drivers/net/{net_failover,virtio_net}.ko initrd/lib/modules/
+  $M/net/core/failover.ko $M/drivers/net/{net_failover,virtio_net}.ko \
+  $M/fs/ext4/ext4.ko $M/fs/jbd2/jbd2.ko $M/fs/mbcache.ko $M/lib/crc16.ko $M/crypto/crc32c_generic.ko initrd/lib/modules/
 cp "$HERE/init.sh" initrd/init && chmod +x initrd/init
 # No devtmpfs mount before /init runs: /dev/console must be in the archive.
 mknod -m 600 initrd/dev/console c 5 1

@@ -8,7 +8,8 @@
 # mismatch: a lost write shows inside the guest too.
 # Kernel parameters: slp=S (pause per round, default 0.05); gip=ADDR/LEN and ggw=GATEWAY
 # give eth0 an address and a default route, and start a TCP echo server on port 7777 (the
-# open connection that must survive a migration).
+# open connection that must survive a migration); mode=fs runs the file-system workload
+# instead of raw block writes (below).
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -25,13 +26,39 @@ while [ ! -b /dev/vda ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done
 SLP=0.05
 GIP=
 GGW=
+MODE=block
 for a in $(cat /proc/cmdline); do
-  case "$a" in slp=*) SLP=${a#slp=} ;; gip=*) GIP=${a#gip=} ;; ggw=*) GGW=${a#ggw=} ;; esac
+  case "$a" in slp=*) SLP=${a#slp=} ;; gip=*) GIP=${a#gip=} ;; ggw=*) GGW=${a#ggw=} ;; mode=*) MODE=${a#mode=} ;; esac
 done
 ip link set lo up
 if [ -n "$GIP" ]; then
   ip link set eth0 up && ip addr add "$GIP" dev eth0 && { [ -z "$GGW" ] || ip route add default via "$GGW"; } && echo "GUEST NET eth0 $GIP"
   nc -ll -p 7777 -e cat &
+fi
+# mode=fs: a real file system (ext4, made by the host) used as an application would. Each
+# step writes a new file of random data, appends a record to a log, deletes the file of 8
+# steps before, runs sync, and only then prints
+#   GUEST ACK i=<n> md5=<the new file's md5> 
+# so the host can check that every acknowledged step is on the disk after the move.
+if [ "$MODE" = fs ]; then
+  for m in crc16 crc32c_generic mbcache jbd2 ext4; do insmod /lib/modules/$m.ko || echo "GUEST insmod $m failed"; done
+  mkdir -p /mnt
+  mount -t ext4 /dev/vda /mnt || { echo "GUEST MOUNT-FAIL"; exec sleep 3600; }
+  mkdir -p /mnt/files
+  echo "GUEST BOOTED fs"
+  i=0
+  while true; do
+    i=$((i + 1))
+    dd if=/dev/urandom of=/mnt/files/f$i bs=4096 count=$((1 + i % 4)) status=none || echo "GUEST WRITE-ERR i=$i"
+    echo "LOG $i" >> /mnt/log || echo "GUEST WRITE-ERR i=$i log"
+    rm -f /mnt/files/f$((i - 8))
+    if sync; then
+      echo "GUEST ACK i=$i md5=$(md5sum < /mnt/files/f$i | cut -c1-32)"
+    else
+      echo "GUEST WRITE-ERR i=$i sync"
+    fi
+    sleep $SLP
+  done
 fi
 BLOCKS=$(($(cat /sys/block/vda/size) / 8))
 mkdir -p /run/last /run/recent

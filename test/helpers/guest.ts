@@ -40,12 +40,14 @@ export function startGuest(opts: {
   openTimeout?: number;
   /** A NIC on this tap device (in the QEMU's namespace), and the guest's address/gateway (init.sh's gip=, ggw=). */
   nic?: { tap: string; gip: string; ggw: string };
+  /** init.sh's workload: raw block writes (default) or the ext4 one (mode=fs; the host makes the file system). */
+  mode?: "block" | "fs";
 }): Guest {
   const qmpPath = join(opts.dir, `${opts.name}.qmp`);
   const argv = [
     ...(opts.netnsExec ?? []),
     "qemu-system-x86_64", "-name", opts.name, "-accel", "tcg", "-m", "128", "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
-    "-kernel", join(GUEST_DIR, "vmlinux"), "-initrd", join(GUEST_DIR, "initrd.gz"), "-append", `console=ttyS0 quiet panic=-1 slp=0.05${opts.nic ? ` gip=${opts.nic.gip} ggw=${opts.nic.ggw}` : ""}`,
+    "-kernel", join(GUEST_DIR, "vmlinux"), "-initrd", join(GUEST_DIR, "initrd.gz"), "-append", `console=ttyS0 quiet panic=-1 slp=0.05${opts.mode === "fs" ? " mode=fs" : ""}${opts.nic ? ` gip=${opts.nic.gip} ggw=${opts.nic.ggw}` : ""}`,
     "-serial", "stdio", "-qmp", `unix:${qmpPath},server=on,wait=off`,
     "-blockdev", `driver=nbd,node-name=disk0,server.type=unix,server.path=${opts.nbdSocket},export=vm,open-timeout=${opts.openTimeout ?? 30}`,
     "-device", "virtio-blk-pci,drive=disk0,id=vblk0",
@@ -89,7 +91,7 @@ export function startGuest(opts: {
       });
     },
     failures() {
-      return lines.filter((l) => /VERIFY-FAIL|WRITE-ERR|NO-DISK/.test(l.text)).map((l) => l.text);
+      return lines.filter((l) => /VERIFY-FAIL|WRITE-ERR|NO-DISK|MOUNT-FAIL|Oops|BUG:|Kernel panic|general protection|segfault/.test(l.text)).map((l) => l.text);
     },
     async stop() {
       proc.kill("SIGKILL");

@@ -1,0 +1,219 @@
+// Is guest RAM identical on both sides of a live migration? (issue 11)
+//
+// A TCG guest (scripts/guest/, writing to its disk) is migrated on loopback; the
+// destination QEMU runs with -S, so once QEMU reports the migration completed both sides
+// hold the same state, stopped: the source in postmigrate, the destination paused. Both
+// dump all guest RAM (QMP pmemsave), the dumps are compared page by page, and only then
+// does the destination run. Variants, each under the same CPU load (--hogs busy loops):
+//   wanmig   the guest's disk on `wanmig serve`, moved by `wanmig source --hypervisor qemu`
+//            (pause-before-switchover, the disk's hand-off in the pause, migrate-continue)
+//   qemu     QEMU alone: both QEMUs on one shared nbdkit export, the same QMP sequence
+//
+//   bun scripts/guest/ram-compare.ts [--runs 10] [--variant wanmig,qemu] [--hogs 2]
+//                                    [--accel tcg|tcg,thread=single] [--pause-ms 0] [--json FILE]
+//
+// Prints one line per run and a table: runs, runs with differing RAM, pages differing.
+
+import { $, type Subprocess } from "bun";
+import { closeSync, mkdtempSync, openSync, readSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { QmpClient } from "../../src/hypervisor/qmp.ts";
+import { logger } from "../../src/log.ts";
+
+const REPO = join(import.meta.dir, "..", "..");
+const GUEST = join(REPO, ".cache", "guest");
+const MAIN = join(REPO, "src", "main.ts");
+const RAM_MIB = 128;
+const PAGE = 4096;
+const log = logger("ram-compare");
+
+interface RunResult {
+  variant: string;
+  run: number;
+  pagesDiffering: number;
+  firstPages: string[];
+  migrationMs: number;
+}
+
+function qemu(name: string, dir: string, disk: string, accel: string, incoming?: string): { proc: Subprocess; qmpPath: string } {
+  const qmpPath = join(dir, `${name}.qmp`);
+  const argv = [
+    "qemu-system-x86_64", "-name", name, "-accel", accel, "-m", String(RAM_MIB), "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
+    "-kernel", join(GUEST, "vmlinux"), "-initrd", join(GUEST, "initrd.gz"), "-append", "console=ttyS0 quiet panic=-1 slp=0.02",
+    "-serial", `file:${join(dir, `${name}.serial`)}`, "-qmp", `unix:${qmpPath},server=on,wait=off`,
+    "-blockdev", `driver=nbd,node-name=disk0,server.type=unix,server.path=${disk},export=vm,open-timeout=60`,
+    "-device", "virtio-blk-pci,drive=disk0,id=vblk0",
+    ...(incoming ? ["-incoming", incoming, "-S"] : []),
+  ];
+  return { proc: Bun.spawn(argv, { stdout: "ignore", stderr: "inherit" }), qmpPath };
+}
+
+async function qmpOf(path: string): Promise<QmpClient> {
+  for (let i = 0; ; i++) {
+    try {
+      return await QmpClient.connect(path, log);
+    } catch (err) {
+      if (i > 200) throw err;
+      await Bun.sleep(50);
+    }
+  }
+}
+
+async function waitFile(path: string, pattern: RegExp, timeoutMs: number): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (pattern.test(await Bun.file(path).text().catch(() => ""))) return;
+    await Bun.sleep(100);
+  }
+  throw new Error(`no ${pattern} in ${path}`);
+}
+
+async function migrationStatus(q: QmpClient): Promise<string | undefined> {
+  return (await q.execute<{ status?: string }>("query-migrate")).status;
+}
+
+/** Pages (by guest-physical address) whose bytes differ between two RAM dumps. */
+export function differingPages(a: string, b: string, size: number): number[] {
+  const fa = openSync(a, "r");
+  const fb = openSync(b, "r");
+  const ba = Buffer.alloc(1 << 20);
+  const bb = Buffer.alloc(1 << 20);
+  const out: number[] = [];
+  try {
+    for (let at = 0; at < size; at += ba.length) {
+      readSync(fa, ba, 0, ba.length, at);
+      readSync(fb, bb, 0, bb.length, at);
+      if (ba.equals(bb)) continue;
+      for (let p = 0; p < ba.length; p += PAGE) if (!ba.subarray(p, p + PAGE).equals(bb.subarray(p, p + PAGE))) out.push(at + p);
+    }
+  } finally {
+    closeSync(fa);
+    closeSync(fb);
+  }
+  return out;
+}
+
+async function oneRun(variant: string, run: number, opts: { accel: string; pauseMs: number }): Promise<RunResult> {
+  const dir = mkdtempSync(join(tmpdir(), `wanmig-ram-${variant}-`));
+  const procs: Subprocess[] = [];
+  const spawn = (argv: string[]) => {
+    const p = Bun.spawn(argv, { stdout: "pipe", stderr: "pipe" });
+    procs.push(p);
+    return p;
+  };
+  const port = 21000 + Math.floor(Math.random() * 20000);
+  try {
+    const a = join(dir, "a");
+    const b = join(dir, "b");
+    await $`mkdir -p ${a} ${b}`;
+    const image = join(a, "vm.img");
+    await $`truncate -s 64M ${image}`;
+    let srcDisk: string;
+    let dstDisk: string;
+    if (variant === "wanmig") {
+      spawn([process.execPath, MAIN, "serve", "--image", image, "--name", "vm", "--run-dir", a]);
+      spawn([process.execPath, MAIN, "dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b, "--listen", `127.0.0.1:${port}`, "--insecure", "--hypervisor", "qemu", "--qmp", `unix:${join(dir, "hold.qmp")}`]);
+      srcDisk = join(a, "vm.nbd");
+      dstDisk = join(b, "vm.nbd");
+    } else {
+      spawn(["nbdkit", "-f", "-U", join(dir, "shared.sock"), "-e", "vm", "file", image]);
+      srcDisk = dstDisk = join(dir, "shared.sock");
+    }
+    for (let i = 0; i < 100 && !(await Bun.file(srcDisk).exists()); i++) await Bun.sleep(50);
+    const src = qemu("src", dir, srcDisk, opts.accel);
+    procs.push(src.proc);
+    await waitFile(join(dir, "src.serial"), /GUEST W i=20 /, 90_000);
+    const srcQmp = await qmpOf(src.qmpPath);
+    const migrateUri = `tcp:127.0.0.1:${port + 1}`;
+    const t0 = performance.now();
+    let dstQmp: QmpClient;
+    if (variant === "wanmig") {
+      // dest's own QEMU driver conts a paused destination once migrated: it watches a QMP
+      // socket no QEMU serves here, so the real destination stays held for the dumps.
+      const source = spawn([process.execPath, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", `127.0.0.1:${port}`, "--insecure", "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", migrateUri]);
+      for (let i = 0; i < 200 && !(await Bun.file(dstDisk).exists()); i++) await Bun.sleep(50);
+      const dst = qemu("dst", dir, dstDisk, opts.accel, migrateUri);
+      procs.push(dst.proc);
+      dstQmp = await qmpOf(dst.qmpPath);
+      const code = await source.exited;
+      if (code !== 0) throw new Error(`wanmig source exited ${code}: ${await new Response(source.stderr).text()}`);
+    } else {
+      const dst = qemu("dst", dir, dstDisk, opts.accel, migrateUri);
+      procs.push(dst.proc);
+      dstQmp = await qmpOf(dst.qmpPath);
+      await srcQmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "pause-before-switchover", state: true }] });
+      await srcQmp.execute("migrate", { uri: migrateUri });
+      while ((await migrationStatus(srcQmp)) !== "pre-switchover") await Bun.sleep(10);
+      if (opts.pauseMs) await Bun.sleep(opts.pauseMs);
+      await srcQmp.execute("migrate-continue", { state: "pre-switchover" });
+    }
+    for (let i = 0; (await migrationStatus(srcQmp)) !== "completed"; i++) {
+      if (i > 600) throw new Error("the source never reported completed");
+      await Bun.sleep(20);
+    }
+    for (let i = 0; (await migrationStatus(dstQmp)) !== "completed"; i++) {
+      if (i > 600) throw new Error("the destination never reported completed");
+      await Bun.sleep(20);
+    }
+    const migrationMs = Math.round(performance.now() - t0);
+    const size = RAM_MIB * 1024 * 1024;
+    await srcQmp.execute("pmemsave", { val: 0, size, filename: join(dir, "src.ram") });
+    await dstQmp.execute("pmemsave", { val: 0, size, filename: join(dir, "dst.ram") });
+    const pages = differingPages(join(dir, "src.ram"), join(dir, "dst.ram"), size);
+    await dstQmp.execute("cont");
+    srcQmp.close();
+    dstQmp.close();
+    return { variant, run, pagesDiffering: pages.length, firstPages: pages.slice(0, 8).map((p) => `0x${p.toString(16)}`), migrationMs };
+  } finally {
+    for (const p of procs) p.kill("SIGKILL");
+    await Promise.all(procs.map((p) => p.exited));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function startHogs(n: number): Subprocess[] {
+  return Array.from({ length: n }, () => Bun.spawn(["sh", "-c", "while :; do :; done"], { stdout: "ignore", stderr: "ignore" }));
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      runs: { type: "string", default: "10" },
+      variant: { type: "string", default: "wanmig,qemu" },
+      hogs: { type: "string", default: "2" },
+      accel: { type: "string", default: "tcg" },
+      "pause-ms": { type: "string", default: "0" },
+      json: { type: "string" },
+    },
+  });
+  await $`bash ${join(REPO, "scripts", "guest", "build.sh")} ${GUEST}`.quiet();
+  const variants = values.variant!.split(",");
+  const hogs = startHogs(Number(values.hogs));
+  const results: RunResult[] = [];
+  try {
+    for (let r = 0; r < Number(values.runs); r++)
+      for (const v of variants) {
+        try {
+          const res = await oneRun(v, r, { accel: values.accel!, pauseMs: Number(values["pause-ms"]) });
+          results.push(res);
+          console.error(`${v} run ${r}: ${res.pagesDiffering} pages differ${res.pagesDiffering ? ` (${res.firstPages.join(" ")})` : ""}; migration ${res.migrationMs} ms`);
+        } catch (err) {
+          console.error(`${v} run ${r}: failed: ${(err as Error).message}`);
+        }
+      }
+  } finally {
+    for (const h of hogs) h.kill("SIGKILL");
+  }
+  const lines = [`accel ${values.accel}, ${values.hogs} CPU hogs, pause ${values["pause-ms"]} ms`, "| variant | runs | runs with RAM differing | pages differing (total) |", "|---|---|---|---|"];
+  for (const v of variants) {
+    const rs = results.filter((x) => x.variant === v);
+    lines.push(`| ${v} | ${rs.length} | ${rs.filter((x) => x.pagesDiffering > 0).length} | ${rs.reduce((n, x) => n + x.pagesDiffering, 0)} |`);
+  }
+  console.log(lines.join("\n"));
+  if (values.json) await Bun.write(values.json, JSON.stringify({ args: values, results }, null, 2));
+}
+
+if (import.meta.main) await main(process.argv.slice(2));
