@@ -125,7 +125,8 @@ async function oneRun(variant: string, run: number, opts: { accel: string; pause
     const src = qemu("src", dir, srcDisk, opts.accel);
     procs.push(src.proc);
     await waitFile(join(dir, "src.serial"), /GUEST W i=20 /, 90_000);
-    const srcQmp = await qmpOf(src.qmpPath);
+    // QEMU's QMP socket takes one client at a time: with wanmig, its source holds it until it is done.
+    let srcQmp: QmpClient | undefined;
     const migrateUri = `tcp:127.0.0.1:${port + 1}`;
     const t0 = performance.now();
     let dstQmp: QmpClient;
@@ -136,10 +137,12 @@ async function oneRun(variant: string, run: number, opts: { accel: string; pause
       for (let i = 0; i < 200 && !(await Bun.file(dstDisk).exists()); i++) await Bun.sleep(50);
       const dst = qemu("dst", dir, dstDisk, opts.accel, migrateUri);
       procs.push(dst.proc);
-      dstQmp = await qmpOf(dst.qmpPath);
       const code = await source.exited;
+      dstQmp = await qmpOf(dst.qmpPath);
       if (code !== 0) throw new Error(`wanmig source exited ${code}: ${await new Response(source.stderr).text()}`);
+      srcQmp = await qmpOf(src.qmpPath);
     } else {
+      srcQmp = await qmpOf(src.qmpPath);
       const dst = qemu("dst", dir, dstDisk, opts.accel, migrateUri);
       procs.push(dst.proc);
       dstQmp = await qmpOf(dst.qmpPath);
