@@ -46,11 +46,15 @@ export class QmpClient {
   static async connect(spec: string, log: Logger, timeoutMs = 10_000): Promise<QmpClient> {
     const path = qmpSocketPath(spec);
     let client!: QmpClient;
+    let timer: ReturnType<typeof setTimeout> | undefined;
     const greeting = new Promise<void>((resolve, reject) => {
       client = new QmpClient(undefined, path, log);
       client.greeted = resolve;
-      setTimeout(() => reject(new QmpError(`no QMP greeting on ${path} within ${timeoutMs} ms`)), timeoutMs);
+      timer = setTimeout(() => reject(new QmpError(`no QMP greeting on ${path} within ${timeoutMs} ms`)), timeoutMs);
     });
+    // A connection that fails leaves the greeting unawaited: its timer must not fire later
+    // as an unhandled rejection (that would end the whole process, mid-migration).
+    greeting.catch(() => undefined).finally(() => clearTimeout(timer));
     try {
       client.socket = await Bun.connect({
         unix: path,
@@ -61,9 +65,15 @@ export class QmpClient {
         },
       });
     } catch (cause) {
+      clearTimeout(timer);
       throw new QmpError(`cannot connect to QMP at ${path}`, { cause, hint: "start QEMU with -qmp unix:PATH,server=on,wait=off" });
     }
-    await greeting;
+    try {
+      await greeting;
+    } catch (err) {
+      client.close();
+      throw err;
+    }
     await client.execute("qmp_capabilities");
     return client;
   }
