@@ -10,7 +10,10 @@
 //   qemu     QEMU alone: both QEMUs on one shared nbdkit export, the same QMP sequence
 //
 //   bun scripts/guest/ram-compare.ts [--runs 10] [--variant wanmig,qemu] [--hogs 2]
-//                                    [--accel tcg|tcg,thread=single] [--pause-ms 0] [--json FILE]
+//                                    [--accel tcg|tcg,thread=single] [--pause-ms 0]
+//                                    [--guest block|fs] [--json FILE]
+// --guest fs runs the ext4 workload (init.sh mode=fs) on a file system made here;
+// --pause-ms holds QEMU alone in pre-switchover that long (wanmig holds it for its hand-off).
 //
 // Prints one line per run and a table: runs, runs with differing RAM, pages differing.
 
@@ -37,11 +40,11 @@ interface RunResult {
   migrationMs: number;
 }
 
-function qemu(name: string, dir: string, disk: string, accel: string, incoming?: string): { proc: Subprocess; qmpPath: string } {
+function qemu(name: string, dir: string, disk: string, accel: string, guest: string, incoming?: string): { proc: Subprocess; qmpPath: string } {
   const qmpPath = join(dir, `${name}.qmp`);
   const argv = [
     "qemu-system-x86_64", "-name", name, "-accel", accel, "-m", String(RAM_MIB), "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
-    "-kernel", join(GUEST, "vmlinux"), "-initrd", join(GUEST, "initrd.gz"), "-append", "console=ttyS0 quiet panic=-1 slp=0.02",
+    "-kernel", join(GUEST, "vmlinux"), "-initrd", join(GUEST, "initrd.gz"), "-append", `console=ttyS0 quiet panic=-1 slp=0.02${guest === "fs" ? " mode=fs" : ""}`,
     "-serial", `file:${join(dir, `${name}.serial`)}`, "-qmp", `unix:${qmpPath},server=on,wait=off`,
     "-blockdev", `driver=nbd,node-name=disk0,server.type=unix,server.path=${disk},export=vm,open-timeout=60`,
     "-device", "virtio-blk-pci,drive=disk0,id=vblk0",
@@ -95,7 +98,7 @@ export function differingPages(a: string, b: string, size: number): number[] {
   return out;
 }
 
-async function oneRun(variant: string, run: number, opts: { accel: string; pauseMs: number }): Promise<RunResult> {
+async function oneRun(variant: string, run: number, opts: { accel: string; pauseMs: number; guest: string }): Promise<RunResult> {
   const dir = mkdtempSync(join(tmpdir(), `wanmig-ram-${variant}-`));
   const procs: Subprocess[] = [];
   const spawn = (argv: string[]) => {
@@ -110,6 +113,7 @@ async function oneRun(variant: string, run: number, opts: { accel: string; pause
     await $`mkdir -p ${a} ${b}`;
     const image = join(a, "vm.img");
     await $`truncate -s 64M ${image}`;
+    if (opts.guest === "fs") await $`mkfs.ext4 -q -F ${image}`;
     let srcDisk: string;
     let dstDisk: string;
     if (variant === "wanmig") {
@@ -122,9 +126,9 @@ async function oneRun(variant: string, run: number, opts: { accel: string; pause
       srcDisk = dstDisk = join(dir, "shared.sock");
     }
     for (let i = 0; i < 100 && !(await Bun.file(srcDisk).exists()); i++) await Bun.sleep(50);
-    const src = qemu("src", dir, srcDisk, opts.accel);
+    const src = qemu("src", dir, srcDisk, opts.accel, opts.guest);
     procs.push(src.proc);
-    await waitFile(join(dir, "src.serial"), /GUEST W i=20 /, 90_000);
+    await waitFile(join(dir, "src.serial"), opts.guest === "fs" ? /GUEST ACK i=10 / : /GUEST W i=20 /, 90_000);
     // QEMU's QMP socket takes one client at a time: with wanmig, its source holds it until it is done.
     let srcQmp: QmpClient | undefined;
     const migrateUri = `tcp:127.0.0.1:${port + 1}`;
@@ -135,7 +139,7 @@ async function oneRun(variant: string, run: number, opts: { accel: string; pause
       // socket no QEMU serves here, so the real destination stays held for the dumps.
       const source = spawn([process.execPath, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", `127.0.0.1:${port}`, "--insecure", "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", migrateUri]);
       for (let i = 0; i < 200 && !(await Bun.file(dstDisk).exists()); i++) await Bun.sleep(50);
-      const dst = qemu("dst", dir, dstDisk, opts.accel, migrateUri);
+      const dst = qemu("dst", dir, dstDisk, opts.accel, opts.guest, migrateUri);
       procs.push(dst.proc);
       const code = await source.exited;
       dstQmp = await qmpOf(dst.qmpPath);
@@ -143,7 +147,7 @@ async function oneRun(variant: string, run: number, opts: { accel: string; pause
       srcQmp = await qmpOf(src.qmpPath);
     } else {
       srcQmp = await qmpOf(src.qmpPath);
-      const dst = qemu("dst", dir, dstDisk, opts.accel, migrateUri);
+      const dst = qemu("dst", dir, dstDisk, opts.accel, opts.guest, migrateUri);
       procs.push(dst.proc);
       dstQmp = await qmpOf(dst.qmpPath);
       await srcQmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "pause-before-switchover", state: true }] });
@@ -189,6 +193,7 @@ export async function main(argv: string[]): Promise<void> {
       hogs: { type: "string", default: "2" },
       accel: { type: "string", default: "tcg" },
       "pause-ms": { type: "string", default: "0" },
+      guest: { type: "string", default: "block" },
       json: { type: "string" },
     },
   });
@@ -200,7 +205,7 @@ export async function main(argv: string[]): Promise<void> {
     for (let r = 0; r < Number(values.runs); r++)
       for (const v of variants) {
         try {
-          const res = await oneRun(v, r, { accel: values.accel!, pauseMs: Number(values["pause-ms"]) });
+          const res = await oneRun(v, r, { accel: values.accel!, pauseMs: Number(values["pause-ms"]), guest: values.guest! });
           results.push(res);
           console.error(`${v} run ${r}: ${res.pagesDiffering} pages differ${res.pagesDiffering ? ` (${res.firstPages.join(" ")})` : ""}; migration ${res.migrationMs} ms`);
         } catch (err) {
@@ -210,7 +215,7 @@ export async function main(argv: string[]): Promise<void> {
   } finally {
     for (const h of hogs) h.kill("SIGKILL");
   }
-  const lines = [`accel ${values.accel}, ${values.hogs} CPU hogs, pause ${values["pause-ms"]} ms`, "| variant | runs | runs with RAM differing | pages differing (total) |", "|---|---|---|---|"];
+  const lines = [`accel ${values.accel}, ${values.hogs} CPU hogs, pause ${values["pause-ms"]} ms, ${values.guest} guest`, "| variant | runs | runs with RAM differing | pages differing (total) |", "|---|---|---|---|"];
   for (const v of variants) {
     const rs = results.filter((x) => x.variant === v);
     lines.push(`| ${v} | ${rs.length} | ${rs.filter((x) => x.pagesDiffering > 0).length} | ${rs.reduce((n, x) => n + x.pagesDiffering, 0)} |`);
