@@ -11,14 +11,15 @@
 //
 //   bun scripts/guest/ram-compare.ts [--runs 10] [--variant wanmig,qemu] [--hogs 2]
 //                                    [--accel tcg|tcg,thread=single] [--pause-ms 0]
-//                                    [--guest block|fs] [--json FILE]
+//                                    [--guest block|fs] [--keep DIR] [--json FILE]
 // --guest fs runs the ext4 workload (init.sh mode=fs) on a file system made here;
-// --pause-ms holds QEMU alone in pre-switchover that long (wanmig holds it for its hand-off).
+// --pause-ms holds QEMU alone in pre-switchover that long (wanmig holds it for its hand-off);
+// --keep DIR saves both sides' bytes of every differing page there (VARIANT-RUN-ADDR.src/.dst).
 //
 // Prints one line per run and a table: runs, runs with differing RAM, pages differing.
 
 import { $, type Subprocess } from "bun";
-import { closeSync, mkdtempSync, openSync, readSync, rmSync } from "node:fs";
+import { closeSync, mkdirSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -98,7 +99,23 @@ export function differingPages(a: string, b: string, size: number): number[] {
   return out;
 }
 
-async function oneRun(variant: string, run: number, opts: { accel: string; pauseMs: number; guest: string }): Promise<RunResult> {
+function keepPages(keep: string, tag: string, src: string, dst: string, pages: number[]): void {
+  const fs = openSync(src, "r");
+  const fd = openSync(dst, "r");
+  const buf = Buffer.alloc(PAGE);
+  try {
+    for (const p of pages.slice(0, 16))
+      for (const [fdx, side] of [[fs, "src"], [fd, "dst"]] as const) {
+        readSync(fdx, buf, 0, PAGE, p);
+        writeFileSync(join(keep, `${tag}-0x${p.toString(16)}.${side}`), buf);
+      }
+  } finally {
+    closeSync(fs);
+    closeSync(fd);
+  }
+}
+
+async function oneRun(variant: string, run: number, opts: { accel: string; pauseMs: number; guest: string; keep?: string }): Promise<RunResult> {
   const dir = mkdtempSync(join(tmpdir(), `wanmig-ram-${variant}-`));
   const procs: Subprocess[] = [];
   const spawn = (argv: string[]) => {
@@ -169,6 +186,7 @@ async function oneRun(variant: string, run: number, opts: { accel: string; pause
     await srcQmp.execute("pmemsave", { val: 0, size, filename: join(dir, "src.ram") });
     await dstQmp.execute("pmemsave", { val: 0, size, filename: join(dir, "dst.ram") });
     const pages = differingPages(join(dir, "src.ram"), join(dir, "dst.ram"), size);
+    if (pages.length && opts.keep) keepPages(opts.keep, `${variant}-${run}`, join(dir, "src.ram"), join(dir, "dst.ram"), pages);
     await dstQmp.execute("cont");
     srcQmp.close();
     dstQmp.close();
@@ -194,10 +212,12 @@ export async function main(argv: string[]): Promise<void> {
       accel: { type: "string", default: "tcg" },
       "pause-ms": { type: "string", default: "0" },
       guest: { type: "string", default: "block" },
+      keep: { type: "string" },
       json: { type: "string" },
     },
   });
   await $`bash ${join(REPO, "scripts", "guest", "build.sh")} ${GUEST}`.quiet();
+  if (values.keep) mkdirSync(values.keep, { recursive: true });
   const variants = values.variant!.split(",");
   const hogs = startHogs(Number(values.hogs));
   const results: RunResult[] = [];
@@ -205,7 +225,7 @@ export async function main(argv: string[]): Promise<void> {
     for (let r = 0; r < Number(values.runs); r++)
       for (const v of variants) {
         try {
-          const res = await oneRun(v, r, { accel: values.accel!, pauseMs: Number(values["pause-ms"]), guest: values.guest! });
+          const res = await oneRun(v, r, { accel: values.accel!, pauseMs: Number(values["pause-ms"]), guest: values.guest!, keep: values.keep });
           results.push(res);
           console.error(`${v} run ${r}: ${res.pagesDiffering} pages differ${res.pagesDiffering ? ` (${res.firstPages.join(" ")})` : ""}; migration ${res.migrationMs} ms`);
         } catch (err) {
