@@ -197,7 +197,7 @@ export class DiskService {
     }
     let r: ReturnType<RecordingBackend["resume"]>;
     try {
-      r = this.recording.resume(rec.logs.at(-1)!);
+      r = this.recording.resume(rec.log);
     } catch (cause) {
       // The disk must be served all the same. Without its log the recording is over: a
       // source still running sees no recording and aborts before its point of no return.
@@ -239,7 +239,7 @@ export class DiskService {
       this.tracking.start();
       try {
         // Durable before the first bulk byte is read: a serve started after a kill must go on recording.
-        this.state!.update((s) => (s.recording = { id: basename(st.path!), logs: [st.path!], owner, startedAt: new Date().toISOString(), bootId: bootId() }));
+        this.state!.update((s) => (s.recording = { id: basename(st.path!), log: st.path!, owner, startedAt: new Date().toISOString(), bootId: bootId() }));
       } catch (cause) {
         this.recording.stop();
         this.tracking.stop();

@@ -21,8 +21,8 @@ export interface FenceMarker {
 export interface RecordingMarker {
   /** The first log's file name: the recording's identity on both hosts. */
   id: string;
-  /** Every log of this recording, oldest first: a serve restarted while recording adds one. */
-  logs: string[];
+  /** The recording's delta log: a serve restarted while recording goes on appending to it. */
+  log: string;
   owner?: number;
   startedAt: string;
   /** Logs are only trusted across a process restart, not a reboot (their tail may be lost). */
