@@ -11,9 +11,10 @@
 //
 //   bun scripts/guest/ram-compare.ts [--runs 10] [--variant wanmig,qemu] [--hogs 2]
 //                                    [--accel tcg|tcg,thread=single] [--pause-ms 0]
-//                                    [--guest block|fs] [--keep DIR] [--json FILE]
+//                                    [--guest block|fs] [--max-bandwidth MIB] [--keep DIR] [--json FILE]
 // --guest fs runs the ext4 workload (init.sh mode=fs) on a file system made here;
 // --pause-ms holds QEMU alone in pre-switchover that long (wanmig holds it for its hand-off);
+// --max-bandwidth caps QEMU's RAM migration (migrate-set-parameters max-bandwidth, MiB/s);
 // --keep DIR saves both sides' bytes of every differing page there (VARIANT-RUN-ADDR.src/.dst).
 //
 // Prints one line per run and a table: runs, runs with differing RAM, pages differing.
@@ -25,6 +26,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { QmpClient } from "../../src/hypervisor/qmp.ts";
 import { logger } from "../../src/log.ts";
+import { holdAndCompare, migrationStatus } from "../../test/helpers/ram-check.ts";
 
 const REPO = join(import.meta.dir, "..", "..");
 const GUEST = join(REPO, ".cache", "guest");
@@ -41,17 +43,18 @@ interface RunResult {
   migrationMs: number;
 }
 
-function qemu(name: string, dir: string, disk: string, accel: string, guest: string, incoming?: string): { proc: Subprocess; qmpPath: string } {
+function qemu(name: string, dir: string, disk: string, accel: string, guest: string, incoming?: string): { proc: Subprocess; qmpPath: string; testQmpPath: string } {
   const qmpPath = join(dir, `${name}.qmp`);
+  const testQmpPath = join(dir, `${name}.test.qmp`);
   const argv = [
     "qemu-system-x86_64", "-name", name, "-accel", accel, "-m", String(RAM_MIB), "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
     "-kernel", join(GUEST, "vmlinux"), "-initrd", join(GUEST, "initrd.gz"), "-append", `console=ttyS0 quiet panic=-1 slp=0.02${guest === "fs" ? " mode=fs" : ""}`,
-    "-serial", `file:${join(dir, `${name}.serial`)}`, "-qmp", `unix:${qmpPath},server=on,wait=off`,
+    "-serial", `file:${join(dir, `${name}.serial`)}`, "-qmp", `unix:${qmpPath},server=on,wait=off`, "-qmp", `unix:${testQmpPath},server=on,wait=off`,
     "-blockdev", `driver=nbd,node-name=disk0,server.type=unix,server.path=${disk},export=vm,open-timeout=60`,
     "-device", "virtio-blk-pci,drive=disk0,id=vblk0",
     ...(incoming ? ["-incoming", incoming, "-S"] : []),
   ];
-  return { proc: Bun.spawn(argv, { stdout: "ignore", stderr: "inherit" }), qmpPath };
+  return { proc: Bun.spawn(argv, { stdout: "ignore", stderr: "inherit" }), qmpPath, testQmpPath };
 }
 
 async function qmpOf(path: string): Promise<QmpClient> {
@@ -74,30 +77,6 @@ async function waitFile(path: string, pattern: RegExp, timeoutMs: number): Promi
   throw new Error(`no ${pattern} in ${path}`);
 }
 
-async function migrationStatus(q: QmpClient): Promise<string | undefined> {
-  return (await q.execute<{ status?: string }>("query-migrate")).status;
-}
-
-/** Pages (by guest-physical address) whose bytes differ between two RAM dumps. */
-export function differingPages(a: string, b: string, size: number): number[] {
-  const fa = openSync(a, "r");
-  const fb = openSync(b, "r");
-  const ba = Buffer.alloc(1 << 20);
-  const bb = Buffer.alloc(1 << 20);
-  const out: number[] = [];
-  try {
-    for (let at = 0; at < size; at += ba.length) {
-      readSync(fa, ba, 0, ba.length, at);
-      readSync(fb, bb, 0, bb.length, at);
-      if (ba.equals(bb)) continue;
-      for (let p = 0; p < ba.length; p += PAGE) if (!ba.subarray(p, p + PAGE).equals(bb.subarray(p, p + PAGE))) out.push(at + p);
-    }
-  } finally {
-    closeSync(fa);
-    closeSync(fb);
-  }
-  return out;
-}
 
 function keepPages(keep: string, tag: string, src: string, dst: string, pages: number[]): void {
   const fs = openSync(src, "r");
@@ -115,11 +94,11 @@ function keepPages(keep: string, tag: string, src: string, dst: string, pages: n
   }
 }
 
-async function oneRun(variant: string, run: number, opts: { accel: string; pauseMs: number; guest: string; keep?: string }): Promise<RunResult> {
+async function oneRun(variant: string, run: number, opts: { accel: string; pauseMs: number; guest: string; maxBandwidthMiB: number; keep?: string }): Promise<RunResult> {
   const dir = mkdtempSync(join(tmpdir(), `wanmig-ram-${variant}-`));
   const procs: Subprocess[] = [];
-  const spawn = (argv: string[]) => {
-    const p = Bun.spawn(argv, { stdout: "pipe", stderr: "pipe" });
+  const spawn = (argv: string[], env: Record<string, string> = {}) => {
+    const p = Bun.spawn(argv, { stdout: "ignore", stderr: "pipe", env: { ...process.env, ...env } });
     procs.push(p);
     return p;
   };
@@ -135,7 +114,7 @@ async function oneRun(variant: string, run: number, opts: { accel: string; pause
     let dstDisk: string;
     if (variant === "wanmig") {
       spawn([process.execPath, MAIN, "serve", "--image", image, "--name", "vm", "--run-dir", a]);
-      spawn([process.execPath, MAIN, "dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b, "--listen", `127.0.0.1:${port}`, "--insecure", "--hypervisor", "qemu", "--qmp", `unix:${join(dir, "hold.qmp")}`]);
+      spawn([process.execPath, MAIN, "dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b, "--listen", `127.0.0.1:${port}`, "--insecure", "--hypervisor", "qemu", "--qmp", `unix:${join(dir, "dst.qmp")}`], { WANMIG_TEST_HOLD_AT: `dest-cont:${join(dir, "release")}` });
       srcDisk = join(a, "vm.nbd");
       dstDisk = join(b, "vm.nbd");
     } else {
@@ -146,51 +125,51 @@ async function oneRun(variant: string, run: number, opts: { accel: string; pause
     const src = qemu("src", dir, srcDisk, opts.accel, opts.guest);
     procs.push(src.proc);
     await waitFile(join(dir, "src.serial"), opts.guest === "fs" ? /GUEST ACK i=10 / : /GUEST W i=20 /, 90_000);
-    // QEMU's QMP socket takes one client at a time: with wanmig, its source holds it until it is done.
-    let srcQmp: QmpClient | undefined;
     const migrateUri = `tcp:127.0.0.1:${port + 1}`;
+    const release = join(dir, "release");
+    if (opts.maxBandwidthMiB) {
+      // Parameters stay set in QEMU once this client leaves, for wanmig's source to use.
+      const q = await qmpOf(src.qmpPath);
+      await q.execute("migrate-set-parameters", { "max-bandwidth": opts.maxBandwidthMiB * 1024 * 1024 });
+      q.close();
+    }
     const t0 = performance.now();
-    let dstQmp: QmpClient;
+    let dst: ReturnType<typeof qemu>;
+    let source: Subprocess | undefined;
     if (variant === "wanmig") {
-      // dest's own QEMU driver conts a paused destination once migrated: it watches a QMP
-      // socket no QEMU serves here, so the real destination stays held for the dumps.
-      const source = spawn([process.execPath, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", `127.0.0.1:${port}`, "--insecure", "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", migrateUri]);
+      // wanmig drives both QEMUs through their first monitors; its dest holds before its
+      // `cont` until the release file exists (WANMIG_TEST_HOLD_AT), as in the real-VM tests.
+      source = spawn([process.execPath, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", `127.0.0.1:${port}`, "--insecure", "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", migrateUri]);
       for (let i = 0; i < 200 && !(await Bun.file(dstDisk).exists()); i++) await Bun.sleep(50);
-      const dst = qemu("dst", dir, dstDisk, opts.accel, opts.guest, migrateUri);
+      dst = qemu("dst", dir, dstDisk, opts.accel, opts.guest, migrateUri);
       procs.push(dst.proc);
-      const code = await source.exited;
-      dstQmp = await qmpOf(dst.qmpPath);
-      if (code !== 0) throw new Error(`wanmig source exited ${code}: ${await new Response(source.stderr).text()}`);
-      srcQmp = await qmpOf(src.qmpPath);
     } else {
-      srcQmp = await qmpOf(src.qmpPath);
-      const dst = qemu("dst", dir, dstDisk, opts.accel, opts.guest, migrateUri);
+      const q = await qmpOf(src.qmpPath);
+      dst = qemu("dst", dir, dstDisk, opts.accel, opts.guest, migrateUri);
       procs.push(dst.proc);
-      dstQmp = await qmpOf(dst.qmpPath);
-      await srcQmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "pause-before-switchover", state: true }] });
-      await srcQmp.execute("migrate", { uri: migrateUri });
-      while ((await migrationStatus(srcQmp)) !== "pre-switchover") await Bun.sleep(10);
+      (await qmpOf(dst.qmpPath)).close(); // up, and listening for the migration
+      await q.execute("migrate-set-capabilities", { capabilities: [{ capability: "pause-before-switchover", state: true }] });
+      await q.execute("migrate", { uri: migrateUri });
+      while ((await migrationStatus(q)) !== "pre-switchover") await Bun.sleep(10);
       if (opts.pauseMs) await Bun.sleep(opts.pauseMs);
-      await srcQmp.execute("migrate-continue", { state: "pre-switchover" });
+      await q.execute("migrate-continue", { state: "pre-switchover" });
+      q.close();
     }
-    for (let i = 0; (await migrationStatus(srcQmp)) !== "completed"; i++) {
-      if (i > 600) throw new Error("the source never reported completed");
-      await Bun.sleep(20);
+    const d = dst;
+    const verdict = await holdAndCompare(
+      { src: () => qmpOf(src.testQmpPath), dst: () => qmpOf(d.testQmpPath) },
+      { dir, ramBytes: RAM_MIB * 1024 * 1024, release, timeoutMs: 120_000, keep: opts.keep ? (s, t, pages) => keepPages(opts.keep!, `${variant}-${run}`, s, t, pages) : undefined },
+    );
+    const migrationMs = Math.round(performance.now() - t0 - verdict.heldMs);
+    if (source) {
+      const code = await source.exited;
+      if (code !== 0) throw new Error(`wanmig source exited ${code}: ${await new Response(source.stderr as ReadableStream).text()}`);
+    } else {
+      const q = await qmpOf(d.qmpPath);
+      await q.execute("cont");
+      q.close();
     }
-    for (let i = 0; (await migrationStatus(dstQmp)) !== "completed"; i++) {
-      if (i > 600) throw new Error("the destination never reported completed");
-      await Bun.sleep(20);
-    }
-    const migrationMs = Math.round(performance.now() - t0);
-    const size = RAM_MIB * 1024 * 1024;
-    await srcQmp.execute("pmemsave", { val: 0, size, filename: join(dir, "src.ram") });
-    await dstQmp.execute("pmemsave", { val: 0, size, filename: join(dir, "dst.ram") });
-    const pages = differingPages(join(dir, "src.ram"), join(dir, "dst.ram"), size);
-    if (pages.length && opts.keep) keepPages(opts.keep, `${variant}-${run}`, join(dir, "src.ram"), join(dir, "dst.ram"), pages);
-    await dstQmp.execute("cont");
-    srcQmp.close();
-    dstQmp.close();
-    return { variant, run, pagesDiffering: pages.length, firstPages: pages.slice(0, 8).map((p) => `0x${p.toString(16)}`), migrationMs };
+    return { variant, run, pagesDiffering: verdict.pagesDiffering, firstPages: verdict.firstPages, migrationMs };
   } finally {
     for (const p of procs) p.kill("SIGKILL");
     await Promise.all(procs.map((p) => p.exited));
@@ -212,6 +191,7 @@ export async function main(argv: string[]): Promise<void> {
       accel: { type: "string", default: "tcg" },
       "pause-ms": { type: "string", default: "0" },
       guest: { type: "string", default: "block" },
+      "max-bandwidth": { type: "string", default: "0" },
       keep: { type: "string" },
       json: { type: "string" },
     },
@@ -225,7 +205,7 @@ export async function main(argv: string[]): Promise<void> {
     for (let r = 0; r < Number(values.runs); r++)
       for (const v of variants) {
         try {
-          const res = await oneRun(v, r, { accel: values.accel!, pauseMs: Number(values["pause-ms"]), guest: values.guest!, keep: values.keep });
+          const res = await oneRun(v, r, { accel: values.accel!, pauseMs: Number(values["pause-ms"]), guest: values.guest!, maxBandwidthMiB: Number(values["max-bandwidth"]), keep: values.keep });
           results.push(res);
           console.error(`${v} run ${r}: ${res.pagesDiffering} pages differ${res.pagesDiffering ? ` (${res.firstPages.join(" ")})` : ""}; migration ${res.migrationMs} ms`);
         } catch (err) {
@@ -235,7 +215,7 @@ export async function main(argv: string[]): Promise<void> {
   } finally {
     for (const h of hogs) h.kill("SIGKILL");
   }
-  const lines = [`accel ${values.accel}, ${values.hogs} CPU hogs, pause ${values["pause-ms"]} ms, ${values.guest} guest`, "| variant | runs | runs with RAM differing | pages differing (total) |", "|---|---|---|---|"];
+  const lines = [`accel ${values.accel}, ${values.hogs} CPU hogs, pause ${values["pause-ms"]} ms, ${values.guest} guest${Number(values["max-bandwidth"]) ? `, max-bandwidth ${values["max-bandwidth"]} MiB/s` : ""}`, "| variant | runs | runs with RAM differing | pages differing (total) |", "|---|---|---|---|"];
   for (const v of variants) {
     const rs = results.filter((x) => x.variant === v);
     lines.push(`| ${v} | ${rs.length} | ${rs.filter((x) => x.pagesDiffering > 0).length} | ${rs.reduce((n, x) => n + x.pagesDiffering, 0)} |`);

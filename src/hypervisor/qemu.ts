@@ -9,6 +9,7 @@ import type { Logger } from "../log.ts";
 import { HypervisorError } from "./errors.ts";
 import { QmpClient, type QmpEvent } from "./qmp.ts";
 import type { DestHypervisor, SourceHypervisor } from "./types.ts";
+import { holdPoint } from "../util/kill-point.ts";
 
 const POLL_MS = 50;
 const MIGRATION_TIMEOUT_MS = 60 * 60 * 1000;
@@ -157,7 +158,10 @@ export class QemuDest implements DestHypervisor {
         // QEMU's RESUME event has the instant when we saw it; else the poll that found it running.
         if (st.status === "running") return { runningAt: resumedAt ?? Date.now() };
         // Started with -S: the incoming migration is done, the start is ours to give.
-        if (st.status === "paused" && (await qmp.execute<MigrateInfo>("query-migrate")).status === "completed") await qmp.execute("cont");
+        if (st.status === "paused" && (await qmp.execute<MigrateInfo>("query-migrate")).status === "completed") {
+          await holdPoint("dest-cont");
+          await qmp.execute("cont");
+        }
         if (Date.now() > end) throw new HypervisorError(`the destination VM is still ${st.status}`);
         await Bun.sleep(POLL_MS);
       }

@@ -23,7 +23,11 @@ export interface Guest {
   proc: Subprocess;
   lines: SerialLine[];
   qmpPath: string;
+  /** Guest RAM, bytes (all of it is dumped by the RAM check). */
+  ramBytes: number;
   qmp(): Promise<QmpClient>;
+  /** A second QMP monitor, the test's own: QEMU serves one client per monitor, and wanmig holds the first. */
+  testQmp(): Promise<QmpClient>;
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<SerialLine>;
   writes(): { i: number; off: number; t: number }[];
   failures(): string[];
@@ -37,6 +41,8 @@ export function startGuest(opts: {
   nbdSocket: string;
   netnsExec?: string[];
   incoming?: string;
+  /** With `incoming`: start held (-S), so that the test can compare RAM before the guest runs (ram-check.ts). */
+  hold?: boolean;
   openTimeout?: number;
   /** A NIC on this tap device (in the QEMU's namespace), and the guest's address/gateway (init.sh's gip=, ggw=). */
   nic?: { tap: string; gip: string; ggw: string };
@@ -44,15 +50,17 @@ export function startGuest(opts: {
   mode?: "block" | "fs";
 }): Guest {
   const qmpPath = join(opts.dir, `${opts.name}.qmp`);
+  const testQmpPath = join(opts.dir, `${opts.name}.test.qmp`);
+  const ramMiB = 128;
   const argv = [
     ...(opts.netnsExec ?? []),
-    "qemu-system-x86_64", "-name", opts.name, "-accel", "tcg", "-m", "128", "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
+    "qemu-system-x86_64", "-name", opts.name, "-accel", "tcg", "-m", String(ramMiB), "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
     "-kernel", join(GUEST_DIR, "vmlinux"), "-initrd", join(GUEST_DIR, "initrd.gz"), "-append", `console=ttyS0 quiet panic=-1 slp=0.05${opts.mode === "fs" ? " mode=fs" : ""}${opts.nic ? ` gip=${opts.nic.gip} ggw=${opts.nic.ggw}` : ""}`,
-    "-serial", "stdio", "-qmp", `unix:${qmpPath},server=on,wait=off`,
+    "-serial", "stdio", "-qmp", `unix:${qmpPath},server=on,wait=off`, "-qmp", `unix:${testQmpPath},server=on,wait=off`,
     "-blockdev", `driver=nbd,node-name=disk0,server.type=unix,server.path=${opts.nbdSocket},export=vm,open-timeout=${opts.openTimeout ?? 30}`,
     "-device", "virtio-blk-pci,drive=disk0,id=vblk0",
     ...(opts.nic ? ["-netdev", `tap,id=n0,ifname=${opts.nic.tap},script=no,downscript=no`, "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"] : []),
-    ...(opts.incoming ? ["-incoming", opts.incoming] : []),
+    ...(opts.incoming ? ["-incoming", opts.incoming, ...(opts.hold ? ["-S"] : [])] : []),
   ];
   const proc = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
   const lines: SerialLine[] = [];
@@ -73,7 +81,9 @@ export function startGuest(opts: {
     proc,
     lines,
     qmpPath,
+    ramBytes: ramMiB * 1024 * 1024,
     qmp: () => QmpClient.connect(qmpPath, logger("test-qmp")),
+    testQmp: () => QmpClient.connect(testQmpPath, logger("test-qmp")),
     async waitFor(pattern, timeoutMs = 60_000) {
       const end = Date.now() + timeoutMs;
       for (;;) {
