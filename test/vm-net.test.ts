@@ -1,11 +1,14 @@
 // The redirect with a real VM: the guest (QEMU, TCG) has a virtio NIC on a tap device at
 // each host, holds its address through the move, and a client's TCP connection to it
 // (the guest's echo server) must survive the live migration, through the VXLAN tunnel.
+// Guest RAM is compared at the switchover (helpers/ram-check.ts): a run where QEMU lost a
+// page is QEMU's, and is run once more.
 //   client ns C --veth-- host A (tap0: the guest, its disk on serve) --veth-- host B (tap0, dest, QEMU -incoming)
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { buildGuest, startGuest } from "./helpers/guest.ts";
+import { ours, ramAtSwitchover, retryOnQemuRamLoss } from "./helpers/ram-check.ts";
 import { spawnInNs, waitUntil } from "./helpers/netns.ts";
 import { MAIN, REPO, secretFile, sh, sparseFile, startServe, tempDir } from "./helpers/serve-process.ts";
 
@@ -15,7 +18,6 @@ const id = `${process.pid % 10000}`;
 const ns = { C: `wnC${id}`, A: `wnA${id}`, B: `wnB${id}` };
 const ip = { client: `10.${o}.1.2`, aLan: `10.${o}.1.1`, aWan: `10.${o}.2.1`, bWan: `10.${o}.2.2`, gw: `10.${o}.5.1`, guest: `10.${o}.5.10` };
 const procs: Subprocess[] = [];
-const stops: (() => Promise<unknown>)[] = [];
 const ipIn = (n: string, ...argv: string[]) => sh(["ip", "-n", n, ...argv]);
 
 const spawnIn = (n: string, argv: string[], what: string) => spawnInNs(n, argv, what, procs);
@@ -46,7 +48,6 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
-  for (const s of stops) await s().catch(() => undefined);
   for (const p of procs) p.kill("SIGKILL");
   for (const n of Object.values(ns)) await sh(["ip", "netns", "del", n], { allowFail: true });
   dir.remove();
@@ -54,52 +55,63 @@ afterAll(async () => {
 
 describe("a real VM's open TCP connection across a live migration (--hypervisor qemu, --tunnel vxlan)", () => {
   test("the client's connection to the guest keeps exchanging data; the guest carries on at B", async () => {
-    const a = join(dir.path, "A");
-    const b = join(dir.path, "B");
-    await sh(["mkdir", "-p", a, b]);
-    const image = join(a, "vm.img");
-    await sparseFile(image, 64 * 1024 * 1024);
-    const secret = await secretFile(join(dir.path, "secret"));
-    const srv = await startServe({ image, runDir: a });
-    stops.push(() => srv.stop());
-    const nic = { tap: "tap0", gip: `${ip.guest}/24`, ggw: ip.gw };
-    const src = startGuest({ name: "src", dir: a, nbdSocket: srv.socket, netnsExec: ["ip", "netns", "exec", ns.A], nic });
-    stops.push(() => src.stop());
-    await src.waitFor(/GUEST W i=1 /, 90_000);
+    await retryOnQemuRamLoss("real VM over the redirect", (n) => join(dir.path, `run${n}`), async (at) => {
+      const a = `${at.dir}-A`;
+      const b = `${at.dir}-B`;
+      await sh(["mkdir", "-p", a, b]);
+      const image = join(a, "vm.img");
+      await sparseFile(image, 64 * 1024 * 1024);
+      const secret = await secretFile(`${at.dir}.secret`);
+      const srv = await startServe({ image, runDir: a });
+      at.defer(() => srv.stop());
+      const nic = { tap: "tap0", gip: `${ip.guest}/24`, ggw: ip.gw };
+      const src = startGuest({ name: "src", dir: a, nbdSocket: srv.socket, netnsExec: ["ip", "netns", "exec", ns.A], nic });
+      at.defer(() => src.stop());
+      await src.waitFor(/GUEST W i=1 /, 90_000);
 
-    const client = spawnIn(ns.C, [process.execPath, join(REPO, "test", "helpers", "tcp-probe.ts"), "client", ip.guest, "7777"], "probe client");
-    await waitUntil(() => client.out().includes("connected"), "the client's connection to the guest", 30_000);
-    const echoes = () => Number(/"echoes":(\d+)\}\n$/.exec(client.out())?.[1] ?? 0);
-    await waitUntil(() => echoes() > 5, "echoes from the guest");
+      const client = spawnIn(ns.C, [process.execPath, join(REPO, "test", "helpers", "tcp-probe.ts"), "client", ip.guest, "7777"], "probe client");
+      at.defer(() => client.proc.kill("SIGKILL"));
+      await waitUntil(() => client.out().includes("connected"), "the client's connection to the guest", 30_000);
+      const echoes = () => Number(/"echoes":(\d+)\}\n$/.exec(client.out())?.[1] ?? 0);
+      await waitUntil(() => echoes() > 5, "echoes from the guest");
 
-    const dest = spawnIn(ns.B, [
-      process.execPath, MAIN, "dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b, "--listen", `${ip.bWan}:7300`, "--secret-file", secret,
-      "--hypervisor", "qemu", "--qmp", `unix:${join(b, "dst.qmp")}`, "--vm-dev", "tap0", "--json",
-    ], "dest");
-    await dest.log.waitFor("listening on");
-    const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: ["ip", "netns", "exec", ns.B], incoming: `tcp:${ip.bWan}:4444`, openTimeout: 120, nic });
-    stops.push(() => dst.stop());
-    const source = spawnIn(ns.A, [
-      process.execPath, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", `${ip.bWan}:7300`, "--secret-file", secret, "--json",
-      "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", `tcp:${ip.bWan}:4444`,
-      "--old-ip", ip.guest, "--tunnel", "vxlan", "--tunnel-idle", "2s",
-    ], "source");
-    await waitUntil(() => source.out().includes('"event":"done"'), "the migration", 180_000);
-    await dest.log.waitFor("the VM runs here (qemu)", 60_000);
-    const before = echoes();
-    const writesBefore = dst.writes().length;
-    await Bun.sleep(3000);
-    expect(echoes()).toBeGreaterThan(before + 20); // the same connection, now through the tunnel to B
-    expect(dst.writes().length).toBeGreaterThan(writesBefore + 3);
-    client.proc.kill("SIGTERM");
-    await client.proc.exited;
-    const probe = JSON.parse(client.out().trim().split("\n").find((l) => l.includes('"sent"'))!);
-    expect(probe.broke).toBeNull();
-    expect(src.failures()).toEqual([]);
-    expect(dst.failures()).toEqual([]);
-    expect(await source.proc.exited).toBe(0); // after the idle time: torn down
-    console.log(`real VM over the redirect: longest gap of a 50 ms probe ${probe.longestGapMs} ms; ${probe.sent} probes, ${probe.echoes} echoes`);
-    dest.proc.kill("SIGTERM");
-    await dest.proc.exited;
-  }, 300_000);
+      const port = 7300 + at.n;
+      const migrateUri = `tcp:${ip.bWan}:${4440 + at.n}`;
+      const release = `${at.dir}.release`;
+      const dest = spawnIn(ns.B, [
+        "env", `WANMIG_TEST_HOLD_AT=dest-cont:${release}`, process.execPath, MAIN, "dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b,
+        "--listen", `${ip.bWan}:${port}`, "--secret-file", secret, "--hypervisor", "qemu", "--qmp", `unix:${join(b, "dst.qmp")}`, "--vm-dev", "tap0", "--json",
+      ], "dest");
+      at.defer(() => dest.proc.kill("SIGKILL"));
+      await dest.log.waitFor("listening on");
+      const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: ["ip", "netns", "exec", ns.B], incoming: migrateUri, hold: true, openTimeout: 120, nic });
+      at.defer(() => dst.stop());
+      const source = spawnIn(ns.A, [
+        process.execPath, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", `${ip.bWan}:${port}`, "--secret-file", secret, "--json",
+        "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", migrateUri,
+        "--old-ip", ip.guest, "--tunnel", "vxlan", "--tunnel-idle", "2s",
+      ], "source");
+      at.defer(() => source.proc.kill("SIGKILL"));
+      const ram = ramAtSwitchover(at, src, dst, release);
+      ram.catch(() => undefined);
+      await ours(() => waitUntil(() => source.out().includes('"event":"done"'), "the migration", 180_000));
+      const { heldMs } = await ram;
+      await ours(() => dest.log.waitFor("the VM runs here (qemu)", 60_000));
+      const before = echoes();
+      const writesBefore = dst.writes().length;
+      await Bun.sleep(3000);
+      expect(echoes()).toBeGreaterThan(before + 20); // the same connection, now through the tunnel to B
+      expect(dst.writes().length).toBeGreaterThan(writesBefore + 3);
+      client.proc.kill("SIGTERM");
+      await client.proc.exited;
+      const probe = JSON.parse(client.out().trim().split("\n").find((l) => l.includes('"sent"'))!);
+      expect(probe.broke).toBeNull();
+      expect(src.failures()).toEqual([]);
+      expect(dst.failures()).toEqual([]);
+      await ours(async () => expect(await source.proc.exited).toBe(0)); // after the idle time: torn down
+      console.log(`real VM over the redirect: longest gap of a 50 ms probe ${probe.longestGapMs} ms (${heldMs} ms of it held for the RAM check); ${probe.sent} probes, ${probe.echoes} echoes`);
+      dest.proc.kill("SIGTERM");
+      await dest.proc.exited;
+    });
+  }, 480_000);
 });

@@ -6,12 +6,15 @@
 // Pass: the guest carries on at B with no verify failure, B's image holds the last write
 // of every block the guest wrote (on either host), and A is fenced. The negative control
 // shows the check can fail: a destination disk that misses the last writes is caught.
+// Guest RAM is compared at each switchover: a run where QEMU lost a page is QEMU's, and is
+// run once more (helpers/ram-check.ts); a failed check of wanmig's own work fails at once.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { ExitCode } from "../src/errors.ts";
 import { buildGuest, type Guest, lostWrites, startGuest } from "./helpers/guest.ts";
 import { hostPair, type HostPair, spawnInNs } from "./helpers/netns.ts";
+import { Attempt, ours, ramAtSwitchover, retryOnQemuRamLoss } from "./helpers/ram-check.ts";
 import { MAIN, secretFile, sh, sparseFile, startServe, tempDir } from "./helpers/serve-process.ts";
 
 const dir = tempDir("wanmig-vm-");
@@ -32,20 +35,26 @@ afterAll(async () => {
 
 const procs: Subprocess[] = [];
 /** wanmig inside a namespace. */
-const spawnIn = (ns: string, args: string[]) => spawnInNs(ns, [process.execPath, MAIN, ...args], args[0]!, procs);
+const spawnIn = (ns: string, args: string[], env: string[] = []) => spawnInNs(ns, ["env", ...env, process.execPath, MAIN, ...args], args[0]!, procs);
+/** A run outside retryOnQemuRamLoss: its own attempt, closed with the file. */
+const once = (name: string) => {
+  const at = new Attempt(1, join(dir.path, name));
+  cleanups.push(() => at.close());
+  return at;
+};
 
 /** Host A with the guest running and writing, host B waiting with dest and QEMU -incoming. */
-async function guestOnA(name: string) {
-  const a = join(dir.path, `${name}-A`);
-  const b = join(dir.path, `${name}-B`);
+async function guestOnA(at: Attempt) {
+  const a = `${at.dir}-A`;
+  const b = `${at.dir}-B`;
   await sh(["mkdir", "-p", a, b]);
   const image = join(a, "vm.img");
   await sparseFile(image, 64 * 1024 * 1024);
-  const secret = await secretFile(join(dir.path, `${name}.secret`));
+  const secret = await secretFile(`${at.dir}.secret`);
   const srv = await startServe({ image, runDir: a });
-  cleanups.push(() => srv.stop());
+  at.defer(() => srv.stop());
   const src = startGuest({ name: "src", dir: a, nbdSocket: srv.socket, netnsExec: net.exec(net.a.ns) });
-  cleanups.push(() => src.stop());
+  at.defer(() => src.stop());
   await src.waitFor(/GUEST W i=1 /, 90_000);
   return { a, b, image, destImage: join(b, "vm.img"), secret, srv, src };
 }
@@ -56,57 +65,78 @@ function summary(src: Guest, dst: Guest) {
   return { srcWrites: src.writes().length, dstWrites: dst.writes().length, serialGapMs: lastSrc && firstDst ? firstDst.t - lastSrc.t : undefined };
 }
 
+/**
+ * Host B: dest, held before it lets the VM run until the RAM check is done (its release
+ * file), and QEMU -incoming started held (-S). QEMU opens its disk at start-up, before any
+ * data is there: dest lets that read through.
+ */
+async function heldDestination(at: Attempt, s: Awaited<ReturnType<typeof guestOnA>>, port: number, migrateUri: string, extra: string[] = []) {
+  const release = `${at.dir}.release`;
+  const dest = spawnIn(
+    net.b.ns,
+    ["dest", "--name", "vm", "--image", s.destImage, "--run-dir", s.b, "--listen", `${net.b.ip}:${port}`, "--secret-file", s.secret, "--hypervisor", "qemu", "--qmp", `unix:${join(s.b, "dst.qmp")}`, ...extra],
+    [`WANMIG_TEST_HOLD_AT=dest-cont:${release}`],
+  );
+  at.defer(() => dest.proc.kill("SIGKILL"));
+  await dest.log.waitFor("listening on");
+  const dst = startGuest({ name: "dst", dir: s.b, nbdSocket: join(s.b, "vm.nbd"), netnsExec: net.exec(net.b.ns), incoming: migrateUri, hold: true, openTimeout: 120 });
+  at.defer(() => dst.stop());
+  return { dest, dst, release };
+}
+
 describe("a real VM (QEMU, TCG) migrated live between two network namespaces", () => {
   test("the guest carries on at the destination: no verify failure, every last write on B's disk, A fenced", async () => {
-    const s = await guestOnA("live");
-    const port = 7100;
-    const dest = spawnIn(net.b.ns, [
-      "dest", "--name", "vm", "--image", s.destImage, "--run-dir", s.b, "--listen", `${net.b.ip}:${port}`, "--secret-file", s.secret,
-      "--hypervisor", "qemu", "--qmp", `unix:${join(s.b, "dst.qmp")}`, "--json",
-    ]);
-    await dest.log.waitFor("listening on");
-    // QEMU at B opens its disk at start-up, before any data is there: dest lets that read through.
-    const dst = startGuest({ name: "dst", dir: s.b, nbdSocket: join(s.b, "vm.nbd"), netnsExec: net.exec(net.b.ns), incoming: `tcp:${net.b.ip}:4444`, openTimeout: 120 });
-    cleanups.push(() => dst.stop());
-    await Bun.sleep(1500); // the guest writes on at A
-    const source = spawnIn(net.a.ns, [
-      "source", "--name", "vm", "--run-dir", s.a, "--to", `${net.b.ip}:${port}`, "--secret-file", s.secret, "--json",
-      "--hypervisor", "qemu", "--qmp", `unix:${s.src.qmpPath}`, "--migrate-uri", `tcp:${net.b.ip}:4444`,
-    ]);
-    const code = await source.proc.exited;
-    await Bun.sleep(50); // the last stdout line
-    const out = source.out();
-    expect(source.log.text()).toContain("point of no return: the destination verified the disk");
-    expect(code).toBe(0);
-    await dest.log.waitFor("the VM runs here (qemu)", 60_000);
-    const before = dst.writes().length;
-    await Bun.sleep(3000);
-    expect(dst.writes().length).toBeGreaterThan(before + 5); // it carries on at B
+    await retryOnQemuRamLoss("live migration", (n) => join(dir.path, `live${n}`), async (at) => {
+      const s = await guestOnA(at);
+      const { dest, dst, release } = await heldDestination(at, s, 7100 + at.n, `tcp:${net.b.ip}:${4440 + at.n}`, ["--json"]);
+      await Bun.sleep(1500); // the guest writes on at A
+      const source = spawnIn(net.a.ns, [
+        "source", "--name", "vm", "--run-dir", s.a, "--to", `${net.b.ip}:${7100 + at.n}`, "--secret-file", s.secret, "--json",
+        "--hypervisor", "qemu", "--qmp", `unix:${s.src.qmpPath}`, "--migrate-uri", `tcp:${net.b.ip}:${4440 + at.n}`,
+      ]);
+      const ram = ramAtSwitchover(at, s.src, dst, release);
+      ram.catch(() => undefined); // awaited below, unless the source failed first
+      const code = await source.proc.exited;
+      await Bun.sleep(50); // the last stdout line
+      const out = source.out();
+      await ours(() => {
+        expect(source.log.text()).toContain("point of no return: the destination verified the disk");
+        expect(code).toBe(0);
+      });
+      const { heldMs } = await ram;
+      await ours(() => dest.log.waitFor("the VM runs here (qemu)", 60_000));
+      const before = dst.writes().length;
+      await Bun.sleep(3000);
+      expect(dst.writes().length).toBeGreaterThan(before + 5); // it carries on at B
 
-    const events = out.trim().split("\n").map((l) => JSON.parse(l));
-    const done = events.at(-1);
-    // Downtime measured, not taken from QEMU: the source's pause (QEMU's STOP) to the
-    // destination's run (its RESUME), both on this host's clock.
-    const pausedAt = events.find((e) => e.event === "paused").at as number;
-    const runningAt = JSON.parse(dest.out().trim().split("\n").find((l) => l.includes('"running"'))!).at as number;
-    const fig = summary(s.src, dst);
-    console.log(
-      `real VM: migration ${done.migrationTimeMs} ms; downtime: paused at A -> running at B ${Math.round(runningAt - pausedAt)} ms ` +
-        `(source's view ${done.downtimeMs} ms, storage ${done.storageDowntimeMs} ms); guest serial gap ${fig.serialGapMs} ms; writes A ${fig.srcWrites}, B ${fig.dstWrites}`,
-    );
-    expect(runningAt).toBeGreaterThan(pausedAt);
-    expect(s.src.failures()).toEqual([]);
-    expect(dst.failures()).toEqual([]);
-    expect((await s.srv.ctl.status()).mode).toBe("fenced");
-    const srcQmp = await s.src.qmp();
-    expect((await srcQmp.execute<{ status: string }>("query-status")).status).toBe("postmigrate");
-    srcQmp.close();
-    await dst.stop();
-    expect(lostWrites(s.destImage, [...s.src.writes(), ...dst.writes()])).toEqual([]);
-  }, 240_000);
+      const events = out.trim().split("\n").map((l) => JSON.parse(l));
+      const done = events.at(-1);
+      // Downtime measured, not taken from QEMU: the source's pause (QEMU's STOP) to the
+      // destination's run (its RESUME), both on this host's clock, less the RAM check's hold.
+      const pausedAt = events.find((e) => e.event === "paused").at as number;
+      const runningAt = JSON.parse(dest.out().trim().split("\n").find((l) => l.includes('"running"'))!).at as number;
+      const fig = summary(s.src, dst);
+      console.log(
+        `real VM: migration ${done.migrationTimeMs} ms; downtime: paused at A -> running at B ${Math.round(runningAt - pausedAt - heldMs)} ms ` +
+          `(source's view ${done.downtimeMs} ms, storage ${done.storageDowntimeMs} ms; not counting ${heldMs} ms held for the RAM check); ` +
+          `guest serial gap ${fig.serialGapMs} ms; writes A ${fig.srcWrites}, B ${fig.dstWrites}`,
+      );
+      expect(runningAt).toBeGreaterThan(pausedAt);
+      expect(s.src.failures()).toEqual([]);
+      expect(dst.failures()).toEqual([]);
+      await ours(async () => {
+        expect((await s.srv.ctl.status()).mode).toBe("fenced");
+        const srcQmp = await s.src.qmp();
+        expect((await srcQmp.execute<{ status: string }>("query-status")).status).toBe("postmigrate");
+        srcQmp.close();
+      });
+      await dst.stop();
+      await ours(() => expect(lostWrites(s.destImage, [...s.src.writes(), ...dst.writes()])).toEqual([]));
+    });
+  }, 480_000);
 
   test("negative control: a destination disk without the last writes is caught by the same checks", async () => {
-    const s = await guestOnA("stale");
+    const s = await guestOnA(once("stale"));
     await Bun.sleep(1000);
     // B's disk: a copy taken now, served as it is; QEMU moves the memory on its own.
     const stale = join(s.b, "vm.img");
@@ -128,43 +158,47 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
   }, 240_000);
 
   test("the source killed in the hand-off (QEMU in pre-switchover, its guest paused): the same command again finishes it, and the guest carries on at B", async () => {
-    const s = await guestOnA("settle");
-    const port = 7102;
-    const dest = spawnIn(net.b.ns, [
-      "dest", "--name", "vm", "--image", s.destImage, "--run-dir", s.b, "--listen", `${net.b.ip}:${port}`, "--secret-file", s.secret,
-      "--hypervisor", "qemu", "--qmp", `unix:${join(s.b, "dst.qmp")}`,
-    ]);
-    await dest.log.waitFor("listening on");
-    const dst = startGuest({ name: "dst", dir: s.b, nbdSocket: join(s.b, "vm.nbd"), netnsExec: net.exec(net.b.ns), incoming: `tcp:${net.b.ip}:4447`, openTimeout: 120 });
-    cleanups.push(() => dst.stop());
-    await Bun.sleep(1500);
-    const args = [
-      "source", "--name", "vm", "--run-dir", s.a, "--to", `${net.b.ip}:${port}`, "--secret-file", s.secret,
-      "--hypervisor", "qemu", "--qmp", `unix:${s.src.qmpPath}`, "--migrate-uri", `tcp:${net.b.ip}:4447`,
-    ];
-    const first = spawnInNs(net.a.ns, ["env", "WANMIG_TEST_KILL_AT=source-fenced", process.execPath, MAIN, ...args], "source", procs);
-    expect(await first.proc.exited).toBe(137);
-    expect((await s.srv.ctl.status()).handoff.state).toBe("unfinished");
-    const qmp = await s.src.qmp();
-    expect((await qmp.execute<{ status?: string }>("query-migrate")).status).toBe("pre-switchover");
-    qmp.close();
-    const again = spawnIn(net.a.ns, args);
-    const code = await again.proc.exited;
-    expect(again.log.text()).toContain("is paused here: settling it with the destination");
-    expect(code).toBe(0);
-    await dest.log.waitFor("the VM runs here (qemu)", 60_000);
-    const before = dst.writes().length;
-    await Bun.sleep(3000);
-    expect(dst.writes().length).toBeGreaterThan(before + 5); // it carries on at B
-    expect(s.src.failures()).toEqual([]);
-    expect(dst.failures()).toEqual([]);
-    expect((await s.srv.ctl.status()).handoff.state).toBe("moved");
-    await dst.stop();
-    expect(lostWrites(s.destImage, [...s.src.writes(), ...dst.writes()])).toEqual([]);
-  }, 240_000);
+    await retryOnQemuRamLoss("settled hand-off", (n) => join(dir.path, `settle${n}`), async (at) => {
+      const s = await guestOnA(at);
+      const port = 7110 + at.n;
+      const migrateUri = `tcp:${net.b.ip}:${4450 + at.n}`;
+      const { dest, dst, release } = await heldDestination(at, s, port, migrateUri);
+      await Bun.sleep(1500);
+      const args = [
+        "source", "--name", "vm", "--run-dir", s.a, "--to", `${net.b.ip}:${port}`, "--secret-file", s.secret,
+        "--hypervisor", "qemu", "--qmp", `unix:${s.src.qmpPath}`, "--migrate-uri", migrateUri,
+      ];
+      const first = spawnIn(net.a.ns, args, ["WANMIG_TEST_KILL_AT=source-fenced"]);
+      await ours(async () => {
+        expect(await first.proc.exited).toBe(137);
+        expect((await s.srv.ctl.status()).handoff.state).toBe("unfinished");
+        const qmp = await s.src.qmp();
+        expect((await qmp.execute<{ status?: string }>("query-migrate")).status).toBe("pre-switchover");
+        qmp.close();
+      });
+      const ram = ramAtSwitchover(at, s.src, dst, release);
+      ram.catch(() => undefined);
+      const again = spawnIn(net.a.ns, args);
+      const code = await again.proc.exited;
+      await ours(() => {
+        expect(again.log.text()).toContain("is paused here: settling it with the destination");
+        expect(code).toBe(0);
+      });
+      await ram;
+      await ours(() => dest.log.waitFor("the VM runs here (qemu)", 60_000));
+      const before = dst.writes().length;
+      await Bun.sleep(3000);
+      expect(dst.writes().length).toBeGreaterThan(before + 5); // it carries on at B
+      expect(s.src.failures()).toEqual([]);
+      expect(dst.failures()).toEqual([]);
+      await ours(async () => expect((await s.srv.ctl.status()).handoff.state).toBe("moved"));
+      await dst.stop();
+      await ours(() => expect(lostWrites(s.destImage, [...s.src.writes(), ...dst.writes()])).toEqual([]));
+    });
+  }, 480_000);
 
   test("the destination dies during the memory copy: QEMU's migration is cancelled, the guest runs on at A, disk unfenced (exit 5)", async () => {
-    const s = await guestOnA("abort");
+    const s = await guestOnA(once("abort"));
     const port = 7101;
     const dest = spawnIn(net.b.ns, [
       "dest", "--name", "vm", "--image", s.destImage, "--run-dir", s.b, "--listen", `${net.b.ip}:${port}`, "--secret-file", s.secret,

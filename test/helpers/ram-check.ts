@@ -73,6 +73,19 @@ export async function compareRam(srcQmp: QmpClient, dstQmp: QmpClient, dir: stri
   }
 }
 
+/** A QEMU just spawned has no monitor socket yet. */
+async function whenUp(connect: () => Promise<QmpClient>, timeoutMs = 60_000): Promise<QmpClient> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await connect();
+    } catch (err) {
+      if (Date.now() > end) throw err;
+      await Bun.sleep(50);
+    }
+  }
+}
+
 export interface RamVerdict {
   pagesDiffering: number;
   firstPages: string[];
@@ -92,8 +105,8 @@ export async function holdAndCompare(
   let s: QmpClient | undefined;
   let d: QmpClient | undefined;
   try {
-    s = await qmp.src();
-    d = await qmp.dst();
+    s = await whenUp(qmp.src);
+    d = await whenUp(qmp.dst);
     await waitMigrationCompleted(s, "source", opts.timeoutMs ?? 180_000);
     await waitMigrationCompleted(d, "destination", opts.timeoutMs ?? 180_000);
     const t0 = performance.now();
