@@ -3,7 +3,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { imageDigest, RegionDigests, REGION_SIZE } from "../src/disk/region-digest.ts";
+import { imageDigest, PIECE_SIZE, RegionDigests, REGION_SIZE } from "../src/disk/region-digest.ts";
 import { overwrite, randomFile, tempDir } from "./helpers/serve-process.ts";
 import { isZero } from "../src/util/zero.ts";
 
@@ -44,7 +44,7 @@ describe("region digests", () => {
     expect(d.digest()).toBe(imageDigest(path, size));
   });
 
-  test("after a region's first rehash only its dirty 64 KiB pieces are read again", async () => {
+  test("after a region's first rehash only its dirty 4 KiB pieces are read again", async () => {
     const path = join(dir.path, "pieces");
     const size = 2 * REGION_SIZE;
     await randomFile(path, size);
@@ -55,13 +55,17 @@ describe("region digests", () => {
     d.refresh(path); // the whole region is read once; its pieces are kept
     expect(d.digest()).toBe(imageDigest(path, size));
     // Two changes in region 0: only the marked piece is read, so only it shows.
-    overwrite(path, 5 * 65536 + 9, Uint8Array.of(0xaa));
-    overwrite(path, 9 * 65536 + 9, Uint8Array.of(0xbb));
-    d.markDirty(5 * 65536 + 9, 1);
+    overwrite(path, 5 * PIECE_SIZE + 9, Uint8Array.of(0xaa));
+    overwrite(path, 9 * PIECE_SIZE + 9, Uint8Array.of(0xbb));
+    d.markDirty(5 * PIECE_SIZE + 9, 1);
+    expect(d.pendingBytes()).toBe(PIECE_SIZE); // what the hand-off would read: the one piece
     d.refresh(path);
     expect(d.digest()).not.toBe(imageDigest(path, size));
-    d.markDirty(9 * 65536, 65536);
+    d.markDirty(9 * PIECE_SIZE, PIECE_SIZE);
+    d.markDirty(REGION_SIZE + 5, 1); // region 1's first dirtying: it is read whole once
+    expect(d.pendingBytes()).toBe(PIECE_SIZE + REGION_SIZE);
     d.refresh(path);
+    expect(d.pendingBytes()).toBe(0);
     expect(d.digest()).toBe(imageDigest(path, size));
   });
 

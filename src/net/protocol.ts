@@ -61,12 +61,13 @@
 //
 // Versioning: HELLO carries PROTOCOL_VERSION; dest refuses another major version with
 // ERROR before anything else is said. 2: region digest, base hashes, the recording named
-// in HELLO; 3: REDIRECT; 4: recovery (READY.verified, ROLLBACK, ROLLED_BACK). New message types need a new version; unknown
+// in HELLO; 3: REDIRECT; 4: recovery (READY.verified, ROLLBACK, ROLLED_BACK); 5: the
+// digest's pieces are 4 KiB (another digest value for the same image). New message types need a new version; unknown
 // types, oversize lengths and bad checksums are errors, never guesses.
 
 import { ProtocolError } from "./errors.ts";
 
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 export const FRAME_MAGIC = 0x574d4731; // "WMG1"
 export const FRAME_HEADER_LEN = 12;
 export const FRAME_TRAILER_LEN = 4;
