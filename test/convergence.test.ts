@@ -1,0 +1,108 @@
+// The convergence controller on synthetic traces: a simulated link and writer, no I/O.
+import { describe, expect, test } from "bun:test";
+import { ConvergenceController, estimateHandoff, type HandoffInputs, rateCap } from "../src/phases/convergence.ts";
+
+const base: HandoffInputs = { queuedBytes: 0, unackedWireBytes: 0, compressionRatio: 1, linkBytesPerMs: 1000, rttMs: 0, hashBytes: 0, hashBytesPerMs: 1_000_000, controlMs: 1 };
+
+describe("estimateHandoff", () => {
+  test("sums transfer (at the compression ratio), digest, control calls and one round trip; the budget sees all but the RTT", () => {
+    const e = estimateHandoff({ ...base, queuedBytes: 100_000, compressionRatio: 0.5, unackedWireBytes: 50_000, rttMs: 100, hashBytes: 2_000_000, controlMs: 3 });
+    expect(e.parts).toEqual({ transferMs: 100, digestMs: 2, controlMs: 3, rttMs: 100 });
+    expect(e.workMs).toBe(105);
+    expect(e.totalMs).toBe(205);
+  });
+
+  test("unmeasured rates are assumed slow, never free", () => {
+    const e = estimateHandoff({ ...base, queuedBytes: 1_000_000, linkBytesPerMs: undefined, hashBytes: 2_000_000, hashBytesPerMs: undefined });
+    expect(e.parts.transferMs).toBeGreaterThanOrEqual(1000);
+    expect(e.parts.digestMs).toBeGreaterThan(0);
+  });
+});
+
+/**
+ * A migration's catch-up, simulated in 50 ms rounds: the VM writes `writeBytesPerMs`
+ * (held to the controller's rate cap), the link ships `linkBytesPerMs`. Returns when the
+ * controller fences, or after `limitMs`.
+ */
+function simulate(opts: { writeBytesPerMs: number; linkBytesPerMs: number; queue0: number; budgetMs: number; rttMs?: number; limitMs?: number }) {
+  const c = new ConvergenceController({ budgetMs: opts.budgetMs });
+  let queue = opts.queue0;
+  let written = 0;
+  const levels: number[] = [];
+  for (let t = 0; t <= (opts.limitMs ?? 600_000); t += 50) {
+    const v = c.observe(t, { ...base, queuedBytes: queue, linkBytesPerMs: opts.linkBytesPerMs, rttMs: opts.rttMs ?? 0 });
+    levels.push(v.level);
+    if (v.fence) return { fencedAtMs: t, steps: c.steps, levels, writtenPerMs: written / Math.max(t, 1), estimate: v.estimate };
+    const cap = rateCap(v.level, opts.linkBytesPerMs, 1);
+    const w = Math.min(opts.writeBytesPerMs, cap === undefined ? Infinity : cap / 1000) * 50;
+    written += w;
+    queue = Math.max(0, queue + w - opts.linkBytesPerMs * 50);
+  }
+  return { fencedAtMs: undefined, steps: c.steps, levels, writtenPerMs: written / (opts.limitMs ?? 600_000) };
+}
+
+describe("ConvergenceController", () => {
+  test("a writer slower than the link: the queue drains and the source fences with no throttle", () => {
+    const r = simulate({ writeBytesPerMs: 200, linkBytesPerMs: 1000, queue0: 4_000_000, budgetMs: 50 });
+    expect(r.fencedAtMs).toBeDefined();
+    expect(r.steps).toBe(0);
+    expect(r.estimate!.workMs).toBeLessThanOrEqual(50);
+  });
+
+  test("a writer faster than the link (the diabolical one): the throttle steps up until the queue shrinks, then the source fences", () => {
+    const r = simulate({ writeBytesPerMs: 50_000, linkBytesPerMs: 625, queue0: 1_000_000, budgetMs: 50 });
+    expect(r.fencedAtMs).toBeDefined();
+    expect(r.steps).toBeGreaterThan(0);
+    // Levels only climb one at a time, once per window without progress.
+    for (let i = 1; i < r.levels.length; i++) expect(Math.abs(r.levels[i]! - r.levels[i - 1]!)).toBeLessThanOrEqual(1);
+    // The writer kept a fair share of the link: not starved to converge.
+    expect(r.writtenPerMs).toBeGreaterThan(0.1 * 625);
+  });
+
+  test("without the controller's cap the same writer never converges (the check above can fail)", () => {
+    const c = new ConvergenceController({ budgetMs: 50 });
+    let queue = 1_000_000;
+    let fenced = false;
+    for (let t = 0; t < 600_000 && !fenced; t += 50) {
+      fenced = c.observe(t, { ...base, queuedBytes: queue, linkBytesPerMs: 625 }).fence;
+      queue += (50_000 - 625) * 50;
+    }
+    expect(fenced).toBe(false);
+    expect(c.steps).toBe(12); // it asked for ever more, up to its ceiling
+  });
+
+  test("the round trip is on top of the budget: a 100 ms RTT alone does not stop a fence", () => {
+    const r = simulate({ writeBytesPerMs: 0, linkBytesPerMs: 625, queue0: 0, budgetMs: 50, rttMs: 100 });
+    expect(r.fencedAtMs).toBe(0);
+    expect(r.estimate!.totalMs).toBe(101);
+  });
+
+  test("the level steps back down when the estimate falls fast", () => {
+    const c = new ConvergenceController({ budgetMs: 10, windowMs: 1000 });
+    const at = (t: number, queue: number) => c.observe(t, { ...base, queuedBytes: queue }).level;
+    at(0, 1_000_000);
+    at(1000, 1_000_000); // first window: a baseline
+    expect(at(2000, 1_000_000)).toBe(1); // no progress: up
+    expect(at(3000, 1_000_000)).toBe(2);
+    expect(at(4000, 400_000)).toBe(1); // under half: down one
+    expect(at(5000, 300_000)).toBe(1); // shrinking, not fast: held
+  });
+
+  test("atLeast raises the level for pressure the estimate does not see (the log's bound)", () => {
+    const c = new ConvergenceController({ budgetMs: 10 });
+    c.atLeast(5);
+    expect(c.observe(0, { ...base, queuedBytes: 1_000_000 }).level).toBe(5);
+    expect(c.steps).toBe(5);
+  });
+});
+
+describe("rateCap", () => {
+  test("level 1 is 90 % of the link in raw bytes; each level halves it; never under 4 KiB/s", () => {
+    expect(rateCap(0, 1000, 1)).toBeUndefined();
+    expect(rateCap(1, 1000, 1)).toBe(900_000);
+    expect(rateCap(2, 1000, 1)).toBe(450_000);
+    expect(rateCap(1, 1000, 0.5)).toBe(1_800_000); // compressed 2:1, the VM may write twice the link
+    expect(rateCap(30, 1000, 1)).toBe(4096);
+    expect(rateCap(3, undefined, 1)).toBeUndefined();
+  });
+});
