@@ -23,7 +23,7 @@ import { FileBackend } from "./file-backend.ts";
 import { claimUnixPath, type Endpoint, formatEndpoint, NbdServer } from "./nbd-server.ts";
 import { RecordingBackend, type RecordingState } from "./recording.ts";
 import { ThrottlingBackend } from "./throttle.ts";
-import { TrackingBackend } from "./write-tracking.ts";
+import { DIRTY_PIECE, TrackingBackend } from "./write-tracking.ts";
 import { type ImageLock, ImageLockError, lockImage } from "./image-lock.ts";
 import { bootId, type ImageState, ImageStateFile } from "./image-state.ts";
 import { basename } from "node:path";
@@ -290,7 +290,7 @@ export class DiskService {
   takeDirty(recording?: string): { recording?: string; instance: string; pieceSize: number; runs: [number, number][] } {
     const id = this.state?.state.recording?.id;
     if (recording !== undefined && recording !== id) throw new ServeError(`the serve records ${id ? `recording ${id}` : "nothing"}, not ${recording}: writes may have escaped the log`);
-    return { recording: id, instance: this.instance, pieceSize: 64 * 1024, runs: this.tracking.takeDirty() };
+    return { recording: id, instance: this.instance, pieceSize: DIRTY_PIECE, runs: this.tracking.takeDirty() };
   }
 
   /** The source has shipped (or skipped) every delta up to `seq`: the throttle's queue shrinks. */

@@ -1,7 +1,7 @@
 // The serve's own account of what it wrote while recording, kept apart from the delta log
 // so that the hand-off can check the log against it:
 //  - a count of the writes applied to the image (the log must hold exactly as many records);
-//  - a dirty map of the 64 KiB pieces they touched, which the migrating source takes (and
+//  - a dirty map of the 4 KiB pieces they touched, which the migrating source takes (and
 //    clears) as it goes and marks in its region digests beside what the log says. A write
 //    that reached the image but not the log then still gets rehashed, and the digests of
 //    the two images differ: the hand-off fails instead of passing a disk that lacks it.
@@ -11,47 +11,57 @@
 
 import { BackendDecorator, type MaybePromise } from "./backend.ts";
 
-export const DIRTY_PIECE = 64 * 1024;
+/** The digest's piece (region-digest.ts): a write marks what the hand-off must rehash, no more. */
+export const DIRTY_PIECE = 4096;
 
-/** One bit per 64 KiB piece; `take` returns the dirty runs and clears them. */
+/**
+ * One bit per 4 KiB piece, kept sparse (32-piece words that have a bit set), so memory and
+ * take() grow with what was written since the last take, not with the image: the source
+ * takes it every 50 ms, and a 1 TiB image would be 8 M words to scan.
+ */
 export class DirtyMap {
-  private readonly words: Uint32Array;
-  private marked = 0;
+  private words = new Map<number, number>();
+  private readonly pieces: number;
 
   constructor(readonly size: number) {
-    this.words = new Uint32Array(Math.ceil(Math.ceil(size / DIRTY_PIECE) / 32));
+    this.pieces = Math.ceil(size / DIRTY_PIECE);
   }
 
   mark(offset: number, length: number): void {
     if (length <= 0) return;
     const first = Math.floor(offset / DIRTY_PIECE);
-    const last = Math.floor((Math.min(offset + length, this.size) - 1) / DIRTY_PIECE);
-    for (let p = first; p <= last; p++) this.words[p >>> 5]! |= 1 << (p & 31);
-    this.marked++;
+    const last = Math.min(Math.floor((offset + length - 1) / DIRTY_PIECE), this.pieces - 1);
+    for (let p = first; p <= last; ) {
+      const w = p >>> 5;
+      const from = p & 31;
+      const to = Math.min(31, last - (w << 5));
+      const bits = to - from === 31 ? 0xffffffff : ((1 << (to - from + 1)) - 1) << from;
+      this.words.set(w, (this.words.get(w) ?? 0) | bits);
+      p = (w << 5) + to + 1;
+    }
   }
 
-  /** Dirty pieces as [first piece, count] runs, oldest knowledge cleared. */
+  /** Dirty pieces as [first piece, count] runs, in order; clears them. */
   take(): [number, number][] {
     const runs: [number, number][] = [];
-    if (!this.marked) return runs;
-    this.marked = 0;
+    if (!this.words.size) return runs;
+    const words = [...this.words].sort((x, y) => x[0] - y[0]);
+    this.words = new Map();
     let start = -1;
-    const pieces = this.words.length * 32;
-    for (let w = 0; w < this.words.length; w++) {
-      const word = this.words[w]!;
-      if (word === 0 && start < 0) continue;
+    let end = -1; // one past the last dirty piece of the open run
+    for (const [w, word] of words) {
       for (let b = 0; b < 32; b++) {
-        const p = w * 32 + b;
-        const set = (word >>> b) & 1;
-        if (set && start < 0) start = p;
-        if (!set && start >= 0) {
-          runs.push([start, p - start]);
-          start = -1;
+        if (!((word >>> b) & 1)) continue;
+        const p = (w << 5) + b;
+        if (p === end) end++;
+        else {
+          if (start >= 0) runs.push([start, end - start]);
+          start = p;
+          end = p + 1;
         }
       }
-      this.words[w] = 0;
     }
-    if (start >= 0) runs.push([start, pieces - start]);
+    if (start >= 0) runs.push([start, end - start]);
     return runs;
   }
 }
