@@ -117,6 +117,34 @@ describe("throttling in serve", () => {
     c.disconnect();
   });
 
+  test("a rate cap from the source paces writes by their size, keeps their order, and lapses when not renewed", async () => {
+    await srv.ctl.throttle({ threshold: 1_000_000 }); // the paper's delay out of the way
+    const rec = await srv.ctl.startRecording();
+    const c = await RawNbd.connect(srv.socket);
+    await c.go();
+    // 1 MiB/s: a 64 KiB write takes 62.5 ms of the allowance, a 4 KiB one 3.9 ms.
+    const answer = await srv.ctl.shipped(0n, rec.id, 1024 * 1024);
+    expect(answer.rateCapBytesPerSec).toBe(1024 * 1024);
+    const t0 = performance.now();
+    for (let i = 1; i <= 8; i++) c.request(Cmd.WRITE, 0, 65536, { payload: Buffer.alloc(65536, i) });
+    for (let i = 0; i < 8; i++) expect((await c.reply()).error).toBe(0);
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(7 * 62.5); // the first goes at once
+    expect((await c.read(0, 4096)).data![0]).toBe(8);
+    expect((await srv.ctl.status()).throttle.rateCapBytesPerSec).toBe(1024 * 1024);
+    await Bun.sleep(2100); // the lease (2 s) lapses without a report
+    expect((await srv.ctl.status()).throttle.rateCapBytesPerSec).toBeUndefined();
+    const delayed = (await srv.ctl.status()).throttle.delayedWrites;
+    expect(delayed).toBeGreaterThanOrEqual(7);
+    for (let i = 0; i < 8; i++) c.request(Cmd.WRITE, 65536 * i, 65536, { payload: Buffer.alloc(65536, 1) });
+    for (let i = 0; i < 8; i++) expect((await c.reply()).error).toBe(0);
+    expect((await srv.ctl.status()).throttle.delayedWrites).toBe(delayed); // none held back
+    await srv.ctl.shipped(0n, rec.id, 1024 * 1024);
+    await srv.ctl.stopRecording(); // the end of recording lifts it at once
+    expect((await srv.ctl.status()).throttle.rateCapBytesPerSec).toBeUndefined();
+    await expect(srv.ctl.shipped(0n, undefined, -1)).rejects.toThrow("rateCap must be a number");
+    c.disconnect();
+  });
+
   test("the control API rejects nonsense throttle parameters", async () => {
     await expect(srv.ctl.throttle({ threshold: -5 })).rejects.toThrow("threshold must be a number >= 1");
     await expect(srv.ctl.throttle({ bogus: 1 } as never)).rejects.toThrow("unknown throttle parameter bogus");

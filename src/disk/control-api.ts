@@ -6,9 +6,10 @@
 //   POST /v1/record     {"action":"start", "dir"?: path, "owner"?: pid} -> recording state
 //                       {"action":"stop", "moved"?: {"digest"?, "to"?}} -> recording state;
 //                         with "moved" the hand-off completed and the fence is for good
-//                       {"action":"shipped", "seq": "N", "recording"?: id} -> throttle state
-//                         and what was written since the last call (the source has shipped
-//                         every delta up to N; the throttle watches the queue)
+//                       {"action":"shipped", "seq": "N", "recording"?: id, "rateCap"?: B/s}
+//                         -> throttle state and what was written since the last call (the
+//                         source has shipped every delta up to N; the throttle watches the
+//                         queue; rateCap holds the VM's writes to B/s for a 2 s lease)
 //                       {"action":"dirty", "recording"?: id} -> written since the last call
 //   POST /v1/throttle   {"threshold"?, "delayUs"?, "maxDelayUs"?, "enabled"?} -> throttle state
 //   POST /v1/fence      {"recording"?: id, "reason"?} -> fence state and the recording's
@@ -65,8 +66,10 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
       }
       if (body.action === "shipped") {
         if (typeof body.seq !== "string" || !/^\d+$/.test(body.seq)) throw new BadRequest("seq must be a decimal string");
+        const cap = body.rateCap ?? 0;
+        if (typeof cap !== "number" || !Number.isFinite(cap) || cap < 0) throw new BadRequest("rateCap must be a number of bytes per second >= 0");
         const dirty = svc.takeDirty(recording);
-        return Response.json({ ...svc.noteShipped(BigInt(body.seq)), ...dirty });
+        return Response.json({ ...svc.noteShipped(BigInt(body.seq), cap), ...dirty });
       }
       if (body.action === "dirty") return Response.json(svc.takeDirty(recording));
       throw new BadRequest('action must be "start", "stop", "shipped" or "dirty"');

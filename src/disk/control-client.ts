@@ -39,9 +39,13 @@ export class ControlClient {
     return this.call("POST", "/v1/record", { action: "stop", moved });
   }
 
-  /** Every delta up to `seq` is shipped (or skipped): the throttle's queue shrinks. Returns what was written since the last call too. */
-  shipped(seq: bigint, recording?: string): Promise<ThrottleState & DirtySince> {
-    return this.call("POST", "/v1/record", { action: "shipped", seq: seq.toString(), recording });
+  /**
+   * Every delta up to `seq` is shipped (or skipped): the throttle's queue shrinks. `rateCap`
+   * (bytes/s) holds the VM's writes to it for a lease the next report renews. Returns what
+   * was written since the last call too.
+   */
+  shipped(seq: bigint, recording?: string, rateCap?: number): Promise<ThrottleState & DirtySince & { rateCapBytesPerSec?: number }> {
+    return this.call("POST", "/v1/record", { action: "shipped", seq: seq.toString(), recording, rateCap: rateCap ?? 0 });
   }
 
   /** What was written since the last call (the serve's dirty map, cleared as it is read). */

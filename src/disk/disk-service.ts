@@ -76,7 +76,7 @@ export interface ServeStatus {
   instance: string;
   recording: RecordingState & { owner?: number; id?: string; applied: number; restarts?: number };
   handoff: { state: HandoffState; recording?: string; since?: string; reason?: string; text: string };
-  throttle: ThrottleState & { queueLength: number; delayedWrites: number; totalDelayMs: number };
+  throttle: ThrottleState & { rateCapBytesPerSec?: number; queueLength: number; delayedWrites: number; totalDelayMs: number };
   fence: { fenced: boolean; refusedWrites: number; since?: string; reason?: string };
   /** On a destination: how far the incoming migration is. */
   migration?: IncomingMigration;
@@ -273,6 +273,7 @@ export class DiskService {
     this.tracking.stop();
     this.throttling.counting = false;
     this.throttling.policy.reset();
+    this.throttling.cap.clear();
     this.opts.log.info(`record mode off after ${st.records} deltas${outcome?.moved ? "; the disk has moved away and stays fenced" : ""}`);
     return st;
   }
@@ -294,10 +295,11 @@ export class DiskService {
   }
 
   /** The source has shipped (or skipped) every delta up to `seq`: the throttle's queue shrinks. */
-  noteShipped(seq: bigint): ThrottleState {
+  noteShipped(seq: bigint, rateCap = 0): ThrottleState & { rateCapBytesPerSec?: number } {
     const first = this.recording.state().firstSeq;
     if (first !== undefined && seq >= BigInt(first)) this.throttling.policy.noteShipped(Number(seq - BigInt(first) + 1n));
-    return this.throttling.policy.state();
+    this.throttling.cap.set(rateCap);
+    return { ...this.throttling.policy.state(), rateCapBytesPerSec: this.throttling.cap.current() };
   }
 
     configureThrottle(params: Partial<ThrottleParams>): ThrottleState {
@@ -374,6 +376,7 @@ export class DiskService {
       handoff: this.handoff(),
       throttle: {
         ...this.throttling.policy.state(),
+        rateCapBytesPerSec: this.throttling.cap.current(),
         queueLength: this.throttling.queueLength,
         delayedWrites: this.throttling.delayedWrites,
         totalDelayMs: Math.round(this.throttling.totalDelayMs),

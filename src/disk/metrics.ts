@@ -20,6 +20,7 @@ export function renderMetrics(s: ServeStatus): string {
     ["wanmig_recording_bytes", "gauge", "bytes of data in the current delta log", s.recording.bytes],
     ["wanmig_throttle_level", "gauge", "write throttling step (0: none)", s.throttle.level],
     ["wanmig_throttle_delay_microseconds", "gauge", "delay added to each write now", s.throttle.currentDelayUs],
+    ["wanmig_throttle_rate_cap_bytes_per_second", "gauge", "write rate the migrating source allows the VM now (0: no cap)", s.throttle.rateCapBytesPerSec ?? 0],
     ["wanmig_throttle_delta_queue", "gauge", "deltas recorded and not yet shipped", s.throttle.deltaQueue],
     ["wanmig_throttle_delayed_writes_total", "counter", "writes that were delayed", s.throttle.delayedWrites],
     ["wanmig_fenced", "gauge", "1 once the disk is fenced (it has moved away)", s.fence.fenced ? 1 : 0],

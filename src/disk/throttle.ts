@@ -2,9 +2,12 @@
 // and nothing is queued, a write passes straight through (synchronously). Otherwise it
 // joins a FIFO queue and is applied at max(arrival + delay, previous write's turn): every
 // write waits its delay, writes still overlap in time, and they reach the image in the
-// order they arrived, so throttling never reorders writes.
+// order they arrived, so throttling never reorders writes. A rate cap (rate-cap.ts) paces
+// them further: each write's turn also waits until the writes before it have used up
+// their share of the allowance.
 
 import { BackendDecorator, type BlockBackend, type MaybePromise } from "./backend.ts";
+import { RateCap } from "./rate-cap.ts";
 import type { ThrottlePolicy } from "./throttle-policy.ts";
 
 export class ThrottlingBackend extends BackendDecorator {
@@ -15,6 +18,9 @@ export class ThrottlingBackend extends BackendDecorator {
   private queued = 0;
   private tail: Promise<unknown> = Promise.resolve();
   private lastTurn = 0;
+  /** When the rate cap next lets a write through (its previous writes' share used up). */
+  private capFreeAt = 0;
+  readonly cap = new RateCap();
 
   constructor(
     inner: BlockBackend,
@@ -30,6 +36,7 @@ export class ThrottlingBackend extends BackendDecorator {
   override write(offset: number, data: Uint8Array, fua: boolean): MaybePromise<void> {
     // The payload may be a view into a socket buffer: keep our own copy if we wait.
     return this.admit(
+      data.length,
       () => this.inner.write(offset, data, fua),
       () => {
         const copy = data.slice();
@@ -38,33 +45,35 @@ export class ThrottlingBackend extends BackendDecorator {
     );
   }
   override zero(offset: number, length: number, fua: boolean, mayPunch: boolean): MaybePromise<void> {
-    return this.admit(() => this.inner.zero(offset, length, fua, mayPunch));
+    return this.admit(0, () => this.inner.zero(offset, length, fua, mayPunch)); // a zero record carries no data
   }
   override trim(offset: number, length: number, fua: boolean): MaybePromise<void> {
-    return this.admit(() => this.inner.trim(offset, length, fua));
+    return this.admit(0, () => this.inner.trim(offset, length, fua));
   }
 
   /** `now` applies at once; `later` prepares an apply that is safe to run after this call. */
-  private admit(now: () => MaybePromise<void>, later: () => () => MaybePromise<void> = () => now): MaybePromise<void> {
+  private admit(bytes: number, now: () => MaybePromise<void>, later: () => () => MaybePromise<void> = () => now): MaybePromise<void> {
     const delayUs = this.counting ? this.policy.delayUs() : 0;
-    if (delayUs === 0 && this.queued === 0) {
+    const paceMs = this.counting ? this.cap.paceMs(bytes) : 0;
+    if (delayUs === 0 && paceMs === 0 && this.queued === 0) {
       const r = now();
       this.counted();
       return r;
     }
-    return this.enqueue(later(), delayUs);
+    return this.enqueue(later(), delayUs, paceMs);
   }
 
   private counted(): void {
     if (this.counting) this.policy.onWriteCompleted();
   }
 
-  private enqueue(apply: () => MaybePromise<void>, delayUs: number): Promise<void> {
+  private enqueue(apply: () => MaybePromise<void>, delayUs: number, paceMs: number): Promise<void> {
     const arrival = performance.now();
-    const turn = Math.max(arrival + delayUs / 1000, this.lastTurn);
+    const turn = Math.max(arrival + delayUs / 1000, this.lastTurn, paceMs > 0 ? this.capFreeAt : 0);
     this.lastTurn = turn;
+    if (paceMs > 0) this.capFreeAt = turn + paceMs;
     this.queued++;
-    if (delayUs > 0) this.delayedWrites++;
+    if (delayUs > 0 || turn > arrival) this.delayedWrites++;
     // The queue waits for each write to be applied, not for its FUA flush.
     const applied = this.tail.then(async () => {
       // Timers may fire a little early; a delay is a promise of *at least* that long.
