@@ -37,7 +37,11 @@ export function progressReporter(out: { write(s: string): unknown; isTTY?: boole
         const eta = rate > 0 ? ((size - done) / done) * secs : Number.NaN;
         draw(`bulk ${((done / size) * 100).toFixed(1)}%  ${formatBytes(done)}/${formatBytes(size)}  sent ${formatBytes(e.bytesSent as number)} at ${formatBytes(rate)}/s  ETA ${formatEta(eta)}`);
       } else if (e.phase === "deltas") {
-        draw(`deltas: ${e.deltasSent} sent, ${e.deltasSkipped} skipped, ${formatBytes(e.queuedBytes as number)} queued, ${formatBytes(e.unackedBytes as number)} unacknowledged, throttle level ${e.throttleLevel}`);
+        const cap = e.rateCap ? ` (VM writes held to ${formatBytes(e.rateCap as number)}/s)` : "";
+        draw(
+          `deltas: ${e.deltasSent} sent, ${formatBytes(e.queuedBytes as number)} queued, ${formatBytes(e.unackedBytes as number)} unacked; ` +
+            `hand-off ~${e.estimateMs} ms, budget ${e.budgetMs} ms; throttle level ${e.throttleLevel}${cap}`,
+        );
       }
     },
     /** Clears the live line before the summary is printed. */

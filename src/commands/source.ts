@@ -18,6 +18,7 @@ import { recoverStaleJournal } from "../redirect/journal.ts";
 import { progressReporter } from "./_progress.ts";
 import type { ThrottleParams } from "../disk/throttle-policy.ts";
 import { parseDuration } from "../util/duration.ts";
+import { parseSize } from "../util/size.ts";
 
 /** The destination host for the hypervisor (xl migrate's HOST): from HOST:PORT or ssh://[USER@]HOST[:PORT]. */
 function destHostOf(to: string): string {
@@ -59,7 +60,7 @@ function summary(name: string, m: MigrationMetrics): string {
     ...(m.downtimeMs !== m.storageDowntimeMs ? ([["VM downtime", `${m.downtimeMs} ms (paused at the source until the hypervisor reported the move complete)`]] as [string, string][]) : []),
     [
       "storage downtime",
-      `${m.storageDowntimeMs} ms (fence to the destination's verified image${
+      `${m.storageDowntimeMs} ms${m.estimatedStorageDowntimeMs !== undefined ? ` (expected ${m.estimatedStorageDowntimeMs} ms; budget ${m.maxDowntimeMs} ms and a round trip)` : ""} (fence to the destination's verified image${
         m.storageDowntimeParts
           ? ` = ${m.storageDowntimeParts.fenceAndLastDeltasMs} fence and ${m.finalDeltas} last deltas + ${m.storageDowntimeParts.digestMs} digest here + ${m.storageDowntimeParts.destinationMs} destination applying and verifying`
           : ""
@@ -70,6 +71,7 @@ function summary(name: string, m: MigrationMetrics): string {
     ["on the wire", formatBytes(m.bytesOnWire)],
     ["throttle", `highest level ${m.throttleSteps}`],
   ];
+  if (m.frozen) rows.push(["timeout", m.frozen]);
   if (m.reconnects) rows.push(["link", `${m.reconnects} reconnect(s), resumed`]);
   return `migrated ${name} in ${(m.migrationTimeMs / 1000).toFixed(1)} s\n${rows.map(([k, v]) => `  ${k.padEnd(17)}${v}`).join("\n")}\n`;
 }
@@ -114,8 +116,12 @@ export const sourceOptionArgs = {
     deltas: { type: "enum", options: ["paper", "coalesce"], description: "paper: send every delta; coalesce: skip what the bulk copy carries and repeated writes", default: "coalesce" },
     compress: { type: "enum", options: ["zstd", "none"], description: "compress blocks and deltas on the wire", default: "zstd" },
     bandwidth: { type: "string", description: "cap the migration stream: 5mbit, 100mbit, 10MB (per second)", valueHint: "RATE" },
-    "throttle-threshold": { type: "string", description: "throttle the VM's writes once this many deltas are queued (doubling at 2N, 4N, ...)", valueHint: "N" },
-    "throttle-delay": { type: "string", description: "the first throttle step's delay per write (doubling with each step): 2ms, 500us", valueHint: "DURATION" },
+    "max-downtime": { type: "string", description: "fence only when the disk's hand-off is expected to take at most this (one round trip to the destination comes on top); the VM's writes are throttled until it does", default: "50ms", valueHint: "DURATION" },
+    timeout: { type: "string", description: "give the migration this long, from its start: 10m, 1h (then --timeout-action)", valueHint: "DURATION" },
+    "timeout-action": { type: "enum", options: ["abort", "freeze"], description: "at --timeout: abort (the VM runs on here, exit 5) or freeze (fence now and copy what is left: a longer downtime)", default: "abort" },
+    "max-log-size": { type: "string", description: "bound the delta log (default: half the free space of its file system, after what the image may still grow); nearing it throttles harder, reaching it aborts", valueHint: "SIZE" },
+    "throttle-threshold": { type: "string", description: "the paper's throttle instead of --max-downtime's: delay the VM's writes once this many deltas are queued (doubling at 2N, 4N, ...)", valueHint: "N" },
+    "throttle-delay": { type: "string", description: "with the paper's throttle: the first step's delay per write (doubling with each step): 2ms, 500us", valueHint: "DURATION" },
     "old-ip": { type: "string", description: "redirect: the VM's address here, tunnelled to the destination so open connections survive", valueHint: "ADDR" },
     "new-ip": { type: "string", description: "redirect: the VM's address at the destination (DNS is pointed at it)", valueHint: "ADDR" },
     tunnel: { type: "enum", options: ["vxlan", "ipip", "gre"], description: "redirect: the tunnel's kind", default: "vxlan" },
@@ -185,6 +191,9 @@ export async function runSourceCommand(args: SourceArgs, opts: { remoteDestArgs?
       mode: args.mode as "live" | "freeze-and-copy",
       deltas: args.deltas as "paper" | "coalesce",
       throttle: throttleParams(args),
+      maxDowntimeMs: parseDuration(args["max-downtime"]),
+      timeout: args.timeout === undefined ? undefined : { ms: parseDuration(args.timeout), action: args["timeout-action"] as "abort" | "freeze", text: args.timeout },
+      maxLogBytes: args["max-log-size"] === undefined ? undefined : parseSize(args["max-log-size"], "--max-log-size"),
       log,
       interrupted: () => interrupted,
       onEvent: (e) => {

@@ -3,7 +3,8 @@
 //
 //   GET  /v1/status     everything `wanmig status` prints
 //   GET  /metrics       the same counters in Prometheus text format
-//   POST /v1/record     {"action":"start", "dir"?: path, "owner"?: pid} -> recording state
+//   POST /v1/record     {"action":"start", "dir"?: path, "owner"?: pid, "maxLogBytes"?: n}
+//                         -> recording state (the log's bound: n, or a share of free space)
 //                       {"action":"stop", "moved"?: {"digest"?, "to"?}} -> recording state;
 //                         with "moved" the hand-off completed and the fence is for good
 //                       {"action":"shipped", "seq": "N", "recording"?: id, "rateCap"?: B/s}
@@ -58,8 +59,11 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
     case "POST /v1/record": {
       const body = await jsonBody(req);
       const recording = optString(body, "recording");
-      if (body.action === "start")
-        return Response.json(svc.startRecording(typeof body.dir === "string" ? body.dir : undefined, typeof body.owner === "number" ? body.owner : undefined));
+      if (body.action === "start") {
+        const max = body.maxLogBytes;
+        if (max !== undefined && (typeof max !== "number" || !Number.isSafeInteger(max) || max < 1)) throw new BadRequest("maxLogBytes must be a whole number of bytes >= 1");
+        return Response.json(svc.startRecording(typeof body.dir === "string" ? body.dir : undefined, typeof body.owner === "number" ? body.owner : undefined, max as number | undefined));
+      }
       if (body.action === "stop") {
         const moved = body.moved && typeof body.moved === "object" ? (body.moved as { digest?: string; to?: string }) : undefined;
         return Response.json(svc.stopRecording(moved ? { moved } : undefined));

@@ -30,8 +30,8 @@ export class ControlClient {
   }
 
   /** `owner`: the pid of the source process the recording is for (a second one is refused while it lives). */
-  startRecording(dir?: string, owner?: number): Promise<ServeStatus["recording"]> {
-    return this.call("POST", "/v1/record", { action: "start", dir, owner });
+  startRecording(dir?: string, owner?: number, maxLogBytes?: number): Promise<ServeStatus["recording"]> {
+    return this.call("POST", "/v1/record", { action: "start", dir, owner, maxLogBytes });
   }
 
   /** `moved`: the hand-off completed; the serve keeps its fence for good. */
@@ -44,7 +44,7 @@ export class ControlClient {
    * (bytes/s) holds the VM's writes to it for a lease the next report renews. Returns what
    * was written since the last call too.
    */
-  shipped(seq: bigint, recording?: string, rateCap?: number): Promise<ThrottleState & DirtySince & { rateCapBytesPerSec?: number }> {
+  shipped(seq: bigint, recording?: string, rateCap?: number): Promise<ThrottleState & DirtySince & { rateCapBytesPerSec?: number; log?: { bytes: number; maxBytes?: number } }> {
     return this.call("POST", "/v1/record", { action: "shipped", seq: seq.toString(), recording, rateCap: rateCap ?? 0 });
   }
 

@@ -24,9 +24,10 @@ import { claimUnixPath, type Endpoint, formatEndpoint, NbdServer } from "./nbd-s
 import { RecordingBackend, type RecordingState } from "./recording.ts";
 import { ThrottlingBackend } from "./throttle.ts";
 import { DIRTY_PIECE, TrackingBackend } from "./write-tracking.ts";
+import { logBound } from "./log-bound.ts";
 import { type ImageLock, ImageLockError, lockImage } from "./image-lock.ts";
 import { bootId, type ImageState, ImageStateFile } from "./image-state.ts";
-import { basename } from "node:path";
+import { basename, dirname } from "node:path";
 import { DoublingThrottlePolicy, type ThrottleParams, type ThrottleState } from "./throttle-policy.ts";
 import { startControlApi, type ControlApi } from "./control-api.ts";
 
@@ -206,6 +207,7 @@ export class DiskService {
       return;
     }
     this.tracking.start(r.records);
+    this.recording.maxBytes = rec.maxLogBytes;
     this.recordingOwner = rec.owner;
     this.throttling.counting = true;
     this.state!.update((s) => (s.recording = { ...rec, restarts: (rec.restarts ?? 0) + 1 }));
@@ -225,7 +227,7 @@ export class DiskService {
    * still alive belongs to that migration: a second source would share its log and could
    * hand the disk to a second host, so it is refused. A dead owner's log is adopted.
    */
-  startRecording(dir?: string, owner?: number): RecordingState & { owner?: number } {
+  startRecording(dir?: string, owner?: number, maxLogBytes?: number): RecordingState & { owner?: number } {
     if (this.file.readOnly) throw new ServeError("a read-only export has no writes to record");
     const wasActive = this.recording.active;
     if (wasActive && this.recordingOwner !== undefined && owner !== this.recordingOwner && processAlive(this.recordingOwner))
@@ -237,9 +239,11 @@ export class DiskService {
     const st = this.recording.start(dir ?? this.opts.runDir, this.opts.name);
     if (!wasActive) {
       this.tracking.start();
+      const bound = logBound({ logDir: dirname(st.path!), image: this.opts.image, requested: maxLogBytes });
+      this.recording.maxBytes = bound.bytes;
       try {
         // Durable before the first bulk byte is read: a serve started after a kill must go on recording.
-        this.state!.update((s) => (s.recording = { id: basename(st.path!), log: st.path!, owner, startedAt: new Date().toISOString(), bootId: bootId() }));
+        this.state!.update((s) => (s.recording = { id: basename(st.path!), log: st.path!, owner, startedAt: new Date().toISOString(), bootId: bootId(), maxLogBytes: bound.bytes }));
       } catch (cause) {
         this.recording.stop();
         this.tracking.stop();
@@ -247,7 +251,7 @@ export class DiskService {
       }
       this.throttling.policy.reset();
       this.throttling.counting = true;
-      this.opts.log.info(`record mode on: delta log ${st.path}, first sequence ${st.firstSeq}`);
+      this.opts.log.info(`record mode on: delta log ${st.path}, first sequence ${st.firstSeq}, at most ${bound.bytes} bytes (${bound.why})`);
     } else if (owner !== undefined && this.state?.state.recording) this.state.update((s) => (s.recording!.owner = owner));
     return { ...this.recordingStatus(), owner };
   }
@@ -295,11 +299,12 @@ export class DiskService {
   }
 
   /** The source has shipped (or skipped) every delta up to `seq`: the throttle's queue shrinks. */
-  noteShipped(seq: bigint, rateCap = 0): ThrottleState & { rateCapBytesPerSec?: number } {
+  noteShipped(seq: bigint, rateCap = 0): ThrottleState & { rateCapBytesPerSec?: number; log: { bytes: number; maxBytes?: number } } {
     const first = this.recording.state().firstSeq;
     if (first !== undefined && seq >= BigInt(first)) this.throttling.policy.noteShipped(Number(seq - BigInt(first) + 1n));
     this.throttling.cap.set(rateCap);
-    return { ...this.throttling.policy.state(), rateCapBytesPerSec: this.throttling.cap.current() };
+    const rec = this.recording.state();
+    return { ...this.throttling.policy.state(), rateCapBytesPerSec: this.throttling.cap.current(), log: { bytes: rec.bytes, maxBytes: rec.maxBytes } };
   }
 
     configureThrottle(params: Partial<ThrottleParams>): ThrottleState {

@@ -29,6 +29,8 @@ export interface RecordingMarker {
   bootId: string;
   /** How many times a serve restarted and went on with this recording. */
   restarts?: number;
+  /** The log's bound in bytes (log-bound.ts), kept across a restart. */
+  maxLogBytes?: number;
 }
 
 /** A finished hand-off at the source: the image moved away for good. */

@@ -41,6 +41,7 @@ export interface RecordingState {
   nextSeq?: string;
   records: number;
   bytes: number;
+  maxBytes?: number;
   failed?: string;
 }
 
@@ -50,6 +51,8 @@ export class RecordingBackend extends BackendDecorator {
   /** Sequence numbers go on across recordings of one server, so logs never overlap. */
   private nextSeq = 1n;
 
+  /** The log's bound (log-bound.ts): past it recording fails, and the write still goes to the image. */
+  maxBytes?: number;
   private readonly fault = faultFromEnv();
   private lastStartMs = 0;
   private faultCount = 0;
@@ -110,6 +113,7 @@ export class RecordingBackend extends BackendDecorator {
       nextSeq: (l?.next ?? this.nextSeq).toString(),
       records: l?.records ?? 0,
       bytes: l?.bytes ?? 0,
+      maxBytes: l ? this.maxBytes : undefined,
       failed: this.failure,
     };
   }
@@ -153,6 +157,10 @@ export class RecordingBackend extends BackendDecorator {
     if (!this.log || this.failure) return;
     if (this.fault && ++this.faultCount === this.fault.nth) {
       if (this.fault.kind === "hide-write" && this.tracker) this.tracker.applied--;
+      return;
+    }
+    if (this.maxBytes !== undefined && this.log.bytes + (data?.length ?? 0) > this.maxBytes) {
+      this.fail(`the delta log reached its bound of ${this.maxBytes} bytes; the VM's writes go on, unrecorded`);
       return;
     }
     try {

@@ -1,7 +1,8 @@
-// Phase 3's end: ship deltas until little is left anywhere, then keep shipping while the
-// hypervisor moves memory. One round sends what the log holds, takes the destination's
-// ACKs, rehashes what the deltas touched (so the hand-off has little to hash) and tells
-// the serve how far we got (its throttle watches that queue).
+// Phase 3's end: ship deltas until the hand-off fits the downtime budget, then keep
+// shipping while the hypervisor moves memory. One round sends what the log holds (up to a
+// window of unacknowledged bytes), takes the destination's ACKs, rehashes what the deltas
+// touched (so the hand-off has little to hash), tells the serve how far we got and what
+// write rate the VM may have, and asks the convergence controller whether to fence.
 
 import type { ControlClient } from "../disk/control-client.ts";
 import type { RegionDigests } from "../disk/region-digest.ts";
@@ -9,13 +10,36 @@ import type { DeltaStreamer } from "./deltas.ts";
 import { DeltasError } from "./errors.ts";
 import { ControlError, ExitCode } from "../errors.ts";
 import type { RecordingWatch } from "./recording-watch.ts";
+import { ConvergenceController, type HandoffEstimate, rateCap, type Verdict } from "./convergence.ts";
+import { LinkMeter } from "./link-meter.ts";
 
-/** Switch over once less than this much is unsent or unapplied: it bounds the storage part of downtime. */
-const SWITCHOVER_PENDING_BYTES = 1024 * 1024;
 const DRAIN_ACKS_MAX_MS = 2000;
-const CATCH_UP_TIMEOUT_MS = 10 * 60 * 1000;
 const PROGRESS_EVERY_MS = 250;
 const SHIP_REPORT_EVERY_MS = 50;
+/** The least a round may leave unacknowledged; more on a fast, long link (two round trips' worth). */
+const MIN_WINDOW_BYTES = 32 * 1024 * 1024;
+/** The delta log's share of its bound past which the throttle is pushed up, a level per 5 %. */
+const LOG_PRESSURE_FROM = 0.5;
+
+export interface ConvergenceSettings {
+  /** --max-downtime, ms: the hand-off's work (one round trip comes on top). */
+  budgetMs: number;
+  /** Measured at the handshake. */
+  rttMs: number;
+  /** The bulk copy's wire rate (bytes per ms), the link's first measure. */
+  linkBytesPerMs?: number;
+  /** --timeout: when (performance.now()) and what then. */
+  deadline?: { at: number; action: "abort" | "freeze"; text: string };
+  /** Let the serve's own queue-length throttle (the paper's, --throttle-threshold) alone. */
+  paperThrottle?: boolean;
+}
+
+/** How catch-up ended: the estimate at the fence, and why the fence came early if it did. */
+export interface Converged {
+  estimate: HandoffEstimate;
+  /** --timeout-action freeze: fenced at the deadline, not because the estimate fit. */
+  frozen?: string;
+}
 
 /** The source image and its region digests, kept current as deltas are read. */
 export interface ImageCheck {
@@ -32,6 +56,11 @@ export interface DeltasProgress {
   deltaBytes: number;
   deltasSkipped: number;
   throttleLevel: number;
+  /** What the hand-off would cost now (ms), against the budget. */
+  estimateMs: number;
+  budgetMs: number;
+  /** The VM's write allowance now, bytes/s (undefined: none). */
+  rateCap?: number;
 }
 
 export class CatchUp {
@@ -40,6 +69,12 @@ export class CatchUp {
   private throttleLevel = 0;
   private lastProgress = 0;
   private rounds = 0;
+  private readonly controller: ConvergenceController;
+  private readonly link: LinkMeter;
+  private controlMs = 1;
+  private cap?: number;
+  private log: { bytes: number; maxBytes?: number } = { bytes: 0 };
+  private verdict?: Verdict;
 
   constructor(
     private readonly ctl: ControlClient,
@@ -47,26 +82,65 @@ export class CatchUp {
     private readonly check: ImageCheck,
     private readonly size: number,
     private readonly watch: RecordingWatch,
+    private readonly settings: ConvergenceSettings,
     private readonly onProgress?: (p: DeltasProgress) => void,
-  ) {}
+  ) {
+    this.controller = new ConvergenceController({ budgetMs: settings.budgetMs });
+    this.link = new LinkMeter(settings.linkBytesPerMs);
+  }
+
+  /** The highest throttle level this migration reached (its throttle steps). */
+  get throttleSteps(): number {
+    return Math.max(this.controller.steps, this.throttleLevel);
+  }
+
+  private window(): number {
+    const rate = this.link.bytesPerMs();
+    return Math.max(MIN_WINDOW_BYTES, rate ? 2 * rate * (this.settings.rttMs + SHIP_REPORT_EVERY_MS) : 0);
+  }
+
+  /** The controller's look at the hand-off, were the source fenced now. */
+  private assess(): Verdict {
+    const d = this.deltas;
+    const queued = d.pendingBytes();
+    const v = this.controller.observe(performance.now(), {
+      queuedBytes: queued,
+      unackedWireBytes: d.unackedBytes(),
+      compressionRatio: d.compressionRatio(),
+      linkBytesPerMs: this.link.bytesPerMs(),
+      rttMs: this.settings.rttMs,
+      // Every queued byte is rehashed once it is read, on top of what is dirty already.
+      hashBytes: queued + this.check.digests.pendingBytes(),
+      hashBytesPerMs: this.check.digests.hashRate(),
+      controlMs: 2 * this.controlMs, // the fence, then the dirty map
+    });
+    this.verdict = v;
+    return v;
+  }
 
   /** One round: send, take ACKs, rehash, report. Also what runs while memory moves. */
   async round(): Promise<void> {
     const d = this.deltas;
-    await d.pump();
+    await d.pump({ window: this.window() });
     d.takeAcks();
+    this.link.observe(performance.now(), d.ackedWireBytes, d.pendingBytes() + d.unackedBytes() > 0);
     // A request to the serve per round (every few ms while memory moves) would be most of
     // the round's cost; the throttle needs the queue's size, not each step of it. The same
     // answer brings the serve's dirty map, marked before the rehash below.
     if (Date.now() - this.lastReport >= SHIP_REPORT_EVERY_MS) {
-      const answer = await this.ctl.shipped(d.lastRead, this.watch.recording).catch((err: Error) => {
+      const level = this.verdict?.level ?? 0;
+      this.cap = rateCap(level, this.link.bytesPerMs(), d.compressionRatio());
+      const asked = performance.now();
+      const answer = await this.ctl.shipped(d.lastRead, this.watch.recording, this.cap).catch((err: Error) => {
         // The serve answered that it holds another recording (or none): a restart that could
         // not go on with ours. Writes since may be in no log: abort, the VM stays here.
         if (err instanceof ControlError && err.exitCode === ExitCode.badInput) throw new DeltasError(`the serve lost the recording: ${err.message}`);
         throw err;
       });
+      this.controlMs = 0.7 * this.controlMs + 0.3 * (performance.now() - asked);
       this.watch.apply(answer);
       this.throttleLevel = answer.level;
+      if (answer.log) this.log = answer.log;
       this.reported = d.lastRead;
       this.lastReport = Date.now();
     }
@@ -75,30 +149,54 @@ export class CatchUp {
     this.check.digests.refresh(this.check.image, { all: this.rounds++ === 0 });
     if (this.onProgress && Date.now() - this.lastProgress >= PROGRESS_EVERY_MS) {
       this.lastProgress = Date.now();
-      this.onProgress({ queuedBytes: d.pendingBytes(), unackedBytes: d.unackedBytes(), deltasSent: d.sent, deltaBytes: d.bytes, deltasSkipped: d.skipped, throttleLevel: this.throttleLevel });
+      this.onProgress({
+        queuedBytes: d.pendingBytes(),
+        unackedBytes: d.unackedBytes(),
+        deltasSent: d.sent,
+        deltaBytes: d.bytes,
+        deltasSkipped: d.skipped,
+        throttleLevel: Math.max(this.throttleLevel, this.verdict?.level ?? 0),
+        estimateMs: Math.round(this.verdict?.estimate.totalMs ?? 0),
+        budgetMs: this.settings.budgetMs,
+        rateCap: this.cap,
+      });
     }
   }
 
   /**
-   * Rounds until less than 1 MiB is unsent here or unapplied there, and the bulk copy is
-   * acknowledged; then waits (bounded) for the last ACKs, sending nothing new, so the fence
-   * finds the destination idle.
+   * Rounds until the bulk copy is acknowledged and the hand-off's estimate fits the budget;
+   * then waits (bounded) for the last ACKs, sending nothing new, so the fence finds the
+   * destination idle. The throttle steps up while the estimate does not shrink, and harder
+   * as the delta log nears its bound; the serve ends recording if it reaches it (the VM's
+   * writes go on) and we abort. At the --timeout deadline: abort, or fence as things are.
    */
-  async untilSmall(check?: () => void): Promise<void> {
-    const start = Date.now();
+  async untilConverged(check?: () => void): Promise<Converged> {
     for (let n = 0; ; n++) {
       check?.();
       await this.round();
       const d = this.deltas;
-      if (d.ackedBulk >= this.size && d.pendingBytes() + d.unackedBytes() < SWITCHOVER_PENDING_BYTES) return this.drainAcks();
+      const v = this.assess();
+      if (d.ackedBulk >= this.size && v.fence) {
+        await this.drainAcks();
+        return { estimate: v.estimate };
+      }
+      if (this.log.maxBytes) {
+        const share = this.log.bytes / this.log.maxBytes;
+        if (share > LOG_PRESSURE_FROM) this.controller.atLeast(Math.ceil((share - LOG_PRESSURE_FROM) / 0.05));
+      }
       if (n % 20 === 0) {
         const st = await this.ctl.status();
         if (st.recording.failed) throw new DeltasError(`record mode failed at the source: ${st.recording.failed}`);
       }
-      if (Date.now() - start > CATCH_UP_TIMEOUT_MS)
-        throw new DeltasError("the VM writes faster than the link carries deltas", {
-          cause: new Error(`${d.pendingBytes() + d.unackedBytes()} bytes still queued after ${CATCH_UP_TIMEOUT_MS / 60000} min`),
-        });
+      const deadline = this.settings.deadline;
+      if (deadline && performance.now() >= deadline.at) {
+        const left = `${Math.round(v.estimate.totalMs)} ms of hand-off estimated against a budget of ${this.settings.budgetMs} ms`;
+        if (deadline.action === "abort") throw new DeltasError(`the migration did not converge within --timeout ${deadline.text} (${left})`);
+        if (d.ackedBulk >= this.size) {
+          await this.drainAcks();
+          return { estimate: v.estimate, frozen: `--timeout ${deadline.text} reached: fenced with ${left}` };
+        }
+      }
       await Bun.sleep(10);
     }
   }

@@ -36,9 +36,14 @@ export class DeltaStreamer {
   /** What the destination has acknowledged (applied, durable): ACK's bulk offset and next sequence. */
   ackedBulk = 0;
   ackedNext = 0n;
+  /** Wire bytes the destination has acknowledged, all told (the link's measured rate). */
+  ackedWireBytes = 0;
   /** Sent and not yet acknowledged, oldest first: [seq, bytes on the wire]. */
   private inFlight: [bigint, number][] = [];
   private inFlightBytes = 0;
+  /** Records read from the log and not yet sent: a windowed pump stops mid-batch. */
+  private carry: DeltaRecord[] = [];
+  private carryBytes = 0;
 
   constructor(
     private ch: Channel,
@@ -55,7 +60,12 @@ export class DeltaStreamer {
 
   /** Bytes of log not yet sent: the queue the throttling policy and the hand-off watch. */
   pendingBytes(): number {
-    return this.reader.pendingBytes();
+    return this.reader.pendingBytes() + this.carryBytes;
+  }
+
+  /** Wire bytes per raw byte sent so far (1 before anything was sent, or without compression). */
+  compressionRatio(): number {
+    return this.bytes > 0 ? this.wireBytes / this.bytes : 1;
   }
 
   /** Delta bytes sent that the destination has not yet acknowledged as applied. */
@@ -70,24 +80,38 @@ export class DeltaStreamer {
       this.ackedBulk = Math.max(this.ackedBulk, m.bulkOffset);
       if (m.nextSeq > this.ackedNext) this.ackedNext = m.nextSeq;
     }
-    while (this.inFlight.length && this.inFlight[0]![0] < this.ackedNext) this.inFlightBytes -= this.inFlight.shift()![1];
+    while (this.inFlight.length && this.inFlight[0]![0] < this.ackedNext) {
+      const wire = this.inFlight.shift()![1];
+      this.inFlightBytes -= wire;
+      this.ackedWireBytes += wire;
+    }
   }
 
-  /** Sends every complete record available now; returns how many. */
-  async pump(opts: { final?: boolean; pastPointOfNoReturn?: boolean } = {}): Promise<number> {
+  /**
+   * Sends every complete record available now; returns how many. With `window`, stops
+   * once that many wire bytes are unacknowledged: on a slow link a round then ends in
+   * time for the convergence controller to look, instead of blocking on the socket until
+   * the whole log is out.
+   */
+  async pump(opts: { final?: boolean; pastPointOfNoReturn?: boolean; window?: number } = {}): Promise<number> {
     let n = 0;
+    const coalesce = this.opts.coalesce;
     for (;;) {
-      const batch = this.readBatch(opts);
-      if (!batch.length) return n;
-      const coalesce = this.opts.coalesce;
-      for (const r of coalesce ? coalesceBatch(batch) : batch) {
-        if (coalesce?.carries(r)) {
-          this.skipped++;
-          continue;
-        }
-        await this.send(r);
-        n++;
+      if (opts.window !== undefined && this.inFlightBytes >= opts.window) return n;
+      if (!this.carry.length) {
+        const batch = this.readBatch(opts);
+        if (!batch.length) return n;
+        this.carry = (coalesce ? coalesceBatch(batch) : batch).reverse();
+        this.carryBytes = this.carry.reduce((sum, r) => sum + r.data.length, 0);
       }
+      const r = this.carry.pop()!;
+      this.carryBytes -= r.data.length;
+      if (coalesce?.carries(r)) {
+        this.skipped++;
+        continue;
+      }
+      await this.send(r);
+      n++;
     }
   }
 

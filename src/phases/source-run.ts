@@ -25,7 +25,7 @@ import { basename } from "node:path";
 import { bulkResumeOffset } from "./base-hashes.ts";
 import { RegionDigests } from "../disk/region-digest.ts";
 import { msg } from "../net/protocol.ts";
-import { HandoffError, Interrupted } from "./errors.ts";
+import { DeltasError, HandoffError, Interrupted } from "./errors.ts";
 import { type Credentials, sourceHandshake } from "./init.ts";
 import { type RecoveryOptions, settleHandoff } from "./recover.ts";
 import { RecordingWatch } from "./recording-watch.ts";
@@ -49,8 +49,17 @@ export interface SourceOptions {
   hypervisor?: SourceHypervisor;
   /** Where the destination is (the record of the move at the source names it). */
   to?: string;
-  /** --throttle-threshold / --throttle-delay: set on the serve before recording starts. */
+  /**
+   * --throttle-threshold / --throttle-delay: the paper's queue-length throttle, set on the
+   * serve before recording starts. Without them the convergence controller throttles.
+   */
   throttle?: Partial<ThrottleParams>;
+  /** --max-downtime (ms): the budget for the hand-off's work; one round trip comes on top. Default 50. */
+  maxDowntimeMs?: number;
+  /** --timeout and --timeout-action: from the start of the migration. */
+  timeout?: { ms: number; action: "abort" | "freeze"; text: string };
+  /** --max-log-size (bytes): the delta log's bound, if less than its share of free space. */
+  maxLogBytes?: number;
   log: Logger;
   onEvent?: (e: Record<string, unknown>) => void;
 }
@@ -66,6 +75,12 @@ export interface MigrationMetrics {
   storageDowntimeMs: number;
   /** The storage downtime's parts (live mode). */
   storageDowntimeParts?: HandoffTimes["parts"];
+  /** What the convergence controller expected the storage downtime to be when it fenced (live mode). */
+  estimatedStorageDowntimeMs?: number;
+  /** The budget it fenced against (--max-downtime; one round trip comes on top). */
+  maxDowntimeMs?: number;
+  /** --timeout-action freeze: why the fence came before the estimate fit. */
+  frozen?: string;
   bulkBytes: number;
   bulkWireBytes: number;
   bulkZeroBlocks: number;
@@ -130,6 +145,9 @@ export async function runSource(o: SourceOptions): Promise<SourceResult> {
   return live(retrying, status, bs, o, t0);
 }
 
+/** --max-downtime's default, as QEMU's downtime-limit is 300 ms and virsh's is settable: our hand-off is small. */
+export const DEFAULT_MAX_DOWNTIME_MS = 50;
+
 /** How long the source waits for a serve that went away (a restart) before it gives up. */
 const SERVE_RESTART_GRACE_MS = 30_000;
 
@@ -185,6 +203,7 @@ function finish(
     fencedAt: number;
     doneAt: number;
     parts?: HandoffTimes["parts"];
+    converged?: { estimateMs: number; budgetMs: number; frozen?: string };
     /** With a hypervisor: when the VM paused at the source, and when the hypervisor said it had moved. */
     pausedAt?: number;
     resumedAt?: number;
@@ -202,6 +221,9 @@ function finish(
     downtimeMs: Math.round(m.pausedAt !== undefined && m.resumedAt !== undefined ? m.resumedAt - m.pausedAt : m.doneAt - m.fencedAt),
     storageDowntimeMs: Math.round(m.doneAt - m.fencedAt),
     storageDowntimeParts: m.parts,
+    estimatedStorageDowntimeMs: m.converged && Math.round(m.converged.estimateMs),
+    maxDowntimeMs: m.converged?.budgetMs,
+    frozen: m.converged?.frozen,
     bulkBytes: m.bulk.bytesSent,
     bulkWireBytes: m.bulk.wireBytes,
     bulkZeroBlocks: m.bulk.zeroBlocks,
@@ -270,9 +292,16 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   let ch: Channel | undefined;
   let redirect: Redirect | undefined;
   let sampler: { stop(): void } | undefined;
+  const budgetMs = o.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS;
+  const deadline = o.timeout && { at: t0 + o.timeout.ms, action: o.timeout.action, text: o.timeout.text };
   const checkInterrupted = () => {
     if (o.interrupted?.() && !stage.vmGone) throw new Interrupted();
+    // Abort needs no converged state: it can cut the bulk copy short too. (freeze waits for the bulk.)
+    if (deadline?.action === "abort" && performance.now() >= deadline.at && !stage.fenced)
+      throw new DeltasError(`the migration did not finish within --timeout ${deadline.text}`);
   };
+  let rttMs = 0;
+  let bulkRate: number | undefined;
   const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0, baseBlocks: 0 };
   const carried = o.deltas === "paper" ? undefined : new BulkReadLog();
   const check = { image: status.image, digests: new RegionDigests(status.size) };
@@ -283,12 +312,13 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
     try {
       if (!logPath) {
         await hv.prepare();
-        if (o.throttle) await ctl.throttle(o.throttle);
+        // The paper's queue-length throttle only if asked for; else the controller's rate cap.
+        await ctl.throttle(o.throttle ? { ...o.throttle, enabled: true } : { enabled: false });
         // Record mode starts before the first bulk byte is read, so no write can be missed.
         // A serve still recording for a source run that died is adopted: its log holds
         // every write since that run began, which is what a destination that got part of
         // that run needs (the HELLO names the log, so the destination can tell).
-        const rec = await ctl.startRecording(undefined, process.pid);
+        const rec = await ctl.startRecording(undefined, process.pid, o.maxLogBytes);
         logPath = rec.path!;
         stage.recording = true;
         watch = new RecordingWatch(rec.id!, (await ctl.status()).instance, check.digests, o.log);
@@ -301,11 +331,15 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       } catch (cause) {
         throw new InitError("cannot connect to the destination", { cause });
       }
+      const shookAt = performance.now();
       const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, blockSize, recording: basename(logPath) });
+      // Two round trips (HELLO/WELCOME, AUTH/READY) and the destination's opening of its image: an upper bound.
+      rttMs = (performance.now() - shookAt) / 2;
       if (attempt > 0) o.log.info(`resumed: destination has bulk up to ${ready.bulkOffset}, needs delta ${ready.nextSeq}`);
 
       if (ready.bulkOffset < status.size) {
         emit("bulk");
+        const bulkAt = performance.now();
         const b = await sendBulk(ch, status.image, {
           from: bulkResumeOffset(ready.bulkOffset, blockSize),
           blockSize,
@@ -318,6 +352,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
           afterRead: (offset, chunk) => check.digests.noteData(offset, chunk),
           onProgress: (p) => o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: bulk.bytesSent + p.bytesSent }),
         });
+        if (b.wireBytes > 4 * 1024 * 1024) bulkRate = b.wireBytes / (performance.now() - bulkAt);
         bulk.bytesSent += b.bytesSent;
         bulk.wireBytes += b.wireBytes;
         bulk.zeroBlocks += b.zeroBlocks;
@@ -335,8 +370,11 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         coalesce: carried,
         onRecord: (r) => check.digests.markDirty(r.offset, r.length),
       });
-      const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, (p) => o.onEvent?.({ event: "progress", phase: "deltas", ...p }));
-      await catchUp.untilSmall(checkInterrupted);
+      const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, { budgetMs, rttMs, linkBytesPerMs: bulkRate, deadline }, (p) =>
+        o.onEvent?.({ event: "progress", phase: "deltas", ...p }),
+      );
+      const converged = await catchUp.untilConverged(checkInterrupted);
+      if (converged.frozen) o.log.warn(converged.frozen);
 
       // Phase 5 starts before the pause: both tunnel ends up, nothing routed into it yet.
       if (o.redirect && !redirect) {
@@ -384,7 +422,8 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         deltas: deltaStats,
         finalDeltas: h.finalDeltas,
         bytesOnWire: wire + ch.bytesSent,
-        throttleSteps: end.throttle.maxLevel,
+        throttleSteps: Math.max(end.throttle.maxLevel, catchUp.throttleSteps),
+        converged: { estimateMs: converged.estimate.totalMs, budgetMs, frozen: converged.frozen },
         reconnects: attempt,
       });
       deltas.close();
