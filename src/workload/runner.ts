@@ -3,6 +3,7 @@
 // a migration: from the first write refused or lost at the old host until the first
 // write that succeeds again (at the same socket, or at `next`, the new host's).
 
+import { randomBytes } from "node:crypto";
 import { NbdClient, NbdClientError } from "../disk/nbd-client.ts";
 import { NbdErr } from "../disk/nbd-protocol.ts";
 import type { Logger } from "../log.ts";
@@ -21,6 +22,7 @@ export interface WorkloadReport {
 }
 
 const RECONNECT_EVERY_MS = 20;
+const PAYLOAD_POOL = 8 * 1024 * 1024;
 
 export async function runWorkload(o: { socket: string; next?: string; pattern: PatternName; durationMs: number; log: Logger }): Promise<WorkloadReport> {
   let client = await NbdClient.connect(o.socket);
@@ -28,7 +30,14 @@ export async function runWorkload(o: { socket: string; next?: string; pattern: P
   const t0 = performance.now();
   let lastDone = t0;
   let disruptedAt: number | undefined;
-  const payload = new Uint8Array(1024 * 1024).fill(0x5a);
+  // Incompressible, and never the same bytes twice in a row, as a database's or Bonnie's
+  // block writes: a repeated byte is erased by zstd and would flatter every migration.
+  const pool = randomBytes(PAYLOAD_POOL);
+  let turn = 0;
+  const payload = (length: number) => {
+    const at = (turn++ * 4099 * 512) % (PAYLOAD_POOL - length + 1);
+    return pool.subarray(at, at + length);
+  };
   const ops = pattern(o.pattern, client.size);
   while (performance.now() - t0 < o.durationMs) {
     const op = ops.next().value!;
@@ -38,7 +47,7 @@ export async function runWorkload(o: { socket: string; next?: string; pattern: P
     }
     try {
       if (op.kind === "read") await client.pread(op.offset, op.length);
-      else await client.pwrite(op.offset, payload.subarray(0, op.length));
+      else await client.pwrite(op.offset, payload(op.length));
     } catch (err) {
       if (!(err instanceof NbdClientError) || (err.nbdError !== 0 && err.nbdError !== NbdErr.EPERM)) throw err;
       r.failedOps++;
