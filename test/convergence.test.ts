@@ -1,5 +1,6 @@
 // The convergence controller on synthetic traces: a simulated link and writer, no I/O.
 import { describe, expect, test } from "bun:test";
+import { bulkRateCap } from "../src/phases/bulk-throttle.ts";
 import { ConvergenceController, estimateHandoff, type HandoffInputs, rateCap } from "../src/phases/convergence.ts";
 
 const base: HandoffInputs = { queuedBytes: 0, unackedWireBytes: 0, compressionRatio: 1, linkBytesPerMs: 1000, rttMs: 0, hashBytes: 0, hashBytesPerMs: 1_000_000, controlMs: 1 };
@@ -104,5 +105,15 @@ describe("rateCap", () => {
     expect(rateCap(1, 1000, 0.5)).toBe(1_800_000); // compressed 2:1, the VM may write twice the link
     expect(rateCap(30, 1000, 1)).toBe(4096);
     expect(rateCap(3, undefined, 1)).toBeUndefined();
+  });
+});
+
+describe("bulkRateCap (the throttle while the bulk copy runs)", () => {
+  test("a log growing faster than half the link is held to half the link; slower, it is let be", () => {
+    expect(bulkRateCap(100, 1000, 1)).toBeUndefined();
+    expect(bulkRateCap(499, 1000, 1)).toBeUndefined();
+    expect(bulkRateCap(5000, 1000, 1)).toBe(500_000);
+    expect(bulkRateCap(5000, 1000, 0.25)).toBe(2_000_000); // 4:1 compression: the VM may write 4x the wire's half
+    expect(bulkRateCap(5000, undefined, 1)).toBeUndefined(); // no link measure yet
   });
 });

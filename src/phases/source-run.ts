@@ -13,6 +13,7 @@ import { DeltaStreamer } from "./deltas.ts";
 import { InitError, PhaseError } from "./errors.ts";
 import { awaitDone, handOffStorage, type HandoffTimes } from "./handoff.ts";
 import { CatchUp } from "./catch-up.ts";
+import { BulkThrottle } from "./bulk-throttle.ts";
 import { NoSourceHypervisor } from "../hypervisor/none.ts";
 import type { SourceHypervisor } from "../hypervisor/types.ts";
 import { HypervisorError } from "../hypervisor/errors.ts";
@@ -302,6 +303,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   };
   let rttMs = 0;
   let bulkRate: number | undefined;
+  let bulkThrottled = false;
   const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0, baseBlocks: 0 };
   const carried = o.deltas === "paper" ? undefined : new BulkReadLog();
   const check = { image: status.image, digests: new RegionDigests(status.size) };
@@ -340,6 +342,8 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       if (ready.bulkOffset < status.size) {
         emit("bulk");
         const bulkAt = performance.now();
+        const paced = new BulkThrottle(ctl, watch!, logPath);
+        paced.start();
         const b = await sendBulk(ch, status.image, {
           from: bulkResumeOffset(ready.bulkOffset, blockSize),
           blockSize,
@@ -347,11 +351,16 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
           base: ready.base,
           beforeRead: (offset) => {
             checkInterrupted();
+            paced.check();
             carried?.noteRead(offset, statSync(logPath!).size);
           },
           afterRead: (offset, chunk) => check.digests.noteData(offset, chunk),
-          onProgress: (p) => o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: bulk.bytesSent + p.bytesSent }),
-        });
+          onProgress: (p) => {
+            paced.noteBulk(p.bytesSent, p.wireBytes);
+            o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: bulk.bytesSent + p.bytesSent });
+          },
+        }).finally(() => paced.stop());
+        if (paced.engaged) bulkThrottled = true;
         if (b.wireBytes > 4 * 1024 * 1024) bulkRate = b.wireBytes / (performance.now() - bulkAt);
         bulk.bytesSent += b.bytesSent;
         bulk.wireBytes += b.wireBytes;
@@ -422,7 +431,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         deltas: deltaStats,
         finalDeltas: h.finalDeltas,
         bytesOnWire: wire + ch.bytesSent,
-        throttleSteps: Math.max(end.throttle.maxLevel, catchUp.throttleSteps),
+        throttleSteps: Math.max(end.throttle.maxLevel, catchUp.throttleSteps, bulkThrottled ? 1 : 0),
         converged: { estimateMs: converged.estimate.totalMs, budgetMs, frozen: converged.frozen },
         reconnects: attempt,
       });

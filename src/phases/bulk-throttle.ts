@@ -1,0 +1,89 @@
+// The throttle while the bulk copy runs. Nothing is shipped from the log then, so the
+// catch-up controller has no shrinking queue to watch; yet every byte the VM writes now is
+// work for after the bulk. A VM that writes faster than the link could clear afterwards
+// would make the migration take ever longer (the paper's "diabolical" writer: 3 days).
+// So, while the bulk runs: if the log grows faster than half the link's rate, the VM's
+// writes are held to that half. The migration then takes at most about twice the time it
+// would take with no writer: the backlog at the end of the bulk is at most half the bulk's
+// time in link time, and the catch-up controller takes over from there.
+
+import type { ControlClient } from "../disk/control-client.ts";
+import { statSync } from "node:fs";
+import type { RecordingWatch } from "./recording-watch.ts";
+
+/** The VM's share of the link during the bulk copy, once it writes faster than that. */
+export const BULK_SHARE = 0.5;
+const EVERY_MS = 250;
+const WINDOW_MS = 2000;
+
+/** The cap (bytes/s) for a log growing at `growth` bytes/ms beside a link of `link` wire bytes/ms; undefined: none needed. */
+export function bulkRateCap(growth: number, link: number | undefined, compressionRatio: number): number | undefined {
+  if (!link) return undefined;
+  const allowance = (BULK_SHARE * link) / Math.max(compressionRatio, 0.01); // raw bytes per ms
+  return growth > allowance ? Math.max(4096, Math.floor(allowance * 1000)) : undefined;
+}
+
+export class BulkThrottle {
+  private timer?: ReturnType<typeof setInterval>;
+  private failure?: unknown;
+  private window: { at: number; log: number; wire: number }[] = [];
+  private wire = 0;
+  private raw = 0;
+  private cap?: number;
+  private busy = false;
+  /** The highest cap's level, for the migration's throttle steps (1 once engaged). */
+  engaged = false;
+
+  constructor(
+    private readonly ctl: ControlClient,
+    private readonly watch: RecordingWatch,
+    private readonly logPath: string,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => void this.tick(), EVERY_MS);
+  }
+
+  /** The bulk copy's totals so far: raw bytes read and wire bytes sent. */
+  noteBulk(rawBytes: number, wireBytes: number): void {
+    this.raw = rawBytes;
+    this.wire = wireBytes;
+  }
+
+  /** Throws what went wrong in the background (the serve lost the recording): called before each bulk read. */
+  check(): void {
+    if (this.failure) throw this.failure;
+  }
+
+  /** Stops; the cap lapses with its lease, or is replaced by the catch-up controller's at its first report. */
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  private async tick(): Promise<void> {
+    if (this.busy || this.failure) return;
+    this.busy = true;
+    try {
+      const now = performance.now();
+      const log = statSync(this.logPath).size;
+      this.window.push({ at: now, log, wire: this.wire });
+      while (this.window.length > 2 && now - this.window[1]!.at >= WINDOW_MS) this.window.shift();
+      const first = this.window[0]!;
+      const dt = now - first.at;
+      if (dt >= WINDOW_MS / 2) {
+        const ratio = this.raw > 0 ? this.wire / this.raw : 1;
+        const cap = bulkRateCap((log - first.log) / dt, (this.wire - first.wire) / dt, ratio);
+        // Once engaged it stays: a capped writer's growth no longer shows what it would write.
+        if (cap !== undefined) {
+          this.cap = this.cap === undefined ? cap : Math.min(this.cap, cap);
+          this.engaged = true;
+        }
+      }
+      this.watch.apply(await this.ctl.shipped(0n, this.watch.recording, this.cap));
+    } catch (err) {
+      this.failure = err;
+    } finally {
+      this.busy = false;
+    }
+  }
+}
