@@ -78,15 +78,15 @@ describe("ConvergenceController", () => {
     expect(r.estimate!.totalMs).toBe(101);
   });
 
-  test("the level steps back down when the estimate falls fast", () => {
+  test("levels only climb: a fast fall of the estimate (the cap's own doing) does not lift the cap", () => {
     const c = new ConvergenceController({ budgetMs: 10, windowMs: 1000 });
     const at = (t: number, queue: number) => c.observe(t, { ...base, queuedBytes: queue }).level;
     at(0, 1_000_000);
     at(1000, 1_000_000); // first window: a baseline
     expect(at(2000, 1_000_000)).toBe(1); // no progress: up
     expect(at(3000, 1_000_000)).toBe(2);
-    expect(at(4000, 400_000)).toBe(1); // under half: down one
-    expect(at(5000, 300_000)).toBe(1); // shrinking, not fast: held
+    expect(at(4000, 400_000)).toBe(2); // falling fast: held
+    expect(at(5000, 300_000)).toBe(2); // shrinking: held
   });
 
   test("atLeast raises the level for pressure the estimate does not see (the log's bound)", () => {

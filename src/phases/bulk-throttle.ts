@@ -13,6 +13,8 @@ import type { RecordingWatch } from "./recording-watch.ts";
 
 /** The VM's share of the link during the bulk copy, once it writes faster than that. */
 export const BULK_SHARE = 0.5;
+/** The catch-up controller's level with about that share (rateCap: 0.9 / 2): where it starts after an engaged bulk throttle. */
+export const BULK_LEVEL = 2;
 const EVERY_MS = 250;
 const WINDOW_MS = 2000;
 

@@ -16,8 +16,13 @@ import { LinkMeter } from "./link-meter.ts";
 const DRAIN_ACKS_MAX_MS = 2000;
 const PROGRESS_EVERY_MS = 250;
 const SHIP_REPORT_EVERY_MS = 50;
-/** The least a round may leave unacknowledged; more on a fast, long link (two round trips' worth). */
-const MIN_WINDOW_BYTES = 32 * 1024 * 1024;
+/**
+ * Unacknowledged bytes a round may leave in flight: enough to keep the link busy between
+ * ACKs (the destination sends one every 200 ms, sooner when idle) and across the round
+ * trip, and little more, so that on a slow link a round ends in time for the controller.
+ */
+const MIN_WINDOW_BYTES = 1024 * 1024;
+const WINDOW_SPAN_MS = 400;
 /** The delta log's share of its bound past which the throttle is pushed up, a level per 5 %. */
 const LOG_PRESSURE_FROM = 0.5;
 
@@ -30,8 +35,8 @@ export interface ConvergenceSettings {
   linkBytesPerMs?: number;
   /** --timeout: when (performance.now()) and what then. */
   deadline?: { at: number; action: "abort" | "freeze"; text: string };
-  /** Let the serve's own queue-length throttle (the paper's, --throttle-threshold) alone. */
-  paperThrottle?: boolean;
+  /** The throttle level to start at (the bulk copy's throttle engaged: carry it on). */
+  initialLevel?: number;
 }
 
 /** How catch-up ended: the estimate at the fence, and why the fence came early if it did. */
@@ -86,6 +91,7 @@ export class CatchUp {
     private readonly onProgress?: (p: DeltasProgress) => void,
   ) {
     this.controller = new ConvergenceController({ budgetMs: settings.budgetMs });
+    if (settings.initialLevel) this.controller.atLeast(settings.initialLevel);
     this.link = new LinkMeter(settings.linkBytesPerMs);
   }
 
@@ -96,7 +102,7 @@ export class CatchUp {
 
   private window(): number {
     const rate = this.link.bytesPerMs();
-    return Math.max(MIN_WINDOW_BYTES, rate ? 2 * rate * (this.settings.rttMs + SHIP_REPORT_EVERY_MS) : 0);
+    return Math.max(MIN_WINDOW_BYTES, rate ? rate * (2 * this.settings.rttMs + WINDOW_SPAN_MS) : 0);
   }
 
   /** The controller's look at the hand-off, were the source fenced now. */
@@ -128,7 +134,7 @@ export class CatchUp {
     // the round's cost; the throttle needs the queue's size, not each step of it. The same
     // answer brings the serve's dirty map, marked before the rehash below.
     if (Date.now() - this.lastReport >= SHIP_REPORT_EVERY_MS) {
-      const level = this.verdict?.level ?? 0;
+      const level = this.controller.currentLevel;
       this.cap = rateCap(level, this.link.bytesPerMs(), d.compressionRatio());
       const asked = performance.now();
       const answer = await this.ctl.shipped(d.lastRead, this.watch.recording, this.cap).catch((err: Error) => {

@@ -12,8 +12,9 @@
 //     for the rest, so a WAN's downtime is one RTT plus the budget.
 // Fence once the estimate fits. While it does not, and does not shrink either (the VM
 // writes as fast as the link ships), step the throttle up: each level halves the write rate
-// the VM is allowed, from just under the link's rate. A level comes down again when the
-// estimate falls fast, so the writer gets back what convergence does not need.
+// the VM is allowed, from just under the link's rate. Levels never come down within a
+// migration: the estimate falls *because* of the cap, and lifting it (tried: a step down
+// when the estimate halved) let a full-speed writer rebuild the backlog within seconds.
 
 export interface HandoffInputs {
   /** Log bytes not yet sent (raw). */
@@ -69,8 +70,6 @@ export interface Verdict {
 
 /** "Shrinking" means the window's best estimate is at least this much under the last window's. */
 const SHRINK = 0.9;
-/** Falling this fast, the throttle steps back down one level. */
-const FAST_SHRINK = 0.5;
 
 export class ConvergenceController {
   private level = 0;
@@ -86,6 +85,11 @@ export class ConvergenceController {
     this.maxLevel = opts.maxLevel ?? 12;
   }
 
+  /** The level now. */
+  get currentLevel(): number {
+    return this.level;
+  }
+
   /** The highest level reached (the migration's throttle steps). */
   get steps(): number {
     return this.maxSeen;
@@ -98,7 +102,6 @@ export class ConvergenceController {
     this.windowBest = Math.min(this.windowBest, estimate.workMs);
     if (now - this.windowStart >= this.windowMs) {
       if (this.windowBest > this.lastBest * SHRINK) this.level = Math.min(this.level + 1, this.maxLevel);
-      else if (this.windowBest < this.lastBest * FAST_SHRINK && this.level > 0) this.level--;
       this.maxSeen = Math.max(this.maxSeen, this.level);
       this.lastBest = this.windowBest;
       this.windowBest = Number.POSITIVE_INFINITY;

@@ -13,7 +13,7 @@ import { DeltaStreamer } from "./deltas.ts";
 import { InitError, PhaseError } from "./errors.ts";
 import { awaitDone, handOffStorage, type HandoffTimes } from "./handoff.ts";
 import { CatchUp } from "./catch-up.ts";
-import { BulkThrottle } from "./bulk-throttle.ts";
+import { BULK_LEVEL, BulkThrottle } from "./bulk-throttle.ts";
 import { NoSourceHypervisor } from "../hypervisor/none.ts";
 import type { SourceHypervisor } from "../hypervisor/types.ts";
 import { HypervisorError } from "../hypervisor/errors.ts";
@@ -379,7 +379,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         coalesce: carried,
         onRecord: (r) => check.digests.markDirty(r.offset, r.length),
       });
-      const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, { budgetMs, rttMs, linkBytesPerMs: bulkRate, deadline }, (p) =>
+      const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, { budgetMs, rttMs, linkBytesPerMs: bulkRate, deadline, initialLevel: bulkThrottled ? BULK_LEVEL : 0 }, (p) =>
         o.onEvent?.({ event: "progress", phase: "deltas", ...p }),
       );
       const converged = await catchUp.untilConverged(checkInterrupted);
