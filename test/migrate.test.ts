@@ -210,7 +210,7 @@ describe("wanmig workload", () => {
     const h = await hosts(64, 0);
     const srv = await startServe({ image: h.image, runDir: h.a });
     try {
-      for (const pattern of ["static-web", "dynamic-web", "video", "diabolical"]) {
+      for (const pattern of ["static-web", "dynamic-web", "video", "diabolical", "random-4k"]) {
         const r = await wanmig(["workload", "--name", "vm", "--run-dir", h.a, "--pattern", pattern, "--duration", "600ms", "--json"]);
         expect(r.code).toBe(0);
         const rep = JSON.parse(r.stdout);

@@ -3,10 +3,11 @@
 //   dynamic-web  a web application: bursts of small random database writes, plus the log
 //   video        streaming: long sequential reads, rare small writes
 //   diabolical   Bonnie-like: large sequential writes as fast as the disk takes them
+//   random-4k    a database's worst: 4 KiB writes at random offsets, as fast as they go
 
 export type Op = { kind: "read" | "write"; offset: number; length: number } | { kind: "pause"; ms: number };
-export type PatternName = "static-web" | "dynamic-web" | "video" | "diabolical";
-export const patternNames: PatternName[] = ["static-web", "dynamic-web", "video", "diabolical"];
+export type PatternName = "static-web" | "dynamic-web" | "video" | "diabolical" | "random-4k";
+export const patternNames: PatternName[] = ["static-web", "dynamic-web", "video", "diabolical", "random-4k"];
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -49,6 +50,9 @@ export function* pattern(name: PatternName, size: number): Generator<Op> {
       case "diabolical":
         yield { kind: "write", offset: seq, length: MiB };
         seq = seq + 2 * MiB > size ? 0 : seq + MiB;
+        break;
+      case "random-4k":
+        yield { kind: "write", offset: randomAligned(size, 4 * KiB), length: 4 * KiB };
         break;
     }
   }
