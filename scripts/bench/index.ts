@@ -3,6 +3,7 @@ const benches: Record<string, () => Promise<{ main(args: string[]): Promise<void
   nbd: () => import("./nbd.ts"),
   migrate: () => import("./migrate.ts"),
   durability: () => import("./durability.ts"),
+  downtime: () => import("./downtime.ts"),
 };
 
 const [name, ...rest] = process.argv.slice(2);

@@ -31,13 +31,13 @@ import { ControlClient } from "../../src/disk/control-client.ts";
 import { parseRate } from "../../src/net/rate.ts";
 
 const REPO = join(import.meta.dir, "..", "..");
-const MAIN = join(REPO, "src", "main.ts");
+export const MAIN = join(REPO, "src", "main.ts");
 const PROXY = join(import.meta.dir, "delay-proxy.ts");
-const BUN = process.execPath;
-const BUN_EXE = basename(realpathSync(BUN));
-const MiB = 1024 * 1024;
-const SRC_IP = "10.77.0.1";
-const DST_IP = "10.77.0.2";
+export const BUN = process.execPath;
+export const BUN_EXE = basename(realpathSync(BUN));
+export const MiB = 1024 * 1024;
+export const SRC_IP = "10.77.0.1";
+export const DST_IP = "10.77.0.2";
 
 const TARGET_RATIO = 1.25;
 const TARGET_DOWNTIME_MS = 100;
@@ -57,7 +57,7 @@ const ROWS: RowDef[] = [
   { id: "nbdcopy", label: "nbdcopy ← qemu-nbd (peer)" },
 ];
 
-interface Scenario {
+export interface Scenario {
   name: string;
   rateSpec: string;
   /** Link rate, bits per second. */
@@ -103,7 +103,7 @@ interface RowResult {
 
 // ---- processes --------------------------------------------------------------------------
 
-class Proc {
+export class Proc {
   readonly proc: Subprocess<"ignore", "pipe", "pipe">;
   stderr = "";
   stdoutLines: { t: number; line: string }[] = [];
@@ -208,7 +208,7 @@ setInterval(() => {
   for (const p of live) if (p.watchRss) p.poll();
 }, 100).unref();
 
-function tail(s: string, lines = 15): string {
+export function tail(s: string, lines = 15): string {
   return s.trim().split("\n").slice(-lines).join("\n");
 }
 
@@ -260,13 +260,13 @@ function notable(name: string, log: string): string[] {
 // ---- the two hosts ----------------------------------------------------------------------
 
 const id = process.pid;
-const NS_SRC = `wmb-src-${id}`;
-const NS_DST = `wmb-dst-${id}`;
-const DEV_SRC = `wmbs${id}`.slice(0, 15);
-const DEV_DST = `wmbd${id}`.slice(0, 15);
+export const NS_SRC = `wmb-src-${id}`;
+export const NS_DST = `wmb-dst-${id}`;
+export const DEV_SRC = `wmbs${id}`.slice(0, 15);
+export const DEV_DST = `wmbd${id}`.slice(0, 15);
 let netUp = false;
 
-async function netSetup(): Promise<void> {
+export async function netSetup(): Promise<void> {
   netUp = true;
   await $`ip netns add ${NS_SRC}`;
   await $`ip netns add ${NS_DST}`;
@@ -280,7 +280,7 @@ async function netSetup(): Promise<void> {
 }
 
 /** tbf on both veth ends: each direction at `bps`. Burst ≥ 2 ms of line rate (16 KiB at least); queue ≤ 100 ms. */
-async function shape(bps: number): Promise<string> {
+export async function shape(bps: number): Promise<string> {
   const burst = Math.max(16 * 1024, Math.round((bps / 8) * 0.002));
   const spec = ["rate", `${Math.round(bps)}bit`, "burst", `${burst}`, "latency", "100ms"];
   for (const [ns, dev] of [[NS_SRC, DEV_SRC], [NS_DST, DEV_DST]] as const) await $`tc -n ${ns} qdisc replace dev ${dev} root tbf ${spec}`;
@@ -296,7 +296,7 @@ let defaultTcpMem: { wmem: string; rmem: string } | undefined;
  * in the source's namespace the buffers are capped near what a WAN path's TCP would use:
  * 2 × rate × (RTT + tbf's 100 ms queue), 256 KiB at least. Without the proxy: the defaults.
  */
-async function tuneTcpBuffers(sc: Scenario): Promise<string> {
+export async function tuneTcpBuffers(sc: Scenario): Promise<string> {
   const get = async (k: string) => (await $`ip netns exec ${NS_SRC} sysctl -n net.ipv4.${k}`.text()).trim().replace(/\s+/g, " ");
   defaultTcpMem ??= { wmem: await get("tcp_wmem"), rmem: await get("tcp_rmem") };
   let wmem = defaultTcpMem.wmem;
@@ -318,7 +318,7 @@ async function linkTxBytes(): Promise<number> {
 let cleaned: Promise<void> | undefined;
 let baseDir: string | undefined;
 
-function cleanup(): Promise<void> {
+export function cleanup(): Promise<void> {
   cleaned ??= (async () => {
     await Promise.all([...live].map((p) => p.stop()));
     if (netUp) {
@@ -435,13 +435,13 @@ function timeoutMs(sc: Scenario, ctx: Ctx): number {
   return 120_000 + 4 * ((ctx.dataMiB * MiB * 8) / sc.bps) * 1000;
 }
 
-function proxyArgs(sc: Scenario, listen: string, to: string): string[] {
+export function proxyArgs(sc: Scenario, listen: string, to: string): string[] {
   // The relay must hold rate × one-way delay, or it caps the rate: twice that, 64 KiB at least.
   const kib = Math.max(64, Math.ceil(((sc.bps / 8) * (sc.rttMs / 2 / 1000) * 2) / 1024));
   return [BUN, PROXY, "--listen", listen, "--to", to, "--delay-ms", String(sc.rttMs / 2), "--max-buffer-kib", String(kib)];
 }
 
-async function waitUntil(check: () => Promise<boolean>, what: string, timeoutMs = 30_000): Promise<void> {
+export async function waitUntil(check: () => Promise<boolean>, what: string, timeoutMs = 30_000): Promise<void> {
   const end = Date.now() + timeoutMs;
   while (Date.now() < end) {
     if (await check().catch(() => false)) return;
@@ -450,7 +450,7 @@ async function waitUntil(check: () => Promise<boolean>, what: string, timeoutMs 
   throw new Error(`timed out waiting for ${what}`);
 }
 
-async function identical(a: string, b: string): Promise<boolean> {
+export async function identical(a: string, b: string): Promise<boolean> {
   return (await $`cmp -s ${a} ${b}`.nothrow().quiet()).exitCode === 0;
 }
 

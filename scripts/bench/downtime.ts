@@ -1,0 +1,335 @@
+// Downtime benchmark (issue 12): the storage downtime of a live disk migration under
+// writers from gentle to as-fast-as-they-go, on loopback, a 1 Gbit/s link and the paper's
+// WAN, side by side with QEMU's own live storage migration in the same run.
+//
+//   npm run bench -- downtime [--links loopback,1gbit,wan] [--writers none,static-web,dynamic-web,diabolical,random-4k]
+//                             [--rows wanmig,wanmig-paper,qsd-background,qsd-write-blocking]
+//                             [--runs 5] [--wan-runs 1] [--image-mib 256] [--data-mib 32] [--timeout-s 600] [--json FILE]
+//
+// The hosts, the link shaping (tc tbf) and the WAN's delay (a user-space proxy) are the
+// migration benchmark's (scripts/bench/migrate.ts). The writer is `wanmig workload`
+// (incompressible data) on the source's disk, started 1 s before the migration.
+// Rows:
+//   wanmig              wanmig serve → source → dest, --max-downtime 50ms (the default)
+//   wanmig-paper        the same with --deltas paper
+//   qsd-background      qemu-storage-daemon exports the disk to the writer, blockdev-mirror
+//   qsd-write-blocking    to qemu-nbd at the destination (copy-mode background or
+//                         write-blocking); at READY the writer is stopped (SIGSTOP: the VM
+//                         pauses) and block-job-cancel finishes the copy: that is its downtime
+// Per row: storage downtime p50/p95 (wanmig: fence to verified; qsd: the pause to the job's
+// end), migration time (median), the highest throttle step, the writer's throughput until
+// the fence or pause (median of runs) and its slowest whole second before the last one.
+// Every run checks the destination equals the source (cmp).
+
+import { $ } from "bun";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { ControlClient } from "../../src/disk/control-client.ts";
+import { QmpClient } from "../../src/hypervisor/qmp.ts";
+import { logger } from "../../src/log.ts";
+import { BUN, cleanup, DEV_DST, DEV_SRC, DST_IP, identical, MAIN, MiB, netSetup, NS_DST, NS_SRC, Proc, proxyArgs, type Scenario, shape, tail, tuneTcpBuffers, waitUntil } from "./migrate.ts";
+
+const LINKS: Record<string, Scenario> = {
+  loopback: { name: "loopback", rateSpec: "none", bps: 0, rttMs: 0 },
+  "1gbit": { name: "1gbit", rateSpec: "1gbit", bps: 1e9, rttMs: 0 },
+  wan: { name: "wan", rateSpec: "5mbit", bps: 5e6, rttMs: 100 },
+};
+const ROWS = ["wanmig", "wanmig-paper", "qsd-background", "qsd-write-blocking"];
+const WRITERS = ["none", "static-web", "dynamic-web", "diabolical", "random-4k"];
+
+interface Run {
+  link: string;
+  writer: string;
+  row: string;
+  ok: boolean;
+  error?: string;
+  downtimeMs?: number;
+  estimateMs?: number;
+  migrationS?: number;
+  throttleSteps?: number;
+  writerMBps?: number;
+  writerMinMBps?: number;
+}
+
+interface Sample {
+  t: number;
+  bytes: number;
+}
+
+/** The writer's throughput from its samples up to `until`: the mean, and the slowest whole second before the last one. */
+function writerRates(samples: Sample[], until: number): { mean?: number; min?: number } {
+  const s = samples.filter((x) => x.t <= until);
+  if (s.length < 2) return {};
+  const mean = ((s.at(-1)!.bytes - s[0]!.bytes) / ((s.at(-1)!.t - s[0]!.t) / 1000)) / 1e6;
+  let min: number | undefined;
+  for (let i = 0; i < s.length; i++) {
+    const j = s.findIndex((x) => x.t >= s[i]!.t + 1000);
+    if (j < 0 || s[j]!.t > until - 1000) break;
+    const r = (s[j]!.bytes - s[i]!.bytes) / ((s[j]!.t - s[i]!.t) / 1000) / 1e6;
+    min = min === undefined ? r : Math.min(min, r);
+  }
+  return { mean, min };
+}
+
+/** Polls a byte counter every 200 ms until stopped. */
+function sampler(read: () => Promise<number>): { samples: Sample[]; stop(): void } {
+  const samples: Sample[] = [];
+  let on = true;
+  void (async () => {
+    while (on) {
+      const bytes = await read().catch(() => undefined);
+      if (bytes !== undefined) samples.push({ t: performance.now(), bytes });
+      await Bun.sleep(200);
+    }
+  })();
+  return { samples, stop: () => (on = false) };
+}
+
+interface Ctx {
+  image: string;
+  sizeBytes: number;
+  secret: string;
+  port: number;
+  timeoutMs: number;
+}
+
+function writerProc(writer: string, runDir: string): Proc | undefined {
+  if (writer === "none") return undefined;
+  return new Proc("workload", NS_SRC, [BUN, MAIN, "workload", "--name", "vm", "--run-dir", runDir, "--pattern", writer, "--duration", "3600s", "--log", "error"], false);
+}
+
+async function runWanmig(sc: Scenario, writer: string, row: string, ctx: Ctx, dir: string): Promise<Run> {
+  const r: Run = { link: sc.name, writer, row, ok: false };
+  const a = join(dir, "A");
+  const b = join(dir, "B");
+  mkdirSync(a);
+  mkdirSync(b);
+  const image = join(a, "vm.img");
+  await $`cp --sparse=always ${ctx.image} ${image}`;
+  const procs: Proc[] = [];
+  try {
+    const serve = new Proc("serve", NS_SRC, [BUN, MAIN, "serve", "--name", "vm", "--image", image, "--run-dir", a, "--log", "warn"], false);
+    procs.push(serve);
+    const ctl = new ControlClient(join(a, "vm.ctl"));
+    await waitUntil(async () => (await ctl.status()).size > 0, "serve's control socket");
+    const port = ctx.port++;
+    const dest = new Proc("dest", NS_DST, [BUN, MAIN, "dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b, "--listen", `${DST_IP}:${port}`, "--secret-file", ctx.secret], false);
+    procs.push(dest);
+    await dest.waitFor(/listening on \S+:\d+/, "dest to listen");
+    let to = `${DST_IP}:${port}`;
+    if (sc.rttMs > 0) {
+      const pp = ctx.port++;
+      const proxy = new Proc("delay-proxy", NS_SRC, proxyArgs(sc, `127.0.0.1:${pp}`, to), false);
+      procs.push(proxy);
+      await proxy.waitFor(/listening on/, "the delay proxy");
+      to = `127.0.0.1:${pp}`;
+    }
+    const vm = writerProc(writer, a);
+    if (vm) procs.push(vm);
+    await Bun.sleep(1000);
+    const io = sampler(async () => (await ctl.status()).io.bytesWritten);
+    const t0 = performance.now();
+    const src = new Proc("source", NS_SRC, [BUN, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", to, "--secret-file", ctx.secret, "--json", ...(row === "wanmig-paper" ? ["--deltas", "paper"] : [])], false);
+    procs.push(src);
+    const timer = setTimeout(() => src.proc.kill("SIGTERM"), ctx.timeoutMs);
+    const code = await src.proc.exited;
+    clearTimeout(timer);
+    io.stop();
+    await Bun.sleep(100);
+    let fencedAt = performance.now();
+    let done: Record<string, number> | undefined;
+    for (const { t, line } of src.stdoutLines) {
+      const e = JSON.parse(line);
+      if (e.event === "phase" && e.phase === "handoff") fencedAt = t;
+      if (e.event === "done") done = e;
+    }
+    if (code !== 0 || !done) {
+      r.error = `source exited ${code}: ${tail(src.stderr, 4)}`;
+      return r;
+    }
+    r.downtimeMs = done.storageDowntimeMs;
+    r.estimateMs = done.estimatedStorageDowntimeMs;
+    r.migrationS = done.migrationTimeMs! / 1000;
+    r.throttleSteps = done.throttleSteps;
+    const w = writerRates(io.samples, fencedAt);
+    r.writerMBps = vm ? w.mean : undefined;
+    r.writerMinMBps = vm ? w.min : undefined;
+    await vm?.stop();
+    await dest.waitFor(/now serving/, "dest to serve", 10_000).catch(() => undefined);
+    r.ok = await identical(image, join(b, "vm.img"));
+    if (!r.ok) r.error = "the images differ";
+    return r;
+  } catch (err) {
+    r.error = (err as Error).message;
+    return r;
+  } finally {
+    for (const p of procs.reverse()) await p.stop();
+  }
+}
+
+async function runQsd(sc: Scenario, writer: string, row: string, ctx: Ctx, dir: string): Promise<Run> {
+  const r: Run = { link: sc.name, writer, row, ok: false };
+  const a = join(dir, "A");
+  const b = join(dir, "B");
+  mkdirSync(a);
+  mkdirSync(b);
+  const image = join(a, "vm.img");
+  const target = join(b, "vm.img");
+  await $`cp --sparse=always ${ctx.image} ${image}`;
+  await $`truncate -s ${ctx.sizeBytes} ${target}`;
+  const procs: Proc[] = [];
+  let qmp: QmpClient | undefined;
+  try {
+    const port = ctx.port++;
+    const nbd = new Proc("qemu-nbd", NS_DST, ["qemu-nbd", "-f", "raw", "-x", "vm", "-b", DST_IP, "-p", String(port), "--persistent", "--cache=writeback", target], false);
+    procs.push(nbd);
+    let host = DST_IP;
+    let hostPort = port;
+    if (sc.rttMs > 0) {
+      const pp = ctx.port++;
+      const proxy = new Proc("delay-proxy", NS_SRC, proxyArgs(sc, `127.0.0.1:${pp}`, `${DST_IP}:${port}`), false);
+      procs.push(proxy);
+      await proxy.waitFor(/listening on/, "the delay proxy");
+      host = "127.0.0.1";
+      hostPort = pp;
+    }
+    const qmpPath = join(a, "qsd.qmp");
+    const qsd = new Proc("qsd", NS_SRC, [
+      "qemu-storage-daemon",
+      "--blockdev", `driver=file,filename=${image},node-name=file0,cache.direct=off`,
+      "--blockdev", "driver=raw,file=file0,node-name=disk",
+      "--nbd-server", `addr.type=unix,addr.path=${join(a, "vm.nbd")}`,
+      "--export", "type=nbd,id=e0,node-name=disk,name=,writable=on",
+      "--chardev", `socket,path=${qmpPath},server=on,wait=off,id=qmp0`,
+      "--monitor", "chardev=qmp0",
+    ], false);
+    procs.push(qsd);
+    await waitUntil(async () => {
+      qmp = await QmpClient.connect(qmpPath, logger("bench-qmp"));
+      return true;
+    }, "qemu-storage-daemon's QMP");
+    const q = qmp!;
+    const vm = writerProc(writer, a);
+    if (vm) procs.push(vm);
+    await Bun.sleep(1000);
+    const wrBytes = async () => {
+      const stats = await q.execute<{ "node-name"?: string; stats: { wr_bytes: number } }[]>("query-blockstats", { "query-nodes": true });
+      return stats.find((s) => s["node-name"] === "disk")?.stats.wr_bytes ?? 0;
+    };
+    const io = sampler(wrBytes);
+    const t0 = performance.now();
+    await q.execute("blockdev-add", { driver: "nbd", "node-name": "target", server: { type: "inet", host, port: String(hostPort) }, export: "vm" });
+    await q.execute("blockdev-mirror", { "job-id": "m0", device: "disk", target: "target", sync: "full", "copy-mode": row === "qsd-write-blocking" ? "write-blocking" : "background" });
+    const job = async () => (await q.execute<{ device: string; ready: boolean; status: string }[]>("query-block-jobs")).find((j) => j.device === "m0");
+    await waitUntil(async () => (await job())?.ready === true, "the mirror to be ready", ctx.timeoutMs);
+    vm?.proc.kill("SIGSTOP"); // the VM pauses
+    const pausedAt = performance.now();
+    io.stop();
+    await q.execute("block-job-cancel", { device: "m0" }); // after READY: finish the copy, keep the source
+    await waitUntil(async () => (await job()) === undefined, "the mirror to end", ctx.timeoutMs);
+    const endedAt = performance.now();
+    r.downtimeMs = Math.round(endedAt - pausedAt);
+    r.migrationS = (endedAt - t0) / 1000;
+    const w = writerRates(io.samples, pausedAt);
+    r.writerMBps = vm ? w.mean : undefined;
+    r.writerMinMBps = vm ? w.min : undefined;
+    if (vm) {
+      vm.proc.kill("SIGKILL");
+      await vm.proc.exited;
+    }
+    await q.execute("quit").catch(() => undefined);
+    await qsd.proc.exited;
+    await nbd.stop();
+    r.ok = await identical(image, target);
+    if (!r.ok) r.error = "the images differ";
+    return r;
+  } catch (err) {
+    r.error = (err as Error).message;
+    return r;
+  } finally {
+    qmp?.close();
+    for (const p of procs.reverse()) {
+      p.proc.kill("SIGCONT");
+      await p.stop();
+    }
+  }
+}
+
+async function unshape(): Promise<string> {
+  for (const [ns, dev] of [[NS_SRC, DEV_SRC], [NS_DST, DEV_DST]] as const) await $`tc -n ${ns} qdisc del dev ${dev} root`.nothrow().quiet();
+  return "no shaping (the veth's own rate)";
+}
+
+function pct(xs: number[], p: number): number | undefined {
+  if (!xs.length) return undefined;
+  const s = [...xs].sort((x, y) => x - y);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)];
+}
+
+const f = (x: number | undefined, d = 0) => (x === undefined ? "—" : x.toFixed(d));
+
+export async function main(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      links: { type: "string", default: "loopback,1gbit,wan" },
+      writers: { type: "string", default: WRITERS.join(",") },
+      rows: { type: "string", default: ROWS.join(",") },
+      runs: { type: "string", default: "5" },
+      "wan-runs": { type: "string", default: "1" },
+      "image-mib": { type: "string", default: "256" },
+      "data-mib": { type: "string", default: "32" },
+      "timeout-s": { type: "string", default: "600" },
+      json: { type: "string" },
+    },
+  });
+  const base = mkdtempSync(join(tmpdir(), "wanmig-bench-downtime-"));
+  process.on("SIGINT", () => void cleanup().then(() => process.exit(130)));
+  const ctx: Ctx = { image: join(base, "image"), sizeBytes: Number(values["image-mib"]) * MiB, secret: join(base, "secret"), port: 19000, timeoutMs: Number(values["timeout-s"]) * 1000 };
+  await $`truncate -s ${ctx.sizeBytes} ${ctx.image}`;
+  await $`dd if=/dev/urandom of=${ctx.image} bs=1M count=${values["data-mib"]} conv=notrunc status=none`;
+  await Bun.write(ctx.secret, Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex"));
+  await netSetup();
+  const runs: Run[] = [];
+  try {
+    for (const linkName of values.links!.split(",")) {
+      const sc = LINKS[linkName];
+      if (!sc) throw new Error(`no link ${linkName}: ${Object.keys(LINKS).join(", ")}`);
+      console.error(`link ${sc.name}: ${sc.bps ? await shape(sc.bps) : await unshape()}; ${await tuneTcpBuffers(sc)}`);
+      const n = Number(sc.rttMs > 0 ? values["wan-runs"] : values.runs);
+      for (const writer of values.writers!.split(","))
+        for (let i = 0; i < n; i++)
+          for (const row of values.rows!.split(",")) {
+            const dir = mkdtempSync(join(base, "run-"));
+            const run = row.startsWith("qsd") ? await runQsd(sc, writer, row, ctx, dir) : await runWanmig(sc, writer, row, ctx, dir);
+            rmSync(dir, { recursive: true, force: true });
+            runs.push(run);
+            console.error(
+              `${sc.name} ${writer} ${row} #${i + 1}: ${run.ok ? "ok" : `FAILED (${run.error})`} downtime ${f(run.downtimeMs)} ms` +
+                `${run.estimateMs !== undefined ? ` (estimate ${run.estimateMs})` : ""}, migration ${f(run.migrationS, 1)} s, throttle ${f(run.throttleSteps)}, writer ${f(run.writerMBps, 1)} MB/s (slowest second ${f(run.writerMinMBps, 1)})`,
+            );
+          }
+    }
+  } finally {
+    await cleanup();
+    rmSync(base, { recursive: true, force: true });
+  }
+  const lines = ["| link | writer | row | runs ok | storage downtime p50 / p95 (ms) | estimate p50 (ms) | migration (s, median) | throttle steps (max) | writer MB/s (median; slowest second) |", "|---|---|---|---|---|---|---|---|---|"];
+  const keys = [...new Set(runs.map((r) => `${r.link}\t${r.writer}\t${r.row}`))];
+  for (const k of keys) {
+    const [link, writer, row] = k.split("\t");
+    const rs = runs.filter((r) => r.link === link && r.writer === writer && r.row === row);
+    const ok = rs.filter((r) => r.ok);
+    const dt = ok.map((r) => r.downtimeMs!);
+    const est = ok.flatMap((r) => (r.estimateMs === undefined ? [] : [r.estimateMs]));
+    const wr = ok.flatMap((r) => (r.writerMBps === undefined ? [] : [r.writerMBps]));
+    const wmin = ok.flatMap((r) => (r.writerMinMBps === undefined ? [] : [r.writerMinMBps]));
+    lines.push(
+      `| ${link} | ${writer} | ${row} | ${ok.length}/${rs.length} | ${f(pct(dt, 50))} / ${f(pct(dt, 95))} | ${f(pct(est, 50))} | ${f(pct(ok.map((r) => r.migrationS!), 50), 1)} | ${f(Math.max(0, ...ok.map((r) => r.throttleSteps ?? 0)))} | ${f(pct(wr, 50), 1)}; ${f(wmin.length ? Math.min(...wmin) : undefined, 1)} |`,
+    );
+  }
+  console.log(lines.join("\n"));
+  if (values.json) await Bun.write(values.json, JSON.stringify({ args: values, runs }, null, 2));
+}
