@@ -1,7 +1,7 @@
 // The end-to-end check of a migration, at a cost that does not grow with the image.
 //
 // The image digest is SHA-256 over the hashes of its 1 MiB regions, in order; a region's
-// hash is SHA-256 over the SHA-256 of each of its 64 KiB pieces. Both sides keep the
+// hash is SHA-256 over the SHA-256 of each of its 4 KiB pieces. Both sides keep the
 // region hashes as the migration goes: a region is hashed once when the bulk copy has
 // passed it (the source hashes what it read, the destination reads back what it wrote),
 // and again whenever a delta touches it. So at the hand-off only what the last deltas

@@ -366,7 +366,7 @@ export class Receiver {
       }
       // When a burst is applied (and every so often): rehash what it touched and ACK. The
       // source switches over only once what it sent is acknowledged, so the barrier finds
-      // little left to hash (pieces of 64 KiB: cheap enough to keep up with a random
+      // little left to hash (pieces of 4 KiB: what was written, no more, even for a random
       // writer). The periodic sync keeps the barrier's own sync small.
       const now = Date.now();
       if (now - lastFlush > FLUSH_EVERY_MS) {
