@@ -73,18 +73,14 @@ function writerRates(samples: Sample[], until: number): { mean?: number; min?: n
   return { mean, min };
 }
 
-/** Polls a byte counter every 200 ms until stopped. */
-function sampler(read: () => Promise<number>): { samples: Sample[]; stop(): void } {
-  const samples: Sample[] = [];
-  let on = true;
-  void (async () => {
-    while (on) {
-      const bytes = await read().catch(() => undefined);
-      if (bytes !== undefined) samples.push({ t: performance.now(), bytes });
-      await Bun.sleep(200);
-    }
-  })();
-  return { samples, stop: () => (on = false) };
+/** What the writer says it had written, every 200 ms (`wanmig workload --json`): the same meter for every row. */
+function writerSamples(vm: Proc | undefined, from: number): Sample[] {
+  if (!vm) return [];
+  return vm.stdoutLines.flatMap(({ t, line }) => {
+    if (t < from) return [];
+    const e = JSON.parse(line);
+    return e.event === "progress" ? [{ t, bytes: e.bytesWritten as number }] : [];
+  });
 }
 
 interface Ctx {
@@ -97,7 +93,7 @@ interface Ctx {
 
 function writerProc(writer: string, runDir: string): Proc | undefined {
   if (writer === "none") return undefined;
-  return new Proc("workload", NS_SRC, [BUN, MAIN, "workload", "--name", "vm", "--run-dir", runDir, "--pattern", writer, "--duration", "3600s", "--log", "error"], false);
+  return new Proc("workload", NS_SRC, [BUN, MAIN, "workload", "--name", "vm", "--run-dir", runDir, "--pattern", writer, "--duration", "3600s", "--json", "--log", "error"], false);
 }
 
 async function runWanmig(sc: Scenario, writer: string, row: string, ctx: Ctx, dir: string): Promise<Run> {
@@ -129,14 +125,12 @@ async function runWanmig(sc: Scenario, writer: string, row: string, ctx: Ctx, di
     const vm = writerProc(writer, a);
     if (vm) procs.push(vm);
     await Bun.sleep(1000);
-    const io = sampler(async () => (await ctl.status()).io.bytesWritten);
     const t0 = performance.now();
     const src = new Proc("source", NS_SRC, [BUN, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", to, "--secret-file", ctx.secret, "--json", ...(row === "wanmig-paper" ? ["--deltas", "paper"] : [])], false);
     procs.push(src);
     const timer = setTimeout(() => src.proc.kill("SIGTERM"), ctx.timeoutMs);
     const code = await src.proc.exited;
     clearTimeout(timer);
-    io.stop();
     await Bun.sleep(100);
     let fencedAt = performance.now();
     let done: Record<string, number> | undefined;
@@ -153,7 +147,7 @@ async function runWanmig(sc: Scenario, writer: string, row: string, ctx: Ctx, di
     r.estimateMs = done.estimatedStorageDowntimeMs;
     r.migrationS = done.migrationTimeMs! / 1000;
     r.throttleSteps = done.throttleSteps;
-    const w = writerRates(io.samples, fencedAt);
+    const w = writerRates(writerSamples(vm, t0), fencedAt);
     r.writerMBps = vm ? w.mean : undefined;
     r.writerMinMBps = vm ? w.min : undefined;
     await vm?.stop();
@@ -214,11 +208,6 @@ async function runQsd(sc: Scenario, writer: string, row: string, ctx: Ctx, dir: 
     const vm = writerProc(writer, a);
     if (vm) procs.push(vm);
     await Bun.sleep(1000);
-    const wrBytes = async () => {
-      const stats = await q.execute<{ "node-name"?: string; stats: { wr_bytes: number } }[]>("query-blockstats", { "query-nodes": true });
-      return stats.find((s) => s["node-name"] === "disk")?.stats.wr_bytes ?? 0;
-    };
-    const io = sampler(wrBytes);
     const t0 = performance.now();
     await q.execute("blockdev-add", { driver: "nbd", "node-name": "target", server: { type: "inet", host, port: String(hostPort) }, export: "vm" });
     await q.execute("blockdev-mirror", { "job-id": "m0", device: "disk", target: "target", sync: "full", "copy-mode": row === "qsd-write-blocking" ? "write-blocking" : "background" });
@@ -226,13 +215,12 @@ async function runQsd(sc: Scenario, writer: string, row: string, ctx: Ctx, dir: 
     await waitUntil(async () => (await job())?.ready === true, "the mirror to be ready", ctx.timeoutMs);
     vm?.proc.kill("SIGSTOP"); // the VM pauses
     const pausedAt = performance.now();
-    io.stop();
     await q.execute("block-job-cancel", { device: "m0" }); // after READY: finish the copy, keep the source
     await waitUntil(async () => (await job()) === undefined, "the mirror to end", ctx.timeoutMs);
     const endedAt = performance.now();
     r.downtimeMs = Math.round(endedAt - pausedAt);
     r.migrationS = (endedAt - t0) / 1000;
-    const w = writerRates(io.samples, pausedAt);
+    const w = writerRates(writerSamples(vm, t0), pausedAt);
     r.writerMBps = vm ? w.mean : undefined;
     r.writerMinMBps = vm ? w.min : undefined;
     if (vm) {
@@ -291,6 +279,7 @@ export async function main(argv: string[]): Promise<void> {
   await $`truncate -s ${ctx.sizeBytes} ${ctx.image}`;
   await $`dd if=/dev/urandom of=${ctx.image} bs=1M count=${values["data-mib"]} conv=notrunc status=none`;
   await Bun.write(ctx.secret, Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex"));
+  await $`chmod 600 ${ctx.secret}`;
   await netSetup();
   const runs: Run[] = [];
   try {

@@ -24,7 +24,16 @@ export interface WorkloadReport {
 const RECONNECT_EVERY_MS = 20;
 const PAYLOAD_POOL = 8 * 1024 * 1024;
 
-export async function runWorkload(o: { socket: string; next?: string; pattern: PatternName; durationMs: number; log: Logger }): Promise<WorkloadReport> {
+const PROGRESS_EVERY_MS = 200;
+
+export async function runWorkload(o: {
+  socket: string;
+  next?: string;
+  pattern: PatternName;
+  durationMs: number;
+  log: Logger;
+  onProgress?: (p: { writes: number; bytesWritten: number; failedOps: number }) => void;
+}): Promise<WorkloadReport> {
   let client = await NbdClient.connect(o.socket);
   const r: WorkloadReport = { pattern: o.pattern, seconds: 0, reads: 0, writes: 0, bytesWritten: 0, longestStallMs: 0, disruptionMs: 0, failedOps: 0 };
   const t0 = performance.now();
@@ -39,6 +48,7 @@ export async function runWorkload(o: { socket: string; next?: string; pattern: P
     return pool.subarray(at, at + length);
   };
   const ops = pattern(o.pattern, client.size);
+  const progress = o.onProgress && setInterval(() => o.onProgress!({ writes: r.writes, bytesWritten: r.bytesWritten, failedOps: r.failedOps }), PROGRESS_EVERY_MS);
   while (performance.now() - t0 < o.durationMs) {
     const op = ops.next().value!;
     if (op.kind === "pause") {
@@ -70,6 +80,7 @@ export async function runWorkload(o: { socket: string; next?: string; pattern: P
       }
     }
   }
+  clearInterval(progress);
   client.close();
   r.seconds = (performance.now() - t0) / 1000;
   r.longestStallMs = Math.round(r.longestStallMs);
