@@ -95,6 +95,8 @@ type KnownHello = Pick<Hello, "name" | "size" | "blockSize" | "recording">;
 export class Receiver {
   state: ReceiverState = { kind: "waiting" };
   private image?: FileBackend;
+  private writeback?: Promise<void>;
+  private writebackError?: unknown;
   private fresh = false;
   private hello?: KnownHello;
   private bulkOffset = 0;
@@ -174,6 +176,23 @@ export class Receiver {
   }
 
   /** Syncs the image, then records the position: the record never runs ahead of the data. */
+  /**
+   * Starts an fdatasync on the thread pool (one at a time) and goes on applying: the
+   * barrier's own sync is downtime, and without this it had up to a second of writes to
+   * flush (38 ms of a 61 ms hand-off under a random writer). A failure is kept for the barrier.
+   */
+  private nudgeWriteback(): void {
+    if (this.writeback || !this.image) return;
+    this.writeback = this.image
+      .flush()
+      .catch((err) => {
+        this.writebackError ??= err;
+      })
+      .finally(() => {
+        this.writeback = undefined;
+      });
+  }
+
   private async checkpoint(): Promise<void> {
     await this.image?.flush();
     this.persist("receiving");
@@ -376,6 +395,7 @@ export class Receiver {
       if (now - lastAck > ACK_EVERY_MS || (!ch.pending() && (m.type === MsgType.DELTA || m.type === MsgType.BULK_END))) {
         this.digests!.refresh(this.opts.image);
         await ch.send(msg.ack(this.bulkOffset, this.nextSeq ?? 0n));
+        this.nudgeWriteback();
         lastAck = now;
       }
     }
@@ -419,6 +439,8 @@ export class Receiver {
     if (this.nextSeq !== undefined && BigInt(m.lastSeq) !== this.nextSeq - 1n)
       throw new ProtocolError(`barrier says the last delta is ${m.lastSeq}, we applied up to ${this.nextSeq - 1n}`);
     const t0 = performance.now();
+    await this.writeback;
+    if (this.writebackError) throw new ReceiveError(`cannot sync the image: ${(this.writebackError as Error).message}`);
     await this.image!.flush();
     const t1 = performance.now();
     const rehashed = this.digests!.refresh(this.opts.image, { all: true });
