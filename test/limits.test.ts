@@ -1,6 +1,6 @@
 // Large images, full disks: what an operator meets on a real host.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, rmSync, statfsSync } from "node:fs";
 import { join } from "node:path";
 import { NbdErr } from "../src/disk/nbd-protocol.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
@@ -69,25 +69,38 @@ describe("full disks (tmpfs mounts; needs root)", () => {
     await sh(["rm", "-f", image]);
   });
 
-  test("the delta log's disk fills up: recording is marked failed, the VM's writes go on", async () => {
-    if (!mounted) throw new Error("cannot mount tmpfs: these tests need root");
-    const image = join(dir.path, "rec.img");
-    await sparseFile(image, 16 * 1024 * 1024);
-    const srv = await startServe({ image, runDir: dir.path, name: "logfull" });
-    try {
-      await srv.ctl.throttle({ enabled: false });
-      await srv.ctl.startRecording(mnt());
-      const c = await RawNbd.connect(srv.socket);
-      await c.go();
-      for (let i = 0; i < 8; i++) expect(await c.write(i * 1024 * 1024, Buffer.alloc(1024 * 1024, 3 + i))).toBe(0);
-      const st = await srv.ctl.status();
-      expect(st.recording.failed).toContain("ENOSPC");
-      expect(srv.stderr()).toContain("record mode failed");
-      const r = await c.read(7 * 1024 * 1024, 4096);
-      expect(r.data!.every((b) => b === 10)).toBe(true);
-      c.disconnect();
-    } finally {
-      await srv.stop();
-    }
-  });
+  for (const how of ["its bound", "ENOSPC"] as const) {
+    test(`the delta log fills up (${how}): recording is marked failed, the VM's writes go on`, async () => {
+      if (!mounted) throw new Error("cannot mount tmpfs: these tests need root");
+      const image = join(dir.path, "rec.img");
+      await sparseFile(image, 16 * 1024 * 1024);
+      const srv = await startServe({ image, runDir: dir.path, name: "logfull" });
+      const filler = join(mnt(), "filler");
+      try {
+        await srv.ctl.throttle({ enabled: false });
+        const rec = await srv.ctl.startRecording(mnt());
+        // The bound is half of what was free (2 MiB of 4); something else taking the rest
+        // of the space after the start leaves the log to meet ENOSPC first.
+        expect(rec.maxBytes).toBeGreaterThan(1024 * 1024);
+        expect(rec.maxBytes).toBeLessThanOrEqual(2 * 1024 * 1024);
+        if (how === "ENOSPC") {
+          const fs = statfsSync(mnt());
+          const leave = 512 * 1024;
+          await sh(["dd", "if=/dev/zero", `of=${filler}`, "bs=4k", `count=${Math.floor((fs.bavail * fs.bsize - leave) / 4096)}`]);
+        }
+        const c = await RawNbd.connect(srv.socket);
+        await c.go();
+        for (let i = 0; i < 8; i++) expect(await c.write(i * 1024 * 1024, Buffer.alloc(1024 * 1024, 3 + i))).toBe(0);
+        const st = await srv.ctl.status();
+        expect(st.recording.failed).toContain(how === "ENOSPC" ? "ENOSPC" : "the delta log reached its bound");
+        expect(srv.stderr()).toContain("record mode failed");
+        const r = await c.read(7 * 1024 * 1024, 4096);
+        expect(r.data!.every((b) => b === 10)).toBe(true);
+        c.disconnect();
+      } finally {
+        await srv.stop();
+        for (const f of readdirSync(mnt())) rmSync(join(mnt(), f), { force: true }); // the filler and the log
+      }
+    });
+  }
 });

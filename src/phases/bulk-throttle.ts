@@ -9,7 +9,7 @@
 
 import type { ControlClient } from "../disk/control-client.ts";
 import { statSync } from "node:fs";
-import type { RecordingWatch } from "./recording-watch.ts";
+import { type RecordingWatch, reportShipped } from "./recording-watch.ts";
 
 /** The VM's share of the link during the bulk copy, once it writes faster than that. */
 export const BULK_SHARE = 0.5;
@@ -81,7 +81,7 @@ export class BulkThrottle {
           this.engaged = true;
         }
       }
-      this.watch.apply(await this.ctl.shipped(0n, this.watch.recording, this.cap));
+      await reportShipped(this.ctl, this.watch, 0n, this.cap);
     } catch (err) {
       this.failure = err;
     } finally {

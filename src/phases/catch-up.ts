@@ -8,8 +8,7 @@ import type { ControlClient } from "../disk/control-client.ts";
 import type { RegionDigests } from "../disk/region-digest.ts";
 import type { DeltaStreamer } from "./deltas.ts";
 import { DeltasError } from "./errors.ts";
-import { ControlError, ExitCode } from "../errors.ts";
-import type { RecordingWatch } from "./recording-watch.ts";
+import { type RecordingWatch, reportShipped } from "./recording-watch.ts";
 import { ConvergenceController, type HandoffEstimate, rateCap, type Verdict } from "./convergence.ts";
 import { LinkMeter } from "./link-meter.ts";
 
@@ -137,14 +136,8 @@ export class CatchUp {
       const level = this.controller.currentLevel;
       this.cap = rateCap(level, this.link.bytesPerMs(), d.compressionRatio());
       const asked = performance.now();
-      const answer = await this.ctl.shipped(d.lastRead, this.watch.recording, this.cap).catch((err: Error) => {
-        // The serve answered that it holds another recording (or none): a restart that could
-        // not go on with ours. Writes since may be in no log: abort, the VM stays here.
-        if (err instanceof ControlError && err.exitCode === ExitCode.badInput) throw new DeltasError(`the serve lost the recording: ${err.message}`);
-        throw err;
-      });
+      const answer = await reportShipped(this.ctl, this.watch, d.lastRead, this.cap);
       this.controlMs = 0.7 * this.controlMs + 0.3 * (performance.now() - asked);
-      this.watch.apply(answer);
       this.throttleLevel = answer.level;
       if (answer.log) this.log = answer.log;
       this.reported = d.lastRead;

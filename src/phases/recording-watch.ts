@@ -4,7 +4,8 @@
 // It also carries the serve's dirty map into the region digests: what the serve says it
 // wrote is rehashed beside what the log says, so a write the log misses cannot pass.
 
-import type { DirtySince } from "../disk/control-client.ts";
+import type { ControlClient, DirtySince } from "../disk/control-client.ts";
+import { ControlError, ExitCode } from "../errors.ts";
 import type { RegionDigests } from "../disk/region-digest.ts";
 import type { Logger } from "../log.ts";
 import { DeltasError } from "./errors.ts";
@@ -30,4 +31,19 @@ export class RecordingWatch {
     }
     for (const [first, count] of d.runs) this.digests.markDirty(first * d.pieceSize, count * d.pieceSize);
   }
+}
+
+/**
+ * Tells the serve how far the source has shipped (and the VM's write allowance), and takes
+ * its answer into the watch. A serve that answers it holds another recording, or none, had
+ * a restart that could not go on with ours: writes since may be in no log, so the migration
+ * aborts (the VM stays here).
+ */
+export async function reportShipped(ctl: ControlClient, watch: RecordingWatch, seq: bigint, rateCap: number | undefined) {
+  const answer = await ctl.shipped(seq, watch.recording, rateCap).catch((err: Error) => {
+    if (err instanceof ControlError && err.exitCode === ExitCode.badInput) throw new DeltasError(`the serve lost the recording: ${err.message}`);
+    throw err;
+  });
+  watch.apply(answer);
+  return answer;
 }
