@@ -25,8 +25,9 @@ describe("estimateHandoff", () => {
  * (held to the controller's rate cap), the link ships `linkBytesPerMs`. Returns when the
  * controller fences, or after `limitMs`.
  */
-function simulate(opts: { writeBytesPerMs: number; linkBytesPerMs: number; queue0: number; budgetMs: number; rttMs?: number; limitMs?: number }) {
-  const c = new ConvergenceController({ budgetMs: opts.budgetMs });
+function simulate(opts: { writeBytesPerMs: number; linkBytesPerMs: number; queue0: number; budgetMs: number; rttMs?: number; limitMs?: number; targetMs?: number; initialLevel?: number }) {
+  const c = new ConvergenceController({ budgetMs: opts.budgetMs, targetMs: opts.targetMs });
+  if (opts.initialLevel) c.atLeast(opts.initialLevel);
   let queue = opts.queue0;
   let written = 0;
   const levels: number[] = [];
@@ -43,11 +44,27 @@ function simulate(opts: { writeBytesPerMs: number; linkBytesPerMs: number; queue
 }
 
 describe("ConvergenceController", () => {
-  test("a writer slower than the link: the queue drains and the source fences with no throttle", () => {
-    const r = simulate({ writeBytesPerMs: 200, linkBytesPerMs: 1000, queue0: 4_000_000, budgetMs: 50 });
+  test("a writer slower than the link, with time to spare: the queue drains and the source fences with no throttle", () => {
+    // 4 MB drain at 800 bytes/ms: 5 s, inside a 20 s target (the bulk copy took that long).
+    const r = simulate({ writeBytesPerMs: 200, linkBytesPerMs: 1000, queue0: 4_000_000, budgetMs: 50, targetMs: 20_000 });
     expect(r.fencedAtMs).toBeDefined();
+    expect(r.fencedAtMs!).toBeGreaterThan(4000);
     expect(r.steps).toBe(0);
     expect(r.estimate!.workMs).toBeLessThanOrEqual(50);
+  });
+
+  test("the same writer against a 2 s target: throttled so that the queue drains in time", () => {
+    const r = simulate({ writeBytesPerMs: 200, linkBytesPerMs: 1000, queue0: 4_000_000, budgetMs: 50, targetMs: 2000 });
+    expect(r.steps).toBeGreaterThan(0);
+    expect(r.fencedAtMs!).toBeLessThan(5000);
+  });
+
+  test("a diabolical writer converges within about the target: twice a no-writer migration, not days", () => {
+    // The paper's WAN: 625 bytes/ms; a bulk copy of 32 MiB takes ~54 s, during which the bulk
+    // throttle held the 50 MB/s writer to half the link (16 MB of backlog; level 2 carried on).
+    const r = simulate({ writeBytesPerMs: 50_000, linkBytesPerMs: 625, queue0: 16_000_000, budgetMs: 50, targetMs: 54_000, initialLevel: 2 });
+    expect(r.fencedAtMs).toBeDefined();
+    expect(r.fencedAtMs!).toBeLessThan(2 * 54_000);
   });
 
   test("a writer faster than the link (the diabolical one): the throttle steps up until the queue shrinks, then the source fences", () => {
@@ -78,15 +95,15 @@ describe("ConvergenceController", () => {
     expect(r.estimate!.totalMs).toBe(101);
   });
 
-  test("levels only climb: a fast fall of the estimate (the cap's own doing) does not lift the cap", () => {
-    const c = new ConvergenceController({ budgetMs: 10, windowMs: 1000 });
+  test("levels only climb, one a window while the pace misses the target; a fast fall (the cap's own doing) holds the level", () => {
+    const c = new ConvergenceController({ budgetMs: 10, windowMs: 1000, targetMs: 2000 });
     const at = (t: number, queue: number) => c.observe(t, { ...base, queuedBytes: queue }).level;
     at(0, 1_000_000);
-    at(1000, 1_000_000); // first window: a baseline
+    expect(at(1000, 1_000_000)).toBe(0); // first window: a baseline
     expect(at(2000, 1_000_000)).toBe(1); // no progress: up
     expect(at(3000, 1_000_000)).toBe(2);
-    expect(at(4000, 400_000)).toBe(2); // falling fast: held
-    expect(at(5000, 300_000)).toBe(2); // shrinking: held
+    expect(at(4000, 400_000)).toBe(2); // 600 ms of estimate gone in 1 s: 400 ms left fits the next second
+    expect(at(5000, 300_000)).toBe(3); // 100 ms in a second leaves 3 s: past the target, up
   });
 
   test("atLeast raises the level for pressure the estimate does not see (the log's bound)", () => {

@@ -274,7 +274,7 @@ export async function main(argv: string[]): Promise<void> {
     },
   });
   const base = mkdtempSync(join(tmpdir(), "wanmig-bench-downtime-"));
-  process.on("SIGINT", () => void cleanup().then(() => process.exit(130)));
+  for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => void cleanup().then(() => process.exit(130)));
   const ctx: Ctx = { image: join(base, "image"), sizeBytes: Number(values["image-mib"]) * MiB, secret: join(base, "secret"), port: 19000, timeoutMs: Number(values["timeout-s"]) * 1000 };
   await $`truncate -s ${ctx.sizeBytes} ${ctx.image}`;
   await $`dd if=/dev/urandom of=${ctx.image} bs=1M count=${values["data-mib"]} conv=notrunc status=none`;

@@ -36,6 +36,8 @@ export interface ConvergenceSettings {
   deadline?: { at: number; action: "abort" | "freeze"; text: string };
   /** The throttle level to start at (the bulk copy's throttle engaged: carry it on). */
   initialLevel?: number;
+  /** How long the catch-up should take (ms): the bulk copy's duration, so a writer costs about one more of it. */
+  targetMs?: number;
 }
 
 /** How catch-up ended: the estimate at the fence, and why the fence came early if it did. */
@@ -89,7 +91,7 @@ export class CatchUp {
     private readonly settings: ConvergenceSettings,
     private readonly onProgress?: (p: DeltasProgress) => void,
   ) {
-    this.controller = new ConvergenceController({ budgetMs: settings.budgetMs });
+    this.controller = new ConvergenceController({ budgetMs: settings.budgetMs, targetMs: settings.targetMs });
     if (settings.initialLevel) this.controller.atLeast(settings.initialLevel);
     this.link = new LinkMeter(settings.linkBytesPerMs);
   }

@@ -10,9 +10,12 @@
 //   - the fence and dirty-map calls to the serve, as measured;
 //   - one round trip (barrier out, DONE back), which no policy can shrink: the budget is
 //     for the rest, so a WAN's downtime is one RTT plus the budget.
-// Fence once the estimate fits. While it does not, and does not shrink either (the VM
-// writes as fast as the link ships), step the throttle up: each level halves the write rate
-// the VM is allowed, from just under the link's rate. Levels never come down within a
+// Fence once the estimate fits. While it does not, the throttle steps up whenever the
+// estimate is not shrinking fast enough to fit the budget by the target time (at the
+// pace of the last window): each level halves the write rate the VM is allowed, from just
+// under the link's rate. The target is the bulk copy's own duration (2 s at least), so a
+// migration under a writer takes about twice the time of one without: the paper's
+// diabolical writer must not stretch it to days, nor a LAN's to minutes. Levels never come down within a
 // migration: the estimate falls *because* of the cap, and lifting it (tried: a step down
 // when the estimate halved) let a full-speed writer rebuild the backlog within seconds.
 
@@ -56,8 +59,10 @@ export function estimateHandoff(i: HandoffInputs): HandoffEstimate {
 export interface ConvergenceOptions {
   /** --max-downtime: the budget for the hand-off's work, ms (one round trip comes on top). */
   budgetMs: number;
-  /** How long the estimate may go without shrinking before the throttle steps up. */
+  /** How often the pace is judged (ms). */
   windowMs?: number;
+  /** How long the catch-up should take from its start (ms): the pace it is held to. */
+  targetMs?: number;
   maxLevel?: number;
 }
 
@@ -68,8 +73,8 @@ export interface Verdict {
   level: number;
 }
 
-/** "Shrinking" means the window's best estimate is at least this much under the last window's. */
-const SHRINK = 0.9;
+/** The least time a catch-up is given, whatever the bulk copy took. */
+export const MIN_TARGET_MS = 2000;
 
 export class ConvergenceController {
   private level = 0;
@@ -77,11 +82,14 @@ export class ConvergenceController {
   private windowStart?: number;
   private windowBest = Number.POSITIVE_INFINITY;
   private lastBest = Number.POSITIVE_INFINITY;
+  private startedAt?: number;
   private readonly windowMs: number;
+  private readonly targetMs: number;
   private readonly maxLevel: number;
 
   constructor(private readonly opts: ConvergenceOptions) {
-    this.windowMs = opts.windowMs ?? 2000;
+    this.windowMs = opts.windowMs ?? 1000;
+    this.targetMs = Math.max(MIN_TARGET_MS, opts.targetMs ?? MIN_TARGET_MS);
     this.maxLevel = opts.maxLevel ?? 12;
   }
 
@@ -98,10 +106,16 @@ export class ConvergenceController {
   observe(now: number, inputs: HandoffInputs): Verdict {
     const estimate = estimateHandoff(inputs);
     if (estimate.workMs <= this.opts.budgetMs) return { fence: true, estimate, level: this.level };
+    this.startedAt ??= now;
     this.windowStart ??= now;
     this.windowBest = Math.min(this.windowBest, estimate.workMs);
     if (now - this.windowStart >= this.windowMs) {
-      if (this.windowBest > this.lastBest * SHRINK) this.level = Math.min(this.level + 1, this.maxLevel);
+      if (this.lastBest !== Number.POSITIVE_INFINITY) {
+        // At this window's pace, when would the estimate fit? Past the target (or never): up a level.
+        const pace = (this.lastBest - this.windowBest) / (now - this.windowStart);
+        const left = Math.max(this.windowMs, this.startedAt + this.targetMs - now);
+        if (pace <= 0 || (this.windowBest - this.opts.budgetMs) / pace > left) this.level = Math.min(this.level + 1, this.maxLevel);
+      }
       this.maxSeen = Math.max(this.maxSeen, this.level);
       this.lastBest = this.windowBest;
       this.windowBest = Number.POSITIVE_INFINITY;

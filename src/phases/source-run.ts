@@ -304,6 +304,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   let rttMs = 0;
   let bulkRate: number | undefined;
   let bulkThrottled = false;
+  let bulkMs = 0;
   const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0, baseBlocks: 0 };
   const carried = o.deltas === "paper" ? undefined : new BulkReadLog();
   const check = { image: status.image, digests: new RegionDigests(status.size) };
@@ -361,7 +362,8 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
           },
         }).finally(() => paced.stop());
         if (paced.engaged) bulkThrottled = true;
-        if (b.wireBytes > 4 * 1024 * 1024) bulkRate = b.wireBytes / (performance.now() - bulkAt);
+        bulkMs = performance.now() - bulkAt;
+        if (b.wireBytes > 4 * 1024 * 1024) bulkRate = b.wireBytes / bulkMs;
         bulk.bytesSent += b.bytesSent;
         bulk.wireBytes += b.wireBytes;
         bulk.zeroBlocks += b.zeroBlocks;
@@ -379,7 +381,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         coalesce: carried,
         onRecord: (r) => check.digests.markDirty(r.offset, r.length),
       });
-      const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, { budgetMs, rttMs, linkBytesPerMs: bulkRate, deadline, initialLevel: bulkThrottled ? BULK_LEVEL : 0 }, (p) =>
+      const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, { budgetMs, rttMs, linkBytesPerMs: bulkRate, deadline, initialLevel: bulkThrottled ? BULK_LEVEL : 0, targetMs: bulkMs }, (p) =>
         o.onEvent?.({ event: "progress", phase: "deltas", ...p }),
       );
       const converged = await catchUp.untilConverged(checkInterrupted);
