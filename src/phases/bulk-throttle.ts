@@ -15,8 +15,10 @@ import { type RecordingWatch, reportShipped } from "./recording-watch.ts";
 export const BULK_SHARE = 0.5;
 /** The catch-up controller's level with about that share (rateCap: 0.9 / 2): where it starts after an engaged bulk throttle. */
 export const BULK_LEVEL = 2;
-const EVERY_MS = 250;
+const EVERY_MS = 100;
 const WINDOW_MS = 2000;
+/** The first verdict comes this soon: a VM writing 300 MB/s fills a gigabyte of log in the seconds a full window would take. */
+const FIRST_VERDICT_MS = 200;
 
 /** The cap (bytes/s) for a log growing at `growth` bytes/ms beside a link of `link` wire bytes/ms; undefined: none needed. */
 export function bulkRateCap(growth: number, link: number | undefined, compressionRatio: number): number | undefined {
@@ -72,7 +74,7 @@ export class BulkThrottle {
       while (this.window.length > 2 && now - this.window[1]!.at >= WINDOW_MS) this.window.shift();
       const first = this.window[0]!;
       const dt = now - first.at;
-      if (dt >= WINDOW_MS / 2) {
+      if (dt >= FIRST_VERDICT_MS) {
         const ratio = this.raw > 0 ? this.wire / this.raw : 1;
         const cap = bulkRateCap((log - first.log) / dt, (this.wire - first.wire) / dt, ratio);
         // Once engaged it stays: a capped writer's growth no longer shows what it would write.
