@@ -211,11 +211,18 @@ async function runQsd(sc: Scenario, writer: string, row: string, ctx: Ctx, dir: 
     const t0 = performance.now();
     await q.execute("blockdev-add", { driver: "nbd", "node-name": "target", server: { type: "inet", host, port: String(hostPort) }, export: "vm" });
     await q.execute("blockdev-mirror", { "job-id": "m0", device: "disk", target: "target", sync: "full", "copy-mode": row === "qsd-write-blocking" ? "write-blocking" : "background" });
-    const job = async () => (await q.execute<{ device: string; ready: boolean; status: string }[]>("query-block-jobs")).find((j) => j.device === "m0");
+    // A QMP call that never answers (qsd stuck in a drain) must fail the row, not hang the bench.
+    const timed = <T>(p: Promise<T>): Promise<T> => Promise.race([p, Bun.sleep(30_000).then(() => Promise.reject(new Error("qemu-storage-daemon stopped answering QMP")))]);
+    const job = async () => (await timed(q.execute<{ device: string; ready: boolean; status: string }[]>("query-block-jobs"))).find((j) => j.device === "m0");
     await waitUntil(async () => (await job())?.ready === true, "the mirror to be ready", ctx.timeoutMs);
-    vm?.proc.kill("SIGSTOP"); // the VM pauses
+    // The VM pauses: the writer stops with nothing in flight (a SIGSTOP could leave a write
+    // half sent, and the mirror's drain would wait for it for ever).
     const pausedAt = performance.now();
-    await q.execute("block-job-cancel", { device: "m0" }); // after READY: finish the copy, keep the source
+    if (vm) {
+      vm.proc.kill("SIGUSR1");
+      await waitUntil(async () => vm.stdoutLines.some((l) => l.line.includes('"paused"')), "the writer to pause", 10_000);
+    }
+    await timed(q.execute("block-job-cancel", { device: "m0" })); // after READY: finish the copy, keep the source
     await waitUntil(async () => (await job()) === undefined, "the mirror to end", ctx.timeoutMs);
     const endedAt = performance.now();
     r.downtimeMs = Math.round(endedAt - pausedAt);
@@ -239,7 +246,6 @@ async function runQsd(sc: Scenario, writer: string, row: string, ctx: Ctx, dir: 
   } finally {
     qmp?.close();
     for (const p of procs.reverse()) {
-      p.proc.kill("SIGCONT");
       await p.stop();
     }
   }

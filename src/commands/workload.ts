@@ -21,6 +21,11 @@ export default defineCommand({
   async run({ args }) {
     if (args.log) setLogLevel(args.log);
     if (!patternNames.includes(args.pattern as PatternName)) throw new UsageError(`unknown pattern ${args.pattern}`, `use one of ${patternNames.join(", ")}`);
+    // SIGUSR1 pauses the writer as a VM pauses (nothing left in flight; with --json a
+    // "paused" line says so), SIGUSR2 resumes it: a benchmark's switchover of a peer tool.
+    let paused = false;
+    process.on("SIGUSR1", () => (paused = true));
+    process.on("SIGUSR2", () => (paused = false));
     const r = await runWorkload({
       socket: join(args["run-dir"], `${args.name}.nbd`),
       next: args["then-run-dir"] ? join(args["then-run-dir"], `${args.name}.nbd`) : undefined,
@@ -29,6 +34,8 @@ export default defineCommand({
       log: logger("workload"),
       // With --json, what was written so far, every 200 ms: a benchmark's measure of the writer.
       onProgress: args.json ? (p) => process.stdout.write(`${JSON.stringify({ event: "progress", at: Date.now(), ...p })}\n`) : undefined,
+      paused: () => paused,
+      onPaused: () => args.json && process.stdout.write(`${JSON.stringify({ event: "paused", at: Date.now() })}\n`),
     });
     process.stdout.write(
       args.json

@@ -31,6 +31,9 @@ export async function runWorkload(o: {
   durationMs: number;
   log: Logger;
   onProgress?: (p: { writes: number; bytesWritten: number; failedOps: number }) => void;
+  /** Polled before each operation: true stops issuing I/O (none left in flight) until false again. */
+  paused?: () => boolean;
+  onPaused?: () => void;
 }): Promise<WorkloadReport> {
   let client = await NbdClient.connect(o.socket);
   const r: WorkloadReport = { pattern: o.pattern, seconds: 0, reads: 0, writes: 0, bytesWritten: 0, longestStallMs: 0, disruptionMs: 0, failedOps: 0 };
@@ -56,6 +59,11 @@ export async function runWorkload(o: {
   const ops = pattern(o.pattern, client.size);
   const progress = o.onProgress && setInterval(() => o.onProgress!({ writes: r.writes, bytesWritten: r.bytesWritten, failedOps: r.failedOps }), PROGRESS_EVERY_MS);
   while (performance.now() - t0 < o.durationMs) {
+    if (o.paused?.()) {
+      o.onPaused?.();
+      while (o.paused()) await Bun.sleep(5);
+      lastDone = performance.now();
+    }
     const op = ops.next().value!;
     if (op.kind === "pause") {
       await Bun.sleep(op.ms);
