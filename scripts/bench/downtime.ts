@@ -217,10 +217,13 @@ async function runQsd(sc: Scenario, writer: string, row: string, ctx: Ctx, dir: 
     await waitUntil(async () => (await job())?.ready === true, "the mirror to be ready", ctx.timeoutMs);
     // The VM pauses: the writer stops with nothing in flight (a SIGSTOP could leave a write
     // half sent, and the mirror's drain would wait for it for ever).
-    const pausedAt = performance.now();
+    // Its downtime counts from when the writer stopped (a writer asleep between its
+    // operations, as static-web's 100 ms, answers late), as wanmig's from its fence.
+    let pausedAt = performance.now();
     if (vm) {
       vm.proc.kill("SIGUSR1");
       await waitUntil(async () => vm.stdoutLines.some((l) => l.line.includes('"paused"')), "the writer to pause", 10_000);
+      pausedAt = vm.stdoutLines.find((l) => l.line.includes('"paused"'))!.t;
     }
     await timed(q.execute("block-job-cancel", { device: "m0" })); // after READY: finish the copy, keep the source
     await waitUntil(async () => (await job()) === undefined, "the mirror to end", ctx.timeoutMs);
