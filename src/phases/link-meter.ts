@@ -16,7 +16,7 @@ export class LinkMeter {
     this.rate = initial && initial > 0 ? initial : undefined;
   }
 
-  /** `acked`: wire bytes acknowledged so far; `backlog`: whether anything waited to be sent or acknowledged now. */
+  /** `acked`: wire bytes acknowledged so far; `backlog`: whether bytes waited to be sent now (the link was kept busy). */
   observe(at: number, acked: number, backlog: boolean): void {
     const last = this.last;
     if (!last || acked < last.acked) {
