@@ -7,21 +7,12 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { ExitCode } from "../src/errors.ts";
 import { NbdErr } from "../src/disk/nbd-protocol.ts";
-import { type Hosts, hosts, MiB, removeHosts, source, spawnSource, writable } from "./helpers/migration.ts";
+import { type Hosts, hosts, MiB, removeHosts, source, spawnSource, writable, writeError } from "./helpers/migration.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { sh, startDest, startServe, wanmig } from "./helpers/serve-process.ts";
 import { lostWrites, mergeAcked, stressWriter, type StressPattern } from "./helpers/stress-writer.ts";
 
 afterAll(() => removeHosts());
-
-/** The NBD error a 4 KiB write at `offset` gets from the disk behind `socket`. */
-async function writeError(socket: string, offset = 0): Promise<number> {
-  const c = await RawNbd.connect(socket);
-  await c.go();
-  const err = await c.write(offset, Buffer.alloc(4096, 7));
-  c.disconnect();
-  return err;
-}
 
 async function freePort(): Promise<number> {
   const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });

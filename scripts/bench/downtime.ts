@@ -22,14 +22,14 @@
 // Every run checks the destination equals the source (cmp).
 
 import { $ } from "bun";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ControlClient } from "../../src/disk/control-client.ts";
 import { QmpClient } from "../../src/hypervisor/qmp.ts";
 import { logger } from "../../src/log.ts";
-import { BUN, cleanup, DEV_DST, DEV_SRC, DST_IP, identical, MAIN, MiB, netSetup, NS_DST, NS_SRC, Proc, proxyArgs, type Scenario, shape, tail, tuneTcpBuffers, waitUntil } from "./migrate.ts";
+import { BUN, cleanup, DEV_DST, DEV_SRC, DST_IP, identical, MAIN, rowHosts, MiB, netSetup, NS_DST, NS_SRC, Proc, proxyArgs, type Scenario, shape, tail, tuneTcpBuffers, waitUntil } from "./migrate.ts";
 
 const LINKS: Record<string, Scenario> = {
   loopback: { name: "loopback", rateSpec: "none", bps: 0, rttMs: 0 },
@@ -98,12 +98,7 @@ function writerProc(writer: string, runDir: string): Proc | undefined {
 
 async function runWanmig(sc: Scenario, writer: string, row: string, ctx: Ctx, dir: string): Promise<Run> {
   const r: Run = { link: sc.name, writer, row, ok: false };
-  const a = join(dir, "A");
-  const b = join(dir, "B");
-  mkdirSync(a);
-  mkdirSync(b);
-  const image = join(a, "vm.img");
-  await $`cp --sparse=always ${ctx.image} ${image}`;
+  const { a, b, image } = await rowHosts(dir, ctx.image);
   const procs: Proc[] = [];
   try {
     const serve = new Proc("serve", NS_SRC, [BUN, MAIN, "serve", "--name", "vm", "--image", image, "--run-dir", a, "--log", "warn"], false);
@@ -165,13 +160,8 @@ async function runWanmig(sc: Scenario, writer: string, row: string, ctx: Ctx, di
 
 async function runQsd(sc: Scenario, writer: string, row: string, ctx: Ctx, dir: string): Promise<Run> {
   const r: Run = { link: sc.name, writer, row, ok: false };
-  const a = join(dir, "A");
-  const b = join(dir, "B");
-  mkdirSync(a);
-  mkdirSync(b);
-  const image = join(a, "vm.img");
+  const { a, b, image } = await rowHosts(dir, ctx.image);
   const target = join(b, "vm.img");
-  await $`cp --sparse=always ${ctx.image} ${image}`;
   await $`truncate -s ${ctx.sizeBytes} ${target}`;
   const procs: Proc[] = [];
   let qmp: QmpClient | undefined;

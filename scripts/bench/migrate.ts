@@ -450,18 +450,24 @@ export async function waitUntil(check: () => Promise<boolean>, what: string, tim
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/** A row's two host directories, A holding a sparse copy of the bench's image. */
+export async function rowHosts(dir: string, template: string): Promise<{ a: string; b: string; image: string }> {
+  const a = join(dir, "A");
+  const b = join(dir, "B");
+  mkdirSync(a);
+  mkdirSync(b);
+  const image = join(a, "vm.img");
+  await $`cp --sparse=always ${template} ${image}`;
+  return { a, b, image };
+}
+
 export async function identical(a: string, b: string): Promise<boolean> {
   return (await $`cmp -s ${a} ${b}`.nothrow().quiet()).exitCode === 0;
 }
 
 async function runWanmig(sc: Scenario, row: RowDef, ctx: Ctx, dir: string): Promise<RowResult> {
   const r: RowResult = { scenario: sc.name, row: row.id, label: row.label, ok: false, rss: {}, notes: [] };
-  const a = join(dir, "A");
-  const b = join(dir, "B");
-  mkdirSync(a);
-  mkdirSync(b);
-  const image = join(a, "vm.img");
-  await $`cp --sparse=always ${ctx.image} ${image}`;
+  const { a, b, image } = await rowHosts(dir, ctx.image);
   const procs = new RowProcs();
   const start = procs.start.bind(procs);
   try {

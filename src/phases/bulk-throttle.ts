@@ -8,7 +8,6 @@
 // time in link time, and the catch-up controller takes over from there.
 
 import type { ControlClient } from "../disk/control-client.ts";
-import { statSync } from "node:fs";
 import { type RecordingWatch, reportShipped } from "./recording-watch.ts";
 
 /** The VM's share of the link during the bulk copy, once it writes faster than that. */
@@ -41,7 +40,6 @@ export class BulkThrottle {
   constructor(
     private readonly ctl: ControlClient,
     private readonly watch: RecordingWatch,
-    private readonly logPath: string,
   ) {}
 
   start(): void {
@@ -68,22 +66,23 @@ export class BulkThrottle {
     if (this.busy || this.failure) return;
     this.busy = true;
     try {
+      // The serve's answer carries the log's size: no stat of our own.
+      const answer = await reportShipped(this.ctl, this.watch, 0n, this.cap);
       const now = performance.now();
-      const log = statSync(this.logPath).size;
-      this.window.push({ at: now, log, wire: this.wire });
+      this.window.push({ at: now, log: answer.log?.bytes ?? 0, wire: this.wire });
       while (this.window.length > 2 && now - this.window[1]!.at >= WINDOW_MS) this.window.shift();
       const first = this.window[0]!;
+      const last = this.window.at(-1)!;
       const dt = now - first.at;
       if (dt >= FIRST_VERDICT_MS) {
         const ratio = this.raw > 0 ? this.wire / this.raw : 1;
-        const cap = bulkRateCap((log - first.log) / dt, (this.wire - first.wire) / dt, ratio);
+        const cap = bulkRateCap((last.log - first.log) / dt, (this.wire - first.wire) / dt, ratio);
         // Once engaged it stays: a capped writer's growth no longer shows what it would write.
         if (cap !== undefined) {
           this.cap = this.cap === undefined ? cap : Math.min(this.cap, cap);
           this.engaged = true;
         }
       }
-      await reportShipped(this.ctl, this.watch, 0n, this.cap);
     } catch (err) {
       this.failure = err;
     } finally {

@@ -70,7 +70,6 @@ export interface DeltasProgress {
 }
 
 export class CatchUp {
-  private reported = -1n;
   private lastReport = 0;
   private throttleLevel = 0;
   private lastProgress = 0;
@@ -145,7 +144,6 @@ export class CatchUp {
       this.controlMs = 0.7 * this.controlMs + 0.3 * (performance.now() - asked);
       this.throttleLevel = answer.level;
       if (answer.log) this.log = answer.log;
-      this.reported = d.lastRead;
       this.lastReport = Date.now();
     }
     // Rehash what the deltas so far touched now, while the VM runs, not in the downtime

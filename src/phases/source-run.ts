@@ -343,7 +343,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       if (ready.bulkOffset < status.size) {
         emit("bulk");
         const bulkAt = performance.now();
-        const paced = new BulkThrottle(ctl, watch!, logPath);
+        const paced = new BulkThrottle(ctl, watch!);
         paced.start();
         const b = await sendBulk(ch, status.image, {
           from: bulkResumeOffset(ready.bulkOffset, blockSize),

@@ -145,6 +145,15 @@ export async function missingWrites(socket: string, acked: Map<number, number>):
  * True when the disk behind `socket` takes a write now (not fenced, not held). It writes
  * the export's last sector, out of the way of the tests' writers, which start at 0.
  */
+/** The NBD error a 4 KiB write at `offset` gets from the disk behind `socket` (0: written). */
+export async function writeError(socket: string, offset = 0): Promise<number> {
+  const c = await RawNbd.connect(socket);
+  await c.go();
+  const err = await c.write(offset, Buffer.alloc(4096, 7));
+  c.disconnect();
+  return err;
+}
+
 export async function writable(socket: string): Promise<boolean> {
   const c = await RawNbd.connect(socket);
   await c.go();
