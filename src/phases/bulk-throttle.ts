@@ -78,9 +78,10 @@ export class BulkThrottle {
         const ratio = this.raw > 0 ? this.wire / this.raw : 1;
         const cap = bulkRateCap((last.log - first.log) / dt, (this.wire - first.wire) / dt, ratio);
         // Once engaged it stays: a capped writer's growth no longer shows what it would write.
-        if (cap !== undefined) {
-          this.cap = this.cap === undefined ? cap : Math.min(this.cap, cap);
+        if (cap !== undefined && (this.cap === undefined || cap < this.cap)) {
+          this.cap = cap;
           this.engaged = true;
+          await reportShipped(this.ctl, this.watch, 0n, this.cap); // at once, not a tick later
         }
       }
     } catch (err) {
