@@ -5,6 +5,7 @@
 //   npm run bench -- downtime [--links loopback,1gbit,wan] [--writers none,static-web,dynamic-web,diabolical,random-4k]
 //                             [--rows wanmig,wanmig-paper,qsd-background,qsd-write-blocking]
 //                             [--runs 5] [--wan-runs 1] [--image-mib 256] [--data-mib 32] [--timeout-s 600] [--json FILE]
+//                             [--events DIR]   (each wanmig run's NDJSON events and the writer's progress, to see why a row took long)
 //
 // The hosts, the link shaping (tc tbf) and the WAN's delay (a user-space proxy) are the
 // migration benchmark's (scripts/bench/migrate.ts). The writer is `wanmig workload`
@@ -89,6 +90,7 @@ interface Ctx {
   secret: string;
   port: number;
   timeoutMs: number;
+  eventsDir?: string;
 }
 
 function writerProc(writer: string, runDir: string): Proc | undefined {
@@ -155,7 +157,22 @@ async function runWanmig(sc: Scenario, writer: string, row: string, ctx: Ctx, di
     return r;
   } finally {
     for (const p of procs.reverse()) await p.stop();
+    if (ctx.eventsDir) await saveEvents(ctx.eventsDir, `${sc.name}-${writer}-${row}-${ctx.port}`, procs);
   }
+}
+
+function parsed(line: string): unknown {
+  try {
+    return JSON.parse(line);
+  } catch {
+    return line;
+  }
+}
+
+/** Every process's stdout lines, stamped with their arrival (ms since the bench started). */
+async function saveEvents(dir: string, label: string, procs: Proc[]): Promise<void> {
+  const lines = procs.flatMap((p) => p.stdoutLines.map(({ t, line }) => JSON.stringify({ t: Math.round(t), proc: p.name, e: parsed(line) })));
+  await Bun.write(join(dir, `${label}.ndjson`), `${lines.join("\n")}\n`);
 }
 
 async function runQsd(sc: Scenario, writer: string, row: string, ctx: Ctx, dir: string): Promise<Run> {
@@ -275,11 +292,13 @@ export async function main(argv: string[]): Promise<void> {
       "data-mib": { type: "string", default: "32" },
       "timeout-s": { type: "string", default: "600" },
       json: { type: "string" },
+      events: { type: "string" },
     },
   });
   const base = mkdtempSync(join(tmpdir(), "wanmig-bench-downtime-"));
   for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => void cleanup().then(() => process.exit(130)));
-  const ctx: Ctx = { image: join(base, "image"), sizeBytes: Number(values["image-mib"]) * MiB, secret: join(base, "secret"), port: 19000, timeoutMs: Number(values["timeout-s"]) * 1000 };
+  const ctx: Ctx = { image: join(base, "image"), sizeBytes: Number(values["image-mib"]) * MiB, secret: join(base, "secret"), port: 19000, timeoutMs: Number(values["timeout-s"]) * 1000, eventsDir: values.events };
+  if (ctx.eventsDir) await $`mkdir -p ${ctx.eventsDir}`;
   await $`truncate -s ${ctx.sizeBytes} ${ctx.image}`;
   await $`dd if=/dev/urandom of=${ctx.image} bs=1M count=${values["data-mib"]} conv=notrunc status=none`;
   await Bun.write(ctx.secret, Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex"));

@@ -72,6 +72,11 @@ export class Channel {
   rate?: TokenBucket;
   bytesSent = 0;
   bytesReceived = 0;
+
+  /** Bytes queued here and not yet handed to the socket: the link is the bottleneck while there are any. */
+  unsentBytes(): number {
+    return this.out.queued;
+  }
   /** We told the peer we give up (so an abort path does not say it twice). */
   errorSent = false;
   /** Over TCP: this end's and the peer's addresses (the network redirect's tunnel endpoints). */

@@ -19,20 +19,36 @@ const WINDOW_MS = 2000;
 /** The first verdict comes this soon: a VM writing 300 MB/s fills a gigabyte of log in the seconds a full window would take. */
 const FIRST_VERDICT_MS = 200;
 
-/** The cap (bytes/s) for a log growing at `growth` bytes/ms beside a link of `link` wire bytes/ms; undefined: none needed. */
-export function bulkRateCap(growth: number, link: number | undefined, compressionRatio: number): number | undefined {
+/**
+ * The cap (bytes/s) for a log growing at `growth` bytes/ms beside a link of `link` wire
+ * bytes/ms; undefined: none needed. The VM's writes are taken as incompressible: how the
+ * bulk compresses says nothing of them (on the WAN a bulk of half-zero blocks went 2:1
+ * while the writer's data did not compress at all, and the cap let it write 1.5x the link).
+ * The catch-up measures the deltas' own ratio.
+ */
+export function bulkRateCap(growth: number, link: number | undefined): number | undefined {
   if (!link) return undefined;
-  const allowance = (BULK_SHARE * link) / Math.max(compressionRatio, 0.01); // raw bytes per ms
+  const allowance = BULK_SHARE * link; // bytes per ms
   return growth > allowance ? Math.max(4096, Math.floor(allowance * 1000)) : undefined;
+}
+
+/** The stream's sending side, frame by frame (the bulk's own progress comes per chunk: seconds apart on a slow link). */
+export interface WireGauge {
+  /** Bytes handed to the socket so far. */
+  handed(): number;
+  /** Whether bytes wait to be handed: the link, not the reader, is the bottleneck now. */
+  backlog(): boolean;
 }
 
 export class BulkThrottle {
   private timer?: ReturnType<typeof setInterval>;
   private failure?: unknown;
-  private window: { at: number; log: number; wire: number }[] = [];
-  private wire = 0;
-  private raw = 0;
-  private cap?: number;
+  private window: { at: number; log: number; handed: number }[] = [];
+  /** Where the stream stood when a backlog first showed: the kernel's buffers were full by then. */
+  private backlogFrom?: { at: number; handed: number };
+  private linkRate?: number;
+  /** The cap in force (bytes/s), once engaged. */
+  cap?: number;
   private busy = false;
   /** The highest cap's level, for the migration's throttle steps (1 once engaged). */
   engaged = false;
@@ -40,16 +56,30 @@ export class BulkThrottle {
   constructor(
     private readonly ctl: ControlClient,
     private readonly watch: RecordingWatch,
+    private readonly wire: WireGauge,
   ) {}
 
   start(): void {
     this.timer = setInterval(() => void this.tick(), EVERY_MS);
   }
 
-  /** The bulk copy's totals so far: raw bytes read and wire bytes sent. */
-  noteBulk(rawBytes: number, wireBytes: number): void {
-    this.raw = rawBytes;
-    this.wire = wireBytes;
+  /** The link's rate (wire bytes/ms) measured while the bulk kept it busy, if it ever did. */
+  linkBytesPerMs(): number | undefined {
+    return this.linkRate;
+  }
+
+  /**
+   * The link's rate: what went out since a backlog first showed, over the time since. Short
+   * samples taken only while a backlog existed read twice the WAN's rate (they pick the
+   * moments buffers along the path had just been freed); the long run cannot. Holes scanned
+   * later, with nothing to send, make it read low: a cap too strict, not too loose.
+   */
+  private measureLink(now: number, handed: number): void {
+    if (!this.backlogFrom) {
+      if (this.wire.backlog()) this.backlogFrom = { at: now, handed };
+      return;
+    }
+    if (now - this.backlogFrom.at >= FIRST_VERDICT_MS) this.linkRate = (handed - this.backlogFrom.handed) / (now - this.backlogFrom.at) || undefined;
   }
 
   /** Throws what went wrong in the background (the serve lost the recording): called before each bulk read. */
@@ -69,14 +99,19 @@ export class BulkThrottle {
       // The serve's answer carries the log's size: no stat of our own.
       const answer = await reportShipped(this.ctl, this.watch, 0n, this.cap);
       const now = performance.now();
-      this.window.push({ at: now, log: answer.log?.bytes ?? 0, wire: this.wire });
+      const handed = this.wire.handed();
+      this.measureLink(now, handed);
+      this.window.push({ at: now, log: answer.log?.bytes ?? 0, handed });
       while (this.window.length > 2 && now - this.window[1]!.at >= WINDOW_MS) this.window.shift();
       const first = this.window[0]!;
       const last = this.window.at(-1)!;
       const dt = now - first.at;
       if (dt >= FIRST_VERDICT_MS) {
-        const ratio = this.raw > 0 ? this.wire / this.raw : 1;
-        const cap = bulkRateCap((last.log - first.log) / dt, (this.wire - first.wire) / dt, ratio);
+        // Without a backlog ever (a link faster than the reader) what went out in the window
+        // is what we can ship; a window spent scanning holes ships nothing, and then no
+        // verdict is better than a cap of zero.
+        const link = this.linkRate ?? ((handed - first.handed) / dt || undefined);
+        const cap = bulkRateCap((last.log - first.log) / dt, link);
         // Once engaged it stays: a capped writer's growth no longer shows what it would write.
         if (cap !== undefined && (this.cap === undefined || cap < this.cap)) {
           this.cap = cap;

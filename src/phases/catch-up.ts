@@ -9,7 +9,7 @@ import type { RegionDigests } from "../disk/region-digest.ts";
 import type { DeltaStreamer } from "./deltas.ts";
 import { DeltasError } from "./errors.ts";
 import { type RecordingWatch, reportShipped } from "./recording-watch.ts";
-import { ConvergenceController, type HandoffEstimate, rateCap, type Verdict } from "./convergence.ts";
+import { ConvergenceController, estimateHandoff, type HandoffEstimate, type HandoffInputs, rateCap, type Verdict } from "./convergence.ts";
 import { LinkMeter } from "./link-meter.ts";
 
 const DRAIN_ACKS_MAX_MS = 2000;
@@ -105,11 +105,15 @@ export class CatchUp {
     return Math.max(MIN_WINDOW_BYTES, rate ? rate * (2 * this.settings.rttMs + WINDOW_SPAN_MS) : 0);
   }
 
+  private bulkAcked(): boolean {
+    return this.deltas.ackedBulk >= this.size;
+  }
+
   /** The controller's look at the hand-off, were the source fenced now. */
   private assess(): Verdict {
     const d = this.deltas;
     const queued = d.pendingBytes();
-    const v = this.controller.observe(performance.now(), {
+    const inputs: HandoffInputs = {
       queuedBytes: queued,
       unackedWireBytes: d.unackedBytes(),
       compressionRatio: d.compressionRatio(),
@@ -119,7 +123,10 @@ export class CatchUp {
       hashBytes: queued + this.check.digests.pendingBytes(),
       hashBytesPerMs: this.check.digests.hashRate(),
       controlMs: 2 * this.controlMs, // the fence, then the dirty map
-    });
+    };
+    // Until the destination has the whole bulk copy, its tail shares the link (up to a
+    // channel's worth of it queued): no fence, and no verdict on a pace the deltas do not set.
+    const v = this.bulkAcked() ? this.controller.observe(performance.now(), inputs) : { fence: false, estimate: estimateHandoff(inputs), level: this.controller.currentLevel };
     this.verdict = v;
     return v;
   }
@@ -132,7 +139,7 @@ export class CatchUp {
     // Only unsent bytes mean the link was kept busy: bytes merely in flight behind a trickle
     // of writes would measure the writer (on the WAN under dynamic-web the rate sank to the
     // writer's, the estimate grew without end, and the migration never fenced).
-    this.link.observe(performance.now(), d.ackedWireBytes, d.pendingBytes() > 0);
+    if (this.bulkAcked()) this.link.observe(performance.now(), d.ackedWireBytes, d.pendingBytes() > 0);
     // A request to the serve per round (every few ms while memory moves) would be most of
     // the round's cost; the throttle needs the queue's size, not each step of it. The same
     // answer brings the serve's dirty map, marked before the rehash below.
@@ -178,7 +185,7 @@ export class CatchUp {
       await this.round();
       const d = this.deltas;
       const v = this.assess();
-      if (d.ackedBulk >= this.size && v.fence) {
+      if (v.fence) {
         await this.drainAcks();
         return { estimate: v.estimate };
       }
@@ -194,7 +201,7 @@ export class CatchUp {
       if (deadline && performance.now() >= deadline.at) {
         const left = `${Math.round(v.estimate.totalMs)} ms of hand-off estimated against a budget of ${this.settings.budgetMs} ms`;
         if (deadline.action === "abort") throw new DeltasError(`the migration did not converge within --timeout ${deadline.text} (${left})`);
-        if (d.ackedBulk >= this.size) {
+        if (this.bulkAcked()) {
           await this.drainAcks();
           return { estimate: v.estimate, frozen: `--timeout ${deadline.text} reached: fenced with ${left}` };
         }

@@ -73,6 +73,11 @@ export interface Verdict {
   level: number;
 }
 
+/** The measured rates of a look, to cost another look's amounts with. */
+function rates(i: HandoffInputs): Pick<HandoffInputs, "linkBytesPerMs" | "hashBytesPerMs" | "compressionRatio" | "controlMs"> {
+  return { linkBytesPerMs: i.linkBytesPerMs, hashBytesPerMs: i.hashBytesPerMs, compressionRatio: i.compressionRatio, controlMs: i.controlMs };
+}
+
 /** The least time a catch-up is given, whatever the bulk copy took. */
 export const MIN_TARGET_MS = 2000;
 
@@ -80,8 +85,9 @@ export class ConvergenceController {
   private level = 0;
   private maxSeen = 0;
   private windowStart?: number;
-  private windowBest = Number.POSITIVE_INFINITY;
-  private lastBest = Number.POSITIVE_INFINITY;
+  /** The window's best (least work) inputs, and the last window's: compared at the rates measured now. */
+  private windowBest?: HandoffInputs;
+  private lastBest?: HandoffInputs;
   private startedAt?: number;
   private readonly windowMs: number;
   private readonly targetMs: number;
@@ -108,17 +114,23 @@ export class ConvergenceController {
     if (estimate.workMs <= this.opts.budgetMs) return { fence: true, estimate, level: this.level };
     this.startedAt ??= now;
     this.windowStart ??= now;
-    this.windowBest = Math.min(this.windowBest, estimate.workMs);
+    if (!this.windowBest || estimate.workMs < estimateHandoff(this.windowBest).workMs) this.windowBest = inputs;
     if (now - this.windowStart >= this.windowMs) {
-      if (this.lastBest !== Number.POSITIVE_INFINITY) {
-        // At this window's pace, when would the estimate fit? Past the target (or never): up a level.
-        const pace = (this.lastBest - this.windowBest) / (now - this.windowStart);
+      if (this.lastBest) {
+        // At this window's pace, when would the estimate fit? Past the target (or never): up a
+        // level. Both ends are costed at the rates measured now: a link rate that sank (or
+        // rose) would otherwise read as the backlog growing (or shrinking). On the WAN the
+        // bulk's tail still crossing made the first samples low, and the level climbed to
+        // the floor in seconds.
+        const then = estimateHandoff({ ...this.lastBest, ...rates(inputs) }).workMs;
+        const best = estimateHandoff({ ...this.windowBest, ...rates(inputs) }).workMs;
+        const pace = (then - best) / (now - this.windowStart);
         const left = Math.max(this.windowMs, this.startedAt + this.targetMs - now);
-        if (pace <= 0 || (this.windowBest - this.opts.budgetMs) / pace > left) this.level = Math.min(this.level + 1, this.maxLevel);
+        if (pace <= 0 || (best - this.opts.budgetMs) / pace > left) this.level = Math.min(this.level + 1, this.maxLevel);
       }
       this.maxSeen = Math.max(this.maxSeen, this.level);
       this.lastBest = this.windowBest;
-      this.windowBest = Number.POSITIVE_INFINITY;
+      this.windowBest = undefined;
       this.windowStart = now;
     }
     return { fence: false, estimate, level: this.level };

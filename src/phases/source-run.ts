@@ -343,7 +343,8 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       if (ready.bulkOffset < status.size) {
         emit("bulk");
         const bulkAt = performance.now();
-        const paced = new BulkThrottle(ctl, watch!);
+        const stream = ch;
+        const paced = new BulkThrottle(ctl, watch!, { handed: () => stream.bytesSent - stream.unsentBytes(), backlog: () => stream.unsentBytes() > 0 });
         paced.start();
         const b = await sendBulk(ch, status.image, {
           from: bulkResumeOffset(ready.bulkOffset, blockSize),
@@ -357,13 +358,13 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
           },
           afterRead: (offset, chunk) => check.digests.noteData(offset, chunk),
           onProgress: (p) => {
-            paced.noteBulk(p.bytesSent, p.wireBytes);
-            o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: bulk.bytesSent + p.bytesSent });
+            o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: bulk.bytesSent + p.bytesSent, rateCap: paced.cap });
           },
         }).finally(() => paced.stop());
         if (paced.engaged) bulkThrottled = true;
         bulkMs = performance.now() - bulkAt;
-        if (b.wireBytes > 4 * 1024 * 1024) bulkRate = b.wireBytes / bulkMs;
+        // The catch-up's first link rate: as measured under backlog, else what the bulk averaged.
+        bulkRate = paced.linkBytesPerMs() ?? (b.wireBytes > 4 * 1024 * 1024 ? b.wireBytes / bulkMs : undefined);
         bulk.bytesSent += b.bytesSent;
         bulk.wireBytes += b.wireBytes;
         bulk.zeroBlocks += b.zeroBlocks;
