@@ -15,6 +15,8 @@ import { LinkMeter } from "./link-meter.ts";
 const DRAIN_ACKS_MAX_MS = 2000;
 const PROGRESS_EVERY_MS = 250;
 const SHIP_REPORT_EVERY_MS = 50;
+/** The keeper reports when no round has for this long: well inside the serve's 2 s lease. */
+const LEASE_KEEP_MS = 500;
 /**
  * Unacknowledged bytes a round may leave in flight: enough to keep the link busy between
  * ACKs (the destination sends one every 200 ms, sooner when idle) and across the round
@@ -71,6 +73,8 @@ export interface DeltasProgress {
 
 export class CatchUp {
   private lastReport = 0;
+  private reporting?: Promise<void>;
+  private keeperFailure: () => unknown = () => undefined;
   private throttleLevel = 0;
   private lastProgress = 0;
   private rounds = 0;
@@ -103,6 +107,40 @@ export class CatchUp {
   private window(): number {
     const rate = this.link.bytesPerMs();
     return Math.max(MIN_WINDOW_BYTES, rate ? rate * (2 * this.settings.rttMs + WINDOW_SPAN_MS) : 0);
+  }
+
+  /** One report at a time: the keeper's and a round's would otherwise race on the serve's seq. */
+  private report(): Promise<void> {
+    this.reporting ??= (async () => {
+      const d = this.deltas;
+      this.cap = rateCap(this.controller.currentLevel, this.link.bytesPerMs(), d.compressionRatio());
+      const asked = performance.now();
+      const answer = await reportShipped(this.ctl, this.watch, d.lastRead, this.cap);
+      this.controlMs = 0.7 * this.controlMs + 0.3 * (performance.now() - asked);
+      this.throttleLevel = answer.level;
+      if (answer.log) this.log = answer.log;
+      this.lastReport = Date.now();
+    })().finally(() => (this.reporting = undefined));
+    return this.reporting;
+  }
+
+  /**
+   * Renews the cap's lease while a round is stuck in a send: on the WAN the bulk copy's
+   * tail (a channel's 8 MiB) takes 13 s to drain, the 2 s lease lapsed, and a random-4K
+   * writer wrote 700 MB unchecked. Runs only inside untilConverged: a report takes the
+   * serve's dirty map, and the hand-off must be the only one taking it after the fence.
+   */
+  private keepLease(): () => Promise<void> {
+    let failure: unknown;
+    const timer = setInterval(() => {
+      if (Date.now() - this.lastReport >= LEASE_KEEP_MS) this.report().catch((err) => (failure ??= err));
+    }, LEASE_KEEP_MS / 2);
+    this.keeperFailure = () => failure;
+    return async () => {
+      clearInterval(timer);
+      await this.reporting?.catch(() => undefined);
+      this.keeperFailure = () => undefined;
+    };
   }
 
   private bulkAcked(): boolean {
@@ -143,16 +181,7 @@ export class CatchUp {
     // A request to the serve per round (every few ms while memory moves) would be most of
     // the round's cost; the throttle needs the queue's size, not each step of it. The same
     // answer brings the serve's dirty map, marked before the rehash below.
-    if (Date.now() - this.lastReport >= SHIP_REPORT_EVERY_MS) {
-      const level = this.controller.currentLevel;
-      this.cap = rateCap(level, this.link.bytesPerMs(), d.compressionRatio());
-      const asked = performance.now();
-      const answer = await reportShipped(this.ctl, this.watch, d.lastRead, this.cap);
-      this.controlMs = 0.7 * this.controlMs + 0.3 * (performance.now() - asked);
-      this.throttleLevel = answer.level;
-      if (answer.log) this.log = answer.log;
-      this.lastReport = Date.now();
-    }
+    if (Date.now() - this.lastReport >= SHIP_REPORT_EVERY_MS) await this.report();
     // Rehash what the deltas so far touched now, while the VM runs, not in the downtime
     // (the first round also hashes regions no bulk chunk covered whole: a resumed copy).
     this.check.digests.refresh(this.check.image, { all: this.rounds++ === 0 });
@@ -180,8 +209,21 @@ export class CatchUp {
    * writes go on) and we abort. At the --timeout deadline: abort, or fence as things are.
    */
   async untilConverged(check?: () => void): Promise<Converged> {
+    // The bulk throttle's cap stands until this first report replaces it.
+    await this.report();
+    const stopKeeper = this.keepLease();
+    try {
+      return await this.converge(check);
+    } finally {
+      await stopKeeper();
+    }
+  }
+
+  private async converge(check?: () => void): Promise<Converged> {
     for (let n = 0; ; n++) {
       check?.();
+      const keeper = this.keeperFailure();
+      if (keeper) throw keeper;
       await this.round();
       const d = this.deltas;
       const v = this.assess();

@@ -360,8 +360,10 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
           onProgress: (p) => {
             o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: bulk.bytesSent + p.bytesSent, rateCap: paced.cap });
           },
-        }).finally(() => paced.stop());
-        if (paced.engaged) bulkThrottled = true;
+        }).catch((err) => {
+          paced.stop();
+          throw err;
+        });
         bulkMs = performance.now() - bulkAt;
         // The catch-up's first link rate: as measured under backlog, else what the bulk averaged.
         bulkRate = paced.linkBytesPerMs() ?? (b.wireBytes > 4 * 1024 * 1024 ? b.wireBytes / bulkMs : undefined);
@@ -370,7 +372,10 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         bulk.zeroBlocks += b.zeroBlocks;
         bulk.dataBlocks += b.dataBlocks;
         bulk.baseBlocks += b.baseBlocks;
-        await ch.send(msg.bulkEnd(status.size));
+        // Its cap is renewed until the catch-up's first report: this send can wait for the
+        // bulk's tail to drain (13 s on the WAN), past the cap's 2 s lease.
+        await ch.send(msg.bulkEnd(status.size)).finally(() => paced.stop());
+        if (paced.engaged) bulkThrottled = true;
         o.log.info(`bulk copy done: ${b.dataBlocks} blocks sent, ${b.zeroBlocks} zero blocks skipped${ready.base ? `, ${b.baseBlocks} already in the destination's base` : ""}`);
       }
 
