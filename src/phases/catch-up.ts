@@ -74,7 +74,8 @@ export interface DeltasProgress {
 export class CatchUp {
   private lastReport = 0;
   private reporting?: Promise<void>;
-  private keeperFailure: () => unknown = () => undefined;
+  /** What a keeper's report threw: raised by the next round of untilConverged. */
+  private keeperFailure?: unknown;
   private throttleLevel = 0;
   private lastProgress = 0;
   private rounds = 0;
@@ -131,15 +132,12 @@ export class CatchUp {
    * serve's dirty map, and the hand-off must be the only one taking it after the fence.
    */
   private keepLease(): () => Promise<void> {
-    let failure: unknown;
     const timer = setInterval(() => {
-      if (Date.now() - this.lastReport >= LEASE_KEEP_MS) this.report().catch((err) => (failure ??= err));
+      if (Date.now() - this.lastReport >= LEASE_KEEP_MS) this.report().catch((err) => (this.keeperFailure ??= err));
     }, LEASE_KEEP_MS / 2);
-    this.keeperFailure = () => failure;
     return async () => {
       clearInterval(timer);
       await this.reporting?.catch(() => undefined);
-      this.keeperFailure = () => undefined;
     };
   }
 
@@ -222,8 +220,7 @@ export class CatchUp {
   private async converge(check?: () => void): Promise<Converged> {
     for (let n = 0; ; n++) {
       check?.();
-      const keeper = this.keeperFailure();
-      if (keeper) throw keeper;
+      if (this.keeperFailure) throw this.keeperFailure;
       await this.round();
       const d = this.deltas;
       const v = this.assess();
