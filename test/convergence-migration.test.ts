@@ -9,6 +9,7 @@ import { NbdErr } from "../src/disk/nbd-protocol.ts";
 import { hosts, MiB, removeHosts, spawnSource, withPair, writable, writeError } from "./helpers/migration.ts";
 import { sh, startDest, startServe } from "./helpers/serve-process.ts";
 import { lostWrites, stressWriter, type StressPattern } from "./helpers/stress-writer.ts";
+import { startProxy } from "./helpers/proxy.ts";
 
 afterAll(() => removeHosts());
 
@@ -34,6 +35,33 @@ describe("a writer as hard as it can, on a link it outruns", () => {
       });
     }, 120_000);
   }
+});
+
+describe("copy passes: the image's content in place of a log that rewrites it", () => {
+  test("a link cut mid-pass: the source resumes from before the pass, and ends identical with nothing acknowledged lost", async () => {
+    const h = await hosts(64, 8);
+    await withPair(h, async ({ srv, dst }) => {
+      const proxy = startProxy(dst.port);
+      // 1 MiB writes over 16 MiB as fast as they go: the log soon holds many times 16 MiB.
+      const w = await stressWriter(srv.socket, { pattern: "seq1m", bytes: 16 * MiB });
+      try {
+        const run = spawnSource(h, proxy.port, ["--insecure", "--bandwidth", "4MB"]);
+        await run.waitEvent((e) => e.phase === "deltas" && (e.copyLeftBytes as number) > 0, 60_000);
+        proxy.cut();
+        const { code, stderr, done } = await run.result();
+        await w.stop();
+        expect(code, stderr).toBe(0);
+        expect(stderr).toContain("reconnecting");
+        expect(done!.copyPasses as number).toBeGreaterThan(0);
+        await sh(["cmp", h.image, h.destImage]);
+        expect(lostWrites(h.destImage, w.acked)).toEqual([]);
+        expect(await writeError(srv.socket)).toBe(NbdErr.EPERM);
+        expect(await writable(dst.socket)).toBe(true);
+      } finally {
+        proxy.stop();
+      }
+    });
+  }, 120_000);
 });
 
 describe("--timeout", () => {

@@ -14,7 +14,10 @@ const all: Message[] = [
   msg.zero(65536, 1 << 20),
   msg.delta({ seq: 2n ** 63n + 5n, op: DeltaOp.DATA, offset: 4096, length: 3, compressed: false, data: Buffer.from([7, 8, 9]) }),
   msg.delta({ seq: 9n, op: DeltaOp.ZERO, offset: 0, length: 512, compressed: false, data: new Uint8Array(0) }),
+  msg.delta({ seq: 12n, op: DeltaOp.COPY, offset: 8192, length: 2, compressed: false, data: Buffer.from([1, 2]) }),
+  msg.delta({ seq: 12n, op: DeltaOp.COPY_END, offset: 1 << 20, length: 1 << 20, compressed: true, data: Buffer.from([9]) }),
   msg.ack(2 ** 33, 77n),
+  msg.ack(0, 5n, 3),
   msg.bulkEnd(10 * 2 ** 30),
   msg.barrier(1000n, 4096, "00".repeat(32)),
   msg.checksum("22".repeat(32)),
@@ -89,12 +92,15 @@ describe("frames", () => {
     };
     expect(() => new FrameDecoder().push(frame(MsgType.HELLO, Buffer.from('{"name":"x"}')))).toThrow("lacks required fields");
     expect(() => new FrameDecoder().push(frame(MsgType.AUTH, Buffer.from("{not json")))).toThrow("not JSON");
-    expect(() => new FrameDecoder().push(frame(MsgType.ACK, Buffer.alloc(3)))).toThrow("needs at least 16");
+    expect(() => new FrameDecoder().push(frame(MsgType.ACK, Buffer.alloc(3)))).toThrow("needs at least 24");
     expect(() => new FrameDecoder().push(frame(MsgType.BASE_HASHES, Buffer.alloc(8 + 17)))).toThrow("not a whole number of hashes");
     const lie = Buffer.alloc(12 + 3);
     lie.writeUInt32BE(10, 8);
     expect(() => new FrameDecoder().push(frame(MsgType.BULK, lie))).toThrow("says 10 bytes but carries 3");
     expect(() => new FrameDecoder().push(frame(MsgType.ACK, Buffer.alloc(16), 0x80))).toThrow("unknown flags");
+    const op5 = Buffer.alloc(21);
+    op5.writeUInt8(5, 8);
+    expect(() => new FrameDecoder().push(frame(MsgType.DELTA, op5))).toThrow("unknown op 5");
     try {
       new FrameDecoder().push(frame(MsgType.ZERO, Buffer.alloc(2)));
       throw new Error("not rejected");

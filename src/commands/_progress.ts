@@ -38,8 +38,9 @@ export function progressReporter(out: { write(s: string): unknown; isTTY?: boole
         draw(`bulk ${((done / size) * 100).toFixed(1)}%  ${formatBytes(done)}/${formatBytes(size)}  sent ${formatBytes(e.bytesSent as number)} at ${formatBytes(rate)}/s  ETA ${formatEta(eta)}`);
       } else if (e.phase === "deltas") {
         const cap = e.rateCap ? ` (VM writes held to ${formatBytes(e.rateCap as number)}/s)` : "";
+        const copying = e.copyLeftBytes ? ` (a copy pass: ${formatBytes(e.copyLeftBytes as number)} of it)` : "";
         draw(
-          `deltas: ${e.deltasSent} sent, ${formatBytes(e.queuedBytes as number)} queued, ${formatBytes(e.unackedBytes as number)} unacked; ` +
+          `deltas: ${e.deltasSent} sent, ${formatBytes(e.queuedBytes as number)} queued${copying}, ${formatBytes(e.unackedBytes as number)} unacked; ` +
             `hand-off ~${e.estimateMs} ms, budget ${e.budgetMs} ms; throttle level ${e.throttleLevel}${cap}`,
         );
       }

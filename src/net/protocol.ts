@@ -17,9 +17,13 @@
 //     |                                                        |  blocks that differ
 //     | BULK offset [zstd] data | ZERO offset length   ...      |  bulk copy, in order
 //     | BULK_END  {size}                                        |
-//     | DELTA seq kind offset length data              ...      |  deltas, in seq order
+//     | DELTA seq kind offset length data              ...      |  deltas, in seq order;
+//     |                                                        |  or a copy pass: COPY ..
+//     |                                                        |  COPY_END, image content
+//     |                                                        |  standing for records <= seq
 //     |------------------------------------------------------->|
-//     | ACK bulkOffset seq    (applied up to here)              |  after bursts
+//     | ACK bulkOffset seq copied (applied up to here, and     |  after bursts
+//     |     frames of the open copy pass)                      |
 //     |<-------------------------------------------------------|
 //     | REDIRECT  {tunnel: mode, iface, vni, table, oldIp,      |  optional, before the
 //     |            sourceAddr, destAddr}                       |  VM pauses: dest sets
@@ -62,12 +66,13 @@
 // Versioning: HELLO carries PROTOCOL_VERSION; dest refuses another major version with
 // ERROR before anything else is said. 2: region digest, base hashes, the recording named
 // in HELLO; 3: REDIRECT; 4: recovery (READY.verified, ROLLBACK, ROLLED_BACK); 5: the
-// digest's pieces are 4 KiB (another digest value for the same image). New message types need a new version; unknown
+// digest's pieces are 4 KiB (another digest value for the same image); 6: copy passes
+// (DELTA ops COPY and COPY_END, ACK's `copied`). New message types need a new version; unknown
 // types, oversize lengths and bad checksums are errors, never guesses.
 
 import { ProtocolError } from "./errors.ts";
 
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 6;
 export const FRAME_MAGIC = 0x574d4731; // "WMG1"
 export const FRAME_HEADER_LEN = 12;
 export const FRAME_TRAILER_LEN = 4;
@@ -97,7 +102,15 @@ export const MsgType = {
 export type MsgTypeValue = (typeof MsgType)[keyof typeof MsgType];
 
 export const Flag = { ZSTD: 1 } as const;
-export const DeltaOp = { DATA: 1, ZERO: 2 } as const;
+/**
+ * DATA and ZERO replay one record of the delta log. COPY and COPY_END carry the image's
+ * current content over a range instead, in a copy pass that stands for every record up
+ * to its `seq` (copy-pass.ts says why that is the same result): all of a pass's frames
+ * carry that seq, and only COPY_END advances the destination's next sequence, so a
+ * stream broken mid-pass resumes from before the pass.
+ */
+export const DeltaOp = { DATA: 1, ZERO: 2, COPY: 3, COPY_END: 4 } as const;
+export const isCopyOp = (op: number): boolean => op === DeltaOp.COPY || op === DeltaOp.COPY_END;
 
 export interface Hello {
   type: typeof MsgType.HELLO;
@@ -155,6 +168,8 @@ export interface Ack {
   bulkOffset: number;
   /** Every delta below this sequence number is applied. */
   nextSeq: bigint;
+  /** Frames of the open copy pass (the first one past nextSeq) applied so far. */
+  copied: number;
 }
 /** Every block of the bulk copy has been sent (zero blocks are never sent, so say it). */
 export interface BulkEnd {
@@ -231,7 +246,7 @@ export const msg = {
   bulk: (offset: number, length: number, data: Uint8Array, compressed = false): Bulk => ({ type: MsgType.BULK, offset, length, data, compressed }),
   zero: (offset: number, length: number): Zero => ({ type: MsgType.ZERO, offset, length }),
   delta: (p: Omit<Delta, "type">): Delta => ({ type: MsgType.DELTA, ...p }),
-  ack: (bulkOffset: number, nextSeq: bigint): Ack => ({ type: MsgType.ACK, bulkOffset, nextSeq }),
+  ack: (bulkOffset: number, nextSeq: bigint, copied = 0): Ack => ({ type: MsgType.ACK, bulkOffset, nextSeq, copied }),
   bulkEnd: (size: number): BulkEnd => ({ type: MsgType.BULK_END, size }),
   baseHashes: (offset: number, hashes: Uint8Array): BaseHashes => ({ type: MsgType.BASE_HASHES, offset, hashes }),
   barrier: (lastSeq: bigint, size: number, digest: string): Barrier => ({ type: MsgType.BARRIER, lastSeq: lastSeq.toString(), size, digest }),
@@ -290,9 +305,10 @@ function encodePayload(m: Message): { flags: number; parts: Uint8Array[] } {
       return { flags: 0, parts: [h, m.hashes] };
     }
     case MsgType.ACK: {
-      const h = Buffer.alloc(16);
+      const h = Buffer.alloc(24);
       putU64(h, 0, m.bulkOffset);
       putU64(h, 8, m.nextSeq);
+      putU64(h, 16, m.copied);
       return { flags: 0, parts: [h] };
     }
   }
@@ -393,11 +409,11 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
     case MsgType.DELTA: {
       need(payload, 21, "DELTA");
       const op = payload.readUInt8(8);
-      if (op !== DeltaOp.DATA && op !== DeltaOp.ZERO) throw new ProtocolError(`DELTA with unknown op ${op}`);
+      if (op !== DeltaOp.DATA && op !== DeltaOp.ZERO && !isCopyOp(op)) throw new ProtocolError(`DELTA with unknown op ${op}`);
       const length = payload.readUInt32BE(17);
       const data = payload.subarray(21);
-      if (op === DeltaOp.DATA && !compressed && data.length !== length) throw new ProtocolError(`DELTA says ${length} bytes but carries ${data.length}`);
-      return { type, seq: payload.readBigUInt64BE(0), op, offset: getU64(payload, 9), length, compressed, data };
+      if (op !== DeltaOp.ZERO && !compressed && data.length !== length) throw new ProtocolError(`DELTA says ${length} bytes but carries ${data.length}`);
+      return { type, seq: payload.readBigUInt64BE(0), op: op as Delta["op"], offset: getU64(payload, 9), length, compressed, data };
     }
     case MsgType.BASE_HASHES: {
       need(payload, 8, "BASE_HASHES");
@@ -406,8 +422,8 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
       return { type, offset: getU64(payload, 0), hashes };
     }
     case MsgType.ACK:
-      need(payload, 16, "ACK");
-      return { type, bulkOffset: getU64(payload, 0), nextSeq: payload.readBigUInt64BE(8) };
+      need(payload, 24, "ACK");
+      return { type, bulkOffset: getU64(payload, 0), nextSeq: payload.readBigUInt64BE(8), copied: getU64(payload, 16) };
   }
   throw new ProtocolError(`unknown message type ${type}`);
 }

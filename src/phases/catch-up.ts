@@ -63,6 +63,9 @@ export interface DeltasProgress {
   /** Delta bytes sent so far (before compression). */
   deltaBytes: number;
   deltasSkipped: number;
+  /** Copy passes so far, and the image bytes of the current one still to send. */
+  copyPasses: number;
+  copyLeftBytes: number;
   throttleLevel: number;
   /** What the hand-off would cost now (ms), against the budget. */
   estimateMs: number;
@@ -191,6 +194,8 @@ export class CatchUp {
         deltasSent: d.sent,
         deltaBytes: d.bytes,
         deltasSkipped: d.skipped,
+        copyPasses: d.copyPasses,
+        copyLeftBytes: d.copyLeftBytes(),
         throttleLevel: Math.max(this.throttleLevel, this.verdict?.level ?? 0),
         estimateMs: Math.round(this.verdict?.estimate.totalMs ?? 0),
         budgetMs: this.settings.budgetMs,

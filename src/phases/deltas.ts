@@ -1,13 +1,17 @@
 // Phase 3, deltas: ship the delta log, record by record, in sequence order. The log is
 // tailed while `serve` appends to it; `final` reads are only made after the fence, when
 // nothing can be appended any more, so a torn tail then is corruption, not "not yet".
+// In coalesce mode a long backlog that rewrites the same ranges goes as a copy pass
+// (copy-pass.ts): the image's current content over those ranges, once.
 
 import { DeltaKind, DeltaLogReader, type DeltaRecord } from "../disk/delta-log.ts";
 import { type BulkReadLog, coalesceBatch } from "./coalesce.ts";
+import { copyFrames, PASS_MAX_SCAN_BYTES, PASS_MIN_LOG_BYTES, passPays, totalLength, WrittenRanges } from "./copy-pass.ts";
+import { FileBackend } from "../disk/file-backend.ts";
 import type { Channel } from "../net/channel.ts";
 import { maybeCompress } from "../net/compress.ts";
 import { ProtocolError } from "../net/errors.ts";
-import { DeltaOp, msg, MsgType, typeName } from "../net/protocol.ts";
+import { type Ack, DeltaOp, msg, MsgType, typeName } from "../net/protocol.ts";
 import { DeltasError } from "./errors.ts";
 
 const BATCH_BYTES = 16 * 1024 * 1024;
@@ -19,15 +23,31 @@ export interface DeltaStreamOptions {
   /** Coalesce mode: what the bulk copy carried; undefined in paper mode (send everything). */
   coalesce?: BulkReadLog;
   /** Every record read from the log, sent or not (the image digest marks its regions dirty). */
-  onRecord?: (r: DeltaRecord) => void;
+  onRecord?: (r: { offset: number; length: number }) => void;
+  /** Coalesce mode: the source image, which copy passes read (none without it). */
+  image?: string;
+}
+
+/** One frame of a copy pass, waiting to be read from the image and sent. */
+interface PendingCopy {
+  offset: number;
+  length: number;
+  /** The last record the pass stands for. */
+  seq: bigint;
+  /** Its number in the pass, from 1: what the destination's ACK counts. */
+  part: number;
+  last: boolean;
 }
 
 export class DeltaStreamer {
   private reader: DeltaLogReader;
   sent = 0;
   bytes = 0;
-  /** Records dropped by coalescing (never sent). */
+  /** Records dropped by coalescing, or stood for by a copy pass (never sent). */
   skipped = 0;
+  /** Copy passes made, and the image bytes they sent. */
+  copyPasses = 0;
+  copiedBytes = 0;
   /** The last sequence sent (what the barrier names) and the last read from the log. */
   lastSeq = 0n;
   lastRead = 0n;
@@ -38,12 +58,18 @@ export class DeltaStreamer {
   ackedNext = 0n;
   /** Wire bytes the destination has acknowledged, all told (the link's measured rate). */
   ackedWireBytes = 0;
-  /** Sent and not yet acknowledged, oldest first: [seq, bytes on the wire]. */
-  private inFlight: [bigint, number][] = [];
+  /** Sent and not yet acknowledged, oldest first: [seq, bytes on the wire, copy pass part or 0]. */
+  private inFlight: [bigint, number, number][] = [];
   private inFlightBytes = 0;
   /** Records read from the log and not yet sent: a windowed pump stops mid-batch. */
   private carry: DeltaRecord[] = [];
   private carryBytes = 0;
+  /** The planned copy pass's frames not yet sent, last first. */
+  private copies: PendingCopy[] = [];
+  private copiesBytes = 0;
+  private image?: FileBackend;
+  /** A scan found no pass worth making before this log position: do not scan again until past it. */
+  private noScanBefore = 0;
 
   constructor(
     private ch: Channel,
@@ -60,7 +86,12 @@ export class DeltaStreamer {
 
   /** Bytes of log not yet sent: the queue the throttling policy and the hand-off watch. */
   pendingBytes(): number {
-    return this.reader.pendingBytes() + this.carryBytes;
+    return this.reader.pendingBytes() + this.carryBytes + this.copiesBytes;
+  }
+
+  /** Image bytes of the current copy pass not yet sent (0: none under way). */
+  copyLeftBytes(): number {
+    return this.copiesBytes;
   }
 
   /** Wire bytes per raw byte sent so far (1 before anything was sent, or without compression). */
@@ -79,11 +110,23 @@ export class DeltaStreamer {
       if (m.type !== MsgType.ACK) throw new ProtocolError(`expected ACK, got ${typeName(m.type)}`);
       this.ackedBulk = Math.max(this.ackedBulk, m.bulkOffset);
       if (m.nextSeq > this.ackedNext) this.ackedNext = m.nextSeq;
+      this.retire(m);
     }
-    while (this.inFlight.length && this.inFlight[0]![0] < this.ackedNext) {
-      const wire = this.inFlight.shift()![1];
-      this.inFlightBytes -= wire;
-      this.ackedWireBytes += wire;
+  }
+
+  /**
+   * Drops what an ACK covers from the in-flight list: everything below its next sequence,
+   * and the first `copied` frames of the open copy pass. That pass is the oldest one left:
+   * the destination applies in order, so once the ones below nextSeq are gone, the head of
+   * the list is the pass it is in.
+   */
+  private retire(ack: Ack): void {
+    for (;;) {
+      const head = this.inFlight[0];
+      if (!head || !(head[0] < this.ackedNext || (head[2] > 0 && head[2] <= ack.copied))) return;
+      this.inFlight.shift();
+      this.inFlightBytes -= head[1];
+      this.ackedWireBytes += head[1];
     }
   }
 
@@ -98,7 +141,15 @@ export class DeltaStreamer {
     const coalesce = this.opts.coalesce;
     for (;;) {
       if (opts.window !== undefined && this.inFlightBytes >= opts.window) return n;
+      if (this.copies.length) {
+        await this.sendCopy(this.copies.pop()!);
+        n++;
+        continue;
+      }
       if (!this.carry.length) {
+        // Not after the fence: by then the queue fits the downtime budget, and a pass's
+        // reads would only add to it.
+        if (coalesce && this.opts.image && !opts.final && this.planPass()) continue;
         const batch = this.readBatch(opts);
         if (!batch.length) return n;
         this.carry = (coalesce ? coalesceBatch(batch) : batch).reverse();
@@ -136,6 +187,79 @@ export class DeltaStreamer {
     return batch;
   }
 
+  /**
+   * Reads the log ahead; if its records rewrite few enough ranges, takes them as read and
+   * queues a copy pass over those ranges instead. Otherwise puts the reader back.
+   */
+  private planPass(): boolean {
+    const r0 = this.reader;
+    if (r0.pendingBytes() < PASS_MIN_LOG_BYTES || r0.position < this.noScanBefore) return false;
+    const start = { position: r0.position, seq: r0.nextSeq };
+    const written = new WrittenRanges(this.sizeOfImage());
+    const covered: { offset: number; length: number }[] = [];
+    let scanned = 0;
+    let lastRead = this.lastRead;
+    let passSeq = -1n;
+    while (scanned < PASS_MAX_SCAN_BYTES) {
+      let r;
+      try {
+        r = r0.next();
+      } catch (cause) {
+        throw new DeltasError("the delta log is corrupt", { cause });
+      }
+      if (r === "end") break;
+      scanned += r.data.length + 32;
+      lastRead = r.seq;
+      if (r.seq < (this.opts.from ?? 0n)) continue; // applied at the destination before the link broke
+      written.add(r.offset, r.length);
+      covered.push({ offset: r.offset, length: r.length });
+      passSeq = r.seq;
+    }
+    const runs = written.merged();
+    if (!covered.length || !passPays(written.recordBytes, runs)) {
+      this.noScanBefore = r0.position;
+      r0.position = start.position;
+      r0.expectSeqAt(start.seq);
+      return false;
+    }
+    for (const c of covered) this.opts.onRecord?.(c);
+    this.lastRead = lastRead;
+    this.skipped += covered.length;
+    this.copyPasses++;
+    const frames = copyFrames(runs);
+    this.copies = frames.map((f, i) => ({ ...f, seq: passSeq, part: i + 1, last: i === frames.length - 1 })).reverse();
+    this.copiesBytes = totalLength(runs);
+    return true;
+  }
+
+  private sizeOfImage(): number {
+    try {
+      this.image ??= new FileBackend(this.opts.image!, true);
+    } catch (cause) {
+      throw new DeltasError(`cannot open the source image for a copy pass`, { cause });
+    }
+    return this.image.size;
+  }
+
+  private async sendCopy(c: PendingCopy): Promise<void> {
+    const data = Buffer.allocUnsafe(c.length);
+    try {
+      this.image!.read(c.offset, data);
+    } catch (cause) {
+      throw new DeltasError(`cannot read the source image for a copy pass`, { cause });
+    }
+    const out = this.opts.compress ? maybeCompress(data) : { data, compressed: false };
+    await this.ch.send(msg.delta({ seq: c.seq, op: c.last ? DeltaOp.COPY_END : DeltaOp.COPY, offset: c.offset, length: c.length, compressed: out.compressed, data: out.data }));
+    this.copiesBytes -= c.length;
+    this.wireBytes += out.data.length;
+    this.inFlight.push([c.seq, out.data.length, c.part]);
+    this.inFlightBytes += out.data.length;
+    if (c.last) this.lastSeq = c.seq;
+    this.sent++;
+    this.bytes += c.length;
+    this.copiedBytes += c.length;
+  }
+
   private async send(r: DeltaRecord): Promise<void> {
     const out = this.opts.compress && r.data.length ? maybeCompress(r.data) : { data: r.data, compressed: false };
     await this.ch.send(
@@ -149,7 +273,7 @@ export class DeltaStreamer {
       }),
     );
     this.wireBytes += out.data.length;
-    this.inFlight.push([r.seq, out.data.length]);
+    this.inFlight.push([r.seq, out.data.length, 0]);
     this.inFlightBytes += out.data.length;
     this.lastSeq = r.seq;
     this.sent++;
@@ -158,5 +282,6 @@ export class DeltaStreamer {
 
   close(): void {
     this.reader.close();
+    this.image?.close();
   }
 }

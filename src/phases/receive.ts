@@ -102,6 +102,8 @@ export class Receiver {
   private bulkOffset = 0;
   private bulkDone = false;
   private nextSeq?: bigint;
+  /** The copy pass being applied: the record it stands for, and its frames applied so far. */
+  private pass?: { seq: bigint; copied: number };
   private digests?: RegionDigests;
   /** Regions below this one are complete in bulk order and hashed (or dirtied since). */
   private bulkHashedTo = 0;
@@ -324,6 +326,8 @@ export class Receiver {
 
   private async loop(ch: Channel, hello: KnownHello): Promise<ServeOutcome> {
     const image = this.image!;
+    // A pass broken off with the last connection is sent again whole (from before it).
+    this.dropPass();
     let lastAck = Date.now();
     let lastFlush = lastAck;
     for (;;) {
@@ -366,11 +370,18 @@ export class Receiver {
         case MsgType.DELTA: {
           // Gaps are allowed (coalescing drops records); going backwards never is.
           if (this.nextSeq !== undefined && m.seq < this.nextSeq) throw new ProtocolError(`delta ${m.seq} arrived after ${this.nextSeq - 1n}: deltas must come in order`);
+          // A copy pass's frames all name the record it stands for, and nothing else comes
+          // between them (copy-pass.ts: the pass must be whole before nextSeq moves past it).
+          if (this.pass && this.pass.seq !== m.seq) throw new ProtocolError(`delta ${m.seq} arrived inside the copy pass for ${this.pass.seq}`);
           checkRange(m.offset, m.length, hello.size);
-          if (m.op === DeltaOp.DATA) image.write(m.offset, m.compressed ? decompress(m.data, m.length) : m.data, false);
-          else await image.zero(m.offset, m.length, false, true);
+          if (m.op === DeltaOp.ZERO) await image.zero(m.offset, m.length, false, true);
+          else image.write(m.offset, m.compressed ? decompress(m.data, m.length) : m.data, false);
           this.digests!.markDirty(m.offset, m.length);
-          this.nextSeq = m.seq + 1n;
+          if (m.op === DeltaOp.COPY) this.pass = { seq: m.seq, copied: (this.pass?.copied ?? 0) + 1 };
+          else {
+            this.pass = undefined;
+            this.nextSeq = m.seq + 1n;
+          }
           break;
         }
         case MsgType.REDIRECT:
@@ -394,7 +405,7 @@ export class Receiver {
       }
       if (now - lastAck > ACK_EVERY_MS || (!ch.pending() && (m.type === MsgType.DELTA || m.type === MsgType.BULK_END))) {
         this.digests!.refresh(this.opts.image);
-        await ch.send(msg.ack(this.bulkOffset, this.nextSeq ?? 0n));
+        await ch.send(msg.ack(this.bulkOffset, this.nextSeq ?? 0n, this.pass?.copied ?? 0));
         this.nudgeWriteback();
         lastAck = now;
       }
@@ -434,8 +445,13 @@ export class Receiver {
     this.bulkHashedTo = upTo;
   }
 
+  private dropPass(): void {
+    this.pass = undefined;
+  }
+
   private async finish(ch: Channel, m: Barrier): Promise<ServeOutcome> {
     killPoint("dest-barrier");
+    if (this.pass) throw new ProtocolError(`barrier arrived inside the copy pass for ${this.pass.seq}`);
     if (this.nextSeq !== undefined && BigInt(m.lastSeq) !== this.nextSeq - 1n)
       throw new ProtocolError(`barrier says the last delta is ${m.lastSeq}, we applied up to ${this.nextSeq - 1n}`);
     const t0 = performance.now();

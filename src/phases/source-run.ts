@@ -92,6 +92,9 @@ export interface MigrationMetrics {
   deltaWireBytes: number;
   /** Deltas not sent: the bulk copy carried them, or a later write covered them (coalesce). */
   deltasSkipped: number;
+  /** Copy passes: how many, and the image bytes they sent (part of deltaBytes). */
+  copyPasses: number;
+  copiedBytes: number;
   finalDeltas: number;
   bytesOnWire: number;
   deltaRatePerSec: number;
@@ -189,11 +192,20 @@ interface DeltaTotals {
   bytes: number;
   wireBytes: number;
   skipped: number;
+  copyPasses: number;
+  copiedBytes: number;
 }
-const NO_DELTAS: DeltaTotals = { sent: 0, bytes: 0, wireBytes: 0, skipped: 0 };
+const NO_DELTAS: DeltaTotals = { sent: 0, bytes: 0, wireBytes: 0, skipped: 0, copyPasses: 0, copiedBytes: 0 };
 
 function addDeltaStats(a: DeltaTotals, d: DeltaStreamer): DeltaTotals {
-  return { sent: a.sent + d.sent, bytes: a.bytes + d.bytes, wireBytes: a.wireBytes + d.wireBytes, skipped: a.skipped + d.skipped };
+  return {
+    sent: a.sent + d.sent,
+    bytes: a.bytes + d.bytes,
+    wireBytes: a.wireBytes + d.wireBytes,
+    skipped: a.skipped + d.skipped,
+    copyPasses: a.copyPasses + d.copyPasses,
+    copiedBytes: a.copiedBytes + d.copiedBytes,
+  };
 }
 
 /** The final figures of a migration, in the paper's terms; also sent as the "done" event. */
@@ -233,6 +245,8 @@ function finish(
     deltaBytes: m.deltas.bytes,
     deltaWireBytes: m.deltas.wireBytes,
     deltasSkipped: m.deltas.skipped,
+    copyPasses: m.deltas.copyPasses,
+    copiedBytes: m.deltas.copiedBytes,
     finalDeltas: m.finalDeltas,
     bytesOnWire: m.bytesOnWire,
     deltaRatePerSec: Math.round((m.deltas.sent / migrationTimeMs) * 1000),
@@ -386,6 +400,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         from: BigInt(ready.nextSeq),
         coalesce: carried,
         onRecord: (r) => check.digests.markDirty(r.offset, r.length),
+        image: carried ? status.image : undefined,
       });
       const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, { budgetMs, rttMs, linkBytesPerMs: bulkRate, deadline, initialLevel: bulkThrottled ? BULK_LEVEL : 0, targetMs: bulkMs }, (p) =>
         o.onEvent?.({ event: "progress", phase: "deltas", ...p }),
