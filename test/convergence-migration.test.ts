@@ -39,13 +39,14 @@ describe("a writer as hard as it can, on a link it outruns", () => {
 
 describe("copy passes: the image's content in place of a log that rewrites it", () => {
   test("a link cut mid-pass: the source resumes from before the pass, and ends identical with nothing acknowledged lost", async () => {
-    const h = await hosts(64, 8);
+    const h = await hosts(64, 16);
     await withPair(h, async ({ srv, dst }) => {
       const proxy = startProxy(dst.port);
-      // 1 MiB writes over 16 MiB as fast as they go: the log soon holds many times 16 MiB.
-      const w = await stressWriter(srv.socket, { pattern: "seq1m", bytes: 16 * MiB });
+      // 1 MiB writes over 4 MiB as fast as they are let: during the 8 s bulk the log holds
+      // 3 times that. A pass waits for 8 MiB of log here (32 MiB by default: a 64 MiB bulk).
+      const w = await stressWriter(srv.socket, { pattern: "seq1m", bytes: 4 * MiB });
       try {
-        const run = spawnSource(h, proxy.port, ["--insecure", "--bandwidth", "4MB"]);
+        const run = spawnSource(h, proxy.port, ["--insecure", "--bandwidth", "2MB"], { WANMIG_TEST_COPY_PASS_MIN: String(8 * MiB) });
         await run.waitEvent((e) => e.phase === "deltas" && (e.copyLeftBytes as number) > 0, 60_000);
         proxy.cut();
         const { code, stderr, done } = await run.result();

@@ -3,7 +3,7 @@ import { describe, expect, test } from "bun:test";
 import type { ControlClient } from "../src/disk/control-client.ts";
 import type { RegionDigests } from "../src/disk/region-digest.ts";
 import { logger } from "../src/log.ts";
-import { BulkThrottle, bulkRateCap } from "../src/phases/bulk-throttle.ts";
+import { BulkThrottle, bulkRateCap, PROVISIONAL_CAP } from "../src/phases/bulk-throttle.ts";
 import { RecordingWatch } from "../src/phases/recording-watch.ts";
 import { ConvergenceController, estimateHandoff, type HandoffInputs, rateCap } from "../src/phases/convergence.ts";
 
@@ -154,7 +154,7 @@ describe("BulkThrottle on a slow link (the serve and the stream simulated; real 
   // On the paper's WAN a 4 MiB bulk chunk takes 7 s to cross, so the bulk's own progress
   // comes seconds apart; the link must be read from the stream, frame by frame (before:
   // no verdict ever, and a dynamic-web writer filled 300 MiB of log during the bulk).
-  async function run(opts: { linkBytesPerMs: number; logBytesPerMs: number; backlog: boolean; ms: number }) {
+  async function run(opts: { linkBytesPerMs: number; logBytesPerMs: number; backlog: boolean; ms: number; provisional?: number }) {
     const t0 = performance.now();
     const elapsed = () => performance.now() - t0;
     const caps: (number | undefined)[] = [];
@@ -165,11 +165,11 @@ describe("BulkThrottle on a slow link (the serve and the stream simulated; real 
       },
     } as unknown as ControlClient;
     const watch = new RecordingWatch("rec", "i", {} as RegionDigests, logger("test"));
-    const paced = new BulkThrottle(ctl, watch, { handed: () => Math.round(opts.linkBytesPerMs * elapsed()), backlog: () => opts.backlog });
+    const paced = new BulkThrottle(ctl, watch, { handed: () => Math.round(opts.linkBytesPerMs * elapsed()), backlog: () => opts.backlog }, opts.provisional);
     paced.start();
     await Bun.sleep(opts.ms);
     paced.stop();
-    return { cap: paced.cap, link: paced.linkBytesPerMs(), engaged: paced.engaged };
+    return { cap: paced.cap, caps, link: paced.linkBytesPerMs(), engaged: paced.engaged };
   }
 
   test("a writer outrunning half the link is capped to half of it within a second", async () => {
@@ -192,5 +192,21 @@ describe("BulkThrottle on a slow link (the serve and the stream simulated; real 
     expect(r.link).toBeUndefined();
     expect(r.engaged).toBe(true);
     expect(r.cap!).toBeLessThan(375_000);
+  });
+
+  test("the provisional cap set with recording holds until the first verdict, then the real cap takes its place", async () => {
+    // The writer, held to the provisional 16 MB/s, still outruns half a 5 Mbit/s link.
+    const r = await run({ linkBytesPerMs: 625, logBytesPerMs: PROVISIONAL_CAP / 1000, backlog: true, ms: 1000, provisional: PROVISIONAL_CAP });
+    expect(r.caps[0]).toBe(PROVISIONAL_CAP); // each tick renews it until then
+    expect(r.engaged).toBe(true);
+    expect(r.cap!).toBeLessThan(375_000);
+  });
+
+  test("on a link the writer does not outrun, the first verdict lifts the provisional cap", async () => {
+    const r = await run({ linkBytesPerMs: 100_000, logBytesPerMs: PROVISIONAL_CAP / 1000, backlog: false, ms: 800, provisional: PROVISIONAL_CAP });
+    expect(r.caps[0]).toBe(PROVISIONAL_CAP);
+    expect(r.engaged).toBe(false);
+    expect(r.cap).toBeUndefined();
+    expect(r.caps.at(-1)).toBeUndefined();
   });
 });

@@ -145,6 +145,22 @@ describe("throttling in serve", () => {
     c.disconnect();
   });
 
+  test("a cap given with the start of recording paces the very first write (the source's provisional cap)", async () => {
+    await srv.ctl.throttle({ threshold: 1_000_000 });
+    await expect(srv.ctl.startRecording(undefined, undefined, undefined, -1)).rejects.toThrow("rateCap must be a number");
+    expect((await srv.ctl.status()).recording.active).toBe(false);
+    const c = await RawNbd.connect(srv.socket);
+    await c.go();
+    await srv.ctl.startRecording(undefined, undefined, undefined, 1024 * 1024);
+    const t0 = performance.now();
+    for (let i = 1; i <= 4; i++) c.request(Cmd.WRITE, 0, 65536, { payload: Buffer.alloc(65536, i) });
+    for (let i = 0; i < 4; i++) expect((await c.reply()).error).toBe(0);
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(3 * 62.5);
+    expect((await srv.ctl.status()).throttle.rateCapBytesPerSec).toBe(1024 * 1024);
+    await srv.ctl.stopRecording();
+    c.disconnect();
+  });
+
   test("the control API rejects nonsense throttle parameters", async () => {
     await expect(srv.ctl.throttle({ threshold: -5 })).rejects.toThrow("threshold must be a number >= 1");
     await expect(srv.ctl.throttle({ bogus: 1 } as never)).rejects.toThrow("unknown throttle parameter bogus");

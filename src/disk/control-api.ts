@@ -3,8 +3,9 @@
 //
 //   GET  /v1/status     everything `wanmig status` prints
 //   GET  /metrics       the same counters in Prometheus text format
-//   POST /v1/record     {"action":"start", "dir"?: path, "owner"?: pid, "maxLogBytes"?: n}
-//                         -> recording state (the log's bound: n, or a share of free space)
+//   POST /v1/record     {"action":"start", "dir"?: path, "owner"?: pid, "maxLogBytes"?: n,
+//                         "rateCap"?: B/s} -> recording state (the log's bound: n, or a
+//                         share of free space); rateCap as for "shipped", from the first write
 //                       {"action":"stop", "moved"?: {"digest"?, "to"?}} -> recording state;
 //                         with "moved" the hand-off completed and the fence is for good
 //                       {"action":"shipped", "seq": "N", "recording"?: id, "rateCap"?: B/s}
@@ -62,7 +63,9 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
       if (body.action === "start") {
         const max = body.maxLogBytes;
         if (max !== undefined && (typeof max !== "number" || !Number.isSafeInteger(max) || max < 1)) throw new BadRequest("maxLogBytes must be a whole number of bytes >= 1");
-        return Response.json(svc.startRecording(typeof body.dir === "string" ? body.dir : undefined, typeof body.owner === "number" ? body.owner : undefined, max as number | undefined));
+        const cap = body.rateCap ?? 0;
+        if (typeof cap !== "number" || !Number.isFinite(cap) || cap < 0) throw new BadRequest("rateCap must be a number of bytes per second >= 0");
+        return Response.json(svc.startRecording(typeof body.dir === "string" ? body.dir : undefined, typeof body.owner === "number" ? body.owner : undefined, max as number | undefined, cap));
       }
       if (body.action === "stop") {
         const moved = body.moved && typeof body.moved === "object" ? (body.moved as { digest?: string; to?: string }) : undefined;

@@ -30,8 +30,8 @@ export class ControlClient {
   }
 
   /** `owner`: the pid of the source process the recording is for (a second one is refused while it lives). */
-  startRecording(dir?: string, owner?: number, maxLogBytes?: number): Promise<ServeStatus["recording"]> {
-    return this.call("POST", "/v1/record", { action: "start", dir, owner, maxLogBytes });
+  startRecording(dir?: string, owner?: number, maxLogBytes?: number, rateCap?: number): Promise<ServeStatus["recording"]> {
+    return this.call("POST", "/v1/record", { action: "start", dir, owner, maxLogBytes, rateCap });
   }
 
   /** `moved`: the hand-off completed; the serve keeps its fence for good. */

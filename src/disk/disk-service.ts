@@ -227,7 +227,7 @@ export class DiskService {
    * still alive belongs to that migration: a second source would share its log and could
    * hand the disk to a second host, so it is refused. A dead owner's log is adopted.
    */
-  startRecording(dir?: string, owner?: number, maxLogBytes?: number): RecordingState & { owner?: number } {
+  startRecording(dir?: string, owner?: number, maxLogBytes?: number, rateCap?: number): RecordingState & { owner?: number } {
     if (this.file.readOnly) throw new ServeError("a read-only export has no writes to record");
     const wasActive = this.recording.active;
     if (wasActive && this.recordingOwner !== undefined && owner !== this.recordingOwner && processAlive(this.recordingOwner))
@@ -251,6 +251,8 @@ export class DiskService {
       }
       this.throttling.policy.reset();
       this.throttling.counting = true;
+      // In the same turn as the log opens: no write gets in between uncapped.
+      if (rateCap) this.throttling.cap.set(rateCap);
       this.opts.log.info(`record mode on: delta log ${st.path}, first sequence ${st.firstSeq}, at most ${bound.bytes} bytes (${bound.why})`);
     } else if (owner !== undefined && this.state?.state.recording) this.state.update((s) => (s.recording!.owner = owner));
     return { ...this.recordingStatus(), owner };

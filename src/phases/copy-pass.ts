@@ -21,8 +21,11 @@
 export const COPY_ALIGN = 4096;
 /** One COPY frame carries at most this much (well under a frame's payload limit). */
 export const COPY_FRAME_MAX = 1024 * 1024;
-/** A pass is considered once this much log waits: below it, the log drains in a round or two. */
-export const PASS_MIN_LOG_BYTES = 32 * 1024 * 1024;
+/**
+ * A pass is considered once this much log waits: below it, the log drains in a round or two.
+ * Tests lower it (WANMIG_TEST_COPY_PASS_MIN, bytes) to reach a pass without a 64 MiB bulk.
+ */
+export const PASS_MIN_LOG_BYTES = Number(process.env.WANMIG_TEST_COPY_PASS_MIN) || 32 * 1024 * 1024;
 /** A scan reads at most this much log: a pass is sent before the next one is planned. */
 export const PASS_MAX_SCAN_BYTES = 1024 * 1024 * 1024;
 /** A pass is made when the copied ranges are at most this share of the records' bytes. */

@@ -13,7 +13,7 @@ import { DeltaStreamer } from "./deltas.ts";
 import { InitError, PhaseError } from "./errors.ts";
 import { awaitDone, handOffStorage, type HandoffTimes } from "./handoff.ts";
 import { CatchUp } from "./catch-up.ts";
-import { BULK_LEVEL, BulkThrottle } from "./bulk-throttle.ts";
+import { BULK_LEVEL, BulkThrottle, PROVISIONAL_CAP } from "./bulk-throttle.ts";
 import { NoSourceHypervisor } from "../hypervisor/none.ts";
 import type { SourceHypervisor } from "../hypervisor/types.ts";
 import { HypervisorError } from "../hypervisor/errors.ts";
@@ -318,6 +318,8 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   let rttMs = 0;
   let bulkRate: number | undefined;
   let bulkThrottled = false;
+  /** The VM's write cap for the next bulk attempt until its first verdict: provisional, then what the last attempt found. */
+  let heldCap: number | undefined = PROVISIONAL_CAP;
   let bulkMs = 0;
   const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0, baseBlocks: 0 };
   const carried = o.deltas === "paper" ? undefined : new BulkReadLog();
@@ -335,7 +337,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         // A serve still recording for a source run that died is adopted: its log holds
         // every write since that run began, which is what a destination that got part of
         // that run needs (the HELLO names the log, so the destination can tell).
-        const rec = await ctl.startRecording(undefined, process.pid, o.maxLogBytes);
+        const rec = await ctl.startRecording(undefined, process.pid, o.maxLogBytes, heldCap);
         logPath = rec.path!;
         stage.recording = true;
         watch = new RecordingWatch(rec.id!, (await ctl.status()).instance, check.digests, o.log);
@@ -358,7 +360,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         emit("bulk");
         const bulkAt = performance.now();
         const stream = ch;
-        const paced = new BulkThrottle(ctl, watch!, { handed: () => stream.bytesSent - stream.unsentBytes(), backlog: () => stream.unsentBytes() > 0 });
+        const paced = new BulkThrottle(ctl, watch!, { handed: () => stream.bytesSent - stream.unsentBytes(), backlog: () => stream.unsentBytes() > 0 }, heldCap);
         paced.start();
         const b = await sendBulk(ch, status.image, {
           from: bulkResumeOffset(ready.bulkOffset, blockSize),
@@ -376,6 +378,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
           },
         }).catch((err) => {
           paced.stop();
+          heldCap = paced.cap;
           throw err;
         });
         bulkMs = performance.now() - bulkAt;
