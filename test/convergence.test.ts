@@ -202,8 +202,16 @@ describe("BulkThrottle on a slow link (the serve and the stream simulated; real 
     expect(r.cap!).toBeLessThan(375_000);
   });
 
-  test("on a link the writer does not outrun, the first verdict lifts the provisional cap", async () => {
+  test("on a fast link, a writer the provisional cap held back gets half the link: what it would have got at full speed", async () => {
     const r = await run({ linkBytesPerMs: 100_000, logBytesPerMs: PROVISIONAL_CAP / 1000, backlog: false, ms: 800, provisional: PROVISIONAL_CAP });
+    expect(r.caps[0]).toBe(PROVISIONAL_CAP);
+    expect(r.engaged).toBe(true);
+    expect(r.cap!).toBeGreaterThan(40_000_000);
+    expect(r.cap!).toBeLessThan(60_000_000);
+  });
+
+  test("on a fast link, a writer well within the provisional cap has it lifted at the first verdict", async () => {
+    const r = await run({ linkBytesPerMs: 100_000, logBytesPerMs: 2000, backlog: false, ms: 800, provisional: PROVISIONAL_CAP });
     expect(r.caps[0]).toBe(PROVISIONAL_CAP);
     expect(r.engaged).toBe(false);
     expect(r.cap).toBeUndefined();
