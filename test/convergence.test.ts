@@ -210,6 +210,15 @@ describe("BulkThrottle on a slow link (the serve and the stream simulated; real 
     expect(r.cap!).toBeLessThan(60_000_000);
   });
 
+  test("a bulk over before the first verdict is judged at its end from what the window holds; with nothing in it the provisional cap stands", async () => {
+    const judged = await run({ linkBytesPerMs: 100_000, logBytesPerMs: PROVISIONAL_CAP / 1000, backlog: false, ms: 260, provisional: PROVISIONAL_CAP });
+    expect(judged.engaged).toBe(true);
+    expect(judged.cap!).toBeGreaterThan(40_000_000);
+    const blind = await run({ linkBytesPerMs: 100_000, logBytesPerMs: PROVISIONAL_CAP / 1000, backlog: false, ms: 30, provisional: PROVISIONAL_CAP });
+    expect(blind.engaged).toBe(false);
+    expect(blind.cap).toBe(PROVISIONAL_CAP);
+  });
+
   test("on a fast link, a writer well within the provisional cap has it lifted at the first verdict", async () => {
     const r = await run({ linkBytesPerMs: 100_000, logBytesPerMs: 2000, backlog: false, ms: 800, provisional: PROVISIONAL_CAP });
     expect(r.caps[0]).toBe(PROVISIONAL_CAP);

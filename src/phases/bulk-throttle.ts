@@ -24,6 +24,8 @@ import { type RecordingWatch, reportShipped } from "./recording-watch.ts";
 export const PROVISIONAL_CAP = 16 * 1000 * 1000;
 /** Growth at this share of the provisional cap or more: the cap, not the writer, set the pace. */
 const HELD_SHARE = 0.8;
+/** A bulk that ends before the first verdict is judged at its end if the window spans this much. */
+const LAST_LOOK_MIN_MS = 50;
 /** The VM's share of the link during the bulk copy, once it writes faster than that. */
 export const BULK_SHARE = 0.5;
 /** The catch-up controller's level with about that share (rateCap: 0.9 / 2): where it starts after an engaged bulk throttle. */
@@ -108,9 +110,34 @@ export class BulkThrottle {
     if (this.failure) throw this.failure;
   }
 
-  /** Stops; the cap lapses with its lease, or is replaced by the catch-up controller's at its first report. */
+  /**
+   * Stops; the cap lapses with its lease, or is replaced by the catch-up controller's at its
+   * first report. A bulk that ended before the first verdict (a short one on a fast link;
+   * ticks wait while the bulk keeps the CPUs busy) gets one from what the window holds; with
+   * nothing in it, the provisional cap stands for the catch-up to replace.
+   */
   stop(): void {
     clearInterval(this.timer);
+    const first = this.window[0];
+    const last = this.window.at(-1);
+    if (this.provisional === undefined || !first || !last || last.at - first.at < LAST_LOOK_MIN_MS) return;
+    const dt = last.at - first.at;
+    const link = this.linkRate ?? ((last.handed - first.handed) / dt || undefined);
+    if (link !== undefined) this.firstVerdict((last.log - first.log) / dt, link);
+  }
+
+  /**
+   * The first verdict. Growth under the provisional cap that still outruns half the link
+   * engages the real cap (lower). A writer the provisional cap held back may be faster than
+   * it shows: it gets half the link, which is what it would have got had it shown its speed
+   * (lifting the cap instead let a diabolical writer run free through a loopback bulk too
+   * short for a second verdict: 1.4 s became 6.5 s). Growth well within it lifts the cap.
+   */
+  private firstVerdict(growth: number, link: number): void {
+    const held = growth * 1000 >= HELD_SHARE * this.provisional!;
+    this.provisional = undefined;
+    this.cap = bulkRateCap(growth, link) ?? (held ? bulkRateCap(Infinity, link) : undefined);
+    this.engaged = this.cap !== undefined;
   }
 
   private async tick(): Promise<void> {
@@ -135,16 +162,7 @@ export class BulkThrottle {
         const growth = (last.log - first.log) / dt;
         const cap = bulkRateCap(growth, link);
         if (this.provisional !== undefined && link !== undefined) {
-          // The first verdict. Growth under the provisional cap that still outruns half the
-          // link engages the real cap (lower). A writer the provisional cap held back may be
-          // faster than it shows: it gets half the link, which is what it would have got
-          // had it shown its speed (lifting the cap instead let a diabolical writer run free
-          // through a loopback bulk too short for a second verdict: 1.4 s became 6.5 s).
-          // Growth well within the provisional cap lifts it.
-          const held = growth * 1000 >= HELD_SHARE * this.provisional;
-          this.provisional = undefined;
-          this.cap = cap ?? (held ? bulkRateCap(Infinity, link) : undefined);
-          this.engaged = this.cap !== undefined;
+          this.firstVerdict(growth, link);
           await reportShipped(this.ctl, this.watch, 0n, this.cap);
         } else if (cap !== undefined && (this.cap === undefined || cap < this.cap)) {
           // Once engaged it stays: a capped writer's growth no longer shows what it would write.

@@ -393,6 +393,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         // bulk's tail to drain (13 s on the WAN), past the cap's 2 s lease.
         await ch.send(msg.bulkEnd(status.size)).finally(() => paced.stop());
         if (paced.engaged) bulkThrottled = true;
+        heldCap = paced.cap;
         o.log.info(`bulk copy done: ${b.dataBlocks} blocks sent, ${b.zeroBlocks} zero blocks skipped${ready.base ? `, ${b.baseBlocks} already in the destination's base` : ""}`);
       }
 
@@ -405,7 +406,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         onRecord: (r) => check.digests.markDirty(r.offset, r.length),
         image: carried ? status.image : undefined,
       });
-      const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, { budgetMs, rttMs, linkBytesPerMs: bulkRate, deadline, initialLevel: bulkThrottled ? BULK_LEVEL : 0, targetMs: bulkMs }, (p) =>
+      const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, { budgetMs, rttMs, linkBytesPerMs: bulkRate, deadline, initialLevel: bulkThrottled ? BULK_LEVEL : 0, targetMs: bulkMs, heldCap }, (p) =>
         o.onEvent?.({ event: "progress", phase: "deltas", ...p }),
       );
       const converged = await catchUp.untilConverged(checkInterrupted);
