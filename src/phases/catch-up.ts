@@ -40,8 +40,6 @@ export interface ConvergenceSettings {
   initialLevel?: number;
   /** How long the catch-up should take (ms): the bulk copy's duration, so a writer costs about one more of it. */
   targetMs?: number;
-  /** The bulk throttle's cap at its end: it stands, unless the level sets one, until the controller judges. */
-  heldCap?: number;
 }
 
 /** How catch-up ended: the estimate at the fence, and why the fence came early if it did. */
@@ -119,10 +117,7 @@ export class CatchUp {
   private report(): Promise<void> {
     this.reporting ??= (async () => {
       const d = this.deltas;
-      // Until the whole bulk is acknowledged the controller does not judge (assess), so the
-      // bulk's cap stands: a provisional one lifted here let a loopback writer free while
-      // the destination wrote 256 MiB back, and the log reached 900 MB.
-      this.cap = rateCap(this.controller.currentLevel, this.link.bytesPerMs(), d.compressionRatio()) ?? (this.bulkAcked() ? undefined : this.settings.heldCap);
+      this.cap = rateCap(this.controller.currentLevel, this.link.bytesPerMs(), d.compressionRatio());
       const asked = performance.now();
       const answer = await reportShipped(this.ctl, this.watch, d.lastRead, this.cap);
       this.controlMs = 0.7 * this.controlMs + 0.3 * (performance.now() - asked);

@@ -406,7 +406,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         onRecord: (r) => check.digests.markDirty(r.offset, r.length),
         image: carried ? status.image : undefined,
       });
-      const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, { budgetMs, rttMs, linkBytesPerMs: bulkRate, deadline, initialLevel: bulkThrottled ? BULK_LEVEL : 0, targetMs: bulkMs, heldCap }, (p) =>
+      const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, { budgetMs, rttMs, linkBytesPerMs: bulkRate, deadline, initialLevel: bulkThrottled ? BULK_LEVEL : 0, targetMs: bulkMs }, (p) =>
         o.onEvent?.({ event: "progress", phase: "deltas", ...p }),
       );
       const converged = await catchUp.untilConverged(checkInterrupted);
