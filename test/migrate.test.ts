@@ -8,7 +8,8 @@ import { ControlClient } from "../src/disk/control-client.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { startSshd } from "./helpers/sshd.ts";
 import { startProxy } from "./helpers/proxy.ts";
-import { hosts, lastEvent, MiB, missingWrites, removeHosts, source, sourceArgs, spawnSource, withPair, writable, writer } from "./helpers/migration.ts";
+import { hosts, lastEvent, MiB, missingWrites, removeHosts, source, sourceArgs, spawnSource, withPair, writable, writeError, writer } from "./helpers/migration.ts";
+import { lostWrites, stressWriter } from "./helpers/stress-writer.ts";
 import { MAIN, randomFile, secretFile, sh, startDest, startServe, wanmig } from "./helpers/serve-process.ts";
 
 afterAll(() => removeHosts());
@@ -45,6 +46,23 @@ describe("live migration, hypervisor none", () => {
       expect(await du(h.destImage)).toBeLessThanOrEqual((await du(h.image)) + 1024);
     }, ["--secret-file", h.secret]);
   });
+
+  test("a thin disk: its holes are skipped without a read, a full-speed writer fills some of them during the copy; identical, nothing lost", async () => {
+    const h = await hosts(2048, 8);
+    await withPair(h, async ({ srv, dst }) => {
+      // 1 MiB writes into what were holes, a GiB in, as fast as they go.
+      const w = await stressWriter(srv.socket, { pattern: "seq1m", from: 1024 * MiB, bytes: 16 * MiB });
+      const run = spawnSource(h, dst.port, ["--insecure"]);
+      const { code, stderr, done } = await run.result();
+      await w.stop();
+      expect(code, stderr).toBe(0);
+      expect(done!.bulkHoleBytes as number).toBeGreaterThan(2000 * MiB);
+      await sh(["cmp", h.image, h.destImage]);
+      expect(lostWrites(h.destImage, w.acked)).toEqual([]);
+      expect(await writeError(srv.socket)).toBe(NbdErr.EPERM);
+      expect(await writable(dst.socket)).toBe(true);
+    });
+  }, 120_000);
 
   test("a migration long enough for periodic ACKs completes, identical", async () => {
     const h = await hosts(256, 160);

@@ -4,7 +4,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { imageDigest, PIECE_SIZE, RegionDigests, REGION_SIZE } from "../src/disk/region-digest.ts";
-import { overwrite, randomFile, tempDir } from "./helpers/serve-process.ts";
+import { overwrite, randomFile, sh, sparseFile, tempDir } from "./helpers/serve-process.ts";
 import { isZero } from "../src/util/zero.ts";
 
 const dir = tempDir();
@@ -95,5 +95,31 @@ describe("isZero", () => {
     expect(isZero(big)).toBe(true);
     big[big.length - 1] = 1;
     expect(isZero(big)).toBe(false);
+  });
+
+});
+
+describe("holes", () => {
+  test("holes are hashed without being read, to the same digest as the zeros written out; a hole written later is rehashed", async () => {
+    const thin = join(dir.path, "thin");
+    const full = join(dir.path, "full");
+    const size = 16 * REGION_SIZE;
+    await sparseFile(thin, size);
+    const data = new Uint8Array(REGION_SIZE + 4096).fill(9);
+    overwrite(thin, 3 * REGION_SIZE - 4096, data);
+    await sh(["cp", "--sparse=never", thin, full]);
+    expect(imageDigest(thin, size)).toBe(imageDigest(full, size));
+
+    // As the bulk copy sees it: holes noted without a read, then a write into one of them.
+    const d = new RegionDigests(size);
+    d.noteZero(0, 2 * REGION_SIZE);
+    d.noteZero(4 * REGION_SIZE, 12 * REGION_SIZE);
+    d.refresh(thin, { all: true }); // the regions holding data: read
+    expect(d.digest()).toBe(imageDigest(full, size));
+    overwrite(thin, 10 * REGION_SIZE + 512, new Uint8Array(100).fill(3));
+    d.markDirty(10 * REGION_SIZE + 512, 100);
+    d.refresh(thin);
+    overwrite(full, 10 * REGION_SIZE + 512, new Uint8Array(100).fill(3));
+    expect(d.digest()).toBe(imageDigest(full, size));
   });
 });

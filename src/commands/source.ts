@@ -66,7 +66,7 @@ function summary(name: string, m: MigrationMetrics): string {
           : ""
       })`,
     ],
-    ["bulk copy", `${formatBytes(m.bulkBytes)} sent as ${formatBytes(m.bulkWireBytes)}; ${m.bulkZeroBlocks} zero blocks skipped${m.bulkBaseBlocks ? `, ${m.bulkBaseBlocks} already in the destination's base` : ""}`],
+    ["bulk copy", `${formatBytes(m.bulkBytes)} sent as ${formatBytes(m.bulkWireBytes)}; ${m.bulkZeroBlocks} zero blocks skipped${m.bulkHoleBytes ? ` (${formatBytes(m.bulkHoleBytes)} of holes not even read)` : ""}${m.bulkBaseBlocks ? `, ${m.bulkBaseBlocks} already in the destination's base` : ""}`],
     ["deltas", `${m.deltaCount} sent (${formatBytes(m.deltaBytes)} as ${formatBytes(m.deltaWireBytes)}), ${m.deltasSkipped} skipped, ${m.deltaRatePerSec}/s${m.copyPasses ? `; ${m.copyPasses} copy ${m.copyPasses === 1 ? "pass" : "passes"} sent ${formatBytes(m.copiedBytes)} of the image in place of the records they stand for` : ""}`],
     ["on the wire", formatBytes(m.bytesOnWire)],
     ["throttle", `highest level ${m.throttleSteps}`],

@@ -1,6 +1,7 @@
 // The image file itself: positional reads and writes on one descriptor, holes for zeros.
 
 import { closeSync, fdatasync, fstatSync, openSync, readSync, writeSync } from "node:fs";
+import { nextData } from "./extents.ts";
 import { BlockError, type BlockBackend } from "./backend.ts";
 import { NbdErr } from "./nbd-protocol.ts";
 import { punchHole, zeroRange } from "./fallocate.ts";
@@ -22,6 +23,11 @@ export class FileBackend implements BlockBackend {
       throw new Error(`${path} is not a regular file`);
     }
     this.size = st.size;
+  }
+
+  /** The first offset at or after `offset` holding data (the size if none): see extents.ts. */
+  nextData(offset: number): number {
+    return nextData(this.fd, offset, this.size);
   }
 
   read(offset: number, into: Uint8Array): void {

@@ -26,6 +26,7 @@
 
 import { closeSync, openSync, readSync } from "node:fs";
 import { isZero } from "../util/zero.ts";
+import { isHole } from "./extents.ts";
 
 export const REGION_SIZE = 1024 * 1024;
 export const PIECE_SIZE = 4096;
@@ -81,6 +82,11 @@ export class RegionDigests {
       if (start + len > data.length) break;
       this.storeRegion(r, data.subarray(start, start + len), false);
     }
+  }
+
+  /** The regions lying wholly inside [offset, offset + length), a hole: zeros, unread. */
+  noteZero(offset: number, length: number): void {
+    for (let r = Math.ceil(offset / REGION_SIZE); (r + 1) * REGION_SIZE <= Math.min(offset + length, this.size); r++) this.setRegionHash(r, zeroRegionHash());
   }
 
   markDirty(offset: number, length: number): void {
@@ -160,6 +166,10 @@ export class RegionDigests {
             kept.set(sha256(read(at, Math.min(PIECE_SIZE, this.size - at))), p * HASH_LEN);
           }
           this.setRegionHash(r, sha256(kept.subarray(0, this.pieceCount(r) * HASH_LEN)));
+        } else if (this.regionLength(r) === REGION_SIZE && isHole(fd, r * REGION_SIZE, REGION_SIZE)) {
+          // A hole reads as zeros: no need to read it (a thin disk's digest costs its data).
+          this.setRegionHash(r, zeroRegionHash());
+          if (mask) this.keepPieces(r, zeroPieces().slice());
         } else {
           // A first rehash reads the whole region and keeps its pieces for the next ones.
           this.storeRegion(r, read(r * REGION_SIZE, this.regionLength(r)), mask !== undefined);
@@ -206,14 +216,19 @@ export class RegionDigests {
   }
 }
 
+let zeroPieceHashes: Uint8Array | undefined;
 let zeroHash: Uint8Array | undefined;
-function zeroRegionHash(): Uint8Array {
-  if (!zeroHash) {
+/** The piece hashes of an all-zero region (shared: copy before changing). */
+function zeroPieces(): Uint8Array {
+  if (!zeroPieceHashes) {
     const piece = sha256(new Uint8Array(PIECE_SIZE));
-    const pieces = new Uint8Array(PIECES * HASH_LEN);
-    for (let p = 0; p < PIECES; p++) pieces.set(piece, p * HASH_LEN);
-    zeroHash = sha256(pieces);
+    zeroPieceHashes = new Uint8Array(PIECES * HASH_LEN);
+    for (let p = 0; p < PIECES; p++) zeroPieceHashes.set(piece, p * HASH_LEN);
   }
+  return zeroPieceHashes;
+}
+function zeroRegionHash(): Uint8Array {
+  zeroHash ??= sha256(zeroPieces());
   return zeroHash;
 }
 

@@ -3,6 +3,9 @@
 // sent: the destination's image is sparse and keeps them as holes. Against a base (the
 // destination's image already has content), blocks the base already holds are not sent
 // either, and all-zero blocks travel as ZERO where the base has something else there.
+// Holes are not read at all: the file system says where data is (extents.ts), so a thin
+// disk costs what its data costs. A chunk taken for a hole is not noted as read for
+// coalescing, so a write landing there during the copy always travels as a delta.
 
 import { FileBackend } from "../disk/file-backend.ts";
 import type { Channel } from "../net/channel.ts";
@@ -24,10 +27,22 @@ export interface BulkProgress {
   zeroBlocks: number;
   /** Blocks the destination's base already held (not sent). */
   baseBlocks: number;
+  /** Image bytes in holes, skipped without being read (counted in zeroBlocks too). */
+  holeBytes: number;
 }
 
 function sameHash(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/** A chunk in a hole: all zero blocks, sent as ZERO only where the destination's base holds something else. */
+async function sendHole(ch: Channel, p: BulkProgress, n: number, blockSize: number, theirs: Uint8Array | undefined): Promise<void> {
+  for (let at = 0, i = 0; at < n; at += blockSize, i++) {
+    const len = Math.min(blockSize, n - at);
+    p.zeroBlocks++;
+    if (theirs && !sameHash(theirs.subarray(i * BASE_HASH_LEN, (i + 1) * BASE_HASH_LEN), zeroBlockHash(len))) await ch.send(msg.zero(p.offset + at, len));
+  }
+  p.holeBytes += n;
 }
 
 export async function sendBulk(
@@ -44,6 +59,8 @@ export async function sendBulk(
     beforeRead?: (offset: number) => void;
     /** Called with each chunk as read (the image digest hashes it). */
     afterRead?: (offset: number, chunk: Uint8Array) => void;
+    /** Called for each chunk that lies in a hole, instead of beforeRead/afterRead. */
+    onHole?: (offset: number, length: number) => void;
   },
 ): Promise<BulkProgress> {
   let image: FileBackend;
@@ -52,7 +69,9 @@ export async function sendBulk(
   } catch (cause) {
     throw new BulkError(`cannot open ${imagePath}`, { cause });
   }
-  const p: BulkProgress = { offset: opts.from, size: image.size, bytesSent: 0, wireBytes: 0, dataBlocks: 0, zeroBlocks: 0, baseBlocks: 0 };
+  const p: BulkProgress = { offset: opts.from, size: image.size, bytesSent: 0, wireBytes: 0, dataBlocks: 0, zeroBlocks: 0, baseBlocks: 0, holeBytes: 0 };
+  /** Where the file system last said the next data begins: chunks before it are holes. */
+  let dataAt = -1;
   const buf = Buffer.allocUnsafe(chunkLength(0, Number.MAX_SAFE_INTEGER));
   const gc = new GcNudge();
   try {
@@ -60,6 +79,14 @@ export async function sendBulk(
       const n = chunkLength(p.offset, p.size);
       const chunk = buf.subarray(0, n);
       const theirs = opts.base ? await receiveBaseHashes(ch, p.offset, Math.ceil(n / opts.blockSize)) : undefined;
+      if (dataAt < p.offset) dataAt = image.nextData(p.offset);
+      if (dataAt >= p.offset + n) {
+        await sendHole(ch, p, n, opts.blockSize, theirs);
+        opts.onHole?.(p.offset, n);
+        p.offset += n;
+        opts.onProgress?.(p);
+        continue;
+      }
       opts.beforeRead?.(p.offset);
       image.read(p.offset, chunk);
       opts.afterRead?.(p.offset, chunk);

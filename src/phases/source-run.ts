@@ -85,6 +85,8 @@ export interface MigrationMetrics {
   bulkBytes: number;
   bulkWireBytes: number;
   bulkZeroBlocks: number;
+  /** Image bytes in holes, skipped without being read. */
+  bulkHoleBytes: number;
   /** Blocks the destination's base image already held, so they were not sent. */
   bulkBaseBlocks: number;
   deltaCount: number;
@@ -174,7 +176,7 @@ async function settle(ctl: ControlClient, status: ServeStatus, bs: number, o: So
       t0,
       fencedAt: t0,
       doneAt: now,
-      bulk: { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, baseBlocks: 0 },
+      bulk: { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, baseBlocks: 0, holeBytes: 0 },
       deltas: NO_DELTAS,
       finalDeltas: r.finalDeltas,
       bytesOnWire: r.bytesOnWire,
@@ -220,7 +222,7 @@ function finish(
     /** With a hypervisor: when the VM paused at the source, and when the hypervisor said it had moved. */
     pausedAt?: number;
     resumedAt?: number;
-    bulk: { bytesSent: number; wireBytes: number; zeroBlocks: number; baseBlocks: number };
+    bulk: { bytesSent: number; wireBytes: number; zeroBlocks: number; baseBlocks: number; holeBytes: number };
     deltas: DeltaTotals;
     finalDeltas: number;
     bytesOnWire: number;
@@ -240,6 +242,7 @@ function finish(
     bulkBytes: m.bulk.bytesSent,
     bulkWireBytes: m.bulk.wireBytes,
     bulkZeroBlocks: m.bulk.zeroBlocks,
+    bulkHoleBytes: m.bulk.holeBytes,
     bulkBaseBlocks: m.bulk.baseBlocks,
     deltaCount: m.deltas.sent,
     deltaBytes: m.deltas.bytes,
@@ -321,7 +324,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   /** The VM's write cap for the next bulk attempt until its first verdict: provisional, then what the last attempt found. */
   let heldCap: number | undefined = PROVISIONAL_CAP;
   let bulkMs = 0;
-  const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0, baseBlocks: 0 };
+  const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0, baseBlocks: 0, holeBytes: 0 };
   const carried = o.deltas === "paper" ? undefined : new BulkReadLog();
   const check = { image: status.image, digests: new RegionDigests(status.size) };
   let wire = 0;
@@ -373,6 +376,11 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
             carried?.noteRead(offset, statSync(logPath!).size);
           },
           afterRead: (offset, chunk) => check.digests.noteData(offset, chunk),
+          onHole: (offset, length) => {
+            checkInterrupted();
+            paced.check();
+            check.digests.noteZero(offset, length);
+          },
           onProgress: (p) => {
             o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: bulk.bytesSent + p.bytesSent, rateCap: paced.cap });
           },
@@ -387,6 +395,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         bulk.bytesSent += b.bytesSent;
         bulk.wireBytes += b.wireBytes;
         bulk.zeroBlocks += b.zeroBlocks;
+        bulk.holeBytes += b.holeBytes;
         bulk.dataBlocks += b.dataBlocks;
         bulk.baseBlocks += b.baseBlocks;
         // Its cap is renewed until the catch-up's first report: this send can wait for the

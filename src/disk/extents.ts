@@ -1,0 +1,49 @@
+// Where a file's data is: lseek(2) with SEEK_DATA, through libc (Node's fs has no way).
+// The bulk copy and the digests skip holes without reading them, so a thin 100 GiB disk
+// holding 64 MiB costs what its data costs. The kernel reports data still in the page
+// cache too, so a write that has not reached the disk is never taken for a hole. Any
+// answer we cannot read as "no data here" is taken as data: reading a hole is slow,
+// skipping data would be corruption.
+
+import { dlopen, FFIType, read } from "bun:ffi";
+
+const SEEK_DATA = 3;
+const ENXIO = 6;
+
+interface Libc {
+  lseek(fd: number, offset: number, whence: number): number;
+  errno(): number;
+}
+
+function loadLibc(): Libc | undefined {
+  try {
+    const libc = dlopen("libc.so.6", {
+      lseek: { args: [FFIType.i32, FFIType.i64, FFIType.i32], returns: FFIType.i64 },
+      __errno_location: { args: [], returns: FFIType.ptr },
+    });
+    return {
+      lseek: (fd, offset, whence) => Number(libc.symbols.lseek(fd, offset, whence)),
+      errno: () => read.i32(libc.symbols.__errno_location()!, 0),
+    };
+  } catch {
+    return undefined; // not glibc: every range is taken as data
+  }
+}
+
+const libc = loadLibc();
+
+/**
+ * The first offset at or after `offset` that holds data, or `end` if none does before it.
+ * On any doubt (no libc, an error other than ENXIO) the answer is `offset`: data.
+ */
+export function nextData(fd: number, offset: number, end: number): number {
+  if (!libc) return offset;
+  const at = libc.lseek(fd, offset, SEEK_DATA);
+  if (at >= 0) return Math.min(at, end);
+  return libc.errno() === ENXIO ? end : offset;
+}
+
+/** True when [offset, offset + length) is a hole: it reads as zeros, and nothing need read it. */
+export function isHole(fd: number, offset: number, length: number): boolean {
+  return nextData(fd, offset, offset + length) >= offset + length;
+}
