@@ -4,6 +4,10 @@
 // aside what the image may still need to grow (a sparse image's unallocated part), and
 // never more than the operator's --max-log-size. The serve ends recording at the bound (the
 // VM's writes go on, to the image only) and the migrating source aborts cleanly.
+// An overcommitted thin image (one that could grow past what is free) can fill its file
+// system by itself, whatever the log does; setting all of its growth aside gave such a disk
+// a bound of 0 bytes, and no migration at all. Its reserve is capped at half the free space,
+// so the log gets at least a quarter of it.
 
 import { statfsSync, statSync } from "node:fs";
 
@@ -26,8 +30,10 @@ export function logBound(opts: { logDir: string; image: string; requested?: numb
   } catch {
     // A block device or an image elsewhere: nothing of its growth to set aside here.
   }
-  const share = Math.floor(LOG_SHARE_OF_FREE * Math.max(0, free - reserve)) + (opts.alreadyBytes ?? 0);
-  const why = `${Math.round(LOG_SHARE_OF_FREE * 100)} % of the ${fmt(free)} free in ${opts.logDir}${reserve ? `, after ${fmt(reserve)} kept for the image to grow` : ""}`;
+  const kept = Math.min(reserve, Math.floor(free / 2));
+  const share = Math.floor(LOG_SHARE_OF_FREE * (free - kept)) + (opts.alreadyBytes ?? 0);
+  const overcommitted = reserve > kept ? ` (it could grow by ${fmt(reserve)}: more than is free)` : "";
+  const why = `${Math.round(LOG_SHARE_OF_FREE * 100)} % of the ${fmt(free)} free in ${opts.logDir}${kept ? `, after ${fmt(kept)} kept for the image to grow${overcommitted}` : ""}`;
   if (opts.requested !== undefined && opts.requested < share) return { bytes: opts.requested, why: "--max-log-size" };
   return { bytes: share, why };
 }
