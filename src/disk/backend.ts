@@ -7,6 +7,7 @@
 // request (fence, start recording) can never land between the two halves of one write.
 // A decorator that must delay (throttling) returns a promise and keeps arrival order.
 
+import type { Extent } from "./extents.ts";
 import { NbdErr } from "./nbd-protocol.ts";
 
 export type MaybePromise<T> = T | Promise<T>;
@@ -38,6 +39,8 @@ export interface BlockBackend {
   trim(offset: number, length: number, fua: boolean): MaybePromise<void>;
   /** Every write completed before the call is on stable storage when the promise resolves. */
   flush(): Promise<void>;
+  /** Where [offset, offset + length) holds data and where holes (NBD_CMD_BLOCK_STATUS). */
+  extents(offset: number, length: number): Extent[];
   close(): void;
 }
 
@@ -64,6 +67,9 @@ export class BackendDecorator implements BlockBackend {
   }
   flush(): Promise<void> {
     return this.inner.flush();
+  }
+  extents(offset: number, length: number): Extent[] {
+    return this.inner.extents(offset, length);
   }
   close(): void {
     this.inner.close();

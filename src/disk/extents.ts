@@ -8,6 +8,7 @@
 import { dlopen, FFIType, read } from "bun:ffi";
 
 const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
 const ENXIO = 6;
 
 interface Libc {
@@ -46,4 +47,35 @@ export function nextData(fd: number, offset: number, end: number): number {
 /** True when [offset, offset + length) is a hole: it reads as zeros, and nothing need read it. */
 export function isHole(fd: number, offset: number, length: number): boolean {
   return nextData(fd, offset, offset + length) >= offset + length;
+}
+
+/** The first offset at or after `offset` in a hole, or `end`. On any doubt: `end` (data). */
+export function nextHole(fd: number, offset: number, end: number): number {
+  if (!libc) return end;
+  const at = libc.lseek(fd, offset, SEEK_HOLE);
+  return at >= 0 ? Math.min(at, end) : end;
+}
+
+/** A run of the file: data, or a hole (reads as zeros). */
+export interface Extent {
+  length: number;
+  hole: boolean;
+}
+
+/** The runs of [offset, offset + length), in order, at most `max` of them (the last may stop short). */
+export function extentsOf(fd: number, offset: number, length: number, max = 1024): Extent[] {
+  const end = offset + length;
+  const out: Extent[] = [];
+  for (let at = offset; at < end && out.length < max; ) {
+    const data = nextData(fd, at, end);
+    if (data > at) {
+      out.push({ length: data - at, hole: true });
+      at = data;
+      continue;
+    }
+    const hole = Math.max(nextHole(fd, at, end), at + 1);
+    out.push({ length: Math.min(hole, end) - at, hole: false });
+    at = hole;
+  }
+  return out;
 }

@@ -1,7 +1,7 @@
 // The image file itself: positional reads and writes on one descriptor, holes for zeros.
 
 import { closeSync, fdatasync, fstatSync, openSync, readSync, writeSync } from "node:fs";
-import { nextData } from "./extents.ts";
+import { type Extent, extentsOf, nextData } from "./extents.ts";
 import { BlockError, type BlockBackend } from "./backend.ts";
 import { NbdErr } from "./nbd-protocol.ts";
 import { punchHole, zeroRange } from "./fallocate.ts";
@@ -23,6 +23,10 @@ export class FileBackend implements BlockBackend {
       throw new Error(`${path} is not a regular file`);
     }
     this.size = st.size;
+  }
+
+  extents(offset: number, length: number): Extent[] {
+    return extentsOf(this.fd, offset, length);
   }
 
   /** The first offset at or after `offset` holding data (the size if none): see extents.ts. */

@@ -32,7 +32,9 @@ import {
   SIMPLE_REPLY_LEN,
   SIMPLE_REPLY_MAGIC,
   TransmissionFlag,
+  BASE_ALLOCATION,
 } from "./nbd-protocol.ts";
+import { ALLOCATION_CONTEXT_ID, blockStatusChunk, errorChunk, parseMetaContextRequest, readChunk, selectsAllocation } from "./nbd-structured.ts";
 import { ByteQueue } from "../util/byte-queue.ts";
 import { SocketWriter } from "../util/socket-writer.ts";
 import type { Logger } from "../log.ts";
@@ -98,6 +100,12 @@ export class NbdConnection {
   private inq = new ByteQueue();
   private step: Step = { kind: "clientFlags" };
   private noZeroes = false;
+  /** NBD_OPT_STRUCTURED_REPLY was negotiated: READ answers in chunks, BLOCK_STATUS may be offered. */
+  private structured = false;
+  /** The export base:allocation was selected for (SET_META_CONTEXT), if any. */
+  private allocationFor?: NbdExport;
+  /** BLOCK_STATUS is served on this connection's export. */
+  private blockStatus = false;
   private export?: NbdExport;
   private transmissionFlags = 0;
   private readonly out: SocketWriter;
@@ -253,6 +261,14 @@ export class NbdConnection {
       case Opt.INFO:
       case Opt.GO:
         return this.handleInfoOrGo(opt, data);
+      case Opt.STRUCTURED_REPLY:
+        if (data.length !== 0) return this.sendOptionError(opt, Rep.ERR_INVALID, "STRUCTURED_REPLY takes no data");
+        this.structured = true;
+        this.sendOptionReply(opt, Rep.ACK);
+        return;
+      case Opt.LIST_META_CONTEXT:
+      case Opt.SET_META_CONTEXT:
+        return this.handleMetaContext(opt, data);
       default:
         this.host.log.debug(`client ${this.peer}: option ${optName(opt)} not supported`);
         this.sendOptionError(opt, Rep.ERR_UNSUP, `option ${optName(opt)} is not supported`);
@@ -296,8 +312,29 @@ export class NbdConnection {
     if (opt === Opt.GO) this.enterTransmission(ex);
   }
 
+  private handleMetaContext(opt: number, data: Buffer): void {
+    if (!this.structured) return this.sendOptionError(opt, Rep.ERR_INVALID, "negotiate structured replies first");
+    const req = parseMetaContextRequest(data);
+    if (typeof req === "string") return this.sendOptionError(opt, Rep.ERR_INVALID, req);
+    const ex = this.host.findExport(req.exportName);
+    if (!ex) return this.sendOptionError(opt, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(req.exportName)}`);
+    const listing = opt === Opt.LIST_META_CONTEXT;
+    const selected = selectsAllocation(req.queries, listing);
+    if (selected) {
+      const name = Buffer.from(BASE_ALLOCATION, "utf8");
+      const b = Buffer.alloc(4 + name.length);
+      b.writeUInt32BE(listing ? 0 : ALLOCATION_CONTEXT_ID, 0);
+      name.copy(b, 4);
+      this.sendOptionReply(opt, Rep.META_CONTEXT, b);
+    }
+    // SET replaces what an earlier SET chose, even with nothing.
+    if (!listing) this.allocationFor = selected ? ex : undefined;
+    this.sendOptionReply(opt, Rep.ACK);
+  }
+
   private enterTransmission(ex: NbdExport): void {
     this.export = ex;
+    this.blockStatus = this.structured && this.allocationFor === ex;
     this.transmissionFlags = transmissionFlagsFor(ex);
     this.step = { kind: "requestHeader" };
     this.host.log.debug(`client ${this.peer}: serving export ${JSON.stringify(ex.name)}`);
@@ -323,7 +360,7 @@ export class NbdConnection {
     if (problem) {
       this.host.stats.errors++;
       this.host.log.info(`client ${this.peer}: ${cmdName(req.type)} offset=${req.offset} length=${req.length}: ${problem.message}`);
-      this.reply(req.cookie, problem.error);
+      this.replyError(req, problem.error, problem.message);
       if (req.type === Cmd.WRITE) this.step = req.length > 0 ? { kind: "drain", left: req.length } : this.step;
       return;
     }
@@ -349,6 +386,8 @@ export class NbdConnection {
     if (req.flags & ~allowed) return { error: NbdErr.EINVAL, message: `flags 0x${req.flags.toString(16)} not valid here` };
     const isWrite = req.type === Cmd.WRITE || req.type === Cmd.TRIM || req.type === Cmd.WRITE_ZEROES;
     if (req.type === Cmd.FLUSH || req.type === Cmd.DISC) return undefined;
+    if (req.type === Cmd.BLOCK_STATUS && !this.blockStatus) return { error: NbdErr.EINVAL, message: "BLOCK_STATUS without base:allocation selected" };
+    if (req.type === Cmd.BLOCK_STATUS && req.length === 0) return { error: NbdErr.EINVAL, message: "zero-length request" };
     if (isWrite && ex.backend.readOnly) return { error: NbdErr.EPERM, message: "the export is read-only" };
     if ((req.type === Cmd.READ || req.type === Cmd.WRITE) && req.length === 0)
       return { error: NbdErr.EINVAL, message: "zero-length request" };
@@ -363,7 +402,7 @@ export class NbdConnection {
   }
 
   private serve(req: Request, payload?: Uint8Array): void {
-    const gate = this.host.gate(req.type === Cmd.READ);
+    const gate = this.host.gate(req.type === Cmd.READ || req.type === Cmd.BLOCK_STATUS);
     if (gate) {
       // Held until the image is consistent; the payload view must outlive this callback.
       const kept = payload ? Uint8Array.from(payload) : undefined;
@@ -387,12 +426,21 @@ export class NbdConnection {
     const fua = (req.flags & CmdFlag.FUA) !== 0;
     switch (req.type) {
       case Cmd.READ: {
-        const out = Buffer.allocUnsafe(SIMPLE_REPLY_LEN + req.length);
-        be.read(req.offset, out.subarray(SIMPLE_REPLY_LEN));
-        writeReplyHeader(out, req.cookie, 0);
+        let out: Buffer;
+        if (this.structured) out = readChunk(req.cookie, req.offset, req.length, (into) => be.read(req.offset, into));
+        else {
+          out = Buffer.allocUnsafe(SIMPLE_REPLY_LEN + req.length);
+          be.read(req.offset, out.subarray(SIMPLE_REPLY_LEN));
+          writeReplyHeader(out, req.cookie, 0);
+        }
         stats.reads++;
         stats.bytesRead += req.length;
         this.send(out);
+        return;
+      }
+      case Cmd.BLOCK_STATUS: {
+        const extents = be.extents(req.offset, req.length);
+        this.send(blockStatusChunk(req.cookie, req.flags & CmdFlag.REQ_ONE ? extents.slice(0, 1) : extents));
         return;
       }
       case Cmd.WRITE:
@@ -432,7 +480,13 @@ export class NbdConnection {
     // Refusals by design (fence, read-only) are expected during a migration; I/O errors are not.
     if (code === NbdErr.EPERM) this.host.log.debug(`client ${this.peer}: ${cmdName(req.type)} refused: ${msg}`);
     else this.host.log.warn(`client ${this.peer}: ${cmdName(req.type)} offset=${req.offset} length=${req.length} failed: ${msg}`);
-    this.reply(req.cookie, code);
+    this.replyError(req, code, msg);
+  }
+
+  /** With structured replies, READ and BLOCK_STATUS fail with an ERROR chunk; the rest, and every simple-reply client, with a simple reply. */
+  private replyError(req: Request, error: number, message: string): void {
+    if (this.structured && (req.type === Cmd.READ || req.type === Cmd.BLOCK_STATUS)) this.send(errorChunk(req.cookie, error, message));
+    else this.reply(req.cookie, error);
   }
 
   private reply(cookie: Uint8Array, error: number): void {

@@ -46,6 +46,7 @@ export const Rep = {
   ACK: 1,
   SERVER: 2,
   INFO: 3,
+  META_CONTEXT: 4,
   ERR_UNSUP: 0x80000001,
   ERR_POLICY: 0x80000002,
   ERR_INVALID: 0x80000003,
@@ -96,7 +97,17 @@ export const allowedCmdFlags: Record<number, number> = {
   [Cmd.FLUSH]: 0,
   [Cmd.TRIM]: CmdFlag.FUA,
   [Cmd.WRITE_ZEROES]: CmdFlag.FUA | CmdFlag.NO_HOLE,
+  [Cmd.BLOCK_STATUS]: CmdFlag.REQ_ONE,
 };
+
+/** Structured replies (NBD_OPT_STRUCTURED_REPLY): chunks, the last one flagged DONE. */
+export const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
+export const STRUCTURED_REPLY_HEADER_LEN = 20;
+export const ReplyFlag = { DONE: 1 } as const;
+export const ReplyType = { NONE: 0, OFFSET_DATA: 1, OFFSET_HOLE: 2, BLOCK_STATUS: 5, ERROR: 32769, ERROR_OFFSET: 32770 } as const;
+/** The one metadata context we serve, and its flags. */
+export const BASE_ALLOCATION = "base:allocation";
+export const AllocationState = { HOLE: 1, ZERO: 2 } as const;
 
 /** NBD error values (they are the Linux errno numbers, but NBD fixes them itself). */
 export const NbdErr = {

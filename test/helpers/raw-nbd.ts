@@ -1,6 +1,6 @@
 // A minimal NBD client written from the spec, for requests that libnbd refuses to send
 // (unknown commands, out-of-range offsets, half-written payloads).
-import { Cmd, IHAVEOPT, NBDMAGIC, Opt, OPTION_REPLY_MAGIC, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC } from "../../src/disk/nbd-protocol.ts";
+import { Cmd, IHAVEOPT, NBDMAGIC, Opt, OPTION_REPLY_MAGIC, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC } from "../../src/disk/nbd-protocol.ts";
 import { RawSocket } from "./raw-socket.ts";
 
 export interface OptionReply {
@@ -80,6 +80,13 @@ export class RawNbd {
     const cookie = h.readBigUInt64BE(8);
     const data = error === 0 && readLength > 0 ? await this.sock.read(readLength) : undefined;
     return { error, cookie, data };
+  }
+
+  /** Reads one structured reply chunk (after NBD_OPT_STRUCTURED_REPLY). */
+  async chunk(): Promise<{ flags: number; type: number; cookie: bigint; payload: Buffer }> {
+    const h = await this.sock.read(20);
+    if (h.readUInt32BE(0) !== STRUCTURED_REPLY_MAGIC) throw new Error(`bad structured reply magic ${h.readUInt32BE(0).toString(16)}`);
+    return { flags: h.readUInt16BE(4), type: h.readUInt16BE(6), cookie: h.readBigUInt64BE(8), payload: await this.sock.read(h.readUInt32BE(16)) };
   }
 
   async read(offset: number, length: number): Promise<{ error: number; data?: Buffer }> {
