@@ -30,7 +30,7 @@ import { parseArgs } from "node:util";
 import { ControlClient } from "../../src/disk/control-client.ts";
 import { QmpClient } from "../../src/hypervisor/qmp.ts";
 import { logger } from "../../src/log.ts";
-import { BUN, cleanup, DEV_DST, DEV_SRC, DST_IP, identical, MAIN, rowHosts, MiB, netSetup, NS_DST, NS_SRC, Proc, proxyArgs, type Scenario, shape, tail, tuneTcpBuffers, waitUntil } from "./migrate.ts";
+import { BUN, cleanup, DEV_DST, DEV_SRC, DST_IP, identical, MAIN, rowHosts, MiB, netSetup, NS_DST, NS_SRC, Proc, proxyArgs, type Scenario, shape, tail, tuneTcpBuffers, unshape, waitUntil } from "./migrate.ts";
 
 const LINKS: Record<string, Scenario> = {
   loopback: { name: "loopback", rateSpec: "none", bps: 0, rttMs: 0 },
@@ -264,11 +264,6 @@ async function runQsd(sc: Scenario, writer: string, row: string, ctx: Ctx, dir: 
       await p.stop();
     }
   }
-}
-
-async function unshape(): Promise<string> {
-  for (const [ns, dev] of [[NS_SRC, DEV_SRC], [NS_DST, DEV_DST]] as const) await $`tc -n ${ns} qdisc del dev ${dev} root`.nothrow().quiet();
-  return "no shaping (the veth's own rate)";
 }
 
 function pct(xs: number[], p: number): number | undefined {
