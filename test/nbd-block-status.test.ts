@@ -1,29 +1,21 @@
 // `wanmig serve` tells clients where the holes are (structured replies, NBD_CMD_BLOCK_STATUS
 // with base:allocation), so backup tools and `nbdcopy` read a thin disk's data only.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { AllocationState, Cmd, CmdFlag, NbdErr, Opt, Rep, ReplyFlag, ReplyType } from "../src/disk/nbd-protocol.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
-import { overwrite, type ServeHandle, sh, sparseFile, startServe, tempDir } from "./helpers/serve-process.ts";
+import { overwrite, serveForSuite, sh, sparseFile } from "./helpers/serve-process.ts";
 
 const MiB = 1024 * 1024;
-let dir: ReturnType<typeof tempDir>;
-let srv: ServeHandle;
-let image: string;
-
-beforeAll(async () => {
-  dir = tempDir();
-  image = join(dir.path, "thin.img");
-  // 64 MiB: data at [10 MiB, 13 MiB) and one 4 KiB block at 47 MiB, holes elsewhere.
-  await sparseFile(image, 64 * MiB);
-  overwrite(image, 10 * MiB, new Uint8Array(3 * MiB).fill(0x5a));
-  overwrite(image, 47 * MiB, new Uint8Array(4096).fill(0xa5));
-  srv = await startServe({ image, runDir: dir.path, name: "vm1" });
-});
-afterAll(async () => {
-  await srv?.stop();
-  dir?.remove();
-});
+// 64 MiB: data at [10 MiB, 13 MiB) and one 4 KiB block at 47 MiB, holes elsewhere.
+const suite = serveForSuite(
+  async (image) => {
+    await sparseFile(image, 64 * MiB);
+    overwrite(image, 10 * MiB, new Uint8Array(3 * MiB).fill(0x5a));
+    overwrite(image, 47 * MiB, new Uint8Array(4096).fill(0xa5));
+  },
+  { name: "vm1" },
+);
 
 /** An option's data for LIST/SET_META_CONTEXT: the export's name and the queries. */
 function metaQuery(exportName: string, queries: string[]): Buffer {
@@ -40,7 +32,7 @@ function metaQuery(exportName: string, queries: string[]): Buffer {
 
 /** A raw client that negotiated structured replies and, if asked, base:allocation. */
 async function structuredClient(allocation: boolean): Promise<RawNbd> {
-  const c = await RawNbd.connect(srv.socket);
+  const c = await RawNbd.connect(suite.srv.socket);
   c.sendOption(Opt.STRUCTURED_REPLY);
   expect((await c.readOptionReply()).type).toBe(Rep.ACK);
   if (allocation) {
@@ -64,7 +56,7 @@ const HOLE = AllocationState.HOLE | AllocationState.ZERO;
 
 describe("real NBD clients see the holes", () => {
   test("nbdinfo --map: the data where it was written, holes (reading as zeros) elsewhere", async () => {
-    const { stdout } = await sh(["nbdinfo", "--map", "--json", srv.uri]);
+    const { stdout } = await sh(["nbdinfo", "--map", "--json", suite.srv.uri]);
     const map = (JSON.parse(stdout) as { offset: number; length: number; type: number }[]).map((e) => [e.offset, e.length, e.type]);
     expect(map).toEqual([
       [0, 10 * MiB, HOLE],
@@ -76,11 +68,11 @@ describe("real NBD clients see the holes", () => {
   });
 
   test("nbdcopy of the running disk: byte-identical, and as thin as the original", async () => {
-    const copy = join(dir.path, "copy.img");
-    await sh(["nbdcopy", srv.uri, copy]);
-    await sh(["cmp", image, copy]);
+    const copy = join(suite.dir.path, "copy.img");
+    await sh(["nbdcopy", suite.srv.uri, copy]);
+    await sh(["cmp", suite.image, copy]);
     const du = async (p: string) => Number((await sh(["du", "-k", p])).stdout.split("\t")[0]);
-    expect(await du(copy)).toBeLessThanOrEqual((await du(image)) + 64);
+    expect(await du(copy)).toBeLessThanOrEqual((await du(suite.image)) + 64);
   });
 
   test("a write into a hole shows as data at once", async () => {
@@ -141,7 +133,7 @@ describe("the protocol's edges, from a raw client", () => {
   });
 
   test("metadata contexts need structured replies first; LIST lists base:allocation; an unknown export is refused", async () => {
-    const c = await RawNbd.connect(srv.socket);
+    const c = await RawNbd.connect(suite.srv.socket);
     c.sendOption(Opt.SET_META_CONTEXT, metaQuery("vm1", ["base:allocation"]));
     expect((await c.readOptionReply()).type).toBe(Rep.ERR_INVALID);
     c.sendOption(Opt.STRUCTURED_REPLY);

@@ -1,27 +1,14 @@
 // `wanmig serve` against the real NBD clients a user has: libnbd's tools, QEMU's, fio.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { randomFile, type ServeHandle, sh, sparseFile, startServe, tempDir } from "./helpers/serve-process.ts";
+import { randomFile, serveForSuite, sh, sparseFile } from "./helpers/serve-process.ts";
 
 const MiB = 1024 * 1024;
-let dir: ReturnType<typeof tempDir>;
-let srv: ServeHandle;
-let image: string;
-
-beforeAll(async () => {
-  dir = tempDir();
-  image = join(dir.path, "disk.img");
-  await sparseFile(image, 64 * MiB);
-  srv = await startServe({ image, runDir: dir.path, name: "vm1" });
-});
-afterAll(async () => {
-  await srv?.stop();
-  dir?.remove();
-});
+const suite = serveForSuite((image) => sparseFile(image, 64 * MiB), { name: "vm1" });
 
 describe("real NBD clients", () => {
   test("nbdinfo sees the size and the flags we advertise", async () => {
-    const { stdout } = await sh(["nbdinfo", "--json", srv.uri]);
+    const { stdout } = await sh(["nbdinfo", "--json", suite.srv.uri]);
     const info = JSON.parse(stdout);
     const ex = info.exports[0];
     expect(info.protocol).toBe("newstyle-fixed");
@@ -32,21 +19,21 @@ describe("real NBD clients", () => {
   });
 
   test("nbdinfo --list lists the export by its name", async () => {
-    const { stdout } = await sh(["nbdinfo", "--list", "--json", srv.uri]);
+    const { stdout } = await sh(["nbdinfo", "--list", "--json", suite.srv.uri]);
     expect(JSON.parse(stdout).exports.map((e: { "export-name": string }) => e["export-name"])).toEqual(["vm1"]);
   });
 
   test("nbdcopy writes 64 MiB of random data in and reads it back identical", async () => {
-    const src = join(dir.path, "random.bin");
-    const back = join(dir.path, "back.bin");
+    const src = join(suite.dir.path, "random.bin");
+    const back = join(suite.dir.path, "back.bin");
     await randomFile(src, 64 * MiB);
-    await sh(["nbdcopy", "--flush", src, srv.uri]);
-    await sh(["nbdcopy", srv.uri, back]);
+    await sh(["nbdcopy", "--flush", src, suite.srv.uri]);
+    await sh(["nbdcopy", suite.srv.uri, back]);
     await sh(["cmp", src, back]);
     // qemu-img compares through its own NBD client, against the file on disk.
-    const cmp = await sh(["qemu-img", "compare", "-f", "raw", "-F", "raw", src, srv.uri]);
+    const cmp = await sh(["qemu-img", "compare", "-f", "raw", "-F", "raw", src, suite.srv.uri]);
     expect(cmp.stdout).toContain("Images are identical");
-    await sh(["cmp", src, image]);
+    await sh(["cmp", src, suite.image]);
   });
 
   test("qemu-io pattern writes and reads at odd offsets and lengths", async () => {
@@ -60,26 +47,26 @@ describe("real NBD clients", () => {
     ];
     const writes = ops.flatMap(([o, l, p]) => ["-c", `write -P ${p} ${o} ${l}`]);
     const reads = ops.flatMap(([o, l, p]) => ["-c", `read -P ${p} ${o} ${l}`]);
-    const w = await sh(["qemu-io", "-f", "raw", ...writes, "-c", "flush", srv.uri]);
+    const w = await sh(["qemu-io", "-f", "raw", ...writes, "-c", "flush", suite.srv.uri]);
     expect(w.stdout).not.toContain("failed");
-    const r = await sh(["qemu-io", "-f", "raw", ...reads, srv.uri]);
+    const r = await sh(["qemu-io", "-f", "raw", ...reads, suite.srv.uri]);
     expect(r.stdout).not.toContain("Pattern verification failed");
     expect(r.stdout.match(/^read /gm)?.length).toBe(ops.length);
     // The negative: a wrong pattern must be caught, or the check above proves nothing.
-    const bad = await sh(["qemu-io", "-f", "raw", "-c", "read -P 0x99 12345 7777", srv.uri], { allowFail: true });
+    const bad = await sh(["qemu-io", "-f", "raw", "-c", "read -P 0x99 12345 7777", suite.srv.uri], { allowFail: true });
     expect(bad.stdout + bad.stderr).toContain("Pattern verification failed");
   });
 
   test("qemu-io write-zeroes and discard read back as zeros", async () => {
-    await sh(["qemu-io", "-f", "raw", "-c", "write -P 0x77 0 1M", "-c", "write -z 4096 8192", "-c", "discard 65536 65536", srv.uri]);
-    const r = await sh(["qemu-io", "-f", "raw", "-c", "read -P 0 4096 8192", "-c", "read -P 0 65536 65536", "-c", "read -P 0x77 0 4096", srv.uri]);
+    await sh(["qemu-io", "-f", "raw", "-c", "write -P 0x77 0 1M", "-c", "write -z 4096 8192", "-c", "discard 65536 65536", suite.srv.uri]);
+    const r = await sh(["qemu-io", "-f", "raw", "-c", "read -P 0 4096 8192", "-c", "read -P 0 65536 65536", "-c", "read -P 0x77 0 4096", suite.srv.uri]);
     expect(r.stdout).not.toContain("Pattern verification failed");
   });
 
   test("fio (nbd engine) verify=crc32c at queue depth 16 over two connections", async () => {
-    const out = join(dir.path, "fio.json");
+    const out = join(suite.dir.path, "fio.json");
     await sh([
-      "fio", "--name=verify", "--ioengine=nbd", `--uri=${srv.uri}`, "--rw=randwrite", "--bs=4k", "--iodepth=16",
+      "fio", "--name=verify", "--ioengine=nbd", `--uri=${suite.srv.uri}`, "--rw=randwrite", "--bs=4k", "--iodepth=16",
       "--numjobs=2", "--size=16M", "--offset_increment=16M", "--verify=crc32c", "--verify_fatal=1",
       "--do_verify=1", "--verify_state_save=0", "--group_reporting", "--output-format=json", `--output=${out}`,
     ]);
@@ -88,7 +75,7 @@ describe("real NBD clients", () => {
     expect(job.error).toBe(0);
     expect(job.write.io_bytes).toBe(32 * MiB);
     expect(job.read.io_bytes).toBe(32 * MiB); // the verify pass read everything back
-    const st = await srv.ctl.status();
+    const st = await suite.srv.ctl.status();
     expect(st.io.errors).toBe(0);
   });
 });

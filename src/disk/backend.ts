@@ -39,8 +39,8 @@ export interface BlockBackend {
   trim(offset: number, length: number, fua: boolean): MaybePromise<void>;
   /** Every write completed before the call is on stable storage when the promise resolves. */
   flush(): Promise<void>;
-  /** Where [offset, offset + length) holds data and where holes (NBD_CMD_BLOCK_STATUS). */
-  extents(offset: number, length: number): Extent[];
+  /** Where [offset, offset + length) holds data and where holes (NBD_CMD_BLOCK_STATUS), at most `max` runs. */
+  extents(offset: number, length: number, max?: number): Extent[];
   close(): void;
 }
 
@@ -68,8 +68,8 @@ export class BackendDecorator implements BlockBackend {
   flush(): Promise<void> {
     return this.inner.flush();
   }
-  extents(offset: number, length: number): Extent[] {
-    return this.inner.extents(offset, length);
+  extents(offset: number, length: number, max?: number): Extent[] {
+    return this.inner.extents(offset, length, max);
   }
   close(): void {
     this.inner.close();

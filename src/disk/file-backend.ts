@@ -25,8 +25,8 @@ export class FileBackend implements BlockBackend {
     this.size = st.size;
   }
 
-  extents(offset: number, length: number): Extent[] {
-    return extentsOf(this.fd, offset, length);
+  extents(offset: number, length: number, max?: number): Extent[] {
+    return extentsOf(this.fd, offset, length, max);
   }
 
   /** The first offset at or after `offset` holding data (the size if none): see extents.ts. */

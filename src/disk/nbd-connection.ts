@@ -32,9 +32,8 @@ import {
   SIMPLE_REPLY_LEN,
   SIMPLE_REPLY_MAGIC,
   TransmissionFlag,
-  BASE_ALLOCATION,
 } from "./nbd-protocol.ts";
-import { ALLOCATION_CONTEXT_ID, blockStatusChunk, errorChunk, parseMetaContextRequest, readChunk, selectsAllocation } from "./nbd-structured.ts";
+import { allocationContextReply, blockStatusChunk, errorChunk, parseMetaContextRequest, readChunk, selectsAllocation } from "./nbd-structured.ts";
 import { ByteQueue } from "../util/byte-queue.ts";
 import { SocketWriter } from "../util/socket-writer.ts";
 import type { Logger } from "../log.ts";
@@ -102,10 +101,8 @@ export class NbdConnection {
   private noZeroes = false;
   /** NBD_OPT_STRUCTURED_REPLY was negotiated: READ answers in chunks, BLOCK_STATUS may be offered. */
   private structured = false;
-  /** The export base:allocation was selected for (SET_META_CONTEXT), if any. */
+  /** The export base:allocation was selected for (SET_META_CONTEXT needs structured replies); BLOCK_STATUS is served on it only. */
   private allocationFor?: NbdExport;
-  /** BLOCK_STATUS is served on this connection's export. */
-  private blockStatus = false;
   private export?: NbdExport;
   private transmissionFlags = 0;
   private readonly out: SocketWriter;
@@ -320,13 +317,7 @@ export class NbdConnection {
     if (!ex) return this.sendOptionError(opt, Rep.ERR_UNKNOWN, `no export named ${JSON.stringify(req.exportName)}`);
     const listing = opt === Opt.LIST_META_CONTEXT;
     const selected = selectsAllocation(req.queries, listing);
-    if (selected) {
-      const name = Buffer.from(BASE_ALLOCATION, "utf8");
-      const b = Buffer.alloc(4 + name.length);
-      b.writeUInt32BE(listing ? 0 : ALLOCATION_CONTEXT_ID, 0);
-      name.copy(b, 4);
-      this.sendOptionReply(opt, Rep.META_CONTEXT, b);
-    }
+    if (selected) this.sendOptionReply(opt, Rep.META_CONTEXT, allocationContextReply(listing));
     // SET replaces what an earlier SET chose, even with nothing.
     if (!listing) this.allocationFor = selected ? ex : undefined;
     this.sendOptionReply(opt, Rep.ACK);
@@ -334,7 +325,6 @@ export class NbdConnection {
 
   private enterTransmission(ex: NbdExport): void {
     this.export = ex;
-    this.blockStatus = this.structured && this.allocationFor === ex;
     this.transmissionFlags = transmissionFlagsFor(ex);
     this.step = { kind: "requestHeader" };
     this.host.log.debug(`client ${this.peer}: serving export ${JSON.stringify(ex.name)}`);
@@ -386,10 +376,9 @@ export class NbdConnection {
     if (req.flags & ~allowed) return { error: NbdErr.EINVAL, message: `flags 0x${req.flags.toString(16)} not valid here` };
     const isWrite = req.type === Cmd.WRITE || req.type === Cmd.TRIM || req.type === Cmd.WRITE_ZEROES;
     if (req.type === Cmd.FLUSH || req.type === Cmd.DISC) return undefined;
-    if (req.type === Cmd.BLOCK_STATUS && !this.blockStatus) return { error: NbdErr.EINVAL, message: "BLOCK_STATUS without base:allocation selected" };
-    if (req.type === Cmd.BLOCK_STATUS && req.length === 0) return { error: NbdErr.EINVAL, message: "zero-length request" };
+    if (req.type === Cmd.BLOCK_STATUS && this.allocationFor !== ex) return { error: NbdErr.EINVAL, message: "BLOCK_STATUS without base:allocation selected" };
     if (isWrite && ex.backend.readOnly) return { error: NbdErr.EPERM, message: "the export is read-only" };
-    if ((req.type === Cmd.READ || req.type === Cmd.WRITE) && req.length === 0)
+    if ((req.type === Cmd.READ || req.type === Cmd.WRITE || req.type === Cmd.BLOCK_STATUS) && req.length === 0)
       return { error: NbdErr.EINVAL, message: "zero-length request" };
     if ((req.type === Cmd.READ || req.type === Cmd.WRITE) && req.length > BLOCK_MAX)
       return { error: NbdErr.EINVAL, message: `request larger than the ${BLOCK_MAX}-byte maximum` };
@@ -426,21 +415,15 @@ export class NbdConnection {
     const fua = (req.flags & CmdFlag.FUA) !== 0;
     switch (req.type) {
       case Cmd.READ: {
-        let out: Buffer;
-        if (this.structured) out = readChunk(req.cookie, req.offset, req.length, (into) => be.read(req.offset, into));
-        else {
-          out = Buffer.allocUnsafe(SIMPLE_REPLY_LEN + req.length);
-          be.read(req.offset, out.subarray(SIMPLE_REPLY_LEN));
-          writeReplyHeader(out, req.cookie, 0);
-        }
+        const fill = (into: Uint8Array) => be.read(req.offset, into);
+        const out = this.structured ? readChunk(req.cookie, req.offset, req.length, fill) : simpleReadReply(req.cookie, req.length, fill);
         stats.reads++;
         stats.bytesRead += req.length;
         this.send(out);
         return;
       }
       case Cmd.BLOCK_STATUS: {
-        const extents = be.extents(req.offset, req.length);
-        this.send(blockStatusChunk(req.cookie, req.flags & CmdFlag.REQ_ONE ? extents.slice(0, 1) : extents));
+        this.send(blockStatusChunk(req.cookie, be.extents(req.offset, req.length, req.flags & CmdFlag.REQ_ONE ? 1 : undefined)));
         return;
       }
       case Cmd.WRITE:
@@ -543,6 +526,14 @@ function parseRequest(b: Uint8Array): Request {
     offset: hi >= 0x200000 ? Number.MAX_SAFE_INTEGER : hi * 0x100000000 + lo,
     length: v.getUint32(24),
   };
+}
+
+/** A READ's simple reply: the header, then the data read straight in after it. */
+function simpleReadReply(cookie: Uint8Array, length: number, fill: (into: Uint8Array) => void): Buffer {
+  const out = Buffer.allocUnsafe(SIMPLE_REPLY_LEN + length);
+  fill(out.subarray(SIMPLE_REPLY_LEN));
+  writeReplyHeader(out, cookie, 0);
+  return out;
 }
 
 function writeReplyHeader(out: Buffer, cookie: Uint8Array, error: number): void {

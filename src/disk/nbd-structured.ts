@@ -7,7 +7,16 @@ import type { Extent } from "./extents.ts";
 import { AllocationState, BASE_ALLOCATION, ReplyFlag, ReplyType, STRUCTURED_REPLY_HEADER_LEN, STRUCTURED_REPLY_MAGIC } from "./nbd-protocol.ts";
 
 /** The id we give base:allocation when a client selects it (0 is what LIST replies carry). */
-export const ALLOCATION_CONTEXT_ID = 1;
+const ALLOCATION_CONTEXT_ID = 1;
+
+/** NBD_REP_META_CONTEXT naming base:allocation: with its id when selected, 0 when listed. */
+export function allocationContextReply(listing: boolean): Buffer {
+  const name = Buffer.from(BASE_ALLOCATION, "utf8");
+  const b = Buffer.alloc(4 + name.length);
+  b.writeUInt32BE(listing ? 0 : ALLOCATION_CONTEXT_ID, 0);
+  name.copy(b, 4);
+  return b;
+}
 
 /** A chunk's header, room left for `payload` bytes after it. */
 function chunk(cookie: Uint8Array, type: number, payload: number, done: boolean): Buffer {

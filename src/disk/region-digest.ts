@@ -84,11 +84,6 @@ export class RegionDigests {
     }
   }
 
-  /** The regions lying wholly inside [offset, offset + length), a hole: zeros, unread. */
-  noteZero(offset: number, length: number): void {
-    for (let r = Math.ceil(offset / REGION_SIZE); (r + 1) * REGION_SIZE <= Math.min(offset + length, this.size); r++) this.setRegionHash(r, zeroRegionHash());
-  }
-
   markDirty(offset: number, length: number): void {
     if (length <= 0) return;
     const end = Math.min(offset + length, this.size);

@@ -118,12 +118,22 @@ export class BulkThrottle {
    */
   stop(): void {
     clearInterval(this.timer);
+    const look = this.look(LAST_LOOK_MIN_MS);
+    if (this.provisional !== undefined && look?.link !== undefined) this.firstVerdict(look.growth, look.link);
+  }
+
+  /**
+   * What the window shows, once it spans `minMs`: the log's growth, and the link's rate. The
+   * link is as measured under backlog; without a backlog ever (a link faster than the
+   * reader) what went out in the window is what we can ship, and a window spent scanning
+   * holes ships nothing: then no link, and no verdict, which is better than a cap of zero.
+   */
+  private look(minMs: number): { growth: number; link?: number } | undefined {
     const first = this.window[0];
     const last = this.window.at(-1);
-    if (this.provisional === undefined || !first || !last || last.at - first.at < LAST_LOOK_MIN_MS) return;
+    if (!first || !last || last.at - first.at < minMs) return undefined;
     const dt = last.at - first.at;
-    const link = this.linkRate ?? ((last.handed - first.handed) / dt || undefined);
-    if (link !== undefined) this.firstVerdict((last.log - first.log) / dt, link);
+    return { growth: (last.log - first.log) / dt, link: this.linkRate ?? ((last.handed - first.handed) / dt || undefined) };
   }
 
   /**
@@ -151,18 +161,11 @@ export class BulkThrottle {
       this.measureLink(now, handed);
       this.window.push({ at: now, log: answer.log?.bytes ?? 0, handed });
       while (this.window.length > 2 && now - this.window[1]!.at >= WINDOW_MS) this.window.shift();
-      const first = this.window[0]!;
-      const last = this.window.at(-1)!;
-      const dt = now - first.at;
-      if (dt >= FIRST_VERDICT_MS) {
-        // Without a backlog ever (a link faster than the reader) what went out in the window
-        // is what we can ship; a window spent scanning holes ships nothing, and then no
-        // verdict is better than a cap of zero.
-        const link = this.linkRate ?? ((handed - first.handed) / dt || undefined);
-        const growth = (last.log - first.log) / dt;
-        const cap = bulkRateCap(growth, link);
-        if (this.provisional !== undefined && link !== undefined) {
-          this.firstVerdict(growth, link);
+      const look = this.look(FIRST_VERDICT_MS);
+      if (look?.link !== undefined) {
+        const cap = bulkRateCap(look.growth, look.link);
+        if (this.provisional !== undefined) {
+          this.firstVerdict(look.growth, look.link);
           await reportShipped(this.ctl, this.watch, 0n, this.cap);
         } else if (cap !== undefined && (this.cap === undefined || cap < this.cap)) {
           // Once engaged it stays: a capped writer's growth no longer shows what it would write.

@@ -35,14 +35,43 @@ function sameHash(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
-/** A chunk in a hole: all zero blocks, sent as ZERO only where the destination's base holds something else. */
+/** The destination's base hash of block `i` of a chunk, if it streams them. */
+function baseHashOf(theirs: Uint8Array | undefined, i: number): Uint8Array | undefined {
+  return theirs?.subarray(i * BASE_HASH_LEN, (i + 1) * BASE_HASH_LEN);
+}
+
+/** An all-zero block: not sent, unless the destination's base holds something else there (then ZERO). */
+async function sendZeroBlock(ch: Channel, p: BulkProgress, offset: number, length: number, baseHash: Uint8Array | undefined): Promise<void> {
+  p.zeroBlocks++;
+  if (baseHash && !sameHash(baseHash, zeroBlockHash(length))) await ch.send(msg.zero(offset, length));
+}
+
+/** A chunk in a hole: all zero blocks, and nothing read. */
 async function sendHole(ch: Channel, p: BulkProgress, n: number, blockSize: number, theirs: Uint8Array | undefined): Promise<void> {
-  for (let at = 0, i = 0; at < n; at += blockSize, i++) {
-    const len = Math.min(blockSize, n - at);
-    p.zeroBlocks++;
-    if (theirs && !sameHash(theirs.subarray(i * BASE_HASH_LEN, (i + 1) * BASE_HASH_LEN), zeroBlockHash(len))) await ch.send(msg.zero(p.offset + at, len));
-  }
+  for (let at = 0, i = 0; at < n; at += blockSize, i++) await sendZeroBlock(ch, p, p.offset + at, Math.min(blockSize, n - at), baseHashOf(theirs, i));
   p.holeBytes += n;
+}
+
+/** A chunk read from the image, block by block: zeros skipped, the base's blocks skipped, the rest sent. */
+async function sendChunk(ch: Channel, p: BulkProgress, chunk: Uint8Array, blockSize: number, compress: boolean, theirs: Uint8Array | undefined): Promise<void> {
+  for (let at = 0, i = 0; at < chunk.length; at += blockSize, i++) {
+    const block = chunk.subarray(at, Math.min(at + blockSize, chunk.length));
+    const baseHash = baseHashOf(theirs, i);
+    if (isZero(block)) {
+      await sendZeroBlock(ch, p, p.offset + at, block.length, baseHash);
+      continue;
+    }
+    if (baseHash && sameHash(baseHash, blockHash(block))) {
+      p.baseBlocks++;
+      continue;
+    }
+    // Copy: the read buffer is reused for the next chunk while frames may still queue.
+    const out = compress ? maybeCompress(block) : { data: block, compressed: false };
+    await ch.send(msg.bulk(p.offset + at, block.length, out.compressed ? out.data : Buffer.from(block), out.compressed));
+    p.wireBytes += out.data.length;
+    p.dataBlocks++;
+    p.bytesSent += block.length;
+  }
 }
 
 export async function sendBulk(
@@ -55,12 +84,12 @@ export async function sendBulk(
     /** The destination has a base image and streams its block hashes. */
     base?: boolean;
     onProgress?: (p: BulkProgress) => void;
-    /** Called just before each chunk is read (coalesce mode notes the delta log's length). */
+    /** Called before each chunk, read or hole (interruption and the throttle's failures). */
+    beforeChunk?: () => void;
+    /** Called just before each chunk is read (coalesce mode notes the delta log's length); not for holes. */
     beforeRead?: (offset: number) => void;
     /** Called with each chunk as read (the image digest hashes it). */
     afterRead?: (offset: number, chunk: Uint8Array) => void;
-    /** Called for each chunk that lies in a hole, instead of beforeRead/afterRead. */
-    onHole?: (offset: number, length: number) => void;
   },
 ): Promise<BulkProgress> {
   let image: FileBackend;
@@ -76,41 +105,20 @@ export async function sendBulk(
   const gc = new GcNudge();
   try {
     while (p.offset < p.size) {
+      opts.beforeChunk?.();
       const n = chunkLength(p.offset, p.size);
-      const chunk = buf.subarray(0, n);
       const theirs = opts.base ? await receiveBaseHashes(ch, p.offset, Math.ceil(n / opts.blockSize)) : undefined;
       if (dataAt < p.offset) dataAt = image.nextData(p.offset);
-      if (dataAt >= p.offset + n) {
-        await sendHole(ch, p, n, opts.blockSize, theirs);
-        opts.onHole?.(p.offset, n);
-        p.offset += n;
-        opts.onProgress?.(p);
-        continue;
-      }
-      opts.beforeRead?.(p.offset);
-      image.read(p.offset, chunk);
-      opts.afterRead?.(p.offset, chunk);
-      for (let at = 0, i = 0; at < n; at += opts.blockSize, i++) {
-        const block = chunk.subarray(at, Math.min(at + opts.blockSize, n));
-        const baseHash = theirs?.subarray(i * BASE_HASH_LEN, (i + 1) * BASE_HASH_LEN);
-        if (isZero(block)) {
-          p.zeroBlocks++;
-          if (baseHash && !sameHash(baseHash, zeroBlockHash(block.length))) await ch.send(msg.zero(p.offset + at, block.length));
-          continue;
-        }
-        if (baseHash && sameHash(baseHash, blockHash(block))) {
-          p.baseBlocks++;
-          continue;
-        }
-        // Copy: the read buffer is reused for the next chunk while frames may still queue.
-        const out = opts.compress ? maybeCompress(block) : { data: block, compressed: false };
-        await ch.send(msg.bulk(p.offset + at, block.length, out.compressed ? out.data : Buffer.from(block), out.compressed));
-        p.wireBytes += out.data.length;
-        p.dataBlocks++;
-        p.bytesSent += block.length;
+      if (dataAt >= p.offset + n) await sendHole(ch, p, n, opts.blockSize, theirs);
+      else {
+        const chunk = buf.subarray(0, n);
+        opts.beforeRead?.(p.offset);
+        image.read(p.offset, chunk);
+        opts.afterRead?.(p.offset, chunk);
+        await sendChunk(ch, p, chunk, opts.blockSize, opts.compress, theirs);
+        gc.add(n);
       }
       p.offset += n;
-      gc.add(n);
       opts.onProgress?.(p);
     }
   } finally {

@@ -24,7 +24,7 @@ export interface DeltaStreamOptions {
   coalesce?: BulkReadLog;
   /** Every record read from the log, sent or not (the image digest marks its regions dirty). */
   onRecord?: (r: { offset: number; length: number }) => void;
-  /** Coalesce mode: the source image, which copy passes read (none without it). */
+  /** Coalesce mode: the source image, which copy passes read (no passes without it, nor in paper mode). */
   image?: string;
 }
 
@@ -67,7 +67,8 @@ export class DeltaStreamer {
   /** The planned copy pass's frames not yet sent, last first. */
   private copies: PendingCopy[] = [];
   private copiesBytes = 0;
-  private image?: FileBackend;
+  /** The source image, in coalesce mode with an image given: what copy passes read. */
+  private readonly image?: FileBackend;
   /** A scan found no pass worth making before this log position: do not scan again until past it. */
   private noScanBefore = 0;
 
@@ -82,6 +83,12 @@ export class DeltaStreamer {
       throw new DeltasError("cannot open the delta log", { cause });
     }
     this.lastSeq = this.reader.header.firstSeq - 1n;
+    try {
+      if (opts.image && opts.coalesce) this.image = new FileBackend(opts.image, true);
+    } catch (cause) {
+      this.reader.close();
+      throw new DeltasError("cannot open the source image for copy passes", { cause });
+    }
   }
 
   /** Bytes of log not yet sent: the queue the throttling policy and the hand-off watch. */
@@ -149,7 +156,7 @@ export class DeltaStreamer {
       if (!this.carry.length) {
         // Not after the fence: by then the queue fits the downtime budget, and a pass's
         // reads would only add to it.
-        if (coalesce && this.opts.image && !opts.final && this.planPass()) continue;
+        if (this.image && !opts.final && this.planPass(this.image)) continue;
         const batch = this.readBatch(opts);
         if (!batch.length) return n;
         this.carry = (coalesce ? coalesceBatch(batch) : batch).reverse();
@@ -191,11 +198,11 @@ export class DeltaStreamer {
    * Reads the log ahead; if its records rewrite few enough ranges, takes them as read and
    * queues a copy pass over those ranges instead. Otherwise puts the reader back.
    */
-  private planPass(): boolean {
+  private planPass(image: FileBackend): boolean {
     const r0 = this.reader;
     if (r0.pendingBytes() < PASS_MIN_LOG_BYTES || r0.position < this.noScanBefore) return false;
     const start = { position: r0.position, seq: r0.nextSeq };
-    const written = new WrittenRanges(this.sizeOfImage());
+    const written = new WrittenRanges(image.size);
     const covered: { offset: number; length: number }[] = [];
     let scanned = 0;
     let lastRead = this.lastRead;
@@ -230,15 +237,6 @@ export class DeltaStreamer {
     this.copies = frames.map((f, i) => ({ ...f, seq: passSeq, part: i + 1, last: i === frames.length - 1 })).reverse();
     this.copiesBytes = totalLength(runs);
     return true;
-  }
-
-  private sizeOfImage(): number {
-    try {
-      this.image ??= new FileBackend(this.opts.image!, true);
-    } catch (cause) {
-      throw new DeltasError(`cannot open the source image for a copy pass`, { cause });
-    }
-    return this.image.size;
   }
 
   private async sendCopy(c: PendingCopy): Promise<void> {

@@ -230,6 +230,8 @@ export class Receiver {
       await ch.send(msg.ready(this.bulkDone ? hello.size : this.bulkOffset, this.nextSeq ?? 0n, !this.fresh));
       if (!this.fresh && !this.bulkDone) this.streamBaseHashes(ch, hello);
       this.state = { kind: "receiving" };
+      // A copy pass broken off with the last connection is sent again whole (from before it).
+      this.pass = undefined;
       this.opts.log.info(`receiving ${hello.name} (${hello.size} bytes) into ${this.opts.image}${this.bulkOffset || this.nextSeq ? `, resuming at bulk ${this.bulkDone ? "end" : this.bulkOffset}, delta ${this.nextSeq ?? 0n}` : ""}`);
       return await this.loop(ch, hello);
     } catch (err) {
@@ -326,8 +328,6 @@ export class Receiver {
 
   private async loop(ch: Channel, hello: KnownHello): Promise<ServeOutcome> {
     const image = this.image!;
-    // A pass broken off with the last connection is sent again whole (from before it).
-    this.dropPass();
     let lastAck = Date.now();
     let lastFlush = lastAck;
     for (;;) {
@@ -443,10 +443,6 @@ export class Receiver {
     if (upTo <= this.bulkHashedTo) return;
     this.digests!.hashRange(this.opts.image, this.bulkHashedTo, upTo);
     this.bulkHashedTo = upTo;
-  }
-
-  private dropPass(): void {
-    this.pass = undefined;
   }
 
   private async finish(ch: Channel, m: Barrier): Promise<ServeOutcome> {

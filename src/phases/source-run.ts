@@ -365,45 +365,40 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         const stream = ch;
         const paced = new BulkThrottle(ctl, watch!, { handed: () => stream.bytesSent - stream.unsentBytes(), backlog: () => stream.unsentBytes() > 0 }, heldCap);
         paced.start();
-        const b = await sendBulk(ch, status.image, {
-          from: bulkResumeOffset(ready.bulkOffset, blockSize),
-          blockSize,
-          compress: o.compress,
-          base: ready.base,
-          beforeRead: (offset) => {
-            checkInterrupted();
-            paced.check();
-            carried?.noteRead(offset, statSync(logPath!).size);
-          },
-          afterRead: (offset, chunk) => check.digests.noteData(offset, chunk),
-          onHole: (offset, length) => {
-            checkInterrupted();
-            paced.check();
-            check.digests.noteZero(offset, length);
-          },
-          onProgress: (p) => {
-            o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: bulk.bytesSent + p.bytesSent, rateCap: paced.cap });
-          },
-        }).catch((err) => {
+        // The throttle's cap is renewed until the catch-up's first report: BULK_END can wait
+        // for the bulk's tail to drain (13 s on the WAN), past the cap's 2 s lease.
+        try {
+          const b = await sendBulk(ch, status.image, {
+            from: bulkResumeOffset(ready.bulkOffset, blockSize),
+            blockSize,
+            compress: o.compress,
+            base: ready.base,
+            beforeChunk: () => {
+              checkInterrupted();
+              paced.check();
+            },
+            beforeRead: (offset) => carried?.noteRead(offset, statSync(logPath!).size),
+            afterRead: (offset, chunk) => check.digests.noteData(offset, chunk),
+            onProgress: (p) => {
+              o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: bulk.bytesSent + p.bytesSent, rateCap: paced.cap });
+            },
+          });
+          bulkMs = performance.now() - bulkAt;
+          // The catch-up's first link rate: as measured under backlog, else what the bulk averaged.
+          bulkRate = paced.linkBytesPerMs() ?? (b.wireBytes > 4 * 1024 * 1024 ? b.wireBytes / bulkMs : undefined);
+          bulk.bytesSent += b.bytesSent;
+          bulk.wireBytes += b.wireBytes;
+          bulk.zeroBlocks += b.zeroBlocks;
+          bulk.holeBytes += b.holeBytes;
+          bulk.dataBlocks += b.dataBlocks;
+          bulk.baseBlocks += b.baseBlocks;
+          await ch.send(msg.bulkEnd(status.size));
+          o.log.info(`bulk copy done: ${b.dataBlocks} blocks sent, ${b.zeroBlocks} zero blocks skipped${ready.base ? `, ${b.baseBlocks} already in the destination's base` : ""}`);
+        } finally {
           paced.stop();
           heldCap = paced.cap;
-          throw err;
-        });
-        bulkMs = performance.now() - bulkAt;
-        // The catch-up's first link rate: as measured under backlog, else what the bulk averaged.
-        bulkRate = paced.linkBytesPerMs() ?? (b.wireBytes > 4 * 1024 * 1024 ? b.wireBytes / bulkMs : undefined);
-        bulk.bytesSent += b.bytesSent;
-        bulk.wireBytes += b.wireBytes;
-        bulk.zeroBlocks += b.zeroBlocks;
-        bulk.holeBytes += b.holeBytes;
-        bulk.dataBlocks += b.dataBlocks;
-        bulk.baseBlocks += b.baseBlocks;
-        // Its cap is renewed until the catch-up's first report: this send can wait for the
-        // bulk's tail to drain (13 s on the WAN), past the cap's 2 s lease.
-        await ch.send(msg.bulkEnd(status.size)).finally(() => paced.stop());
+        }
         if (paced.engaged) bulkThrottled = true;
-        heldCap = paced.cap;
-        o.log.info(`bulk copy done: ${b.dataBlocks} blocks sent, ${b.zeroBlocks} zero blocks skipped${ready.base ? `, ${b.baseBlocks} already in the destination's base` : ""}`);
       }
 
       emit("deltas");
@@ -413,7 +408,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         from: BigInt(ready.nextSeq),
         coalesce: carried,
         onRecord: (r) => check.digests.markDirty(r.offset, r.length),
-        image: carried ? status.image : undefined,
+        image: status.image,
       });
       const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, { budgetMs, rttMs, linkBytesPerMs: bulkRate, deadline, initialLevel: bulkThrottled ? BULK_LEVEL : 0, targetMs: bulkMs }, (p) =>
         o.onEvent?.({ event: "progress", phase: "deltas", ...p }),

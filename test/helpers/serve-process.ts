@@ -1,6 +1,7 @@
 // Starts `wanmig serve` as a real process, the way an operator does, and waits until its
 // control socket answers.
 import type { Subprocess } from "bun";
+import { afterAll, beforeAll } from "bun:test";
 import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -30,6 +31,25 @@ export interface ServeHandle {
   ctl: ControlClient;
   stderr(): string;
   stop(): Promise<number>;
+}
+
+/**
+ * One serve for a whole test file: `fill` prepares its image in a fresh directory before
+ * the file's tests, and the serve is stopped and the directory removed after them.
+ */
+export function serveForSuite(fill: (image: string) => Promise<void> | void, opts: { name?: string } = {}) {
+  const suite = {} as { dir: ReturnType<typeof tempDir>; image: string; srv: ServeHandle };
+  beforeAll(async () => {
+    suite.dir = tempDir();
+    suite.image = join(suite.dir.path, "disk.img");
+    await fill(suite.image);
+    suite.srv = await startServe({ image: suite.image, runDir: suite.dir.path, name: opts.name });
+  });
+  afterAll(async () => {
+    await suite.srv?.stop();
+    suite.dir?.remove();
+  });
+  return suite;
 }
 
 export async function startServe(opts: { image: string; runDir: string; name?: string; args?: string[]; env?: Record<string, string> }): Promise<ServeHandle> {
