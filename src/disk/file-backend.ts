@@ -1,7 +1,7 @@
 // The image file itself: positional reads and writes on one descriptor, holes for zeros.
 
 import { closeSync, fdatasync, fstatSync, openSync, readSync, writeSync } from "node:fs";
-import { type Extent, extentsOf, nextData } from "./extents.ts";
+import { type Extent, extentsOf, HoleFinder } from "./extents.ts";
 import { BlockError, type BlockBackend } from "./backend.ts";
 import { NbdErr } from "./nbd-protocol.ts";
 import { punchHole, zeroRange } from "./fallocate.ts";
@@ -29,9 +29,9 @@ export class FileBackend implements BlockBackend {
     return extentsOf(this.fd, offset, length, max);
   }
 
-  /** The first offset at or after `offset` holding data (the size if none): see extents.ts. */
-  nextData(offset: number): number {
-    return nextData(this.fd, offset, this.size);
+  /** Hole tests on this file, for a reader that moves forward through it (the bulk copy). */
+  holeFinder(): HoleFinder {
+    return new HoleFinder(this.fd, this.size);
   }
 
   read(offset: number, into: Uint8Array): void {

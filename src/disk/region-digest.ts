@@ -26,7 +26,7 @@
 
 import { closeSync, openSync, readSync } from "node:fs";
 import { isZero } from "../util/zero.ts";
-import { isHole } from "./extents.ts";
+import { HoleFinder } from "./extents.ts";
 
 export const REGION_SIZE = 1024 * 1024;
 export const PIECE_SIZE = 4096;
@@ -141,6 +141,7 @@ export class RegionDigests {
     if (!todo.length) return 0;
     const t0 = performance.now();
     const fd = openSync(imagePath, "r");
+    const holes = new HoleFinder(fd, this.size);
     const buf = this.readBuf;
     const read = (at: number, len: number) => {
       const n = readSync(fd, buf, 0, len, at);
@@ -161,7 +162,7 @@ export class RegionDigests {
             kept.set(sha256(read(at, Math.min(PIECE_SIZE, this.size - at))), p * HASH_LEN);
           }
           this.setRegionHash(r, sha256(kept.subarray(0, this.pieceCount(r) * HASH_LEN)));
-        } else if (this.regionLength(r) === REGION_SIZE && isHole(fd, r * REGION_SIZE, REGION_SIZE)) {
+        } else if (this.regionLength(r) === REGION_SIZE && holes.isHole(r * REGION_SIZE, REGION_SIZE)) {
           // A hole reads as zeros: no need to read it (a thin disk's digest costs its data).
           this.setRegionHash(r, zeroRegionHash());
           if (mask) this.keepPieces(r, zeroPieces().slice());
