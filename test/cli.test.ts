@@ -40,6 +40,15 @@ describe("exit codes", () => {
     expect(cmd.code).toBe(ExitCode.usage);
   });
 
+  test("--compress takes auto, none, zstd or zstd:1-19; anything else is a usage error before any connection", async () => {
+    for (const bad of ["zstd:25", "zstd:0", "gzip", "zstd:"]) {
+      const r = await wanmig(["source", "--name", "x", "--run-dir", dir.path, "--to", "127.0.0.1:1", "--insecure", "--compress", bad]);
+      expect(r.code).toBe(ExitCode.usage);
+      expect(r.stderr).toContain(`cannot read --compress "${bad}"`);
+      expect(r.stderr).not.toContain("    at ");
+    }
+  });
+
   test("a missing image exits 3 with the cause and a hint", async () => {
     const r = await wanmig(["serve", "--image", join(dir.path, "nope.img"), "--name", "x", "--run-dir", dir.path]);
     expect(r.code).toBe(ExitCode.badInput);

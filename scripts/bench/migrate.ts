@@ -4,7 +4,8 @@
 //
 //   npm run bench -- migrate [--scenario loopback,lan,wan] [--rows live-coalesce,live-paper,freeze,nbdcopy]
 //                            [--image-mib 1024] [--data-mib 300] [--lan-rate 1gbit] [--lan-rtt-ms 0]
-//                            [--wan-rate 5mbit] [--wan-rtt-ms 100] [--timeout-s S] [--keep-logs DIR] [--json FILE]
+//                            [--wan-rate 5mbit] [--wan-rtt-ms 100] [--compress zstd|none|…] [--timeout-s S]
+//                            [--keep-logs DIR] [--json FILE]
 //
 // The link: `tc tbf` at the rate on both veth ends (each direction), and latency from
 // scripts/bench/delay-proxy.ts (user space; this machine has no netem) in the source's
@@ -372,7 +373,7 @@ function logText(bytes: number, seed: number): Uint8Array {
 }
 
 /** A sparse image with six data extents spread over it: random, text, random, text, … */
-async function buildImage(path: string, imageMiB: number, dataMiB: number): Promise<{ extents: { offsetMiB: number; mib: number; kind: string }[]; textZstdRatio: number }> {
+export async function buildImage(path: string, imageMiB: number, dataMiB: number): Promise<{ extents: { offsetMiB: number; mib: number; kind: string }[]; textZstdRatio: number }> {
   const n = 6;
   const extentBytes = Math.floor((dataMiB * MiB) / n / 65536) * 65536;
   const stride = Math.floor(imageMiB / n) * MiB;
@@ -408,6 +409,8 @@ interface Ctx {
   port: number;
   /** Write each process's stderr here. */
   logDir?: string;
+  /** The source's --compress (unset: the product's default). */
+  compress?: string;
 }
 
 /** The processes of one row: started in order, stopped in reverse, their logs and peak RSS kept. */
@@ -498,7 +501,7 @@ async function runWanmig(sc: Scenario, row: RowDef, ctx: Ctx, dir: string): Prom
 
     const tx0 = await linkTxBytes();
     const t0 = performance.now();
-    const src = start("source", NS_SRC, [BUN, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", to, "--secret-file", ctx.secret, "--json", "--mode", row.mode!, "--deltas", row.deltas!, "--compress", "zstd"], true);
+    const src = start("source", NS_SRC, [BUN, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", to, "--secret-file", ctx.secret, "--json", "--mode", row.mode!, "--deltas", row.deltas!, ...(ctx.compress ? ["--compress", ctx.compress] : [])], true);
     await src.checkPid(BUN_EXE);
     const limit = timeoutMs(sc, ctx);
     const timer = setTimeout(() => src.proc.kill("SIGTERM"), limit);
@@ -626,6 +629,7 @@ export async function main(argv: string[]): Promise<void> {
       "wan-rtt-ms": { type: "string", default: "100" },
       "timeout-s": { type: "string" },
       "keep-logs": { type: "string" },
+      compress: { type: "string" },
       json: { type: "string" },
     },
   });
@@ -672,7 +676,7 @@ export async function main(argv: string[]): Promise<void> {
     const diff = await $`git diff HEAD -- src`.cwd(REPO).nothrow().quiet();
     meta.wanmig = { head: (await $`git rev-parse --short HEAD`.cwd(REPO).nothrow().text()).trim(), srcDiffSha256: diff.stdout.length ? new Bun.CryptoHasher("sha256").update(diff.stdout).digest("hex").slice(0, 16) : "" };
     await netSetup();
-    const ctx: Ctx = { image, imageMiB, dataMiB, secret, timeoutS: values["timeout-s"] ? Number(values["timeout-s"]) : undefined, port: 7100, logDir: values["keep-logs"] };
+    const ctx: Ctx = { image, imageMiB, dataMiB, secret, timeoutS: values["timeout-s"] ? Number(values["timeout-s"]) : undefined, port: 7100, logDir: values["keep-logs"], compress: values.compress };
     for (const sc of scenarios) {
       const tbf = sc.bps ? await shape(sc.bps) : await unshape();
       const tcp = await tuneTcpBuffers(sc);

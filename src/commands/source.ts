@@ -6,6 +6,7 @@ import { logger, setLogLevel } from "../log.ts";
 import { connectTcp } from "../net/channel.ts";
 import { ControlClient } from "../disk/control-client.ts";
 import { controlSocketPath } from "../disk/disk-service.ts";
+import { parseCompress } from "../net/compress.ts";
 import { parseRate, TokenBucket } from "../net/rate.ts";
 import { type MigrationMetrics, runSource } from "../phases/source-run.ts";
 import { formatBytes } from "../util/format.ts";
@@ -54,6 +55,17 @@ function throttleParams(args: { "throttle-threshold"?: string; "throttle-delay"?
   return Object.keys(p).length ? p : undefined;
 }
 
+/** "zstd 19 for 92 %, 15 for 6 %, none for 2 %": the levels the image's bytes went at. */
+function compressionLine(levels: Record<string, number>): string {
+  const total = Object.values(levels).reduce((a, b) => a + b, 0);
+  if (!total) return "nothing sent";
+  const parts = Object.entries(levels)
+    .filter(([, b]) => b > 0)
+    .sort((a, b) => b[1] - a[1])
+    .map(([l, b]) => `${l === "0" ? "none" : `zstd ${l}`} for ${((b / total) * 100).toFixed(0)} %`);
+  return parts.join(", ");
+}
+
 /** The final summary: the paper's metrics, one per line, downtime first. */
 function summary(name: string, m: MigrationMetrics): string {
   const rows: [string, string][] = [
@@ -67,6 +79,7 @@ function summary(name: string, m: MigrationMetrics): string {
       })`,
     ],
     ["bulk copy", `${formatBytes(m.bulkBytes)} sent as ${formatBytes(m.bulkWireBytes)}; ${m.bulkZeroBlocks} zero blocks skipped${m.bulkHoleBytes ? ` (${formatBytes(m.bulkHoleBytes)} of holes not even read)` : ""}${m.bulkBaseBlocks ? `, ${m.bulkBaseBlocks} already in the destination's base` : ""}`],
+    ["compression", compressionLine(m.compressLevels)],
     ["deltas", `${m.deltaCount} sent (${formatBytes(m.deltaBytes)} as ${formatBytes(m.deltaWireBytes)}), ${m.deltasSkipped} skipped, ${m.deltaRatePerSec}/s${m.copyPasses ? `; ${m.copyPasses} copy ${m.copyPasses === 1 ? "pass" : "passes"} sent ${formatBytes(m.copiedBytes)} of the image in place of the records they stand for` : ""}`],
     ["on the wire", formatBytes(m.bytesOnWire)],
     ["throttle", `highest level ${m.throttleSteps}`],
@@ -114,7 +127,7 @@ export const sourceOptionArgs = {
     insecure: { type: "boolean", description: "talk to a destination without a secret", default: false },
     mode: { type: "enum", options: ["live", "freeze-and-copy"], description: "live (copy while the VM runs) or freeze-and-copy (the baseline: stop writes, then copy)", default: "live" },
     deltas: { type: "enum", options: ["paper", "coalesce"], description: "paper: send every delta; coalesce: skip what the bulk copy carries and repeated writes", default: "coalesce" },
-    compress: { type: "enum", options: ["zstd", "none"], description: "compress blocks and deltas on the wire", default: "zstd" },
+    compress: { type: "string", description: "zstd on the wire: auto (the level that moves data fastest over the link as measured, none on a link faster than the CPU), zstd[:LEVEL] (fixed, 1-19; zstd alone is 1), or none", default: "auto", valueHint: "auto|zstd[:LEVEL]|none" },
     bandwidth: { type: "string", description: "cap the migration stream: 5mbit, 100mbit, 10MB (per second)", valueHint: "RATE" },
     "max-downtime": { type: "string", description: "fence only when the disk's hand-off is expected to take at most this (one round trip to the destination comes on top); the VM's writes are throttled until it does", default: "50ms", valueHint: "DURATION" },
     timeout: { type: "string", description: "give the migration this long, from its start: 10m, 1h (then --timeout-action)", valueHint: "DURATION" },
@@ -187,7 +200,7 @@ export async function runSourceCommand(args: SourceArgs, opts: { remoteDestArgs?
         return ch;
       },
       creds,
-      compress: args.compress !== "none",
+      compress: parseCompress(args.compress),
       mode: args.mode as "live" | "freeze-and-copy",
       deltas: args.deltas as "paper" | "coalesce",
       throttle: throttleParams(args),

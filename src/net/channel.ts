@@ -5,10 +5,21 @@ import type { Socket, TCPSocketListener } from "bun";
 import { ExitCode } from "../errors.ts";
 import { ProtocolError } from "./errors.ts";
 import { encodeFrame, FrameDecoder, type Message, MsgType, typeName } from "./protocol.ts";
+import { DrainMeter } from "./drain-meter.ts";
 import type { TokenBucket } from "./rate.ts";
 import { SocketWriter } from "../util/socket-writer.ts";
 
-const HIGH_WATER = 8 * 1024 * 1024;
+/**
+ * Unsent bytes past which send() waits: about QUEUE_MS of the link once its rate is known,
+ * within these bounds; the floor before. A queue is data already compressed at the level of
+ * its day and a wait before anything sent later (a delta, the barrier): 8 MiB on a 5 Mbit/s
+ * WAN was 13 s. A fast link still gets 8 MiB, as before.
+ */
+const MIN_HIGH_WATER = 1024 * 1024;
+const MAX_HIGH_WATER = 8 * 1024 * 1024;
+const QUEUE_MS = 500;
+/** The link's rate is read from at least this long a backlog (drain-meter.ts). */
+const LINK_MIN_MS = 200;
 /**
  * Received and not yet taken: past the high mark we stop reading the stream (TCP then
  * pushes back on the sender), under the low mark we read again. Without it a receiver
@@ -72,6 +83,9 @@ export class Channel {
   rate?: TokenBucket;
   bytesSent = 0;
   bytesReceived = 0;
+  /** Time send() spent waiting for the link (or --bandwidth) so far: the sender was not the bottleneck then. */
+  waitedMs = 0;
+  private readonly meter = new DrainMeter();
 
   /** Bytes queued here and not yet handed to the socket: the link is the bottleneck while there are any. */
   unsentBytes(): number {
@@ -122,7 +136,25 @@ export class Channel {
   }
 
   onDrain(): void {
-    if (this.out.drain()) this.drained?.();
+    const all = this.out.drain();
+    this.observe();
+    if (all) this.drained?.();
+  }
+
+  private observe(): void {
+    this.meter.observe(performance.now(), this.bytesSent - this.out.queued, this.out.queued > 0);
+  }
+
+  /** Wire bytes per ms the link takes, as measured under backlog (or --bandwidth's cap, if lower); undefined while it never was the bottleneck. */
+  linkBytesPerMs(): number | undefined {
+    const measured = this.meter.bytesPerMs(LINK_MIN_MS);
+    const capped = this.rate ? this.rate.bytesPerSec / 1000 : undefined;
+    return measured === undefined ? capped : capped === undefined ? measured : Math.min(measured, capped);
+  }
+
+  private highWater(): number {
+    const link = this.linkBytesPerMs();
+    return link === undefined ? MIN_HIGH_WATER : Math.min(MAX_HIGH_WATER, Math.max(MIN_HIGH_WATER, link * QUEUE_MS));
   }
 
   onClose(err?: Error): void {
@@ -136,12 +168,22 @@ export class Channel {
   async send(m: Message): Promise<void> {
     if (this.failure && (this.closed || this.failure instanceof PeerAborted)) throw this.failure;
     if (m.type === MsgType.ERROR) this.errorSent = true;
+    // The message's data is copied into the frame here, before any wait: callers may reuse their buffers once send() is called.
     const f = encodeFrame(m);
-    if (this.rate) await this.rate.take(f.length);
+    if (this.rate) {
+      const t0 = performance.now();
+      await this.rate.take(f.length);
+      this.waitedMs += performance.now() - t0;
+    }
     this.bytesSent += f.length;
     this.out.write(f);
+    this.observe();
     if (this.out.closed) throw this.failure ?? new ChannelClosed();
-    while (this.out.queued > HIGH_WATER && !this.closed) await new Promise<void>((r) => (this.drained = r));
+    if (this.out.queued > this.highWater()) {
+      const t0 = performance.now();
+      while (this.out.queued > this.highWater() && !this.closed) await new Promise<void>((r) => (this.drained = r));
+      this.waitedMs += performance.now() - t0;
+    }
     if (this.closed && this.failure) throw this.failure;
   }
 

@@ -1,17 +1,106 @@
-// zstd for blocks on the wire. Level 1: on this class of machine it compresses text at
-// about 5 GB/s and gives up on random data at about 0.7 GB/s, well above any link we
-// drive, so compression never becomes the bottleneck. A block that does not shrink by
-// at least 10 % is sent as it is: the receiver's decompression is then saved too.
+// zstd for blocks on the wire, at a fixed level (`--compress zstd[:LEVEL]`, `none`) or at
+// the level the link and the CPU call for (`auto`, compression-policy.ts). A block that
+// does not shrink by at least 10 % is sent as it is: the receiver's decompression is then
+// saved too. The receiver needs no setting: a zstd frame says how to decompress it.
 
+import { UsageError } from "../errors.ts";
+import { CompressionPolicy } from "./compression-policy.ts";
 import { ProtocolError } from "./errors.ts";
 
 const WORTH_IT = 0.9;
 const MIN_SIZE = 512;
+/** zstd's own range; above 19 its windows take hundreds of MiB on each side. */
+const MAX_LEVEL = 19;
+/** A longer gap between two units is idle time (a delta stream waiting for the VM), not the sender's work. */
+const MAX_WORK_GAP_MS = 100;
 
-export function maybeCompress(data: Uint8Array): { data: Uint8Array; compressed: boolean } {
-  if (data.length < MIN_SIZE) return { data, compressed: false };
-  const c = Bun.zstdCompressSync(data, { level: 1 });
-  return c.length < data.length * WORTH_IT ? { data: c, compressed: true } : { data, compressed: false };
+/** `auto`, or a fixed zstd level (0: none). */
+export type CompressSetting = "auto" | number;
+
+/** `--compress`: auto, none, zstd (level 1) or zstd:LEVEL. */
+export function parseCompress(spec: string): CompressSetting {
+  if (spec === "auto") return "auto";
+  if (spec === "none") return 0;
+  if (spec === "zstd") return 1;
+  const m = /^zstd:(\d+)$/.exec(spec);
+  const level = m ? Number(m[1]) : NaN;
+  if (level >= 1 && level <= MAX_LEVEL) return level;
+  throw new UsageError(`cannot read --compress ${JSON.stringify(spec)}`, `use auto, none, zstd, or zstd:LEVEL with LEVEL from 1 to ${MAX_LEVEL}`);
+}
+
+/** What the compressor needs to know of the stream it feeds (a Channel). */
+export interface LinkView {
+  /** Wire bytes per ms the link takes, if it has been the bottleneck. */
+  linkBytesPerMs(): number | undefined;
+  /** Time the sender has waited for the link so far. */
+  waitedMs: number;
+}
+
+export interface Compressed {
+  data: Uint8Array;
+  compressed: boolean;
+}
+
+/** Compresses units (a bulk run, a delta) for one stream; in auto mode, learns the level as it goes. */
+export class Compressor {
+  private readonly policy?: CompressionPolicy;
+  private readonly fixed: number;
+  private last?: { at: number; waited: number };
+  /** Raw bytes sent at each level (0: as they were). */
+  readonly rawByLevel = new Map<number, number>();
+
+  constructor(
+    setting: CompressSetting,
+    private readonly link: LinkView,
+  ) {
+    if (setting === "auto") this.policy = new CompressionPolicy();
+    this.fixed = setting === "auto" ? 0 : setting;
+  }
+
+  /** The level the next unit gets. */
+  get level(): number {
+    return this.policy?.level ?? this.fixed;
+  }
+
+  /** Level changes made (auto). */
+  get changes(): number {
+    return this.policy?.changes ?? 0;
+  }
+
+  compress(data: Uint8Array): Compressed {
+    const level = this.level;
+    const t0 = performance.now();
+    const c = data.length >= MIN_SIZE && level > 0 ? Bun.zstdCompressSync(data, { level }) : undefined;
+    const ms = performance.now() - t0;
+    const out = c && c.length < data.length * WORTH_IT ? { data: c, compressed: true } : { data, compressed: false };
+    this.rawByLevel.set(level, (this.rawByLevel.get(level) ?? 0) + data.length);
+    if (this.policy && data.length >= MIN_SIZE) this.learn(data, level, out.data.length, ms);
+    return out;
+  }
+
+  /** Auto: tells the policy what this unit cost and the time around it, probes other levels on it, lets it choose. */
+  private learn(data: Uint8Array, level: number, wire: number, ms: number): void {
+    const p = this.policy!;
+    const now = performance.now();
+    const waited = this.link.waitedMs;
+    let wallMs: number | undefined;
+    let waitedMs = 0;
+    if (this.last) {
+      waitedMs = waited - this.last.waited;
+      wallMs = now - this.last.at;
+      if (wallMs - waitedMs - ms > MAX_WORK_GAP_MS) wallMs = undefined; // idle: nothing to send
+    }
+    p.sent({ level, raw: data.length, wire, ms, wallMs, waitedMs });
+    const link = this.link.linkBytesPerMs();
+    for (const probe of p.probes(link)) {
+      const t0 = performance.now();
+      const c = Bun.zstdCompressSync(data, { level: probe });
+      p.note({ level: probe, raw: data.length, wire: Math.min(data.length, c.length < data.length * WORTH_IT ? c.length : data.length), ms: performance.now() - t0 });
+    }
+    p.decide(link);
+    // The next unit's wall time starts here: probes are part of this unit's cost.
+    this.last = { at: performance.now(), waited: this.link.waitedMs };
+  }
 }
 
 export function decompress(data: Uint8Array, expectedLength: number): Uint8Array {

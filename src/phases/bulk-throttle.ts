@@ -13,6 +13,7 @@
 // whole disk before the first verdict. The first verdict lifts it, or puts the real cap in
 // its place.
 
+import { DrainMeter } from "../net/drain-meter.ts";
 import type { ControlClient } from "../disk/control-client.ts";
 import { type RecordingWatch, reportShipped } from "./recording-watch.ts";
 
@@ -60,9 +61,7 @@ export class BulkThrottle {
   private timer?: ReturnType<typeof setInterval>;
   private failure?: unknown;
   private window: { at: number; log: number; handed: number }[] = [];
-  /** Where the stream stood when a backlog first showed: the kernel's buffers were full by then. */
-  private backlogFrom?: { at: number; handed: number };
-  private linkRate?: number;
+  private readonly meter = new DrainMeter();
   /** The cap in force (bytes/s): the provisional one until the first verdict, then the real one once engaged. */
   cap?: number;
   /** The provisional cap, until the first verdict replaces it. */
@@ -88,21 +87,7 @@ export class BulkThrottle {
 
   /** The link's rate (wire bytes/ms) measured while the bulk kept it busy, if it ever did. */
   linkBytesPerMs(): number | undefined {
-    return this.linkRate;
-  }
-
-  /**
-   * The link's rate: what went out since a backlog first showed, over the time since. Short
-   * samples taken only while a backlog existed read twice the WAN's rate (they pick the
-   * moments buffers along the path had just been freed); the long run cannot. Holes scanned
-   * later, with nothing to send, make it read low: a cap too strict, not too loose.
-   */
-  private measureLink(now: number, handed: number): void {
-    if (!this.backlogFrom) {
-      if (this.wire.backlog()) this.backlogFrom = { at: now, handed };
-      return;
-    }
-    if (now - this.backlogFrom.at >= FIRST_VERDICT_MS) this.linkRate = (handed - this.backlogFrom.handed) / (now - this.backlogFrom.at) || undefined;
+    return this.meter.bytesPerMs(FIRST_VERDICT_MS);
   }
 
   /** Throws what went wrong in the background (the serve lost the recording): called before each bulk read. */
@@ -133,7 +118,7 @@ export class BulkThrottle {
     const last = this.window.at(-1);
     if (!first || !last || last.at - first.at < minMs) return undefined;
     const dt = last.at - first.at;
-    return { growth: (last.log - first.log) / dt, link: this.linkRate ?? ((last.handed - first.handed) / dt || undefined) };
+    return { growth: (last.log - first.log) / dt, link: this.linkBytesPerMs() ?? ((last.handed - first.handed) / dt || undefined) };
   }
 
   /**
@@ -158,7 +143,7 @@ export class BulkThrottle {
       const answer = await reportShipped(this.ctl, this.watch, 0n, this.cap);
       const now = performance.now();
       const handed = this.wire.handed();
-      this.measureLink(now, handed);
+      this.meter.observe(now, handed, this.wire.backlog());
       this.window.push({ at: now, log: answer.log?.bytes ?? 0, handed });
       while (this.window.length > 2 && now - this.window[1]!.at >= WINDOW_MS) this.window.shift();
       const look = this.look(FIRST_VERDICT_MS);

@@ -9,7 +9,7 @@
 
 import { FileBackend } from "../disk/file-backend.ts";
 import type { Channel } from "../net/channel.ts";
-import { maybeCompress } from "../net/compress.ts";
+import type { Compressor } from "../net/compress.ts";
 import { BASE_HASH_LEN, msg } from "../net/protocol.ts";
 import { isZero } from "../util/zero.ts";
 import { GcNudge } from "../util/gc.ts";
@@ -59,26 +59,47 @@ function holeRun(offset: number, dataAt: number, size: number): number {
   return (dataAt >= size ? size : dataAt - (dataAt % BULK_CHUNK)) - offset;
 }
 
-/** A chunk read from the image, block by block: zeros skipped, the base's blocks skipped, the rest sent. */
-async function sendChunk(ch: Channel, p: BulkProgress, chunk: Uint8Array, blockSize: number, compress: boolean, theirs: Uint8Array | undefined): Promise<void> {
+/**
+ * Consecutive data blocks go as one BULK frame of up to this much: zstd finds more to
+ * share in 1 MiB than in 64 KiB (shared libraries at level 19: 0.268 of their size against
+ * 0.299; `zstd -19` on the whole stream gets 0.262), and a frame costs its header, CRC and
+ * send once per MiB instead of 16 times.
+ */
+const RUN_MAX = 1024 * 1024;
+
+/** A chunk read from the image, block by block: zeros skipped, the base's blocks skipped, runs of the rest sent. */
+async function sendChunk(ch: Channel, p: BulkProgress, chunk: Uint8Array, blockSize: number, z: Compressor, theirs: Uint8Array | undefined): Promise<void> {
+  let runFrom = 0;
+  let runLength = 0;
+  const flush = async () => {
+    if (!runLength) return;
+    // No copy: send() frames the data before it returns, and the chunk is read again only after.
+    const run = chunk.subarray(runFrom, runFrom + runLength);
+    const out = z.compress(run);
+    await ch.send(msg.bulk(p.offset + runFrom, runLength, out.data, out.compressed));
+    p.wireBytes += out.data.length;
+    p.bytesSent += runLength;
+    runLength = 0;
+  };
   for (let at = 0, i = 0; at < chunk.length; at += blockSize, i++) {
     const block = chunk.subarray(at, Math.min(at + blockSize, chunk.length));
     const baseHash = baseHashOf(theirs, i);
     if (isZero(block)) {
+      await flush();
       await sendZeroBlock(ch, p, p.offset + at, block.length, baseHash);
       continue;
     }
     if (baseHash && sameHash(baseHash, blockHash(block))) {
+      await flush();
       p.baseBlocks++;
       continue;
     }
-    // Copy: the read buffer is reused for the next chunk while frames may still queue.
-    const out = compress ? maybeCompress(block) : { data: block, compressed: false };
-    await ch.send(msg.bulk(p.offset + at, block.length, out.compressed ? out.data : Buffer.from(block), out.compressed));
-    p.wireBytes += out.data.length;
+    if (!runLength) runFrom = at;
+    runLength += block.length;
     p.dataBlocks++;
-    p.bytesSent += block.length;
+    if (runLength >= RUN_MAX) await flush();
   }
+  await flush();
 }
 
 export async function sendBulk(
@@ -87,7 +108,7 @@ export async function sendBulk(
   opts: {
     from: number;
     blockSize: number;
-    compress: boolean;
+    compress: Compressor;
     /** The destination has a base image and streams its block hashes. */
     base?: boolean;
     onProgress?: (p: BulkProgress) => void;

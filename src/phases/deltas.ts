@@ -9,7 +9,7 @@ import { type BulkReadLog, coalesceBatch } from "./coalesce.ts";
 import { copyFrames, PASS_MAX_SCAN_BYTES, PASS_MIN_LOG_BYTES, passPays, totalLength, WrittenRanges } from "./copy-pass.ts";
 import { FileBackend } from "../disk/file-backend.ts";
 import type { Channel } from "../net/channel.ts";
-import { maybeCompress } from "../net/compress.ts";
+import type { Compressor } from "../net/compress.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { type Ack, DeltaOp, msg, MsgType, typeName } from "../net/protocol.ts";
 import { DeltasError } from "./errors.ts";
@@ -17,7 +17,7 @@ import { DeltasError } from "./errors.ts";
 const BATCH_BYTES = 16 * 1024 * 1024;
 
 export interface DeltaStreamOptions {
-  compress: boolean;
+  compress: Compressor;
   /** Resume: the first sequence the destination still needs (0 = from the start). */
   from?: bigint;
   /** Coalesce mode: what the bulk copy carried; undefined in paper mode (send everything). */
@@ -246,7 +246,7 @@ export class DeltaStreamer {
     } catch (cause) {
       throw new DeltasError(`cannot read the source image for a copy pass`, { cause });
     }
-    const out = this.opts.compress ? maybeCompress(data) : { data, compressed: false };
+    const out = this.opts.compress.compress(data);
     await this.ch.send(msg.delta({ seq: c.seq, op: c.last ? DeltaOp.COPY_END : DeltaOp.COPY, offset: c.offset, length: c.length, compressed: out.compressed, data: out.data }));
     this.copiesBytes -= c.length;
     this.wireBytes += out.data.length;
@@ -259,7 +259,7 @@ export class DeltaStreamer {
   }
 
   private async send(r: DeltaRecord): Promise<void> {
-    const out = this.opts.compress && r.data.length ? maybeCompress(r.data) : { data: r.data, compressed: false };
+    const out = this.opts.compress.compress(r.data);
     await this.ch.send(
       msg.delta({
         seq: r.seq,

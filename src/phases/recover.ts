@@ -20,6 +20,7 @@ import { imageDigest, RegionDigests } from "../disk/region-digest.ts";
 import type { SourceHypervisor, RecoveryState } from "../hypervisor/types.ts";
 import type { Logger } from "../log.ts";
 import { type Channel, peerAborted } from "../net/channel.ts";
+import { type CompressSetting, Compressor } from "../net/compress.ts";
 import { msg, MsgType, type Ready } from "../net/protocol.ts";
 import { sendBulk } from "./bulk.ts";
 import { bulkResumeOffset } from "./base-hashes.ts";
@@ -32,7 +33,7 @@ export interface RecoveryOptions {
   name: string;
   connect: () => Promise<Channel>;
   creds: Credentials;
-  compress: boolean;
+  compress: CompressSetting;
   blockSize: number;
   hypervisor: SourceHypervisor;
   log: Logger;
@@ -138,13 +139,14 @@ async function rollBack(ctl: ControlClient, o: RecoveryOptions, ch: Channel, rea
 
 async function finish(ctl: ControlClient, status: ServeStatus, logPath: string, ready: Ready, o: RecoveryOptions, ch: Channel, vm: RecoveryState): Promise<RecoveryResult> {
   const digests = new RegionDigests(status.size);
+  const z = new Compressor(o.compress, ch);
   if (ready.bulkOffset < status.size) {
     // Only when the VM has gone (it cannot come back): the rest of the copy, while fenced.
-    await sendBulk(ch, status.image, { from: bulkResumeOffset(ready.bulkOffset, o.blockSize), blockSize: o.blockSize, compress: o.compress, base: ready.base });
+    await sendBulk(ch, status.image, { from: bulkResumeOffset(ready.bulkOffset, o.blockSize), blockSize: o.blockSize, compress: z, base: ready.base });
     await ch.send(msg.bulkEnd(status.size));
   }
   // Every delta from the destination's position: the log is sealed by the fence.
-  const deltas = new DeltaStreamer(ch, logPath, { compress: o.compress, from: BigInt(ready.nextSeq) });
+  const deltas = new DeltaStreamer(ch, logPath, { compress: z, from: BigInt(ready.nextSeq) });
   try {
     await deltas.pump({ final: true });
     o.log.info(`finishing the hand-off: ${deltas.sent} deltas sent from ${ready.nextSeq}; the barrier goes out`);

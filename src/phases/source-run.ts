@@ -5,6 +5,7 @@
 import { ControlClient } from "../disk/control-client.ts";
 import { controlSocketPath } from "../disk/disk-service.ts";
 import { type Channel, ChannelClosed, peerAborted } from "../net/channel.ts";
+import { type CompressSetting, Compressor } from "../net/compress.ts";
 import type { ServeStatus } from "../disk/disk-service.ts";
 import type { ThrottleParams } from "../disk/throttle-policy.ts";
 import type { Logger } from "../log.ts";
@@ -37,7 +38,7 @@ export interface SourceOptions {
   connect: () => Promise<Channel>;
   creds: Credentials;
   blockSize?: number;
-  compress: boolean;
+  compress: CompressSetting;
   /** live (the paper's) or freeze-and-copy (the baseline it is compared with). */
   mode?: "live" | "freeze-and-copy";
   /** paper: send every delta; coalesce: drop those the bulk copy carries or a later one covers. */
@@ -89,6 +90,8 @@ export interface MigrationMetrics {
   bulkHoleBytes: number;
   /** Blocks the destination's base image already held, so they were not sent. */
   bulkBaseBlocks: number;
+  /** Image bytes (bulk and deltas) sent at each zstd level; "0": as they were. */
+  compressLevels: Record<string, number>;
   deltaCount: number;
   deltaBytes: number;
   deltaWireBytes: number;
@@ -210,6 +213,12 @@ function addDeltaStats(a: DeltaTotals, d: DeltaStreamer): DeltaTotals {
   };
 }
 
+function levelTotals(zs: Compressor[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const z of zs) for (const [level, bytes] of z.rawByLevel) out[level] = (out[level] ?? 0) + bytes;
+  return out;
+}
+
 /** The final figures of a migration, in the paper's terms; also sent as the "done" event. */
 function finish(
   o: SourceOptions,
@@ -223,6 +232,8 @@ function finish(
     pausedAt?: number;
     resumedAt?: number;
     bulk: { bytesSent: number; wireBytes: number; zeroBlocks: number; baseBlocks: number; holeBytes: number };
+    /** The compressors of every connection. */
+    compressors?: Compressor[];
     deltas: DeltaTotals;
     finalDeltas: number;
     bytesOnWire: number;
@@ -244,6 +255,7 @@ function finish(
     bulkZeroBlocks: m.bulk.zeroBlocks,
     bulkHoleBytes: m.bulk.holeBytes,
     bulkBaseBlocks: m.bulk.baseBlocks,
+    compressLevels: levelTotals(m.compressors ?? []),
     deltaCount: m.deltas.sent,
     deltaBytes: m.deltas.bytes,
     deltaWireBytes: m.deltas.wireBytes,
@@ -329,6 +341,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   const check = { image: status.image, digests: new RegionDigests(status.size) };
   let wire = 0;
   let deltaStats = NO_DELTAS;
+  const compressors: Compressor[] = [];
   emit("init");
   for (let attempt = 0; ; attempt++) {
     try {
@@ -358,6 +371,9 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       // Two round trips (HELLO/WELCOME, AUTH/READY) and the destination's opening of its image: an upper bound.
       rttMs = (performance.now() - shookAt) / 2;
       if (attempt > 0) o.log.info(`resumed: destination has bulk up to ${ready.bulkOffset}, needs delta ${ready.nextSeq}`);
+      // One per connection: a new link may be another link (a resume over another path).
+      const z = new Compressor(o.compress, ch);
+      compressors.push(z);
 
       if (ready.bulkOffset < status.size) {
         emit("bulk");
@@ -371,7 +387,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
           const b = await sendBulk(ch, status.image, {
             from: bulkResumeOffset(ready.bulkOffset, blockSize),
             blockSize,
-            compress: o.compress,
+            compress: z,
             base: ready.base,
             beforeChunk: () => {
               checkInterrupted();
@@ -404,7 +420,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       emit("deltas");
       deltas?.close();
       deltas = new DeltaStreamer(ch, logPath, {
-        compress: o.compress,
+        compress: z,
         from: BigInt(ready.nextSeq),
         coalesce: carried,
         onRecord: (r) => check.digests.markDirty(r.offset, r.length),
@@ -459,6 +475,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         pausedAt: hv.kind === "none" ? undefined : pausedAt,
         resumedAt,
         bulk,
+        compressors,
         deltas: deltaStats,
         finalDeltas: h.finalDeltas,
         bytesOnWire: wire + ch.bytesSent,
@@ -505,7 +522,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
             const r = await settleHandoff(ctl, st, recoveryOptions(o, hv, blockSize));
             if (redirect) await completeRedirect(redirect, o.redirect!, o.log, (e) => o.onEvent?.(e));
             const now = performance.now();
-            const metrics = finish(o, { t0, fencedAt: now, doneAt: now, bulk, deltas: deltaStats, finalDeltas: r.finalDeltas, bytesOnWire: wire, throttleSteps: st.throttle.maxLevel, reconnects: attempt + 1 });
+            const metrics = finish(o, { t0, fencedAt: now, doneAt: now, bulk, compressors, deltas: deltaStats, finalDeltas: r.finalDeltas, bytesOnWire: wire, throttleSteps: st.throttle.maxLevel, reconnects: attempt + 1 });
             return { metrics, redirect };
           } catch (settled) {
             if (redirect && (settled as PhaseError).exitCode !== ExitCode.unsafeState) await redirect.teardown().catch(() => undefined);
@@ -592,10 +609,11 @@ async function freezeAndCopy(
     o.log.info("freeze-and-copy: source fenced; copying the whole image");
     phaseEvent(o, "bulk");
     const digests = new RegionDigests(status.size);
+    const z = new Compressor(o.compress, ch);
     const bulk = await sendBulk(ch, status.image, {
       from: bulkResumeOffset(ready.bulkOffset, blockSize),
       blockSize,
-      compress: o.compress,
+      compress: z,
       base: ready.base,
       afterRead: (offset, chunk) => digests.noteData(offset, chunk),
     });
@@ -614,6 +632,7 @@ async function freezeAndCopy(
       fencedAt,
       doneAt: performance.now(),
       bulk,
+      compressors: [z],
       deltas: NO_DELTAS,
       finalDeltas: 0,
       bytesOnWire: ch.bytesSent,

@@ -1,0 +1,242 @@
+// Adaptive compression (`--compress auto`): the zstd level that moves the most image bytes
+// per second through this link with this CPU, chosen again after every unit sent.
+//
+// A level's goodput (raw bytes per ms) is the smaller of two rates:
+//   - the CPU's: 1 / (its compression cost + the sender's other work), per raw byte;
+//   - the link's: the link's wire rate / the level's ratio (wire bytes per raw byte).
+// Level 0 sends blocks as they are: ratio 1, no compression cost.
+//
+// What is measured, not assumed: each level's ratio and cost on this image's data, the
+// sender's other cost per byte, and the link's wire rate (by the channel, only while bytes
+// wait for it). The level in use is measured on every unit; other levels by compressing a
+// unit a second time without sending it (a probe), in turn. A probe is made only if it
+// fits in the time the link leaves the CPU: while the link is the bottleneck every unit,
+// else one in PROBE_EVERY. Levels not yet measured are costed from PRIOR_NS_PER_BYTE.
+//
+// Why every level is compared, not only the neighbours: zstd's ratio is flat from level 6
+// to 15 and drops again from 16 (its optimal parsers): on shared libraries in 1 MiB units,
+// 6 keeps 0.334, 15 keeps 0.329, 19 keeps 0.302. A step-by-step climb stops on the plateau.
+// The ladder leaves out levels that gain nothing on their neighbours here (2, 4-5, 7-8,
+// 10-15, 17-18), so fewer probes measure what matters.
+//
+// Why a move on a fast link is a trial: a receiver bound by its own CPU looks like a link, but its
+// rate in wire bytes falls as the level rises (it decompresses more per wire byte), and two
+// ends sharing two cores (loopback) pay for compression twice; the model cannot see either.
+// So once TRIAL_UNITS units have gone at a new level, its goodput as lived (raw bytes over
+// the wall time, waits included) must not fall below the old level's, or the move is
+// undone and that level is held off for a while, twice as long each time. A level
+// that stays put a while tries the one below in the same way (on loopback the model keeps
+// level 1; none is 50 % faster there).
+//
+// Why start at 1: before the link is measured (200 ms of backlog) the first MiBs already
+// go out; on a 5 Mbit/s WAN a MiB sent raw costs 1.7 s, at level 1 0.6 s, and a fast link
+// loses little at level 1 until it is measured.
+//
+// Hysteresis: a move up must promise MARGIN_UP more goodput; a move down is taken when it
+// loses nothing (within MARGIN_DOWN): equal goodput (random data, which every level sends
+// raw) goes to the cheaper level.
+
+/** zstd levels tried, 0 = not compressed. */
+export const LADDER = [0, 1, 3, 6, 9, 16, 19] as const;
+/** Compression cost per raw byte before a level is measured (shared libraries, this class of machine). */
+const PRIOR_NS_PER_BYTE: Record<number, number> = { 0: 0, 1: 3, 3: 3.6, 6: 8.5, 9: 13, 16: 104, 19: 164 };
+
+const START_LEVEL = 1;
+const ALPHA = 0.3;
+const PROBE_EVERY = 16;
+/** At most: every level is still measured every three units, and the CPU stays free for the next unit. */
+const PROBES_PER_UNIT = 2;
+const MARGIN_UP = 0.05;
+const MARGIN_DOWN = 0.01;
+const TRIAL_UNITS = 2;
+/**
+ * Wire bytes per ms under which the link is taken for a link, and the model trusted without
+ * trials: no receiver's CPU is that slow per byte (hashing and writing ~400 MB/s here,
+ * decompressing faster). Trials there would only mislead: a WAN's units take a second
+ * each, and the data changes under them (the start of an OS image compresses 9:1, its
+ * middle 2.5:1) more than the levels differ.
+ */
+const TRUST_MODEL_BELOW = 12_500;
+const HOLD_UNITS = 64;
+const MAX_HOLD_UNITS = 4096;
+
+/** One compression of one unit: the one sent, or a probe. */
+export interface CompressionSample {
+  level: number;
+  /** Bytes before compression. */
+  raw: number;
+  /** Bytes as they would cross the wire (never more than raw: such a block goes as it is). */
+  wire: number;
+  /** Time spent compressing. */
+  ms: number;
+}
+
+/** A unit sent, with the time around it. */
+export interface UnitSent extends CompressionSample {
+  /** Wall time since the previous unit was sent (undefined: the first, or after an idle gap). */
+  wallMs?: number;
+  /** Of that, time spent waiting for the link. */
+  waitedMs: number;
+}
+
+interface Estimate {
+  /** Wire bytes per raw byte. */
+  ratio: number;
+  /** Compression time per raw byte. */
+  nsPerByte: number;
+  samples: number;
+  /** Raw bytes per ms of wall time while this level was the one sent (its goodput as lived). */
+  achieved?: number;
+}
+
+const ewma = (old: number | undefined, sample: number) => (old === undefined ? sample : ALPHA * sample + (1 - ALPHA) * old);
+
+export class CompressionPolicy {
+  private readonly est: (Estimate | undefined)[] = LADDER.map((l) => (l === 0 ? { ratio: 1, nsPerByte: 0, samples: Infinity } : undefined));
+  private at = LADDER.indexOf(START_LEVEL);
+  private baseNsPerByte?: number;
+  private units = 0;
+  private lastProbe = 0;
+  private linkBound = false;
+  private trial?: { from: number; baseline: number; units: number };
+  /** Per level: no move to it before this unit (a failed trial), and the next hold's length. */
+  private readonly heldUntil: number[] = LADDER.map(() => 0);
+  private readonly holdFor: number[] = LADDER.map(() => HOLD_UNITS);
+  /** The unit the level last changed at (a level that stays put tries the one below). */
+  private since = 0;
+  /** Level changes made. */
+  changes = 0;
+
+  /** The level for the next unit. */
+  get level(): number {
+    return LADDER[this.at]!;
+  }
+
+  /** The unit just sent at `level`. */
+  sent(u: UnitSent): void {
+    this.units++;
+    this.note(u);
+    this.linkBound = u.waitedMs > 0;
+    if (u.wallMs === undefined || u.raw <= 0) return;
+    const work = u.wallMs - u.waitedMs - u.ms;
+    if (work >= 0) this.baseNsPerByte = ewma(this.baseNsPerByte, (work * 1e6) / u.raw);
+    const e = this.est[this.at];
+    if (e && u.wallMs > 0) e.achieved = ewma(e.achieved, u.raw / u.wallMs);
+    if (this.trial) this.trial.units++;
+  }
+
+  /** Records a compression's ratio and cost (the unit sent, or a probe). */
+  note(s: CompressionSample): void {
+    const i = LADDER.indexOf(s.level as (typeof LADDER)[number]);
+    if (i <= 0 || s.raw <= 0) return;
+    const e = this.est[i];
+    const ratio = Math.min(1, s.wire / s.raw);
+    const ns = (s.ms * 1e6) / s.raw;
+    this.est[i] = { ratio: ewma(e?.ratio, ratio), nsPerByte: ewma(e?.nsPerByte, ns), samples: (e?.samples ?? 0) + 1, achieved: e?.achieved };
+  }
+
+  /**
+   * Levels to compress the unit just sent with as well (not sent), in turn: as many as fit (up to PROBES_PER_UNIT)
+   * in the wall time the link leaves a raw byte beside what the unit costs. Without such
+   * time, one neighbour every PROBE_EVERY units, so a faster link or other data is seen.
+   */
+  probes(linkBytesPerMs?: number): number[] {
+    if (!this.linkBound && this.units % PROBE_EVERY !== 0) return [];
+    // The link's time for a raw byte at this level, once measured (what was lived can be
+    // inflated by the first units, which only filled buffers).
+    const here = this.est[this.at]!;
+    const perByte = linkBytesPerMs ? here.ratio / linkBytesPerMs : here.achieved ? 1 / here.achieved : 0;
+    let left = (this.linkBound ? perByte * 1e6 : 0) - this.costNs(this.at) - (this.baseNsPerByte ?? 0);
+    const out: number[] = [];
+    const from = this.lastProbe;
+    for (let k = 1; k < LADDER.length; k++) {
+      const i = (from + k) % LADDER.length;
+      if (i === 0 || i === this.at) continue;
+      const cost = this.costNs(i);
+      const neighbour = Math.abs(i - this.at) === 1 && out.length === 0;
+      if ((cost > left && !neighbour) || out.length >= PROBES_PER_UNIT) continue;
+      left -= cost;
+      this.lastProbe = i;
+      out.push(LADDER[i]!);
+    }
+    return out;
+  }
+
+  /** Raw bytes per ms a level would move, if it has been measured; `linkBytesPerMs` undefined: the link has never been the bottleneck. */
+  goodput(level: number, linkBytesPerMs?: number): number | undefined {
+    const e = this.est[LADDER.indexOf(level as (typeof LADDER)[number])];
+    if (!e || e.samples < 1) return undefined;
+    const cpu = e.nsPerByte + (this.baseNsPerByte ?? 0);
+    const byCpu = cpu > 0 ? 1e6 / cpu : Infinity;
+    const byLink = linkBytesPerMs === undefined ? Infinity : linkBytesPerMs / e.ratio;
+    return Math.min(byCpu, byLink);
+  }
+
+  /** Changes level if another promises more goodput (or as much for less CPU), or to try the one below; true if it changed. */
+  decide(linkBytesPerMs?: number): boolean {
+    if (this.trial) return this.trial.units >= TRIAL_UNITS && this.judgeTrial();
+    const trusted = linkBytesPerMs !== undefined && linkBytesPerMs < TRUST_MODEL_BELOW;
+    if (trusted) {
+      const best = this.best(linkBytesPerMs, false);
+      return best !== this.at && this.move(best);
+    }
+    const lived = this.est[this.at]!.achieved;
+    if (lived === undefined) return false; // no baseline for a trial yet
+    const best = this.best(linkBytesPerMs, true);
+    if (best === this.at) return false;
+    // The bar a trial must clear. What the level lived can be inflated by the first units,
+    // which only filled buffers; the model's figure for it then is the fairer one.
+    const baseline = Math.min(lived, this.goodput(this.level, linkBytesPerMs) ?? lived);
+    this.trial = { from: this.at, baseline, units: 0 };
+    return this.move(best);
+  }
+
+  /** The level the model prefers now (the current one if none qualifies), or the one below to try if this one has stayed put a while. */
+  private best(linkBytesPerMs: number | undefined, explore: boolean): number {
+    const here = this.goodput(this.level, linkBytesPerMs);
+    if (here === undefined) return this.at;
+    let best = this.at;
+    let bestGoodput = here;
+    for (let i = 0; i < LADDER.length; i++) {
+      const g = this.goodput(LADDER[i]!, linkBytesPerMs);
+      if (g === undefined || i === this.at || this.units < this.heldUntil[i]!) continue;
+      const qualifies = i > this.at ? g > here * (1 + MARGIN_UP) : g >= here * (1 - MARGIN_DOWN);
+      // The most goodput; between levels within MARGIN_DOWN of each other, the cheaper.
+      if (qualifies && (g > bestGoodput * (1 + MARGIN_DOWN) || (g >= bestGoodput * (1 - MARGIN_DOWN) && i < best))) {
+        best = i;
+        bestGoodput = g;
+      }
+    }
+    const below = this.at - 1;
+    if (explore && best === this.at && below >= 0 && this.units - this.since >= this.holdFor[below]! && this.units >= this.heldUntil[below]!) best = below;
+    return best;
+  }
+
+  /** A trial's end: kept if it lived up to the level it left; else undone, and that level held off for a while (twice as long each time). */
+  private judgeTrial(): boolean {
+    const { from, baseline } = this.trial!;
+    this.trial = undefined;
+    const lived = this.est[this.at]!.achieved ?? 0;
+    if (lived >= baseline * (1 - MARGIN_DOWN)) {
+      this.holdFor[this.at] = HOLD_UNITS;
+      return false;
+    }
+    this.heldUntil[this.at] = this.units + this.holdFor[this.at]!;
+    this.holdFor[this.at] = Math.min(MAX_HOLD_UNITS, this.holdFor[this.at]! * 2);
+    return this.move(from);
+  }
+
+  private move(to: number): boolean {
+    this.at = to;
+    this.est[to] ??= { ratio: 1, nsPerByte: this.costNs(to), samples: 0 };
+    this.est[to]!.achieved = undefined; // lived anew: what it did on other data says little
+    this.since = this.units;
+    this.changes++;
+    return true;
+  }
+
+  private costNs(i: number): number {
+    const e = this.est[i];
+    return e && e.samples >= 1 ? e.nsPerByte : PRIOR_NS_PER_BYTE[LADDER[i]!]!;
+  }
+}
