@@ -53,6 +53,21 @@ describe("CompressionPolicy (synthetic links and data)", () => {
     expect(r.levels.filter((l) => l === 19).length).toBeGreaterThanOrEqual(90);
   });
 
+  test("small units with idle gaps between them (a delta stream) do not make the CPU look slow: the level stays up", () => {
+    const p = new CompressionPolicy();
+    const unit = (level: number, raw: number, wallMs: number, waitedMs: number) => {
+      const d = OS[level];
+      p.sent({ level, raw, wire: (d?.ratio ?? 1) * raw, ms: ((d?.ns ?? 0) * raw) / 1e6, wallMs, waitedMs });
+      for (const probe of p.probes(625)) p.note({ level: probe, raw, wire: OS[probe]!.ratio * raw, ms: (OS[probe]!.ns * raw) / 1e6 });
+      p.decide(625);
+    };
+    for (let i = 0; i < 20; i++) unit(p.level, MiB, 600, 400);
+    expect(p.level).toBe(19);
+    // 4 KiB deltas, 40 ms apart (the VM's pace, not the sender's).
+    for (let i = 0; i < 200; i++) unit(p.level, 4096, 40, 0);
+    expect(p.level).toBe(19);
+  });
+
   test("a link faster than the compressor (10 Gbit/s): none", () => {
     const r = simulate({ units: 200, link: 1_250_000, data: () => OS });
     expect(tail(r.levels, 150).every((l) => l === 0)).toBe(true);

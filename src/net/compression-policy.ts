@@ -44,6 +44,8 @@ const PRIOR_NS_PER_BYTE: Record<number, number> = { 0: 0, 1: 3, 3: 3.6, 6: 8.5, 
 const START_LEVEL = 1;
 const ALPHA = 0.3;
 const PROBE_EVERY = 16;
+const MIN_MEASURED_UNIT = 64 * 1024;
+const MAX_BASE_NS = 50;
 /** At most: every level is still measured every three units, and the CPU stays free for the next unit. */
 const PROBES_PER_UNIT = 2;
 const MARGIN_UP = 0.05;
@@ -117,11 +119,14 @@ export class CompressionPolicy {
     this.units++;
     this.note(u);
     this.linkBound = u.waitedMs > 0;
-    if (u.wallMs === undefined || u.raw <= 0) return;
-    const work = u.wallMs - u.waitedMs - u.ms;
-    if (work >= 0) this.baseNsPerByte = ewma(this.baseNsPerByte, (work * 1e6) / u.raw);
+    // Small units (a 4 KiB delta) say more about the gaps between them than about the CPU
+    // or the link; and no sender spends MAX_BASE_NS on a byte: such a gap was a wait on
+    // something other than the link (a control call, the VM's next write).
+    if (u.wallMs === undefined || u.wallMs <= 0 || u.raw < MIN_MEASURED_UNIT) return;
+    const base = ((u.wallMs - u.waitedMs - u.ms) * 1e6) / u.raw;
+    if (base >= 0 && base <= MAX_BASE_NS) this.baseNsPerByte = ewma(this.baseNsPerByte, base);
     const e = this.est[this.at];
-    if (e && u.wallMs > 0) e.achieved = ewma(e.achieved, u.raw / u.wallMs);
+    if (e) e.achieved = ewma(e.achieved, u.raw / u.wallMs);
     if (this.trial) this.trial.units++;
   }
 
