@@ -143,8 +143,8 @@ describe("a link that loses or corrupts what TCP would not notice", () => {
       const h = await hosts(16, 8);
       await withPair(h, async ({ srv, dst }) => {
         let bulk = 0;
-        // The third of the eight 1 MiB BULK frames: mid-bulk.
-        const proxy = startProxy(dst.port, { tamper: (type, frame) => (type === MsgType.BULK && ++bulk === 3 ? damage(frame) : frame) });
+        // The second of the two 4 MiB BULK frames: mid-bulk.
+        const proxy = startProxy(dst.port, { tamper: (type, frame) => (type === MsgType.BULK && ++bulk === 2 ? damage(frame) : frame) });
         try {
           const run = await source(h, proxy.port, ["--insecure"]);
           expect(run.code).toBe(ExitCode.abortedSafely);

@@ -25,12 +25,15 @@ interface Server {
   start(dir: string, image: string): Promise<{ proc: Subprocess; socket: string; ctl?: ControlClient }>;
   /** Record mode, with the delta log in this directory ("" = the run directory, beside the image). */
   recordDir?: string;
+  /** Record mode with the bulk copy's cursor here (0: every write is ahead of the copy, logged without data). */
+  cursor?: number;
 }
 
-function wanmigServe(label: string, name: string, recordDir?: string, bin = join(REPO, "dist", "wanmig")): Server {
+function wanmigServe(label: string, name: string, recordDir?: string, bin = join(REPO, "dist", "wanmig"), cursor?: number): Server {
   return {
     label,
     recordDir,
+    cursor,
     async start(dir, image) {
       const proc = Bun.spawn([bin, "serve", "--image", image, "--name", name, "--run-dir", dir, "--log", "warn"], { stderr: "inherit" });
       return { proc, socket: join(dir, `${name}.nbd`), ctl: new ControlClient(join(dir, `${name}.ctl`)) };
@@ -61,6 +64,9 @@ const servers: Server[] = [
   // Throttling is off in these rows: they measure what recording costs, not the policy.
   wanmigServe("wanmig serve (record, log on tmpfs)", "benchrec", "/dev/shm"),
   wanmigServe("wanmig serve (record, log on disk)", "benchrecdisk", ""),
+  // A live migration's two extremes: every write ahead of the bulk copy (its start), and
+  // every write behind it (the rows above: the catch-up, and paper mode throughout).
+  wanmigServe("wanmig serve (record, ahead of the copy)", "benchahead", "", undefined, 0),
 ];
 
 function rows(runtime: number): Row[] {
@@ -132,7 +138,7 @@ export async function main(argv: string[]): Promise<void> {
           for (let r = 0; r < repeat; r++) {
             if (srv.recordDir !== undefined) {
               await ctl!.throttle({ enabled: false });
-              await ctl!.startRecording(srv.recordDir || undefined);
+              await ctl!.startRecording(srv.recordDir || undefined, undefined, undefined, undefined, srv.cursor);
             }
             samples.push(await fio(socket, row, sizeMiB, join(dir, "fio.json")));
             if (srv.recordDir !== undefined) {
@@ -169,7 +175,8 @@ export async function main(argv: string[]): Promise<void> {
     lines.push(`| ${srv.label} | ${cells.join(" | ")} | ${(peak[srv.label]! / 1024).toFixed(0)} MiB |`);
   }
   const plain = results["wanmig serve"]!;
-  lines.push("");
+  const nbdkit = results["nbdkit file"]!;
+  lines.push("", `wanmig serve vs nbdkit: ${rows(runtime).map((r) => `${r.name} ${(plain[r.name]!.mibs / nbdkit[r.name]!.mibs).toFixed(2)}×`).join(", ")}`);
   if (values.baseline) {
     const vs = (a: string, b: string) =>
       `${a} vs ${b}: ${rows(runtime).map((r) => `${r.name} ${((results[a]![r.name]!.mibs / results[b]![r.name]!.mibs - 1) * 100).toFixed(1)}%`).join(", ")}`;

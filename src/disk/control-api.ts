@@ -4,8 +4,9 @@
 //   GET  /v1/status     everything `wanmig status` prints
 //   GET  /metrics       the same counters in Prometheus text format
 //   POST /v1/record     {"action":"start", "dir"?: path, "owner"?: pid, "maxLogBytes"?: n,
-//                         "rateCap"?: B/s} -> recording state (the log's bound: n, or a
-//                         share of free space); rateCap as for "shipped", from the first write
+//                         "rateCap"?: B/s, "bulkCursor"?: n} -> recording state (the log's
+//                         bound: n, or a share of free space); rateCap as for "shipped", from
+//                         the first write; bulkCursor as for "cursor", from the first write
 //                       {"action":"stop", "moved"?: {"digest"?, "to"?}} -> recording state;
 //                         with "moved" the hand-off completed and the fence is for good
 //                       {"action":"shipped", "seq": "N", "recording"?: id, "rateCap"?: B/s}
@@ -13,6 +14,9 @@
 //                         source has shipped every delta up to N; the throttle watches the
 //                         queue; rateCap holds the VM's writes to B/s for a 2 s lease)
 //                       {"action":"dirty", "recording"?: id} -> written since the last call
+//                       {"action":"cursor", "recording": id, "offset": n} -> recording state
+//                         (the bulk copy's cursor rises to n: writes wholly past it are
+//                         logged without data, see recording.ts)
 //   POST /v1/throttle   {"threshold"?, "delayUs"?, "maxDelayUs"?, "enabled"?} -> throttle state
 //   POST /v1/fence      {"recording"?: id, "reason"?} -> fence state and the recording's
 //                       counts (durable before the answer); {"fenced": false, "reason"?}
@@ -65,7 +69,9 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
         if (max !== undefined && (typeof max !== "number" || !Number.isSafeInteger(max) || max < 1)) throw new BadRequest("maxLogBytes must be a whole number of bytes >= 1");
         const cap = body.rateCap ?? 0;
         if (typeof cap !== "number" || !Number.isFinite(cap) || cap < 0) throw new BadRequest("rateCap must be a number of bytes per second >= 0");
-        return Response.json(svc.startRecording(typeof body.dir === "string" ? body.dir : undefined, typeof body.owner === "number" ? body.owner : undefined, max as number | undefined, cap));
+        const cursor = body.bulkCursor;
+        if (cursor !== undefined && (typeof cursor !== "number" || !Number.isSafeInteger(cursor) || cursor < 0)) throw new BadRequest("bulkCursor must be a whole number of bytes >= 0");
+        return Response.json(svc.startRecording(typeof body.dir === "string" ? body.dir : undefined, typeof body.owner === "number" ? body.owner : undefined, max as number | undefined, cap, cursor));
       }
       if (body.action === "stop") {
         const moved = body.moved && typeof body.moved === "object" ? (body.moved as { digest?: string; to?: string }) : undefined;
@@ -79,7 +85,13 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
         return Response.json({ ...svc.noteShipped(BigInt(body.seq), cap), ...dirty });
       }
       if (body.action === "dirty") return Response.json(svc.takeDirty(recording));
-      throw new BadRequest('action must be "start", "stop", "shipped" or "dirty"');
+      if (body.action === "cursor") {
+        const offset = body.offset;
+        if (typeof offset !== "number" || !Number.isSafeInteger(offset) || offset < 0) throw new BadRequest("offset must be a whole number of bytes >= 0");
+        if (recording === undefined) throw new BadRequest("cursor needs the recording it is for");
+        return Response.json(svc.raiseCursor(recording, offset));
+      }
+      throw new BadRequest('action must be "start", "stop", "shipped", "dirty" or "cursor"');
     }
     case "POST /v1/throttle": {
       let params;

@@ -29,9 +29,12 @@ export class ControlClient {
     return this.call("GET", "/v1/status");
   }
 
-  /** `owner`: the pid of the source process the recording is for (a second one is refused while it lives). */
-  startRecording(dir?: string, owner?: number, maxLogBytes?: number, rateCap?: number): Promise<ServeStatus["recording"]> {
-    return this.call("POST", "/v1/record", { action: "start", dir, owner, maxLogBytes, rateCap });
+  /**
+   * `owner`: the pid of the source process the recording is for (a second one is refused
+   * while it lives). `bulkCursor`: the bulk copy's cursor from the first write (see raiseCursor).
+   */
+  startRecording(dir?: string, owner?: number, maxLogBytes?: number, rateCap?: number, bulkCursor?: number): Promise<ServeStatus["recording"]> {
+    return this.call("POST", "/v1/record", { action: "start", dir, owner, maxLogBytes, rateCap, bulkCursor });
   }
 
   /** `moved`: the hand-off completed; the serve keeps its fence for good. */
@@ -46,6 +49,15 @@ export class ControlClient {
    */
   shipped(seq: bigint, recording?: string, rateCap?: number): Promise<ThrottleState & DirtySince & { rateCapBytesPerSec?: number; log?: { bytes: number; maxBytes?: number } }> {
     return this.call("POST", "/v1/record", { action: "shipped", seq: seq.toString(), recording, rateCap: rateCap ?? 0 });
+  }
+
+  /**
+   * Raises the bulk copy's cursor to `offset` (recording.ts): once this answers, writes
+   * wholly past it are logged without data, and every other write whole. Call it before
+   * deciding anything about the range up to `offset`.
+   */
+  raiseCursor(recording: string, offset: number): Promise<RecordingState> {
+    return this.call("POST", "/v1/record", { action: "cursor", recording, offset });
   }
 
   /** What was written since the last call (the serve's dirty map, cleared as it is read). */

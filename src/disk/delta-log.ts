@@ -14,7 +14,9 @@
 //
 //   records, back to back, each a 32-byte header and (for DATA) `length` bytes of data
 //     0   4  magic "WMDR"
-//     4   1  kind: 1 DATA (bytes follow), 2 ZERO (the range now reads as zeros)
+//     4   1  kind: 1 DATA (bytes follow), 2 ZERO (the range now reads as zeros), 3 AHEAD (a
+//              write past the bulk copy's cursor: no bytes follow, the bulk copy reads the
+//              range after it, see recording.ts)
 //     5   3  reserved, zero
 //     8   8  sequence number: the first record's, then +1 each, no gaps
 //    16   8  offset in the image
@@ -39,7 +41,7 @@ const FORMAT_VERSION = 1;
 /** A record can be no larger than one NBD request (32 MiB); anything larger is corruption. */
 const RECORD_MAX_DATA = 32 * 1024 * 1024;
 
-export const DeltaKind = { DATA: 1, ZERO: 2 } as const;
+export const DeltaKind = { DATA: 1, ZERO: 2, AHEAD: 3 } as const;
 export type DeltaKindValue = (typeof DeltaKind)[keyof typeof DeltaKind];
 
 export interface DeltaLogHeader {
@@ -214,7 +216,7 @@ export function findLogEnd(path: string): LogEnd {
       const length = h.readUInt32LE(24);
       const dataLen = kind === DeltaKind.DATA ? length : 0;
       const whole =
-        h.readUInt32LE(0) === RECORD_MAGIC && (kind === DeltaKind.DATA || kind === DeltaKind.ZERO) && dataLen <= RECORD_MAX_DATA && h.readBigUInt64LE(8) === seq && at + RECORD_HEADER_LEN + dataLen <= size;
+        h.readUInt32LE(0) === RECORD_MAGIC && (kind === DeltaKind.DATA || kind === DeltaKind.ZERO || kind === DeltaKind.AHEAD) && dataLen <= RECORD_MAX_DATA && h.readBigUInt64LE(8) === seq && at + RECORD_HEADER_LEN + dataLen <= size;
       if (!whole) break;
       lastAt = at;
       at += RECORD_HEADER_LEN + dataLen;
@@ -283,7 +285,7 @@ export class DeltaLogReader {
     if (h.readUInt32LE(0) !== RECORD_MAGIC) return this.incomplete(opts, "a record without its magic");
     const kind = h.readUInt8(4);
     const length = h.readUInt32LE(24);
-    if (kind !== DeltaKind.DATA && kind !== DeltaKind.ZERO) return this.incomplete(opts, `an unknown record kind ${kind}`);
+    if (kind !== DeltaKind.DATA && kind !== DeltaKind.ZERO && kind !== DeltaKind.AHEAD) return this.incomplete(opts, `an unknown record kind ${kind}`);
     if (kind === DeltaKind.DATA && length > RECORD_MAX_DATA) return this.incomplete(opts, `a record of ${length} bytes`);
     const data = Buffer.alloc(kind === DeltaKind.DATA ? length : 0);
     if (data.length && readSync(this.fd, data, 0, data.length, this.position + RECORD_HEADER_LEN) < data.length)
@@ -320,9 +322,10 @@ export interface DeltaTarget {
   zero(offset: number, length: number): void;
 }
 
+/** AHEAD records change nothing here: the copy the log is replayed onto was read after them, and carries them. */
 export function applyDelta(target: DeltaTarget, rec: DeltaRecord): void {
   if (rec.kind === DeltaKind.DATA) target.write(rec.offset, rec.data);
-  else target.zero(rec.offset, rec.length);
+  else if (rec.kind === DeltaKind.ZERO) target.zero(rec.offset, rec.length);
 }
 
 /** Replays a whole, finished log onto a target; returns the number of records applied. */

@@ -227,7 +227,7 @@ export class DiskService {
    * still alive belongs to that migration: a second source would share its log and could
    * hand the disk to a second host, so it is refused. A dead owner's log is adopted.
    */
-  startRecording(dir?: string, owner?: number, maxLogBytes?: number, rateCap?: number): RecordingState & { owner?: number } {
+  startRecording(dir?: string, owner?: number, maxLogBytes?: number, rateCap?: number, bulkCursor?: number): RecordingState & { owner?: number } {
     if (this.file.readOnly) throw new ServeError("a read-only export has no writes to record");
     const wasActive = this.recording.active;
     if (wasActive && this.recordingOwner !== undefined && owner !== this.recordingOwner && processAlive(this.recordingOwner))
@@ -236,7 +236,7 @@ export class DiskService {
       });
     if (!wasActive && this.fencing.fenced) throw new ServeError("the image is fenced: there is nothing to migrate from here");
     this.recordingOwner = owner;
-    const st = this.recording.start(dir ?? this.opts.runDir, this.opts.name);
+    const st = this.recording.start(dir ?? this.opts.runDir, this.opts.name, bulkCursor);
     if (!wasActive) {
       this.tracking.start();
       const bound = logBound({ logDir: dirname(st.path!), image: this.opts.image, requested: maxLogBytes });
@@ -287,6 +287,13 @@ export class DiskService {
   private recordingStatus(): ServeStatus["recording"] {
     const marker = this.state?.state.recording;
     return { ...this.recording.state(), owner: this.recordingOwner, id: marker?.id, applied: this.tracking.applied, restarts: marker?.restarts };
+  }
+
+  /** Raises the bulk copy's cursor of `recording` (recording.ts); refused for any other recording. */
+  raiseCursor(recording: string, offset: number): RecordingState {
+    const id = this.state?.state.recording?.id;
+    if (recording !== id) throw new ServeError(`the serve records ${id ? `recording ${id}` : "nothing"}, not ${recording}`);
+    return this.recording.raiseCursor(offset);
   }
 
   /**

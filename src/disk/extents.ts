@@ -68,6 +68,12 @@ export class HoleFinder {
     return this.dataAt >= offset + length;
   }
 
+  /** Drops the last answer: the next question asks the file system again. */
+  forget(): void {
+    this.from = -1;
+    this.dataAt = -1;
+  }
+
   /** Where data begins at or after `offset` (the size if none), as far as the last answer tells. */
   dataFrom(offset: number): number {
     this.isHole(offset, 0);

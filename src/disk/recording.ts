@@ -18,6 +18,19 @@
 //
 // The log is trusted across a process restart (the page cache holds every append), never
 // across a reboot: it is not synced per write, and the run directory is often a tmpfs.
+//
+// The bulk copy's cursor (coalesce mode): a write (or zero, or trim) at or past it is logged
+// without its bytes, as AHEAD; one across it becomes two records, the part behind whole
+// and the part past it AHEAD. So no record logged whole ever reaches past the cursor of
+// its day, and since the cursor only rises, no record logged whole overlaps a later AHEAD
+// one: replayed (or sent as a delta) after the copy, it cannot undo what the copy carries. The source raises the cursor past a range, and only then
+// decides what to do with that range (asks where the holes are, reads it): so the range
+// is decided after every AHEAD write to it reached the image, and the copy carries them.
+// Writes the copy has passed, or may be deciding now, are behind the cursor and logged
+// whole. That saves the second copy of every byte the VM writes ahead of the copy (most
+// of them early in a bulk). The cursor only rises within a serve's recording; a serve that
+// restarts goes on logging every write whole until the source raises it again, which is
+// safe from any offset the source has not decided past.
 
 import { join } from "node:path";
 import { BackendDecorator, type BlockBackend, type MaybePromise } from "./backend.ts";
@@ -43,6 +56,12 @@ export interface RecordingState {
   bytes: number;
   maxBytes?: number;
   failed?: string;
+  /** The bulk copy's cursor, if the source set one: writes wholly past it are logged without data. */
+  bulkCursor?: number;
+  /** Bytes written past the cursor, logged without their data. */
+  aheadBytes: number;
+  /** Writes across the cursor, logged as two records each (the log then holds one record more than the writes). */
+  splits: number;
 }
 
 export class RecordingBackend extends BackendDecorator {
@@ -56,6 +75,11 @@ export class RecordingBackend extends BackendDecorator {
   private readonly fault = faultFromEnv();
   private lastStartMs = 0;
   private faultCount = 0;
+  private cursor?: number;
+  /** While there is no cursor: the end of the furthest record logged whole. */
+  private wholeEnd = 0;
+  private aheadBytes = 0;
+  private splits = 0;
 
   constructor(
     inner: BlockBackend,
@@ -69,9 +93,14 @@ export class RecordingBackend extends BackendDecorator {
     return this.log !== undefined;
   }
 
-  /** Starts a new log in `dir`; every write from now on is in it. */
-  start(dir: string, name: string): RecordingState {
+  /**
+   * Starts a new log in `dir`; every write from now on is in it. `cursor`: the bulk copy's,
+   * from the first write (0: it has decided nothing yet); without it, every write whole.
+   */
+  start(dir: string, name: string, cursor?: number): RecordingState {
     if (this.log) return this.state();
+    this.cursor = cursor;
+    this.wholeEnd = 0;
     // Time for the operator, first sequence for uniqueness; two recordings without a write
     // between them in one ms would still collide, so the time never repeats here.
     this.lastStartMs = Math.max(Date.now(), this.lastStartMs + 1);
@@ -87,6 +116,10 @@ export class RecordingBackend extends BackendDecorator {
    */
   resume(path: string): RecordingState & { rewrote?: { seq: bigint; offset: number; length: number } } {
     if (this.log) return this.state();
+    this.cursor = undefined; // every write whole until the source says where its copy is
+    this.wholeEnd = 0;
+    this.aheadBytes = 0;
+    this.splits = 0;
     const { writer, last } = DeltaLogWriter.continueLog(path);
     if (last) applyDelta({ write: (o, d) => this.inner.write(o, d, false), zero: (o, l) => this.inner.zero(o, l, false, true) }, last);
     this.log = writer;
@@ -94,8 +127,21 @@ export class RecordingBackend extends BackendDecorator {
     return { ...this.state(), rewrote: last && { seq: last.seq, offset: last.offset, length: last.length } };
   }
 
+  /**
+   * Raises the bulk copy's cursor to `offset` (it never falls within a recording). A
+   * recording that had none (a serve restarted) logged writes whole anywhere: the first
+   * cursor starts past all of them, so none can overlap a later AHEAD write.
+   */
+  raiseCursor(offset: number): RecordingState {
+    if (this.log) this.cursor = Math.max(this.cursor ?? this.wholeEnd, offset);
+    return this.state();
+  }
+
   stop(): RecordingState {
     const st = this.state();
+    this.cursor = undefined;
+    this.aheadBytes = 0;
+    this.splits = 0;
     if (this.log) {
       this.nextSeq = this.log.next;
       this.log.close();
@@ -115,22 +161,39 @@ export class RecordingBackend extends BackendDecorator {
       bytes: l?.bytes ?? 0,
       maxBytes: l ? this.maxBytes : undefined,
       failed: this.failure,
+      bulkCursor: l ? this.cursor : undefined,
+      aheadBytes: this.aheadBytes,
+      splits: this.splits,
     };
   }
 
   override write(offset: number, data: Uint8Array, fua: boolean): MaybePromise<void> {
-    this.record(DeltaKind.DATA, offset, data.length, data);
+    this.recordAt(DeltaKind.DATA, offset, data.length, data);
     return this.applied(() => this.inner.write(offset, data, fua));
   }
 
   override zero(offset: number, length: number, fua: boolean, mayPunch: boolean): MaybePromise<void> {
-    this.record(DeltaKind.ZERO, offset, length);
+    this.recordAt(DeltaKind.ZERO, offset, length);
     return this.applied(() => this.inner.zero(offset, length, fua, mayPunch));
   }
 
   override trim(offset: number, length: number, fua: boolean): MaybePromise<void> {
-    this.record(DeltaKind.ZERO, offset, length);
+    this.recordAt(DeltaKind.ZERO, offset, length);
     return this.applied(() => this.inner.trim(offset, length, fua));
+  }
+
+  /** Logs a change: whole behind the cursor, AHEAD past it, split across it (see the header). */
+  private recordAt(kind: DeltaKindValue, offset: number, length: number, data?: Uint8Array): void {
+    const c = this.cursor;
+    if (c === undefined) this.wholeEnd = Math.max(this.wholeEnd, offset + length);
+    if (!this.log || c === undefined || offset + length <= c) return this.record(kind, offset, length, data);
+    const behind = Math.max(0, c - offset);
+    if (behind > 0) {
+      this.record(kind, offset, behind, data?.subarray(0, behind));
+      this.splits++;
+    }
+    this.record(DeltaKind.AHEAD, offset + behind, length - behind);
+    this.aheadBytes += length - behind;
   }
 
   override close(): void {

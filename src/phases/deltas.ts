@@ -164,7 +164,10 @@ export class DeltaStreamer {
       }
       const r = this.carry.pop()!;
       this.carryBytes -= r.data.length;
-      if (coalesce?.carries(r)) {
+      // AHEAD: written past the bulk copy's cursor, so the copy carries it (recording.ts).
+      // Were that ever false, the hand-off's digest (which rehashes the range at the
+      // source: onRecord marked it) would differ, before the point of no return.
+      if (r.kind === DeltaKind.AHEAD || coalesce?.carries(r)) {
         this.skipped++;
         continue;
       }
@@ -218,9 +221,9 @@ export class DeltaStreamer {
       scanned += r.data.length + 32;
       lastRead = r.seq;
       if (r.seq < (this.opts.from ?? 0n)) continue; // applied at the destination before the link broke
-      written.add(r.offset, r.length);
       covered.push({ offset: r.offset, length: r.length });
       passSeq = r.seq;
+      if (r.kind !== DeltaKind.AHEAD) written.add(r.offset, r.length); // the bulk copy carries AHEAD writes
     }
     const runs = written.merged();
     if (!covered.length || !passPays(written.recordBytes, runs)) {

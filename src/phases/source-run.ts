@@ -353,7 +353,8 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         // A serve still recording for a source run that died is adopted: its log holds
         // every write since that run began, which is what a destination that got part of
         // that run needs (the HELLO names the log, so the destination can tell).
-        const rec = await ctl.startRecording(undefined, process.pid, o.maxLogBytes, heldCap);
+        // Coalesce mode: the bulk copy's cursor at 0 from the first write (recording.ts).
+        const rec = await ctl.startRecording(undefined, process.pid, o.maxLogBytes, heldCap, carried ? 0 : undefined);
         logPath = rec.path!;
         stage.recording = true;
         watch = new RecordingWatch(rec.id!, (await ctl.status()).instance, check.digests, o.log);
@@ -393,6 +394,9 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
               checkInterrupted();
               paced.check();
             },
+            // Coalesce mode: what the VM writes ahead of the copy goes into the log without
+            // its data (paper mode logs and sends every write, as the paper does).
+            raiseCursor: carried ? async (offset) => void (await ctl.raiseCursor(watch!.recording, offset)) : undefined,
             beforeRead: (offset) => carried?.noteRead(offset, statSync(logPath!).size),
             afterRead: (offset, chunk) => check.digests.noteData(offset, chunk),
             onProgress: (p) => {
