@@ -49,7 +49,7 @@ describe("CompressionPolicy (synthetic links and data)", () => {
   test("a 5 Mbit/s WAN with OS-like data: level 19 within a few units, and it stays there", () => {
     const r = simulate({ units: 100, link: 625, data: () => OS });
     expect(r.levels.indexOf(19)).toBeGreaterThan(0);
-    expect(r.levels.indexOf(19)).toBeLessThanOrEqual(4);
+    expect(r.levels.indexOf(19)).toBeLessThanOrEqual(2);
     expect(r.levels.filter((l) => l === 19).length).toBeGreaterThanOrEqual(90);
   });
 
