@@ -2,9 +2,9 @@
 // namespaces joined by a veth pair), on a LAN and on the paper's WAN, side by side with
 // freeze-and-copy and with a standard tool (nbdcopy pulling from qemu-nbd) on the same link.
 //
-//   npm run bench -- migrate [--scenario loopback,lan,wan] [--rows live-coalesce,live-paper,live-zstd1,live-zstd19,freeze,nbdcopy]
+//   npm run bench -- migrate [--scenario loopback,lan,lfn,wan] [--rows live-coalesce,live-paper,live-zstd1,live-zstd19,freeze,nbdcopy]
 //                            [--image-mib 1024] [--data-mib 300] [--image-kind mixed|os] [--lan-rate 1gbit] [--lan-rtt-ms 0]
-//                            [--wan-rate 5mbit] [--wan-rtt-ms 100] [--compress zstd|none|…] [--timeout-s S]
+//                            [--lfn-rate 1gbit] [--lfn-rtt-ms 100] [--wan-rate 5mbit] [--wan-rtt-ms 100] [--compress zstd|none|…] [--timeout-s S]
 //                            [--keep-logs DIR] [--json FILE]
 //
 // The link: `tc tbf` at the rate on both veth ends (each direction), and latency from
@@ -42,7 +42,8 @@ export const MiB = 1024 * 1024;
 export const SRC_IP = "10.77.0.1";
 export const DST_IP = "10.77.0.2";
 
-const TARGET_RATIO = 1.1;
+/** Migration time over the limit: 1.1 on a LAN and a WAN; on a long fat network, at least 0.8 of the link's rate. */
+const targetRatio = (sc: Scenario) => (sc.name === "lfn" ? 1 / 0.8 : 1.1);
 const TARGET_DOWNTIME_MS = 100;
 const TARGET_RSS_MIB = 200;
 
@@ -414,7 +415,7 @@ export type ImageKind = "mixed" | "os";
  * Returns the extents, and the zstd -19 size of all the data as one stream (`zstd -19`,
  * one thread): the physical limit's numerator, as the issue defines it.
  */
-export async function buildImage(path: string, imageMiB: number, dataMiB: number, kind: ImageKind = "mixed"): Promise<{ extents: { offsetMiB: number; mib: number; kind: string }[]; textZstdRatio: number; zstd19Bytes: number }> {
+export async function buildImage(path: string, imageMiB: number, dataMiB: number, kind: ImageKind = "mixed", withZstd19 = true): Promise<{ extents: { offsetMiB: number; mib: number; kind: string }[]; textZstdRatio: number; zstd19Bytes?: number }> {
   const n = 6;
   const extentBytes = Math.floor((dataMiB * MiB) / n / 65536) * 65536;
   const stride = Math.floor(imageMiB / n) * MiB;
@@ -422,19 +423,20 @@ export async function buildImage(path: string, imageMiB: number, dataMiB: number
   await $`truncate -s ${imageMiB}M ${path}`;
   const fd = openSync(path, "r+");
   const extents = [];
-  const zstd = Bun.spawn(["zstd", "-19", "-T1", "-q", "-c"], { stdin: "pipe", stdout: "pipe" });
-  const zstdSize = new Response(zstd.stdout).arrayBuffer().then((b) => b.byteLength);
+  // Only a WAN's limit needs it: 768 MiB take zstd -19 minutes.
+  const zstd = withZstd19 ? Bun.spawn(["zstd", "-19", "-T1", "-q", "-c"], { stdin: "pipe", stdout: "pipe" }) : undefined;
+  const zstdSize = zstd ? new Response(zstd.stdout).arrayBuffer().then((b) => b.byteLength) : Promise.resolve(undefined);
   try {
     for (let i = 0; i < n; i++) {
       const extentKind = kind === "os" ? "os" : i % 2 ? "text" : "random";
       const data = extentKind === "os" ? osBytes(extentBytes, i * extentBytes) : extentKind === "text" ? logText(extentBytes, 0x9e3779b9 + i) : randomBytes(extentBytes);
       for (let at = 0; at < data.length; ) at += writeSync(fd, data, at, data.length - at, i * stride + at);
-      zstd.stdin.write(data);
+      zstd?.stdin.write(data);
       extents.push({ offsetMiB: (i * stride) / MiB, mib: extentBytes / MiB, kind: extentKind });
     }
   } finally {
     closeSync(fd);
-    zstd.stdin.end();
+    zstd?.stdin.end();
   }
   const zstd19Bytes = await zstdSize;
   // As wanmig compresses it: zstd level 1, block by block (64 KiB).
@@ -495,6 +497,9 @@ export function proxyArgs(sc: Scenario, listen: string, to: string): string[] {
   const kib = Math.max(64, Math.ceil(((sc.bps / 8) * (sc.rttMs / 2 / 1000) * 2) / 1024));
   return [BUN, PROXY, "--listen", listen, "--to", to, "--delay-ms", String(sc.rttMs / 2), "--max-buffer-kib", String(kib)];
 }
+
+/** A link slow enough that its limit is the data's zstd -19 size (the issue's WAN rows). */
+const isWan = (sc: Scenario) => sc.bps > 0 && sc.bps < 100e6;
 
 export async function waitUntil(check: () => Promise<boolean>, what: string, timeoutMs = 30_000): Promise<void> {
   const end = Date.now() + timeoutMs;
@@ -671,6 +676,8 @@ export async function main(argv: string[]): Promise<void> {
       "data-mib": { type: "string", default: "300" },
       "lan-rate": { type: "string", default: "1gbit" },
       "lan-rtt-ms": { type: "string", default: "0" },
+      "lfn-rate": { type: "string", default: "1gbit" },
+      "lfn-rtt-ms": { type: "string", default: "100" },
       "wan-rate": { type: "string", default: "5mbit" },
       "wan-rtt-ms": { type: "string", default: "100" },
       "timeout-s": { type: "string" },
@@ -684,11 +691,13 @@ export async function main(argv: string[]): Promise<void> {
     // The veth without tbf or proxy: whatever the CPUs can move (bps 0: no physical limit).
     loopback: { name: "loopback", rateSpec: "uncapped", bps: 0, rttMs: 0 },
     lan: { name: "lan", rateSpec: values["lan-rate"]!, bps: parseRate(values["lan-rate"]!) * 8, rttMs: Number(values["lan-rtt-ms"]) },
+    // A long fat network: one TCP stream's window, not the rate, is the bound there.
+    lfn: { name: "lfn", rateSpec: values["lfn-rate"]!, bps: parseRate(values["lfn-rate"]!) * 8, rttMs: Number(values["lfn-rtt-ms"]) },
     wan: { name: "wan", rateSpec: values["wan-rate"]!, bps: parseRate(values["wan-rate"]!) * 8, rttMs: Number(values["wan-rtt-ms"]) },
   };
   const scenarios = values.scenario!.split(",").map((s) => {
     const sc = all[s.trim()];
-    if (!sc) throw new Error(`unknown scenario ${s}; use loopback, lan, wan`);
+    if (!sc) throw new Error(`unknown scenario ${s}; use loopback, lan, lfn, wan`);
     return sc;
   });
   const rows = values.rows!.split(",").map((s) => {
@@ -719,8 +728,8 @@ export async function main(argv: string[]): Promise<void> {
     const secret = join(baseDir, "secret");
     writeFileSync(secret, randomBytes(24).toString("hex"), { mode: 0o600 });
     console.error(`image: ${imageMiB} MiB sparse, ${dataMiB} MiB of data (${imageKind === "os" ? "shared libraries" : "half random, half log text"}) in ${baseDir}`);
-    img = await buildImage(image, imageMiB, dataMiB, imageKind);
-    console.error(`  extents: ${img.extents.map((e) => `${e.kind} ${e.mib.toFixed(0)} MiB @ ${e.offsetMiB} MiB`).join(", ")}; zstd -19 of the data: ${mib(img.zstd19Bytes)} MiB`);
+    img = await buildImage(image, imageMiB, dataMiB, imageKind, scenarios.some(isWan));
+    console.error(`  extents: ${img.extents.map((e) => `${e.kind} ${e.mib.toFixed(0)} MiB @ ${e.offsetMiB} MiB`).join(", ")}${img.zstd19Bytes ? `; zstd -19 of the data: ${mib(img.zstd19Bytes)} MiB` : ""}`);
     meta.image = { imageMiB, dataMiB, kind: imageKind, ...img };
     // The wanmig measured: HEAD, and a hash of uncommitted changes under src/ if any.
     const diff = await $`git diff HEAD -- src`.cwd(REPO).nothrow().quiet();
@@ -765,7 +774,7 @@ export async function main(argv: string[]): Promise<void> {
     const rs = results.filter((r) => r.scenario === sc.name);
     // The issue's limits: on the WAN, the data's zstd -19 size over the link; on a fast
     // link, the data's own size (compression may beat it); on loopback, none (peers instead).
-    const wan = sc.bps > 0 && sc.bps < 100e6;
+    const wan = isWan(sc);
     const limitBytes = wan ? img?.zstd19Bytes : dataMiB * MiB;
     const limitS = sc.bps && limitBytes ? (limitBytes * 8) / sc.bps + sc.rttMs / 1000 : undefined;
     summary[sc.name] = { ...(meta[sc.name] as object), physicalLimitS: limitS, limitBytes };
@@ -785,7 +794,7 @@ export async function main(argv: string[]): Promise<void> {
       }
       const ratio = limitS ? r.migrationTimeS! / limitS : undefined;
       const isTargetRow = r.row === "live-coalesce";
-      const ratioCell = ratio === undefined ? "–" : `${ratio.toFixed(2)}×${isTargetRow ? ` ${mark(ratio <= TARGET_RATIO)}` : ""}`;
+      const ratioCell = ratio === undefined ? "–" : `${ratio.toFixed(2)}×${isTargetRow ? ` ${mark(ratio <= targetRatio(sc))}` : ""}`;
       const downCell = `${r.downtimeMs!.toFixed(0)} ms${isTargetRow && sc.name === "lan" ? ` ${mark(r.downtimeMs! < TARGET_DOWNTIME_MS)}` : ""}`;
       const rssCell = r.row === "nbdcopy"
         ? `qemu-nbd ${peakMiB(r.rss["qemu-nbd"]).toFixed(0)} / – / nbdcopy ${peakMiB(r.rss.nbdcopy).toFixed(0)} MiB`
@@ -796,7 +805,7 @@ export async function main(argv: string[]): Promise<void> {
       lines.push(
         `| ${r.label} | ${r.migrationTimeS!.toFixed(2)} s | ${ratioCell} | ${downCell}${r.row === "nbdcopy" ? " (not live)" : ""} | ${r.wireBytes === undefined ? "–" : `${mib(r.wireBytes)} MiB`} | ${r.bulkWireBytes === undefined ? "–" : `${mib(r.bulkWireBytes)} MiB`} | ${mib(r.linkTxBytes)} MiB | ${r.deltas === undefined ? "–" : `${r.deltas} / ${r.deltasSkipped} / ${r.finalDeltas}`} | ${r.throttleSteps ?? "–"} | ${rssCell} | ${r.identical ? "identical" : "DIFFER"} |`,
       );
-      if (isTargetRow && ratio !== undefined) targets.push({ target: `${sc.name} migration time ≤ ${TARGET_RATIO} × ${wan ? "the zstd -19 limit" : "the data over the link"}`, figure: `${r.migrationTimeS!.toFixed(1)} s = ${ratio.toFixed(2)} × ${limitS!.toFixed(1)} s`, pass: ratio <= TARGET_RATIO });
+      if (isTargetRow && ratio !== undefined) targets.push({ target: `${sc.name} migration time ≤ ${targetRatio(sc).toFixed(2)} × ${wan ? "the zstd -19 limit" : "the data over the link"}`, figure: `${r.migrationTimeS!.toFixed(1)} s = ${ratio.toFixed(2)} × ${limitS!.toFixed(1)} s`, pass: ratio <= targetRatio(sc) });
       if (isTargetRow && sc.name === "lan") targets.push({ target: `LAN storage downtime < ${TARGET_DOWNTIME_MS} ms`, figure: `${r.downtimeMs} ms`, pass: r.downtimeMs! < TARGET_DOWNTIME_MS });
     }
     const live = rs.find((r) => r.row === "live-coalesce" && r.ok);
