@@ -49,11 +49,13 @@ export class Compressor {
   /** Raw bytes sent at each level (0: as they were). */
   readonly rawByLevel = new Map<number, number>();
 
+  /** `rttMs`: the link's round trip (auto starts uncompressed on a short one). */
   constructor(
     setting: CompressSetting,
     private readonly link: LinkView,
+    rttMs?: number,
   ) {
-    if (setting === "auto") this.policy = new CompressionPolicy();
+    if (setting === "auto") this.policy = new CompressionPolicy(rttMs);
     this.fixed = setting === "auto" ? 0 : setting;
   }
 

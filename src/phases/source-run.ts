@@ -373,7 +373,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       rttMs = (performance.now() - shookAt) / 2;
       if (attempt > 0) o.log.info(`resumed: destination has bulk up to ${ready.bulkOffset}, needs delta ${ready.nextSeq}`);
       // One per connection: a new link may be another link (a resume over another path).
-      const z = new Compressor(o.compress, ch);
+      const z = new Compressor(o.compress, ch, rttMs);
       compressors.push(z);
 
       if (ready.bulkOffset < status.size) {
@@ -607,13 +607,15 @@ async function freezeAndCopy(
   let fencedAt = 0;
   try {
     // No delta log in this mode: nothing to resume against.
+    const shookAt = performance.now();
     const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, blockSize, recording: "" });
+    const rttMs = (performance.now() - shookAt) / 2;
     await ctl.fence({ reason: `freeze-and-copy to ${o.to ?? "the destination"}` });
     fencedAt = performance.now();
     o.log.info("freeze-and-copy: source fenced; copying the whole image");
     phaseEvent(o, "bulk");
     const digests = new RegionDigests(status.size);
-    const z = new Compressor(o.compress, ch);
+    const z = new Compressor(o.compress, ch, rttMs);
     const bulk = await sendBulk(ch, status.image, {
       from: bulkResumeOffset(ready.bulkOffset, blockSize),
       blockSize,
