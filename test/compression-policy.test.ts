@@ -22,7 +22,6 @@ const MiB = 1024 * 1024;
 function simulate(opts: { units: number; link?: number; data: (unit: number) => Record<number, { ratio: number; ns: number }>; baseNs?: number; receiverNs?: (level: number) => number; rttMs?: number }) {
   const p = new CompressionPolicy(opts.rttMs);
   const levels: number[] = [];
-  let totalMs = 0;
   for (let u = 0; u < opts.units; u++) {
     const level = p.level;
     levels.push(level);
@@ -33,14 +32,13 @@ function simulate(opts: { units: number; link?: number; data: (unit: number) => 
     const linkMs = opts.link ? (ratio * MiB) / opts.link : 0;
     const receiverMs = opts.receiverNs ? (opts.receiverNs(level) * MiB) / 1e6 : 0;
     const wall = Math.max(cpu, linkMs, receiverMs);
-    totalMs += wall;
     p.sent({ level, raw: MiB, wire: ratio * MiB, ms, wallMs: u === 0 ? undefined : wall, waitedMs: wall - cpu });
     // The link as the channel measures it: wire bytes per ms while it waits (the receiver's, if it is the bottleneck).
     const measured = wall > cpu ? (ratio * MiB) / wall : undefined;
     for (const probe of p.probes(opts.link ?? measured)) p.note({ level: probe, raw: MiB, wire: d[probe]!.ratio * MiB, ms: (d[probe]!.ns * MiB) / 1e6 });
     p.decide(opts.link ?? measured);
   }
-  return { levels, totalMs, changes: p.changes };
+  return { levels };
 }
 
 const tail = (a: number[], n: number) => a.slice(-n);

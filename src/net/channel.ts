@@ -18,7 +18,7 @@ import { SocketWriter } from "../util/socket-writer.ts";
 const MIN_HIGH_WATER = 1024 * 1024;
 const MAX_HIGH_WATER = 8 * 1024 * 1024;
 const QUEUE_MS = 500;
-/** The link's rate is read from at least this long a backlog (drain-meter.ts). */
+/** The link's rate is read from at least this long a backlog (drain-meter.ts); the bulk throttle's first verdict waits for it too. */
 const LINK_MIN_MS = 200;
 /**
  * Received and not yet taken: past the high mark we stop reading the stream (TCP then
@@ -87,10 +87,6 @@ export class Channel {
   waitedMs = 0;
   private readonly meter = new DrainMeter();
 
-  /** Bytes queued here and not yet handed to the socket: the link is the bottleneck while there are any. */
-  unsentBytes(): number {
-    return this.out.queued;
-  }
   /** We told the peer we give up (so an abort path does not say it twice). */
   errorSent = false;
   /** Over TCP: this end's and the peer's addresses (the network redirect's tunnel endpoints). */
@@ -141,8 +137,13 @@ export class Channel {
     if (all) this.drained?.();
   }
 
+  /** Bytes handed to the kernel so far (sent less what waits here). */
+  handedBytes(): number {
+    return this.bytesSent - this.out.queued;
+  }
+
   private observe(): void {
-    this.meter.observe(performance.now(), this.bytesSent - this.out.queued, this.out.queued > 0);
+    this.meter.observe(performance.now(), this.handedBytes(), this.out.queued > 0);
   }
 
   /** Wire bytes per ms the link takes, as measured under backlog (or --bandwidth's cap, if lower); undefined while it never was the bottleneck. */

@@ -64,11 +64,6 @@ export class Compressor {
     return this.policy?.level ?? this.fixed;
   }
 
-  /** Level changes made (auto). */
-  get changes(): number {
-    return this.policy?.changes ?? 0;
-  }
-
   compress(data: Uint8Array): Compressed {
     const level = this.level;
     const t0 = performance.now();

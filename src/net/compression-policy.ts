@@ -115,8 +115,6 @@ export class CompressionPolicy {
   private readonly holdFor: number[] = LADDER.map(() => HOLD_UNITS);
   /** The unit the level last changed at (a level that stays put tries the one below). */
   private since = 0;
-  /** Level changes made. */
-  changes = 0;
 
   /** `rttMs`: the link's round trip, as far as known (undefined: taken for a long one). */
   constructor(rttMs?: number) {
@@ -155,9 +153,10 @@ export class CompressionPolicy {
   }
 
   /**
-   * Levels to compress the unit just sent with as well (not sent), in turn: as many as fit (up to PROBES_PER_UNIT)
-   * in the wall time the link leaves a raw byte beside what the unit costs. Without such
-   * time, one neighbour every PROBE_EVERY units, so a faster link or other data is seen.
+   * Levels to compress the unit just sent with as well (not sent), in turn: as many as fit
+   * in the wall time the link leaves a raw byte beside what the unit costs (on a fast link
+   * PROBES_PER_UNIT at most). Without such time, one neighbour every PROBE_EVERY units, so
+   * a faster link or other data is seen.
    */
   probes(linkBytesPerMs?: number): number[] {
     if (!this.linkBound && this.units % PROBE_EVERY !== 0) return [];
@@ -255,7 +254,6 @@ export class CompressionPolicy {
     this.est[to] ??= { ratio: 1, nsPerByte: this.costNs(to), samples: 0 };
     this.est[to]!.achieved = undefined; // lived anew: what it did on other data says little
     this.since = this.units;
-    this.changes++;
     return true;
   }
 

@@ -13,7 +13,6 @@
 // whole disk before the first verdict. The first verdict lifts it, or puts the real cap in
 // its place.
 
-import { DrainMeter } from "../net/drain-meter.ts";
 import type { ControlClient } from "../disk/control-client.ts";
 import { type RecordingWatch, reportShipped } from "./recording-watch.ts";
 
@@ -52,16 +51,15 @@ export function bulkRateCap(growth: number, link: number | undefined): number | 
 /** The stream's sending side, frame by frame (the bulk's own progress comes per chunk: seconds apart on a slow link). */
 export interface WireGauge {
   /** Bytes handed to the socket so far. */
-  handed(): number;
-  /** Whether bytes wait to be handed: the link, not the reader, is the bottleneck now. */
-  backlog(): boolean;
+  handedBytes(): number;
+  /** The link's rate as measured under backlog (drain-meter.ts), once it has been; the channel's. */
+  linkBytesPerMs(): number | undefined;
 }
 
 export class BulkThrottle {
   private timer?: ReturnType<typeof setInterval>;
   private failure?: unknown;
   private window: { at: number; log: number; handed: number }[] = [];
-  private readonly meter = new DrainMeter();
   /** The cap in force (bytes/s): the provisional one until the first verdict, then the real one once engaged. */
   cap?: number;
   /** The provisional cap, until the first verdict replaces it. */
@@ -87,7 +85,7 @@ export class BulkThrottle {
 
   /** The link's rate (wire bytes/ms) measured while the bulk kept it busy, if it ever did. */
   linkBytesPerMs(): number | undefined {
-    return this.meter.bytesPerMs(FIRST_VERDICT_MS);
+    return this.wire.linkBytesPerMs();
   }
 
   /** Throws what went wrong in the background (the serve lost the recording): called before each bulk read. */
@@ -142,8 +140,7 @@ export class BulkThrottle {
       // The serve's answer carries the log's size: no stat of our own.
       const answer = await reportShipped(this.ctl, this.watch, 0n, this.cap);
       const now = performance.now();
-      const handed = this.wire.handed();
-      this.meter.observe(now, handed, this.wire.backlog());
+      const handed = this.wire.handedBytes();
       this.window.push({ at: now, log: answer.log?.bytes ?? 0, handed });
       while (this.window.length > 2 && now - this.window[1]!.at >= WINDOW_MS) this.window.shift();
       const look = this.look(FIRST_VERDICT_MS);

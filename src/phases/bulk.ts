@@ -6,6 +6,9 @@
 // Holes are not read at all: the file system says where data is (extents.ts), so a thin
 // disk costs what its data costs. A chunk taken for a hole is not noted as read for
 // coalescing, so a write landing there during the copy always travels as a delta.
+// In coalesce mode the recording's cursor is raised past a range before anything about it
+// is decided (recording.ts): what the VM writes past the cursor is logged without data,
+// and this copy carries it.
 
 import { FileBackend } from "../disk/file-backend.ts";
 import type { Channel } from "../net/channel.ts";
@@ -80,7 +83,7 @@ async function sendChunk(ch: Channel, p: BulkProgress, chunk: Uint8Array, blockS
   let runLength = 0;
   const flush = async () => {
     if (!runLength) return;
-    // No copy: send() frames the data before it returns, and the chunk is read again only after.
+    // No copy: send() frames the data before its first wait, and the buffer is read into again only after.
     const run = chunk.subarray(runFrom, runFrom + runLength);
     const out = z.compress(run);
     await ch.send(msg.bulk(p.offset + runFrom, runLength, out.data, out.compressed));

@@ -379,8 +379,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       if (ready.bulkOffset < status.size) {
         emit("bulk");
         const bulkAt = performance.now();
-        const stream = ch;
-        const paced = new BulkThrottle(ctl, watch!, { handed: () => stream.bytesSent - stream.unsentBytes(), backlog: () => stream.unsentBytes() > 0 }, heldCap);
+        const paced = new BulkThrottle(ctl, watch!, ch, heldCap);
         paced.start();
         // The throttle's cap is renewed until the catch-up's first report: BULK_END can wait
         // for the bulk's tail to drain (13 s on the WAN), past the cap's 2 s lease.
