@@ -19,18 +19,17 @@
 // The log is trusted across a process restart (the page cache holds every append), never
 // across a reboot: it is not synced per write, and the run directory is often a tmpfs.
 //
-// The bulk copy's cursor (coalesce mode): a write (or zero, or trim) at or past it is logged
-// without its bytes, as AHEAD; one across it becomes two records, the part behind whole
-// and the part past it AHEAD. So no record logged whole ever reaches past the cursor of
-// its day, and since the cursor only rises, no record logged whole overlaps a later AHEAD
-// one: replayed (or sent as a delta) after the copy, it cannot undo what the copy carries. The source raises the cursor past a range, and only then
-// decides what to do with that range (asks where the holes are, reads it): so the range
-// is decided after every AHEAD write to it reached the image, and the copy carries them.
-// Writes the copy has passed, or may be deciding now, are behind the cursor and logged
-// whole. That saves the second copy of every byte the VM writes ahead of the copy (most
-// of them early in a bulk). The cursor only rises within a serve's recording; a serve that
-// restarts goes on logging every write whole until the source raises it again, which is
-// safe from any offset the source has not decided past.
+// The bulk copy's cursor (coalesce mode). The source raises it past a range, and only then
+// decides anything about that range (where its holes are, what it holds): so the range is
+// decided after every write past the cursor reached the image, and the copy carries them.
+// Such a write (or zero, or trim) is logged as AHEAD, without its bytes; one across the
+// cursor becomes two records, the part behind whole and the part past it AHEAD. That saves
+// the second copy of what the VM writes ahead of the copy (most of it, early in a bulk).
+// Why split: no record logged whole may reach past the cursor of its day. The cursor only
+// rises, so then no record logged whole overlaps a later AHEAD one, which, replayed or sent
+// as a delta after the copy, would undo what the copy carries. A recording with no cursor
+// (a serve restarted under it) logs every write whole, anywhere: its first cursor starts
+// past all of them.
 
 import { join } from "node:path";
 import { BackendDecorator, type BlockBackend, type MaybePromise } from "./backend.ts";
@@ -56,7 +55,7 @@ export interface RecordingState {
   bytes: number;
   maxBytes?: number;
   failed?: string;
-  /** The bulk copy's cursor, if the source set one: writes wholly past it are logged without data. */
+  /** The bulk copy's cursor, if the source set one: writes past it are logged without data. */
   bulkCursor?: number;
   /** Bytes written past the cursor, logged without their data. */
   aheadBytes: number;
