@@ -1,6 +1,7 @@
 // NBD server benchmark: the same image served by `wanmig serve` (plain and in record
 // mode), `qemu-nbd` and `nbdkit file`, each measured by the same client (fio's nbd engine)
-// in one run. Figures are ratios to qemu-nbd; absolute numbers depend on the machine.
+// in one run. Figures are ratios to qemu-nbd; absolute numbers depend on the machine. The
+// rand read 4k qd1 row reports completion latency (p50/p99): one request at a time.
 //
 //   npm run bench -- nbd [--size-mib 1024] [--runtime 5] [--repeat 1] [--json FILE] [--baseline BIN]
 //
@@ -18,6 +19,16 @@ interface Row {
   name: string;
   fio: string[];
   runtimeBased: boolean;
+  /** Report completion latency (p50/p99) rather than throughput. */
+  latency?: boolean;
+}
+
+interface Sample {
+  mibs: number;
+  iops: number;
+  /** Completion latency percentiles, µs. */
+  p50Us: number;
+  p99Us: number;
 }
 
 interface Server {
@@ -75,6 +86,8 @@ function rows(runtime: number): Row[] {
     { name: "seq read 1M qd8", fio: ["--rw=read", "--bs=1M", "--iodepth=8", ...timed], runtimeBased: true },
     { name: "seq write 1M qd8", fio: ["--rw=write", "--bs=1M", "--iodepth=8", ...timed], runtimeBased: true },
     { name: "rand write 4k qd16", fio: ["--rw=randwrite", "--bs=4k", "--iodepth=16", "--randrepeat=0", ...timed], runtimeBased: true },
+    // One request at a time: the server's own latency, which a guest's fsync-bound work waits on.
+    { name: "rand read 4k qd1", fio: ["--rw=randread", "--bs=4k", "--iodepth=1", "--randrepeat=0", ...timed], runtimeBased: true, latency: true },
   ];
 }
 
@@ -92,11 +105,12 @@ function peakRssKiB(pid: number): number {
   return m ? Number(m[1]) : NaN;
 }
 
-async function fio(socket: string, row: Row, sizeMiB: number, out: string): Promise<{ mibs: number; iops: number }> {
+async function fio(socket: string, row: Row, sizeMiB: number, out: string): Promise<Sample> {
   await $`fio --name=bench --ioengine=nbd --uri=nbd+unix:///?socket=${socket} --size=${sizeMiB}M ${row.fio} --output-format=json --output=${out}`.quiet();
   const job = JSON.parse(readFileSync(out, "utf8")).jobs[0];
   const side = row.fio.some((a) => a.includes("write")) ? job.write : job.read;
-  return { mibs: side.bw_bytes / 1048576, iops: side.iops };
+  const pct = side.clat_ns?.percentile ?? {};
+  return { mibs: side.bw_bytes / 1048576, iops: side.iops, p50Us: (pct["50.000000"] ?? NaN) / 1000, p99Us: (pct["99.000000"] ?? NaN) / 1000 };
 }
 
 export async function main(argv: string[]): Promise<void> {
@@ -125,7 +139,7 @@ export async function main(argv: string[]): Promise<void> {
   console.error(`image: ${sizeMiB} MiB of random data in ${dir}; fio ${await $`fio --version`.text()}`.trim());
   await $`head -c ${sizeMiB}M /dev/urandom > ${image}`;
 
-  const results: Record<string, Record<string, { mibs: number; iops: number }>> = {};
+  const results: Record<string, Record<string, Sample>> = {};
   const peak: Record<string, number> = {};
   try {
     for (const srv of servers) {
@@ -134,7 +148,7 @@ export async function main(argv: string[]): Promise<void> {
         await waitForSocket(socket, proc);
         results[srv.label] = {};
         for (const row of rows(runtime)) {
-          const samples: { mibs: number; iops: number }[] = [];
+          const samples: Sample[] = [];
           for (let r = 0; r < repeat; r++) {
             if (srv.recordDir !== undefined) {
               await ctl!.throttle({ enabled: false });
@@ -146,9 +160,10 @@ export async function main(argv: string[]): Promise<void> {
               if (st.path && existsSync(st.path)) unlinkSync(st.path); // keep the disk from filling
             }
           }
-          samples.sort((a, b) => a.mibs - b.mibs);
+          samples.sort((a, b) => (row.latency ? b.p50Us - a.p50Us : a.mibs - b.mibs));
           results[srv.label]![row.name] = samples[Math.floor(samples.length / 2)]!;
-          console.error(`${srv.label.padEnd(36)} ${row.name.padEnd(20)} ${results[srv.label]![row.name]!.mibs.toFixed(0)} MiB/s`);
+          const got = results[srv.label]![row.name]!;
+          console.error(`${srv.label.padEnd(36)} ${row.name.padEnd(20)} ${row.latency ? `p50 ${got.p50Us.toFixed(0)} µs, p99 ${got.p99Us.toFixed(0)} µs` : `${got.mibs.toFixed(0)} MiB/s`}`);
         }
         peak[srv.label] = peakRssKiB(proc.pid);
       } finally {
@@ -169,6 +184,7 @@ export async function main(argv: string[]): Promise<void> {
   for (const srv of servers) {
     const cells = rows(runtime).map((r) => {
       const v = results[srv.label]![r.name]!;
+      if (r.latency) return `p50 ${v.p50Us.toFixed(0)} µs, p99 ${v.p99Us.toFixed(0)} µs (${(base[r.name]!.p50Us / v.p50Us).toFixed(2)}×)`;
       const ratio = v.mibs / base[r.name]!.mibs;
       return `${v.mibs.toFixed(0)} MiB/s, ${(v.iops / 1000).toFixed(1)}k IOPS (${ratio.toFixed(2)}×)`;
     });
@@ -176,15 +192,17 @@ export async function main(argv: string[]): Promise<void> {
   }
   const plain = results["wanmig serve"]!;
   const nbdkit = results["nbdkit file"]!;
-  lines.push("", `wanmig serve vs nbdkit: ${rows(runtime).map((r) => `${r.name} ${(plain[r.name]!.mibs / nbdkit[r.name]!.mibs).toFixed(2)}×`).join(", ")}`);
+  /** How much faster `a` is than `b` on a row (throughput, or the inverse of p50 latency). */
+  const speed = (a: Sample, b: Sample, r: Row) => (r.latency ? b.p50Us / a.p50Us : a.mibs / b.mibs);
+  lines.push("", `wanmig serve vs nbdkit: ${rows(runtime).map((r) => `${r.name} ${speed(plain[r.name]!, nbdkit[r.name]!, r).toFixed(2)}×`).join(", ")}`);
   if (values.baseline) {
     const vs = (a: string, b: string) =>
-      `${a} vs ${b}: ${rows(runtime).map((r) => `${r.name} ${((results[a]![r.name]!.mibs / results[b]![r.name]!.mibs - 1) * 100).toFixed(1)}%`).join(", ")}`;
+      `${a} vs ${b}: ${rows(runtime).map((r) => `${r.name} ${((speed(results[a]![r.name]!, results[b]![r.name]!, r) - 1) * 100).toFixed(1)}%`).join(", ")}`;
     lines.push(vs("wanmig serve", "baseline serve"), vs("wanmig serve (record, log on tmpfs)", "baseline serve (record, log on tmpfs)"));
   }
   for (const srv of servers.filter((x) => x.recordDir !== undefined)) {
     const rec = results[srv.label]!;
-    lines.push(`${srv.label} vs plain: ${rows(runtime).map((r) => `${r.name} ${((rec[r.name]!.mibs / plain[r.name]!.mibs - 1) * 100).toFixed(1)}%`).join(", ")}`);
+    lines.push(`${srv.label} vs plain: ${rows(runtime).map((r) => `${r.name} ${((speed(rec[r.name]!, plain[r.name]!, r) - 1) * 100).toFixed(1)}%`).join(", ")}`);
   }
   console.log(lines.join("\n"));
   if (values.json) await Bun.write(values.json, JSON.stringify({ sizeMiB, runtime, repeat, results, peakRssKiB: peak }, null, 2));
