@@ -28,9 +28,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ControlClient } from "../../src/disk/control-client.ts";
-import { QmpClient } from "../../src/hypervisor/qmp.ts";
-import { logger } from "../../src/log.ts";
 import { BUN, cleanup, DEV_DST, DEV_SRC, DST_IP, identical, MAIN, rowHosts, MiB, netSetup, NS_DST, NS_SRC, Proc, proxyArgs, type Scenario, shape, tail, tuneTcpBuffers, unshape, waitUntil } from "./migrate.ts";
+import { mirrorRow } from "./qsd-mirror.ts";
 
 const LINKS: Record<string, Scenario> = {
   loopback: { name: "loopback", rateSpec: "none", bps: 0, rttMs: 0 },
@@ -176,94 +175,23 @@ async function saveEvents(dir: string, label: string, procs: Proc[]): Promise<vo
 }
 
 async function runQsd(sc: Scenario, writer: string, row: string, ctx: Ctx, dir: string): Promise<Run> {
-  const r: Run = { link: sc.name, writer, row, ok: false };
-  const { a, b, image } = await rowHosts(dir, ctx.image);
-  const target = join(b, "vm.img");
-  await $`truncate -s ${ctx.sizeBytes} ${target}`;
-  const procs: Proc[] = [];
-  let qmp: QmpClient | undefined;
-  try {
-    const port = ctx.port++;
-    const nbd = new Proc("qemu-nbd", NS_DST, ["qemu-nbd", "-f", "raw", "-x", "vm", "-b", DST_IP, "-p", String(port), "--persistent", "--cache=writeback", target], false);
-    procs.push(nbd);
-    let host = DST_IP;
-    let hostPort = port;
-    if (sc.rttMs > 0) {
-      const pp = ctx.port++;
-      const proxy = new Proc("delay-proxy", NS_SRC, proxyArgs(sc, `127.0.0.1:${pp}`, `${DST_IP}:${port}`), false);
-      procs.push(proxy);
-      await proxy.waitFor(/listening on/, "the delay proxy");
-      host = "127.0.0.1";
-      hostPort = pp;
-    }
-    const qmpPath = join(a, "qsd.qmp");
-    const qsd = new Proc("qsd", NS_SRC, [
-      "qemu-storage-daemon",
-      "--blockdev", `driver=file,filename=${image},node-name=file0,cache.direct=off`,
-      "--blockdev", "driver=raw,file=file0,node-name=disk",
-      "--nbd-server", `addr.type=unix,addr.path=${join(a, "vm.nbd")}`,
-      "--export", "type=nbd,id=e0,node-name=disk,name=,writable=on",
-      "--chardev", `socket,path=${qmpPath},server=on,wait=off,id=qmp0`,
-      "--monitor", "chardev=qmp0",
-    ], false);
-    procs.push(qsd);
-    await waitUntil(async () => {
-      qmp = await QmpClient.connect(qmpPath, logger("bench-qmp"));
-      return true;
-    }, "qemu-storage-daemon's QMP");
-    const q = qmp!;
-    const vm = writerProc(writer, a);
-    if (vm) procs.push(vm);
-    await Bun.sleep(1000);
-    const t0 = performance.now();
-    await q.execute("blockdev-add", { driver: "nbd", "node-name": "target", server: { type: "inet", host, port: String(hostPort) }, export: "vm" });
-    await q.execute("blockdev-mirror", { "job-id": "m0", device: "disk", target: "target", sync: "full", "copy-mode": row === "qsd-write-blocking" ? "write-blocking" : "background" });
-    // A QMP call that never answers (qsd stuck in a drain) must fail the row, not hang the bench.
-    const timed = <T>(p: Promise<T>): Promise<T> => Promise.race([p, Bun.sleep(30_000).then(() => Promise.reject(new Error("qemu-storage-daemon stopped answering QMP")))]);
-    const job = async () => (await timed(q.execute<{ device: string; ready: boolean; status: string }[]>("query-block-jobs"))).find((j) => j.device === "m0");
-    await waitUntil(async () => (await job())?.ready === true, "the mirror to be ready", ctx.timeoutMs);
-    // The VM pauses: the writer stops with nothing in flight (a SIGSTOP could leave a write
-    // half sent, and the mirror's drain would wait for it for ever).
-    // Its downtime counts from when the writer stopped (a writer asleep between its
-    // operations, as static-web's 100 ms, answers late), as wanmig's from its fence.
-    let pausedAt = performance.now();
-    if (vm) {
-      vm.proc.kill("SIGUSR1");
-      await waitUntil(async () => vm.stdoutLines.some((l) => l.line.includes('"paused"')), "the writer to pause", 10_000);
-      pausedAt = vm.stdoutLines.find((l) => l.line.includes('"paused"'))!.t;
-    }
-    await timed(q.execute("block-job-cancel", { device: "m0" })); // after READY: finish the copy, keep the source
-    // Polled every 2 ms (a QMP round trip here is ~0.2 ms): the 50 ms of waitUntil would add to its downtime.
-    const endBy = performance.now() + ctx.timeoutMs;
-    while ((await job()) !== undefined) {
-      if (performance.now() > endBy) throw new Error("the mirror did not end");
-      await Bun.sleep(2);
-    }
-    const endedAt = performance.now();
-    r.downtimeMs = Math.round(endedAt - pausedAt);
-    r.migrationS = (endedAt - t0) / 1000;
-    const w = writerRates(writerSamples(vm, t0), pausedAt);
-    r.writerMBps = vm ? w.mean : undefined;
-    r.writerMinMBps = vm ? w.min : undefined;
-    if (vm) {
-      vm.proc.kill("SIGKILL");
-      await vm.proc.exited;
-    }
-    await q.execute("quit").catch(() => undefined);
-    await qsd.proc.exited;
-    await nbd.stop();
-    r.ok = await identical(image, target);
-    if (!r.ok) r.error = "the images differ";
-    return r;
-  } catch (err) {
-    r.error = (err as Error).message;
-    return r;
-  } finally {
-    qmp?.close();
-    for (const p of procs.reverse()) {
-      await p.stop();
-    }
+  const m = await mirrorRow({
+    sc,
+    dir,
+    template: ctx.image,
+    sizeBytes: ctx.sizeBytes,
+    nextPort: () => ctx.port++,
+    timeoutMs: ctx.timeoutMs,
+    copyMode: row === "qsd-write-blocking" ? "write-blocking" : "background",
+    writer: (runDir) => writerProc(writer, runDir),
+  });
+  const r: Run = { link: sc.name, writer, row, ok: m.ok, error: m.error, downtimeMs: m.downtimeMs, migrationS: m.migrationS };
+  if (m.vm && m.t0 !== undefined && m.pausedAt !== undefined) {
+    const w = writerRates(writerSamples(m.vm, m.t0), m.pausedAt);
+    r.writerMBps = w.mean;
+    r.writerMinMBps = w.min;
   }
+  return r;
 }
 
 function pct(xs: number[], p: number): number | undefined {

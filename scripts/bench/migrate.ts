@@ -2,7 +2,7 @@
 // namespaces joined by a veth pair), on a LAN and on the paper's WAN, side by side with
 // freeze-and-copy and with a standard tool (nbdcopy pulling from qemu-nbd) on the same link.
 //
-//   npm run bench -- migrate [--scenario loopback,lan,lfn,wan] [--rows live-coalesce,live-paper,live-zstd1,live-zstd19,freeze,nbdcopy]
+//   npm run bench -- migrate [--scenario loopback,lan,lfn,wan] [--rows live-coalesce,live-paper,live-zstd1,live-zstd19,freeze,nbdcopy,qsd-mirror]
 //                            [--image-mib 1024] [--data-mib 300] [--image-kind mixed|os] [--lan-rate 1gbit] [--lan-rtt-ms 0]
 //                            [--lfn-rate 1gbit] [--lfn-rtt-ms 100] [--wan-rate 5mbit] [--wan-rtt-ms 100] [--compress zstd|none|…] [--timeout-s S]
 //                            [--keep-logs DIR] [--json FILE]
@@ -31,6 +31,7 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync,
 import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
 import { ControlClient } from "../../src/disk/control-client.ts";
+import { mirrorRow } from "./qsd-mirror.ts";
 import { parseRate } from "../../src/net/rate.ts";
 
 const REPO = join(import.meta.dir, "..", "..");
@@ -63,6 +64,7 @@ const ROWS: RowDef[] = [
   { id: "live-zstd19", label: "wanmig live, --compress zstd:19", mode: "live", deltas: "coalesce", compress: "zstd:19" },
   { id: "freeze", label: "wanmig freeze-and-copy", mode: "freeze-and-copy", deltas: "coalesce" },
   { id: "nbdcopy", label: "nbdcopy ← qemu-nbd (peer)" },
+  { id: "qsd-mirror", label: "QEMU live: qemu-storage-daemon blockdev-mirror → qemu-nbd (peer)" },
 ];
 
 export interface Scenario {
@@ -660,6 +662,34 @@ async function runNbdcopy(sc: Scenario, row: RowDef, ctx: Ctx, dir: string): Pro
   }
 }
 
+/**
+ * The live peer: QEMU's own storage migration (qsd-mirror.ts, copy-mode background, QEMU's
+ * default), under the same static-web workload, which talks to qemu-storage-daemon.
+ */
+async function runQsdMirror(sc: Scenario, row: RowDef, ctx: Ctx, dir: string): Promise<RowResult> {
+  const r: RowResult = { scenario: sc.name, row: row.id, label: row.label, ok: false, rss: {}, notes: [] };
+  const tx0 = await linkTxBytes();
+  const m = await mirrorRow({
+    sc,
+    dir,
+    template: ctx.image,
+    sizeBytes: ctx.imageMiB * MiB,
+    nextPort: () => ctx.port++,
+    timeoutMs: timeoutMs(sc, ctx),
+    copyMode: "background",
+    writer: (runDir) => new Proc("workload", NS_SRC, [BUN, MAIN, "workload", "--name", "vm", "--run-dir", runDir, "--pattern", "static-web", "--duration", "3600s", "--json", "--log", "error"], false),
+  });
+  r.linkTxBytes = (await linkTxBytes()) - tx0;
+  for (const p of m.procs) if (p.watchRss) r.rss[p.name] = p.peak;
+  keepLogs(ctx, sc, row, m.procs);
+  r.ok = m.ok;
+  r.error = m.error;
+  r.identical = m.ok;
+  r.migrationTimeS = m.migrationS;
+  r.downtimeMs = m.downtimeMs;
+  return r;
+}
+
 // ---- report -----------------------------------------------------------------------------
 
 const mib = (b?: number) => (b === undefined ? "–" : (b / MiB).toFixed(1));
@@ -751,7 +781,7 @@ export async function main(argv: string[]): Promise<void> {
         console.error(`-- ${row.label} …`);
         foreign.clear();
         const load0 = readFileSync("/proc/loadavg", "utf8").split(" ")[0];
-        const r = row.mode ? await runWanmig(sc, row, ctx, dir) : await runNbdcopy(sc, row, ctx, dir);
+        const r = row.mode ? await runWanmig(sc, row, ctx, dir) : row.id === "qsd-mirror" ? await runQsdMirror(sc, row, ctx, dir) : await runNbdcopy(sc, row, ctx, dir);
         r.load = `${load0} → ${readFileSync("/proc/loadavg", "utf8").split(" ")[0]}`;
         for (const o of foreignProcesses()) foreign.add(o);
         if (foreign.size) r.notes.push(`NOISY: ${foreign.size} other processes shared the CPUs during this row, e.g. ${[...foreign][0]}`);
@@ -803,6 +833,8 @@ export async function main(argv: string[]): Promise<void> {
       const downCell = `${r.downtimeMs!.toFixed(0)} ms${isTargetRow && sc.name === "lan" ? ` ${mark(r.downtimeMs! < TARGET_DOWNTIME_MS)}` : ""}`;
       const rssCell = r.row === "nbdcopy"
         ? `qemu-nbd ${peakMiB(r.rss["qemu-nbd"]).toFixed(0)} / – / nbdcopy ${peakMiB(r.rss.nbdcopy).toFixed(0)} MiB`
+        : r.row === "qsd-mirror"
+          ? `qsd ${peakMiB(r.rss.qsd).toFixed(0)} / – / qemu-nbd ${peakMiB(r.rss["qemu-nbd"]).toFixed(0)} MiB`
         : (() => {
             const v = ["serve", "source", "dest"].map((k) => peakMiB(r.rss[k]));
             return `${v.map((x) => x.toFixed(0)).join(" / ")} MiB ${mark(v.every((x) => x < TARGET_RSS_MIB))}`;
