@@ -280,6 +280,7 @@ export class DiskService {
     this.throttling.counting = false;
     this.throttling.policy.reset();
     this.throttling.cap.clear();
+    this.throttling.release();
     this.opts.log.info(`record mode off after ${st.records} deltas${outcome?.moved ? "; the disk has moved away and stays fenced" : ""}`);
     return st;
   }
@@ -332,6 +333,7 @@ export class DiskService {
       throw new ServeError(`the serve records ${id ? `recording ${id}` : "nothing"}, not ${opts.recording}: writes may have escaped the log; not fencing`);
     const was = this.fencing.fenced;
     this.fencing.fence();
+    this.throttling.release(); // held writes meet the fence now, not after their delays
     const reason = opts.reason ?? (opts.recording ? `hand-off of ${opts.recording}` : "fenced by a control request");
     if (!this.state?.state.fence) this.state?.update((s) => (s.fence = { since: new Date().toISOString(), reason, recording: opts.recording }));
     if (!was) this.opts.log.info(`fenced (${reason}): every later write is refused with EPERM`);

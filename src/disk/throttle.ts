@@ -20,6 +20,9 @@ export class ThrottlingBackend extends BackendDecorator {
   private lastTurn = 0;
   /** When the rate cap next lets a write through (its previous writes' share used up). */
   private capFreeAt = 0;
+  /** Bumped by release(): writes queued before it wait no longer. */
+  private epoch = 0;
+  private released = Promise.withResolvers<void>();
   readonly cap = new RateCap();
 
   constructor(
@@ -63,12 +66,27 @@ export class ThrottlingBackend extends BackendDecorator {
     return this.enqueue(later(), delayUs, paceMs);
   }
 
+  /**
+   * Lets every held write go at once, still in order: at the fence (the fence below refuses
+   * them; a write to a fenced disk must not wait out a cap first, seconds at 1 MB/s) and when
+   * recording ends (its delays and cap end with it).
+   */
+  release(): void {
+    const now = performance.now();
+    this.lastTurn = Math.min(this.lastTurn, now);
+    this.capFreeAt = Math.min(this.capFreeAt, now);
+    this.epoch++;
+    this.released.resolve();
+    this.released = Promise.withResolvers<void>();
+  }
+
   private counted(): void {
     if (this.counting) this.policy.onWriteCompleted();
   }
 
   private enqueue(apply: () => MaybePromise<void>, delayUs: number, paceMs: number): Promise<void> {
     const arrival = performance.now();
+    const epoch = this.epoch;
     const turn = Math.max(arrival + delayUs / 1000, this.lastTurn, paceMs > 0 ? this.capFreeAt : 0);
     this.lastTurn = turn;
     if (paceMs > 0) this.capFreeAt = turn + paceMs;
@@ -77,7 +95,8 @@ export class ThrottlingBackend extends BackendDecorator {
     // The queue waits for each write to be applied, not for its FUA flush.
     const applied = this.tail.then(async () => {
       // Timers may fire a little early; a delay is a promise of *at least* that long.
-      for (let wait = turn - performance.now(); wait > 0; wait = turn - performance.now()) await Bun.sleep(Math.ceil(wait));
+      for (let wait = turn - performance.now(); wait > 0 && this.epoch === epoch; wait = turn - performance.now())
+        await Promise.race([Bun.sleep(Math.ceil(wait)), this.released.promise]);
       this.totalDelayMs += performance.now() - arrival;
       try {
         const result = apply();
