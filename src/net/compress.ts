@@ -11,8 +11,6 @@ const WORTH_IT = 0.9;
 const MIN_SIZE = 512;
 /** zstd's own range; above 19 its windows take hundreds of MiB on each side. */
 const MAX_LEVEL = 19;
-/** A longer gap between two units is idle time (a delta stream waiting for the VM), not the sender's work. */
-const MAX_WORK_GAP_MS = 100;
 
 /** `auto`, or a fixed zstd level (0: none). */
 export type CompressSetting = "auto" | number;
@@ -69,7 +67,7 @@ export class Compressor {
     const t0 = performance.now();
     const c = data.length >= MIN_SIZE && level > 0 ? Bun.zstdCompressSync(data, { level }) : undefined;
     const ms = performance.now() - t0;
-    const out = c && c.length < data.length * WORTH_IT ? { data: c, compressed: true } : { data, compressed: false };
+    const out = c && worthIt(data.length, c.length) ? { data: c, compressed: true } : { data, compressed: false };
     this.rawByLevel.set(level, (this.rawByLevel.get(level) ?? 0) + data.length);
     if (this.policy && data.length >= MIN_SIZE) this.learn(data, level, out.data.length, ms);
     return out;
@@ -78,26 +76,25 @@ export class Compressor {
   /** Auto: tells the policy what this unit cost and the time around it, probes other levels on it, lets it choose. */
   private learn(data: Uint8Array, level: number, wire: number, ms: number): void {
     const p = this.policy!;
-    const now = performance.now();
-    const waited = this.link.waitedMs;
-    let wallMs: number | undefined;
-    let waitedMs = 0;
-    if (this.last) {
-      waitedMs = waited - this.last.waited;
-      wallMs = now - this.last.at;
-      if (wallMs - waitedMs - ms > MAX_WORK_GAP_MS) wallMs = undefined; // idle: nothing to send
-    }
+    // The policy tells idle gaps (nothing to send) from the sender's work.
+    const wallMs = this.last && performance.now() - this.last.at;
+    const waitedMs = this.last ? this.link.waitedMs - this.last.waited : 0;
     p.sent({ level, raw: data.length, wire, ms, wallMs, waitedMs });
     const link = this.link.linkBytesPerMs();
     for (const probe of p.probes(link)) {
       const t0 = performance.now();
       const c = Bun.zstdCompressSync(data, { level: probe });
-      p.note({ level: probe, raw: data.length, wire: Math.min(data.length, c.length < data.length * WORTH_IT ? c.length : data.length), ms: performance.now() - t0 });
+      p.note({ level: probe, raw: data.length, wire: worthIt(data.length, c.length) ? c.length : data.length, ms: performance.now() - t0 });
     }
     p.decide(link);
     // The next unit's wall time starts here: probes are part of this unit's cost.
     this.last = { at: performance.now(), waited: this.link.waitedMs };
   }
+}
+
+/** A block shrunk by less than 10 % goes as it is. */
+function worthIt(rawLength: number, compressedLength: number): boolean {
+  return compressedLength < rawLength * WORTH_IT;
 }
 
 export function decompress(data: Uint8Array, expectedLength: number): Uint8Array {

@@ -84,7 +84,7 @@ export interface CompressionSample {
 
 /** A unit sent, with the time around it. */
 export interface UnitSent extends CompressionSample {
-  /** Wall time since the previous unit was sent (undefined: the first, or after an idle gap). */
+  /** Wall time since the previous unit was sent (undefined: the first). */
   wallMs?: number;
   /** Of that, time spent waiting for the link. */
   waitedMs: number;
@@ -132,11 +132,13 @@ export class CompressionPolicy {
     this.note(u);
     this.linkBound = u.waitedMs > 0;
     // Small units (a 4 KiB delta) say more about the gaps between them than about the CPU
-    // or the link; and no sender spends MAX_BASE_NS on a byte: such a gap was a wait on
-    // something other than the link (a control call, the VM's next write).
+    // or the link; and no sender spends MAX_BASE_NS on a byte: such a gap was idle, or a
+    // wait on something other than the link (a control call, the VM's next write), and
+    // measures neither the sender's cost nor its goodput.
     if (u.wallMs === undefined || u.wallMs <= 0 || u.raw < MIN_MEASURED_UNIT) return;
     const base = ((u.wallMs - u.waitedMs - u.ms) * 1e6) / u.raw;
-    if (base >= 0 && base <= MAX_BASE_NS) this.baseNsPerByte = ewma(this.baseNsPerByte, base);
+    if (base > MAX_BASE_NS) return;
+    if (base >= 0) this.baseNsPerByte = ewma(this.baseNsPerByte, base);
     const e = this.est[this.at];
     if (e) e.achieved = ewma(e.achieved, u.raw / u.wallMs);
     if (this.trial) this.trial.units++;

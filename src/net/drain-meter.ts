@@ -5,20 +5,27 @@
 // send (holes scanned, a writer's pause) makes it read low: on the side of caution for
 // every user (a stricter write cap, a higher zstd level).
 
+// Observed on every frame sent and every drain: plain fields, no allocation per call.
 export class DrainMeter {
-  private from?: { at: number; handed: number };
-  private last?: { at: number; handed: number };
+  /** Where the first backlog began (fromAt < 0: none yet). */
+  private fromAt = -1;
+  private fromHanded = 0;
+  private lastAt = 0;
+  private lastHanded = 0;
 
   /** `handed`: bytes handed to the kernel so far; `backlog`: whether bytes wait for it now. */
   observe(at: number, handed: number, backlog: boolean): void {
-    if (!this.from && backlog) this.from = { at, handed };
-    this.last = { at, handed };
+    if (this.fromAt < 0 && backlog) {
+      this.fromAt = at;
+      this.fromHanded = handed;
+    }
+    this.lastAt = at;
+    this.lastHanded = handed;
   }
 
   /** Bytes per ms, once the backlog began at least `minMs` ago; undefined before (or if it never did). */
   bytesPerMs(minMs: number): number | undefined {
-    const { from, last } = this;
-    if (!from || !last || last.at - from.at < minMs) return undefined;
-    return (last.handed - from.handed) / (last.at - from.at) || undefined;
+    if (this.fromAt < 0 || this.lastAt - this.fromAt < minMs) return undefined;
+    return (this.lastHanded - this.fromHanded) / (this.lastAt - this.fromAt) || undefined;
   }
 }
