@@ -111,4 +111,15 @@ describe("CompressionPolicy (synthetic links and data)", () => {
     expect(new CompressionPolicy(50).level).toBe(1);
     expect(new CompressionPolicy().level).toBe(1);
   });
+
+  test("a link known slow from the start (--bandwidth) starts compressed over any round trip, and probes its first unit", () => {
+    const p = new CompressionPolicy(0.2, 625);
+    expect(p.level).toBe(1);
+    p.sent({ level: 1, raw: MiB, wire: OS[1]!.ratio * MiB, ms: (OS[1]!.ns * MiB) / 1e6, waitedMs: 0 });
+    const probes = p.probes(625);
+    expect(probes).toContain(19);
+    for (const probe of probes) p.note({ level: probe, raw: MiB, wire: OS[probe]!.ratio * MiB, ms: (OS[probe]!.ns * MiB) / 1e6 });
+    p.decide(625);
+    expect(p.level).toBe(19);
+  });
 });

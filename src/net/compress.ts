@@ -53,7 +53,7 @@ export class Compressor {
     private readonly link: LinkView,
     rttMs?: number,
   ) {
-    if (setting === "auto") this.policy = new CompressionPolicy(rttMs);
+    if (setting === "auto") this.policy = new CompressionPolicy(rttMs, link.linkBytesPerMs());
     this.fixed = setting === "auto" ? 0 : setting;
   }
 

@@ -116,9 +116,13 @@ export class CompressionPolicy {
   /** The unit the level last changed at (a level that stays put tries the one below). */
   private since = 0;
 
-  /** `rttMs`: the link's round trip, as far as known (undefined: taken for a long one). */
-  constructor(rttMs?: number) {
-    this.at = rttMs !== undefined && rttMs < LAN_RTT_MS ? 0 : 1;
+  /**
+   * `rttMs`: the link's round trip, as far as known (undefined: taken for a long one);
+   * `linkBytesPerMs`: its rate, if known already (--bandwidth's cap): a slow one starts
+   * compressed whatever its round trip.
+   */
+  constructor(rttMs?: number, linkBytesPerMs?: number) {
+    this.at = rttMs !== undefined && rttMs < LAN_RTT_MS && !this.trusts(linkBytesPerMs) ? 0 : 1;
   }
 
   /** The level for the next unit. */
@@ -161,12 +165,12 @@ export class CompressionPolicy {
    * a faster link or other data is seen.
    */
   probes(linkBytesPerMs?: number): number[] {
-    if (!this.linkBound && this.units % PROBE_EVERY !== 0) return [];
+    if (!this.linkBound && !this.trusts(linkBytesPerMs) && this.units % PROBE_EVERY !== 0) return [];
     // The link's time for a raw byte at this level, once measured (what was lived can be
     // inflated by the first units, which only filled buffers).
     const here = this.est[this.at]!;
     const perByte = linkBytesPerMs ? here.ratio / linkBytesPerMs : here.achieved ? 1 / here.achieved : 0;
-    let left = (this.linkBound ? perByte * 1e6 : 0) - this.costNs(this.at) - (this.baseNsPerByte ?? 0);
+    let left = (this.linkBound || this.trusts(linkBytesPerMs) ? perByte * 1e6 : 0) - this.costNs(this.at) - (this.baseNsPerByte ?? 0);
     const out: number[] = [];
     const from = this.lastProbe;
     for (let k = 1; k < LADDER.length; k++) {
