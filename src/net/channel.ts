@@ -137,13 +137,18 @@ export class Channel {
     if (all) this.drained?.();
   }
 
+  /** Whether bytes wait here for the kernel to take them: the link is the bottleneck now. */
+  hasBacklog(): boolean {
+    return this.out.queued > 0;
+  }
+
   /** Bytes handed to the kernel so far (sent less what waits here). */
   handedBytes(): number {
     return this.bytesSent - this.out.queued;
   }
 
   private observe(): void {
-    this.meter.observe(performance.now(), this.handedBytes(), this.out.queued > 0);
+    this.meter.observe(performance.now(), this.handedBytes(), this.hasBacklog());
   }
 
   /** Wire bytes per ms the link takes, as measured under backlog (or --bandwidth's cap, if lower); undefined while it never was the bottleneck. */
