@@ -165,7 +165,8 @@ describe("BulkThrottle on a slow link (the serve and the stream simulated; real 
       },
     } as unknown as ControlClient;
     const watch = new RecordingWatch("rec", "i", {} as RegionDigests, logger("test"));
-    const wire = { handedBytes: () => Math.round(opts.linkBytesPerMs * elapsed()), hasBacklog: () => opts.backlog };
+    // The channel's measure: the rate once a backlog has lasted 200 ms (drain-meter.ts).
+    const wire = { handedBytes: () => Math.round(opts.linkBytesPerMs * elapsed()), linkBytesPerMs: () => (opts.backlog && elapsed() >= 200 ? opts.linkBytesPerMs : undefined) };
     const paced = new BulkThrottle(ctl, watch, wire, opts.provisional);
     paced.start();
     await Bun.sleep(opts.ms);

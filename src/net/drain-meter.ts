@@ -1,31 +1,35 @@
-// The link's rate as the sender sees it: bytes handed to the kernel since a backlog first
-// showed (the kernel's buffers were full by then), over the time since. Short samples taken
-// only while a backlog existed read twice the WAN's rate (they pick the moments buffers
-// along the path had just been freed); the long run cannot. Time spent with nothing to
-// send (holes scanned, a writer's pause) makes it read low: on the side of caution for
-// every user (a stricter write cap, a higher zstd level).
+// The link's rate as the sender sees it: bytes handed to the kernel over the time they
+// waited for it. Only the stretches that began with a backlog count (bytes waiting here:
+// the kernel's buffers were full, so what it took since is what the link drained). Time
+// with nothing waiting (holes scanned, a level-19 unit compressing, a pause of the writer)
+// says nothing of the link and is left out: counted, it made a 2 MB/s link read 0.27 MB/s
+// after a stall of the receiver, and the bulk throttle held a 1 MiB write of the VM 7 s.
+// A stall of the path with bytes waiting counts: that is the path's rate.
+// Stretches are summed over the connection's life, not sampled one by one: a short one
+// catches the moment buffers along the path were freed and reads far above the link.
 
 // Observed on every frame sent and every drain: plain fields, no allocation per call.
 export class DrainMeter {
-  /** Where the first backlog began (fromAt < 0: none yet). */
-  private fromAt = -1;
-  private fromHanded = 0;
-  private lastAt = 0;
+  private lastAt = -1;
   private lastHanded = 0;
+  private lastBacklog = false;
+  private busyMs = 0;
+  private busyBytes = 0;
 
   /** `handed`: bytes handed to the kernel so far; `backlog`: whether bytes wait for it now. */
   observe(at: number, handed: number, backlog: boolean): void {
-    if (this.fromAt < 0 && backlog) {
-      this.fromAt = at;
-      this.fromHanded = handed;
+    if (this.lastBacklog && at > this.lastAt) {
+      this.busyMs += at - this.lastAt;
+      this.busyBytes += handed - this.lastHanded;
     }
     this.lastAt = at;
     this.lastHanded = handed;
+    this.lastBacklog = backlog;
   }
 
-  /** Bytes per ms, once the backlog began at least `minMs` ago; undefined before (or if it never did). */
+  /** Bytes per ms, once backlogged stretches add up to `minMs`; undefined before (or if there never was one). */
   bytesPerMs(minMs: number): number | undefined {
-    if (this.fromAt < 0 || this.lastAt - this.fromAt < minMs) return undefined;
-    return (this.lastHanded - this.fromHanded) / (this.lastAt - this.fromAt) || undefined;
+    if (this.busyMs < minMs) return undefined;
+    return this.busyBytes / this.busyMs || undefined;
   }
 }

@@ -14,7 +14,6 @@
 // its place.
 
 import type { ControlClient } from "../disk/control-client.ts";
-import { DrainMeter } from "../net/drain-meter.ts";
 import { type RecordingWatch, reportShipped } from "./recording-watch.ts";
 
 /**
@@ -53,18 +52,11 @@ export function bulkRateCap(growth: number, link: number | undefined): number | 
 export interface WireGauge {
   /** Bytes handed to the socket so far. */
   handedBytes(): number;
-  /** Whether bytes wait to be handed: the link, not the reader, is the bottleneck now. */
-  hasBacklog(): boolean;
+  /** The link's rate as measured under backlog (drain-meter.ts), once it has been; the channel's. */
+  linkBytesPerMs(): number | undefined;
 }
 
 export class BulkThrottle {
-  /**
-   * Its own measure, from its ticks, backlog only: not the channel's, which knows
-   * --bandwidth's rate from the first frame. With that, the cap held the VM's writes from
-   * the start, and the copy-pass link-cut test lost acknowledged writes in 1 run of 5
-   * (cause not found yet; see issue 13's note). This is the measure it had before.
-   */
-  private readonly meter = new DrainMeter();
   private timer?: ReturnType<typeof setInterval>;
   private failure?: unknown;
   private window: { at: number; log: number; handed: number }[] = [];
@@ -93,7 +85,7 @@ export class BulkThrottle {
 
   /** The link's rate (wire bytes/ms) measured while the bulk kept it busy, if it ever did. */
   linkBytesPerMs(): number | undefined {
-    return this.meter.bytesPerMs(FIRST_VERDICT_MS);
+    return this.wire.linkBytesPerMs();
   }
 
   /** Throws what went wrong in the background (the serve lost the recording): called before each bulk read. */
@@ -149,7 +141,6 @@ export class BulkThrottle {
       const answer = await reportShipped(this.ctl, this.watch, 0n, this.cap);
       const now = performance.now();
       const handed = this.wire.handedBytes();
-      this.meter.observe(now, handed, this.wire.hasBacklog());
       this.window.push({ at: now, log: answer.log?.bytes ?? 0, handed });
       while (this.window.length > 2 && now - this.window[1]!.at >= WINDOW_MS) this.window.shift();
       const look = this.look(FIRST_VERDICT_MS);

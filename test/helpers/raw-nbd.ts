@@ -72,9 +72,9 @@ export class RawNbd {
     return cookie;
   }
 
-  /** Reads one simple reply; `readLength` bytes of data follow a successful READ. */
-  async reply(readLength = 0): Promise<{ error: number; cookie: bigint; data?: Buffer }> {
-    const h = await this.sock.read(16);
+  /** Reads one simple reply; `readLength` bytes of data follow a successful READ. `timeoutMs`: how long to wait for it. */
+  async reply(readLength = 0, timeoutMs?: number): Promise<{ error: number; cookie: bigint; data?: Buffer }> {
+    const h = await this.sock.read(16, timeoutMs);
     if (h.readUInt32BE(0) !== SIMPLE_REPLY_MAGIC) throw new Error("bad reply magic");
     const error = h.readUInt32BE(4);
     const cookie = h.readBigUInt64BE(8);
@@ -94,9 +94,9 @@ export class RawNbd {
     return this.reply(length);
   }
 
-  async write(offset: number, data: Uint8Array, flags = 0): Promise<number> {
+  async write(offset: number, data: Uint8Array, flags = 0, timeoutMs?: number): Promise<number> {
     this.request(Cmd.WRITE, offset, data.length, { payload: data, flags });
-    return (await this.reply()).error;
+    return (await this.reply(0, timeoutMs)).error;
   }
 
   disconnect(): void {

@@ -5,6 +5,8 @@ import { ByteQueue } from "../../src/util/byte-queue.ts";
 export class RawSocket {
   private q = new ByteQueue();
   private waiters: (() => void)[] = [];
+  private unsent: Uint8Array[] = [];
+  private ending = false;
   closed = false;
   private constructor(private socket: Socket<unknown>) {}
 
@@ -16,6 +18,9 @@ export class RawSocket {
         data(_s, d) {
           self.q.push(Uint8Array.from(d));
           self.wake();
+        },
+        drain() {
+          self.flush();
         },
         close() {
           self.closed = true;
@@ -37,13 +42,34 @@ export class RawSocket {
     for (const f of w) f();
   }
 
+  /**
+   * Sends b in order after what is queued. What the kernel does not take now goes out on
+   * drain: spinning on a full socket would stall every other socket of this process (a
+   * test's proxy, its "link", stood still while a 1 MiB write waited on a rate cap).
+   */
   write(b: Uint8Array): void {
-    let off = 0;
-    while (off < b.length) {
-      const n = this.socket.write(b.subarray(off));
+    if (this.closed) throw new Error("socket closed");
+    if (this.unsent.length === 0) {
+      const n = this.socket.write(b);
       if (n < 0) throw new Error("socket closed");
-      off += n;
+      if (n === b.length) return;
+      b = b.subarray(n);
     }
+    this.unsent.push(Uint8Array.from(b)); // the caller may reuse its buffer
+  }
+
+  private flush(): void {
+    while (this.unsent.length) {
+      const b = this.unsent[0]!;
+      const n = this.socket.write(b);
+      if (n < 0) return;
+      if (n < b.length) {
+        this.unsent[0] = b.subarray(n);
+        return;
+      }
+      this.unsent.shift();
+    }
+    if (this.ending) this.socket.end();
   }
 
   /** Reads exactly n bytes, or throws if the peer closes first or the timeout passes. */
@@ -71,7 +97,9 @@ export class RawSocket {
     return this.closed;
   }
 
+  /** Ends the stream once what is queued has gone out. */
   end(): void {
-    this.socket.end();
+    this.ending = true;
+    if (this.unsent.length === 0) this.socket.end();
   }
 }

@@ -3,6 +3,9 @@
 // was acknowledged: for every 4 KiB block, the first 16 bytes of its last acknowledged
 // content. It survives its serve being killed (it stops, keeping what was acknowledged),
 // and counts writes refused by a fence.
+// It waits for an answer as long as a guest's block layer would (30 s), not a test's 5 s:
+// a write paced by a rate cap may take seconds. A write whose answer never came may or may
+// not have landed (NBD promises nothing of it): its blocks may hold either content.
 //   random4k: 4 KiB at random offsets; seq1m: 1 MiB sequential, wrapping around.
 import { closeSync, openSync, readSync } from "node:fs";
 import { NbdErr } from "../../src/disk/nbd-protocol.ts";
@@ -11,10 +14,12 @@ import { RawNbd } from "./raw-nbd.ts";
 export type StressPattern = "random4k" | "seq1m";
 const BLOCK = 4096;
 const TAG = 16;
+/** Linux's block-layer timeout for a request. */
+const ANSWER_TIMEOUT_MS = 30_000;
 
 export interface StressWriter {
-  /** 4 KiB block -> the first 16 bytes of its last acknowledged content. */
-  acked: Map<number, Buffer>;
+  /** 4 KiB block -> what it may hold: the first 16 bytes of its last acknowledged content (and of a later write whose answer never came). */
+  acked: Map<number, Buffer[]>;
   readonly writes: number;
   readonly refused: number;
   /** Stops writing (the serve went away, or we were told to) and disconnects. */
@@ -28,8 +33,9 @@ export async function stressWriter(socket: string, opts: { pattern: StressPatter
   const from = opts.from ?? 0;
   const len = opts.pattern === "seq1m" ? 1024 * 1024 : BLOCK;
   const slots = Math.floor(opts.bytes / len);
-  const acked = new Map<number, Buffer>();
+  const acked = new Map<number, Buffer[]>();
   const buf = Buffer.alloc(len);
+  const tag = (b: number) => Buffer.from(buf.subarray(b, b + TAG));
   let stopping = false;
   let writes = 0;
   let refused = 0;
@@ -40,12 +46,14 @@ export async function stressWriter(socket: string, opts: { pattern: StressPatter
       const offset = from + slot * len;
       let err: number;
       try {
-        err = await c.write(offset, buf);
+        err = await c.write(offset, buf, 0, ANSWER_TIMEOUT_MS);
       } catch {
-        return; // the serve went away: what was acknowledged stands
+        // The serve went away (or never answered): what was acknowledged stands, and this write may have landed.
+        for (let b = 0; b < len; b += BLOCK) acked.get((offset + b) / BLOCK)?.push(tag(b));
+        return;
       }
       writes++;
-      if (err === 0) for (let b = 0; b < len; b += BLOCK) acked.set((offset + b) / BLOCK, Buffer.from(buf.subarray(b, b + TAG)));
+      if (err === 0) for (let b = 0; b < len; b += BLOCK) acked.set((offset + b) / BLOCK, [tag(b)]);
       else if (err === NbdErr.EPERM) refused++;
       else throw new Error(`write failed with NBD error ${err}`);
       if (opts.pauseMs) await Bun.sleep(opts.pauseMs);
@@ -74,21 +82,21 @@ export async function stressWriter(socket: string, opts: { pattern: StressPatter
 }
 
 /** Merges acknowledged maps in the order they were written: a later writer's blocks win. */
-export function mergeAcked(...maps: Map<number, Buffer>[]): Map<number, Buffer> {
-  const out = new Map<number, Buffer>();
+export function mergeAcked(...maps: Map<number, Buffer[]>[]): Map<number, Buffer[]> {
+  const out = new Map<number, Buffer[]>();
   for (const m of maps) for (const [k, v] of m) out.set(k, v);
   return out;
 }
 
-/** The blocks of `image` (a file) whose content is not the last acknowledged one. */
-export function lostWrites(image: string, acked: Map<number, Buffer>): number[] {
+/** The blocks of `image` (a file) whose content is not the last acknowledged one (nor that of a later write left unanswered). */
+export function lostWrites(image: string, acked: Map<number, Buffer[]>): number[] {
   const fd = openSync(image, "r");
   const tag = Buffer.alloc(TAG);
   const lost: number[] = [];
   try {
     for (const [block, want] of acked) {
       readSync(fd, tag, 0, TAG, block * BLOCK);
-      if (!tag.equals(want)) lost.push(block);
+      if (!want.some((w) => tag.equals(w))) lost.push(block);
     }
   } finally {
     closeSync(fd);
