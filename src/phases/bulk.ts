@@ -85,7 +85,7 @@ async function sendChunk(ch: Channel, p: BulkProgress, chunk: Uint8Array, blockS
     if (!runLength) return;
     // No copy: send() frames the data before its first wait, and the buffer is read into again only after.
     const run = chunk.subarray(runFrom, runFrom + runLength);
-    const out = z.compress(run);
+    const out = await z.compress(run);
     await ch.send(msg.bulk(p.offset + runFrom, runLength, out.data, out.compressed));
     p.wireBytes += out.data.length;
     p.bytesSent += runLength;

@@ -249,7 +249,7 @@ export class DeltaStreamer {
     } catch (cause) {
       throw new DeltasError(`cannot read the source image for a copy pass`, { cause });
     }
-    const out = this.opts.compress.compress(data);
+    const out = await this.opts.compress.compress(data);
     await this.ch.send(msg.delta({ seq: c.seq, op: c.last ? DeltaOp.COPY_END : DeltaOp.COPY, offset: c.offset, length: c.length, compressed: out.compressed, data: out.data }));
     this.copiesBytes -= c.length;
     this.wireBytes += out.data.length;
@@ -262,7 +262,7 @@ export class DeltaStreamer {
   }
 
   private async send(r: DeltaRecord): Promise<void> {
-    const out = this.opts.compress.compress(r.data);
+    const out = await this.opts.compress.compress(r.data);
     await this.ch.send(
       msg.delta({
         seq: r.seq,
