@@ -134,4 +134,18 @@ describe("ByteQueue", () => {
     expect(q.take(0).length).toBe(0);
     expect(q.skip(5)).toBe(0);
   });
+
+  test("a payload across chunks comes as views of its pieces, in order; inside one chunk as one view", () => {
+    const q = new ByteQueue();
+    const a = Uint8Array.from([1, 2, 3]);
+    q.push(a);
+    q.push(Uint8Array.from([4, 5]));
+    q.push(Uint8Array.from([6, 7, 8, 9]));
+    expect([...(q.takePayload(2) as Uint8Array)]).toEqual([1, 2]);
+    const p = q.takePayload(5) as Uint8Array[];
+    expect(p.map((x) => [...x])).toEqual([[3], [4, 5], [6, 7]]);
+    expect(p[0]!.buffer).toBe(a.buffer); // a view, not a copy
+    expect(q.length).toBe(2);
+    expect([...(q.takePayload(2) as Uint8Array)]).toEqual([8, 9]);
+  });
 });

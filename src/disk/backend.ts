@@ -9,6 +9,7 @@
 
 import type { Extent } from "./extents.ts";
 import { NbdErr } from "./nbd-protocol.ts";
+import type { Payload } from "./payload.ts";
 
 export type MaybePromise<T> = T | Promise<T>;
 
@@ -29,7 +30,8 @@ export interface BlockBackend {
   readonly readOnly: boolean;
   /** Fills `into` with `into.length` bytes from `offset`. */
   read(offset: number, into: Uint8Array): void;
-  write(offset: number, data: Uint8Array, fua: boolean): MaybePromise<void>;
+  /** `data`: valid for this call's turn only (views into the socket's chunks); a write that waits copies it. */
+  write(offset: number, data: Payload, fua: boolean): MaybePromise<void>;
   /**
    * Reads of the range return zeros afterwards. With `mayPunch` we punch a hole; without it
    * (NBD_CMD_FLAG_NO_HOLE) the range stays allocated, so later writes cannot fail for space.
@@ -56,7 +58,7 @@ export class BackendDecorator implements BlockBackend {
   read(offset: number, into: Uint8Array): void {
     this.inner.read(offset, into);
   }
-  write(offset: number, data: Uint8Array, fua: boolean): MaybePromise<void> {
+  write(offset: number, data: Payload, fua: boolean): MaybePromise<void> {
     return this.inner.write(offset, data, fua);
   }
   zero(offset: number, length: number, fua: boolean, mayPunch: boolean): MaybePromise<void> {

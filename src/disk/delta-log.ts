@@ -31,6 +31,7 @@
 // must reproduce the image byte for byte.
 
 import { closeSync, fstatSync, ftruncateSync, openSync, readSync, writeSync, writevSync } from "node:fs";
+import { crc32Payload, type Payload, payloadLength, piecesOf } from "./payload.ts";
 import { DeltaLogError } from "../errors.ts";
 
 const FILE_MAGIC = Buffer.from("WMDELTA1", "latin1");
@@ -97,8 +98,8 @@ function encodeRecordHeader(h: Buffer, kind: number, seq: bigint, offset: number
   h.writeUInt32LE(length, 24);
 }
 
-function recordChecksum(header: Buffer, data: Uint8Array): number {
-  return Bun.hash.crc32(data, Bun.hash.crc32(header.subarray(0, 28))) >>> 0;
+function recordChecksum(header: Buffer, data: Payload): number {
+  return crc32Payload(data, Bun.hash.crc32(header.subarray(0, 28))) >>> 0;
 }
 
 /** Appends records. Used only by `serve`'s recording decorator, synchronously. */
@@ -156,23 +157,29 @@ export class DeltaLogWriter {
   }
 
   /** Appends one record and returns its sequence number. Throws if the log cannot be written. */
-  append(kind: DeltaKindValue, offset: number, length: number, data?: Uint8Array): bigint {
+  append(kind: DeltaKindValue, offset: number, length: number, data?: Payload): bigint {
     const payload = kind === DeltaKind.DATA ? data! : EMPTY;
     const seq = this.nextSeq;
-    const total = RECORD_HEADER_LEN + payload.length;
+    const total = RECORD_HEADER_LEN + payloadLength(payload);
     // Small records (the 4 KiB writes of a busy VM) are staged with their header and
     // written with one syscall; large ones go out as header + payload with writev.
     const staged = total <= this.stage.length;
     const h = staged ? this.stage.subarray(0, RECORD_HEADER_LEN) : Buffer.allocUnsafe(RECORD_HEADER_LEN);
     encodeRecordHeader(h, kind, seq, offset, length);
-    if (staged) this.stage.set(payload, RECORD_HEADER_LEN);
+    if (staged) {
+      let at = RECORD_HEADER_LEN;
+      for (const piece of piecesOf(payload)) {
+        this.stage.set(piece, at);
+        at += piece.length;
+      }
+    }
     h.writeUInt32LE(recordChecksum(h, payload), 28);
     let written = staged
       ? writeSync(this.fd, this.stage, 0, total, this.position)
-      : writevSync(this.fd, [h, payload], this.position);
+      : writevSync(this.fd, [h, ...piecesOf(payload)], this.position);
     // A short write (rare: a signal, a nearly full disk) is finished piece by piece.
     while (written < total) {
-      const rest = (staged ? this.stage.subarray(0, total) : Buffer.concat([h, payload])).subarray(written);
+      const rest = (staged ? this.stage.subarray(0, total) : Buffer.concat([h, ...piecesOf(payload)])).subarray(written);
       const n = writeSync(this.fd, rest, 0, rest.length, this.position + written);
       if (n <= 0) throw new DeltaLogError(`${this.path}: short write`);
       written += n;

@@ -7,6 +7,7 @@
 
 import { BackendDecorator, BlockError, type MaybePromise } from "./backend.ts";
 import { NbdErr } from "./nbd-protocol.ts";
+import type { Payload } from "./payload.ts";
 
 export class FencingBackend extends BackendDecorator {
   fenced = false;
@@ -21,7 +22,7 @@ export class FencingBackend extends BackendDecorator {
     this.fenced = false;
   }
 
-  override write(offset: number, data: Uint8Array, fua: boolean): MaybePromise<void> {
+  override write(offset: number, data: Payload, fua: boolean): MaybePromise<void> {
     this.check();
     return super.write(offset, data, fua);
   }

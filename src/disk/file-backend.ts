@@ -1,10 +1,11 @@
 // The image file itself: positional reads and writes on one descriptor, holes for zeros.
 
-import { closeSync, fdatasync, fstatSync, openSync, readSync, writeSync } from "node:fs";
+import { closeSync, fdatasync, fstatSync, openSync, readSync, writeSync, writevSync } from "node:fs";
 import { type Extent, extentsOf, HoleFinder } from "./extents.ts";
 import { BlockError, type BlockBackend } from "./backend.ts";
 import { NbdErr } from "./nbd-protocol.ts";
 import { punchHole, zeroRange } from "./fallocate.ts";
+import { type Payload, payloadLength, slicePayload } from "./payload.ts";
 
 const ZERO_CHUNK = new Uint8Array(1 << 20);
 
@@ -43,9 +44,14 @@ export class FileBackend implements BlockBackend {
     }
   }
 
-  write(offset: number, data: Uint8Array, fua: boolean): void | Promise<void> {
-    let done = 0;
-    while (done < data.length) done += writeSync(this.fd, data, done, data.length - done, offset + done);
+  write(offset: number, data: Payload, fua: boolean): void | Promise<void> {
+    if (data instanceof Uint8Array) for (let done = 0; done < data.length; ) done += writeSync(this.fd, data, done, data.length - done, offset + done);
+    else {
+      const length = payloadLength(data);
+      const done = writevSync(this.fd, data as Uint8Array[], offset);
+      // A short writev (rare: a signal, a nearly full disk) is finished from where it stopped.
+      if (done < length) this.write(offset + done, slicePayload(data, done, length), false);
+    }
     if (fua) return this.flush();
   }
 

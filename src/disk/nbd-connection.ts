@@ -36,6 +36,7 @@ import {
 import { allocationContextReply, blockStatusChunk, errorChunk, parseMetaContextRequest, readChunk, selectsAllocation } from "./nbd-structured.ts";
 import { ByteQueue } from "../util/byte-queue.ts";
 import { SocketWriter } from "../util/socket-writer.ts";
+import { copyPayload, type Payload } from "./payload.ts";
 import type { Logger } from "../log.ts";
 
 export interface NbdExport {
@@ -206,7 +207,7 @@ export class NbdConnection {
       }
       case "writePayload": {
         if (q.length < s.req.length) return false;
-        const data = q.take(s.req.length);
+        const data = q.takePayload(s.req.length); // the pieces it arrived in: no join (payload.ts)
         this.step = { kind: "requestHeader" };
         this.serve(s.req, data);
         return true;
@@ -390,11 +391,11 @@ export class NbdConnection {
     return undefined;
   }
 
-  private serve(req: Request, payload?: Uint8Array): void {
+  private serve(req: Request, payload?: Payload): void {
     const gate = this.host.gate(req.type === Cmd.READ || req.type === Cmd.BLOCK_STATUS);
     if (gate) {
       // Held until the image is consistent; the payload view must outlive this callback.
-      const kept = payload ? Uint8Array.from(payload) : undefined;
+      const kept = payload ? copyPayload(payload) : undefined;
       this.track(gate.then(() => this.execute(req, kept)), req);
       return;
     }
@@ -409,7 +410,7 @@ export class NbdConnection {
   }
 
   /** Performs one validated request; replies itself when synchronous, else returns a promise that does. */
-  private execute(req: Request, payload?: Uint8Array): MaybePromise<void> {
+  private execute(req: Request, payload?: Payload): MaybePromise<void> {
     const be = this.export!.backend;
     const stats = this.host.stats;
     const fua = (req.flags & CmdFlag.FUA) !== 0;

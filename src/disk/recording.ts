@@ -34,6 +34,7 @@
 import { join } from "node:path";
 import { BackendDecorator, type BlockBackend, type MaybePromise } from "./backend.ts";
 import { applyDelta, DeltaKind, type DeltaKindValue, DeltaLogWriter } from "./delta-log.ts";
+import { type Payload, payloadLength, slicePayload } from "./payload.ts";
 import type { TrackingBackend } from "./write-tracking.ts";
 
 /**
@@ -166,8 +167,8 @@ export class RecordingBackend extends BackendDecorator {
     };
   }
 
-  override write(offset: number, data: Uint8Array, fua: boolean): MaybePromise<void> {
-    this.recordAt(DeltaKind.DATA, offset, data.length, data);
+  override write(offset: number, data: Payload, fua: boolean): MaybePromise<void> {
+    this.recordAt(DeltaKind.DATA, offset, payloadLength(data), data);
     return this.applied(() => this.inner.write(offset, data, fua));
   }
 
@@ -182,13 +183,13 @@ export class RecordingBackend extends BackendDecorator {
   }
 
   /** Logs a change: whole behind the cursor, AHEAD past it, split across it (see the header). */
-  private recordAt(kind: DeltaKindValue, offset: number, length: number, data?: Uint8Array): void {
+  private recordAt(kind: DeltaKindValue, offset: number, length: number, data?: Payload): void {
     const c = this.cursor;
     if (c === undefined) this.wholeEnd = Math.max(this.wholeEnd, offset + length);
     if (!this.log || c === undefined || offset + length <= c) return this.record(kind, offset, length, data);
     const behind = Math.max(0, c - offset);
     if (behind > 0) {
-      this.record(kind, offset, behind, data?.subarray(0, behind));
+      this.record(kind, offset, behind, data && slicePayload(data, 0, behind));
       this.splits++;
     }
     this.record(DeltaKind.AHEAD, offset + behind, length - behind);
@@ -215,13 +216,13 @@ export class RecordingBackend extends BackendDecorator {
     this.onFailure?.(message);
   }
 
-  private record(kind: DeltaKindValue, offset: number, length: number, data?: Uint8Array): void {
+  private record(kind: DeltaKindValue, offset: number, length: number, data?: Payload): void {
     if (!this.log || this.failure) return;
     if (this.fault && ++this.faultCount === this.fault.nth) {
       if (this.fault.kind === "hide-write" && this.tracker) this.tracker.applied--;
       return;
     }
-    if (this.maxBytes !== undefined && this.log.bytes + (data?.length ?? 0) > this.maxBytes) {
+    if (this.maxBytes !== undefined && this.log.bytes + (data ? payloadLength(data) : 0) > this.maxBytes) {
       this.fail(`the delta log reached its bound of ${this.maxBytes} bytes; the VM's writes go on, unrecorded`);
       return;
     }

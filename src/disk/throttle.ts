@@ -7,6 +7,7 @@
 // their share of the allowance.
 
 import { BackendDecorator, type BlockBackend, type MaybePromise } from "./backend.ts";
+import { copyPayload, type Payload, payloadLength } from "./payload.ts";
 import { RateCap } from "./rate-cap.ts";
 import type { ThrottlePolicy } from "./throttle-policy.ts";
 
@@ -36,13 +37,13 @@ export class ThrottlingBackend extends BackendDecorator {
     return this.queued;
   }
 
-  override write(offset: number, data: Uint8Array, fua: boolean): MaybePromise<void> {
-    // The payload may be a view into a socket buffer: keep our own copy if we wait.
+  override write(offset: number, data: Payload, fua: boolean): MaybePromise<void> {
+    // The payload may be views into socket buffers: keep our own copy if we wait.
     return this.admit(
-      data.length,
+      payloadLength(data),
       () => this.inner.write(offset, data, fua),
       () => {
-        const copy = data.slice();
+        const copy = copyPayload(data);
         return () => this.inner.write(offset, copy, fua);
       },
     );

@@ -10,6 +10,7 @@
 // decorators above, it is counted and marked in the turn it is applied.
 
 import { BackendDecorator, type MaybePromise } from "./backend.ts";
+import { type Payload, payloadLength } from "./payload.ts";
 
 /** The digest's piece (region-digest.ts): a write marks what the hand-off must rehash, no more. */
 export const DIRTY_PIECE = 4096;
@@ -88,8 +89,8 @@ export class TrackingBackend extends BackendDecorator {
     return this.map?.take() ?? [];
   }
 
-  override write(offset: number, data: Uint8Array, fua: boolean): MaybePromise<void> {
-    this.note(offset, data.length);
+  override write(offset: number, data: Payload, fua: boolean): MaybePromise<void> {
+    this.note(offset, payloadLength(data));
     return super.write(offset, data, fua);
   }
   override zero(offset: number, length: number, fua: boolean, mayPunch: boolean): MaybePromise<void> {

@@ -36,6 +36,24 @@ export class ByteQueue {
     return out;
   }
 
+  /**
+   * Removes the next `n` bytes as views of the chunks they arrived in: one view if they lie
+   * in one chunk, else the pieces (no copy; the caller checked `length >= n`).
+   */
+  takePayload(n: number): Uint8Array | Uint8Array[] {
+    const first = this.chunks[0];
+    if (n === 0 || !first || n <= first.length - this.head) return this.take(n);
+    const pieces: Uint8Array[] = [];
+    for (let left = n; left > 0; ) {
+      const c = this.chunks[0]!;
+      const k = Math.min(c.length - this.head, left);
+      pieces.push(c.subarray(this.head, this.head + k));
+      left -= k;
+      this.advance(k);
+    }
+    return pieces;
+  }
+
   /** Discards up to `n` bytes and returns how many were discarded. */
   skip(n: number): number {
     const k = Math.min(n, this.length);
