@@ -257,7 +257,7 @@ describe("the source killed in the hand-off: a re-run finishes it", () => {
         if (point !== "source-done") expect((await wanmig(["status", "--name", "vm", "--run-dir", h.b])).stdout).toContain("waiting for the source to resume");
         const again = await source(h, port, ["--insecure"]);
         expect(again.stderr).toContain("was left unfinished");
-        expect(again.code).toBe(0);
+        expect(again.code, again.stderr).toBe(0);
         await dst.waitFor("now serving");
         await sh(["cmp", h.image, h.destImage]);
         expect(lostWrites(h.destImage, w.acked)).toEqual([]);

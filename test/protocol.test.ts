@@ -53,6 +53,29 @@ describe("frames", () => {
     }
   });
 
+  test("a recycled frame buffer takes a later frame; one still held is never overwritten", () => {
+    const block = (fill: number) => new Uint8Array(1024 * 1024).fill(fill);
+    const d = new FrameDecoder();
+    const stream = (m: Message) => {
+      const f = encodeFrame(m);
+      const out: Message[] = [];
+      for (let i = 0; i < f.length; i += 65536) out.push(...d.push(f.subarray(i, i + 65536)));
+      return out[0] as Extract<Message, { type: typeof MsgType.BULK }>;
+    };
+    const a = stream(msg.bulk(0, 1 << 20, block(1)));
+    const b = stream(msg.bulk(0, 1 << 20, block(2))); // a is still held: b gets a buffer of its own
+    expect(b.data.buffer).not.toBe(a.data.buffer);
+    expect(a.data.every((x) => x === 1)).toBe(true);
+    d.recycle(a.data);
+    d.recycle(a.data); // twice is once
+    const c = stream(msg.bulk(0, 1 << 20, block(3)));
+    expect(c.data.buffer).toBe(a.data.buffer);
+    expect(c.data.every((x) => x === 3)).toBe(true);
+    expect(b.data.every((x) => x === 2)).toBe(true);
+    const e = stream(msg.bulk(0, 1 << 20, block(4))); // the buffer recycled twice went to c alone
+    expect(e.data.buffer).not.toBe(c.data.buffer);
+  });
+
   test("a flipped bit anywhere is caught by the checksum", () => {
     const f = encodeFrame(msg.bulk(0, 5, Buffer.from("hello")));
     for (const at of [FRAME_HEADER_LEN, FRAME_HEADER_LEN + 12, f.length - 1]) {

@@ -142,6 +142,11 @@ export class Channel {
     return this.out.queued > 0;
   }
 
+  /** The caller is done with a message's data (nothing keeps a view of it): its buffer takes a later frame. */
+  recycle(data: Uint8Array): void {
+    this.decoder.recycle(data);
+  }
+
   /** Bytes handed to the kernel so far (sent less what waits here). */
   handedBytes(): number {
     return this.bytesSent - this.out.queued;

@@ -341,6 +341,7 @@ export class Receiver {
           else image.write(m.offset, data, false);
           this.bulkOffset = Math.max(this.bulkOffset, m.offset + m.length);
           this.gc.add(m.length);
+          ch.recycle(m.data); // written (or decompressed) above, synchronously: nothing holds it
           break;
         }
         case MsgType.ZERO:
@@ -375,7 +376,10 @@ export class Receiver {
           if (this.pass && this.pass.seq !== m.seq) throw new ProtocolError(`delta ${m.seq} arrived inside the copy pass for ${this.pass.seq}`);
           checkRange(m.offset, m.length, hello.size);
           if (m.op === DeltaOp.ZERO) await image.zero(m.offset, m.length, false, true);
-          else image.write(m.offset, m.compressed ? decompress(m.data, m.length) : m.data, false);
+          else {
+            image.write(m.offset, m.compressed ? decompress(m.data, m.length) : m.data, false);
+            ch.recycle(m.data); // written above, synchronously: nothing holds it
+          }
           this.digests!.markDirty(m.offset, m.length);
           if (m.op === DeltaOp.COPY) this.pass = { seq: m.seq, copied: (this.pass?.copied ?? 0) + 1 };
           else {
