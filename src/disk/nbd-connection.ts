@@ -149,18 +149,24 @@ export class NbdConnection {
   }
 
   private process(): void {
+    // The replies to what this chunk held go out as one write (socket-writer.ts).
+    this.out.cork();
+    let failed = false;
     try {
       while (!this.closed && !this.paused) {
         if (!this.stepOnce()) break;
       }
     } catch (err) {
+      failed = true;
       if (err instanceof ProtocolViolation) {
         this.host.log.warn(`client ${this.peer}: ${err.message}; closing this connection`);
       } else {
         this.host.log.error(`client ${this.peer}: unexpected error, closing this connection:`, err);
       }
-      this.hangUp();
+    } finally {
+      this.out.uncork(); // the answers to the requests before a violation still go out, before we hang up
     }
+    if (failed) this.hangUp();
   }
 
   /** Advances the parser by one unit; false when more bytes are needed. */
@@ -482,7 +488,7 @@ export class NbdConnection {
   private maybeFinishDisconnect(): void {
     if (this.disconnecting && this.inFlight === 0 && !this.closed) {
       this.host.log.debug(`client ${this.peer}: disconnected cleanly`);
-      this.socket.end();
+      this.endStream();
     }
   }
 
@@ -510,6 +516,12 @@ export class NbdConnection {
 
   private hangUp(): void {
     this.step = { kind: "done" };
+    this.endStream();
+  }
+
+  /** Ends the stream after the answers gathered in this batch (an ABORT's acknowledgement). */
+  private endStream(): void {
+    this.out.flushGathered();
     this.socket.end();
   }
 }
