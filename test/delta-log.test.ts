@@ -148,4 +148,19 @@ describe("ByteQueue", () => {
     expect(q.length).toBe(2);
     expect([...(q.takePayload(2) as Uint8Array)]).toEqual([8, 9]);
   });
+
+  test("peekInto copies across chunks and leaves the bytes queued; takeInto then removes them", () => {
+    const q = new ByteQueue();
+    q.push(Uint8Array.from([1, 2]));
+    q.push(Uint8Array.from([3, 4, 5]));
+    q.take(1);
+    const peeked = new Uint8Array(3);
+    q.peekInto(peeked);
+    expect([...peeked]).toEqual([2, 3, 4]);
+    expect(q.length).toBe(4);
+    const taken = new Uint8Array(4);
+    q.takeInto(taken);
+    expect([...taken]).toEqual([2, 3, 4, 5]);
+    expect(q.length).toBe(0);
+  });
 });

@@ -71,6 +71,7 @@
 // types, oversize lengths and bad checksums are errors, never guesses.
 
 import { ProtocolError } from "./errors.ts";
+import { ByteQueue } from "../util/byte-queue.ts";
 
 export const PROTOCOL_VERSION = 6;
 export const FRAME_MAGIC = 0x574d4731; // "WMG1"
@@ -440,54 +441,35 @@ const MIN_POOLED_FRAME = 64 * 1024;
 const SPARE_FRAME_BUFFERS = 4;
 
 export class FrameDecoder {
-  private chunks: Buffer[] = [];
-  private buffered = 0;
+  private readonly queue = new ByteQueue();
+  private readonly header = Buffer.alloc(FRAME_HEADER_LEN);
   private readonly spare: ArrayBuffer[] = [];
   /** Frame buffers handed out with a message and not yet recycled. */
   private readonly owned = new WeakSet<ArrayBuffer>();
 
   push(chunk: Uint8Array): Message[] {
-    this.chunks.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
-    this.buffered += chunk.length;
+    const q = this.queue;
+    q.push(chunk);
     const out: Message[] = [];
     for (;;) {
-      if (this.buffered < FRAME_HEADER_LEN) break;
-      const head = this.peek(FRAME_HEADER_LEN);
+      if (q.length < FRAME_HEADER_LEN) break;
+      const head = this.header;
+      q.peekInto(head);
       const magic = head.readUInt32BE(0);
       if (magic !== FRAME_MAGIC) throw new ProtocolError(`bad frame magic 0x${magic.toString(16)}: not a wanmig peer, or the stream lost step`);
       const length = head.readUInt32BE(8);
       if (length > MAX_PAYLOAD) throw new ProtocolError(`frame of ${length} bytes exceeds the ${MAX_PAYLOAD}-byte limit`);
       if (head.readUInt16BE(6) !== 0) throw new ProtocolError("reserved frame bits are set");
       const total = FRAME_HEADER_LEN + length + FRAME_TRAILER_LEN;
-      if (this.buffered < total) break;
-      const frame = this.take(total);
+      if (q.length < total) break;
+      // Copied out: the chunks may be socket buffers that are reused after this callback.
+      const frame = this.frameBuffer(total);
+      q.takeInto(frame);
       const crc = frame.readUInt32BE(total - FRAME_TRAILER_LEN);
       if (crc !== Bun.hash.crc32(frame.subarray(0, total - FRAME_TRAILER_LEN)) >>> 0)
         throw new ProtocolError(`checksum mismatch on a ${typeName(frame.readUInt8(4))} frame`);
       out.push(decodePayload(frame.readUInt8(4), frame.readUInt8(5), frame.subarray(FRAME_HEADER_LEN, total - FRAME_TRAILER_LEN)));
     }
-    return out;
-  }
-
-  private peek(n: number): Buffer {
-    if (this.chunks[0]!.length >= n) return this.chunks[0]!.subarray(0, n);
-    const all = Buffer.concat(this.chunks);
-    this.chunks = [all];
-    return all.subarray(0, n);
-  }
-
-  /** The next `n` bytes, copied into a frame buffer of ours (the chunks may be socket buffers that are reused after this callback). */
-  private take(n: number): Buffer {
-    const out = this.frameBuffer(n);
-    for (let filled = 0; filled < n; ) {
-      const c = this.chunks[0]!;
-      const k = Math.min(c.length, n - filled);
-      out.set(k === c.length ? c : c.subarray(0, k), filled);
-      filled += k;
-      if (k === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(k);
-    }
-    this.buffered -= n;
     return out;
   }
 

@@ -25,15 +25,29 @@ export class ByteQueue {
       return out;
     }
     const out = new Uint8Array(n);
-    let filled = 0;
-    while (filled < n) {
+    this.takeInto(out);
+    return out;
+  }
+
+  /** Copies the next `into.length` bytes into `into` and removes them; the caller checked `length`. */
+  takeInto(into: Uint8Array): void {
+    for (let filled = 0; filled < into.length; ) {
       const c = this.chunks[0]!;
-      const k = Math.min(c.length - this.head, n - filled);
-      out.set(c.subarray(this.head, this.head + k), filled);
+      const k = Math.min(c.length - this.head, into.length - filled);
+      into.set(c.subarray(this.head, this.head + k), filled);
       filled += k;
       this.advance(k);
     }
-    return out;
+  }
+
+  /** Copies the next `into.length` bytes into `into`, leaving them queued; the caller checked `length`. */
+  peekInto(into: Uint8Array): void {
+    for (let filled = 0, i = 0, at = this.head; filled < into.length; i++, at = 0) {
+      const c = this.chunks[i]!;
+      const k = Math.min(c.length - at, into.length - filled);
+      into.set(c.subarray(at, at + k), filled);
+      filled += k;
+    }
   }
 
   /**
