@@ -56,14 +56,15 @@ function throttleParams(args: { "throttle-threshold"?: string; "throttle-delay"?
 }
 
 /** "zstd 19 for 92 %, 15 for 6 %, none for 2 %": the levels the image's bytes went at. */
-function compressionLine(levels: Record<string, number>): string {
+function compressionLine(levels: Record<string, number>, streamed: number): string {
   const total = Object.values(levels).reduce((a, b) => a + b, 0);
   if (!total) return "nothing sent";
   const parts = Object.entries(levels)
     .filter(([, b]) => b > 0)
     .sort((a, b) => b[1] - a[1])
     .map(([l, b]) => `${l === "0" ? "none" : `zstd ${l}`} for ${((b / total) * 100).toFixed(0)} %`);
-  return parts.join(", ");
+  const stream = streamed ? `; ${((streamed / total) * 100).toFixed(0)} % of the bytes as one long-window stream (a slow link)` : "";
+  return parts.join(", ") + stream;
 }
 
 /** The final summary: the paper's metrics, one per line, downtime first. */
@@ -79,7 +80,7 @@ function summary(name: string, m: MigrationMetrics): string {
       })`,
     ],
     ["bulk copy", `${formatBytes(m.bulkBytes)} sent as ${formatBytes(m.bulkWireBytes)}; ${m.bulkZeroBlocks} zero blocks skipped${m.bulkHoleBytes ? ` (${formatBytes(m.bulkHoleBytes)} of holes not even read)` : ""}${m.bulkBaseBlocks ? `, ${m.bulkBaseBlocks} already in the destination's base` : ""}`],
-    ["compression", compressionLine(m.compressLevels)],
+    ["compression", compressionLine(m.compressLevels, m.bulkStreamedBytes)],
     ["deltas", `${m.deltaCount} sent (${formatBytes(m.deltaBytes)} as ${formatBytes(m.deltaWireBytes)}), ${m.deltasSkipped} skipped, ${m.deltaRatePerSec}/s${m.copyPasses ? `; ${m.copyPasses} copy ${m.copyPasses === 1 ? "pass" : "passes"} sent ${formatBytes(m.copiedBytes)} of the image in place of the records they stand for` : ""}`],
     ["on the wire", formatBytes(m.bytesOnWire)],
     ["throttle", `highest level ${m.throttleSteps}`],

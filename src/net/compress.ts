@@ -6,10 +6,14 @@
 // a 4 MiB bulk run takes 0.75 s at level 19, and the loop must keep the link fed meanwhile.
 // Sync, the socket's buffer (256 KiB on the WAN's source) ran dry in 0.4 s of each unit,
 // and the 5 Mbit/s link was 86 % busy.
+// Over a slow link, bulk runs go as pieces of one long-window stream instead of frames of
+// their own (zstd-stream.ts): there the ratio is the migration's time.
 
 import { UsageError } from "../errors.ts";
 import { CompressionPolicy } from "./compression-policy.ts";
 import { ProtocolError } from "./errors.ts";
+import { StreamLevel } from "./stream-level.ts";
+import { StreamDeflater } from "./zstd-stream.ts";
 
 const WORTH_IT = 0.9;
 const MIN_SIZE = 512;
@@ -17,6 +21,13 @@ const MIN_SIZE = 512;
 const MAX_LEVEL = 19;
 /** Below this a unit is compressed on the loop: the hop to the thread pool would cost more than it saves. */
 const OFF_LOOP_MIN = 64 * 1024;
+
+/**
+ * Wire bytes per ms (100 Mbit/s) under which bulk runs go as pieces of the stream. Above it the link
+ * is not what a migration waits for, and the stream's long-distance matching would cost
+ * CPU the link does not give back (level 3: 220 MB/s as a stream, faster as frames).
+ */
+const STREAM_BELOW_BYTES_PER_MS = 12_500;
 
 function zstd(data: Uint8Array, level: number): Uint8Array | Promise<Uint8Array> {
   return data.length >= OFF_LOOP_MIN ? Bun.zstdCompress(data, { level }) : Bun.zstdCompressSync(data, { level });
@@ -47,6 +58,8 @@ export interface LinkView {
 export interface Compressed {
   data: Uint8Array;
   compressed: boolean;
+  /** A piece of the connection's stream (see Flag.ZSTD_STREAM). */
+  streamed?: boolean;
 }
 
 /** Compresses units (a bulk run, a delta) for one stream; in auto mode, learns the level as it goes. */
@@ -54,8 +67,11 @@ export class Compressor {
   private readonly policy?: CompressionPolicy;
   private readonly fixed: number;
   private last?: { at: number; waited: number };
+  private stream?: { deflater: StreamDeflater; level: StreamLevel };
   /** Raw bytes sent at each level (0: as they were). */
   readonly rawByLevel = new Map<number, number>();
+  /** Raw bytes sent as pieces of the stream. */
+  streamedRaw = 0;
 
   /** `rttMs`: the link's round trip (auto starts uncompressed on a short one). */
   constructor(
@@ -72,16 +88,42 @@ export class Compressor {
     return this.policy?.level ?? this.fixed;
   }
 
-  /** `data` must stay as it is until this resolves. One unit at a time per compressor: the policy learns from each in turn. */
-  async compress(data: Uint8Array): Promise<Compressed> {
-    const level = this.level;
+  /**
+   * `data` must stay as it is until this resolves. One unit at a time per compressor: the
+   * policy learns from each in turn, and stream pieces must be sent in the order they were
+   * made. `streamable`: the unit may go as a piece of the stream (bulk runs).
+   */
+  async compress(data: Uint8Array, streamable = false): Promise<Compressed> {
+    let level = this.level;
     const t0 = performance.now();
-    const c = data.length >= MIN_SIZE && level > 0 ? await zstd(data, level) : undefined;
+    let out: Compressed;
+    if (streamable && level > 0 && this.streaming()) {
+      this.stream ??= { deflater: new StreamDeflater(), level: new StreamLevel() };
+      level = this.stream.level.next(level, data.length);
+      // Always sent as made, even if it did not shrink: the receiver's stream must see every piece.
+      out = { data: await this.stream.deflater.piece(data, level), compressed: true, streamed: true };
+      this.streamedRaw += data.length;
+    } else {
+      const c = data.length >= MIN_SIZE && level > 0 ? await zstd(data, level) : undefined;
+      out = c && worthIt(data.length, c.length) ? { data: c, compressed: true } : { data, compressed: false };
+    }
     const ms = performance.now() - t0;
-    const out = c && worthIt(data.length, c.length) ? { data: c, compressed: true } : { data, compressed: false };
     this.rawByLevel.set(level, (this.rawByLevel.get(level) ?? 0) + data.length);
     if (this.policy && data.length >= MIN_SIZE) await this.learn(data, level, out.data.length, ms);
     return out;
+  }
+
+  /** Once the link is known slow, the connection's bulk keeps to the stream. */
+  private streaming(): boolean {
+    if (this.stream) return true;
+    const rate = this.link.linkBytesPerMs();
+    return rate !== undefined && rate < STREAM_BELOW_BYTES_PER_MS;
+  }
+
+  /** Frees the stream's window (the connection is over). */
+  close(): void {
+    this.stream?.deflater.close();
+    this.stream = undefined;
   }
 
   /** Auto: tells the policy what this unit cost and the time around it, probes other levels on it, lets it choose. */

@@ -67,13 +67,14 @@
 // ERROR before anything else is said. 2: region digest, base hashes, the recording named
 // in HELLO; 3: REDIRECT; 4: recovery (READY.verified, ROLLBACK, ROLLED_BACK); 5: the
 // digest's pieces are 4 KiB (another digest value for the same image); 6: copy passes
-// (DELTA ops COPY and COPY_END, ACK's `copied`). New message types need a new version; unknown
+// (DELTA ops COPY and COPY_END, ACK's `copied`); 7: BULK pieces of the connection's zstd
+// stream (Flag.ZSTD_STREAM). New message types need a new version; unknown
 // types, oversize lengths and bad checksums are errors, never guesses.
 
 import { ProtocolError } from "./errors.ts";
 import { ByteQueue } from "../util/byte-queue.ts";
 
-export const PROTOCOL_VERSION = 6;
+export const PROTOCOL_VERSION = 7;
 export const FRAME_MAGIC = 0x574d4731; // "WMG1"
 export const FRAME_HEADER_LEN = 12;
 export const FRAME_TRAILER_LEN = 4;
@@ -102,7 +103,12 @@ export const MsgType = {
 } as const;
 export type MsgTypeValue = (typeof MsgType)[keyof typeof MsgType];
 
-export const Flag = { ZSTD: 1 } as const;
+/**
+ * ZSTD: the payload is one zstd frame of its own. ZSTD_STREAM (BULK only): the payload is
+ * the next piece of this connection's zstd stream: it decodes only after every earlier
+ * piece, in order, and may refer to their data (zstd-stream.ts).
+ */
+export const Flag = { ZSTD: 1, ZSTD_STREAM: 2 } as const;
 /**
  * DATA and ZERO replay one record of the delta log. COPY and COPY_END carry the image's
  * current content over a range instead, in a copy pass that stands for every record up
@@ -148,6 +154,8 @@ export interface Bulk {
   /** Length of the block once decompressed. */
   length: number;
   compressed: boolean;
+  /** A piece of the connection's zstd stream (Flag.ZSTD_STREAM), not a frame of its own; `compressed` is set too. */
+  streamed?: boolean;
   data: Uint8Array;
 }
 export interface Zero {
@@ -244,7 +252,7 @@ export const msg = {
   welcome: (p: Omit<Welcome, "type" | "version">): Welcome => ({ type: MsgType.WELCOME, version: PROTOCOL_VERSION, ...p }),
   auth: (proof: string): Auth => ({ type: MsgType.AUTH, proof }),
   ready: (bulkOffset: number, nextSeq: bigint, base: boolean, verified?: string): Ready => ({ type: MsgType.READY, bulkOffset, nextSeq: nextSeq.toString(), base, ...(verified ? { verified } : {}) }),
-  bulk: (offset: number, length: number, data: Uint8Array, compressed = false): Bulk => ({ type: MsgType.BULK, offset, length, data, compressed }),
+  bulk: (offset: number, length: number, data: Uint8Array, compressed = false, streamed = false): Bulk => ({ type: MsgType.BULK, offset, length, data, compressed: compressed || streamed, ...(streamed ? { streamed } : {}) }),
   zero: (offset: number, length: number): Zero => ({ type: MsgType.ZERO, offset, length }),
   delta: (p: Omit<Delta, "type">): Delta => ({ type: MsgType.DELTA, ...p }),
   ack: (bulkOffset: number, nextSeq: bigint, copied = 0): Ack => ({ type: MsgType.ACK, bulkOffset, nextSeq, copied }),
@@ -289,7 +297,7 @@ function encodePayload(m: Message): { flags: number; parts: Uint8Array[] } {
   }
   switch (m.type) {
     case MsgType.BULK:
-      return { flags: m.compressed ? Flag.ZSTD : 0, parts: [rangeHeader(m.offset, m.length), m.data] };
+      return { flags: m.streamed ? Flag.ZSTD_STREAM : m.compressed ? Flag.ZSTD : 0, parts: [rangeHeader(m.offset, m.length), m.data] };
     case MsgType.ZERO:
       return { flags: 0, parts: [rangeHeader(m.offset, m.length)] };
     case MsgType.DELTA: {
@@ -364,8 +372,10 @@ const isStr = (x: unknown) => typeof x === "string";
 const isNum = (x: unknown) => typeof x === "number" && Number.isSafeInteger(x) && x >= 0;
 
 export function decodePayload(type: number, flags: number, payload: Buffer): Message {
-  const compressed = (flags & Flag.ZSTD) !== 0;
-  if (flags & ~Flag.ZSTD) throw new ProtocolError(`unknown flags 0x${flags.toString(16)} on ${typeName(type)}`);
+  const streamed = (flags & Flag.ZSTD_STREAM) !== 0;
+  const compressed = (flags & Flag.ZSTD) !== 0 || streamed;
+  if (flags & ~(Flag.ZSTD | Flag.ZSTD_STREAM) || (streamed && flags & Flag.ZSTD)) throw new ProtocolError(`unknown flags 0x${flags.toString(16)} on ${typeName(type)}`);
+  if (streamed && type !== MsgType.BULK) throw new ProtocolError(`a ${typeName(type)} cannot be a piece of the zstd stream`);
   switch (type) {
     case MsgType.HELLO:
       return decodeJson<Hello>(type, payload, (v) => isNum(v.version) && isStr(v.nonce) && isStr(v.name) && isNum(v.size) && isNum(v.blockSize) && isStr(v.recording));
@@ -402,7 +412,7 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
       const length = payload.readUInt32BE(8);
       const data = payload.subarray(12);
       if (!compressed && data.length !== length) throw new ProtocolError(`BULK says ${length} bytes but carries ${data.length}`);
-      return { type, offset: getU64(payload, 0), length, compressed, data };
+      return { type, offset: getU64(payload, 0), length, compressed, ...(streamed ? { streamed } : {}), data };
     }
     case MsgType.ZERO:
       need(payload, 12, "ZERO");

@@ -85,8 +85,8 @@ async function sendChunk(ch: Channel, p: BulkProgress, chunk: Uint8Array, blockS
     if (!runLength) return;
     // No copy: send() frames the data before its first wait, and the buffer is read into again only after.
     const run = chunk.subarray(runFrom, runFrom + runLength);
-    const out = await z.compress(run);
-    await ch.send(msg.bulk(p.offset + runFrom, runLength, out.data, out.compressed));
+    const out = await z.compress(run, true);
+    await ch.send(msg.bulk(p.offset + runFrom, runLength, out.data, out.compressed, out.streamed));
     p.wireBytes += out.data.length;
     p.bytesSent += runLength;
     runLength = 0;
@@ -184,6 +184,7 @@ export async function sendBulk(
     }
   } finally {
     image.close();
+    opts.compress.close(); // the stream's window serves the bulk only (zstd-stream.ts)
   }
   return p;
 }

@@ -26,6 +26,7 @@ import { FileBackend } from "../disk/file-backend.ts";
 import { type Channel, ChannelClosed, peerAborted } from "../net/channel.ts";
 import { describeError } from "../errors.ts";
 import { decompress } from "../net/compress.ts";
+import { StreamInflater } from "../net/zstd-stream.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { type Barrier, DeltaOp, type Hello, msg, MsgType, type Redirect as RedirectMsg, typeName } from "../net/protocol.ts";
 import type { ImageStateFile, IncomingMarker } from "../disk/image-state.ts";
@@ -327,6 +328,16 @@ export class Receiver {
   }
 
   private async loop(ch: Channel, hello: KnownHello): Promise<ServeOutcome> {
+    // The connection's zstd stream (Flag.ZSTD_STREAM): a new connection starts a new one.
+    const inflater = new StreamInflater();
+    try {
+      return await this.receiveOn(ch, hello, inflater);
+    } finally {
+      inflater.close();
+    }
+  }
+
+  private async receiveOn(ch: Channel, hello: KnownHello, inflater: StreamInflater): Promise<ServeOutcome> {
     const image = this.image!;
     let lastAck = Date.now();
     let lastFlush = lastAck;
@@ -336,12 +347,12 @@ export class Receiver {
         case MsgType.BULK: {
           checkRange(m.offset, m.length, hello.size);
           this.hashBulkBefore(m.offset);
-          const data = m.compressed ? decompress(m.data, m.length) : m.data;
+          const data = m.streamed ? await inflater.piece(m.data, m.length) : m.compressed ? decompress(m.data, m.length) : m.data;
           if (this.fresh) writeSparse(image, m.offset, data);
           else image.write(m.offset, data, false);
           this.bulkOffset = Math.max(this.bulkOffset, m.offset + m.length);
           this.gc.add(m.length);
-          ch.recycle(m.data); // written (or decompressed) above, synchronously: nothing holds it
+          ch.recycle(m.data); // written (or decompressed) above: nothing holds it
           break;
         }
         case MsgType.ZERO:

@@ -92,6 +92,8 @@ export interface MigrationMetrics {
   bulkBaseBlocks: number;
   /** Image bytes (bulk and deltas) sent at each zstd level; "0": as they were. */
   compressLevels: Record<string, number>;
+  /** Bulk bytes (of those) sent as pieces of one long-window zstd stream (slow links). */
+  bulkStreamedBytes: number;
   deltaCount: number;
   deltaBytes: number;
   deltaWireBytes: number;
@@ -256,6 +258,7 @@ function finish(
     bulkHoleBytes: m.bulk.holeBytes,
     bulkBaseBlocks: m.bulk.baseBlocks,
     compressLevels: levelTotals(m.compressors ?? []),
+    bulkStreamedBytes: (m.compressors ?? []).reduce((a, z) => a + z.streamedRaw, 0),
     deltaCount: m.deltas.sent,
     deltaBytes: m.deltas.bytes,
     deltaWireBytes: m.deltas.wireBytes,
