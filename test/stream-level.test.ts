@@ -9,6 +9,11 @@ describe("StreamLevel", () => {
   test("the first piece's level is provisional: the second takes the policy's, and the third holds it", () => {
     expect(run(new StreamLevel(), [1, 9, 6])).toEqual([1, 9, 9]);
     expect(run(new StreamLevel(), [1, 1, 6])).toEqual([1, 1, 1]);
+    const s = new StreamLevel();
+    run(s, [1]);
+    expect(s.settled).toBe(false); // the compressor still probes other levels on it
+    run(s, [9]);
+    expect(s.settled).toBe(true);
   });
 
   test("past its youth, a wandering policy (3, 6, 9, 6, 16) leaves the level alone", () => {

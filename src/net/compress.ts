@@ -109,7 +109,10 @@ export class Compressor {
     }
     const ms = performance.now() - t0;
     this.rawByLevel.set(level, (this.rawByLevel.get(level) ?? 0) + data.length);
-    if (this.policy && data.length >= MIN_SIZE) await this.learn(data, level, out.data.length, ms);
+    // A settled stream keeps its level (stream-level.ts): probes of others, frames of their
+    // own at levels up to 19 beside the stream's window, would cost 60 MiB and tell little.
+    const probe = !(out.streamed && this.stream!.level.settled);
+    if (this.policy && data.length >= MIN_SIZE) await this.learn(data, level, out.data.length, ms, probe);
     return out;
   }
 
@@ -127,14 +130,14 @@ export class Compressor {
   }
 
   /** Auto: tells the policy what this unit cost and the time around it, probes other levels on it, lets it choose. */
-  private async learn(data: Uint8Array, level: number, wire: number, ms: number): Promise<void> {
+  private async learn(data: Uint8Array, level: number, wire: number, ms: number, withProbes: boolean): Promise<void> {
     const p = this.policy!;
     // The policy tells idle gaps (nothing to send) from the sender's work.
     const wallMs = this.last && performance.now() - this.last.at;
     const waitedMs = this.last ? this.link.waitedMs - this.last.waited : 0;
     p.sent({ level, raw: data.length, wire, ms, wallMs, waitedMs });
     const link = this.link.linkBytesPerMs();
-    for (const probe of p.probes(link)) {
+    for (const probe of withProbes ? p.probes(link) : []) {
       const t0 = performance.now();
       const c = await zstd(data, probe);
       p.note({ level: probe, raw: data.length, wire: worthIt(data.length, c.length) ? c.length : data.length, ms: performance.now() - t0 });

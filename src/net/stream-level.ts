@@ -31,6 +31,11 @@ export class StreamLevel {
     return this.level!;
   }
 
+  /** Past its provisional first piece: the level moves only as described above. */
+  get settled(): boolean {
+    return this.pieces >= 2;
+  }
+
   private take(level: number): void {
     this.level = level;
     this.asked = undefined;
