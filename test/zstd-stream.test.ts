@@ -83,3 +83,14 @@ describe("Compressor: which units go as stream pieces", () => {
     expect((await new Compressor(0, { linkBytesPerMs: () => 625, waitedMs: 0 }).compress(unit, true)).streamed).toBeUndefined();
   });
 });
+
+describe("a broken stream", () => {
+  test("garbage, then another piece: each a ProtocolError at once, neither hangs", async () => {
+    const i = new StreamInflater();
+    const garbage = crypto.getRandomValues(new Uint8Array(70_000));
+    await expect(i.piece(garbage, 100)).rejects.toBeInstanceOf(ProtocolError);
+    await Bun.sleep(20);
+    await expect(i.piece(garbage, 100)).rejects.toBeInstanceOf(ProtocolError);
+    i.close();
+  });
+});

@@ -32,6 +32,9 @@ export const STREAM_WINDOW_LOG = 25;
 const TABLE_LOG = 20;
 const BOUNDED_FROM_LEVEL = 10;
 
+/** Errors reach the flush that waits (it listens once); one emitted at another time must not be thrown from the event loop. */
+const IGNORED = () => undefined;
+
 function flushed(s: zlib.ZstdCompress | zlib.ZstdDecompress, out: Buffer[], kind: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
@@ -65,6 +68,7 @@ export class StreamDeflater {
       this.z = zlib.createZstdCompress({ params });
       this.zLevel = level;
       this.z.on("data", (b: Buffer) => this.out.push(b));
+      this.z.on("error", IGNORED);
     }
     this.z.write(data);
     const piece = await flushed(this.z, this.out, Z.ZSTD_e_flush!);
@@ -92,6 +96,7 @@ export class StreamInflater {
 
   constructor() {
     this.z.on("data", (b: Buffer) => this.out.push(b));
+    this.z.on("error", IGNORED);
   }
 
   /** `data` may be reused once this resolves. */
