@@ -5,6 +5,8 @@ import { type Extent, extentsOf, HoleFinder } from "./extents.ts";
 import { BlockError, type BlockBackend } from "./backend.ts";
 import { NbdErr } from "./nbd-protocol.ts";
 import { punchHole, zeroRange } from "./fallocate.ts";
+import { startWriteback, writeBackAndDrop } from "./page-cache.ts";
+import type { PageCacheOps } from "./write-behind.ts";
 import { type Payload, payloadLength, slicePayload } from "./payload.ts";
 
 const ZERO_CHUNK = new Uint8Array(1 << 20);
@@ -63,6 +65,14 @@ export class FileBackend implements BlockBackend {
 
   trim(offset: number, length: number, fua: boolean): void | Promise<void> {
     return this.zero(offset, length, fua, true);
+  }
+
+  /** The page cache of this file, for a writer that drops what it wrote (write-behind.ts). */
+  pageCache(): PageCacheOps {
+    return {
+      startWriteback: (offset, length) => void startWriteback(this.fd, offset, length),
+      writeBackAndDrop: (offset, length) => void writeBackAndDrop(this.fd, offset, length),
+    };
   }
 
   flush(): Promise<void> {

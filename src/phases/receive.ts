@@ -23,6 +23,7 @@
 import { existsSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { RegionDigests, REGION_SIZE } from "../disk/region-digest.ts";
 import { FileBackend } from "../disk/file-backend.ts";
+import { WriteBehind } from "../disk/write-behind.ts";
 import { type Channel, ChannelClosed, peerAborted } from "../net/channel.ts";
 import { describeError } from "../errors.ts";
 import { decompress } from "../net/compress.ts";
@@ -108,6 +109,8 @@ export class Receiver {
   private digests?: RegionDigests;
   /** Regions below this one are complete in bulk order and hashed (or dirtied since). */
   private bulkHashedTo = 0;
+  /** The bulk copy's pages, dropped once the digest has read them back (write-behind.ts). */
+  private behind?: WriteBehind;
 
   constructor(
     private readonly opts: {
@@ -288,6 +291,7 @@ export class Receiver {
     if (!this.image) {
       try {
         this.image = new FileBackend(this.opts.image, false);
+        this.behind = new WriteBehind(this.image.pageCache());
       } catch (cause) {
         await ch.send(msg.error(`destination cannot use ${this.opts.image}: ${(cause as Error).message}`));
         throw cause;
@@ -350,6 +354,7 @@ export class Receiver {
           const data = m.streamed ? await inflater.piece(m.data, m.length) : m.compressed ? decompress(m.data, m.length) : m.data;
           if (this.fresh) writeSparse(image, m.offset, data);
           else image.write(m.offset, data, false);
+          this.behind?.written(m.offset, m.length);
           this.bulkOffset = Math.max(this.bulkOffset, m.offset + m.length);
           this.gc.add(m.length);
           ch.recycle(m.data); // written (or decompressed) above: nothing holds it
@@ -458,6 +463,7 @@ export class Receiver {
     if (upTo <= this.bulkHashedTo) return;
     this.digests!.hashRange(this.opts.image, this.bulkHashedTo, upTo);
     this.bulkHashedTo = upTo;
+    this.behind?.readTo(upTo * REGION_SIZE);
   }
 
   private async finish(ch: Channel, m: Barrier): Promise<ServeOutcome> {
