@@ -44,7 +44,7 @@ describe("frames", () => {
   });
 
   test("a stream split at every byte boundary decodes to the same messages", () => {
-    const stream = Buffer.concat(all.map(encodeFrame));
+    const stream = Buffer.concat(all.map((m) => encodeFrame(m)));
     for (const step of [1, 7, 13, 4096]) {
       const d = new FrameDecoder();
       const got: Message[] = [];

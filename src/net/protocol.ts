@@ -325,11 +325,12 @@ function encodePayload(m: Message): { flags: number; parts: Uint8Array[] } {
 }
 
 /** One frame, ready to write. */
-export function encodeFrame(m: Message): Buffer {
+/** `alloc`: where the frame goes (a sender reusing its frame buffers); a new buffer by default. */
+export function encodeFrame(m: Message, alloc: (n: number) => Buffer = Buffer.allocUnsafe): Buffer {
   const { flags, parts } = encodePayload(m);
   const length = parts.reduce((n, p) => n + p.length, 0);
   if (length > MAX_PAYLOAD) throw new ProtocolError(`${typeName(m.type)} payload of ${length} bytes exceeds ${MAX_PAYLOAD}`);
-  const out = Buffer.allocUnsafe(FRAME_HEADER_LEN + length + FRAME_TRAILER_LEN);
+  const out = alloc(FRAME_HEADER_LEN + length + FRAME_TRAILER_LEN);
   out.writeUInt32BE(FRAME_MAGIC, 0);
   out.writeUInt8(m.type, 4);
   out.writeUInt8(flags, 5);
