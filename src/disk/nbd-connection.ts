@@ -36,6 +36,7 @@ import {
 import { allocationContextReply, blockStatusChunk, errorChunk, parseMetaContextRequest, readChunk, selectsAllocation } from "./nbd-structured.ts";
 import { ByteQueue } from "../util/byte-queue.ts";
 import { SocketWriter } from "../util/socket-writer.ts";
+import { SpareBuffer } from "../util/spare-buffer.ts";
 import { copyPayload, type Payload } from "./payload.ts";
 import type { Logger } from "../log.ts";
 
@@ -107,6 +108,8 @@ export class NbdConnection {
   private export?: NbdExport;
   private transmissionFlags = 0;
   private readonly out: SocketWriter;
+  /** Large READ replies' buffers, reused once the socket took a reply whole (spare-buffer.ts); never gathered by a cork (64 KiB and up). */
+  private readonly replies = new SpareBuffer(64 * 1024);
   private inFlight = 0;
   private paused = false;
   private disconnecting = false;
@@ -423,10 +426,12 @@ export class NbdConnection {
     switch (req.type) {
       case Cmd.READ: {
         const fill = (into: Uint8Array) => be.read(req.offset, into);
-        const out = this.structured ? readChunk(req.cookie, req.offset, req.length, fill) : simpleReadReply(req.cookie, req.length, fill);
+        const alloc = (n: number) => this.replies.take(n);
+        const out = this.structured ? readChunk(req.cookie, req.offset, req.length, fill, alloc) : simpleReadReply(req.cookie, req.length, fill, alloc);
         stats.reads++;
         stats.bytesRead += req.length;
         this.send(out);
+        if (this.out.queued === 0) this.replies.release(out); // the socket took the whole reply
         return;
       }
       case Cmd.BLOCK_STATUS: {
@@ -541,9 +546,9 @@ function parseRequest(b: Uint8Array): Request {
   };
 }
 
-/** A READ's simple reply: the header, then the data read straight in after it. */
-function simpleReadReply(cookie: Uint8Array, length: number, fill: (into: Uint8Array) => void): Buffer {
-  const out = Buffer.allocUnsafe(SIMPLE_REPLY_LEN + length);
+/** A READ's simple reply: the header, then the data read straight in after it (a buffer from `alloc`). */
+function simpleReadReply(cookie: Uint8Array, length: number, fill: (into: Uint8Array) => void, alloc: (n: number) => Buffer): Buffer {
+  const out = alloc(SIMPLE_REPLY_LEN + length);
   fill(out.subarray(SIMPLE_REPLY_LEN));
   writeReplyHeader(out, cookie, 0);
   return out;

@@ -19,8 +19,8 @@ export function allocationContextReply(listing: boolean): Buffer {
 }
 
 /** A chunk's header, room left for `payload` bytes after it. */
-function chunk(cookie: Uint8Array, type: number, payload: number, done: boolean): Buffer {
-  const b = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_LEN + payload);
+function chunk(cookie: Uint8Array, type: number, payload: number, done: boolean, alloc: (n: number) => Buffer = Buffer.allocUnsafe): Buffer {
+  const b = alloc(STRUCTURED_REPLY_HEADER_LEN + payload);
   b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
   b.writeUInt16BE(done ? ReplyFlag.DONE : 0, 4);
   b.writeUInt16BE(type, 6);
@@ -29,9 +29,9 @@ function chunk(cookie: Uint8Array, type: number, payload: number, done: boolean)
   return b;
 }
 
-/** A READ's whole answer as one OFFSET_DATA chunk: the data is read straight into it. */
-export function readChunk(cookie: Uint8Array, offset: number, length: number, fill: (into: Uint8Array) => void): Buffer {
-  const b = chunk(cookie, ReplyType.OFFSET_DATA, 8 + length, true);
+/** A READ's whole answer as one OFFSET_DATA chunk: the data is read straight into it (a buffer from `alloc`). */
+export function readChunk(cookie: Uint8Array, offset: number, length: number, fill: (into: Uint8Array) => void, alloc?: (n: number) => Buffer): Buffer {
+  const b = chunk(cookie, ReplyType.OFFSET_DATA, 8 + length, true, alloc);
   b.writeBigUInt64BE(BigInt(offset), STRUCTURED_REPLY_HEADER_LEN);
   fill(b.subarray(STRUCTURED_REPLY_HEADER_LEN + 8));
   return b;

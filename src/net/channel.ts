@@ -8,6 +8,7 @@ import { encodeFrame, FrameDecoder, type Message, MsgType, typeName } from "./pr
 import { DrainMeter } from "./drain-meter.ts";
 import type { TokenBucket } from "./rate.ts";
 import { SocketWriter } from "../util/socket-writer.ts";
+import { SpareBuffer } from "../util/spare-buffer.ts";
 
 /**
  * Unsent bytes past which send() waits: about QUEUE_MS of the link once its rate is known,
@@ -90,13 +91,11 @@ export class Channel {
   waitedMs = 0;
   private readonly meter = new DrainMeter();
   /**
-   * A data frame's buffer, free again once the socket took all of it: the next data frame
-   * goes there. A new 4 MiB buffer per frame cost the source page faults on fresh memory
-   * (7-10 % of its time on loopback). Only where the writer copies what it takes (a Bun
-   * TCP socket: bytes taken are in the kernel); a pipe's writer may keep the buffer.
+   * Data frames' buffers, reused (spare-buffer.ts): a new 4 MiB buffer per frame cost the
+   * source 7-10 % of its time on loopback. Only where the writer copies what it takes (a
+   * Bun TCP socket); a pipe's writer may keep the buffer.
    */
-  private spareFrame?: ArrayBuffer;
-  private readonly frameAlloc?: (n: number) => Buffer;
+  private readonly frames?: SpareBuffer;
 
   /** We told the peer we give up (so an abort path does not say it twice). */
   errorSent = false;
@@ -110,15 +109,7 @@ export class Channel {
     copiesWrites = false,
   ) {
     this.out = new SocketWriter(socket);
-    if (copiesWrites) this.frameAlloc = (n) => this.takeFrameBuffer(n);
-  }
-
-  /** The spare frame buffer if it holds `n` bytes (taken: no other send can get it meanwhile). */
-  private takeFrameBuffer(n: number): Buffer {
-    const spare = this.spareFrame;
-    if (n < MIN_REUSED_FRAME || !spare || spare.byteLength < n) return Buffer.allocUnsafe(n);
-    this.spareFrame = undefined;
-    return Buffer.from(spare, 0, n);
+    if (copiesWrites) this.frames = new SpareBuffer(MIN_REUSED_FRAME);
   }
 
   /** Called by the socket's handlers. */
@@ -204,7 +195,7 @@ export class Channel {
     if (this.failure && (this.closed || this.failure instanceof PeerAborted)) throw this.failure;
     if (m.type === MsgType.ERROR) this.errorSent = true;
     // The message's data is copied into the frame here, before any wait: callers may reuse their buffers once send() is called.
-    const f = encodeFrame(m, this.frameAlloc);
+    const f = encodeFrame(m, this.frames && ((n) => this.frames!.take(n)));
     if (this.rate) {
       const t0 = performance.now();
       await this.rate.take(f.length);
@@ -212,8 +203,7 @@ export class Channel {
     }
     this.bytesSent += f.length;
     this.out.write(f);
-    // Nothing queued: the socket took the whole frame, and its buffer is free.
-    if (this.frameAlloc && f.length >= MIN_REUSED_FRAME && this.out.queued === 0 && !this.spareFrame) this.spareFrame = f.buffer as ArrayBuffer;
+    if (this.out.queued === 0) this.frames?.release(f); // the socket took the whole frame
     this.observe();
     if (this.out.closed) throw this.failure ?? new ChannelClosed();
     if (this.out.queued > this.highWater()) {
