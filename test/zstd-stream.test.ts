@@ -53,8 +53,10 @@ describe("the stream's two ends", () => {
     const pieces = [await d.piece(text, 3), await d.piece(text, 3), await d.piece(text, 3)];
     const skipped = new StreamInflater();
     await expect(skipped.piece(pieces[1]!, text.length)).rejects.toBeInstanceOf(ProtocolError);
+    const long = new StreamInflater();
+    await expect(long.piece(pieces[0]!, text.length + 1)).rejects.toThrow("decompressed to 200000 bytes, not 200001");
     const short = new StreamInflater();
-    await expect(short.piece(pieces[0]!, text.length - 1)).rejects.toThrow("decompressed to 200000 bytes, not 199999");
+    await expect(short.piece(pieces[0]!, text.length - 1)).rejects.toThrow("expands past the length its message gives");
   });
 
   test("a stream that asks for a 128 MiB window (memory a hostile source would make us spend) is refused", async () => {
@@ -85,6 +87,16 @@ describe("Compressor: which units go as stream pieces", () => {
 });
 
 describe("a broken stream", () => {
+  test("a piece that says 100 bytes and expands to 64 MiB (a bomb) is stopped, not held in memory", async () => {
+    const d = new StreamDeflater();
+    const bomb = await d.piece(new Uint8Array(64 * 1024 * 1024), 19);
+    expect(bomb.length).toBeLessThan(64 * 1024);
+    const i = new StreamInflater();
+    const rss0 = process.memoryUsage().rss;
+    await expect(i.piece(bomb, 100)).rejects.toThrow("expands past the length its message gives");
+    expect(process.memoryUsage().rss - rss0).toBeLessThan(48 * 1024 * 1024);
+  });
+
   test("garbage, then another piece: each a ProtocolError at once, neither hangs", async () => {
     const i = new StreamInflater();
     const garbage = crypto.getRandomValues(new Uint8Array(70_000));

@@ -37,12 +37,18 @@ const IGNORED = () => undefined;
 
 function flushed(s: zlib.ZstdCompress | zlib.ZstdDecompress, out: Buffer[], kind: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const onError = (err: Error) => reject(err);
-    s.once("error", onError);
-    s.flush(kind, () => {
+    // A stream destroyed meanwhile (a piece that expanded too far) may never call back.
+    const onError = (err: Error) => done(err);
+    const onClose = () => done(new Error("the stream was closed"));
+    const done = (err?: Error) => {
       s.off("error", onError);
-      resolve(out.length === 1 ? out.pop()! : Buffer.concat(out.splice(0)));
-    });
+      s.off("close", onClose);
+      if (err) reject(err);
+      else resolve(out.length === 1 ? out.pop()! : Buffer.concat(out.splice(0)));
+    };
+    s.once("error", onError);
+    s.once("close", onClose);
+    s.flush(kind, () => done());
   });
 }
 
@@ -93,21 +99,31 @@ export class StreamDeflater {
 export class StreamInflater {
   private readonly z = zlib.createZstdDecompress({ params: { [Z.ZSTD_d_windowLogMax!]: STREAM_WINDOW_LOG } });
   private readonly out: Buffer[] = [];
+  /** What the piece being decoded may expand to: a piece that says 4 MiB and expands to gigabytes is stopped at 4 MiB. */
+  private room = 0;
 
   constructor() {
-    this.z.on("data", (b: Buffer) => this.out.push(b));
+    this.z.on("data", (b: Buffer) => {
+      this.room -= b.length;
+      if (this.room >= 0) this.out.push(b);
+      else if (!this.z.destroyed) this.z.destroy(); // decode no further
+    });
     this.z.on("error", IGNORED);
   }
 
   /** `data` may be reused once this resolves. */
   async piece(data: Uint8Array, expectedLength: number): Promise<Uint8Array> {
-    let out: Buffer;
+    let out: Buffer | undefined;
+    let failure: unknown;
+    this.room = expectedLength;
     try {
       this.z.write(data);
       out = await flushed(this.z, this.out, Z.ZSTD_e_flush!);
     } catch (cause) {
-      throw new ProtocolError(`a piece of the zstd stream does not decompress (${(cause as Error).message})`, { cause });
+      failure = cause;
     }
+    if (this.room < 0) throw new ProtocolError("a piece of the zstd stream expands past the length its message gives");
+    if (!out) throw new ProtocolError(`a piece of the zstd stream does not decompress (${(failure as Error).message})`, { cause: failure });
     if (out.length !== expectedLength) throw new ProtocolError(`a piece of the zstd stream decompressed to ${out.length} bytes, not ${expectedLength}`);
     return out;
   }
