@@ -44,11 +44,9 @@ const MAX_KEPT_REGIONS = 32768;
 
 const sha256 = (data: Uint8Array): Uint8Array => Bun.SHA256.hash(data) as Uint8Array;
 
-const viewOf = (pieces: Uint8Array) => new DataView(pieces.buffer, pieces.byteOffset, pieces.byteLength);
-
-/** Piece `p`'s hash into its slot of a region's piece hashes (`pieces`: a view of them). */
-function hashPiece(pieces: DataView, p: number, data: Uint8Array): void {
-  pieces.setBigUint64(p * PIECE_HASH_LEN, Bun.hash.xxHash3(data));
+/** Piece `p`'s hash into its slot of a region's piece hashes. */
+function hashPiece(pieces: Uint8Array, p: number, data: Uint8Array): void {
+  new DataView(pieces.buffer, pieces.byteOffset + p * PIECE_HASH_LEN, PIECE_HASH_LEN).setBigUint64(0, Bun.hash.xxHash3(data));
 }
 
 /** A region's dirty pieces, one bit each. */
@@ -169,12 +167,11 @@ export class RegionDigests {
         this.dirty.delete(r);
         const kept = this.pieces.get(r);
         if (kept && mask) {
-          const view = viewOf(kept);
           for (let p = 0; p < PIECES; p++) {
             if (!isSet(mask, p)) continue;
             const at = r * REGION_SIZE + p * PIECE_SIZE;
             if (at >= this.size) break;
-            hashPiece(view, p, read(at, Math.min(PIECE_SIZE, this.size - at)));
+            hashPiece(kept, p, read(at, Math.min(PIECE_SIZE, this.size - at)));
           }
           this.setRegionHash(r, sha256(kept.subarray(0, this.pieceCount(r) * PIECE_HASH_LEN)));
         } else if (this.regionLength(r) === REGION_SIZE && holes.isHole(r * REGION_SIZE, REGION_SIZE)) {
@@ -211,8 +208,7 @@ export class RegionDigests {
     }
     const n = this.pieceCount(region);
     const pieces = new Uint8Array(n * PIECE_HASH_LEN);
-    const view = viewOf(pieces);
-    for (let p = 0; p < n; p++) hashPiece(view, p, data.subarray(p * PIECE_SIZE, Math.min((p + 1) * PIECE_SIZE, data.length)));
+    for (let p = 0; p < n; p++) hashPiece(pieces, p, data.subarray(p * PIECE_SIZE, Math.min((p + 1) * PIECE_SIZE, data.length)));
     this.setRegionHash(region, sha256(pieces));
     if (keepPieces) this.keepPieces(region, pieces);
   }
@@ -235,8 +231,7 @@ function zeroPieces(): Uint8Array {
   if (!zeroPieceHashes) {
     const zeros = new Uint8Array(PIECE_SIZE);
     zeroPieceHashes = new Uint8Array(PIECES * PIECE_HASH_LEN);
-    const view = viewOf(zeroPieceHashes);
-    for (let p = 0; p < PIECES; p++) hashPiece(view, p, zeros);
+    for (let p = 0; p < PIECES; p++) hashPiece(zeroPieceHashes, p, zeros);
   }
   return zeroPieceHashes;
 }
