@@ -12,9 +12,16 @@ const base: HandoffInputs = { queuedBytes: 0, unackedWireBytes: 0, compressionRa
 describe("estimateHandoff", () => {
   test("sums transfer (at the compression ratio), digest, control calls and one round trip; the budget sees all but the RTT", () => {
     const e = estimateHandoff({ ...base, queuedBytes: 100_000, compressionRatio: 0.5, unackedWireBytes: 50_000, rttMs: 100, hashBytes: 2_000_000, controlMs: 3 });
-    expect(e.parts).toEqual({ transferMs: 100, digestMs: 2, controlMs: 3, rttMs: 100 });
-    expect(e.workMs).toBe(105);
-    expect(e.totalMs).toBe(205);
+    // The destination rehashes what the source did (2 ms), with no sync measured yet.
+    expect(e.parts).toEqual({ transferMs: 100, digestMs: 2, controlMs: 3, destinationMs: 2, rttMs: 100 });
+    expect(e.workMs).toBe(107);
+    expect(e.totalMs).toBe(207);
+  });
+
+  test("the destination's barrier: its image sync and its state file's, each about its last background sync, after its own rehash", () => {
+    const e = estimateHandoff({ ...base, hashBytes: 4_000_000, destSyncMs: 12 });
+    expect(e.parts.destinationMs).toBe(2 * 12 + 4);
+    expect(e.workMs).toBe(e.parts.transferMs + 4 + 1 + 28);
   });
 
   test("unmeasured rates are assumed slow, never free", () => {

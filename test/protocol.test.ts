@@ -115,7 +115,7 @@ describe("frames", () => {
     };
     expect(() => new FrameDecoder().push(frame(MsgType.HELLO, Buffer.from('{"name":"x"}')))).toThrow("lacks required fields");
     expect(() => new FrameDecoder().push(frame(MsgType.AUTH, Buffer.from("{not json")))).toThrow("not JSON");
-    expect(() => new FrameDecoder().push(frame(MsgType.ACK, Buffer.alloc(3)))).toThrow("needs at least 24");
+    expect(() => new FrameDecoder().push(frame(MsgType.ACK, Buffer.alloc(3)))).toThrow("needs at least 28");
     expect(() => new FrameDecoder().push(frame(MsgType.BASE_HASHES, Buffer.alloc(8 + 17)))).toThrow("not a whole number of hashes");
     const lie = Buffer.alloc(12 + 3);
     lie.writeUInt32BE(10, 8);

@@ -68,7 +68,7 @@
 // in HELLO; 3: REDIRECT; 4: recovery (READY.verified, ROLLBACK, ROLLED_BACK); 5: the
 // digest's pieces are 4 KiB (another digest value for the same image); 6: copy passes
 // (DELTA ops COPY and COPY_END, ACK's `copied`); 7: BULK pieces of the connection's zstd
-// stream (Flag.ZSTD_STREAM). New message types need a new version; unknown
+// stream (Flag.ZSTD_STREAM), ACK's `syncMs`. New message types need a new version; unknown
 // types, oversize lengths and bad checksums are errors, never guesses.
 
 import { ProtocolError } from "./errors.ts";
@@ -179,6 +179,11 @@ export interface Ack {
   nextSeq: bigint;
   /** Frames of the open copy pass (the first one past nextSeq) applied so far. */
   copied: number;
+  /**
+   * How long the destination's last background sync of the image took, ms: what its sync
+   * at the barrier will cost again (the source's hand-off estimate counts it).
+   */
+  syncMs: number;
 }
 /** Every block of the bulk copy has been sent (zero blocks are never sent, so say it). */
 export interface BulkEnd {
@@ -255,7 +260,7 @@ export const msg = {
   bulk: (offset: number, length: number, data: Uint8Array, compressed = false, streamed = false): Bulk => ({ type: MsgType.BULK, offset, length, data, compressed: compressed || streamed, ...(streamed ? { streamed } : {}) }),
   zero: (offset: number, length: number): Zero => ({ type: MsgType.ZERO, offset, length }),
   delta: (p: Omit<Delta, "type">): Delta => ({ type: MsgType.DELTA, ...p }),
-  ack: (bulkOffset: number, nextSeq: bigint, copied = 0): Ack => ({ type: MsgType.ACK, bulkOffset, nextSeq, copied }),
+  ack: (bulkOffset: number, nextSeq: bigint, copied = 0, syncMs = 0): Ack => ({ type: MsgType.ACK, bulkOffset, nextSeq, copied, syncMs }),
   bulkEnd: (size: number): BulkEnd => ({ type: MsgType.BULK_END, size }),
   baseHashes: (offset: number, hashes: Uint8Array): BaseHashes => ({ type: MsgType.BASE_HASHES, offset, hashes }),
   barrier: (lastSeq: bigint, size: number, digest: string): Barrier => ({ type: MsgType.BARRIER, lastSeq: lastSeq.toString(), size, digest }),
@@ -314,10 +319,11 @@ function encodePayload(m: Message): { flags: number; parts: Uint8Array[] } {
       return { flags: 0, parts: [h, m.hashes] };
     }
     case MsgType.ACK: {
-      const h = Buffer.alloc(24);
+      const h = Buffer.alloc(28);
       putU64(h, 0, m.bulkOffset);
       putU64(h, 8, m.nextSeq);
       putU64(h, 16, m.copied);
+      h.writeUInt32BE(Math.min(0xffffffff, Math.round(m.syncMs)), 24);
       return { flags: 0, parts: [h] };
     }
   }
@@ -434,8 +440,8 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
       return { type, offset: getU64(payload, 0), hashes };
     }
     case MsgType.ACK:
-      need(payload, 24, "ACK");
-      return { type, bulkOffset: getU64(payload, 0), nextSeq: payload.readBigUInt64BE(8), copied: getU64(payload, 16) };
+      need(payload, 28, "ACK");
+      return { type, bulkOffset: getU64(payload, 0), nextSeq: payload.readBigUInt64BE(8), copied: getU64(payload, 16), syncMs: payload.readUInt32BE(24) };
   }
   throw new ProtocolError(`unknown message type ${type}`);
 }

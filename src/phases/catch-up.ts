@@ -162,6 +162,7 @@ export class CatchUp {
       hashBytes: queued + this.check.digests.pendingBytes(),
       hashBytesPerMs: this.check.digests.hashRate(),
       controlMs: 2 * this.controlMs, // the fence, then the dirty map
+      destSyncMs: d.destSyncMs,
     };
     // Until the destination has the whole bulk copy, its tail shares the link (up to a
     // channel's worth of it queued): no fence, and no verdict on a pace the deltas do not set.

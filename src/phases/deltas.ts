@@ -58,6 +58,8 @@ export class DeltaStreamer {
   ackedNext = 0n;
   /** Wire bytes the destination has acknowledged, all told (the link's measured rate). */
   ackedWireBytes = 0;
+  /** The destination's last background sync of its image, ms (from its ACKs). */
+  destSyncMs = 0;
   /** Sent and not yet acknowledged, oldest first: [seq, bytes on the wire, copy pass part or 0]. */
   private inFlight: [bigint, number, number][] = [];
   private inFlightBytes = 0;
@@ -117,6 +119,7 @@ export class DeltaStreamer {
       if (m.type !== MsgType.ACK) throw new ProtocolError(`expected ACK, got ${typeName(m.type)}`);
       this.ackedBulk = Math.max(this.ackedBulk, m.bulkOffset);
       if (m.nextSeq > this.ackedNext) this.ackedNext = m.nextSeq;
+      this.destSyncMs = m.syncMs;
       this.retire(m);
     }
   }

@@ -98,6 +98,8 @@ export class Receiver {
   state: ReceiverState = { kind: "waiting" };
   private image?: FileBackend;
   private writeback?: Promise<void>;
+  /** How long the last background sync took (ACK's syncMs: the barrier's sync costs about that again). */
+  private lastSyncMs = 0;
   private writebackError?: unknown;
   private fresh = false;
   private hello?: KnownHello;
@@ -189,12 +191,14 @@ export class Receiver {
    */
   private nudgeWriteback(): void {
     if (this.writeback || !this.image) return;
+    const t0 = performance.now();
     this.writeback = this.image
       .flush()
       .catch((err) => {
         this.writebackError ??= err;
       })
       .finally(() => {
+        this.lastSyncMs = performance.now() - t0;
         this.writeback = undefined;
       });
   }
@@ -425,7 +429,7 @@ export class Receiver {
       }
       if (now - lastAck > ACK_EVERY_MS || (!ch.pending() && (m.type === MsgType.DELTA || m.type === MsgType.BULK_END))) {
         this.digests!.refresh(this.opts.image);
-        await ch.send(msg.ack(this.bulkOffset, this.nextSeq ?? 0n, this.pass?.copied ?? 0));
+        await ch.send(msg.ack(this.bulkOffset, this.nextSeq ?? 0n, this.pass?.copied ?? 0, this.lastSyncMs));
         this.nudgeWriteback();
         lastAck = now;
       }
