@@ -68,7 +68,8 @@
 // in HELLO; 3: REDIRECT; 4: recovery (READY.verified, ROLLBACK, ROLLED_BACK); 5: the
 // digest's pieces are 4 KiB (another digest value for the same image); 6: copy passes
 // (DELTA ops COPY and COPY_END, ACK's `copied`); 7: BULK pieces of the connection's zstd
-// stream (Flag.ZSTD_STREAM), ACK's `syncMs`. New message types need a new version; unknown
+// stream (Flag.ZSTD_STREAM), ACK's `syncMs`, the digest's pieces hashed with XXH3
+// (region-digest.ts). New message types need a new version; unknown
 // types, oversize lengths and bad checksums are errors, never guesses.
 
 import { ProtocolError } from "./errors.ts";
