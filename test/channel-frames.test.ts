@@ -1,4 +1,4 @@
-// A channel reusing its data frames' buffers (channel.ts, spareFrame): what reaches the
+// A channel reusing its data frames' buffers (channel.ts, buffer-pool.ts): what reaches the
 // peer is every frame as sent, whether the socket takes a frame whole, in part, or not at
 // all for a while, and with sends overlapping under --bandwidth.
 import { describe, expect, test } from "bun:test";

@@ -7,7 +7,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { ExitCode } from "../src/errors.ts";
 import { NbdErr } from "../src/disk/nbd-protocol.ts";
-import { type Hosts, hosts, MiB, removeHosts, source, spawnSource, writable, writeError } from "./helpers/migration.ts";
+import { expectMovedOnce, type Hosts, hosts, MiB, removeHosts, source, spawnSource, writable, writeError } from "./helpers/migration.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { sh, startDest, startServe, wanmig } from "./helpers/serve-process.ts";
 import { lostWrites, mergeAcked, stressWriter, type StressPattern } from "./helpers/stress-writer.ts";
@@ -19,12 +19,6 @@ async function freePort(): Promise<number> {
   const port = l.port;
   l.stop(true);
   return port;
-}
-
-/** The VM's disk is writable on exactly one host: the destination; the source refuses with EPERM. */
-async function expectMovedOnce(srvSocket: string, dstSocket: string): Promise<void> {
-  expect(await writeError(srvSocket)).toBe(NbdErr.EPERM);
-  expect(await writable(dstSocket)).toBe(true);
 }
 
 describe("a serve killed and restarted mid-migration goes on recording", () => {

@@ -35,8 +35,8 @@ import {
 } from "./nbd-protocol.ts";
 import { allocationContextReply, blockStatusChunk, errorChunk, parseMetaContextRequest, readChunk, selectsAllocation } from "./nbd-structured.ts";
 import { ByteQueue } from "../util/byte-queue.ts";
-import { SocketWriter } from "../util/socket-writer.ts";
-import { SpareBuffer } from "../util/spare-buffer.ts";
+import { CORK_BYTES, SocketWriter } from "../util/socket-writer.ts";
+import { BufferPool } from "../util/buffer-pool.ts";
 import { copyPayload, type Payload } from "./payload.ts";
 import type { Logger } from "../log.ts";
 
@@ -108,8 +108,12 @@ export class NbdConnection {
   private export?: NbdExport;
   private transmissionFlags = 0;
   private readonly out: SocketWriter;
-  /** Large READ replies' buffers, reused once the socket took a reply whole (spare-buffer.ts); never gathered by a cork (64 KiB and up). */
-  private readonly replies = new SpareBuffer(64 * 1024);
+  /**
+   * Large READ replies' buffers, reused once the socket took a reply whole (buffer-pool.ts).
+   * From CORK_BYTES up, so that a cork never holds one back: it goes to the socket at once.
+   */
+  private readonly replies = new BufferPool({ minBytes: CORK_BYTES, allocBytes: 1024 * 1024 + 64, keep: 1 });
+  private readonly replyBuffer = (n: number) => this.replies.take(n);
   private inFlight = 0;
   private paused = false;
   private disconnecting = false;
@@ -426,8 +430,7 @@ export class NbdConnection {
     switch (req.type) {
       case Cmd.READ: {
         const fill = (into: Uint8Array) => be.read(req.offset, into);
-        const alloc = (n: number) => this.replies.take(n);
-        const out = this.structured ? readChunk(req.cookie, req.offset, req.length, fill, alloc) : simpleReadReply(req.cookie, req.length, fill, alloc);
+        const out = this.structured ? readChunk(req.cookie, req.offset, req.length, fill, this.replyBuffer) : simpleReadReply(req.cookie, req.length, fill, this.replyBuffer);
         stats.reads++;
         stats.bytesRead += req.length;
         this.send(out);

@@ -4,11 +4,11 @@
 import type { Socket, TCPSocketListener } from "bun";
 import { ExitCode } from "../errors.ts";
 import { ProtocolError } from "./errors.ts";
-import { encodeFrame, FrameDecoder, type Message, MsgType, typeName } from "./protocol.ts";
+import { encodeFrame, FRAME_BUFFER_BYTES, FrameDecoder, type Message, MIN_POOLED_FRAME, MsgType, typeName } from "./protocol.ts";
 import { DrainMeter } from "./drain-meter.ts";
 import type { TokenBucket } from "./rate.ts";
 import { SocketWriter } from "../util/socket-writer.ts";
-import { SpareBuffer } from "../util/spare-buffer.ts";
+import { BufferPool } from "../util/buffer-pool.ts";
 
 /**
  * Unsent bytes past which send() waits: about QUEUE_MS of the link once its rate is known,
@@ -68,9 +68,6 @@ export interface ByteWriter {
   end(): void;
 }
 
-/** Frames under this (control messages) are not worth reusing a buffer for. */
-const MIN_REUSED_FRAME = 64 * 1024;
-
 export class Channel {
   private decoder = new FrameDecoder();
   private inbox: Message[] = [];
@@ -91,11 +88,10 @@ export class Channel {
   waitedMs = 0;
   private readonly meter = new DrainMeter();
   /**
-   * Data frames' buffers, reused (spare-buffer.ts): a new 4 MiB buffer per frame cost the
-   * source 7-10 % of its time on loopback. Only where the writer copies what it takes (a
-   * Bun TCP socket); a pipe's writer may keep the buffer.
+   * Data frames' buffers, reused (buffer-pool.ts). Only where the writer copies what it
+   * takes (a Bun TCP socket); a pipe's writer may keep the buffer.
    */
-  private readonly frames?: SpareBuffer;
+  private readonly frames?: BufferPool;
 
   /** We told the peer we give up (so an abort path does not say it twice). */
   errorSent = false;
@@ -103,13 +99,13 @@ export class Channel {
   localAddress?: string;
   remoteAddress?: string;
 
-  /** `copiesWrites`: the writer copies what it takes (see spareFrame). */
+  /** `copiesWrites`: the writer copies what it takes, so a frame it took whole can be reused (see `frames`). */
   constructor(
     private socket: ByteWriter,
     copiesWrites = false,
   ) {
     this.out = new SocketWriter(socket);
-    if (copiesWrites) this.frames = new SpareBuffer(MIN_REUSED_FRAME);
+    if (copiesWrites) this.frames = new BufferPool({ minBytes: MIN_POOLED_FRAME, allocBytes: FRAME_BUFFER_BYTES, keep: 1 });
   }
 
   /** Called by the socket's handlers. */

@@ -73,6 +73,7 @@
 // types, oversize lengths and bad checksums are errors, never guesses.
 
 import { ProtocolError } from "./errors.ts";
+import { BufferPool } from "../util/buffer-pool.ts";
 import { ByteQueue } from "../util/byte-queue.ts";
 
 export const PROTOCOL_VERSION = 7;
@@ -331,8 +332,7 @@ function encodePayload(m: Message): { flags: number; parts: Uint8Array[] } {
   throw new ProtocolError(`cannot encode message type ${(m as Message).type}`);
 }
 
-/** One frame, ready to write. */
-/** `alloc`: where the frame goes (a sender reusing its frame buffers); a new buffer by default. */
+/** One frame, ready to write, in a buffer from `alloc` (a sender reusing its frame buffers; a new one by default). */
 export function encodeFrame(m: Message, alloc: (n: number) => Buffer = Buffer.allocUnsafe): Buffer {
   const { flags, parts } = encodePayload(m);
   const length = parts.reduce((n, p) => n + p.length, 0);
@@ -447,23 +447,20 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
   throw new ProtocolError(`unknown message type ${type}`);
 }
 
+/** A bulk frame (4 MiB of data and its headers) fits one frame buffer. */
+export const FRAME_BUFFER_BYTES = 4 * 1024 * 1024 + 64 * 1024;
+/** Frames under this (control messages, small deltas) are not worth a pooled buffer. */
+export const MIN_POOLED_FRAME = 64 * 1024;
+
 /**
  * Turns a byte stream into messages. Feed it chunks; it returns every complete message.
  * Any framing error is fatal for the stream: the caller reports it and closes.
  */
-/** A bulk frame (4 MiB of data and its headers) fits one frame buffer. */
-const FRAME_BUFFER_BYTES = 4 * 1024 * 1024 + 64 * 1024;
-/** Frames under this (control messages, small deltas) are not worth a frame buffer. */
-const MIN_POOLED_FRAME = 64 * 1024;
-/** Frame buffers kept for reuse; more are allocated while more frames are held (the channel's inbox). */
-const SPARE_FRAME_BUFFERS = 4;
-
 export class FrameDecoder {
   private readonly queue = new ByteQueue();
   private readonly header = Buffer.alloc(FRAME_HEADER_LEN);
-  private readonly spare: ArrayBuffer[] = [];
-  /** Frame buffers handed out with a message and not yet recycled. */
-  private readonly owned = new WeakSet<ArrayBuffer>();
+  /** Frame buffers: four kept, more made while the channel's inbox holds more frames. */
+  private readonly frames = new BufferPool({ minBytes: MIN_POOLED_FRAME, allocBytes: FRAME_BUFFER_BYTES, keep: 4 });
 
   push(chunk: Uint8Array): Message[] {
     const q = this.queue;
@@ -481,7 +478,7 @@ export class FrameDecoder {
       const total = FRAME_HEADER_LEN + length + FRAME_TRAILER_LEN;
       if (q.length < total) break;
       // Copied out: the chunks may be socket buffers that are reused after this callback.
-      const frame = this.frameBuffer(total);
+      const frame = this.frames.take(total);
       q.takeInto(frame);
       const crc = frame.readUInt32BE(total - FRAME_TRAILER_LEN);
       if (crc !== Bun.hash.crc32(frame.subarray(0, total - FRAME_TRAILER_LEN)) >>> 0)
@@ -491,27 +488,8 @@ export class FrameDecoder {
     return out;
   }
 
-  /**
-   * Large frames (data) get a spare frame buffer that holds them, else a new one of at least
-   * a bulk frame's size, so that it can be reused; small ones (control) a buffer of their own.
-   */
-  private frameBuffer(n: number): Buffer {
-    if (n < MIN_POOLED_FRAME) return Buffer.allocUnsafe(n);
-    const i = this.spare.findIndex((b) => b.byteLength >= n);
-    const ab = i >= 0 ? this.spare.splice(i, 1)[0]! : new ArrayBuffer(Math.max(n, FRAME_BUFFER_BYTES));
-    this.owned.add(ab);
-    return Buffer.from(ab, 0, n);
-  }
-
-  /**
-   * The receiver is done with a message's data (applied to the image, nothing keeps a view of
-   * it): its frame buffer takes the next frame. A fresh 4 MiB buffer per frame cost the
-   * destination 23 % of its time on a loopback migration (page faults on new memory).
-   */
+  /** The receiver is done with a message's data (applied to the image, nothing keeps a view of it): its frame buffer takes a later frame. */
   recycle(data: Uint8Array): void {
-    const ab = data.buffer as ArrayBuffer;
-    if (!this.owned.has(ab) || this.spare.includes(ab)) return;
-    this.owned.delete(ab);
-    if (this.spare.length < SPARE_FRAME_BUFFERS) this.spare.push(ab);
+    this.frames.release(data);
   }
 }

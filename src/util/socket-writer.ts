@@ -10,7 +10,7 @@ export interface PartialWriter {
 }
 
 /** Writes up to this size are gathered while corked; a batch goes out once it reaches it. */
-const CORK_BYTES = 64 * 1024;
+export const CORK_BYTES = 64 * 1024;
 
 export class SocketWriter {
   private queue: Uint8Array[] = [];

@@ -1,7 +1,9 @@
 // Two "hosts" on loopback for migration tests: serve on A, dest on B, a writer, the source's argv.
+import { expect } from "bun:test";
 import { join } from "node:path";
 import { NbdErr } from "../../src/disk/nbd-protocol.ts";
 import { RawNbd } from "./raw-nbd.ts";
+import { lostWrites } from "./stress-writer.ts";
 import { MAIN, randomFile, secretFile, type ServeHandle, sh, sparseFile, startDest, startServe, tempDir, wanmig, watchStderr } from "./serve-process.ts";
 
 export type DestHandle = Awaited<ReturnType<typeof startDest>>;
@@ -141,10 +143,6 @@ export async function missingWrites(socket: string, acked: Map<number, number>):
   return missing;
 }
 
-/**
- * True when the disk behind `socket` takes a write now (not fenced, not held). It writes
- * the export's last sector, out of the way of the tests' writers, which start at 0.
- */
 /** The NBD error a 4 KiB write at `offset` gets from the disk behind `socket` (0: written). */
 export async function writeError(socket: string, offset = 0): Promise<number> {
   const c = await RawNbd.connect(socket);
@@ -154,10 +152,27 @@ export async function writeError(socket: string, offset = 0): Promise<number> {
   return err;
 }
 
+/**
+ * True when the disk behind `socket` takes a write now (not fenced, not held). It writes
+ * the export's last sector, out of the way of the tests' writers, which start at 0.
+ */
 export async function writable(socket: string): Promise<boolean> {
   const c = await RawNbd.connect(socket);
   await c.go();
   const err = await c.write(c.size - 512, Buffer.alloc(512, 9));
   c.disconnect();
   return err === 0;
+}
+
+/** The disk runs at exactly one host: fenced at the source, writable at the destination. */
+export async function expectMovedOnce(srcSocket: string, dstSocket: string): Promise<void> {
+  expect(await writeError(srcSocket)).toBe(NbdErr.EPERM);
+  expect(await writable(dstSocket)).toBe(true);
+}
+
+/** Every migration's final check: byte-identical, no acknowledged write lost, the disk at exactly one host. */
+export async function expectMovedWhole(h: Hosts, acked: Map<number, Buffer[]>, srcSocket: string, dstSocket: string): Promise<void> {
+  await sh(["cmp", h.image, h.destImage]);
+  expect(lostWrites(h.destImage, acked)).toEqual([]);
+  await expectMovedOnce(srcSocket, dstSocket);
 }
