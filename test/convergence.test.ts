@@ -168,7 +168,8 @@ describe("BulkThrottle on a slow link (the serve and the stream simulated; real 
     const ctl = {
       shipped: async (_seq: bigint, recording: string, cap?: number) => {
         caps.push(cap);
-        return { recording, instance: "i", pieceSize: 4096, runs: [], level: 0, log: { bytes: Math.round(opts.logBytesPerMs * elapsed()) } };
+        const grown = Math.round(opts.logBytesPerMs * elapsed());
+        return { recording, instance: "i", pieceSize: 4096, runs: [], level: 0, log: { bytes: grown, shipBytes: grown } };
       },
     } as unknown as ControlClient;
     const watch = new RecordingWatch("rec", "i", {} as RegionDigests, logger("test"));

@@ -78,7 +78,7 @@ describe("full disks (tmpfs mounts; needs root)", () => {
       const filler = join(mnt(), "filler");
       try {
         await srv.ctl.throttle({ enabled: false });
-        const rec = await srv.ctl.startRecording(mnt());
+        const rec = await srv.ctl.startRecording({ dir: mnt() });
         // The bound is half of what was free (2 MiB of 4); something else taking the rest
         // of the space after the start leaves the log to meet ENOSPC first.
         expect(rec.maxBytes).toBeGreaterThan(1024 * 1024);

@@ -178,6 +178,8 @@ describe("coalescing rules", () => {
     log.noteRead(0, 1000); // chunk 0 read when the log was 1000 bytes long
     log.noteRead(BULK_CHUNK, 500); // chunk 1 read earlier, at 500
     expect(log.carries(rec(1, 4096, 4096, 900))).toBe(true); // appended before chunk 0 was read
+    // The last record in the log when the chunk was read: its image write may have been still to come.
+    expect(log.carries(rec(7, 4096, 4096, 1000))).toBe(false);
     expect(log.carries(rec(2, 4096, 4096, 1100))).toBe(false); // appended after: must be sent
     expect(log.carries(rec(3, BULK_CHUNK - 2048, 4096, 900))).toBe(false); // spans into chunk 1, read at 500
     expect(log.carries(rec(4, 2 * BULK_CHUNK, 4096, 10))).toBe(false); // chunk never read: sent

@@ -92,7 +92,7 @@ describe("record mode", () => {
   });
 
   test("the bulk copy's cursor: writes wholly past it are logged without data, the rest whole; it never falls", async () => {
-    const rec = await srv.ctl.startRecording(undefined, undefined, undefined, undefined, 0);
+    const rec = await srv.ctl.startRecording({ bulkCursor: 0 });
     const c = await RawNbd.connect(srv.socket);
     await c.go();
     try {
@@ -133,8 +133,54 @@ describe("record mode", () => {
     await srv.ctl.stopRecording();
   });
 
+  test("ranges: a write behind the cursor is logged as WRITTEN, 32 bytes; its part past the cursor AHEAD, after it; the ship cost counts the ranges", async () => {
+    const rec = await srv.ctl.startRecording({ bulkCursor: 8 * MiB, ranges: true });
+    expect(rec.ranges).toBe(true);
+    const c = await RawNbd.connect(srv.socket);
+    await c.go();
+    try {
+      await c.write(4 * MiB, Buffer.alloc(65536, 5)); // behind: WRITTEN
+      await c.write(8 * MiB - 4096, Buffer.alloc(8192, 6)); // across: WRITTEN, then AHEAD
+      c.request(Cmd.WRITE_ZEROES, 2 * MiB, 8192);
+      expect((await c.reply()).error).toBe(0); // a zero stays ZERO
+      const st = await srv.ctl.status();
+      const reader = new DeltaLogReader(rec.path!);
+      const kinds = [];
+      for (let r = reader.next(); r !== "end"; r = reader.next()) kinds.push([r.kind, r.offset, r.data.length, r.length]);
+      reader.close();
+      expect(kinds).toEqual([
+        [DeltaKind.WRITTEN, 4 * MiB, 0, 65536],
+        [DeltaKind.WRITTEN, 8 * MiB - 4096, 0, 4096],
+        [DeltaKind.AHEAD, 8 * MiB, 0, 4096],
+        [DeltaKind.ZERO, 2 * MiB, 0, 8192],
+      ]);
+      expect(st.recording.bytes).toBe(4 * 32);
+      expect(st.recording.shipBytes).toBe(4 * 32 + 65536 + 4096);
+      // What the log stands for is the live image's: replayed with it, onto a copy without these writes.
+      const copy = join(dir.path, "ranges-copy.img");
+      await sh(["truncate", "-s", String(SIZE), copy]);
+      const live = new FileBackend(image, true);
+      const fb = new FileBackend(copy, false);
+      const w = { write: (o: number, d: Uint8Array) => void fb.write(o, d, false), zero: (o: number, l: number) => void fb.zero(o, l, false, true) };
+      expect(() => replayDeltaLog(rec.path!, w)).toThrow("needs the live image");
+      replayDeltaLog(rec.path!, w, (o, l) => {
+        const b = Buffer.alloc(l);
+        live.read(o, b);
+        return b;
+      });
+      const got = Buffer.alloc(65536);
+      fb.read(4 * MiB, got);
+      expect(got.equals(Buffer.alloc(65536, 5))).toBe(true);
+      live.close();
+      fb.close();
+    } finally {
+      c.disconnect();
+      await srv.ctl.stopRecording();
+    }
+  });
+
   test("a copy that raises the cursor before it reads each range, plus the log, rebuilds the live image under a writer ahead of it and behind it", async () => {
-    const rec = await srv.ctl.startRecording(undefined, undefined, undefined, undefined, 0);
+    const rec = await srv.ctl.startRecording({ bulkCursor: 0 });
     const before = await srv.ctl.status();
     // Each 4 KiB block written at most once, in random order, with fresh random bytes: no
     // later write can hide one the log lost (fio's rewrites would).

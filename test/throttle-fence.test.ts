@@ -147,11 +147,11 @@ describe("throttling in serve", () => {
 
   test("a cap given with the start of recording paces the very first write (the source's provisional cap)", async () => {
     await srv.ctl.throttle({ threshold: 1_000_000 });
-    await expect(srv.ctl.startRecording(undefined, undefined, undefined, -1)).rejects.toThrow("rateCap must be a number");
+    await expect(srv.ctl.startRecording({ rateCap: -1 })).rejects.toThrow("rateCap must be a number");
     expect((await srv.ctl.status()).recording.active).toBe(false);
     const c = await RawNbd.connect(srv.socket);
     await c.go();
-    await srv.ctl.startRecording(undefined, undefined, undefined, 1024 * 1024);
+    await srv.ctl.startRecording({ rateCap: 1024 * 1024 });
     const t0 = performance.now();
     for (let i = 1; i <= 4; i++) c.request(Cmd.WRITE, 0, 65536, { payload: Buffer.alloc(65536, i) });
     for (let i = 0; i < 4; i++) expect((await c.reply()).error).toBe(0);
@@ -225,7 +225,7 @@ describe("held writes and the fence", () => {
     try {
       // 1 KiB/s: the four 64 KiB writes below would be let through over four minutes;
       // answered within the reply helper's 5 s, they were released by the fence.
-      await srv.ctl.startRecording(undefined, undefined, undefined, 1024);
+      await srv.ctl.startRecording({ rateCap: 1024 });
       const c = await RawNbd.connect(srv.socket);
       await c.go();
       for (let i = 1; i <= 4; i++) c.request(Cmd.WRITE, i * 65536, 65536, { payload: Buffer.alloc(65536, i) });

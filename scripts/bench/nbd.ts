@@ -38,13 +38,15 @@ interface Server {
   recordDir?: string;
   /** Record mode with the bulk copy's cursor here (0: every write is ahead of the copy, logged without data). */
   cursor?: number;
+  /** Record mode as a live migration's coalesce mode records: writes behind the cursor as ranges. */
+  ranges?: boolean;
 }
 
-function wanmigServe(label: string, name: string, recordDir?: string, bin = join(REPO, "dist", "wanmig"), cursor?: number): Server {
+function wanmigServe(label: string, name: string, opts: { recordDir?: string; bin?: string; cursor?: number; ranges?: boolean } = {}): Server {
+  const bin = opts.bin ?? join(REPO, "dist", "wanmig");
   return {
     label,
-    recordDir,
-    cursor,
+    ...opts,
     async start(dir, image) {
       const proc = Bun.spawn([bin, "serve", "--image", image, "--name", name, "--run-dir", dir, "--log", "warn"], { stderr: "inherit" });
       return { proc, socket: join(dir, `${name}.nbd`), ctl: new ControlClient(join(dir, `${name}.ctl`)) };
@@ -73,11 +75,13 @@ const servers: Server[] = [
   },
   wanmigServe("wanmig serve", "bench"),
   // Throttling is off in these rows: they measure what recording costs, not the policy.
-  wanmigServe("wanmig serve (record, log on tmpfs)", "benchrec", "/dev/shm"),
-  wanmigServe("wanmig serve (record, log on disk)", "benchrecdisk", ""),
-  // A live migration's two extremes: every write ahead of the bulk copy (its start), and
-  // every write behind it (the rows above: the catch-up, and paper mode throughout).
-  wanmigServe("wanmig serve (record, ahead of the copy)", "benchahead", "", undefined, 0),
+  // A live migration's two extremes, as the default (coalesce) mode records them: every
+  // write ahead of the bulk copy (its start), and every write behind it (its end, and the
+  // catch-up). Paper mode logs every write's bytes throughout: the last two rows.
+  wanmigServe("wanmig serve (record, ahead of the copy)", "benchahead", { recordDir: "", cursor: 0, ranges: true }),
+  wanmigServe("wanmig serve (record, behind the copy)", "benchbehind", { recordDir: "", cursor: 2 ** 50, ranges: true }),
+  wanmigServe("wanmig serve (record, paper mode, log on tmpfs)", "benchrec", { recordDir: "/dev/shm" }),
+  wanmigServe("wanmig serve (record, paper mode, log on disk)", "benchrecdisk", { recordDir: "" }),
 ];
 
 function rows(runtime: number): Row[] {
@@ -126,8 +130,8 @@ export async function main(argv: string[]): Promise<void> {
   });
   if (values.baseline)
     servers.push(
-      wanmigServe(`baseline serve`, "basebench", undefined, values.baseline),
-      wanmigServe(`baseline serve (record, log on tmpfs)`, "basebenchrec", "/dev/shm", values.baseline),
+      wanmigServe(`baseline serve`, "basebench", { bin: values.baseline }),
+      wanmigServe(`baseline serve (record, paper mode, log on tmpfs)`, "basebenchrec", { recordDir: "/dev/shm", bin: values.baseline }),
     );
   const sizeMiB = Number(values["size-mib"]);
   const runtime = Number(values.runtime);
@@ -152,7 +156,7 @@ export async function main(argv: string[]): Promise<void> {
           for (let r = 0; r < repeat; r++) {
             if (srv.recordDir !== undefined) {
               await ctl!.throttle({ enabled: false });
-              await ctl!.startRecording(srv.recordDir || undefined, undefined, undefined, undefined, srv.cursor);
+              await ctl!.startRecording({ dir: srv.recordDir || undefined, bulkCursor: srv.cursor, ranges: srv.ranges });
             }
             samples.push(await fio(socket, row, sizeMiB, join(dir, "fio.json")));
             if (srv.recordDir !== undefined) {
@@ -198,7 +202,7 @@ export async function main(argv: string[]): Promise<void> {
   if (values.baseline) {
     const vs = (a: string, b: string) =>
       `${a} vs ${b}: ${rows(runtime).map((r) => `${r.name} ${((speed(results[a]![r.name]!, results[b]![r.name]!, r) - 1) * 100).toFixed(1)}%`).join(", ")}`;
-    lines.push(vs("wanmig serve", "baseline serve"), vs("wanmig serve (record, log on tmpfs)", "baseline serve (record, log on tmpfs)"));
+    lines.push(vs("wanmig serve", "baseline serve"), vs("wanmig serve (record, paper mode, log on tmpfs)", "baseline serve (record, paper mode, log on tmpfs)"));
   }
   for (const srv of servers.filter((x) => x.recordDir !== undefined)) {
     const rec = results[srv.label]!;

@@ -71,7 +71,10 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
         if (typeof cap !== "number" || !Number.isFinite(cap) || cap < 0) throw new BadRequest("rateCap must be a number of bytes per second >= 0");
         const cursor = body.bulkCursor;
         if (cursor !== undefined && (typeof cursor !== "number" || !Number.isSafeInteger(cursor) || cursor < 0)) throw new BadRequest("bulkCursor must be a whole number of bytes >= 0");
-        return Response.json(svc.startRecording(typeof body.dir === "string" ? body.dir : undefined, typeof body.owner === "number" ? body.owner : undefined, max as number | undefined, cap, cursor));
+        if (body.ranges !== undefined && typeof body.ranges !== "boolean") throw new BadRequest("ranges must be true or false");
+        return Response.json(
+          svc.startRecording({ dir: typeof body.dir === "string" ? body.dir : undefined, owner: typeof body.owner === "number" ? body.owner : undefined, maxLogBytes: max as number | undefined, rateCap: cap, bulkCursor: cursor, ranges: body.ranges === true }),
+        );
       }
       if (body.action === "stop") {
         const moved = body.moved && typeof body.moved === "object" ? (body.moved as { digest?: string; to?: string }) : undefined;

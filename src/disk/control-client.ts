@@ -3,6 +3,7 @@
 import { ofetch, FetchError } from "ofetch";
 import { ControlError } from "../errors.ts";
 import type { ServeStatus } from "./disk-service.ts";
+import type { RecordingStart } from "./disk-service.ts";
 import type { RecordingState } from "./recording.ts";
 import type { ThrottleParams, ThrottleState } from "./throttle-policy.ts";
 
@@ -29,12 +30,8 @@ export class ControlClient {
     return this.call("GET", "/v1/status");
   }
 
-  /**
-   * `owner`: the pid of the source process the recording is for (a second one is refused
-   * while it lives). `bulkCursor`: the bulk copy's cursor from the first write (see raiseCursor).
-   */
-  startRecording(dir?: string, owner?: number, maxLogBytes?: number, rateCap?: number, bulkCursor?: number): Promise<ServeStatus["recording"]> {
-    return this.call("POST", "/v1/record", { action: "start", dir, owner, maxLogBytes, rateCap, bulkCursor });
+  startRecording(opts: RecordingStart = {}): Promise<ServeStatus["recording"]> {
+    return this.call("POST", "/v1/record", { action: "start", ...opts });
   }
 
   /** `moved`: the hand-off completed; the serve keeps its fence for good. */
@@ -47,7 +44,7 @@ export class ControlClient {
    * (bytes/s) holds the VM's writes to it for a lease the next report renews. Returns what
    * was written since the last call too.
    */
-  shipped(seq: bigint, recording?: string, rateCap?: number): Promise<ThrottleState & DirtySince & { rateCapBytesPerSec?: number; log?: { bytes: number; maxBytes?: number } }> {
+  shipped(seq: bigint, recording?: string, rateCap?: number): Promise<ThrottleState & DirtySince & { rateCapBytesPerSec?: number; log?: { bytes: number; shipBytes: number; maxBytes?: number } }> {
     return this.call("POST", "/v1/record", { action: "shipped", seq: seq.toString(), recording, rateCap: rateCap ?? 0 });
   }
 

@@ -16,7 +16,9 @@
 //     0   4  magic "WMDR"
 //     4   1  kind: 1 DATA (bytes follow), 2 ZERO (the range now reads as zeros), 3 AHEAD (a
 //              write past the bulk copy's cursor: no bytes follow, the bulk copy reads the
-//              range after it, see recording.ts)
+//              range after it, see recording.ts), 4 WRITTEN (a write behind the cursor,
+//              logged without its bytes: the source sends the image's content over the
+//              range when it ships the record, see recording.ts)
 //     5   3  reserved, zero
 //     8   8  sequence number: the first record's, then +1 each, no gaps
 //    16   8  offset in the image
@@ -42,8 +44,22 @@ const FORMAT_VERSION = 1;
 /** A record can be no larger than one NBD request (32 MiB); anything larger is corruption. */
 const RECORD_MAX_DATA = 32 * 1024 * 1024;
 
-export const DeltaKind = { DATA: 1, ZERO: 2, AHEAD: 3 } as const;
+export const DeltaKind = { DATA: 1, ZERO: 2, AHEAD: 3, WRITTEN: 4 } as const;
 export type DeltaKindValue = (typeof DeltaKind)[keyof typeof DeltaKind];
+
+function knownKind(kind: number): kind is DeltaKindValue {
+  return kind >= DeltaKind.DATA && kind <= DeltaKind.WRITTEN;
+}
+
+/**
+ * What shipping a record costs, in bytes: its frame (about a header) and the bytes it
+ * stands for, carried in the log (DATA) or read from the image when it is sent (WRITTEN).
+ * The queue the convergence controller and the throttles watch is counted in these, not
+ * in the log file's bytes: a WRITTEN record is 32 bytes of log for up to 32 MiB to send.
+ */
+export function shipCost(kind: number, length: number): number {
+  return RECORD_HEADER_LEN + (kind === DeltaKind.DATA || kind === DeltaKind.WRITTEN ? length : 0);
+}
 
 export interface DeltaLogHeader {
   firstSeq: bigint;
@@ -110,6 +126,8 @@ export class DeltaLogWriter {
   private readonly stage = Buffer.allocUnsafe(RECORD_HEADER_LEN + 64 * 1024);
   records = 0;
   bytes = 0;
+  /** The records' ship cost, all told (shipCost); equal to `bytes` for a log of DATA and ZERO. */
+  shipBytes = 0;
 
   constructor(
     readonly path: string,
@@ -123,6 +141,7 @@ export class DeltaLogWriter {
       this.nextSeq = resume.end.nextSeq;
       this.records = Number(resume.end.nextSeq - header.firstSeq);
       this.bytes = resume.end.position - FILE_HEADER_LEN;
+      this.shipBytes = resume.end.shipBytes;
       return;
     }
     // "wx": never reuse a file a reader might still be following.
@@ -188,6 +207,7 @@ export class DeltaLogWriter {
     this.nextSeq = seq + 1n;
     this.records++;
     this.bytes += total;
+    this.shipBytes += shipCost(kind, length);
     return seq;
   }
 
@@ -202,6 +222,8 @@ export interface LogEnd {
   /** Just past the last whole record. */
   position: number;
   nextSeq: bigint;
+  /** The ship cost of the whole records (shipCost). */
+  shipBytes: number;
   last?: DeltaRecord;
 }
 
@@ -212,32 +234,57 @@ export interface LogEnd {
 export function findLogEnd(path: string): LogEnd {
   const reader = new DeltaLogReader(path);
   try {
-    const size = fstatSync(reader.fd).size;
-    const h = Buffer.alloc(RECORD_HEADER_LEN);
-    let at = FILE_HEADER_LEN;
-    let seq = reader.header.firstSeq;
-    let lastAt = -1;
-    for (;;) {
-      if (readSync(reader.fd, h, 0, RECORD_HEADER_LEN, at) < RECORD_HEADER_LEN) break;
-      const kind = h.readUInt8(4);
-      const length = h.readUInt32LE(24);
-      const dataLen = kind === DeltaKind.DATA ? length : 0;
-      const whole =
-        h.readUInt32LE(0) === RECORD_MAGIC && (kind === DeltaKind.DATA || kind === DeltaKind.ZERO || kind === DeltaKind.AHEAD) && dataLen <= RECORD_MAX_DATA && h.readBigUInt64LE(8) === seq && at + RECORD_HEADER_LEN + dataLen <= size;
-      if (!whole) break;
-      lastAt = at;
-      at += RECORD_HEADER_LEN + dataLen;
-      seq++;
-    }
-    if (lastAt < 0) return { header: reader.header, position: FILE_HEADER_LEN, nextSeq: reader.header.firstSeq };
+    const walk = new HeaderWalk(reader.fd, FILE_HEADER_LEN, reader.header.firstSeq);
+    const { at: lastAt, seq, end, shipBytes } = walk.toEnd();
+    if (lastAt < 0) return { header: reader.header, position: FILE_HEADER_LEN, nextSeq: reader.header.firstSeq, shipBytes: 0 };
     reader.position = lastAt;
     reader.expectSeqAt(seq - 1n);
     const last = reader.next();
     // A last record that fails its checksum was torn mid-data: it never reached the image.
-    if (last === "end") return { header: reader.header, position: lastAt, nextSeq: seq - 1n };
-    return { header: reader.header, position: at, nextSeq: seq, last };
+    if (last === "end") return { header: reader.header, position: lastAt, nextSeq: seq - 1n, shipBytes: shipBytes - walk.lastCost };
+    return { header: reader.header, position: end, nextSeq: seq, shipBytes, last };
   } finally {
     reader.close();
+  }
+}
+
+/**
+ * Walks a log's record headers forward from a position, without reading any data: where
+ * the whole records end, and their ship cost. It checks what a header alone can show (magic,
+ * kind, sequence, length within the file); a record's checksum is the reader's to check.
+ * Used to find a killed serve's tail, and by the source to count the queue ahead of it.
+ */
+export class HeaderWalk {
+  private readonly h = Buffer.alloc(RECORD_HEADER_LEN);
+  /** Start of the last whole record walked (-1: none yet), and its ship cost. */
+  lastAt = -1;
+  lastCost = 0;
+  shipBytes = 0;
+
+  constructor(
+    private readonly fd: number,
+    /** Where the next header is expected. */
+    public at: number,
+    public seq: bigint,
+  ) {}
+
+  /** Walks to the last whole record in the file now; stops at anything that is not one yet. */
+  toEnd(): { at: number; seq: bigint; end: number; shipBytes: number } {
+    const size = fstatSync(this.fd).size;
+    const h = this.h;
+    while (readSync(this.fd, h, 0, RECORD_HEADER_LEN, this.at) === RECORD_HEADER_LEN) {
+      const kind = h.readUInt8(4);
+      const length = h.readUInt32LE(24);
+      const dataLen = kind === DeltaKind.DATA ? length : 0;
+      const whole = h.readUInt32LE(0) === RECORD_MAGIC && knownKind(kind) && dataLen <= RECORD_MAX_DATA && h.readBigUInt64LE(8) === this.seq && this.at + RECORD_HEADER_LEN + dataLen <= size;
+      if (!whole) break;
+      this.lastAt = this.at;
+      this.lastCost = shipCost(kind, length);
+      this.shipBytes += this.lastCost;
+      this.at += RECORD_HEADER_LEN + dataLen;
+      this.seq++;
+    }
+    return { at: this.lastAt, seq: this.seq, end: this.at, shipBytes: this.shipBytes };
   }
 }
 
@@ -254,6 +301,12 @@ export class DeltaLogReader {
   fd: number;
   private expectSeq: bigint;
   position: number;
+  /** The ship cost of the records read so far (shipCost), from where the reader began. */
+  private shipRead = 0;
+  /** Counts the queue: the same records' headers, walked ahead to the file's end. */
+  private walk?: HeaderWalk;
+  /** shipRead when the walk began at the reader's position then. */
+  private walkBase = 0;
 
   constructor(
     readonly path: string,
@@ -292,7 +345,7 @@ export class DeltaLogReader {
     if (h.readUInt32LE(0) !== RECORD_MAGIC) return this.incomplete(opts, "a record without its magic");
     const kind = h.readUInt8(4);
     const length = h.readUInt32LE(24);
-    if (kind !== DeltaKind.DATA && kind !== DeltaKind.ZERO && kind !== DeltaKind.AHEAD) return this.incomplete(opts, `an unknown record kind ${kind}`);
+    if (!knownKind(kind)) return this.incomplete(opts, `an unknown record kind ${kind}`);
     if (kind === DeltaKind.DATA && length > RECORD_MAX_DATA) return this.incomplete(opts, `a record of ${length} bytes`);
     const data = Buffer.alloc(kind === DeltaKind.DATA ? length : 0);
     if (data.length && readSync(this.fd, data, 0, data.length, this.position + RECORD_HEADER_LEN) < data.length)
@@ -304,12 +357,31 @@ export class DeltaLogReader {
     const offset = Number(h.readBigUInt64LE(16));
     this.position += RECORD_HEADER_LEN + data.length;
     this.expectSeq = seq + 1n;
+    this.shipRead += shipCost(kind, length);
     return { seq, kind: kind as DeltaKindValue, offset, length, data, end: this.position };
   }
 
-  /** Bytes in the file past the reader's position (complete or not). */
-  pendingBytes(): number {
-    return Math.max(0, fstatSync(this.fd).size - this.position);
+  /**
+   * The ship cost (shipCost) of the whole records past the reader's position: the queue.
+   * Only headers ahead are read, each once.
+   */
+  pendingShipBytes(): number {
+    if (!this.walk) {
+      this.walk = new HeaderWalk(this.fd, this.position, this.expectSeq);
+      this.walkBase = this.shipRead;
+    }
+    return Math.max(0, this.walkBase + this.walk.toEnd().shipBytes - this.shipRead);
+  }
+
+  /** Where the reader stands, to come back to (a scan ahead that is then not taken). */
+  mark(): { position: number; seq: bigint; shipRead: number } {
+    return { position: this.position, seq: this.expectSeq, shipRead: this.shipRead };
+  }
+
+  rewind(m: { position: number; seq: bigint; shipRead: number }): void {
+    this.position = m.position;
+    this.expectSeq = m.seq;
+    this.shipRead = m.shipRead;
   }
 
   close(): void {
@@ -329,19 +401,30 @@ export interface DeltaTarget {
   zero(offset: number, length: number): void;
 }
 
-/** AHEAD records change nothing here: the copy the log is replayed onto was read after them, and carries them. */
-export function applyDelta(target: DeltaTarget, rec: DeltaRecord): void {
+/** Reads the live image: what a WRITTEN record stands for. */
+export type LiveRead = (offset: number, length: number) => Uint8Array;
+
+/**
+ * Applies one record. AHEAD records change nothing here: the copy the log is replayed onto
+ * was read after them, and carries them. A WRITTEN record takes the range from the live
+ * image (`live`): the log then rebuilds the image it was recorded from, read at the end.
+ */
+export function applyDelta(target: DeltaTarget, rec: DeltaRecord, live?: LiveRead): void {
   if (rec.kind === DeltaKind.DATA) target.write(rec.offset, rec.data);
   else if (rec.kind === DeltaKind.ZERO) target.zero(rec.offset, rec.length);
+  else if (rec.kind === DeltaKind.WRITTEN) {
+    if (!live) throw new DeltaLogError(`record ${rec.seq} is WRITTEN (a range without its bytes): replaying it needs the live image`);
+    target.write(rec.offset, live(rec.offset, rec.length));
+  }
 }
 
 /** Replays a whole, finished log onto a target; returns the number of records applied. */
-export function replayDeltaLog(path: string, target: DeltaTarget): number {
+export function replayDeltaLog(path: string, target: DeltaTarget, live?: LiveRead): number {
   const reader = new DeltaLogReader(path);
   try {
     let n = 0;
     for (let r = reader.next({ final: true }); r !== "end"; r = reader.next({ final: true })) {
-      applyDelta(target, r);
+      applyDelta(target, r, live);
       n++;
     }
     return n;

@@ -49,6 +49,21 @@ export interface DiskServiceOptions {
   log: Logger;
 }
 
+/** How a recording starts (the control API's "start"). */
+export interface RecordingStart {
+  /** Where the log goes (default: the run directory). */
+  dir?: string;
+  /** The pid of the source process the recording is for: a second one is refused while it lives. */
+  owner?: number;
+  maxLogBytes?: number;
+  /** Bytes/s the VM's writes are held to from the first one (the bulk throttle's provisional cap). */
+  rateCap?: number;
+  /** The bulk copy's cursor from the first write (recording.ts; raised later by "cursor"). */
+  bulkCursor?: number;
+  /** Writes behind the cursor logged as ranges, without their bytes (recording.ts). */
+  ranges?: boolean;
+}
+
 export type ServeMode = "normal" | "recording" | "fenced";
 
 /**
@@ -227,7 +242,7 @@ export class DiskService {
    * still alive belongs to that migration: a second source would share its log and could
    * hand the disk to a second host, so it is refused. A dead owner's log is adopted.
    */
-  startRecording(dir?: string, owner?: number, maxLogBytes?: number, rateCap?: number, bulkCursor?: number): RecordingState & { owner?: number } {
+  startRecording({ dir, owner, maxLogBytes, rateCap, bulkCursor, ranges }: RecordingStart = {}): RecordingState & { owner?: number } {
     if (this.file.readOnly) throw new ServeError("a read-only export has no writes to record");
     const wasActive = this.recording.active;
     if (wasActive && this.recordingOwner !== undefined && owner !== this.recordingOwner && processAlive(this.recordingOwner))
@@ -236,7 +251,7 @@ export class DiskService {
       });
     if (!wasActive && this.fencing.fenced) throw new ServeError("the image is fenced: there is nothing to migrate from here");
     this.recordingOwner = owner;
-    const st = this.recording.start(dir ?? this.opts.runDir, this.opts.name, bulkCursor);
+    const st = this.recording.start(dir ?? this.opts.runDir, this.opts.name, bulkCursor, ranges);
     if (!wasActive) {
       this.tracking.start();
       const bound = logBound({ logDir: dirname(st.path!), image: this.opts.image, requested: maxLogBytes });
@@ -309,12 +324,12 @@ export class DiskService {
   }
 
   /** The source has shipped (or skipped) every delta up to `seq`: the throttle's queue shrinks. */
-  noteShipped(seq: bigint, rateCap = 0): ThrottleState & { rateCapBytesPerSec?: number; log: { bytes: number; maxBytes?: number } } {
+  noteShipped(seq: bigint, rateCap = 0): ThrottleState & { rateCapBytesPerSec?: number; log: { bytes: number; shipBytes: number; maxBytes?: number } } {
     const first = this.recording.state().firstSeq;
     if (first !== undefined && seq >= BigInt(first)) this.throttling.policy.noteShipped(Number(seq - BigInt(first) + 1n));
     this.throttling.cap.set(rateCap);
     const rec = this.recording.state();
-    return { ...this.throttling.policy.state(), rateCapBytesPerSec: this.throttling.cap.current(), log: { bytes: rec.bytes, maxBytes: rec.maxBytes } };
+    return { ...this.throttling.policy.state(), rateCapBytesPerSec: this.throttling.cap.current(), log: { bytes: rec.bytes, shipBytes: rec.shipBytes, maxBytes: rec.maxBytes } };
   }
 
     configureThrottle(params: Partial<ThrottleParams>): ThrottleState {

@@ -29,7 +29,24 @@
 // rises, so then no record logged whole overlaps a later AHEAD one, which, replayed or sent
 // as a delta after the copy, would undo what the copy carries. A recording with no cursor
 // (a serve restarted under it) logs every write whole, anywhere: its first cursor starts
-// past all of them.
+// past all of them. The AHEAD part is logged after the image write, not before: it has no
+// bytes to write again after a kill (the copy reads the range later), and so the record
+// logged before a write's image write is always its last until that write is in the image
+// (what the source's settle rule relies on, see below).
+//
+// Ranges (coalesce mode, `ranges`): a write behind the cursor is logged as WRITTEN, its
+// range without its bytes, and the source sends the image's content over the range when
+// it ships the record, as a copy pass does (copy-pass.ts). That saves the second copy of
+// every byte the VM writes behind the copy too: the log grows by 32 bytes a write. Why the
+// destination still ends up with the image: each byte's last record is shipped after its
+// last write reached the image, with what the image holds then (a later write has a later
+// record, shipped after it). "After its write reached the image" is the settle rule: a
+// record is logged before its image write, in one turn of the serve, so the source may read
+// the image for a record once a later record is in the log (appended in a later step), or
+// once a control call it made after reading the record has answered (the serve answers
+// between turns), or after the fence. Zeros and trims stay ZERO: exact, and free to send.
+// A serve restarted under a recording logs whole again (ranges is not persisted): DATA is
+// correct in any mode, and a restart is rare.
 
 import { join } from "node:path";
 import { BackendDecorator, type BlockBackend, type MaybePromise } from "./backend.ts";
@@ -62,6 +79,10 @@ export interface RecordingState {
   aheadBytes: number;
   /** Writes across the cursor, logged as two records each (the log then holds one record more than the writes). */
   splits: number;
+  /** Writes behind the cursor are logged as ranges (WRITTEN), without their bytes. */
+  ranges: boolean;
+  /** What shipping the log costs (delta-log.ts shipCost): the queue the throttles measure. */
+  shipBytes: number;
 }
 
 export class RecordingBackend extends BackendDecorator {
@@ -80,6 +101,7 @@ export class RecordingBackend extends BackendDecorator {
   private wholeEnd = 0;
   private aheadBytes = 0;
   private splits = 0;
+  private ranges = false;
 
   constructor(
     inner: BlockBackend,
@@ -96,10 +118,12 @@ export class RecordingBackend extends BackendDecorator {
   /**
    * Starts a new log in `dir`; every write from now on is in it. `cursor`: the bulk copy's,
    * from the first write (0: it has decided nothing yet); without it, every write whole.
+   * `ranges`: writes logged whole are logged as their ranges (WRITTEN, see the header).
    */
-  start(dir: string, name: string, cursor?: number): RecordingState {
+  start(dir: string, name: string, cursor?: number, ranges = false): RecordingState {
     if (this.log) return this.state();
     this.cursor = cursor;
+    this.ranges = ranges;
     this.wholeEnd = 0;
     // Time for the operator, first sequence for uniqueness; two recordings without a write
     // between them in one ms would still collide, so the time never repeats here.
@@ -117,11 +141,13 @@ export class RecordingBackend extends BackendDecorator {
   resume(path: string): RecordingState & { rewrote?: { seq: bigint; offset: number; length: number } } {
     if (this.log) return this.state();
     this.cursor = undefined; // every write whole until the source says where its copy is
+    this.ranges = false;
     this.wholeEnd = 0;
     this.aheadBytes = 0;
     this.splits = 0;
     const { writer, last } = DeltaLogWriter.continueLog(path);
-    if (last) applyDelta({ write: (o, d) => this.inner.write(o, d, false), zero: (o, l) => this.inner.zero(o, l, false, true) }, last);
+    // A WRITTEN record has no bytes to write again: the image holds what the source sends.
+    if (last && last.kind !== DeltaKind.WRITTEN) applyDelta({ write: (o, d) => this.inner.write(o, d, false), zero: (o, l) => this.inner.zero(o, l, false, true) }, last);
     this.log = writer;
     this.failure = undefined;
     return { ...this.state(), rewrote: last && { seq: last.seq, offset: last.offset, length: last.length } };
@@ -140,6 +166,7 @@ export class RecordingBackend extends BackendDecorator {
   stop(): RecordingState {
     const st = this.state();
     this.cursor = undefined;
+    this.ranges = false;
     this.aheadBytes = 0;
     this.splits = 0;
     if (this.log) {
@@ -164,36 +191,55 @@ export class RecordingBackend extends BackendDecorator {
       bulkCursor: l ? this.cursor : undefined,
       aheadBytes: this.aheadBytes,
       splits: this.splits,
+      ranges: !!l && this.ranges,
+      shipBytes: l?.shipBytes ?? 0,
     };
   }
 
   override write(offset: number, data: Payload, fua: boolean): MaybePromise<void> {
-    this.recordAt(DeltaKind.DATA, offset, payloadLength(data), data);
-    return this.applied(() => this.inner.write(offset, data, fua));
+    const ahead = this.recordBehind(this.ranges ? DeltaKind.WRITTEN : DeltaKind.DATA, offset, payloadLength(data), data);
+    const done = this.applied(() => this.inner.write(offset, data, fua));
+    this.recordAhead(ahead);
+    return done;
   }
 
   override zero(offset: number, length: number, fua: boolean, mayPunch: boolean): MaybePromise<void> {
-    this.recordAt(DeltaKind.ZERO, offset, length);
-    return this.applied(() => this.inner.zero(offset, length, fua, mayPunch));
+    const ahead = this.recordBehind(DeltaKind.ZERO, offset, length);
+    const done = this.applied(() => this.inner.zero(offset, length, fua, mayPunch));
+    this.recordAhead(ahead);
+    return done;
   }
 
   override trim(offset: number, length: number, fua: boolean): MaybePromise<void> {
-    this.recordAt(DeltaKind.ZERO, offset, length);
-    return this.applied(() => this.inner.trim(offset, length, fua));
+    const ahead = this.recordBehind(DeltaKind.ZERO, offset, length);
+    const done = this.applied(() => this.inner.trim(offset, length, fua));
+    this.recordAhead(ahead);
+    return done;
   }
 
-  /** Logs a change: whole behind the cursor, AHEAD past it, split across it (see the header). */
-  private recordAt(kind: DeltaKindValue, offset: number, length: number, data?: Payload): void {
+  /**
+   * Logs the part of a change behind the cursor (all of it without one), before the image
+   * write; returns the part past the cursor, which recordAhead logs after it (see the header).
+   */
+  private recordBehind(kind: DeltaKindValue, offset: number, length: number, data?: Payload): { offset: number; length: number } | undefined {
     const c = this.cursor;
     if (c === undefined) this.wholeEnd = Math.max(this.wholeEnd, offset + length);
-    if (!this.log || c === undefined || offset + length <= c) return this.record(kind, offset, length, data);
+    if (!this.log || c === undefined || offset + length <= c) {
+      this.record(kind, offset, length, kind === DeltaKind.DATA ? data : undefined);
+      return undefined;
+    }
     const behind = Math.max(0, c - offset);
     if (behind > 0) {
-      this.record(kind, offset, behind, data && slicePayload(data, 0, behind));
+      this.record(kind, offset, behind, kind === DeltaKind.DATA && data ? slicePayload(data, 0, behind) : undefined);
       this.splits++;
     }
-    this.record(DeltaKind.AHEAD, offset + behind, length - behind);
-    this.aheadBytes += length - behind;
+    return { offset: offset + behind, length: length - behind };
+  }
+
+  private recordAhead(ahead: { offset: number; length: number } | undefined): void {
+    if (!ahead) return;
+    this.record(DeltaKind.AHEAD, ahead.offset, ahead.length);
+    this.aheadBytes += ahead.length;
   }
 
   override close(): void {

@@ -137,11 +137,12 @@ export class BulkThrottle {
     if (this.busy || this.failure) return;
     this.busy = true;
     try {
-      // The serve's answer carries the log's size: no stat of our own.
+      // The serve's answer carries the log's size: no stat of our own. Its ship cost, not its
+      // file bytes: a write behind the cursor is a 32-byte range for the catch-up to send whole.
       const answer = await reportShipped(this.ctl, this.watch, 0n, this.cap);
       const now = performance.now();
       const handed = this.wire.handedBytes();
-      this.window.push({ at: now, log: answer.log?.bytes ?? 0, handed });
+      this.window.push({ at: now, log: answer.log?.shipBytes ?? 0, handed });
       while (this.window.length > 2 && now - this.window[1]!.at >= WINDOW_MS) this.window.shift();
       const look = this.look(FIRST_VERDICT_MS);
       if (look?.link !== undefined) {

@@ -1,11 +1,13 @@
 // `--deltas coalesce`: send fewer deltas without changing the result.
 //
 // 1. Skip deltas the bulk copy already carries. Before the bulk copy reads a chunk of the
-//    image, we note how long the delta log is. A record that ends inside that length was
-//    appended, and so (serve writes the image first, then the log, in one turn) its write
-//    was in the image, before the chunk was read: the chunk carries that write or a later
-//    one, and every later one has its own record past the noted length. So a record whose
-//    whole range lies in chunks that were all read after it can be dropped.
+//    image, we note how long the delta log is. A record that ends before that length has
+//    a successor that had begun to be appended, and so (serve logs a record, then writes
+//    the image, then logs the next, see recording.ts) its write was in the image before the
+//    chunk was read: the chunk carries that write or a later one, and every later one has
+//    its own record past the noted length. So a record whose whole range lies in chunks
+//    that were all read after it was settled can be dropped. (The record that ends right at
+//    the noted length may have been logged with its image write still to come: kept.)
 // 2. Coalesce repeated writes: within one batch read from the log, a record followed by
 //    another with exactly the same range is dropped; the later one is applied after it
 //    and covers every byte it wrote.
@@ -35,7 +37,7 @@ export class BulkReadLog {
     const last = Math.floor((rec.offset + Math.max(rec.length, 1) - 1) / BULK_CHUNK);
     for (let i = first; i <= last; i++) {
       const at = this.logLengthAtRead.get(i);
-      if (at === undefined || rec.end > at) return false;
+      if (at === undefined || rec.end >= at) return false;
     }
     return true;
   }

@@ -2,9 +2,16 @@
 // tailed while `serve` appends to it; `final` reads are only made after the fence, when
 // nothing can be appended any more, so a torn tail then is corruption, not "not yet".
 // In coalesce mode a long backlog that rewrites the same ranges goes as a copy pass
-// (copy-pass.ts): the image's current content over those ranges, once.
+// (copy-pass.ts): the image's current content over those ranges, once. A WRITTEN record
+// (a write logged as its range, recording.ts) goes the same way on its own: the image's
+// content over its range, read when it is sent.
+//
+// Settled: the image may be read for a record only once its write is in the image. The
+// serve logs a record, then writes the image, in one turn; the next record it appends comes
+// after. So a record is settled once the log holds a later one, once a control call made
+// after it was read has answered (the serve answers between turns), or after the fence.
 
-import { DeltaKind, DeltaLogReader, type DeltaRecord } from "../disk/delta-log.ts";
+import { DeltaKind, DeltaLogReader, type DeltaRecord, shipCost } from "../disk/delta-log.ts";
 import { type BulkReadLog, coalesceBatch } from "./coalesce.ts";
 import { copyFrames, PASS_MAX_SCAN_BYTES, PASS_MIN_LOG_BYTES, passPays, totalLength, WrittenRanges } from "./copy-pass.ts";
 import { FileBackend } from "../disk/file-backend.ts";
@@ -24,8 +31,10 @@ export interface DeltaStreamOptions {
   coalesce?: BulkReadLog;
   /** Every record read from the log, sent or not (the image digest marks its regions dirty). */
   onRecord?: (r: { offset: number; length: number }) => void;
-  /** Coalesce mode: the source image, which copy passes read (no passes without it, nor in paper mode). */
+  /** The source image, which WRITTEN records and (in coalesce mode) copy passes read. */
   image?: string;
+  /** A control call to the serve: once it answers, every record read before it is settled (see the header). */
+  settle?: () => Promise<unknown>;
 }
 
 /** One frame of a copy pass, waiting to be read from the image and sent. */
@@ -69,8 +78,12 @@ export class DeltaStreamer {
   /** The planned copy pass's frames not yet sent, last first. */
   private copies: PendingCopy[] = [];
   private copiesBytes = 0;
-  /** The source image, in coalesce mode with an image given: what copy passes read. */
+  /** The source image, if given: what WRITTEN records and copy passes read. */
   private readonly image?: FileBackend;
+  /** Every record up to this sequence is settled: its write is in the image (see the header). */
+  private settledThrough = 0n;
+  /** Control calls made to settle a record (the log held nothing after it yet). */
+  settleCalls = 0;
   /** A scan found no pass worth making before this log position: do not scan again until past it. */
   private noScanBefore = 0;
 
@@ -86,16 +99,16 @@ export class DeltaStreamer {
     }
     this.lastSeq = this.reader.header.firstSeq - 1n;
     try {
-      if (opts.image && opts.coalesce) this.image = new FileBackend(opts.image, true);
+      if (opts.image) this.image = new FileBackend(opts.image, true);
     } catch (cause) {
       this.reader.close();
-      throw new DeltasError("cannot open the source image for copy passes", { cause });
+      throw new DeltasError("cannot open the source image", { cause });
     }
   }
 
-  /** Bytes of log not yet sent: the queue the throttling policy and the hand-off watch. */
+  /** What the log not yet sent costs to ship (shipCost): the queue the throttling policy and the hand-off watch. */
   pendingBytes(): number {
-    return this.reader.pendingBytes() + this.carryBytes + this.copiesBytes;
+    return this.reader.pendingShipBytes() + this.carryBytes + this.copiesBytes;
   }
 
   /** Image bytes of the current copy pass not yet sent (0: none under way). */
@@ -152,7 +165,7 @@ export class DeltaStreamer {
     for (;;) {
       if (opts.window !== undefined && this.inFlightBytes >= opts.window) return n;
       if (this.copies.length) {
-        await this.sendCopy(this.copies.pop()!);
+        await this.sendCopy(this.copies.pop()!, opts.final);
         n++;
         continue;
       }
@@ -163,10 +176,10 @@ export class DeltaStreamer {
         const batch = this.readBatch(opts);
         if (!batch.length) return n;
         this.carry = (coalesce ? coalesceBatch(batch) : batch).reverse();
-        this.carryBytes = this.carry.reduce((sum, r) => sum + r.data.length, 0);
+        this.carryBytes = this.carry.reduce((sum, r) => sum + shipCost(r.kind, r.length), 0);
       }
       const r = this.carry.pop()!;
-      this.carryBytes -= r.data.length;
+      this.carryBytes -= shipCost(r.kind, r.length);
       // AHEAD: written past the bulk copy's cursor, so the copy carries it (recording.ts).
       // Were that ever false, the hand-off's digest (which rehashes the range at the
       // source: onRecord marked it) would differ, before the point of no return.
@@ -174,9 +187,24 @@ export class DeltaStreamer {
         this.skipped++;
         continue;
       }
-      await this.send(r);
+      await this.send(r, opts.final);
       n++;
     }
+  }
+
+  /** Read a record: the one before it is settled, its successor being in the log. */
+  private noteRead(r: DeltaRecord): void {
+    if (r.seq - 1n > this.settledThrough) this.settledThrough = r.seq - 1n;
+  }
+
+  /** Waits until the image may be read for record `seq` (see the header). */
+  private async settled(seq: bigint, final?: boolean): Promise<void> {
+    if (seq <= this.settledThrough || final) return;
+    if (!this.opts.settle) throw new DeltasError(`record ${seq} needs the image read after its write, and nothing can tell when that is`);
+    const upTo = this.lastRead;
+    this.settleCalls++;
+    await this.opts.settle();
+    if (upTo > this.settledThrough) this.settledThrough = upTo;
   }
 
   /** Up to BATCH_BYTES of complete records, past those the destination already has. */
@@ -192,10 +220,11 @@ export class DeltaStreamer {
       }
       if (r === "end") break;
       this.lastRead = r.seq;
+      this.noteRead(r);
       this.opts.onRecord?.(r);
       if (r.seq < (this.opts.from ?? 0n)) continue; // applied at the destination before the link broke
       batch.push(r);
-      bytes += r.data.length + 32;
+      bytes += shipCost(r.kind, r.length);
     }
     return batch;
   }
@@ -206,8 +235,8 @@ export class DeltaStreamer {
    */
   private planPass(image: FileBackend): boolean {
     const r0 = this.reader;
-    if (r0.pendingBytes() < PASS_MIN_LOG_BYTES || r0.position < this.noScanBefore) return false;
-    const start = { position: r0.position, seq: r0.nextSeq };
+    if (r0.pendingShipBytes() < PASS_MIN_LOG_BYTES || r0.position < this.noScanBefore) return false;
+    const start = r0.mark();
     const written = new WrittenRanges(image.size);
     const covered: { offset: number; length: number }[] = [];
     let scanned = 0;
@@ -221,8 +250,9 @@ export class DeltaStreamer {
         throw new DeltasError("the delta log is corrupt", { cause });
       }
       if (r === "end") break;
-      scanned += r.data.length + 32;
+      scanned += shipCost(r.kind, r.length);
       lastRead = r.seq;
+      this.noteRead(r);
       if (r.seq < (this.opts.from ?? 0n)) continue; // applied at the destination before the link broke
       covered.push({ offset: r.offset, length: r.length });
       passSeq = r.seq;
@@ -231,8 +261,7 @@ export class DeltaStreamer {
     const runs = written.merged();
     if (!covered.length || !passPays(written.recordBytes, runs)) {
       this.noScanBefore = r0.position;
-      r0.position = start.position;
-      r0.expectSeqAt(start.seq);
+      r0.rewind(start);
       return false;
     }
     for (const c of covered) this.opts.onRecord?.(c);
@@ -245,13 +274,9 @@ export class DeltaStreamer {
     return true;
   }
 
-  private async sendCopy(c: PendingCopy): Promise<void> {
-    const data = Buffer.allocUnsafe(c.length);
-    try {
-      this.image!.read(c.offset, data);
-    } catch (cause) {
-      throw new DeltasError(`cannot read the source image for a copy pass`, { cause });
-    }
+  private async sendCopy(c: PendingCopy, final?: boolean): Promise<void> {
+    await this.settled(c.seq, final);
+    const data = this.readImage(c.offset, c.length, "a copy pass");
     const out = await this.opts.compress.compress(data);
     await this.ch.send(msg.delta({ seq: c.seq, op: c.last ? DeltaOp.COPY_END : DeltaOp.COPY, offset: c.offset, length: c.length, compressed: out.compressed, data: out.data }));
     this.copiesBytes -= c.length;
@@ -264,12 +289,18 @@ export class DeltaStreamer {
     this.copiedBytes += c.length;
   }
 
-  private async send(r: DeltaRecord): Promise<void> {
-    const out = await this.opts.compress.compress(r.data);
+  /** Sends a record: a WRITTEN one with the image's content over its range, now. */
+  private async send(r: DeltaRecord, final?: boolean): Promise<void> {
+    let data = r.data;
+    if (r.kind === DeltaKind.WRITTEN) {
+      await this.settled(r.seq, final);
+      data = this.readImage(r.offset, r.length, `record ${r.seq}`);
+    }
+    const out = await this.opts.compress.compress(data);
     await this.ch.send(
       msg.delta({
         seq: r.seq,
-        op: r.kind === DeltaKind.DATA ? DeltaOp.DATA : DeltaOp.ZERO,
+        op: r.kind === DeltaKind.ZERO ? DeltaOp.ZERO : DeltaOp.DATA,
         offset: r.offset,
         length: r.length,
         compressed: out.compressed,
@@ -281,7 +312,18 @@ export class DeltaStreamer {
     this.inFlightBytes += out.data.length;
     this.lastSeq = r.seq;
     this.sent++;
-    this.bytes += r.data.length;
+    this.bytes += data.length;
+  }
+
+  private readImage(offset: number, length: number, what: string): Buffer {
+    if (!this.image) throw new DeltasError(`${what} needs the source image, and none was given`);
+    const data = Buffer.allocUnsafe(length);
+    try {
+      this.image.read(offset, data);
+    } catch (cause) {
+      throw new DeltasError(`cannot read the source image for ${what}`, { cause });
+    }
+    return data;
   }
 
   close(): void {

@@ -146,7 +146,8 @@ async function finish(ctl: ControlClient, status: ServeStatus, logPath: string, 
     await ch.send(msg.bulkEnd(status.size));
   }
   // Every delta from the destination's position: the log is sealed by the fence.
-  const deltas = new DeltaStreamer(ch, logPath, { compress: z, from: BigInt(ready.nextSeq) });
+  // The image is fenced: WRITTEN records read it as it stays.
+  const deltas = new DeltaStreamer(ch, logPath, { compress: z, from: BigInt(ready.nextSeq), image: status.image });
   try {
     await deltas.pump({ final: true });
     o.log.info(`finishing the hand-off: ${deltas.sent} deltas sent from ${ready.nextSeq}; the barrier goes out`);

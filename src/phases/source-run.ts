@@ -357,7 +357,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         // every write since that run began, which is what a destination that got part of
         // that run needs (the HELLO names the log, so the destination can tell).
         // Coalesce mode: the bulk copy's cursor at 0 from the first write (recording.ts).
-        const rec = await ctl.startRecording(undefined, process.pid, o.maxLogBytes, heldCap, carried ? 0 : undefined);
+        const rec = await ctl.startRecording({ owner: process.pid, maxLogBytes: o.maxLogBytes, rateCap: heldCap, bulkCursor: carried ? 0 : undefined, ranges: !!carried });
         logPath = rec.path!;
         stage.recording = true;
         watch = new RecordingWatch(rec.id!, (await ctl.status()).instance, check.digests, o.log);
@@ -431,6 +431,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         coalesce: carried,
         onRecord: (r) => check.digests.markDirty(r.offset, r.length),
         image: status.image,
+        settle: () => ctl.status(),
       });
       const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, { budgetMs, rttMs, linkBytesPerMs: bulkRate, deadline, initialLevel: bulkThrottled ? BULK_LEVEL : 0, targetMs: bulkMs }, (p) =>
         o.onEvent?.({ event: "progress", phase: "deltas", ...p }),
