@@ -25,6 +25,8 @@ describe("a writer as hard as it can, on a link it outruns", () => {
         expect(code, stderr).toBe(0);
         await expectMovedWhole(h, w.acked, srv.socket, dst.socket);
         expect(done!.throttleSteps).toBeGreaterThan(0);
+        // The writes behind the copy were logged as ranges and went with the image's content.
+        expect(done!.rangeDeltas as number).toBeGreaterThan(0);
         expect(done!.maxDowntimeMs).toBe(50);
         expect(typeof done!.estimatedStorageDowntimeMs).toBe("number");
         // The progress events carry the estimate against the budget.

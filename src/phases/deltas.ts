@@ -84,6 +84,8 @@ export class DeltaStreamer {
   private settledThrough = 0n;
   /** Control calls made to settle a record (the log held nothing after it yet). */
   settleCalls = 0;
+  /** WRITTEN records sent, with the image's content. */
+  rangesSent = 0;
   /** A scan found no pass worth making before this log position: do not scan again until past it. */
   private noScanBefore = 0;
 
@@ -295,6 +297,7 @@ export class DeltaStreamer {
     if (r.kind === DeltaKind.WRITTEN) {
       await this.settled(r.seq, final);
       data = this.readImage(r.offset, r.length, `record ${r.seq}`);
+      this.rangesSent++;
     }
     const out = await this.opts.compress.compress(data);
     await this.ch.send(

@@ -102,6 +102,9 @@ export interface MigrationMetrics {
   /** Copy passes: how many, and the image bytes they sent (part of deltaBytes). */
   copyPasses: number;
   copiedBytes: number;
+  /** Deltas logged as ranges (WRITTEN) and sent with the image's content, and the control calls made to settle one. */
+  rangeDeltas: number;
+  settleCalls: number;
   finalDeltas: number;
   bytesOnWire: number;
   deltaRatePerSec: number;
@@ -201,8 +204,10 @@ interface DeltaTotals {
   skipped: number;
   copyPasses: number;
   copiedBytes: number;
+  ranges: number;
+  settleCalls: number;
 }
-const NO_DELTAS: DeltaTotals = { sent: 0, bytes: 0, wireBytes: 0, skipped: 0, copyPasses: 0, copiedBytes: 0 };
+const NO_DELTAS: DeltaTotals = { sent: 0, bytes: 0, wireBytes: 0, skipped: 0, copyPasses: 0, copiedBytes: 0, ranges: 0, settleCalls: 0 };
 
 function addDeltaStats(a: DeltaTotals, d: DeltaStreamer): DeltaTotals {
   return {
@@ -212,6 +217,8 @@ function addDeltaStats(a: DeltaTotals, d: DeltaStreamer): DeltaTotals {
     skipped: a.skipped + d.skipped,
     copyPasses: a.copyPasses + d.copyPasses,
     copiedBytes: a.copiedBytes + d.copiedBytes,
+    ranges: a.ranges + d.rangesSent,
+    settleCalls: a.settleCalls + d.settleCalls,
   };
 }
 
@@ -265,6 +272,8 @@ function finish(
     deltasSkipped: m.deltas.skipped,
     copyPasses: m.deltas.copyPasses,
     copiedBytes: m.deltas.copiedBytes,
+    rangeDeltas: m.deltas.ranges,
+    settleCalls: m.deltas.settleCalls,
     finalDeltas: m.finalDeltas,
     bytesOnWire: m.bytesOnWire,
     deltaRatePerSec: Math.round((m.deltas.sent / migrationTimeMs) * 1000),
