@@ -55,9 +55,10 @@ describe("delta log format", () => {
 
   test("a log a killed serve left goes on: a torn tail is cut, the last whole record is handed back, appends continue its sequence", () => {
     const path = writeLog([[0, 100, 1], [200, 100, 2], [400, 100, 3]]);
-    const follower = new DeltaLogReader(path); // a source tailing the log through the kill
+    truncateSync(path, statSync(path).size - 30); // the kill: the third record torn mid-data
+    // A source tailing the log through the kill: it reads ahead, the torn record with it.
+    const follower = new DeltaLogReader(path);
     expect(follower.next()).not.toBe("end");
-    truncateSync(path, statSync(path).size - 30); // the third record torn mid-data
     const { writer, last } = DeltaLogWriter.continueLog(path);
     expect(last?.seq).toBe(8n);
     expect(last?.offset).toBe(200);
@@ -68,8 +69,27 @@ describe("delta log format", () => {
     const c = follower.next({ final: true });
     expect(follower.next({ final: true })).toBe("end");
     if (b === "end" || c === "end") throw new Error("missing records");
+    // The record in the torn one's place, not what the follower had read ahead of it.
     expect([b.seq, b.offset, c.seq, c.offset]).toEqual([8n, 200, 9n, 600]);
     follower.close();
+  });
+
+  test("a follower reads ahead in blocks: records appended after its block was read are found, and a queue count walks only whole records", () => {
+    const path = join(dir.path, `log${n++}.deltas`);
+    const w = new DeltaLogWriter(path, { firstSeq: 1n, imageSize: 1 << 30, createdMs: 1 });
+    const r = new DeltaLogReader(path);
+    let read = 0;
+    // 20000 header-only records (640 KB of log, more than a block), read while they are appended.
+    for (let i = 0; i < 20000; i++) {
+      w.append(DeltaKind.WRITTEN, i * 4096, 4096);
+      if (i % 7 === 0) for (let x = r.next(); x !== "end"; x = r.next()) expect(x.seq).toBe(BigInt(++read));
+      if (i % 1000 === 0) expect(r.pendingShipBytes()).toBe((i + 1 - read) * (RECORD_HEADER_LEN + 4096));
+    }
+    for (let x = r.next({ final: true }); x !== "end"; x = r.next({ final: true })) expect([x.seq, x.offset]).toEqual([BigInt(++read), (read - 1) * 4096]);
+    expect(read).toBe(20000);
+    expect(r.pendingShipBytes()).toBe(0);
+    r.close();
+    w.close();
   });
 
   test("a log whose last record is whole goes on after it; an empty log starts at its first sequence", () => {

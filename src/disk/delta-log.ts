@@ -248,6 +248,53 @@ export function findLogEnd(path: string): LogEnd {
   }
 }
 
+/** How much of a log is read at once: a header-only log (coalesce mode) is 32 bytes a record. */
+const READ_AHEAD_BYTES = 256 * 1024;
+
+/**
+ * Reads a log in blocks, so that following it record by record is not a syscall a header.
+ * A log only grows, and its whole records never change (a killed serve's successor cuts only
+ * the torn tail, see continueLog): a record read whole from the block is the file's. What is
+ * not yet whole may change, so a caller that finds a record incomplete calls forget(), and
+ * the next look reads the file again.
+ */
+class ReadAhead {
+  private readonly buf = Buffer.allocUnsafe(READ_AHEAD_BYTES);
+  private start = 0;
+  private length = 0;
+  /** Blocks read from the file so far: whether a look read it afresh. */
+  reads = 0;
+
+  constructor(private readonly fd: number) {}
+
+  /** Up to `n` bytes at `at` (fewer at the file's end), the caller's to keep. */
+  copy(at: number, n: number): Buffer {
+    if (n <= this.buf.length) return Buffer.from(this.view(at, n));
+    const own = Buffer.allocUnsafe(n);
+    return own.subarray(0, readSync(this.fd, own, 0, n, at));
+  }
+
+  /** Up to `n` bytes at `at` (n at most a block; fewer at the file's end): a view valid until the next call. */
+  view(at: number, n: number): Buffer {
+    if (at < this.start || at + n > this.start + this.length) {
+      this.start = at;
+      this.length = readSync(this.fd, this.buf, 0, this.buf.length, at);
+      this.reads++;
+    }
+    const from = at - this.start;
+    return this.buf.subarray(from, from + Math.min(n, this.length - from));
+  }
+
+  forget(): void {
+    this.length = 0;
+  }
+}
+
+/** Whether a record header (kind other than DATA: its checksum covers the header alone) is whole. */
+function headerChecksumOk(h: Buffer): boolean {
+  return h.readUInt32LE(28) === Bun.hash.crc32(h.subarray(0, 28)) >>> 0;
+}
+
 /**
  * Walks a log's record headers forward from a position, without reading any data: where
  * the whole records end, and their ship cost. It checks what a header alone can show (magic,
@@ -255,7 +302,7 @@ export function findLogEnd(path: string): LogEnd {
  * Used to find a killed serve's tail, and by the source to count the queue ahead of it.
  */
 export class HeaderWalk {
-  private readonly h = Buffer.alloc(RECORD_HEADER_LEN);
+  private readonly file: ReadAhead;
   /** Start of the last whole record walked (-1: none yet), and its ship cost. */
   lastAt = -1;
   lastCost = 0;
@@ -266,18 +313,30 @@ export class HeaderWalk {
     /** Where the next header is expected. */
     public at: number,
     public seq: bigint,
-  ) {}
+  ) {
+    this.file = new ReadAhead(fd);
+  }
 
   /** Walks to the last whole record in the file now; stops at anything that is not one yet. */
   toEnd(): { at: number; seq: bigint; end: number; shipBytes: number } {
     const size = fstatSync(this.fd).size;
-    const h = this.h;
-    while (readSync(this.fd, h, 0, RECORD_HEADER_LEN, this.at) === RECORD_HEADER_LEN) {
+    for (;;) {
+      const h = this.file.view(this.at, RECORD_HEADER_LEN);
+      if (h.length < RECORD_HEADER_LEN) break;
       const kind = h.readUInt8(4);
       const length = h.readUInt32LE(24);
       const dataLen = kind === DeltaKind.DATA ? length : 0;
-      const whole = h.readUInt32LE(0) === RECORD_MAGIC && knownKind(kind) && dataLen <= RECORD_MAX_DATA && h.readBigUInt64LE(8) === this.seq && this.at + RECORD_HEADER_LEN + dataLen <= size;
-      if (!whole) break;
+      const whole =
+        h.readUInt32LE(0) === RECORD_MAGIC &&
+        knownKind(kind) &&
+        dataLen <= RECORD_MAX_DATA &&
+        h.readBigUInt64LE(8) === this.seq &&
+        this.at + RECORD_HEADER_LEN + dataLen <= size &&
+        (kind === DeltaKind.DATA || headerChecksumOk(h));
+      if (!whole) {
+        this.file.forget(); // not yet: read it from the file next time
+        break;
+      }
       this.lastAt = this.at;
       this.lastCost = shipCost(kind, length);
       this.shipBytes += this.lastCost;
@@ -307,6 +366,7 @@ export class DeltaLogReader {
   private walk?: HeaderWalk;
   /** shipRead when the walk began at the reader's position then. */
   private walkBase = 0;
+  private file!: ReadAhead;
 
   constructor(
     readonly path: string,
@@ -325,6 +385,7 @@ export class DeltaLogReader {
     this.header = decodeFileHeader(hb, path);
     this.position = resume?.position ?? FILE_HEADER_LEN;
     this.expectSeq = resume?.nextSeq ?? this.header.firstSeq;
+    this.file = new ReadAhead(this.fd);
   }
 
   /** Repositions the sequence check (with `position`): for a scan that skipped records. */
@@ -338,18 +399,31 @@ export class DeltaLogReader {
   }
 
   next(opts: { final?: boolean } = {}): ReadResult {
-    const h = Buffer.alloc(RECORD_HEADER_LEN);
-    const got = readSync(this.fd, h, 0, RECORD_HEADER_LEN, this.position);
-    if (got === 0) return "end";
-    if (got < RECORD_HEADER_LEN) return this.incomplete(opts, "a truncated record header");
+    const reads = this.file.reads;
+    const r = this.nextIn({});
+    if (r !== "end") return r;
+    // "Not yet", judged from a block read before this call: what lay past the whole records
+    // then may have changed (a torn tail, cut by a serve started again), so ask the file
+    // itself. Final: again, to say why.
+    if (this.file.reads === reads || opts.final) return this.nextIn(opts);
+    return "end";
+  }
+
+  private nextIn(opts: { final?: boolean }): ReadResult {
+    const seen = this.file.view(this.position, RECORD_HEADER_LEN);
+    if (seen.length === 0) return this.incomplete(opts, undefined);
+    if (seen.length < RECORD_HEADER_LEN) return this.incomplete(opts, "a truncated record header");
+    const h = Buffer.from(seen); // the view is the block's: the data's read may replace it
     if (h.readUInt32LE(0) !== RECORD_MAGIC) return this.incomplete(opts, "a record without its magic");
     const kind = h.readUInt8(4);
     const length = h.readUInt32LE(24);
     if (!knownKind(kind)) return this.incomplete(opts, `an unknown record kind ${kind}`);
     if (kind === DeltaKind.DATA && length > RECORD_MAX_DATA) return this.incomplete(opts, `a record of ${length} bytes`);
-    const data = Buffer.alloc(kind === DeltaKind.DATA ? length : 0);
-    if (data.length && readSync(this.fd, data, 0, data.length, this.position + RECORD_HEADER_LEN) < data.length)
-      return this.incomplete(opts, "a truncated record");
+    let data: Uint8Array = EMPTY;
+    if (kind === DeltaKind.DATA && length > 0) {
+      data = this.file.copy(this.position + RECORD_HEADER_LEN, length);
+      if (data.length < length) return this.incomplete(opts, "a truncated record");
+    }
     if (h.readUInt32LE(28) !== recordChecksum(h, data)) return this.incomplete(opts, "a record checksum mismatch");
     const seq = h.readBigUInt64LE(8);
     if (seq !== this.expectSeq)
@@ -366,7 +440,10 @@ export class DeltaLogReader {
    * Only headers ahead are read, each once.
    */
   pendingShipBytes(): number {
-    if (!this.walk) {
+    // A walk the reader has caught up with starts again from the reader: the reader checks
+    // every record whole, and so never strays from the records' boundaries, where a walk
+    // that counted a torn DATA record (cut later by a serve started again) would.
+    if (!this.walk || this.walk.at <= this.position) {
       this.walk = new HeaderWalk(this.fd, this.position, this.expectSeq);
       this.walkBase = this.shipRead;
     }
@@ -389,7 +466,10 @@ export class DeltaLogReader {
     this.fd = -1;
   }
 
-  private incomplete(opts: { final?: boolean }, what: string): "end" {
+  /** No whole record at the position yet (`what`: why, or undefined at the file's end). */
+  private incomplete(opts: { final?: boolean }, what: string | undefined): "end" {
+    this.file.forget();
+    if (what === undefined) return "end";
     if (opts.final) throw new DeltaLogError(`${this.path}: ${what} at byte ${this.position} (seq ${this.expectSeq})`);
     return "end";
   }

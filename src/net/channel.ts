@@ -186,6 +186,18 @@ export class Channel {
     this.wake?.(); // a receiver waiting for the next message must learn the stream is gone
   }
 
+  /**
+   * Until the matching uncork, small frames (under CORK_BYTES) gather and go to the socket
+   * together: a burst of 4 KiB deltas was a syscall each, a third of its cost.
+   */
+  cork(): void {
+    this.out.cork();
+  }
+
+  uncork(): void {
+    this.out.uncork();
+  }
+
   /** Queues one message; resolves once the unsent backlog is below the high-water mark. */
   async send(m: Message): Promise<void> {
     if (this.failure && (this.closed || this.failure instanceof PeerAborted)) throw this.failure;
@@ -222,6 +234,21 @@ export class Channel {
       await new Promise<void>((r) => {
         this.wake = r;
         if (left) setTimeout(r, left);
+      });
+    }
+  }
+
+  /** The next message if one arrives within `ms`, else undefined; throws if the stream failed. */
+  async recvWithin(ms: number): Promise<Message | undefined> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const m = this.tryRecv();
+      if (m) return m;
+      const left = deadline - Date.now();
+      if (left <= 0) return undefined;
+      await new Promise<void>((r) => {
+        this.wake = r;
+        setTimeout(r, left);
       });
     }
   }

@@ -162,6 +162,15 @@ export class DeltaStreamer {
    * the whole log is out.
    */
   async pump(opts: { final?: boolean; pastPointOfNoReturn?: boolean; window?: number } = {}): Promise<number> {
+    this.ch.cork();
+    try {
+      return await this.pumpCorked(opts);
+    } finally {
+      this.ch.uncork(); // what the round gathered goes now
+    }
+  }
+
+  private async pumpCorked(opts: { final?: boolean; window?: number; pastPointOfNoReturn?: boolean }): Promise<number> {
     let n = 0;
     const coalesce = this.opts.coalesce;
     for (;;) {
@@ -205,6 +214,9 @@ export class DeltaStreamer {
     if (!this.opts.settle) throw new DeltasError(`record ${seq} needs the image read after its write, and nothing can tell when that is`);
     const upTo = this.lastRead;
     this.settleCalls++;
+    // What was gathered goes while we wait.
+    this.ch.uncork();
+    this.ch.cork();
     await this.opts.settle();
     if (upTo > this.settledThrough) this.settledThrough = upTo;
   }
