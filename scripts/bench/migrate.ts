@@ -55,6 +55,8 @@ interface RowDef {
   deltas?: "coalesce" | "paper";
   /** --compress for this row (else the bench's --compress, else the product's default). */
   compress?: string;
+  /** --insecure on both ends (the other rows use --secret-file: sealed frames). */
+  insecure?: boolean;
 }
 
 const ROWS: RowDef[] = [
@@ -62,6 +64,8 @@ const ROWS: RowDef[] = [
   { id: "live-paper", label: "wanmig live, --deltas paper", mode: "live", deltas: "paper" },
   { id: "live-zstd1", label: "wanmig live, --compress zstd (level 1 fixed: the old default)", mode: "live", deltas: "coalesce", compress: "zstd" },
   { id: "live-zstd19", label: "wanmig live, --compress zstd:19", mode: "live", deltas: "coalesce", compress: "zstd:19" },
+  // The rows above seal every frame (--secret-file); this one does not: what sealing costs.
+  { id: "live-insecure", label: "wanmig live, --insecure (frames in the clear)", mode: "live", deltas: "coalesce", insecure: true },
   { id: "freeze", label: "wanmig freeze-and-copy", mode: "freeze-and-copy", deltas: "coalesce" },
   { id: "nbdcopy", label: "nbdcopy ← qemu-nbd (peer)" },
   { id: "qsd-mirror", label: "QEMU live: qemu-storage-daemon blockdev-mirror → qemu-nbd (peer)" },
@@ -541,7 +545,7 @@ async function runWanmig(sc: Scenario, row: RowDef, ctx: Ctx, dir: string): Prom
     await waitUntil(async () => (await ctl.status()).size > 0, "serve's control socket");
     await serve.checkPid(BUN_EXE);
     const destPort = ctx.port++;
-    const dest = start("dest", NS_DST, [BUN, MAIN, "dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b, "--listen", `${DST_IP}:${destPort}`, "--secret-file", ctx.secret, "--json"], true);
+    const dest = start("dest", NS_DST, [BUN, MAIN, "dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b, "--listen", `${DST_IP}:${destPort}`, ...(row.insecure ? ["--insecure"] : ["--secret-file", ctx.secret]), "--json"], true);
     await dest.waitFor(/listening on \S+:\d+/, "dest to listen");
     await dest.checkPid(BUN_EXE);
     let to = `${DST_IP}:${destPort}`;
@@ -557,7 +561,7 @@ async function runWanmig(sc: Scenario, row: RowDef, ctx: Ctx, dir: string): Prom
 
     const tx0 = await linkTxBytes();
     const t0 = performance.now();
-    const src = start("source", NS_SRC, [BUN, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", to, "--secret-file", ctx.secret, "--json", "--mode", row.mode!, "--deltas", row.deltas!, ...((row.compress ?? ctx.compress) ? ["--compress", (row.compress ?? ctx.compress)!] : [])], true);
+    const src = start("source", NS_SRC, [BUN, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", to, ...(row.insecure ? ["--insecure"] : ["--secret-file", ctx.secret]), "--json", "--mode", row.mode!, "--deltas", row.deltas!, ...((row.compress ?? ctx.compress) ? ["--compress", (row.compress ?? ctx.compress)!] : [])], true);
     await src.checkPid(BUN_EXE);
     const limit = timeoutMs(sc, ctx);
     const timer = setTimeout(() => src.proc.kill("SIGTERM"), limit);

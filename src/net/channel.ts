@@ -4,6 +4,7 @@
 import type { Socket, TCPSocketListener } from "bun";
 import { ExitCode } from "../errors.ts";
 import { ProtocolError } from "./errors.ts";
+import { Opener, Sealer } from "./seal.ts";
 import { encodeFrame, FRAME_BUFFER_BYTES, FrameDecoder, type Message, MIN_POOLED_FRAME, MsgType, typeName } from "./protocol.ts";
 import { DrainMeter } from "./drain-meter.ts";
 import type { TokenBucket } from "./rate.ts";
@@ -93,6 +94,10 @@ export class Channel {
    */
   private readonly frames?: BufferPool;
 
+  /** Sealed frames (seal.ts), from the handshake's end on; undefined in the clear (--insecure, SSH). */
+  private sealer?: Sealer;
+  private opener?: Opener;
+
   /** We told the peer we give up (so an abort path does not say it twice). */
   errorSent = false;
   /** Over TCP: this end's and the peer's addresses (the network redirect's tunnel endpoints). */
@@ -113,11 +118,8 @@ export class Channel {
     this.bytesReceived += chunk.length;
     if (this.failure) return; // the stream lost step: what follows cannot be decoded
     try {
-      for (const m of this.decoder.push(chunk)) {
-        this.inbox.push(m);
-        this.inboxBytes += messageBytes(m);
-        if (m.type === MsgType.ERROR) this.fail(new PeerAborted(m.message));
-      }
+      if (this.opener) for (const frame of this.opener.push(chunk)) this.take1(this.decoder.decodeWhole(frame));
+      else for (const m of this.decoder.push(chunk)) this.take1(m);
     } catch (err) {
       // Not closed here: the owner reads the failure, tells the peer why, then closes.
       this.fail(err as Error);
@@ -127,6 +129,27 @@ export class Channel {
       this.flow.pause();
     }
     this.wake?.();
+  }
+
+  private take1(m: Message): void {
+    this.inbox.push(m);
+    this.inboxBytes += messageBytes(m);
+    if (m.type === MsgType.ERROR) this.fail(new PeerAborted(m.message));
+  }
+
+  /**
+   * From now on every byte that arrives must be a sealed frame (seal.ts). Called at the
+   * handshake's end, when the peer cannot yet have sent one: anything already here came
+   * in the clear after authentication, and is refused.
+   */
+  sealInbound(key: Buffer): void {
+    if (this.inbox.length || this.decoder.buffered) throw new ProtocolError("the peer sent frames in the clear after authentication");
+    this.opener = new Opener(key, (n) => this.decoder.frameBuffer(n));
+  }
+
+  /** From now on every frame sent is sealed. */
+  sealOutbound(key: Buffer): void {
+    this.sealer = new Sealer(key);
   }
 
   /** The next message; an ERROR from the peer is thrown here, once for every reader, as PeerAborted. */
@@ -204,13 +227,15 @@ export class Channel {
     if (m.type === MsgType.ERROR) this.errorSent = true;
     // The message's data is copied into the frame here, before any wait: callers may reuse their buffers once send() is called.
     const f = encodeFrame(m, this.frames && ((n) => this.frames!.take(n)));
+    const pieces = this.sealer ? this.sealer.seal(f) : [f]; // sealed in place: f is sent as ciphertext
+    const length = pieces.reduce((n, p) => n + p.length, 0);
     if (this.rate) {
       const t0 = performance.now();
-      await this.rate.take(f.length);
+      await this.rate.take(length);
       this.waitedMs += performance.now() - t0;
     }
-    this.bytesSent += f.length;
-    this.out.write(f);
+    this.bytesSent += length;
+    for (const p of pieces) this.out.write(p);
     if (this.out.queued === 0) this.frames?.release(f); // the socket took the whole frame
     this.observe();
     if (this.out.closed) throw this.failure ?? new ChannelClosed();

@@ -69,14 +69,15 @@
 // digest's pieces are 4 KiB (another digest value for the same image); 6: copy passes
 // (DELTA ops COPY and COPY_END, ACK's `copied`); 7: BULK pieces of the connection's zstd
 // stream (Flag.ZSTD_STREAM), ACK's `syncMs`, the digest's pieces hashed with XXH3
-// (region-digest.ts). New message types need a new version; unknown
+// (region-digest.ts); 8: every frame after AUTH sealed when a secret is used (seal.ts).
+// New message types need a new version; unknown
 // types, oversize lengths and bad checksums are errors, never guesses.
 
 import { ProtocolError } from "./errors.ts";
 import { BufferPool } from "../util/buffer-pool.ts";
 import { ByteQueue } from "../util/byte-queue.ts";
 
-export const PROTOCOL_VERSION = 7;
+export const PROTOCOL_VERSION = 8;
 export const FRAME_MAGIC = 0x574d4731; // "WMG1"
 export const FRAME_HEADER_LEN = 12;
 export const FRAME_TRAILER_LEN = 4;
@@ -456,11 +457,26 @@ export const MIN_POOLED_FRAME = 64 * 1024;
  * Turns a byte stream into messages. Feed it chunks; it returns every complete message.
  * Any framing error is fatal for the stream: the caller reports it and closes.
  */
+/** Checks a frame header; returns its payload length. */
+function checkHeader(head: Buffer): number {
+  const magic = head.readUInt32BE(0);
+  if (magic !== FRAME_MAGIC) throw new ProtocolError(`bad frame magic 0x${magic.toString(16)}: not a wanmig peer, or the stream lost step`);
+  const length = head.readUInt32BE(8);
+  if (length > MAX_PAYLOAD) throw new ProtocolError(`frame of ${length} bytes exceeds the ${MAX_PAYLOAD}-byte limit`);
+  if (head.readUInt16BE(6) !== 0) throw new ProtocolError("reserved frame bits are set");
+  return length;
+}
+
 export class FrameDecoder {
   private readonly queue = new ByteQueue();
   private readonly header = Buffer.alloc(FRAME_HEADER_LEN);
   /** Frame buffers: four kept, more made while the channel's inbox holds more frames. */
   private readonly frames = new BufferPool({ minBytes: MIN_POOLED_FRAME, allocBytes: FRAME_BUFFER_BYTES, keep: 4 });
+
+  /** Bytes received and not yet part of a whole frame. */
+  get buffered(): number {
+    return this.queue.length;
+  }
 
   push(chunk: Uint8Array): Message[] {
     const q = this.queue;
@@ -470,22 +486,29 @@ export class FrameDecoder {
       if (q.length < FRAME_HEADER_LEN) break;
       const head = this.header;
       q.peekInto(head);
-      const magic = head.readUInt32BE(0);
-      if (magic !== FRAME_MAGIC) throw new ProtocolError(`bad frame magic 0x${magic.toString(16)}: not a wanmig peer, or the stream lost step`);
-      const length = head.readUInt32BE(8);
-      if (length > MAX_PAYLOAD) throw new ProtocolError(`frame of ${length} bytes exceeds the ${MAX_PAYLOAD}-byte limit`);
-      if (head.readUInt16BE(6) !== 0) throw new ProtocolError("reserved frame bits are set");
-      const total = FRAME_HEADER_LEN + length + FRAME_TRAILER_LEN;
+      const total = FRAME_HEADER_LEN + checkHeader(head) + FRAME_TRAILER_LEN;
       if (q.length < total) break;
       // Copied out: the chunks may be socket buffers that are reused after this callback.
       const frame = this.frames.take(total);
       q.takeInto(frame);
-      const crc = frame.readUInt32BE(total - FRAME_TRAILER_LEN);
-      if (crc !== Bun.hash.crc32(frame.subarray(0, total - FRAME_TRAILER_LEN)) >>> 0)
-        throw new ProtocolError(`checksum mismatch on a ${typeName(frame.readUInt8(4))} frame`);
-      out.push(decodePayload(frame.readUInt8(4), frame.readUInt8(5), frame.subarray(FRAME_HEADER_LEN, total - FRAME_TRAILER_LEN)));
+      out.push(this.decodeWhole(frame));
     }
     return out;
+  }
+
+  /** A buffer for a whole frame from this decoder's pool (recycle() gives it back). */
+  frameBuffer(n: number): Buffer {
+    return this.frames.take(n);
+  }
+
+  /** Decodes one whole frame (an opened sealed record, seal.ts); its data are views of it. */
+  decodeWhole(frame: Buffer): Message {
+    if (frame.length < FRAME_HEADER_LEN + FRAME_TRAILER_LEN) throw new ProtocolError(`a frame of ${frame.length} bytes is shorter than its header`);
+    const total = FRAME_HEADER_LEN + checkHeader(frame) + FRAME_TRAILER_LEN;
+    if (total !== frame.length) throw new ProtocolError(`a frame says ${total} bytes but carries ${frame.length}`);
+    const crc = frame.readUInt32BE(total - FRAME_TRAILER_LEN);
+    if (crc !== Bun.hash.crc32(frame.subarray(0, total - FRAME_TRAILER_LEN)) >>> 0) throw new ProtocolError(`checksum mismatch on a ${typeName(frame.readUInt8(4))} frame`);
+    return decodePayload(frame.readUInt8(4), frame.readUInt8(5), frame.subarray(FRAME_HEADER_LEN, total - FRAME_TRAILER_LEN));
   }
 
   /** The receiver is done with a message's data (applied to the image, nothing keeps a view of it): its frame buffer takes a later frame. */

@@ -3,6 +3,7 @@
 // proves first, then the source; the destination answers READY with where to resume.
 
 import { proof, newNonce, verifyProof } from "../net/auth.ts";
+import { sessionKeys } from "../net/seal.ts";
 import type { Channel } from "../net/channel.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { type Hello, msg, MsgType, PROTOCOL_VERSION, type Ready } from "../net/protocol.ts";
@@ -27,7 +28,16 @@ export async function sourceHandshake(
       cause: new ProtocolError("wrong secret"),
       hint: "check --secret-file on both hosts",
     });
-  await ch.send(msg.auth(creds.secret ? proof(creds.secret, "source", w.nonce, nonce) : ""));
+  if (!creds.secret) {
+    await ch.send(msg.auth(""));
+    return ch.expect(MsgType.READY);
+  }
+  // Everything after AUTH is sealed (seal.ts): inbound before AUTH goes, since READY may
+  // come back before send() returns.
+  const keys = sessionKeys(creds.secret, nonce, w.nonce);
+  ch.sealInbound(keys.d2s);
+  await ch.send(msg.auth(proof(creds.secret, "source", w.nonce, nonce)));
+  ch.sealOutbound(keys.s2d);
   return ch.expect(MsgType.READY);
 }
 
@@ -44,6 +54,11 @@ export async function destHandshake(ch: Channel, creds: Credentials): Promise<He
   if (creds.secret && !verifyProof(creds.secret, "source", hello.nonce, nonce, auth.proof)) {
     await ch.send(msg.error("authentication failed"));
     throw new InitError("the source could not prove it knows the secret", { cause: new ProtocolError("wrong secret") });
+  }
+  if (creds.secret) {
+    const keys = sessionKeys(creds.secret, hello.nonce, nonce);
+    ch.sealInbound(keys.s2d);
+    ch.sealOutbound(keys.d2s);
   }
   return hello;
 }

@@ -322,12 +322,17 @@ interface LiveStage {
   barrierSent: boolean;
   /** The hypervisor's point of no return passed (xl migrate returned; QEMU continued). */
   vmGone: boolean;
+  /** The phase under way (its events' name): what a failure is reported under. */
+  phase: string;
 }
 
 async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, o: SourceOptions, t0: number): Promise<SourceResult> {
-  const emit = (phase: string) => phaseEvent(o, phase);
+  const emit = (phase: string) => {
+    stage.phase = phase;
+    phaseEvent(o, phase);
+  };
   const hv = o.hypervisor ?? new NoSourceHypervisor();
-  const stage: LiveStage = { recording: false, fenced: false, barrierSent: false, vmGone: false };
+  const stage: LiveStage = { recording: false, fenced: false, barrierSent: false, vmGone: false, phase: "init" };
   let watch: RecordingWatch | undefined;
   let logPath: string | undefined;
   let deltas: DeltaStreamer | undefined;
@@ -585,7 +590,7 @@ async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveSt
     }
     if (err instanceof Interrupted) return err;
     const reason = peerAborted(err);
-    if (reason) return new HandoffError(`the destination aborted: ${reason.reason}`, { cause: err, hint: "the migration did not happen; the VM runs at the source; fix the cause and run it again" });
+    if (reason) return new PhaseError(stage.phase, `the destination aborted: ${reason.reason}`, { cause: err, hint: "the migration did not happen; the VM runs at the source; fix the cause and run it again" });
     return err instanceof PhaseError && err.exitCode !== ExitCode.unsafeState
       ? err
       : new PhaseError("migration", "aborted before the point of no return; the VM's disk is still served here, writable", { cause: err });

@@ -66,7 +66,11 @@ function drain(s: Socket<End>): void {
   s.data.peer?.resume();
 }
 
-export function startProxy(targetPort: number, opts: { tamper?: Tamper } = {}) {
+/**
+ * `tap`: sees every chunk from the source (with its offset in the stream) before it is
+ * relayed, and returns what to relay instead: a recorder, or an attacker on the path.
+ */
+export function startProxy(targetPort: number, opts: { tamper?: Tamper; tap?: (data: Uint8Array, at: number) => Uint8Array } = {}) {
   const live = new Set<Socket<End>>();
   let bytes = 0;
   const listener = Bun.listen<End>({
@@ -101,8 +105,9 @@ export function startProxy(targetPort: number, opts: { tamper?: Tamper } = {}) {
         }).catch(() => client.end());
       },
       data(client, d) {
+        const tapped = opts.tap ? opts.tap(d, bytes) : d;
         bytes += d.length;
-        const out = client.data.split ? client.data.split(d) : d;
+        const out = client.data.split ? client.data.split(tapped) : tapped;
         if (out.length) forward(client, client.data.peer, out);
       },
       drain,
