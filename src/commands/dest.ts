@@ -125,7 +125,7 @@ export default defineCommand({
     "vm-dev": { type: "string", description: "with a network redirect: the interface behind which the VM sits on this host (default: the route to its new address)", valueHint: "DEV" },
     stdio: { type: "boolean", description: "speak the protocol on stdin/stdout (run by `ssh HOST wanmig dest --stdio`; SSH authenticates)", default: false },
     "secret-file": { type: "string", description: "shared secret (both sides prove they know it; it is never sent)", valueHint: "F" },
-    insecure: { type: "boolean", description: "accept a source without a secret", default: false },
+    insecure: { type: "boolean", description: "no secret: frames in the clear (the only way to a plaintext stream), and any source that reaches the port is accepted", default: false },
     ...jsonArg,
     ...logArg,
   },

@@ -125,7 +125,7 @@ export const sourceOptionArgs = {
     "dest-run-dir": { type: "string", description: "with ssh://: the run directory there (default: the same as here)", valueHint: "DIR" },
     "remote-bin": { type: "string", description: "with ssh://: the wanmig command there", default: "wanmig", valueHint: "PATH" },
     "secret-file": { type: "string", description: "shared secret (never sent)", valueHint: "F" },
-    insecure: { type: "boolean", description: "talk to a destination without a secret", default: false },
+    insecure: { type: "boolean", description: "no secret: frames in the clear (the only way to a plaintext stream), to a destination that proves nothing", default: false },
     mode: { type: "enum", options: ["live", "freeze-and-copy"], description: "live (copy while the VM runs) or freeze-and-copy (the baseline: stop writes, then copy)", default: "live" },
     deltas: { type: "enum", options: ["paper", "coalesce"], description: "paper: send every delta; coalesce: skip what the bulk copy carries and repeated writes", default: "coalesce" },
     compress: { type: "string", description: "zstd on the wire: auto (the level that moves data fastest over the link as measured, none on a link faster than the CPU), zstd[:LEVEL] (fixed, 1-19; zstd alone is 1), or none", default: "auto", valueHint: "auto|zstd[:LEVEL]|none" },
