@@ -6,7 +6,8 @@ import { closeSync, openSync, writeSync } from "node:fs";
 import { Channel } from "../src/net/channel.ts";
 import { msg, MsgType } from "../src/net/protocol.ts";
 import { Opener, SealError, Sealer, sessionKeys } from "../src/net/seal.ts";
-import { hosts, MiB, removeHosts, source, withPair, writable } from "./helpers/migration.ts";
+import { expectMovedWhole, hosts, MiB, removeHosts, source, spawnSource, withPair, writable } from "./helpers/migration.ts";
+import { stressWriter } from "./helpers/stress-writer.ts";
 import { startProxy } from "./helpers/proxy.ts";
 
 afterAll(() => removeHosts());
@@ -126,6 +127,31 @@ describe("sealing, between real processes", () => {
       );
     }, 60_000);
   }
+
+  test("a link cut mid-bulk under a random-4K writer: the source resumes on a new connection with new keys, and ends identical with nothing acknowledged lost", async () => {
+    const h = await hosts(64, 64);
+    await withPair(
+      h,
+      async ({ srv, dst }) => {
+        const proxy = startProxy(dst.port);
+        const w = await stressWriter(srv.socket, { pattern: "random4k", bytes: 32 * MiB });
+        try {
+          const run = spawnSource(h, proxy.port, ["--secret-file", h.secret, "--compress", "none", "--bandwidth", "200mbit"]);
+          while (proxy.bytes < 24 * MiB) await Bun.sleep(20);
+          proxy.cut();
+          const { code, stderr, done } = await run.result();
+          await w.stop();
+          expect(code, stderr).toBe(0);
+          expect(stderr).toContain("resumed: destination has bulk up to");
+          expect(done!.reconnects).toBe(1);
+          await expectMovedWhole(h, w.acked, srv.socket, dst.socket);
+        } finally {
+          proxy.stop();
+        }
+      },
+      ["--secret-file", h.secret],
+    );
+  }, 90_000);
 
   test("one bit flipped mid-bulk on the path: the destination refuses that frame, the migration stops with a message naming authentication, the source stays writable", async () => {
     const h = await hosts(64, 48);
