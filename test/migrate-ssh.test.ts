@@ -175,6 +175,61 @@ describe("wanmig migrate over SSH", () => {
     }
   });
 
+  test("NAME served there and no wanmig there yet: --dry-run says so (the kernel's list of listening sockets), and the real run is refused before anything is copied", async () => {
+    const { h, srv, remoteBin, common } = await setup();
+    await sh(["truncate", "-s", "1M", join(h.b, "other.img")]);
+    // The other host's serve, in that host's network namespace, where ss looks.
+    const there = await startServe({ image: join(h.b, "other.img"), runDir: h.b, name: "vm", prefix: net.exec(net.b.ns) });
+    try {
+      const dry = await migrate([...common, "--dry-run"]);
+      expect(dry.code).toBe(ExitCode.badInput);
+      expect(dry.stderr).toMatch(/FAIL\s+name\s+vm is already served on/);
+      expect(dry.stderr).not.toContain("not served there yet");
+      const r = await migrate(common);
+      expect(r.code).toBe(ExitCode.badInput);
+      expect(existsSync(remoteBin)).toBe(false); // refused before the copy
+      expect(existsSync(h.destImage)).toBe(false);
+    } finally {
+      await there.stop();
+      await srv.stop();
+    }
+  });
+
+  test("a dest whose NAME is served in its run directory refuses at once (exit 3), before any byte moves", async () => {
+    const { h, srv } = await setup();
+    await sh(["truncate", "-s", "1M", join(h.b, "other.img")]);
+    const there = await startServe({ image: join(h.b, "other.img"), runDir: h.b, name: "vm" });
+    try {
+      const p = Bun.spawn([BIN, "dest", "--name", "vm", "--image", h.destImage, "--run-dir", h.b, "--listen", "127.0.0.1:0", "--insecure"], { stdout: "pipe", stderr: "pipe" });
+      const [stderr, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
+      expect(code).toBe(ExitCode.badInput);
+      expect(stderr).toContain(`vm is already served in ${h.b}`);
+      expect(stderr).not.toContain("listening");
+      expect(stderr.split("\n").some((l) => /^\s+at /.test(l))).toBe(false);
+      expect(existsSync(h.destImage)).toBe(false);
+      expect((await there.ctl.status()).image).toBe(join(h.b, "other.img")); // untouched, still serving
+    } finally {
+      await there.stop();
+      await srv.stop();
+    }
+  });
+
+  test("--remote-run-dir that does not exist yet: created there, and the migration completes", async () => {
+    const { h, srv, common } = await setup();
+    const runDir = join(h.b, "not", "yet");
+    const args = [...common.slice(0, common.indexOf("--remote-run-dir")), "--remote-run-dir", runDir, ...common.slice(common.indexOf("--remote-run-dir") + 2)];
+    try {
+      const r = await migrate(args);
+      expect(r.stderr).not.toContain("ENOENT");
+      expect(r.code, r.stderr).toBe(0);
+      expect(existsSync(join(runDir, "vm.pid"))).toBe(true);
+      await sh(["cmp", h.image, h.destImage]);
+      process.kill(Number(readFileSync(join(runDir, "vm.pid"), "utf8")), "SIGTERM");
+    } finally {
+      await srv.stop();
+    }
+  });
+
   test("no space there: refused with the sizes (exit 3)", async () => {
     const { srv, common } = await setup(32, 16);
     const small = join(sshHome, "small");

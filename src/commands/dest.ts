@@ -1,6 +1,7 @@
 import { defineCommand } from "citty";
-import { DiskService } from "../disk/disk-service.ts";
-import { existsSync, rmSync, writeFileSync } from "node:fs";
+import { controlSocketPath, DiskService } from "../disk/disk-service.ts";
+import { unixPathAnswers } from "../disk/nbd-server.ts";
+import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { runCommand } from "../util/run.ts";
 import { destHypervisor } from "../hypervisor/index.ts";
@@ -137,12 +138,24 @@ export default defineCommand({
     // Over SSH the transport authenticated both ends already; no secret is needed.
     const creds = args.stdio ? { secret: args["secret-file"] ? credentials(args, "dest").secret : undefined } : credentials(args, "dest");
     const hv = destHypervisor(args, log);
-    const createdImage = !existsSync(args.image);
-    if (args["pid-file"]) {
-      writeFileSync(args["pid-file"], `${process.pid}\n`);
-      const pidFile = args["pid-file"];
-      process.on("exit", () => rmSync(pidFile, { force: true }));
+    // The run directory is ours to make, as serve's is (`wanmig migrate --remote-run-dir`
+    // names one that may not exist yet): the pid file and the sockets go there.
+    try {
+      mkdirSync(args["run-dir"], { recursive: true, mode: 0o755 });
+    } catch (cause) {
+      throw new ServeError(`cannot create the run directory ${args["run-dir"]}`, { cause, hint: "pick another --run-dir, or create it" });
     }
+    // NAME served here already: found now, not once the whole image has crossed and this
+    // dest starts serving it. (A copy verified here before a restart may be served by the
+    // dest that received it: that case is handled below.)
+    if (ImageStateFile.read(args.image).incoming?.state !== "verified") {
+      const ctl = controlSocketPath(args["run-dir"], args.name);
+      if (await unixPathAnswers(ctl))
+        throw new ServeError(`${args.name} is already served in ${args["run-dir"]} (a server answers on ${ctl})`, {
+          hint: "stop that server, or receive under another --name or --run-dir",
+        });
+    }
+    const createdImage = !existsSync(args.image);
     // A killed destination of this image left its position here: take it up, copy no base over it.
     const resuming = ImageStateFile.read(args.image).incoming?.state === "receiving" && existsSync(args.image);
     if (args.base && !resuming) await copyBase(args.base, args.image, log);
@@ -176,6 +189,12 @@ export default defineCommand({
         log.info(`redirect: ${m.mode} tunnel ${m.iface} from ${m.sourceAddr} up; ${m.oldIp} is delivered to ${vmDev}, its replies go back through the tunnel`);
       },
     });
+    // After that check: the pid file of a dest that serves NAME here is not ours to replace.
+    if (args["pid-file"]) {
+      writeFileSync(args["pid-file"], `${process.pid}\n`);
+      const pidFile = args["pid-file"];
+      process.on("exit", () => rmSync(pidFile, { force: true }));
+    }
     let redirectIdleMs = 0;
     // Whatever ends the migration early, this host's redirect end must not outlive it.
     const undoRedirect = () => redirect?.teardown().catch((err) => log.error(describeError(err)));

@@ -27,17 +27,22 @@ export function formatEndpoint(e: Endpoint): string {
   return e.kind === "unix" ? `unix:${e.path}` : `tcp:${e.host.includes(":") ? `[${e.host}]` : e.host}:${e.port}`;
 }
 
+/** Whether a server listens on the unix socket at `path` (a leftover file does not). */
+export async function unixPathAnswers(path: string): Promise<boolean> {
+  if (!existsSync(path)) return false;
+  return Bun.connect({ unix: path, socket: { data() {}, open(s) { s.end(); } } }).then(
+    () => true,
+    () => false,
+  );
+}
+
 /**
  * A unix socket path that exists may belong to a live server (refuse: the name is
  * served already) or be left over from a crash (remove it).
  */
 export async function claimUnixPath(path: string, what: string): Promise<void> {
   if (!existsSync(path)) return;
-  const alive = await Bun.connect({ unix: path, socket: { data() {}, open(s) { s.end(); } } }).then(
-    () => true,
-    () => false,
-  );
-  if (alive) throw new ServeError(`${what} ${path} is in use by a running server`, { hint: "is this name already served on this host? see `wanmig status`" });
+  if (await unixPathAnswers(path)) throw new ServeError(`${what} ${path} is in use by a running server`, { hint: "is this name already served on this host? see `wanmig status`" });
   unlinkSync(path);
 }
 

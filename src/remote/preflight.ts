@@ -53,8 +53,11 @@ export async function preflight(t: SshTarget, p: PreflightPlan, log: Logger): Pr
   }
 
   let needCopy = false;
+  /** A wanmig answers there (of any protocol): it can say whether NAME is served. */
+  let binAnswers = false;
   try {
     const there = JSON.parse((await sshRun(t, [p.remoteBin, "version", "--json"], log)).stdout) as { version: string; protocol: number };
+    binAnswers = true;
     if (there.protocol === PROTOCOL_VERSION) checks.push({ what: "wanmig there", ok: true, detail: `${p.remoteBin}: wanmig ${there.version}, protocol ${there.protocol}` });
     else {
       needCopy = true;
@@ -82,15 +85,20 @@ export async function preflight(t: SshTarget, p: PreflightPlan, log: Logger): Pr
     checks.push({ what: "space", ok: false, detail: `cannot measure free space there: ${said(err)}`, fix: "check --remote-image" });
   }
 
+  // Whether NAME is served there: its control socket answers. Ask the wanmig there if it
+  // is usable; else ask the kernel which unix sockets listen (iproute2's ss). Running a
+  // missing binary fails too, and that once read as "not served".
   const ctl = `${p.remoteRunDir}/${p.name}.ctl`;
-  const served = await sshRun(t, ["sh", "-c", 'test -S "$1" && "$2" status --name "$3" --run-dir "$4" >/dev/null 2>&1', "check", ctl, p.remoteBin, p.name, p.remoteRunDir], log).then(
-    () => true,
-    () => false,
+  const served = await sshRun(t, ["sh", "-c", SERVED_SCRIPT, "served", ctl, p.remoteBin, p.name, p.remoteRunDir, binAnswers ? "ask" : ""], log).then(
+    (r) => r.stdout.trim(),
+    () => "unknown",
   );
   checks.push(
-    served
+    served === "served"
       ? { what: "name", ok: false, detail: `${p.name} is already served on ${host} (${ctl})`, fix: "stop it there, or migrate under another name" }
-      : { what: "name", ok: true, detail: `${p.name} is not served there yet` },
+      : served === "free"
+        ? { what: "name", ok: true, detail: `${p.name} is not served there yet` }
+        : { what: "name", ok: false, detail: `cannot tell whether ${p.name} is served on ${host}: ${ctl} exists, and neither a wanmig nor ss is there to ask`, fix: `remove ${ctl} there if no server owns it, or install iproute2` },
   );
 
   for (const tool of p.tools) {
@@ -139,6 +147,14 @@ export async function copySelf(t: SshTarget, remoteBin: string, log: Logger): Pr
   if (there !== sha256) throw new CommandError(["sha256sum", remoteBin], 0, `the copy's SHA-256 is ${there}, this binary's ${sha256}`);
   return { bytes: bytes.length, sha256 };
 }
+
+/** Prints served, free or unknown: $1 the control socket, $2-$4 the wanmig there, NAME and run dir, $5 "ask" if that wanmig is usable. */
+const SERVED_SCRIPT = [
+  'test -S "$1" || { echo free; exit 0; }',
+  'if [ "$5" = ask ]; then if "$2" status --name "$3" --run-dir "$4" >/dev/null 2>&1; then echo served; else echo free; fi; exit 0; fi',
+  'command -v ss >/dev/null 2>&1 || { echo unknown; exit 0; }',
+  'if [ -n "$(ss -Hxl src "$1" 2>/dev/null)" ]; then echo served; else echo free; fi',
+].join("\n");
 
 function fmt(n: number): string {
   return n >= 1 << 30 ? `${(n / (1 << 30)).toFixed(1)} GiB` : `${(n / (1 << 20)).toFixed(1)} MiB`;

@@ -52,9 +52,10 @@ export function serveForSuite(fill: (image: string) => Promise<void> | void, opt
   return suite;
 }
 
-export async function startServe(opts: { image: string; runDir: string; name?: string; args?: string[]; env?: Record<string, string> }): Promise<ServeHandle> {
+/** `prefix`: what runs it (a network namespace's `ip netns exec NS`, say). */
+export async function startServe(opts: { image: string; runDir: string; name?: string; args?: string[]; env?: Record<string, string>; prefix?: string[] }): Promise<ServeHandle> {
   const name = opts.name ?? "vm";
-  const proc = Bun.spawn([process.execPath, MAIN, "serve", "--image", opts.image, "--name", name, "--run-dir", opts.runDir, ...(opts.args ?? [])], {
+  const proc = Bun.spawn([...(opts.prefix ?? []), process.execPath, MAIN, "serve", "--image", opts.image, "--name", name, "--run-dir", opts.runDir, ...(opts.args ?? [])], {
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
