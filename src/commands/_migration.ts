@@ -3,10 +3,13 @@ import { UsageError } from "../errors.ts";
 import { readSecretFile } from "../net/auth.ts";
 import type { Credentials } from "../phases/init.ts";
 
-export function credentials(args: { "secret-file"?: string; insecure?: boolean }, what: string): Credentials {
+export function credentials(args: { "secret-file"?: string; insecure?: boolean; tls?: boolean }, what: string): Credentials {
+  // Under TLS the certificates authenticate both ends and TLS encrypts: a secret is optional,
+  // and frames are not sealed a second time (tls.ts).
+  if (args.tls) return { secret: args["secret-file"] ? readSecretFile(args["secret-file"]) : undefined, tls: true };
   if (args["secret-file"]) return { secret: readSecretFile(args["secret-file"]) };
   if (args.insecure) return {};
-  throw new UsageError(`${what} over TCP needs --secret-file F (or --insecure, which lets anyone who can reach the port take the disk)`);
+  throw new UsageError(`${what} over TCP needs --secret-file F or --tls (or --insecure, which lets anyone who can reach the port take the disk)`);
 }
 
 export function parseHostPort(spec: string, flag: string): { host: string; port: number } {

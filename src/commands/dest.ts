@@ -16,16 +16,23 @@ import { ImageStateFile, stateFilePath } from "../disk/image-state.ts";
 import { ReceiveError } from "../phases/errors.ts";
 import { jsonArg, logArg, nameArg, runDirArg } from "./_shared.ts";
 import { credentials, parseHostPort } from "./_migration.ts";
+import { serverTls, tlsArgs, type TlsFiles, tlsFromArgs } from "../net/tls.ts";
 
 /** Connections from the source, one after another (a broken one may be followed by a resume). */
-function connections(listen: string, name: string, log: ReturnType<typeof logger>) {
+function connections(listen: string, name: string, log: ReturnType<typeof logger>, tls?: TlsFiles) {
   const { host, port } = parseHostPort(listen, "--listen");
   const waiting: Channel[] = [];
   let wake: (() => void) | undefined;
-  const listener = listenTcp(host, port, (ch) => {
-    waiting.push(ch);
-    wake?.();
-  });
+  const refused = (why: string) => log.warn(`refused a source at the TLS handshake (${why}); waiting for one whose certificate chains to --tls-ca`);
+  const listener = listenTcp(
+    host,
+    port,
+    (ch) => {
+      waiting.push(ch);
+      wake?.();
+    },
+    tls && { options: serverTls(tls), onRefused: refused },
+  );
   log.info(`listening on ${host}:${listener.port} for ${name}`);
   return {
     async next(timeoutMs: number): Promise<Channel | undefined> {
@@ -58,7 +65,7 @@ type Connections = ReturnType<typeof connections>;
  * Returns the listener still open (TCP), so a source that lost DONE can ask a while longer.
  */
 async function receive(
-  args: { stdio: boolean; listen?: string; name: string; "resume-timeout": string },
+  args: { stdio: boolean; listen?: string; name: string; "resume-timeout": string; tls?: boolean; "tls-cert"?: string; "tls-key"?: string; "tls-ca"?: string },
   receiver: Receiver,
   log: ReturnType<typeof logger>,
 ): Promise<Connections | undefined> {
@@ -68,7 +75,7 @@ async function receive(
     if (outcome === "rejected") throw new ReceiveError("the source's handshake failed (see above)");
     return undefined;
   }
-  const conns = connections(args.listen!, args.name, log);
+  const conns = connections(args.listen!, args.name, log, tlsFromArgs(args));
   try {
     for (let started = false; ; ) {
       // Wait for the first source as long as it takes; for a resume, a bounded time.
@@ -126,6 +133,7 @@ export default defineCommand({
     "vm-dev": { type: "string", description: "with a network redirect: the interface behind which the VM sits on this host (default: the route to its new address)", valueHint: "DEV" },
     stdio: { type: "boolean", description: "speak the protocol on stdin/stdout (run by `ssh HOST wanmig dest --stdio`; SSH authenticates)", default: false },
     "secret-file": { type: "string", description: "shared secret (both sides prove they know it; it is never sent)", valueHint: "F" },
+    ...tlsArgs,
     insecure: { type: "boolean", description: "no secret: frames in the clear (the only way to a plaintext stream), and any source that reaches the port is accepted", default: false },
     ...jsonArg,
     ...logArg,
@@ -136,6 +144,8 @@ export default defineCommand({
     const serveLog = logger("serve");
     if (!args.stdio && !args.listen) throw new UsageError("dest needs --listen HOST:PORT or --stdio");
     // Over SSH the transport authenticated both ends already; no secret is needed.
+    if (args.stdio && args.tls) throw new UsageError("--tls is for --listen over TCP; with --stdio, ssh encrypts and authenticates already");
+    tlsFromArgs(args); // its files checked now, before anything starts
     const creds = args.stdio ? { secret: args["secret-file"] ? credentials(args, "dest").secret : undefined } : credentials(args, "dest");
     const hv = destHypervisor(args, log);
     // The run directory is ours to make, as serve's is (`wanmig migrate --remote-run-dir`
@@ -210,11 +220,11 @@ export default defineCommand({
         if (!(err instanceof ServeError) || !/in use/.test(err.message)) throw err;
         log.info("another process serves the image; answering the source's question only");
         if (args.stdio) await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()));
-        else await answerLateQueries(connections(args.listen!, args.name, log), receiver, Number(args["resume-timeout"]) * 1000, true);
+        else await answerLateQueries(connections(args.listen!, args.name, log, tlsFromArgs(args)), receiver, Number(args["resume-timeout"]) * 1000, true);
         return;
       }
       if (args.stdio) await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()));
-      else conns = connections(args.listen!, args.name, log);
+      else conns = connections(args.listen!, args.name, log, tlsFromArgs(args));
     } else {
       try {
         conns = await receive(args, receiver, log);

@@ -4,6 +4,7 @@ import { writeFileSync } from "node:fs";
 import { Timeline } from "../report/timeline.ts";
 import { logger, setLogLevel } from "../log.ts";
 import { connectTcp } from "../net/channel.ts";
+import { clientTls, tlsArgs, tlsFromArgs } from "../net/tls.ts";
 import { ControlClient } from "../disk/control-client.ts";
 import { controlSocketPath } from "../disk/disk-service.ts";
 import { parseCompress } from "../net/compress.ts";
@@ -125,6 +126,7 @@ export const sourceOptionArgs = {
     "dest-run-dir": { type: "string", description: "with ssh://: the run directory there (default: the same as here)", valueHint: "DIR" },
     "remote-bin": { type: "string", description: "with ssh://: the wanmig command there", default: "wanmig", valueHint: "PATH" },
     "secret-file": { type: "string", description: "shared secret (never sent)", valueHint: "F" },
+    ...tlsArgs,
     insecure: { type: "boolean", description: "no secret: frames in the clear (the only way to a plaintext stream), to a destination that proves nothing", default: false },
     mode: { type: "enum", options: ["live", "freeze-and-copy"], description: "live (copy while the VM runs) or freeze-and-copy (the baseline: stop writes, then copy)", default: "live" },
     deltas: { type: "enum", options: ["paper", "coalesce"], description: "paper: send every delta; coalesce: skip what the bulk copy carries and repeated writes", default: "coalesce" },
@@ -184,6 +186,8 @@ export async function runSourceCommand(args: SourceArgs, opts: { remoteDestArgs?
     const show = args.json ? (e: Record<string, unknown>) => process.stdout.write(`${JSON.stringify(e)}\n`) : progress.onEvent;
     const ssh = args.to.startsWith("ssh://");
     // Over SSH, SSH authenticates and encrypts; a secret file is still honoured if given.
+    if (ssh && args.tls) throw new UsageError("--tls is for a destination over TCP; ssh:// encrypts and authenticates already");
+    const tls = tlsFromArgs(args);
     const creds = ssh && !args["secret-file"] ? {} : credentials(args, "source");
     const hypervisor = sourceHypervisor(args, destHostOf(args.to), log);
     if (args["old-ip"]) await recoverStaleJournal(args["run-dir"], args.name, log);
@@ -196,7 +200,7 @@ export async function runSourceCommand(args: SourceArgs, opts: { remoteDestArgs?
       connect: async () => {
         const ch = ssh
           ? sshChannel(parseSshUrl(args.to), [...(opts.remoteWrapper ?? []), ...(await remoteDestArgv(args, opts.remoteDestArgs ?? []))], log)
-          : await connectTcp(...hostPort(args.to));
+          : await connectTcp(...hostPort(args.to), tls && clientTls(tls, hostPort(args.to)[0]));
         ch.rate = rate;
         return ch;
       },

@@ -1,10 +1,11 @@
 // A message channel over a byte stream (TCP socket, or the pipes of `ssh … dest --stdio`):
 // framed sends with backpressure, ordered receives.
 
-import type { Socket, TCPSocketListener } from "bun";
+import type { Socket, TCPSocketListener, TLSOptions } from "bun";
 import { ExitCode } from "../errors.ts";
 import { ProtocolError } from "./errors.ts";
 import { Opener, Sealer } from "./seal.ts";
+import { TlsError } from "./tls.ts";
 import { encodeFrame, FRAME_BUFFER_BYTES, FrameDecoder, type Message, MIN_POOLED_FRAME, MsgType, typeName } from "./protocol.ts";
 import { DrainMeter } from "./drain-meter.ts";
 import type { TokenBucket } from "./rate.ts";
@@ -325,6 +326,8 @@ export class Channel {
 
 interface Holder {
   ch?: Channel;
+  /** The TLS handshake refused this peer (said once). */
+  tlsRefused?: boolean;
 }
 
 const PIPE_HIGH_WATER = 4 * 1024 * 1024;
@@ -395,7 +398,11 @@ export function stdoutSink(): { write(b: Uint8Array): void; flush(): Promise<voi
   };
 }
 
-function handlers(onOpen?: (ch: Channel) => void) {
+/**
+ * `tls`: the channel goes to `onOpen` only once the TLS handshake verified the peer; a peer
+ * refused there goes to `tls.refused` instead, and its connection is closed.
+ */
+function handlers(onOpen?: (ch: Channel) => void, tls?: { refused: (why: string) => void }) {
   return {
     open(s: Socket<Holder>) {
       s.data = { ch: new Channel(s as Socket<unknown>, true) };
@@ -403,7 +410,14 @@ function handlers(onOpen?: (ch: Channel) => void) {
       s.data.ch!.localAddress = s.localAddress;
       s.data.ch!.remoteAddress = s.remoteAddress;
       s.setNoDelay(true);
-      onOpen?.(s.data.ch!);
+      if (!tls) onOpen?.(s.data.ch!);
+    },
+    handshake(s: Socket<Holder>, success: boolean, authorizationError: Error | null) {
+      if (!tls) return;
+      if (success && !authorizationError) return onOpen?.(s.data.ch!);
+      tls.refused(authorizationError?.message ?? "the TLS handshake failed");
+      s.data.tlsRefused = true;
+      s.end();
     },
     data(s: Socket<Holder>, d: Uint8Array) {
       s.data.ch?.onData(d);
@@ -415,16 +429,31 @@ function handlers(onOpen?: (ch: Channel) => void) {
       s.data?.ch?.onClose();
     },
     error(s: Socket<Holder>, err: Error) {
+      if (tls && !s.data?.tlsRefused) tls.refused(err.message);
       s.data?.ch?.onClose(err);
     },
   };
 }
 
-export async function connectTcp(host: string, port: number): Promise<Channel> {
-  const s = await Bun.connect<Holder>({ hostname: host, port, socket: handlers(), data: {} });
-  return s.data.ch!;
+/** `tls`: the destination's certificate must chain to the CA (tls.ts); a refusal is a TlsError. */
+export async function connectTcp(host: string, port: number, tls?: TLSOptions): Promise<Channel> {
+  if (!tls) {
+    const s = await Bun.connect<Holder>({ hostname: host, port, socket: handlers(), data: {} });
+    return s.data.ch!;
+  }
+  const { promise, resolve, reject } = Promise.withResolvers<Channel>();
+  const refused = (why: string) => reject(new TlsError(`TLS with ${host}:${port} failed: ${why}`, { hint: "the destination's certificate must chain to --tls-ca and name the host in --to; check both ends' --tls-* files" }));
+  const socket = handlers(resolve, { refused });
+  const close = socket.close;
+  socket.close = (s) => {
+    refused("the destination closed the connection during the TLS handshake (did it refuse our certificate?)");
+    close(s);
+  };
+  await Bun.connect<Holder>({ hostname: host, port, socket, data: {}, tls }).catch((err: Error) => refused(err.message));
+  return promise;
 }
 
-export function listenTcp(host: string, port: number, onChannel: (ch: Channel) => void): TCPSocketListener<Holder> {
-  return Bun.listen<Holder>({ hostname: host, port, socket: handlers(onChannel), data: {} });
+/** `tls`: every source must present a certificate that chains to the CA; a refused one goes to `onRefused`. */
+export function listenTcp(host: string, port: number, onChannel: (ch: Channel) => void, tls?: { options: TLSOptions; onRefused: (why: string) => void }): TCPSocketListener<Holder> {
+  return Bun.listen<Holder>({ hostname: host, port, socket: handlers(onChannel, tls && { refused: tls.onRefused }), data: {}, ...(tls ? { tls: tls.options } : {}) });
 }

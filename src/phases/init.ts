@@ -4,14 +4,17 @@
 
 import { proof, newNonce, verifyProof } from "../net/auth.ts";
 import { sessionKeys } from "../net/seal.ts";
-import type { Channel } from "../net/channel.ts";
+import { type Channel, ChannelClosed } from "../net/channel.ts";
+import { TlsError } from "../net/tls.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { type Hello, msg, MsgType, PROTOCOL_VERSION, type Ready } from "../net/protocol.ts";
 import { InitError } from "./errors.ts";
 
 export interface Credentials {
-  /** Undefined only with --insecure (or over SSH, which authenticated already). */
+  /** Undefined only with --insecure, or over SSH or TLS, which authenticate already. */
   secret?: Uint8Array;
+  /** The transport is TLS: it encrypts, so frames are not sealed again. */
+  tls?: boolean;
 }
 
 export async function sourceHandshake(
@@ -21,15 +24,22 @@ export async function sourceHandshake(
 ): Promise<Ready> {
   const nonce = newNonce();
   await ch.send(msg.hello({ nonce, ...offer }));
-  const w = await ch.expect(MsgType.WELCOME);
+  const w = await ch.expect(MsgType.WELCOME).catch((err: unknown) => {
+    // TLS 1.3: our side of the handshake ends before the destination has checked our
+    // certificate, so its refusal shows as a connection closed before WELCOME. Not a broken
+    // link to resume over: the same certificate would be refused again.
+    if (creds.tls && err instanceof ChannelClosed)
+      throw new TlsError("the destination closed the connection after the TLS handshake: it refused our certificate", { hint: "this host's --tls-cert must chain to the destination's --tls-ca" });
+    throw err;
+  });
   if (w.version !== PROTOCOL_VERSION) throw new InitError(`destination speaks protocol ${w.version}, we speak ${PROTOCOL_VERSION}`, { hint: "use the same wanmig version on both hosts" });
   if (creds.secret && !verifyProof(creds.secret, "dest", w.nonce, nonce, w.proof))
     throw new InitError("the destination could not prove it knows the secret", {
       cause: new ProtocolError("wrong secret"),
       hint: "check --secret-file on both hosts",
     });
-  if (!creds.secret) {
-    await ch.send(msg.auth(""));
+  if (!creds.secret || creds.tls) {
+    await ch.send(msg.auth(creds.secret ? proof(creds.secret, "source", w.nonce, nonce) : ""));
     return ch.expect(MsgType.READY);
   }
   // Everything after AUTH is sealed (seal.ts): inbound before AUTH goes, since READY may
@@ -55,7 +65,7 @@ export async function destHandshake(ch: Channel, creds: Credentials): Promise<He
     await ch.send(msg.error("authentication failed"));
     throw new InitError("the source could not prove it knows the secret", { cause: new ProtocolError("wrong secret") });
   }
-  if (creds.secret) {
+  if (creds.secret && !creds.tls) {
     const keys = sessionKeys(creds.secret, hello.nonce, nonce);
     ch.sealInbound(keys.s2d);
     ch.sealOutbound(keys.d2s);
