@@ -10,28 +10,34 @@ export class RawSocket {
   closed = false;
   private constructor(private socket: Socket<unknown>) {}
 
-  static async unix(path: string): Promise<RawSocket> {
+  static unix(path: string): Promise<RawSocket> {
+    return RawSocket.open({ unix: path });
+  }
+
+  static tcp(hostname: string, port: number): Promise<RawSocket> {
+    return RawSocket.open({ hostname, port });
+  }
+
+  private static async open(to: { unix: string } | { hostname: string; port: number }): Promise<RawSocket> {
     let self!: RawSocket;
-    const s = await Bun.connect({
-      unix: path,
-      socket: {
-        data(_s, d) {
-          self.q.push(Uint8Array.from(d));
-          self.wake();
-        },
-        drain() {
-          self.flush();
-        },
-        close() {
-          self.closed = true;
-          self.wake();
-        },
-        error() {
-          self.closed = true;
-          self.wake();
-        },
+    const socket = {
+      data(_s: unknown, d: Uint8Array) {
+        self.q.push(Uint8Array.from(d));
+        self.wake();
       },
-    });
+      drain() {
+        self.flush();
+      },
+      close() {
+        self.closed = true;
+        self.wake();
+      },
+      error() {
+        self.closed = true;
+        self.wake();
+      },
+    };
+    const s = "unix" in to ? await Bun.connect({ unix: to.unix, socket }) : await Bun.connect({ hostname: to.hostname, port: to.port, socket });
     self = new RawSocket(s as Socket<unknown>);
     return self;
   }
