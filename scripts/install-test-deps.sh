@@ -9,10 +9,11 @@
 #   iputils-ping (the network redirect and its "does the VM answer at its new address"),
 #   librsvg2-bin (rsvg-convert renders the --report timeline in its test),
 #   e2fsprogs (mkfs.ext4, e2fsck and debugfs for the ext4 guest's test),
-#   zstd (the migrate bench's physical limit: zstd -19 of the image's data).
+#   zstd (the migrate bench's physical limit: zstd -19 of the image's data),
+#   systemd (systemd-analyze scores the installed unit's sandbox), openssl (the TLS test's CA).
 set -euo pipefail
 pkgs=(libnbd-bin python3-libnbd qemu-utils nbdkit fio openssh-server openssh-client qemu-system-x86 busybox-static xen-utils-4.17
-  bind9 bind9-dnsutils iproute2 iputils-ping librsvg2-bin e2fsprogs zstd)
+  bind9 bind9-dnsutils iproute2 iputils-ping librsvg2-bin e2fsprogs zstd systemd openssl)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
