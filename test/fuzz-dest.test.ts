@@ -139,11 +139,20 @@ describe("fuzzing dest's decoder and handshake", () => {
         expect(cases).toBeGreaterThan(50);
         expect(dst.proc.exitCode).toBeNull();
         expect(existsSync(h.destImage)).toBe(false);
-        // The real source, under a writer: dest waited for it.
+        // The real source, under a writer: dest waited for it. Ahead of it, strangers that
+        // hold their connections: two say nothing, two say HELLO and never prove themselves.
+        // Handshakes run side by side, so they hold nobody up (one at a time, each would
+        // have held the real source for dest's 30 s wait, past the source's own).
+        const stalled = await Promise.all([0, 1, 2, 3].map(() => RawSocket.tcp("127.0.0.1", dst.port)));
+        stalled[2]!.write(encodeFrame(hello()));
+        stalled[3]!.write(encodeFrame(hello()));
         const wr = await stressWriter(srv.socket, { pattern: "random4k", bytes: 16 * MiB });
+        const t0 = Date.now();
         const run = await source(h, dst.port, ["--secret-file", h.secret]);
         await wr.stop();
         expect(run.code, run.stderr).toBe(0);
+        expect(Date.now() - t0).toBeLessThan(25_000); // not behind the strangers' 30 s
+        for (const s of stalled) s.end();
         await expectMovedWhole(h, wr.acked, srv.socket, dst.socket);
       },
       ["--secret-file", h.secret],

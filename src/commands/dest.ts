@@ -9,6 +9,7 @@ import { recoverStaleJournal } from "../redirect/journal.ts";
 import { Redirect } from "../redirect/redirect.ts";
 import { logger, redirectLogsTo, setLogLevel } from "../log.ts";
 import type { Channel } from "../net/channel.ts";
+import type { Hello } from "../net/protocol.ts";
 import { listenTcp, pipeChannel, stdoutSink } from "../net/channel.ts";
 import { describeError, ServeError, UsageError } from "../errors.ts";
 import { Receiver } from "../phases/receive.ts";
@@ -18,24 +19,31 @@ import { jsonArg, logArg, nameArg, runDirArg } from "./_shared.ts";
 import { credentials, parseHostPort } from "./_migration.ts";
 import { serverTls, tlsArgs, type TlsFiles, tlsFromArgs } from "../net/tls.ts";
 
-/** Connections from the source, one after another (a broken one may be followed by a resume). */
-function connections(listen: string, name: string, log: ReturnType<typeof logger>, tls?: TlsFiles) {
+/**
+ * Connections from the source, one after another (a broken one may be followed by a resume),
+ * each handed over once its handshake authenticated it. Handshakes run as connections
+ * arrive, side by side: a stranger that connects and says nothing, or says HELLO and never
+ * proves itself, must not hold the real source up behind it until a timeout.
+ */
+function connections(listen: string, name: string, log: ReturnType<typeof logger>, receiver: Receiver, tls?: TlsFiles) {
   const { host, port } = parseHostPort(listen, "--listen");
-  const waiting: Channel[] = [];
+  const waiting: Authenticated[] = [];
   let wake: (() => void) | undefined;
   const refused = (why: string) => log.warn(`refused a source at the TLS handshake (${why}); waiting for one whose certificate chains to --tls-ca`);
   const listener = listenTcp(
     host,
     port,
-    (ch) => {
-      waiting.push(ch);
-      wake?.();
-    },
+    (ch) =>
+      void receiver.authenticate(ch).then((hello) => {
+        if (!hello) return;
+        waiting.push({ ch, hello });
+        wake?.();
+      }),
     tls && { options: serverTls(tls), onRefused: refused },
   );
   log.info(`listening on ${host}:${listener.port} for ${name}`);
   return {
-    async next(timeoutMs: number): Promise<Channel | undefined> {
+    async next(timeoutMs: number): Promise<Authenticated | undefined> {
       const end = Date.now() + timeoutMs;
       while (!waiting.length && Date.now() < end) await new Promise<void>((r) => ((wake = r), setTimeout(r, Math.min(end - Date.now(), 60_000))));
       return waiting.shift();
@@ -59,6 +67,10 @@ async function routeDevice(ip: string, log: ReturnType<typeof logger>): Promise<
 }
 
 type Connections = ReturnType<typeof connections>;
+interface Authenticated {
+  ch: Channel;
+  hello: Hello;
+}
 
 /**
  * Runs connections from the source until the migration completes (TCP: resumes included).
@@ -75,13 +87,13 @@ async function receive(
     if (outcome === "rejected") throw new ReceiveError("the source's handshake failed (see above)");
     return undefined;
   }
-  const conns = connections(args.listen!, args.name, log, tlsFromArgs(args));
+  const conns = connections(args.listen!, args.name, log, receiver, tlsFromArgs(args));
   try {
     for (let started = false; ; ) {
       // Wait for the first source as long as it takes; for a resume, a bounded time.
-      const ch = await conns.next(started ? Number(args["resume-timeout"]) * 1000 : Number.MAX_SAFE_INTEGER);
-      if (!ch) throw new ReceiveError(`the source did not come back within ${args["resume-timeout"]} s`);
-      const outcome = await receiver.serve(ch);
+      const next = await conns.next(started ? Number(args["resume-timeout"]) * 1000 : Number.MAX_SAFE_INTEGER);
+      if (!next) throw new ReceiveError(`the source did not come back within ${args["resume-timeout"]} s`);
+      const outcome = await receiver.serve(next.ch, next.hello);
       if (outcome === "completed") return conns;
       if (outcome === "dropped") started = true;
     }
@@ -101,8 +113,8 @@ async function answerLateQueries(conns: Connections, receiver: Receiver, ms: num
     for (;;) {
       const left = end - Date.now();
       if (left <= 0) return;
-      const ch = await conns.next(left);
-      if (ch && (await receiver.serve(ch).catch(() => "rejected")) === "answered" && once) return;
+      const next = await conns.next(left);
+      if (next && (await receiver.serve(next.ch, next.hello).catch(() => "rejected")) === "answered" && once) return;
     }
   } finally {
     conns.close();
@@ -220,11 +232,11 @@ export default defineCommand({
         if (!(err instanceof ServeError) || !/in use/.test(err.message)) throw err;
         log.info("another process serves the image; answering the source's question only");
         if (args.stdio) await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()));
-        else await answerLateQueries(connections(args.listen!, args.name, log, tlsFromArgs(args)), receiver, Number(args["resume-timeout"]) * 1000, true);
+        else await answerLateQueries(connections(args.listen!, args.name, log, receiver, tlsFromArgs(args)), receiver, Number(args["resume-timeout"]) * 1000, true);
         return;
       }
       if (args.stdio) await receiver.serve(pipeChannel(Bun.stdin.stream(), stdoutSink()));
-      else conns = connections(args.listen!, args.name, log, tlsFromArgs(args));
+      else conns = connections(args.listen!, args.name, log, receiver, tlsFromArgs(args));
     } else {
       try {
         conns = await receive(args, receiver, log);

@@ -223,23 +223,16 @@ export class Receiver {
   }
 
   /** Runs one connection; "dropped" means the link broke and a resume is possible. */
-  async serve(ch: Channel): Promise<ServeOutcome> {
-    if (this.state.kind === "completed") return this.answerCompleted(ch);
+  /** `authenticated`: the HELLO of a channel whose handshake ran already (see `authenticate`). */
+  async serve(ch: Channel, authenticated?: Hello): Promise<ServeOutcome> {
+    if (this.state.kind === "completed") return this.answerCompleted(ch, authenticated);
     if (this.state.kind !== "waiting") {
       await ch.send(msg.error(`this destination's migration is ${this.state.kind}`)).catch(() => undefined);
       ch.close();
       throw new ReceiveError(`a connection arrived while the migration is ${this.state.kind}`);
     }
-    let hello: Hello;
-    try {
-      hello = await destHandshake(ch, this.opts.creds);
-    } catch (err) {
-      // A stranger, a wrong secret or another version: turn this connection away and
-      // wait on for the real source (anyone who can reach the port must not end us).
-      this.opts.log.warn(`refused a connection: ${describeError(err).replace(/\n\s*/g, "; ")}`);
-      await ch.shutdown(500);
-      return "rejected";
-    }
+    const hello = authenticated ?? (await this.authenticate(ch));
+    if (!hello) return "rejected";
     try {
       await this.accept(ch, hello);
       await ch.send(msg.ready(this.bulkDone ? hello.size : this.bulkOffset, this.nextSeq ?? 0n, !this.fresh));
@@ -321,15 +314,24 @@ export class Receiver {
    * A source that lost DONE (or was killed after it) asks again: tell it the image is
    * verified, with the digest, for the recording that was verified here.
    */
-  private async answerCompleted(ch: Channel): Promise<ServeOutcome> {
-    let hello: Hello;
+  /**
+   * The handshake alone: the source's HELLO once it proved itself, or undefined (a stranger,
+   * a wrong secret or another version, turned away: anyone who can reach the port must not
+   * end us). It touches nothing of the migration, so connections can run it side by side.
+   */
+  async authenticate(ch: Channel): Promise<Hello | undefined> {
     try {
-      hello = await destHandshake(ch, this.opts.creds);
+      return await destHandshake(ch, this.opts.creds);
     } catch (err) {
       this.opts.log.warn(`refused a connection: ${describeError(err).replace(/\n\s*/g, "; ")}`);
       await ch.shutdown(500);
-      return "rejected";
+      return undefined;
     }
+  }
+
+  private async answerCompleted(ch: Channel, authenticated?: Hello): Promise<ServeOutcome> {
+    const hello = authenticated ?? (await this.authenticate(ch));
+    if (!hello) return "rejected";
     const st = this.state as { kind: "completed"; digest: string };
     if (hello.recording !== this.hello?.recording || hello.size !== this.hello.size) {
       await ch.send(msg.error(`this destination completed another migration (${this.hello?.recording}) and serves it`)).catch(() => undefined);
