@@ -11,30 +11,13 @@ import { proof } from "../src/net/auth.ts";
 import { encodeFrame, FRAME_HEADER_LEN, FRAME_TRAILER_LEN, FrameDecoder, type Message, msg, MsgType } from "../src/net/protocol.ts";
 import { expectMovedWhole, hosts, MiB, removeHosts, source, withPair } from "./helpers/migration.ts";
 import { RawSocket } from "./helpers/raw-socket.ts";
+import { caseCounter, FUZZ_MS, FUZZ_SEED, prng } from "./helpers/fuzz.ts";
 import { stressWriter } from "./helpers/stress-writer.ts";
 import { readFileSync } from "node:fs";
 
-const FUZZ_MS = Number(process.env.WANMIG_FUZZ_MS) || 4000;
-const SEED = Number(process.env.WANMIG_FUZZ_SEED) || Date.now() % 2 ** 31;
 
 afterAll(() => removeHosts());
 
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-  return {
-    next,
-    int: (n: number) => Math.floor(next() * n),
-    bytes: (n: number) => Buffer.from(Array.from({ length: n }, () => Math.floor(next() * 256))),
-    pick: <T>(xs: readonly T[]) => xs[Math.floor(next() * xs.length)]!,
-  };
-}
 
 /** Reads one frame from the destination (throws if it closes first). */
 async function recvFrame(s: RawSocket): Promise<Message> {
@@ -56,9 +39,8 @@ describe("fuzzing dest's decoder and handshake", () => {
     await withPair(
       h,
       async ({ srv, dst }) => {
-        const r = prng(SEED);
-        const counts: Record<string, number> = {};
-        const count = (what: string) => (counts[what] = (counts[what] ?? 0) + 1);
+        const r = prng(FUZZ_SEED);
+        const { count, total, report } = caseCounter();
         const secret = readFileSync(h.secret, "utf8").trim();
         const hello = () => msg.hello({ nonce: r.bytes(32).toString("hex"), name: "vm", size: 32 * MiB, blockSize: 65536, recording: `vm.${r.int(1e9)}.1.deltas` });
         /** The frame decoder's answer to what we sent: it closes, or says ERROR and closes. */
@@ -132,10 +114,10 @@ describe("fuzzing dest's decoder and handshake", () => {
             if (existsSync(h.destImage)) throw new Error(`the image was created after a "${what}" client, before any source authenticated`);
           }
         } catch (err) {
-          throw new Error(`fuzz failed with seed ${SEED} (WANMIG_FUZZ_SEED=${SEED} replays it): ${(err as Error).message}`, { cause: err });
+          throw new Error(`fuzz failed with seed ${FUZZ_SEED} (WANMIG_FUZZ_SEED=${FUZZ_SEED} replays it): ${(err as Error).message}`, { cause: err });
         }
-        const cases = Object.values(counts).reduce((a, b) => a + b, 0);
-        console.log(`dest fuzz: seed ${SEED}, ${cases} cases in ${FUZZ_MS} ms\n${Object.entries(counts).map(([k, v]) => `  ${v}\t${k}`).join("\n")}`);
+        const cases = total();
+        console.log(`dest fuzz: seed ${FUZZ_SEED}, ${cases} cases in ${FUZZ_MS} ms\n${report()}`);
         expect(cases).toBeGreaterThan(50);
         expect(dst.proc.exitCode).toBeNull();
         expect(existsSync(h.destImage)).toBe(false);

@@ -12,31 +12,13 @@ import { join } from "node:path";
 import { Cmd, CmdFlag, IHAVEOPT, NbdErr, Opt, OPTION_MAX_LEN, REQUEST_MAGIC } from "../src/disk/nbd-protocol.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { RawSocket } from "./helpers/raw-socket.ts";
+import { caseCounter, FUZZ_MS, FUZZ_SEED, prng } from "./helpers/fuzz.ts";
 import { randomFile, type ServeHandle, startServe, tempDir } from "./helpers/serve-process.ts";
 
 const SIZE = 4 * 1024 * 1024;
 /** The well-behaved client owns the first half; fuzzers' valid writes go to the second. */
 const HALF = SIZE / 2;
-const FUZZ_MS = Number(process.env.WANMIG_FUZZ_MS) || 4000;
-const SEED = Number(process.env.WANMIG_FUZZ_SEED) || Date.now() % 2 ** 31;
 
-/** mulberry32: a small seeded generator, so a failing run can be replayed. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-  return {
-    next,
-    int: (n: number) => Math.floor(next() * n),
-    bytes: (n: number) => Buffer.from(Array.from({ length: n }, () => Math.floor(next() * 256))),
-    pick: <T>(xs: readonly T[]) => xs[Math.floor(next() * xs.length)]!,
-  };
-}
 
 let dir: ReturnType<typeof tempDir>;
 let srv: ServeHandle;
@@ -62,16 +44,15 @@ const closes = (s: RawSocket, ms = 1000) => s.waitClosed(ms);
 
 describe("fuzzing the NBD server", () => {
   test(`random and mutated clients for ${FUZZ_MS} ms beside a well-behaved one: answers or closes as the spec says, never crashes; the image is the model`, async () => {
-    const r = prng(SEED);
-    const counts: Record<string, number> = {};
-    const count = (what: string) => (counts[what] = (counts[what] ?? 0) + 1);
+    const r = prng(FUZZ_SEED);
+    const { count, total, report } = caseCounter();
     let stop = false;
 
     // The well-behaved client: writes and reads back its half all along.
     const good = await RawNbd.connect(srv.socket);
     await good.go();
     const goodLoop = (async () => {
-      const g = prng(SEED ^ 0x5bd1e995);
+      const g = prng(FUZZ_SEED ^ 0x5bd1e995);
       let n = 0;
       while (!stop) {
         const off = g.int(HALF / 512) * 512;
@@ -204,14 +185,14 @@ describe("fuzzing the NBD server", () => {
         }
       }
     } catch (err) {
-      throw new Error(`fuzz failed with seed ${SEED} (WANMIG_FUZZ_SEED=${SEED} replays it): ${(err as Error).message}`, { cause: err });
+      throw new Error(`fuzz failed with seed ${FUZZ_SEED} (WANMIG_FUZZ_SEED=${FUZZ_SEED} replays it): ${(err as Error).message}`, { cause: err });
     } finally {
       stop = true;
     }
     const goodOps = await goodLoop;
     good.disconnect();
-    const cases = Object.values(counts).reduce((a, b) => a + b, 0);
-    console.log(`nbd fuzz: seed ${SEED}, ${cases} cases in ${FUZZ_MS} ms, ${goodOps} write+read rounds of the well-behaved client\n${Object.entries(counts).map(([k, v]) => `  ${v}\t${k}`).join("\n")}`);
+    const cases = total();
+    console.log(`nbd fuzz: seed ${FUZZ_SEED}, ${cases} cases in ${FUZZ_MS} ms, ${goodOps} write+read rounds of the well-behaved client\n${report()}`);
     expect(cases).toBeGreaterThan(50);
     // Alive, and the disk is what the acknowledged writes made it.
     expect((await srv.ctl.status()).size).toBe(SIZE);
