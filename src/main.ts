@@ -39,20 +39,32 @@ function stripAnsi(s: string): string {
   return s.replace(/\x1b\[[0-9;]*m/g, "");
 }
 
-/** citty ignores flags it does not know; a typo in a runbook must fail loudly instead. */
-async function rejectUnknownFlags(rawArgs: string[]): Promise<void> {
+/**
+ * citty ignores flags it does not know, and keeps the last of a flag given twice: a typo in
+ * a runbook, or `serve --image A --image B` (which served B alone), must fail loudly instead.
+ */
+async function checkFlags(rawArgs: string[]): Promise<void> {
   const [cmd] = await resolveCommand(rawArgs);
   const defs = (typeof cmd.args === "function" ? await cmd.args() : await cmd.args) ?? {};
-  const known = new Set<string>();
+  /** Every spelling of a flag, to its name; and whether it takes a value. */
+  const names = new Map<string, string>();
+  const takesValue = new Set<string>();
   for (const [name, def] of Object.entries(defs as Record<string, { alias?: string | string[]; type?: string }>)) {
-    known.add(name);
-    for (const a of [def.alias ?? []].flat()) known.add(a);
-    if (def.type === "boolean") known.add(`no-${name}`);
+    names.set(name, name);
+    for (const a of [def.alias ?? []].flat()) names.set(a, name);
+    if (def.type === "boolean") names.set(`no-${name}`, name);
+    else if (def.type !== "positional") takesValue.add(name);
   }
+  const seen = new Set<string>();
   for (const word of rawArgs) {
     if (word === "--") break;
     const m = /^--?([^=]+)/.exec(word);
-    if (m && !/^-\d/.test(word) && !known.has(m[1]!)) throw new UsageError(`unknown option ${word.split("=")[0]}`);
+    if (!m || /^-\d/.test(word)) continue;
+    const name = names.get(m[1]!);
+    if (name === undefined) throw new UsageError(`unknown option ${word.split("=")[0]}`);
+    if (!takesValue.has(name)) continue;
+    if (seen.has(name)) throw new UsageError(`--${name} given twice: it takes one value`);
+    seen.add(name);
   }
 }
 
@@ -68,7 +80,7 @@ async function run(rawArgs: string[]): Promise<number> {
     return rawArgs.length === 0 ? ExitCode.usage : ExitCode.ok;
   }
   try {
-    await rejectUnknownFlags(rawArgs);
+    await checkFlags(rawArgs);
     await runCommand(main, { rawArgs });
     return ExitCode.ok;
   } catch (err) {

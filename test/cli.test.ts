@@ -40,6 +40,23 @@ describe("exit codes", () => {
     expect(cmd.code).toBe(ExitCode.usage);
   });
 
+  test("a flag that takes one value, given twice, is a usage error on every command (serve --image A --image B served B alone)", async () => {
+    for (const argv of [
+      ["serve", "--name", "x", "--image", "a.img", "--image", "b.img"],
+      ["serve", "--name", "x", "--image=a.img", "--image", "b.img"],
+      ["source", "--name", "x", "--to", "127.0.0.1:1", "--to", "127.0.0.1:2", "--insecure"],
+      ["dest", "--name", "x", "--image", "a.img", "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:1", "--insecure"],
+      ["migrate", "x", "--to", "ssh://a", "--remote-run-dir", "/a", "--remote-run-dir", "/b"],
+    ]) {
+      const r = await wanmig(argv);
+      expect(r.code, argv.join(" ")).toBe(ExitCode.usage);
+      expect(r.stderr).toMatch(/--[a-z-]+ given twice: it takes one value/);
+    }
+    // A switch given twice says the same thing twice: no error.
+    const twice = await wanmig(["source", "--name", "x", "--run-dir", dir.path, "--to", "127.0.0.1:1", "--insecure", "--insecure", "--compress", "gzip"]);
+    expect(twice.stderr).not.toContain("given twice");
+  });
+
   test("--compress takes auto, none, zstd or zstd:1-19; anything else is a usage error before any connection", async () => {
     for (const bad of ["zstd:25", "zstd:0", "gzip", "zstd:"]) {
       const r = await wanmig(["source", "--name", "x", "--run-dir", dir.path, "--to", "127.0.0.1:1", "--insecure", "--compress", bad]);
