@@ -5,6 +5,7 @@ import { randomBytes } from "node:crypto";
 import { closeSync, openSync, writeSync } from "node:fs";
 import { Channel } from "../src/net/channel.ts";
 import { msg, MsgType } from "../src/net/protocol.ts";
+import { haveNativeGcm } from "../src/net/aes-gcm.ts";
 import { Opener, SealError, Sealer, sessionKeys } from "../src/net/seal.ts";
 import { expectMovedWhole, hosts, MiB, removeHosts, source, spawnSource, withPair, writable } from "./helpers/migration.ts";
 import { stressWriter } from "./helpers/stress-writer.ts";
@@ -15,8 +16,8 @@ afterAll(() => removeHosts());
 const secret = Buffer.from("a-secret-of-more-than-sixteen-bytes");
 
 /** `n` frames sealed in one direction, as the bytes on the wire, record by record. */
-function sealed(key: Buffer, frames: Buffer[]): Buffer[] {
-  const s = new Sealer(key);
+function sealed(key: Buffer, frames: Buffer[], engine?: "native" | "node"): Buffer[] {
+  const s = new Sealer(key, engine);
   return frames.map((f) => Buffer.concat(s.seal(Buffer.from(f)))); // sealed in place: a copy
 }
 
@@ -36,6 +37,17 @@ describe("sealing, on synthetic streams", () => {
     expect(sessionKeys(secret, "aa", "bc").s2d.equals(keys.s2d)).toBe(false);
     // The plaintext appears nowhere in what is sent.
     expect(wire.includes(frames[1]!.subarray(1000, 1032))).toBe(false);
+  });
+
+  test("libcrypto in place and node:crypto seal the same bytes, and each opens the other's", () => {
+    expect(haveNativeGcm).toBe(true); // libssl3 is on every host here; without it node:crypto serves alone
+    const native = sealed(keys.s2d, frames, "native");
+    const node = sealed(keys.s2d, frames, "node");
+    expect(native.map((b) => b.toString("hex"))).toEqual(node.map((b) => b.toString("hex")));
+    for (const [records, engine] of [[native, "node"], [node, "native"]] as const) {
+      const o = new Opener(keys.s2d, Buffer.allocUnsafe, engine);
+      expect(o.push(Buffer.concat(records)).map((b) => b.toString("hex"))).toEqual(frames.map((b) => b.toString("hex")));
+    }
   });
 
   test("one flipped bit anywhere in a record (its length, its ciphertext or its tag) is refused at that record", () => {

@@ -17,7 +17,7 @@
 
 import { hkdfSync } from "node:crypto";
 import { ByteQueue } from "../util/byte-queue.ts";
-import { GcmKey, NONCE_LEN, TAG_LEN } from "./aes-gcm.ts";
+import { type GcmKey, gcmKey, NONCE_LEN, TAG_LEN } from "./aes-gcm.ts";
 import { FRAME_BUFFER_BYTES } from "./protocol.ts";
 import { ProtocolError } from "./errors.ts";
 
@@ -67,8 +67,8 @@ export class Sealer {
   private readonly counter = new Counter();
   private readonly key: GcmKey;
 
-  constructor(key: Buffer) {
-    this.key = new GcmKey(key);
+  constructor(key: Buffer, engine?: "native" | "node") {
+    this.key = gcmKey(key, "seal", engine);
   }
 
   /**
@@ -96,8 +96,9 @@ export class Opener {
   constructor(
     key: Buffer,
     private readonly alloc: (n: number) => Buffer = Buffer.allocUnsafe,
+    engine?: "native" | "node",
   ) {
-    this.key = new GcmKey(key);
+    this.key = gcmKey(key, "open", engine);
   }
 
   /** The frames whose records are whole in what has arrived, opened in place, in order. */
