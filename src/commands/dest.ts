@@ -137,8 +137,9 @@ export default defineCommand({
     base: { type: "string", description: "start --image as a copy of this file (a template, an older copy of the disk): only blocks that differ travel", valueHint: "PATH" },
     listen: { type: "string", description: "where the source connects", valueHint: "HOST:PORT" },
     "resume-timeout": { type: "string", description: "after a broken link, how long to wait for the source to resume (seconds)", default: "600", valueHint: "S" },
-    hypervisor: { type: "enum", options: ["none", "xl", "qemu"], description: "who runs the VM here once its disk is verified: none, xl (unpause DOMAIN), qemu (wait until it runs)", default: "none" },
-    domain: { type: "string", description: "with xl: the domain to unpause", valueHint: "DOMAIN" },
+    hypervisor: { type: "enum", options: ["none", "xl", "qemu", "libvirt"], description: "who runs the VM here once its disk is verified: none, xl (unpause DOMAIN), qemu (wait until it runs), libvirt (virsh resume DOMAIN)", default: "none" },
+    domain: { type: "string", description: "with xl or libvirt: the domain to run here", valueHint: "DOMAIN" },
+    "libvirt-uri": { type: "string", description: "with libvirt: this host's libvirt (virsh -c; default: virsh's own)", valueHint: "URI" },
     qmp: { type: "string", description: "with qemu: the destination QEMU's QMP socket", valueHint: "unix:PATH" },
     "pid-file": { type: "string", description: "write our pid here (removed on exit): the daemon `wanmig migrate` leaves behind", valueHint: "FILE" },
     "remove-on-abort": { type: "boolean", description: "if the migration aborts, remove the image this run created (what `wanmig migrate` asks)", default: false },
@@ -194,7 +195,7 @@ export default defineCommand({
       state,
       onAuthenticated: async () => {
         // A QEMU waiting for the incoming migration reads its disk at start-up: let reads through (nbd-server.ts).
-        svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], hold: held, holdWritesOnly: hv.kind === "qemu", log: serveLog, state });
+        svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], hold: held, holdWritesOnly: hv.kind === "qemu" || hv.kind === "libvirt", log: serveLog, state });
         svc.incoming = () => receiver.progress();
       },
       // The image is the VM's disk here from now on: a fence an earlier migration away from

@@ -4,6 +4,7 @@ import type { Logger } from "../log.ts";
 import { NoDestHypervisor, NoSourceHypervisor } from "./none.ts";
 import { QemuDest, QemuSource } from "./qemu.ts";
 import type { DestHypervisor, SourceHypervisor } from "./types.ts";
+import { LibvirtDest, LibvirtSource } from "./libvirt.ts";
 import { XlDest, XlSource } from "./xl.ts";
 
 export interface HypervisorArgs {
@@ -13,6 +14,8 @@ export interface HypervisorArgs {
   "migrate-uri"?: string;
   "xl-ssh"?: string;
   "xl-config"?: string;
+  "libvirt-uri"?: string;
+  "dest-uri"?: string;
 }
 
 function need(args: HypervisorArgs, flag: keyof HypervisorArgs): string {
@@ -21,7 +24,7 @@ function need(args: HypervisorArgs, flag: keyof HypervisorArgs): string {
   return v;
 }
 
-/** `destHost`: where xl migrate sends the domain (the --to host). */
+/** `destHost`: where xl migrate sends the domain (the --to host), and libvirt's default destination. */
 export function sourceHypervisor(args: HypervisorArgs, destHost: string, log: Logger): SourceHypervisor {
   switch (args.hypervisor) {
     case "none":
@@ -30,8 +33,10 @@ export function sourceHypervisor(args: HypervisorArgs, destHost: string, log: Lo
       return new QemuSource({ qmp: need(args, "qmp"), migrateUri: need(args, "migrate-uri") }, log);
     case "xl":
       return new XlSource({ domain: need(args, "domain"), host: destHost, sshCommand: args["xl-ssh"], config: args["xl-config"] }, log);
+    case "libvirt":
+      return new LibvirtSource({ domain: need(args, "domain"), uri: args["libvirt-uri"], destUri: args["dest-uri"] ?? `qemu+ssh://${destHost}/system` }, log);
   }
-  throw new UsageError(`unknown --hypervisor ${args.hypervisor}`, "use none, xl or qemu");
+  throw new UsageError(`unknown --hypervisor ${args.hypervisor}`, "use none, xl, qemu or libvirt");
 }
 
 export function destHypervisor(args: HypervisorArgs, log: Logger): DestHypervisor {
@@ -42,6 +47,8 @@ export function destHypervisor(args: HypervisorArgs, log: Logger): DestHyperviso
       return new QemuDest({ qmp: need(args, "qmp") }, log);
     case "xl":
       return new XlDest({ domain: need(args, "domain") }, log);
+    case "libvirt":
+      return new LibvirtDest({ domain: need(args, "domain"), uri: args["libvirt-uri"] }, log);
   }
-  throw new UsageError(`unknown --hypervisor ${args.hypervisor}`, "use none, xl or qemu");
+  throw new UsageError(`unknown --hypervisor ${args.hypervisor}`, "use none, xl, qemu or libvirt");
 }

@@ -7,12 +7,12 @@
 //           storage hand-off (fence, last deltas, destination verifies) -> complete
 //   dest:   (image verified, held I/O released) -> release (the VM runs here)
 
-export type HypervisorKind = "none" | "xl" | "qemu";
+export type HypervisorKind = "none" | "xl" | "qemu" | "libvirt";
 
 /**
  * Where the VM can no longer come back to the source:
  *  - "fence": storage only; once fenced, the destination's copy may be in use.
- *  - "memory-moved": `xl migrate` returned: the domain exists only at the destination.
+ *  - "memory-moved": `xl migrate` (or `virsh migrate`) returned: the domain exists only at the destination.
  *  - "complete": QEMU's migrate-continue; before it, the destination cannot run the VM.
  */
 export type PointOfNoReturn = "fence" | "memory-moved" | "complete";
