@@ -78,6 +78,6 @@ describe("installing on a host", () => {
       sh(["bash", "-c", `source ${join(root, "etc/bash_completion.d/wanmig")}; COMP_WORDS=(${words.map((w) => `'${w}'`).join(" ")}); COMP_CWORD=${words.length - 1}; _wanmig; echo "\${COMPREPLY[@]}"`]).then((r) => r.stdout.trim());
     expect(await complete(["wanmig", "mig"])).toBe("migrate");
     expect(await complete(["wanmig", "migrate", "--dry"])).toBe("--dry-run");
-    expect(await complete(["wanmig", "source", "--hypervisor", ""])).toBe("none xl qemu");
+    expect(await complete(["wanmig", "source", "--hypervisor", ""])).toBe("none xl qemu libvirt");
   }, 120_000);
 });
