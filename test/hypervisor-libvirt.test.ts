@@ -4,36 +4,16 @@
 // then the destination verifies, then virsh resume), and what each failure leaves behind:
 // before the point of no return the domain runs at the source and its disk is writable.
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync } from "node:fs";
 import { ExitCode } from "../src/errors.ts";
-import { expectMovedWhole, type Hosts, hosts, MiB, removeHosts, source, spawnSource, withPair, writable } from "./helpers/migration.ts";
-import { REPO } from "./helpers/serve-process.ts";
+import { expectMovedWhole, MiB, removeHosts, source, spawnSource, withPair, writable } from "./helpers/migration.ts";
+import { shimCalls, withToolShim } from "./helpers/tool-shim.ts";
 import { stressWriter } from "./helpers/stress-writer.ts";
 
 afterAll(() => removeHosts());
 
-const SHIM_PATH = `${join(REPO, "test", "fixtures", "bin")}:${process.env.PATH}`;
-
-function virshCalls(log: string): string[][] {
-  return existsSync(log) ? readFileSync(log, "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l).argv) : [];
-}
-
-/** Runs `body` with the shim first on PATH and its scenario set, for every process the test starts. */
-async function withVirshShim(scenario: string, body: (p: { h: Hosts; log: string }) => Promise<void>): Promise<void> {
-  const h = await hosts(16, 4);
-  const log = join(h.a, "virsh.log");
-  const saved = { ...process.env };
-  Object.assign(process.env, { PATH: SHIM_PATH, WANMIG_VIRSH_LOG: log, WANMIG_VIRSH_SCENARIO: scenario });
-  try {
-    await body({ h, log });
-  } finally {
-    for (const k of ["PATH", "WANMIG_VIRSH_LOG", "WANMIG_VIRSH_SCENARIO"]) {
-      if (saved[k] === undefined) delete process.env[k];
-      else process.env[k] = saved[k];
-    }
-  }
-}
+const virshCalls = (log: string) => shimCalls(log).map((c) => c.argv);
+const withVirshShim = (scenario: string, body: Parameters<typeof withToolShim>[2]) => withToolShim("virsh", scenario, body);
 
 const DEST = ["--insecure", "--hypervisor", "libvirt", "--domain", "vm1", "--libvirt-uri", "qemu:///system"];
 

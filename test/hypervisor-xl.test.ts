@@ -3,38 +3,16 @@
 // host. What is pinned: the argv contract, the order (xl migrate returns, then the fence,
 // then the destination verifies, then xl unpause), and what each failure leaves behind.
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync } from "node:fs";
 import { ExitCode } from "../src/errors.ts";
-import { type Hosts, hosts, MiB, removeHosts, source, spawnSource, withPair, writable, writer } from "./helpers/migration.ts";
-import { REPO, sh } from "./helpers/serve-process.ts";
+import { hosts, MiB, removeHosts, source, spawnSource, withPair, writable, writer } from "./helpers/migration.ts";
+import { sh } from "./helpers/serve-process.ts";
+import { shimCalls, withToolShim } from "./helpers/tool-shim.ts";
 
 afterAll(() => removeHosts());
 
-const SHIM_PATH = `${join(REPO, "test", "fixtures", "bin")}:${process.env.PATH}`;
-
-function xlCalls(log: string): { argv: string[]; t: number }[] {
-  return existsSync(log) ? readFileSync(log, "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l)) : [];
-}
-
-/**
- * Runs `body` with the shim first on PATH and its scenario set, for every process the
- * test starts (serve, dest and source inherit our environment); restored afterwards.
- */
-async function withXlShim(scenario: string, body: (p: { h: Hosts; log: string }) => Promise<void>): Promise<void> {
-  const h = await hosts(16, 4);
-  const log = join(h.a, "xl.log");
-  const saved = { ...process.env };
-  Object.assign(process.env, { PATH: SHIM_PATH, WANMIG_XL_LOG: log, WANMIG_XL_SCENARIO: scenario });
-  try {
-    await body({ h, log });
-  } finally {
-    for (const k of ["PATH", "WANMIG_XL_LOG", "WANMIG_XL_SCENARIO"]) {
-      if (saved[k] === undefined) delete process.env[k];
-      else process.env[k] = saved[k];
-    }
-  }
-}
+const xlCalls = shimCalls;
+const withXlShim = (scenario: string, body: Parameters<typeof withToolShim>[2]) => withToolShim("xl", scenario, body);
 
 const XL_DEST = ["--insecure", "--hypervisor", "xl", "--domain", "vm1"];
 

@@ -7,7 +7,7 @@ import { ControlClient } from "../src/disk/control-client.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { startSshd } from "./helpers/sshd.ts";
 import { startProxy } from "./helpers/proxy.ts";
-import { expectMovedWhole, hosts, lastEvent, MiB, missingWrites, removeHosts, source, sourceArgs, spawnSource, withPair, writable, writer } from "./helpers/migration.ts";
+import { expectMovedWhole, expectResumedOnce, hosts, lastEvent, MiB, missingWrites, removeHosts, source, sourceArgs, spawnSource, withPair, writable, writer } from "./helpers/migration.ts";
 import { stressWriter } from "./helpers/stress-writer.ts";
 import { MAIN, randomFile, secretFile, sh, startDest, startServe, wanmig } from "./helpers/serve-process.ts";
 
@@ -299,13 +299,12 @@ describe("resume after a broken link", () => {
         const src = spawnSource(h, proxy.port, ["--insecure", "--compress", "none", "--bandwidth", "400mbit"]);
         while (proxy.bytes < 48 * MiB) await Bun.sleep(20);
         proxy.cut();
-        const { code, stderr: err, done } = await src.result();
+        const result = await src.result();
+        const { stderr: err, done } = result;
         if (!done) throw new Error(`no final event: ${err}`);
         await w.stop();
         expect(err).toContain("reconnecting");
-        expect(err).toContain("resumed: destination has bulk up to");
-        expect(code).toBe(0);
-        expect(done.reconnects).toBe(1);
+        expectResumedOnce(result);
         // Starting over would send 128 MiB plus the 48 MiB already across.
         expect(done.bulkBytes).toBeLessThan(128 * MiB + 16 * MiB);
         await dst.waitFor("now serving");

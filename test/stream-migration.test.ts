@@ -5,7 +5,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { expectMovedWhole, hosts, MiB, removeHosts, spawnSource, withPair } from "./helpers/migration.ts";
+import { expectMovedWhole, expectResumedOnce, hosts, MiB, removeHosts, spawnSource, withPair } from "./helpers/migration.ts";
 import { startProxy } from "./helpers/proxy.ts";
 import { sh } from "./helpers/serve-process.ts";
 import { stressWriter } from "./helpers/stress-writer.ts";
@@ -53,11 +53,10 @@ describe("the bulk as one long-window stream on a slow link", () => {
         const run = spawnSource(h, proxy.port, ["--insecure", "--bandwidth", "40mbit"]);
         while (proxy.bytes < MiB) await Bun.sleep(10);
         proxy.cut();
-        const { code, stderr, done } = await run.result();
+        const result = await run.result();
+        const { done } = result;
         await w.stop();
-        expect(code, stderr).toBe(0);
-        expect(stderr).toContain("resumed: destination has bulk up to");
-        expect(done!.reconnects).toBe(1);
+        expectResumedOnce(result);
         expect(done!.bulkStreamedBytes as number).toBeGreaterThan(4 * MiB);
         await expectMovedWhole(h, w.acked, srv.socket, dst.socket);
       } finally {

@@ -194,8 +194,8 @@ export default defineCommand({
       log,
       state,
       onAuthenticated: async () => {
-        // A QEMU waiting for the incoming migration reads its disk at start-up: let reads through (nbd-server.ts).
-        svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], hold: held, holdWritesOnly: hv.kind === "qemu" || hv.kind === "libvirt", log: serveLog, state });
+        // A VM whose QEMU is waiting here reads its disk at start-up: let reads through (nbd-server.ts).
+        svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], hold: held, holdWritesOnly: hv.readsBeforeRelease, log: serveLog, state });
         svc.incoming = () => receiver.progress();
       },
       // The image is the VM's disk here from now on: a fence an earlier migration away from

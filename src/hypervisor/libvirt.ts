@@ -19,6 +19,7 @@ import type { Logger } from "../log.ts";
 import { CommandError, runCommand } from "../util/run.ts";
 import { HypervisorError } from "./errors.ts";
 import type { DestHypervisor, RecoveryState, SourceHypervisor } from "./types.ts";
+import { whileRunning } from "./while-running.ts";
 
 /** virsh's words (libvirt's error texts) for failures an operator can act on, each one clear line. */
 const KNOWN_VIRSH_ERRORS: { re: RegExp; says: string; hint: string }[] = [
@@ -75,18 +76,13 @@ export class LibvirtSource implements SourceHypervisor {
 
   async moveMemory(whileWaiting: () => Promise<void>): Promise<{ pausedAt: number }> {
     this.log.info(`virsh migrates ${this.opts.domain} to ${this.opts.destUri} (left paused there)`);
-    let finished = false;
+    // Under way until virsh returns, not until we stop waiting: a Ctrl-C mid-migrate leaves
+    // it running, and abort() must cancel it.
     this.migrating = true;
-    const migrating = runVirsh(this.opts.uri, ["migrate", "--live", "--suspend", this.opts.domain, this.opts.destUri], this.log, `migrating ${this.opts.domain}`).finally(() => {
-      finished = true;
-      this.migrating = false;
-    });
-    migrating.catch(() => undefined); // observed below; this keeps an early failure from going unhandled
-    while (!finished) {
-      await whileWaiting();
-      await Bun.sleep(20);
-    }
-    await migrating;
+    const migrate = runVirsh(this.opts.uri, ["migrate", "--live", "--suspend", this.opts.domain, this.opts.destUri], this.log, `migrating ${this.opts.domain}`).finally(
+      () => (this.migrating = false),
+    );
+    await whileRunning(migrate, whileWaiting);
     return { pausedAt: performance.now() };
   }
 
@@ -111,6 +107,7 @@ export class LibvirtSource implements SourceHypervisor {
 
 export class LibvirtDest implements DestHypervisor {
   readonly kind = "libvirt" as const;
+  readonly readsBeforeRelease = true; // the QEMU libvirt starts for the incoming migration
 
   constructor(
     private readonly opts: { domain: string; uri?: string },

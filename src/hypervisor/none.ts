@@ -19,6 +19,7 @@ export class NoSourceHypervisor implements SourceHypervisor {
 
 export class NoDestHypervisor implements DestHypervisor {
   readonly kind = "none" as const;
+  readonly readsBeforeRelease = false;
   async release(): Promise<{ runningAt: number }> {
     return { runningAt: Date.now() };
   }

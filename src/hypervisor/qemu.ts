@@ -139,6 +139,7 @@ export class QemuSource implements SourceHypervisor {
 
 export class QemuDest implements DestHypervisor {
   readonly kind = "qemu" as const;
+  readonly readsBeforeRelease = true; // QEMU waiting with -incoming reads its disk at start-up
 
   constructor(
     private readonly opts: { qmp: string },

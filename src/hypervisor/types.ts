@@ -47,6 +47,8 @@ export interface SourceHypervisor {
 
 export interface DestHypervisor {
   readonly kind: HypervisorKind;
+  /** The VM's QEMU here opens its disk before release and may read it (the dest lets reads through, holds writes). */
+  readonly readsBeforeRelease: boolean;
   /** The disk is verified and served: run the VM here; resolves when it runs, with that instant (wall clock, ms). */
   release(): Promise<{ runningAt: number }>;
   close(): void;

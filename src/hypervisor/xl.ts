@@ -8,6 +8,7 @@ import type { Logger } from "../log.ts";
 import { CommandError, runCommand } from "../util/run.ts";
 import { HypervisorError } from "./errors.ts";
 import type { DestHypervisor, SourceHypervisor } from "./types.ts";
+import { whileRunning } from "./while-running.ts";
 
 /**
  * xl's own words for failures an operator can act on, each turned into one clear line.
@@ -64,14 +65,7 @@ export class XlSource implements SourceHypervisor {
     if (this.opts.config) args.push("-C", this.opts.config);
     args.push(this.opts.domain, this.opts.host);
     this.log.info(`xl migrates ${this.opts.domain} to ${this.opts.host} (left paused there)`);
-    let finished = false;
-    const migrating = runXl(args, this.log, `migrating ${this.opts.domain}`).finally(() => (finished = true));
-    migrating.catch(() => undefined); // observed below; this keeps an early failure from going unhandled
-    while (!finished) {
-      await whileWaiting();
-      await Bun.sleep(20);
-    }
-    await migrating;
+    await whileRunning(runXl(args, this.log, `migrating ${this.opts.domain}`), whileWaiting);
     return { pausedAt: performance.now() };
   }
 
@@ -95,6 +89,7 @@ export class XlSource implements SourceHypervisor {
 
 export class XlDest implements DestHypervisor {
   readonly kind = "xl" as const;
+  readonly readsBeforeRelease = false;
 
   constructor(
     private readonly opts: { domain: string },

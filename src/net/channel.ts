@@ -228,15 +228,17 @@ export class Channel {
     if (m.type === MsgType.ERROR) this.errorSent = true;
     // The message's data is copied into the frame here, before any wait: callers may reuse their buffers once send() is called.
     const f = encodeFrame(m, this.frames && ((n) => this.frames!.take(n)));
-    const pieces = this.sealer ? this.sealer.seal(f) : [f]; // sealed in place: f is sent as ciphertext
-    const length = pieces.reduce((n, p) => n + p.length, 0);
+    // Sealed in place: f goes as ciphertext, between the record's length and its tag.
+    const sealed = this.sealer?.seal(f);
+    const length = sealed ? sealed[0].length + f.length + sealed[2].length : f.length;
     if (this.rate) {
       const t0 = performance.now();
       await this.rate.take(length);
       this.waitedMs += performance.now() - t0;
     }
     this.bytesSent += length;
-    for (const p of pieces) this.out.write(p);
+    if (sealed) for (const p of sealed) this.out.write(p);
+    else this.out.write(f);
     if (this.out.queued === 0) this.frames?.release(f); // the socket took the whole frame
     this.observe();
     if (this.out.closed) throw this.failure ?? new ChannelClosed();
@@ -250,21 +252,12 @@ export class Channel {
 
   /** The next message, in order; throws if the stream failed or the timeout passed. */
   async recv(timeoutMs = 0): Promise<Message> {
-    const deadline = timeoutMs ? Date.now() + timeoutMs : 0;
-    for (;;) {
-      const m = this.take();
-      if (m) return m;
-      if (this.failure) throw this.failure;
-      const left = deadline ? deadline - Date.now() : 0;
-      if (deadline && left <= 0) throw new ProtocolError(`no message from the peer for ${timeoutMs} ms`, { exitCode: ExitCode.peerFailure });
-      await new Promise<void>((r) => {
-        this.wake = r;
-        if (left) setTimeout(r, left);
-      });
-    }
+    const m = await this.recvWithin(timeoutMs || Number.POSITIVE_INFINITY);
+    if (m) return m;
+    throw new ProtocolError(`no message from the peer for ${timeoutMs} ms`, { exitCode: ExitCode.peerFailure });
   }
 
-  /** The next message if one arrives within `ms`, else undefined; throws if the stream failed. */
+  /** The next message if one arrives within `ms` (Infinity: waits as long as it takes), else undefined; throws if the stream failed. */
   async recvWithin(ms: number): Promise<Message | undefined> {
     const deadline = Date.now() + ms;
     for (;;) {
@@ -274,7 +267,7 @@ export class Channel {
       if (left <= 0) return undefined;
       await new Promise<void>((r) => {
         this.wake = r;
-        setTimeout(r, left);
+        if (Number.isFinite(left)) setTimeout(r, left);
       });
     }
   }

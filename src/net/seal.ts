@@ -112,7 +112,7 @@ export class Opener {
       const length = this.head.readUInt32BE(0);
       if (length > MAX_SEALED) throw new SealError(`sealed frame ${this.counter.value} claims ${length} bytes: the stream was altered, or the peer does not seal`);
       if (q.length < LENGTH_LEN + length + TAG_LEN) break;
-      q.take(LENGTH_LEN);
+      q.skip(LENGTH_LEN);
       const body = this.alloc(length);
       q.takeInto(body);
       q.takeInto(this.tag);

@@ -170,6 +170,13 @@ export async function expectMovedOnce(srcSocket: string, dstSocket: string): Pro
   expect(await writable(dstSocket)).toBe(true);
 }
 
+/** A source run that lost its link once: it finished (exit 0), having resumed from where the destination got. */
+export function expectResumedOnce(r: { code: number | null; stderr: string; done?: Record<string, unknown> }): void {
+  expect(r.code, r.stderr).toBe(0);
+  expect(r.stderr).toContain("resumed: destination has bulk up to");
+  expect(r.done?.reconnects).toBe(1);
+}
+
 /** Every migration's final check: byte-identical, no acknowledged write lost, the disk at exactly one host. */
 export async function expectMovedWhole(h: Hosts, acked: Map<number, Buffer[]>, srcSocket: string, dstSocket: string): Promise<void> {
   await sh(["cmp", h.image, h.destImage]);
