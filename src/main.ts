@@ -49,11 +49,11 @@ async function checkFlags(rawArgs: string[]): Promise<void> {
   /** Every spelling of a flag, to its name; and whether it takes a value. */
   const names = new Map<string, string>();
   const takesValue = new Set<string>();
-  for (const [name, def] of Object.entries(defs as Record<string, { alias?: string | string[]; type?: string }>)) {
+  for (const [name, def] of Object.entries(defs as Record<string, { alias?: string | string[]; type?: string; repeatable?: boolean }>)) {
     names.set(name, name);
     for (const a of [def.alias ?? []].flat()) names.set(a, name);
     if (def.type === "boolean") names.set(`no-${name}`, name);
-    else if (def.type !== "positional") takesValue.add(name);
+    else if (def.type !== "positional" && !def.repeatable) takesValue.add(name);
   }
   const seen = new Set<string>();
   for (const word of rawArgs) {

@@ -40,10 +40,10 @@ describe("exit codes", () => {
     expect(cmd.code).toBe(ExitCode.usage);
   });
 
-  test("a flag that takes one value, given twice, is a usage error on every command (serve --image A --image B served B alone)", async () => {
+  test("a flag that takes one value, given twice, is a usage error on every command (--image is once per disk)", async () => {
     for (const argv of [
-      ["serve", "--name", "x", "--image", "a.img", "--image", "b.img"],
-      ["serve", "--name", "x", "--image=a.img", "--image", "b.img"],
+      ["serve", "--name", "x", "--name", "y", "--image", "a.img"],
+      ["serve", "--name", "x", "--image", "a.img", "--run-dir=/a", "--run-dir", "/b"],
       ["source", "--name", "x", "--to", "127.0.0.1:1", "--to", "127.0.0.1:2", "--insecure"],
       ["dest", "--name", "x", "--image", "a.img", "--listen", "127.0.0.1:0", "--listen", "127.0.0.1:1", "--insecure"],
       ["migrate", "x", "--to", "ssh://a", "--remote-run-dir", "/a", "--remote-run-dir", "/b"],

@@ -1,6 +1,7 @@
 // `wanmig serve` against the real NBD clients a user has: libnbd's tools, QEMU's, fio.
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
+import { statSync } from "node:fs";
 import { randomFile, serveForSuite, sh, sparseFile } from "./helpers/serve-process.ts";
 
 const MiB = 1024 * 1024;
@@ -18,9 +19,10 @@ describe("real NBD clients", () => {
     expect(ex.block_size_preferred).toBe(4096);
   });
 
-  test("nbdinfo --list lists the export by its name", async () => {
+  test("nbdinfo --list lists the VM's one disk as disk0; the VM's name and \"\" reach it too", async () => {
     const { stdout } = await sh(["nbdinfo", "--list", "--json", suite.srv.uri]);
-    expect(JSON.parse(stdout).exports.map((e: { "export-name": string }) => e["export-name"])).toEqual(["vm1"]);
+    expect(JSON.parse(stdout).exports.map((e: { "export-name": string }) => e["export-name"])).toEqual(["disk0"]);
+    for (const name of ["disk0", "vm1", ""]) expect((await sh(["nbdinfo", "--size", `nbd+unix:///${name}?socket=${suite.srv.socket}`])).stdout.trim()).toBe(String(statSync(suite.image).size));
   });
 
   test("nbdcopy writes 64 MiB of random data in and reads it back identical", async () => {

@@ -45,11 +45,11 @@ describe("operator views", () => {
       expect(res.headers.get("content-type")).toContain("text/plain");
       const text = await res.text();
       expect(text).toContain("# TYPE wanmig_io_writes_total counter");
-      expect(text).toMatch(/^wanmig_io_writes_total\{name="web1"\} 2$/m);
-      expect(text).toMatch(/^wanmig_io_written_bytes_total\{name="web1"\} 8192$/m);
+      expect(text).toMatch(/^wanmig_io_writes_total\{name="web1",disk="disk0"\} 2$/m);
+      expect(text).toMatch(/^wanmig_io_written_bytes_total\{name="web1",disk="disk0"\} 8192$/m);
       expect(text).toMatch(/^wanmig_fenced\{name="web1"\} 0$/m);
       // Every sample line is NAME{labels} NUMBER, every family has HELP and TYPE.
-      for (const line of text.trim().split("\n")) expect(line).toMatch(/^(# (HELP|TYPE) wanmig_\w+ .+|wanmig_\w+\{name="web1"\} \d+)$/);
+      for (const line of text.trim().split("\n")) expect(line).toMatch(/^(# (HELP|TYPE) wanmig_\w+ .+|wanmig_\w+\{name="web1"(,disk="disk0")?\} \d+)$/);
     } finally {
       await srv.stop();
     }

@@ -15,7 +15,7 @@ import { describeError, ServeError, UsageError } from "../errors.ts";
 import { Receiver } from "../phases/receive.ts";
 import { ImageStateFile, stateFilePath } from "../disk/image-state.ts";
 import { ReceiveError } from "../phases/errors.ts";
-import { jsonArg, logArg, nameArg, runDirArg } from "./_shared.ts";
+import { jsonArg, logArg, nameArg, REPEATABLE, runDirArg, valuesOf } from "./_shared.ts";
 import { credentials, parseHostPort } from "./_migration.ts";
 import { serverTls, tlsArgs, type TlsFiles, tlsFromArgs } from "../net/tls.ts";
 
@@ -52,12 +52,15 @@ function connections(listen: string, name: string, log: ReturnType<typeof logger
   };
 }
 
-/** The image starts as a sparse (or reflinked) copy of the base; an existing image is a base already. */
-async function copyBase(base: string, image: string, log: ReturnType<typeof logger>): Promise<void> {
-  if (existsSync(image)) throw new UsageError(`--image ${image} exists already`, "an existing image is itself used as the base: drop --base, or point --image at a new file");
-  if (!existsSync(base)) throw new UsageError(`--base ${base} does not exist`);
-  const r = await runCommand(["cp", "--sparse=always", "--reflink=auto", base, image], log);
-  log.info(`image ${image} starts as a copy of ${base} (${r.durationMs} ms)`);
+/** Each image starts as a sparse (or reflinked) copy of its base; an existing image is a base already. */
+async function copyBases(bases: string[], images: string[], log: ReturnType<typeof logger>): Promise<void> {
+  if (bases.length !== images.length) throw new UsageError(`${bases.length} --base for ${images.length} --image`, "give --base once per --image, in the same order, or not at all");
+  for (const image of images) if (existsSync(image)) throw new UsageError(`--image ${image} exists already`, "an existing image is itself used as the base: drop --base, or point --image at a new file");
+  for (const base of bases) if (!existsSync(base)) throw new UsageError(`--base ${base} does not exist`);
+  for (const [i, base] of bases.entries()) {
+    const r = await runCommand(["cp", "--sparse=always", "--reflink=auto", base, images[i]!], log);
+    log.info(`image ${images[i]} starts as a copy of ${base} (${r.durationMs} ms)`);
+  }
 }
 
 /** The interface this host routes an address through (where the VM sits, by its new address). */
@@ -132,9 +135,9 @@ export default defineCommand({
   meta: { name: "dest", description: "Receive a migrating VM's disk, then serve it here (holding its I/O until consistent)" },
   args: {
     ...nameArg,
-    image: { type: "string", description: "the image file here (created sparse if missing)", required: true, valueHint: "PATH" },
+    image: { type: "string", description: "an image file here (created sparse if missing); once per disk, in the source's order", required: true, valueHint: "PATH", ...REPEATABLE },
     ...runDirArg,
-    base: { type: "string", description: "start --image as a copy of this file (a template, an older copy of the disk): only blocks that differ travel", valueHint: "PATH" },
+    base: { type: "string", description: "start --image as a copy of this file (a template, an older copy of the disk): only blocks that differ travel; once per --image", valueHint: "PATH", ...REPEATABLE },
     listen: { type: "string", description: "where the source connects", valueHint: "HOST:PORT" },
     "resume-timeout": { type: "string", description: "after a broken link, how long to wait for the source to resume (seconds)", default: "600", valueHint: "S" },
     hypervisor: { type: "enum", options: ["none", "xl", "qemu", "libvirt"], description: "who runs the VM here once its disk is verified: none, xl (unpause DOMAIN), qemu (wait until it runs), libvirt (virsh resume DOMAIN)", default: "none" },
@@ -151,9 +154,12 @@ export default defineCommand({
     ...jsonArg,
     ...logArg,
   },
-  async run({ args }) {
+  async run({ args, rawArgs }) {
     if (args.log) setLogLevel(args.log);
     const log = logger("migration target");
+    const images = valuesOf(rawArgs, "image");
+    const bases = valuesOf(rawArgs, "base");
+    if (new Set(images).size !== images.length) throw new UsageError("an --image is given twice", "--image once per disk, each a different file");
     const serveLog = logger("serve");
     if (!args.stdio && !args.listen) throw new UsageError("dest needs --listen HOST:PORT or --stdio");
     // Over SSH the transport authenticated both ends already; no secret is needed.
@@ -171,31 +177,31 @@ export default defineCommand({
     // NAME served here already: found now, not once the whole image has crossed and this
     // dest starts serving it. (A copy verified here before a restart may be served by the
     // dest that received it: that case is handled below.)
-    if (ImageStateFile.read(args.image).incoming?.state !== "verified") {
+    if (ImageStateFile.read(images).incoming?.state !== "verified") {
       const ctl = controlSocketPath(args["run-dir"], args.name);
       if (await unixPathAnswers(ctl))
         throw new ServeError(`${args.name} is already served in ${args["run-dir"]} (a server answers on ${ctl})`, {
           hint: "stop that server, or receive under another --name or --run-dir",
         });
     }
-    const createdImage = !existsSync(args.image);
-    // A killed destination of this image left its position here: take it up, copy no base over it.
-    const resuming = ImageStateFile.read(args.image).incoming?.state === "receiving" && existsSync(args.image);
-    if (args.base && !resuming) await copyBase(args.base, args.image, log);
-    const state = new ImageStateFile(args.image);
+    const createdImages = images.filter((p) => !existsSync(p));
+    // A killed destination of these images left its position here: take it up, copy no base over it.
+    const resuming = ImageStateFile.read(images).incoming?.state === "receiving" && images.every((p) => existsSync(p));
+    if (bases.length && !resuming) await copyBases(bases, images, log);
+    const state = new ImageStateFile(images);
     await recoverStaleJournal(args["run-dir"], args.name, log);
     let svc: DiskService | undefined;
     let redirect: Redirect | undefined;
     let release!: () => void;
     const held = new Promise<void>((r) => (release = r));
     const receiver = new Receiver({
-      image: args.image,
+      images,
       creds,
       log,
       state,
       onAuthenticated: async () => {
         // A VM whose QEMU is waiting here reads its disk at start-up: let reads through (nbd-server.ts).
-        svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], hold: held, holdWritesOnly: hv.readsBeforeRelease, log: serveLog, state });
+        svc = await DiskService.start({ images, name: args.name, runDir: args["run-dir"], hold: held, holdWritesOnly: hv.readsBeforeRelease, log: serveLog, state });
         svc.incoming = () => receiver.progress();
       },
       // The image is the VM's disk here from now on: a fence an earlier migration away from
@@ -224,9 +230,9 @@ export default defineCommand({
     let conns: Connections | undefined;
     if (receiver.verifiedRecording) {
       // Verified before a restart: serve it; a source that lost DONE may still ask.
-      log.info(`the incoming migration ${receiver.verifiedRecording} was verified here before a restart; serving ${args.image}`);
+      log.info(`the incoming migration ${receiver.verifiedRecording} was verified here before a restart; serving ${images.join(" + ")}`);
       try {
-        svc = await DiskService.start({ image: args.image, name: args.name, runDir: args["run-dir"], log: serveLog, state });
+        svc = await DiskService.start({ images, name: args.name, runDir: args["run-dir"], log: serveLog, state });
       } catch (err) {
         // A recovering source asks us while another process (the dest daemon of that
         // migration) serves the image: answer it, and leave that process be.
@@ -244,10 +250,12 @@ export default defineCommand({
       } catch (err) {
         await undoRedirect();
         svc?.stop();
-        if (args["remove-on-abort"] && createdImage) {
-          rmSync(args.image, { force: true });
-          rmSync(stateFilePath(args.image), { force: true });
-          log.warn(`migration aborted: removed ${args.image}, which this run had created`);
+        if (args["remove-on-abort"] && createdImages.length) {
+          for (const image of createdImages) {
+            rmSync(image, { force: true });
+            rmSync(stateFilePath(image), { force: true });
+          }
+          log.warn(`migration aborted: removed ${createdImages.join(", ")}, which this run had created`);
         }
         throw err;
       }
@@ -284,7 +292,7 @@ export default defineCommand({
       process.stdout.on("error", () => undefined);
       await redirectLogsTo(logFile, [log, serveLog]);
       log.info(`migration complete: now serving ${args.name} (the ssh session that started us is gone)`);
-    } else if (args.json) process.stdout.write(`${JSON.stringify({ event: "done", name: args.name, image: args.image })}\n`);
+    } else if (args.json) process.stdout.write(`${JSON.stringify({ event: "done", name: args.name, image: images.join(" + "), images })}\n`);
     log.info(`migration complete: now serving ${args.name}`);
     await new Promise<void>((resolve) => {
       const stop = async () => {

@@ -1,14 +1,14 @@
 import { defineCommand } from "citty";
 import { ControlClient } from "../disk/control-client.ts";
-import { controlSocketPath } from "../disk/disk-service.ts";
+import { controlSocketPath, type ServeStatus, servedImages } from "../disk/disk-service.ts";
 import { ExitCode, UsageError, WanmigError } from "../errors.ts";
 import { logger, setLogLevel } from "../log.ts";
 import { copySelf, preflight } from "../remote/preflight.ts";
 import { describeTarget, parseSshUrl } from "../remote/ssh.ts";
 import { InitError } from "../phases/errors.ts";
 import { qmpSocketPath } from "../hypervisor/qmp.ts";
-import { runDirArg } from "./_shared.ts";
-import { runSourceCommand, sourceOptionArgs } from "./source.ts";
+import { REPEATABLE, runDirArg, valuesOf } from "./_shared.ts";
+import { remoteImages as imagesThere, runSourceCommand, sourceOptionArgs } from "./source.ts";
 
 class PreflightFailed extends WanmigError {
   constructor(n: number, sshFailed: boolean) {
@@ -21,20 +21,26 @@ class PreflightFailed extends WanmigError {
  * there if needed, start `wanmig dest --stdio` there, migrate through ssh's pipes, and
  * leave dest serving the disk there as a daemon (with a pid file).
  */
+/** --remote-image (or source's spelling, --dest-image), once per disk; by default the same paths. */
+function chosenRemoteImages(remote: string[], dest: string[], local: Pick<ServeStatus, "disks">): string[] {
+  if (remote.length && dest.length) throw new UsageError("--remote-image and --dest-image name the same thing", "give --remote-image only");
+  return remote.length ? imagesThere(remote, local, "--remote-image") : imagesThere(dest, local, "--dest-image");
+}
+
 export default defineCommand({
   meta: { name: "migrate", description: "Migrate a VM (its disk, and with --hypervisor its memory) to another host over SSH, in one command" },
   args: {
     name: { type: "positional", description: "the VM's disk, as served here (`wanmig serve --name NAME`)", required: true, valueHint: "NAME" },
     ...runDirArg,
     to: { type: "string", description: "the other host", required: true, valueHint: "ssh://[USER@]HOST[:PORT]" },
-    "remote-image": { type: "string", description: "the image path there (default: the same path as here)", valueHint: "PATH" },
+    "remote-image": { type: "string", description: "an image path there, once per disk in serve's order (default: the same paths as here)", valueHint: "PATH", ...REPEATABLE },
     "remote-run-dir": { type: "string", description: "the run directory there (default: the same as here)", valueHint: "DIR" },
     "remote-qmp": { type: "string", description: "with --hypervisor qemu: the destination QEMU's QMP socket there", valueHint: "unix:PATH" },
     "dry-run": { type: "boolean", description: "run the pre-flight checks only", default: false },
     ...sourceOptionArgs,
     "remote-bin": { type: "string", description: "wanmig there; copied from this binary when missing or of another protocol", default: "/usr/local/bin/wanmig", valueHint: "PATH" },
   },
-  async run({ args }) {
+  async run({ args, rawArgs }) {
     if (args.log) setLogLevel(args.log);
     const log = logger("migrate");
     if (!args.to.startsWith("ssh://")) throw new UsageError("migrate goes over SSH", "write --to ssh://[USER@]HOST[:PORT]; for a waiting dest over TCP use `wanmig source`");
@@ -45,7 +51,7 @@ export default defineCommand({
     } catch (cause) {
       throw new InitError(`no local serve named ${args.name}`, { cause, hint: `start it with: wanmig serve --name ${args.name} --image PATH` });
     }
-    const remoteImage = args["remote-image"] ?? local.image;
+    const remoteImages = chosenRemoteImages(valuesOf(rawArgs, "remote-image"), valuesOf(rawArgs, "dest-image"), local);
     const remoteRunDir = args["remote-run-dir"] ?? args["run-dir"];
     const tools = args.hypervisor === "xl" ? ["xl"] : [];
     const say = (e: Record<string, unknown>, text: string) => (args.json ? process.stdout.write(`${JSON.stringify(e)}\n`) : process.stderr.write(`${text}\n`));
@@ -56,10 +62,10 @@ export default defineCommand({
     // already), so the pre-flight's "not served there" would turn us away. Settle it instead.
     if (local.handoff?.state === "unfinished") {
       log.warn(`${args.name}'s hand-off was left unfinished; settling it with ${describeTarget(target)} (no pre-flight)`);
-      await runSourceCommand({ ...args, "dest-image": remoteImage, "dest-run-dir": remoteRunDir } as Parameters<typeof runSourceCommand>[0], {});
+      await runSourceCommand({ ...args, "dest-run-dir": remoteRunDir } as Parameters<typeof runSourceCommand>[0], { destImages: remoteImages });
       return;
     }
-    const { checks, needCopy, systemd } = await preflight(target, { name: args.name, localImage: local.image, remoteImage, remoteRunDir, remoteBin: args["remote-bin"], tools, qmp }, log);
+    const { checks, needCopy, systemd } = await preflight(target, { name: args.name, localImages: servedImages(local), remoteImages, remoteRunDir, remoteBin: args["remote-bin"], tools, qmp }, log);
     for (const c of checks) say({ event: "check", ...c }, `  ${c.ok ? "ok  " : "FAIL"}  ${c.what.padEnd(13)}${c.detail}${c.fix ? `\n        -> ${c.fix}` : ""}`);
     const failed = checks.filter((c) => !c.ok);
     if (failed.length) throw new PreflightFailed(failed.length, failed.some((c) => c.what === "ssh"));
@@ -78,8 +84,9 @@ export default defineCommand({
           ? ["--hypervisor", "qemu", "--qmp", args["remote-qmp"] ?? ""]
           : [];
     await runSourceCommand(
-      { ...args, "dest-image": remoteImage, "dest-run-dir": remoteRunDir } as Parameters<typeof runSourceCommand>[0],
+      { ...args, "dest-run-dir": remoteRunDir } as Parameters<typeof runSourceCommand>[0],
       {
+        destImages: remoteImages,
         // dest stays there as the VM's serve, a daemon with a pid file; if this run aborts it removes what it created.
         remoteDestArgs: ["--remove-on-abort", "--pid-file", `${remoteRunDir}/${args.name}.pid`, ...hvArgs],
         // With systemd, in a transient scope of its own: it keeps ssh's pipes (the scope

@@ -2,12 +2,12 @@ import { defineCommand } from "citty";
 import { DiskService } from "../disk/disk-service.ts";
 import { parseEndpoint } from "../disk/nbd-server.ts";
 import { logger, setLogLevel } from "../log.ts";
-import { logArg, nameArg, runDirArg } from "./_shared.ts";
+import { logArg, nameArg, REPEATABLE, runDirArg, valuesOf } from "./_shared.ts";
 
 export default defineCommand({
-  meta: { name: "serve", description: "Serve a VM's disk image over NBD, with record mode, throttling and fencing" },
+  meta: { name: "serve", description: "Serve a VM's disk images over NBD (exports disk0, disk1, ...), with record mode, throttling and fencing" },
   args: {
-    image: { type: "string", description: "the disk image file (raw)", required: true, valueHint: "PATH" },
+    image: { type: "string", description: "a disk image file (raw); once per disk of the VM, in order: export disk0, disk1, ... (\"\" and NAME mean disk0)", required: true, valueHint: "PATH", ...REPEATABLE },
     ...nameArg,
     ...runDirArg,
     nbd: { type: "string", description: "where to listen for NBD (default unix:DIR/NAME.nbd)", valueHint: "unix:PATH|tcp:HOST:PORT" },
@@ -19,11 +19,11 @@ export default defineCommand({
     },
     ...logArg,
   },
-  async run({ args }) {
+  async run({ args, rawArgs }) {
     if (args.log) setLogLevel(args.log);
     const log = logger("serve");
     const svc = await DiskService.start({
-      image: args.image,
+      images: valuesOf(rawArgs, "image"),
       name: args.name,
       runDir: args["run-dir"],
       nbd: args.nbd ? parseEndpoint(args.nbd) : undefined,

@@ -6,12 +6,12 @@ import { logger, setLogLevel } from "../log.ts";
 import { connectTcp } from "../net/channel.ts";
 import { clientTls, tlsArgs, tlsFromArgs } from "../net/tls.ts";
 import { ControlClient } from "../disk/control-client.ts";
-import { controlSocketPath } from "../disk/disk-service.ts";
+import { controlSocketPath, type ServeStatus, servedImages } from "../disk/disk-service.ts";
 import { parseCompress } from "../net/compress.ts";
 import { parseRate, TokenBucket } from "../net/rate.ts";
 import { type MigrationMetrics, runSource } from "../phases/source-run.ts";
 import { formatBytes } from "../util/format.ts";
-import { jsonArg, logArg, nameArg, runDirArg } from "./_shared.ts";
+import { jsonArg, logArg, nameArg, REPEATABLE, runDirArg, valuesOf } from "./_shared.ts";
 import { credentials, parseHostPort } from "./_migration.ts";
 import { UsageError } from "../errors.ts";
 import { sourceHypervisor } from "../hypervisor/index.ts";
@@ -35,14 +35,24 @@ function hostPort(spec: string): [string, number] {
 
 /** The remote `wanmig dest --stdio` argv for an ssh:// destination. */
 async function remoteDestArgv(
-  args: { name: string; "run-dir": string; "dest-image"?: string; "dest-run-dir"?: string; "remote-bin": string },
+  args: { name: string; "run-dir": string; "dest-run-dir"?: string; "remote-bin": string },
+  destImages: string[],
   extra: string[],
 ): Promise<string[]> {
   const status = await new ControlClient(controlSocketPath(args["run-dir"], args.name)).status();
+  const images = remoteImages(destImages, status, "--dest-image");
   return [
     args["remote-bin"], "dest", "--stdio", "--name", args.name,
-    "--image", args["dest-image"] ?? status.image, "--run-dir", args["dest-run-dir"] ?? args["run-dir"], ...extra,
+    ...images.flatMap((image) => ["--image", image]), "--run-dir", args["dest-run-dir"] ?? args["run-dir"], ...extra,
   ];
+}
+
+/** The images there: as given (once per disk), or the same paths as here. */
+export function remoteImages(given: string[], status: Pick<ServeStatus, "disks">, flag: string): string[] {
+  if (!given.length) return servedImages(status);
+  if (given.length !== status.disks.length)
+    throw new UsageError(`${given.length} ${flag} for a VM with ${status.disks.length} disk${status.disks.length === 1 ? "" : "s"}`, `give ${flag} once per disk, in the order of serve's --image, or not at all (the same paths there)`);
+  return given;
 }
 
 function throttleParams(args: { "throttle-threshold"?: string; "throttle-delay"?: string }): Partial<ThrottleParams> | undefined {
@@ -122,7 +132,7 @@ function redirectOptions(args: Record<string, unknown>): RedirectOptions | undef
 
 /** Every option of a migration's sending side; `migrate` takes them too. */
 export const sourceOptionArgs = {
-    "dest-image": { type: "string", description: "with ssh://: the image path there (default: the same path as here)", valueHint: "PATH" },
+    "dest-image": { type: "string", description: "with ssh://: an image path there, once per disk (default: the same paths as here)", valueHint: "PATH", ...REPEATABLE },
     "dest-run-dir": { type: "string", description: "with ssh://: the run directory there (default: the same as here)", valueHint: "DIR" },
     "remote-bin": { type: "string", description: "with ssh://: the wanmig command there", default: "wanmig", valueHint: "PATH" },
     "secret-file": { type: "string", description: "shared secret (never sent)", valueHint: "F" },
@@ -167,7 +177,7 @@ type SourceArgs = ParsedArgs<typeof sourceOptionArgs> & { name: string; "run-dir
  * Runs a migration as `wanmig source` does: the transfer, the summary, then the redirect
  * until idle. `remoteDestArgs`: more flags for an ssh:// destination's `wanmig dest`.
  */
-export async function runSourceCommand(args: SourceArgs, opts: { remoteDestArgs?: string[]; remoteWrapper?: string[] } = {}): Promise<void> {
+export async function runSourceCommand(args: SourceArgs, opts: { destImages?: string[]; remoteDestArgs?: string[]; remoteWrapper?: string[] } = {}): Promise<void> {
     if (args.log) setLogLevel(args.log);
     const log = logger("migration sender");
     // Ctrl-C: before the point of no return the migration stops there and then, and the VM
@@ -201,7 +211,7 @@ export async function runSourceCommand(args: SourceArgs, opts: { remoteDestArgs?
       to: args.to,
       connect: async () => {
         const ch = ssh
-          ? sshChannel(parseSshUrl(args.to), [...(opts.remoteWrapper ?? []), ...(await remoteDestArgv(args, opts.remoteDestArgs ?? []))], log)
+          ? sshChannel(parseSshUrl(args.to), [...(opts.remoteWrapper ?? []), ...(await remoteDestArgv(args, opts.destImages ?? [], opts.remoteDestArgs ?? []))], log)
           : await connectTcp(...hostPort(args.to), tls && clientTls(tls, hostPort(args.to)[0]));
         ch.rate = rate;
         return ch;
@@ -250,5 +260,5 @@ export default defineCommand({
     to: { type: "string", description: "the destination: a waiting `wanmig dest --listen`, or ssh:// to start one", required: true, valueHint: "HOST:PORT|ssh://[USER@]HOST[:PORT]" },
     ...sourceOptionArgs,
   },
-  run: ({ args }) => runSourceCommand(args),
+  run: ({ args, rawArgs }) => runSourceCommand(args, { destImages: valuesOf(rawArgs, "dest-image") }),
 });

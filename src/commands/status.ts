@@ -12,6 +12,7 @@ export function renderStatus(s: ServeStatus): string {
     `${s.name}: ${s.mode}, ${s.clients} client(s), pid ${s.pid}`,
     `  image      ${s.image} (${formatBytes(s.size)}${s.readOnly ? ", read-only" : ""})`,
     `  nbd        ${s.nbd}`,
+    ...(s.disks.length > 1 ? s.disks.map((d) => `  ${d.export.padEnd(10)} ${d.image} (${formatBytes(d.size)}): ${d.io.writes} writes (${formatBytes(d.io.bytesWritten)}), ${d.io.reads} reads (${formatBytes(d.io.bytesRead)})`) : []),
     `  io         ${s.io.writes} writes (${formatBytes(s.io.bytesWritten)}), ${s.io.reads} reads (${formatBytes(s.io.bytesRead)}), ${s.io.flushes} flushes, ${s.io.errors} errors`,
     `  recording  ${r.active ? `on, ${r.records} deltas (${formatBytes(r.bytes)}) in ${r.path}${r.restarts ? `, went on after ${r.restarts} restart(s)` : ""}` : "off"}${r.failed ? `, FAILED: ${r.failed}` : ""}`,
     `  throttle   level ${t.level}, delay ${t.currentDelayUs} us, next step at ${t.nextThreshold} writes (${t.writesCounted} counted), ${t.queueLength} queued`,

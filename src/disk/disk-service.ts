@@ -1,4 +1,5 @@
-// `serve` as a library: one image, its decorator stack, its NBD listener, its control API.
+// `serve` as a library: a VM's images (one, or several as one space: image-set.ts), their
+// decorator stack, the NBD listener with an export per disk, the control API.
 // `dest` reuses it as the VM's server on the new host once the image is consistent.
 //
 // The stack, outermost first, and why in this order:
@@ -19,7 +20,9 @@ import { join } from "node:path";
 import { ServeError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { FencingBackend } from "./fencing.ts";
-import { FileBackend } from "./file-backend.ts";
+import { describeImages, type DiskPlace, type ImageFile, imageSizes, openImage, placeDisks } from "./image-set.ts";
+import { ExportWindow } from "./export-window.ts";
+import { newStats, type NbdStats } from "./nbd-connection.ts";
 import { claimUnixPath, type Endpoint, formatEndpoint, NbdServer } from "./nbd-server.ts";
 import { RecordingBackend, type RecordingState } from "./recording.ts";
 import { ThrottlingBackend } from "./throttle.ts";
@@ -32,7 +35,8 @@ import { DoublingThrottlePolicy, type ThrottleParams, type ThrottleState } from 
 import { startControlApi, type ControlApi } from "./control-api.ts";
 
 export interface DiskServiceOptions {
-  image: string;
+  /** The VM's images, in disk order. */
+  images: readonly string[];
   name: string;
   runDir: string;
   nbd?: Endpoint;
@@ -75,11 +79,20 @@ export type ServeMode = "normal" | "recording" | "fenced";
  *  - verified: a destination whose copy is verified and served.
  */
 export type HandoffState = "none" | "fenced" | "unfinished" | "moved" | "receiving" | "verified";
+/** One disk of the VM: its export, where it lies in the VM's space, and its own requests. */
+export interface DiskStatus extends DiskPlace {
+  export: string;
+  io: NbdStats;
+}
+
 export interface ServeStatus {
   name: string;
   pid: number;
+  /** The image, or "A + B" for several (`disks` has each). */
   image: string;
+  /** All the disks' bytes. */
   size: number;
+  disks: DiskStatus[];
   readOnly: boolean;
   nbd: string;
   control: string;
@@ -96,6 +109,16 @@ export interface ServeStatus {
   fence: { fenced: boolean; refusedWrites: number; since?: string; reason?: string };
   /** On a destination: how far the incoming migration is. */
   migration?: IncomingMigration;
+}
+
+/** The images of a served VM, in disk order: what the source reads. */
+export function servedImages(st: Pick<ServeStatus, "disks">): string[] {
+  return st.disks.map((d) => d.image);
+}
+
+/** HELLO's `disks`: each disk's size when the VM has several (protocol.ts). */
+export function offeredDisks(st: Pick<ServeStatus, "disks">): number[] | undefined {
+  return st.disks.length > 1 ? st.disks.map((d) => d.size) : undefined;
 }
 
 export interface IncomingMigration {
@@ -115,12 +138,14 @@ export function controlSocketPath(runDir: string, name: string): string {
 }
 
 export class DiskService {
-  readonly file: FileBackend;
+  readonly file: ImageFile;
+  readonly disks: DiskPlace[];
+  private readonly exportStats: NbdStats[];
   readonly recording: RecordingBackend;
   readonly tracking: TrackingBackend;
   readonly state: ImageStateFile | undefined;
   readonly instance = crypto.randomUUID();
-  private lock?: ImageLock;
+  private locks: ImageLock[] = [];
   readonly fencing: FencingBackend;
   readonly throttling: ThrottlingBackend;
   readonly nbd: NbdServer;
@@ -134,18 +159,26 @@ export class DiskService {
 
   private constructor(readonly opts: DiskServiceOptions) {
     try {
-      this.file = new FileBackend(opts.image, opts.readOnly ?? false);
+      this.file = openImage(opts.images, opts.readOnly ?? false);
     } catch (cause) {
-      throw new ServeError(`cannot open image ${opts.image}`, { cause, hint: "the image must be an existing regular file (create one with truncate -s SIZE)" });
+      throw new ServeError(`cannot open image ${describeImages(opts.images)}`, { cause, hint: "the image must be an existing regular file (create one with truncate -s SIZE)" });
     }
     this.tracking = new TrackingBackend(this.file);
     this.recording = new RecordingBackend(this.tracking, (msg) => opts.log.error(`record mode failed: ${msg}; a migration under way must abort`), this.tracking);
-    this.state = this.file.readOnly ? undefined : (opts.state ?? new ImageStateFile(opts.image));
+    this.state = this.file.readOnly ? undefined : (opts.state ?? new ImageStateFile(opts.images));
     this.fencing = new FencingBackend(this.recording);
     this.throttling = new ThrottlingBackend(this.fencing, new DoublingThrottlePolicy(opts.throttle));
     this.nbdEndpoint = opts.nbd ?? defaultNbdEndpoint(opts.runDir, opts.name);
     this.controlPath = controlSocketPath(opts.runDir, opts.name);
-    this.nbd = new NbdServer({ name: opts.name, description: `wanmig ${opts.name}`, backend: this.throttling }, opts.log);
+    this.disks = placeDisks(opts.images, imageSizes(opts.images));
+    this.exportStats = this.disks.map(() => newStats());
+    const exports = this.disks.map((d) => ({
+      name: `disk${d.index}`,
+      description: `wanmig ${opts.name} disk${d.index} (${d.image})`,
+      backend: this.disks.length === 1 ? this.throttling : new ExportWindow(this.throttling, d.offset, d.size),
+      stats: this.exportStats[d.index]!,
+    }));
+    this.nbd = new NbdServer(exports, [opts.name], opts.log);
   }
 
   static async start(opts: DiskServiceOptions): Promise<DiskService> {
@@ -156,22 +189,26 @@ export class DiskService {
     }
     // The name first (the clearer message when it is served already), then the image.
     await claimUnixPath(controlSocketPath(opts.runDir, opts.name), "control socket");
-    let lock: ImageLock;
-    try {
-      lock = lockImage(opts.image, { readOnly: opts.readOnly });
-    } catch (cause) {
-      if (cause instanceof ImageLockError)
-        throw new ServeError(`${opts.image} is in use by another process`, { cause, hint: "only one process may serve an image: see `wanmig status`, or the QEMU that has it open" });
-      throw new ServeError(`cannot open image ${opts.image}`, { cause, hint: "the image must be an existing regular file (create one with truncate -s SIZE)" });
-    }
+    if (!opts.images.length) throw new ServeError("no image to serve");
+    if (new Set(opts.images).size !== opts.images.length) throw new ServeError("an image is given twice", { hint: "--image once per disk, each a different file" });
+    const locks: ImageLock[] = [];
     let svc: DiskService;
     try {
+      for (const image of opts.images) {
+        try {
+          locks.push(lockImage(image, { readOnly: opts.readOnly }));
+        } catch (cause) {
+          if (cause instanceof ImageLockError)
+            throw new ServeError(`${image} is in use by another process`, { cause, hint: "only one process may serve an image: see `wanmig status`, or the QEMU that has it open" });
+          throw new ServeError(`cannot open image ${image}`, { cause, hint: "the image must be an existing regular file (create one with truncate -s SIZE)" });
+        }
+      }
       svc = new DiskService(opts);
     } catch (err) {
-      lock.release();
+      for (const l of locks) l.release();
       throw err;
     }
-    svc.lock = lock;
+    svc.locks = locks;
     try {
       svc.restoreState(); // before any request: a fence holds from the first one
       svc.control = await startControlApi(svc.controlPath, svc);
@@ -183,7 +220,7 @@ export class DiskService {
       throw err;
     }
     opts.log.info(
-      `serving ${opts.image} (${svc.file.size} bytes${svc.file.readOnly ? ", read-only" : ""}) as ${JSON.stringify(opts.name)} on ${formatEndpoint(svc.nbdEndpoint)}; control ${svc.controlPath}`,
+      `serving ${describeImages(opts.images)} (${svc.disks.map((d) => d.size).join(" + ")} bytes${svc.file.readOnly ? ", read-only" : ""}) as ${JSON.stringify(opts.name)}${svc.disks.length > 1 ? ` (exports ${svc.disks.map((d) => `disk${d.index}`).join(", ")})` : ""} on ${formatEndpoint(svc.nbdEndpoint)}; control ${svc.controlPath}`,
     );
     return svc;
   }
@@ -254,7 +291,7 @@ export class DiskService {
     const st = this.recording.start(dir ?? this.opts.runDir, this.opts.name, bulkCursor, ranges);
     if (!wasActive) {
       this.tracking.start();
-      const bound = logBound({ logDir: dirname(st.path!), image: this.opts.image, requested: maxLogBytes });
+      const bound = logBound({ logDir: dirname(st.path!), images: this.opts.images, requested: maxLogBytes });
       this.recording.maxBytes = bound.bytes;
       try {
         // Durable before the first bulk byte is read: a serve started after a kill must go on recording.
@@ -392,8 +429,9 @@ export class DiskService {
     return {
       name: this.opts.name,
       pid: process.pid,
-      image: this.opts.image,
+      image: describeImages(this.opts.images),
       size: this.file.size,
+      disks: this.disks.map((d) => ({ ...d, export: `disk${d.index}`, io: { ...this.exportStats[d.index]! } })),
       readOnly: this.file.readOnly,
       nbd: formatEndpoint(this.nbdEndpoint),
       control: this.controlPath,
@@ -423,6 +461,6 @@ export class DiskService {
     this.control?.stop();
     this.recording.stop();
     this.file.close();
-    this.lock?.release();
+    for (const l of this.locks) l.release();
   }
 }

@@ -6,9 +6,16 @@
 // Durability: each change is written to a temporary file, fsynced, renamed over the old
 // one, and the directory fsynced, all before the call that changed it returns. So a fence
 // that was acknowledged survives SIGKILL, a restart and a power cut.
+//
+// A VM with several disks (image-set.ts) has one state, written beside every one of its
+// images: disk0's file first, then the others. disk0's is the one read, with one exception
+// that keeps a crash between two files safe: a fence found on any disk holds for all. The
+// state names the set (`disks`), so a log or a position that counts in the set's space is
+// never applied to one of its images served alone, or to the images in another order.
 
 import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
-import { dirname } from "node:path";
+import { dirname, resolve } from "node:path";
+import { type ImageRef, imagePaths } from "./image-set.ts";
 import { ServeError } from "../errors.ts";
 
 export interface FenceMarker {
@@ -45,6 +52,8 @@ export interface IncomingMarker {
   name: string;
   recording: string;
   size: number;
+  /** A VM with several disks: their sizes in order (HELLO's). */
+  disks?: number[];
   blockSize: number;
   bulkOffset: number;
   bulkDone: boolean;
@@ -62,10 +71,27 @@ export interface ImageState {
   incoming?: IncomingMarker;
   /** Recordings whose copy here was given up: never released, whoever asks. */
   abandoned?: string[];
+  /** Several disks: the images of the set, in order (absolute paths). */
+  disks?: string[];
 }
 
+const STATE_SUFFIX = ".wanmig.json";
+
 export function stateFilePath(image: string): string {
-  return `${image}.wanmig.json`;
+  return `${image}${STATE_SUFFIX}`;
+}
+
+function writeDurably(path: string, text: string): void {
+  const tmp = `${path}.tmp`;
+  const fd = openSync(tmp, "w", 0o600);
+  try {
+    writeSync(fd, text);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+  fsyncDir(dirname(path));
 }
 
 let bootIdCache: string | undefined;
@@ -89,14 +115,35 @@ export function fsyncDir(dir: string): void {
 
 export class ImageStateFile {
   readonly path: string;
+  private readonly paths: string[];
   private current: ImageState;
 
-  constructor(readonly image: string) {
-    this.path = stateFilePath(image);
-    this.current = ImageStateFile.read(image);
+  constructor(images: ImageRef) {
+    this.paths = imagePaths(images).map(stateFilePath);
+    this.path = this.paths[0]!;
+    this.current = ImageStateFile.read(images);
   }
 
-  static read(image: string): ImageState {
+  /** The state of an image, or of a VM's images (see the header). */
+  static read(images: ImageRef): ImageState {
+    const paths = imagePaths(images);
+    const set = paths.length > 1 ? paths.map((p) => resolve(p)) : undefined;
+    const states = paths.map((p) => ImageStateFile.readOne(p));
+    const state = states[0]!;
+    states.forEach((s, i) => {
+      const was = s.disks?.join(" + ");
+      const carriesPositions = s.recording || (s.incoming && s.incoming.state !== "abandoned");
+      if (carriesPositions && was !== set?.join(" + "))
+        throw new ServeError(`${paths[i]} holds a migration's state for ${was ? `the disks ${was}` : "itself alone"}`, {
+          hint: `serve or receive ${was ? "those images together, in that order (--image once per disk)" : "it alone"}, as the migration began`,
+        });
+    });
+    if (!state.fence) state.fence = states.find((s) => s.fence)?.fence;
+    if (!state.fence) delete state.fence;
+    return state;
+  }
+
+  private static readOne(image: string): ImageState {
     const path = stateFilePath(image);
     if (!existsSync(path)) return { version: 1 };
     let v: unknown;
@@ -118,16 +165,9 @@ export class ImageStateFile {
   update(change: (s: ImageState) => void): ImageState {
     const next: ImageState = structuredClone(this.current);
     change(next);
-    const tmp = `${this.path}.tmp`;
-    const fd = openSync(tmp, "w", 0o600);
-    try {
-      writeSync(fd, `${JSON.stringify(next, null, 1)}\n`);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, this.path);
-    fsyncDir(dirname(this.path));
+    if (this.paths.length > 1) next.disks = this.paths.map((p) => resolve(p.slice(0, -STATE_SUFFIX.length)));
+    else delete next.disks;
+    for (const path of this.paths) writeDurably(path, `${JSON.stringify(next, null, 1)}\n`);
     this.current = next;
     return next;
   }

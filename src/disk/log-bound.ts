@@ -20,15 +20,17 @@ export interface LogBound {
   why: string;
 }
 
-export function logBound(opts: { logDir: string; image: string; requested?: number; alreadyBytes?: number }): LogBound {
+export function logBound(opts: { logDir: string; images: readonly string[]; requested?: number; alreadyBytes?: number }): LogBound {
   const fs = statfsSync(opts.logDir);
   const free = fs.bavail * fs.bsize;
   let reserve = 0;
-  try {
-    const img = statSync(opts.image);
-    if (img.dev === statSync(opts.logDir).dev) reserve = Math.max(0, img.size - img.blocks * 512);
-  } catch {
-    // A block device or an image elsewhere: nothing of its growth to set aside here.
+  for (const image of opts.images) {
+    try {
+      const img = statSync(image);
+      if (img.dev === statSync(opts.logDir).dev) reserve += Math.max(0, img.size - img.blocks * 512);
+    } catch {
+      // A block device or an image elsewhere: nothing of its growth to set aside here.
+    }
   }
   const kept = Math.min(reserve, Math.floor(free / 2));
   const share = Math.floor(LOG_SHARE_OF_FREE * (free - kept)) + (opts.alreadyBytes ?? 0);

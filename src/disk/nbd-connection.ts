@@ -44,16 +44,17 @@ export interface NbdExport {
   name: string;
   description: string;
   backend: BlockBackend;
+  /** This export's requests (a VM's disks are counted apart). */
+  stats: NbdStats;
 }
 
 /** What a connection needs from its server. */
 export interface ConnectionHost {
   /** Looks up an export by the name the client asked for ("" means the default). */
   findExport(name: string): NbdExport | undefined;
-  listExports(): NbdExport[];
+  listExports(): readonly NbdExport[];
   /** Resolves when a request of this kind may be served; the destination holds them until consistent. */
   gate(read: boolean): Promise<void> | undefined;
-  stats: NbdStats;
   log: Logger;
 }
 
@@ -362,7 +363,7 @@ export class NbdConnection {
   private onRequest(req: Request): void {
     const problem = this.validateRequest(req);
     if (problem) {
-      this.host.stats.errors++;
+      this.export!.stats.errors++;
       this.host.log.info(`client ${this.peer}: ${cmdName(req.type)} offset=${req.offset} length=${req.length}: ${problem.message}`);
       this.replyError(req, problem.error, problem.message);
       if (req.type === Cmd.WRITE) this.step = req.length > 0 ? { kind: "drain", left: req.length } : this.step;
@@ -425,7 +426,7 @@ export class NbdConnection {
   /** Performs one validated request; replies itself when synchronous, else returns a promise that does. */
   private execute(req: Request, payload?: Payload): MaybePromise<void> {
     const be = this.export!.backend;
-    const stats = this.host.stats;
+    const stats = this.export!.stats;
     const fua = (req.flags & CmdFlag.FUA) !== 0;
     switch (req.type) {
       case Cmd.READ: {
@@ -473,7 +474,7 @@ export class NbdConnection {
 
   private fail(req: Request, err: unknown): void {
     const code = nbdErrorFor(err);
-    this.host.stats.errors++;
+    this.export!.stats.errors++;
     const msg = err instanceof Error ? err.message : String(err);
     // Refusals by design (fence, read-only) are expected during a migration; I/O errors are not.
     if (code === NbdErr.EPERM) this.host.log.debug(`client ${this.peer}: ${cmdName(req.type)} refused: ${msg}`);

@@ -1,4 +1,5 @@
-// The NBD listener: unix or TCP socket, many clients at once, one export.
+// The NBD listener: unix or TCP socket, many clients at once, a VM's disks as its exports
+// (disk0, disk1, ...; "" and the VM's own name mean disk0, as they did when a VM had one).
 
 import type { Socket, SocketListener } from "bun";
 import { existsSync, unlinkSync } from "node:fs";
@@ -51,7 +52,6 @@ interface SocketData {
 }
 
 export class NbdServer implements ConnectionHost {
-  readonly stats: NbdStats = newStats();
   private listener?: SocketListener<SocketData>;
   private readonly connections = new Set<NbdConnection>();
   private holdUntil?: Promise<void>;
@@ -59,20 +59,30 @@ export class NbdServer implements ConnectionHost {
   totalConnections = 0;
 
   constructor(
-    private readonly exp: NbdExport,
+    private readonly exports: readonly NbdExport[],
+    /** Names that also mean the first export (besides ""). */
+    private readonly aliases: readonly string[],
     readonly log: Logger,
   ) {}
+
+  /** Every export's requests, added up. */
+  get stats(): NbdStats {
+    const sum = newStats();
+    for (const ex of this.exports) for (const k of Object.keys(sum) as (keyof NbdStats)[]) sum[k] += ex.stats[k];
+    return sum;
+  }
 
   get clients(): number {
     return this.connections.size;
   }
 
   findExport(name: string): NbdExport | undefined {
-    return name === "" || name === this.exp.name ? this.exp : undefined;
+    if (name === "" || this.aliases.includes(name)) return this.exports[0];
+    return this.exports.find((ex) => ex.name === name);
   }
 
-  listExports(): NbdExport[] {
-    return [this.exp];
+  listExports(): readonly NbdExport[] {
+    return this.exports;
   }
 
   gate(read: boolean): Promise<void> | undefined {

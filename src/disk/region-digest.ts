@@ -30,9 +30,8 @@
 // image later is logged later and marks it again. The destination's image is written only
 // by the receiver, which marks what it writes.
 
-import { closeSync, openSync, readSync } from "node:fs";
+import { type ImageRef, describeImages, openImage } from "./image-set.ts";
 import { isZero } from "../util/zero.ts";
-import { HoleFinder } from "./extents.ts";
 
 export const REGION_SIZE = 1024 * 1024;
 export const PIECE_SIZE = 4096;
@@ -138,30 +137,34 @@ export class RegionDigests {
    * Rehashes what was marked dirty so far (cheap: only those pieces), or with `all`, also
    * every region never hashed (those no bulk chunk covered whole). Returns regions hashed.
    */
-  refresh(imagePath: string, opts: { all?: boolean } = {}): number {
+  refresh(image: ImageRef, opts: { all?: boolean } = {}): number {
     const todo = [...this.dirty.keys()];
     if (opts.all) for (let r = 0; r < this.regions; r++) if (!this.current[r] && !this.dirty.has(r)) todo.push(r);
-    return this.hashRegions(imagePath, todo);
+    return this.hashRegions(image, todo);
   }
 
   /** Reads and hashes regions [from, to) whose hash is not current (the destination, behind its bulk copy). */
-  hashRange(imagePath: string, from: number, to: number): number {
+  hashRange(image: ImageRef, from: number, to: number): number {
     const todo: number[] = [];
     for (let r = from; r < Math.min(to, this.regions); r++) if (!this.current[r]) todo.push(r);
-    return this.hashRegions(imagePath, todo);
+    return this.hashRegions(image, todo);
   }
 
-  private hashRegions(imagePath: string, todo: number[]): number {
+  private hashRegions(image: ImageRef, todo: number[]): number {
     if (!todo.length) return 0;
     const t0 = performance.now();
-    const fd = openSync(imagePath, "r");
-    const holes = new HoleFinder(fd, this.size);
+    const file = openImage(image, true);
+    if (file.size < this.size) {
+      file.close();
+      throw new Error(`short read in ${describeImages(image)}: ${file.size} bytes, not ${this.size}`);
+    }
+    const holes = file.holeFinder();
     const buf = this.readBuf;
     const read = (at: number, len: number) => {
-      const n = readSync(fd, buf, 0, len, at);
-      if (n !== len) throw new Error(`short read in ${imagePath} at ${at}`);
+      const piece = buf.subarray(0, len);
+      file.read(at, piece);
       this.hashedBytes += len;
-      return buf.subarray(0, len);
+      return piece;
     };
     try {
       for (const r of todo) {
@@ -187,7 +190,7 @@ export class RegionDigests {
         }
       }
     } finally {
-      closeSync(fd);
+      file.close();
       this.hashingMs += performance.now() - t0;
     }
     return todo.length;
@@ -246,8 +249,8 @@ function zeroRegionHash(): Uint8Array {
 }
 
 /** The digest of a whole image read from disk (tests and tools; the same value as RegionDigests). */
-export function imageDigest(path: string, size: number): string {
+export function imageDigest(image: ImageRef, size: number): string {
   const d = new RegionDigests(size);
-  d.refresh(path, { all: true });
+  d.refresh(image, { all: true });
   return d.digest();
 }

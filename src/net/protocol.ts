@@ -69,7 +69,8 @@
 // digest's pieces are 4 KiB (another digest value for the same image); 6: copy passes
 // (DELTA ops COPY and COPY_END, ACK's `copied`); 7: BULK pieces of the connection's zstd
 // stream (Flag.ZSTD_STREAM), ACK's `syncMs`, the digest's pieces hashed with XXH3
-// (region-digest.ts); 8: every frame after AUTH sealed when a secret is used (seal.ts).
+// (region-digest.ts); 8: every frame after AUTH sealed when a secret is used (seal.ts);
+// 9: HELLO's `disks` (a VM's several disks as one space, image-set.ts).
 // New message types need a new version; unknown
 // types, oversize lengths and bad checksums are errors, never guesses.
 
@@ -77,7 +78,7 @@ import { ProtocolError } from "./errors.ts";
 import { BufferPool } from "../util/buffer-pool.ts";
 import { ByteQueue } from "../util/byte-queue.ts";
 
-export const PROTOCOL_VERSION = 8;
+export const PROTOCOL_VERSION = 9;
 export const FRAME_MAGIC = 0x574d4731; // "WMG1"
 export const FRAME_HEADER_LEN = 12;
 export const FRAME_TRAILER_LEN = 4;
@@ -131,6 +132,20 @@ export interface Hello {
   blockSize: number;
   /** The delta log this run ships (its file name at the source): resume positions refer to it. */
   recording: string;
+  /** A VM with several disks: their sizes, in order (they add up to `size`; image-set.ts). Absent: one disk. */
+  disks?: number[];
+}
+
+/** The sizes of the disks a HELLO (or what a destination kept of one) describes. */
+export function diskSizes(h: Pick<Hello, "size" | "disks">): number[] {
+  return h.disks ?? [h.size];
+}
+
+/** Two descriptions of the same VM's disks. */
+export function sameDisks(a: Pick<Hello, "size" | "disks">, b: Pick<Hello, "size" | "disks">): boolean {
+  const x = diskSizes(a);
+  const y = diskSizes(b);
+  return a.size === b.size && x.length === y.length && x.every((s, i) => s === y[i]);
 }
 export interface Welcome {
   type: typeof MsgType.WELCOME;
@@ -379,6 +394,9 @@ function decodeJson<T extends Message>(type: T["type"], payload: Buffer, check: 
 
 const isStr = (x: unknown) => typeof x === "string";
 const isNum = (x: unknown) => typeof x === "number" && Number.isSafeInteger(x) && x >= 0;
+/** Absent, or at most 64 disks of a positive size each, adding up to the whole. */
+const validDisks = (x: unknown, size: unknown) =>
+  x === undefined || (Array.isArray(x) && x.length >= 1 && x.length <= 64 && x.every((d) => isNum(d) && d > 0) && x.reduce((a: number, d: number) => a + d, 0) === size);
 
 export function decodePayload(type: number, flags: number, payload: Buffer): Message {
   const streamed = (flags & Flag.ZSTD_STREAM) !== 0;
@@ -387,7 +405,7 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
   if (streamed && type !== MsgType.BULK) throw new ProtocolError(`a ${typeName(type)} cannot be a piece of the zstd stream`);
   switch (type) {
     case MsgType.HELLO:
-      return decodeJson<Hello>(type, payload, (v) => isNum(v.version) && isStr(v.nonce) && isStr(v.name) && isNum(v.size) && isNum(v.blockSize) && isStr(v.recording));
+      return decodeJson<Hello>(type, payload, (v) => isNum(v.version) && isStr(v.nonce) && isStr(v.name) && isNum(v.size) && isNum(v.blockSize) && isStr(v.recording) && validDisks(v.disks, v.size));
     case MsgType.WELCOME:
       return decodeJson<Welcome>(type, payload, (v) => isNum(v.version) && isStr(v.nonce) && isStr(v.proof));
     case MsgType.AUTH:

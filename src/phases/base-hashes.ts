@@ -6,7 +6,7 @@
 // hashes chunk X before sending its hashes, and the source writes into chunk X only after
 // receiving them; deltas come after the whole bulk copy.
 
-import { FileBackend } from "../disk/file-backend.ts";
+import { type ImageRef, openImage } from "../disk/image-set.ts";
 import type { Channel } from "../net/channel.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { BASE_HASH_LEN, msg, MsgType, typeName } from "../net/protocol.ts";
@@ -37,8 +37,8 @@ export function chunkLength(offset: number, size: number): number {
 }
 
 /** The destination's side: hashes of its image from `from` to the end, chunk by chunk. */
-export async function sendBaseHashes(ch: Channel, imagePath: string, from: number, blockSize: number): Promise<void> {
-  const image = new FileBackend(imagePath, true);
+export async function sendBaseHashes(ch: Channel, images: ImageRef, from: number, blockSize: number): Promise<void> {
+  const image = openImage(images, true);
   const buf = Buffer.allocUnsafe(BULK_CHUNK);
   try {
     for (let at = from; at < image.size; ) {

@@ -10,7 +10,7 @@
 // is decided (recording.ts): what the VM writes past the cursor is logged without data,
 // and this copy carries it.
 
-import { FileBackend } from "../disk/file-backend.ts";
+import { describeImages, type ImageFile, type ImageRef, openImage } from "../disk/image-set.ts";
 import type { Channel } from "../net/channel.ts";
 import type { Compressor } from "../net/compress.ts";
 import { BASE_HASH_LEN, msg } from "../net/protocol.ts";
@@ -114,7 +114,7 @@ async function sendChunk(ch: Channel, p: BulkProgress, chunk: Uint8Array, blockS
 
 export async function sendBulk(
   ch: Channel,
-  imagePath: string,
+  images: ImageRef,
   opts: {
     from: number;
     blockSize: number;
@@ -136,11 +136,11 @@ export async function sendBulk(
     afterRead?: (offset: number, chunk: Uint8Array) => void;
   },
 ): Promise<BulkProgress> {
-  let image: FileBackend;
+  let image: ImageFile;
   try {
-    image = new FileBackend(imagePath, true);
+    image = openImage(images, true);
   } catch (cause) {
-    throw new BulkError(`cannot open ${imagePath}`, { cause });
+    throw new BulkError(`cannot open ${describeImages(images)}`, { cause });
   }
   const p: BulkProgress = { offset: opts.from, size: image.size, bytesSent: 0, wireBytes: 0, dataBlocks: 0, zeroBlocks: 0, baseBlocks: 0, holeBytes: 0 };
   const holes = image.holeFinder();

@@ -6,6 +6,7 @@
 
 import type { ControlClient } from "../disk/control-client.ts";
 import type { RegionDigests } from "../disk/region-digest.ts";
+import type { ImageRef } from "../disk/image-set.ts";
 import type { DeltaStreamer } from "./deltas.ts";
 import { DeltasError } from "./errors.ts";
 import { type RecordingWatch, reportShipped } from "./recording-watch.ts";
@@ -51,7 +52,7 @@ export interface Converged {
 
 /** The source image and its region digests, kept current as deltas are read. */
 export interface ImageCheck {
-  image: string;
+  image: ImageRef;
   digests: RegionDigests;
 }
 

@@ -14,7 +14,7 @@
 import { DeltaKind, DeltaLogReader, type DeltaRecord, shipCost } from "../disk/delta-log.ts";
 import { type BulkReadLog, coalesceBatch } from "./coalesce.ts";
 import { copyFrames, PASS_MAX_SCAN_BYTES, PASS_MIN_LOG_BYTES, passPays, totalLength, WrittenRanges } from "./copy-pass.ts";
-import { FileBackend } from "../disk/file-backend.ts";
+import { type ImageFile, type ImageRef, openImage } from "../disk/image-set.ts";
 import type { Channel } from "../net/channel.ts";
 import type { Compressor } from "../net/compress.ts";
 import { ProtocolError } from "../net/errors.ts";
@@ -32,7 +32,7 @@ export interface DeltaStreamOptions {
   /** Every record read from the log, sent or not (the image digest marks its regions dirty). */
   onRecord?: (r: { offset: number; length: number }) => void;
   /** The source image, which WRITTEN records and (in coalesce mode) copy passes read. */
-  image?: string;
+  image?: ImageRef;
   /** A control call to the serve: once it answers, every record read before it is settled (see the header). */
   settle?: () => Promise<unknown>;
 }
@@ -79,7 +79,7 @@ export class DeltaStreamer {
   private copies: PendingCopy[] = [];
   private copiesBytes = 0;
   /** The source image, if given: what WRITTEN records and copy passes read. */
-  private readonly image?: FileBackend;
+  private readonly image?: ImageFile;
   /** Every record up to this sequence is settled: its write is in the image (see the header). */
   private settledThrough = 0n;
   /** Control calls made to settle a record (the log held nothing after it yet). */
@@ -101,7 +101,7 @@ export class DeltaStreamer {
     }
     this.lastSeq = this.reader.header.firstSeq - 1n;
     try {
-      if (opts.image) this.image = new FileBackend(opts.image, true);
+      if (opts.image) this.image = openImage(opts.image, true);
     } catch (cause) {
       this.reader.close();
       throw new DeltasError("cannot open the source image", { cause });
@@ -247,7 +247,7 @@ export class DeltaStreamer {
    * Reads the log ahead; if its records rewrite few enough ranges, takes them as read and
    * queues a copy pass over those ranges instead. Otherwise puts the reader back.
    */
-  private planPass(image: FileBackend): boolean {
+  private planPass(image: ImageFile): boolean {
     const r0 = this.reader;
     if (r0.pendingShipBytes() < PASS_MIN_LOG_BYTES || r0.position < this.noScanBefore) return false;
     const start = r0.mark();

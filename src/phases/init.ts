@@ -20,7 +20,7 @@ export interface Credentials {
 export async function sourceHandshake(
   ch: Channel,
   creds: Credentials,
-  offer: { name: string; size: number; blockSize: number; recording: string },
+  offer: { name: string; size: number; blockSize: number; recording: string; disks?: number[] },
 ): Promise<Ready> {
   const nonce = newNonce();
   await ch.send(msg.hello({ nonce, ...offer }));

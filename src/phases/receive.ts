@@ -22,14 +22,14 @@
 
 import { existsSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { RegionDigests, REGION_SIZE } from "../disk/region-digest.ts";
-import { FileBackend } from "../disk/file-backend.ts";
+import { describeImages, type ImageFile, openImage } from "../disk/image-set.ts";
 import { WriteBehind } from "../disk/write-behind.ts";
 import { type Channel, ChannelClosed, peerAborted } from "../net/channel.ts";
 import { describeError } from "../errors.ts";
 import { decompress } from "../net/compress.ts";
 import { StreamInflater } from "../net/zstd-stream.ts";
 import { ProtocolError } from "../net/errors.ts";
-import { type Barrier, DeltaOp, type Hello, msg, MsgType, type Redirect as RedirectMsg, typeName } from "../net/protocol.ts";
+import { type Barrier, DeltaOp, diskSizes, type Hello, msg, MsgType, type Redirect as RedirectMsg, sameDisks, typeName } from "../net/protocol.ts";
 import type { ImageStateFile, IncomingMarker } from "../disk/image-state.ts";
 import { beforeKillPoint, killPoint } from "../util/kill-point.ts";
 import type { Logger } from "../log.ts";
@@ -56,16 +56,26 @@ const ACK_EVERY_MS = 200;
 const IDLE_ACK_MS = 1;
 const FLUSH_EVERY_MS = 1000;
 
-/** Creates the image (sparse, the source's size) or checks that an existing one fits. */
-export function prepareImage(path: string, size: number): { fresh: boolean } {
-  if (!existsSync(path)) {
+/**
+ * Creates the images (sparse, the source's sizes) or checks that existing ones fit, every
+ * one checked before any is created: a mismatch leaves nothing behind. `fresh`: all created
+ * here (all holes), so the bulk copy need not write zeros and no base hashes are worth sending.
+ */
+export function prepareImages(paths: readonly string[], sizes: readonly number[]): { fresh: boolean } {
+  if (sizes.length !== paths.length)
+    throw new ReceiveError(`the source's VM has ${sizes.length} disk${sizes.length === 1 ? "" : "s"}; this destination was given ${paths.length} image${paths.length === 1 ? "" : "s"} (--image once per disk, in the source's order)`);
+  paths.forEach((path, i) => {
+    if (!existsSync(path)) return;
+    const have = statSync(path).size;
+    if (have !== sizes[i]) throw new ReceiveError(`existing image ${path}${paths.length > 1 ? ` (disk${i})` : ""} is ${have} bytes; the source's is ${sizes[i]}`);
+  });
+  let fresh = true;
+  paths.forEach((path, i) => {
+    if (existsSync(path)) return void (fresh = false);
     writeFileSync(path, new Uint8Array(0), { mode: 0o600 });
-    truncateSync(path, size);
-    return { fresh: true };
-  }
-  const have = statSync(path).size;
-  if (have !== size) throw new ReceiveError(`existing image ${path} is ${have} bytes; the source's is ${size}`);
-  return { fresh: false };
+    truncateSync(path, sizes[i]!);
+  });
+  return { fresh };
 }
 
 const PAGE = 4096;
@@ -75,7 +85,7 @@ const PAGE = 4096;
  * pages, so the image stays as sparse as the source's. Safe because a fresh image reads
  * zero there already, and any later change to those pages arrives as a delta.
  */
-function writeSparse(image: FileBackend, offset: number, data: Uint8Array): void {
+function writeSparse(image: ImageFile, offset: number, data: Uint8Array): void {
   let runStart = -1;
   for (let at = 0; at <= data.length; at += PAGE) {
     const page = at < data.length ? data.subarray(at, Math.min(at + PAGE, data.length)) : undefined;
@@ -95,7 +105,7 @@ function writeSparse(image: FileBackend, offset: number, data: Uint8Array): void
 export type ServeOutcome = "completed" | "dropped" | "rejected" | "answered";
 
 /** What a restarted destination knows of its incoming migration (the fields HELLO gave). */
-type KnownHello = Pick<Hello, "name" | "size" | "blockSize" | "recording">;
+type KnownHello = Pick<Hello, "name" | "size" | "blockSize" | "recording" | "disks">;
 
 /**
  * One migration's receiving side. It outlives a connection: when the stream breaks before
@@ -103,7 +113,7 @@ type KnownHello = Pick<Hello, "name" | "size" | "blockSize" | "recording">;
  */
 export class Receiver {
   state: ReceiverState = { kind: "waiting" };
-  private image?: FileBackend;
+  private image?: ImageFile;
   private writeback?: Promise<void>;
   /** How long the last background sync took (ACK's syncMs: the barrier's sync costs about that again). */
   private lastSyncMs = 0;
@@ -123,7 +133,8 @@ export class Receiver {
 
   constructor(
     private readonly opts: {
-      image: string;
+      /** The VM's images, in disk order (one per disk of the source's VM). */
+      images: readonly string[];
       creds: Credentials;
       log: Logger;
       /** The image's durable state: where a killed destination got to, and what it must never release. */
@@ -150,7 +161,7 @@ export class Receiver {
       this.state = { kind: "completed", digest: inc.digest ?? "" };
       return;
     }
-    if (inc.state !== "receiving" || !existsSync(this.opts.image)) return;
+    if (inc.state !== "receiving" || !this.opts.images.every((p) => existsSync(p)) || !sameDisks(inc, { size: inc.size, disks: this.opts.images.map((p) => statSync(p).size) })) return;
     this.hello = inc;
     this.fresh = false;
     this.bulkOffset = inc.bulkOffset;
@@ -178,6 +189,7 @@ export class Receiver {
         name: h.name,
         recording: h.recording,
         size: h.size,
+        disks: h.disks,
         blockSize: h.blockSize,
         bulkOffset: this.bulkDone ? h.size : this.bulkOffset,
         bulkDone: this.bulkDone,
@@ -240,7 +252,7 @@ export class Receiver {
       this.state = { kind: "receiving" };
       // A copy pass broken off with the last connection is sent again whole (from before it).
       this.pass = undefined;
-      this.opts.log.info(`receiving ${hello.name} (${hello.size} bytes) into ${this.opts.image}${this.bulkOffset || this.nextSeq ? `, resuming at bulk ${this.bulkDone ? "end" : this.bulkOffset}, delta ${this.nextSeq ?? 0n}` : ""}`);
+      this.opts.log.info(`receiving ${hello.name} (${hello.size} bytes) into ${describeImages(this.opts.images)}${this.bulkOffset || this.nextSeq ? `, resuming at bulk ${this.bulkDone ? "end" : this.bulkOffset}, delta ${this.nextSeq ?? 0n}` : ""}`);
       return await this.loop(ch, hello);
     } catch (err) {
       if (err instanceof ChannelClosed && this.hello && !this.isCompleted()) {
@@ -277,16 +289,16 @@ export class Receiver {
       throw new ReceiveError(`the source asked to resume ${hello.recording}, which was given up here`);
     }
     if (this.hello) {
-      if (hello.name !== this.hello.name || hello.size !== this.hello.size) {
+      if (hello.name !== this.hello.name || !sameDisks(hello, this.hello)) {
         await ch.send(msg.error(`a migration of ${this.hello.name} (${this.hello.size} bytes) is under way here`));
         throw new ReceiveError(`a different migration tried to resume: ${hello.name}, ${hello.size} bytes`);
       }
       if (hello.recording !== this.hello.recording) this.startOver(hello);
     } else {
       try {
-        this.fresh = prepareImage(this.opts.image, hello.size).fresh;
+        this.fresh = prepareImages(this.opts.images, diskSizes(hello)).fresh;
       } catch (cause) {
-        await ch.send(msg.error(`destination cannot use ${this.opts.image}: ${(cause as Error).message}`));
+        await ch.send(msg.error(`destination cannot use ${describeImages(this.opts.images)}: ${(cause as Error).message}`));
         throw cause;
       }
       this.hello = hello;
@@ -294,16 +306,16 @@ export class Receiver {
     }
     if (!this.image) {
       try {
-        this.image = new FileBackend(this.opts.image, false);
+        this.image = openImage(this.opts.images, false);
         this.behind = new WriteBehind(this.image.pageCache());
       } catch (cause) {
-        await ch.send(msg.error(`destination cannot use ${this.opts.image}: ${(cause as Error).message}`));
+        await ch.send(msg.error(`destination cannot use ${describeImages(this.opts.images)}: ${(cause as Error).message}`));
         throw cause;
       }
       try {
         await this.opts.onAuthenticated?.(this.hello);
       } catch (cause) {
-        await ch.send(msg.error(`destination cannot serve ${this.opts.image}: ${(cause as Error).message}`));
+        await ch.send(msg.error(`destination cannot serve ${describeImages(this.opts.images)}: ${(cause as Error).message}`));
         throw cause;
       }
     }
@@ -333,7 +345,7 @@ export class Receiver {
     const hello = authenticated ?? (await this.authenticate(ch));
     if (!hello) return "rejected";
     const st = this.state as { kind: "completed"; digest: string };
-    if (hello.recording !== this.hello?.recording || hello.size !== this.hello.size) {
+    if (hello.recording !== this.hello?.recording || !sameDisks(hello, this.hello)) {
       await ch.send(msg.error(`this destination completed another migration (${this.hello?.recording}) and serves it`)).catch(() => undefined);
       await ch.shutdown();
       return "answered";
@@ -360,7 +372,7 @@ export class Receiver {
     let lastFlush = lastAck;
     let ackOwed = false;
     const ack = async () => {
-      this.digests!.refresh(this.opts.image);
+      this.digests!.refresh(this.opts.images);
       await ch.send(msg.ack(this.bulkOffset, this.nextSeq ?? 0n, this.pass?.copied ?? 0, this.lastSyncMs));
       this.nudgeWriteback();
       lastAck = Date.now();
@@ -471,7 +483,7 @@ export class Receiver {
 
   /** Runs beside the receive loop; a failure closes the channel, which the loop reports. */
   private streamBaseHashes(ch: Channel, hello: KnownHello): void {
-    sendBaseHashes(ch, this.opts.image, bulkResumeOffset(this.bulkOffset, hello.blockSize), hello.blockSize).catch((err) => {
+    sendBaseHashes(ch, this.opts.images, bulkResumeOffset(this.bulkOffset, hello.blockSize), hello.blockSize).catch((err) => {
       if (err instanceof ChannelClosed) return;
       this.opts.log.error(`cannot hash the base image: ${(err as Error).message}`);
       ch.send(msg.error(`the destination cannot read its base image: ${(err as Error).message}`)).finally(() => ch.close());
@@ -482,7 +494,7 @@ export class Receiver {
   private hashBulkBefore(offset: number): void {
     const upTo = Math.floor(offset / REGION_SIZE);
     if (upTo <= this.bulkHashedTo) return;
-    this.digests!.hashRange(this.opts.image, this.bulkHashedTo, upTo);
+    this.digests!.hashRange(this.opts.images, this.bulkHashedTo, upTo);
     this.bulkHashedTo = upTo;
     this.behind?.readTo(upTo * REGION_SIZE);
   }
@@ -497,7 +509,7 @@ export class Receiver {
     if (this.writebackError) throw new ReceiveError(`cannot sync the image: ${(this.writebackError as Error).message}`);
     await this.image!.flush();
     const t1 = performance.now();
-    const rehashed = this.digests!.refresh(this.opts.image, { all: true });
+    const rehashed = this.digests!.refresh(this.opts.images, { all: true });
     const digest = this.digests!.digest();
     this.opts.log.info(`barrier: image synced in ${Math.round(t1 - t0)} ms, ${rehashed} regions rehashed in ${Math.round(performance.now() - t1)} ms`);
     // An empty digest in the barrier: the source hashed while we did; it follows now.

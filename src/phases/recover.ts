@@ -15,7 +15,7 @@
 // runs the migration again once it can be.
 
 import type { ControlClient } from "../disk/control-client.ts";
-import type { ServeStatus } from "../disk/disk-service.ts";
+import { offeredDisks, type ServeStatus, servedImages } from "../disk/disk-service.ts";
 import { imageDigest, RegionDigests } from "../disk/region-digest.ts";
 import type { SourceHypervisor, RecoveryState } from "../hypervisor/types.ts";
 import type { Logger } from "../log.ts";
@@ -57,13 +57,13 @@ export class RolledBack extends PhaseError {
   }
 }
 
-async function connectWithBackoff(o: RecoveryOptions, recording: string, size: number): Promise<{ ch: Channel; ready: Ready }> {
+async function connectWithBackoff(o: RecoveryOptions, recording: string, status: Pick<ServeStatus, "size" | "disks">): Promise<{ ch: Channel; ready: Ready }> {
   let last: unknown;
   for (let attempt = 0; attempt <= o.backoffMs.length; attempt++) {
     try {
       const ch = await o.connect();
       try {
-        return { ch, ready: await sourceHandshake(ch, o.creds, { name: o.name, size, blockSize: o.blockSize, recording }) };
+        return { ch, ready: await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, disks: offeredDisks(status), blockSize: o.blockSize, recording }) };
       } catch (err) {
         ch.close();
         throw err;
@@ -95,7 +95,7 @@ export async function settleHandoff(ctl: ControlClient, status: ServeStatus, o: 
   const logPath = status.recording.active && status.recording.id === recording ? status.recording.path : undefined;
   const vm: RecoveryState = await o.hypervisor.recoverState();
   o.log.warn(`the hand-off of ${recording} was left unfinished (fenced since ${status.handoff.since}); the VM ${vm === "must-complete" ? "has left" : vm === "runs-here" ? "runs here" : "is paused here"}: settling it with the destination`);
-  const { ch, ready } = await connectWithBackoff(o, recording, status.size);
+  const { ch, ready } = await connectWithBackoff(o, recording, status);
   try {
     if (ready.verified !== undefined) return await confirmMove(ctl, status, ready.verified, o, ch, vm);
     const canFinish = !!logPath && (ready.bulkOffset >= status.size || vm === "must-complete");
@@ -113,7 +113,7 @@ export async function settleHandoff(ctl: ControlClient, status: ServeStatus, o: 
 async function confirmMove(ctl: ControlClient, status: ServeStatus, theirs: string, o: RecoveryOptions, ch: Channel, vm: RecoveryState): Promise<RecoveryResult> {
   if (vm === "runs-here")
     throw new HandoffError("the VM runs here again, but the destination verified and released its copy", { pastPointOfNoReturn: true, hint: "stop one of them: the disk must not be written in two places" });
-  const ours = imageDigest(status.image, status.size);
+  const ours = imageDigest(servedImages(status), status.size);
   if (ours !== theirs)
     throw new HandoffError("the destination verified an image that differs from this one", { pastPointOfNoReturn: true, hint: "the source stays fenced; compare both images before running the VM anywhere" });
   if (vm === "can-roll-back") await o.hypervisor.complete();
@@ -142,17 +142,17 @@ async function finish(ctl: ControlClient, status: ServeStatus, logPath: string, 
   const z = new Compressor(o.compress, ch);
   if (ready.bulkOffset < status.size) {
     // Only when the VM has gone (it cannot come back): the rest of the copy, while fenced.
-    await sendBulk(ch, status.image, { from: bulkResumeOffset(ready.bulkOffset, o.blockSize), blockSize: o.blockSize, compress: z, base: ready.base });
+    await sendBulk(ch, servedImages(status), { from: bulkResumeOffset(ready.bulkOffset, o.blockSize), blockSize: o.blockSize, compress: z, base: ready.base });
     await ch.send(msg.bulkEnd(status.size));
   }
   // Every delta from the destination's position: the log is sealed by the fence.
   // The image is fenced: WRITTEN records read it as it stays.
-  const deltas = new DeltaStreamer(ch, logPath, { compress: z, from: BigInt(ready.nextSeq), image: status.image });
+  const deltas = new DeltaStreamer(ch, logPath, { compress: z, from: BigInt(ready.nextSeq), image: servedImages(status) });
   try {
     await deltas.pump({ final: true });
     o.log.info(`finishing the hand-off: ${deltas.sent} deltas sent from ${ready.nextSeq}; the barrier goes out`);
     await ch.send(msg.barrier(deltas.lastSeq < BigInt(ready.nextSeq) ? BigInt(ready.nextSeq) - 1n : deltas.lastSeq, status.size, ""));
-    digests.refresh(status.image, { all: true });
+    digests.refresh(servedImages(status), { all: true });
     const digest = digests.digest();
     await ch.send(msg.checksum(digest));
     const done = await awaitDone(ch);

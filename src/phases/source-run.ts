@@ -3,7 +3,7 @@
 // served and writable; after it, the disk stays fenced and the error says so.
 
 import { ControlClient } from "../disk/control-client.ts";
-import { controlSocketPath } from "../disk/disk-service.ts";
+import { controlSocketPath, offeredDisks, servedImages } from "../disk/disk-service.ts";
 import { type Channel, ChannelClosed, peerAborted } from "../net/channel.ts";
 import { type CompressSetting, Compressor } from "../net/compress.ts";
 import type { ServeStatus } from "../disk/disk-service.ts";
@@ -355,7 +355,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   let bulkMs = 0;
   const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0, baseBlocks: 0, holeBytes: 0 };
   const carried = o.deltas === "paper" ? undefined : new BulkReadLog();
-  const check = { image: status.image, digests: new RegionDigests(status.size) };
+  const check = { image: servedImages(status), digests: new RegionDigests(status.size) };
   let wire = 0;
   let deltaStats = NO_DELTAS;
   const compressors: Compressor[] = [];
@@ -385,7 +385,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         throw new InitError("cannot connect to the destination", { cause });
       }
       const shookAt = performance.now();
-      const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, blockSize, recording: basename(logPath) });
+      const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, disks: offeredDisks(status), blockSize, recording: basename(logPath) });
       // Two round trips (HELLO/WELCOME, AUTH/READY) and the destination's opening of its image: an upper bound.
       rttMs = (performance.now() - shookAt) / 2;
       if (attempt > 0) o.log.info(`resumed: destination has bulk up to ${ready.bulkOffset}, needs delta ${ready.nextSeq}`);
@@ -401,7 +401,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         // The throttle's cap is renewed until the catch-up's first report: BULK_END can wait
         // for the bulk's tail to drain (13 s on the WAN), past the cap's 2 s lease.
         try {
-          const b = await sendBulk(ch, status.image, {
+          const b = await sendBulk(ch, servedImages(status), {
             from: bulkResumeOffset(ready.bulkOffset, blockSize),
             blockSize,
             compress: z,
@@ -444,7 +444,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         from: BigInt(ready.nextSeq),
         coalesce: carried,
         onRecord: (r) => check.digests.markDirty(r.offset, r.length),
-        image: status.image,
+        image: servedImages(status),
         settle: () => ctl.status(),
       });
       const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, { budgetMs, rttMs, linkBytesPerMs: bulkRate, deadline, initialLevel: bulkThrottled ? BULK_LEVEL : 0, targetMs: bulkMs }, (p) =>
@@ -615,7 +615,7 @@ async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveSt
 async function freezeAndCopy(
   ch: Channel,
   ctl: ControlClient,
-  status: { size: number; image: string },
+  status: Pick<ServeStatus, "size" | "disks">,
   blockSize: number,
   o: SourceOptions,
   t0: number,
@@ -625,7 +625,7 @@ async function freezeAndCopy(
   try {
     // No delta log in this mode: nothing to resume against.
     const shookAt = performance.now();
-    const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, blockSize, recording: "" });
+    const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, disks: offeredDisks(status), blockSize, recording: "" });
     const rttMs = (performance.now() - shookAt) / 2;
     await ctl.fence({ reason: `freeze-and-copy to ${o.to ?? "the destination"}` });
     fencedAt = performance.now();
@@ -633,7 +633,7 @@ async function freezeAndCopy(
     phaseEvent(o, "bulk");
     const digests = new RegionDigests(status.size);
     const z = new Compressor(o.compress, ch, rttMs);
-    const bulk = await sendBulk(ch, status.image, {
+    const bulk = await sendBulk(ch, servedImages(status), {
       from: bulkResumeOffset(ready.bulkOffset, blockSize),
       blockSize,
       compress: z,
@@ -641,7 +641,7 @@ async function freezeAndCopy(
       afterRead: (offset, chunk) => digests.noteData(offset, chunk),
     });
     // Fenced: nothing changed since the read; only regions a resumed copy skipped need reading.
-    digests.refresh(status.image, { all: true });
+    digests.refresh(servedImages(status), { all: true });
     const digest = digests.digest();
     phaseEvent(o, "handoff");
     o.log.info("point of no return: sending the barrier");

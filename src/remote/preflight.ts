@@ -21,8 +21,9 @@ export interface Check {
 
 export interface PreflightPlan {
   name: string;
-  localImage: string;
-  remoteImage: string;
+  /** The VM's images here and there, in disk order. */
+  localImages: string[];
+  remoteImages: string[];
   remoteRunDir: string;
   remoteBin: string;
   /** Local tools the hypervisor needs, and the same on the remote host. */
@@ -70,17 +71,27 @@ export async function preflight(t: SshTarget, p: PreflightPlan, log: Logger): Pr
   if (needCopy && !selfBinary())
     checks[checks.length - 1] = { ...checks[checks.length - 1]!, ok: false, fix: "run the compiled wanmig (npm run build, dist/wanmig): it copies itself" };
 
-  // Space: what the image takes here (its allocated blocks: holes stay holes there).
-  const need = statSync(p.localImage).blocks * 512;
+  // Space: what the images take here (their allocated blocks: holes stay holes there),
+  // added up per file system there (two disks on one file system need both their sizes).
   try {
-    const dir = dirname(p.remoteImage);
-    const out = (await sshRun(t, ["sh", "-c", 'd="$1"; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -P -B1 "$d" | tail -n 1', "df", dir], log)).stdout;
-    const avail = Number(out.trim().split(/\s+/)[3]);
-    checks.push(
-      avail >= need
-        ? { what: "space", ok: true, detail: `${fmt(avail)} free for ${p.remoteImage} (${fmt(need)} needed)` }
-        : { what: "space", ok: false, detail: `only ${fmt(avail)} free for ${p.remoteImage}; the image needs ${fmt(need)}`, fix: "free space there, or pick another --remote-image" },
-    );
+    const out = (await sshRun(t, ["sh", "-c", 'for d in "$@"; do while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -P -B1 "$d" | tail -n 1; done', "df", ...p.remoteImages.map((i) => dirname(i))], log)).stdout;
+    const rows = out.trim().split("\n").map((l) => l.trim().split(/\s+/));
+    const perFs = new Map<string, { avail: number; need: number; images: string[] }>();
+    p.remoteImages.forEach((image, i) => {
+      const row = rows[i]!;
+      const fs = perFs.get(row[5]!) ?? { avail: Number(row[3]), need: 0, images: [] };
+      fs.need += statSync(p.localImages[i]!).blocks * 512;
+      fs.images.push(image);
+      perFs.set(row[5]!, fs);
+    });
+    for (const { avail, need, images } of perFs.values()) {
+      const what = images.join(" + ");
+      checks.push(
+        avail >= need
+          ? { what: "space", ok: true, detail: `${fmt(avail)} free for ${what} (${fmt(need)} needed)` }
+          : { what: "space", ok: false, detail: `only ${fmt(avail)} free for ${what}; ${images.length > 1 ? "the images need" : "the image needs"} ${fmt(need)}`, fix: "free space there, or pick another --remote-image" },
+      );
+    }
   } catch (err) {
     checks.push({ what: "space", ok: false, detail: `cannot measure free space there: ${said(err)}`, fix: "check --remote-image" });
   }

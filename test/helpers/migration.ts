@@ -144,9 +144,9 @@ export async function missingWrites(socket: string, acked: Map<number, number>):
 }
 
 /** The NBD error a 4 KiB write at `offset` gets from the disk behind `socket` (0: written). */
-export async function writeError(socket: string, offset = 0): Promise<number> {
+export async function writeError(socket: string, offset = 0, exportName = ""): Promise<number> {
   const c = await RawNbd.connect(socket);
-  await c.go();
+  await c.go(exportName);
   const err = await c.write(offset, Buffer.alloc(4096, 7));
   c.disconnect();
   return err;
@@ -156,9 +156,9 @@ export async function writeError(socket: string, offset = 0): Promise<number> {
  * True when the disk behind `socket` takes a write now (not fenced, not held). It writes
  * the export's last sector, out of the way of the tests' writers, which start at 0.
  */
-export async function writable(socket: string): Promise<boolean> {
+export async function writable(socket: string, exportName = ""): Promise<boolean> {
   const c = await RawNbd.connect(socket);
-  await c.go();
+  await c.go(exportName);
   const err = await c.write(c.size - 512, Buffer.alloc(512, 9));
   c.disconnect();
   return err === 0;

@@ -53,9 +53,10 @@ export function serveForSuite(fill: (image: string) => Promise<void> | void, opt
 }
 
 /** `prefix`: what runs it (a network namespace's `ip netns exec NS`, say). */
-export async function startServe(opts: { image: string; runDir: string; name?: string; args?: string[]; env?: Record<string, string>; prefix?: string[] }): Promise<ServeHandle> {
+/** `image`: a VM's images, once per disk, in order (exports disk0, disk1, ...). */
+export async function startServe(opts: { image: string | string[]; runDir: string; name?: string; args?: string[]; env?: Record<string, string>; prefix?: string[] }): Promise<ServeHandle> {
   const name = opts.name ?? "vm";
-  const proc = Bun.spawn([...(opts.prefix ?? []), process.execPath, MAIN, "serve", "--image", opts.image, "--name", name, "--run-dir", opts.runDir, ...(opts.args ?? [])], {
+  const proc = Bun.spawn([...(opts.prefix ?? []), process.execPath, MAIN, "serve", ...[opts.image].flat().flatMap((i) => ["--image", i]), "--name", name, "--run-dir", opts.runDir, ...(opts.args ?? [])], {
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
@@ -120,10 +121,10 @@ export async function sparseFile(path: string, bytes: number): Promise<void> {
 }
 
 /** Starts `wanmig dest` on an ephemeral port and returns it with the port it bound. */
-export async function startDest(opts: { image: string; runDir: string; name?: string; args?: string[]; port?: number; env?: Record<string, string> }) {
+export async function startDest(opts: { image: string | string[]; runDir: string; name?: string; args?: string[]; port?: number; env?: Record<string, string> }) {
   const name = opts.name ?? "vm";
   const proc = Bun.spawn(
-    [process.execPath, MAIN, "dest", "--name", name, "--image", opts.image, "--run-dir", opts.runDir, "--listen", `127.0.0.1:${opts.port ?? 0}`, ...(opts.args ?? [])],
+    [process.execPath, MAIN, "dest", "--name", name, ...[opts.image].flat().flatMap((i) => ["--image", i]), "--run-dir", opts.runDir, "--listen", `127.0.0.1:${opts.port ?? 0}`, ...(opts.args ?? [])],
     { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...opts.env } },
   );
   const log = watchStderr(proc, "dest");

@@ -26,10 +26,10 @@ export interface StressWriter {
   stop(): Promise<void>;
 }
 
-/** `pauseMs`: sleep after each write (a gentle writer); without it, as fast as it can. */
-export async function stressWriter(socket: string, opts: { pattern: StressPattern; from?: number; bytes: number; pauseMs?: number }): Promise<StressWriter> {
+/** `pauseMs`: sleep after each write (a gentle writer); without it, as fast as it can. `exportName`: which disk of the VM (default disk0). */
+export async function stressWriter(socket: string, opts: { pattern: StressPattern; from?: number; bytes: number; pauseMs?: number; exportName?: string }): Promise<StressWriter> {
   const c = await RawNbd.connect(socket);
-  await c.go();
+  await c.go(opts.exportName);
   const from = opts.from ?? 0;
   const len = opts.pattern === "seq1m" ? 1024 * 1024 : BLOCK;
   const slots = Math.floor(opts.bytes / len);

@@ -1,0 +1,127 @@
+// A VM with two disks, between real processes on loopback: one serve with --image twice
+// (exports disk0 and disk1), one dest with --image twice, one source. The disks move as
+// one: recorded from the same instant, fenced in the same turn, verified before release.
+import { afterAll, describe, expect, test } from "bun:test";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { ExitCode } from "../src/errors.ts";
+import { NbdErr } from "../src/disk/nbd-protocol.ts";
+import { hosts, lastEvent, MiB, removeHosts, source, writable, writeError } from "./helpers/migration.ts";
+import { lostWrites, stressWriter } from "./helpers/stress-writer.ts";
+import { randomFile, sh, sparseFile, startDest, startServe, wanmig } from "./helpers/serve-process.ts";
+
+afterAll(() => removeHosts());
+
+/** Host A's two disks: disk0 as `hosts` makes it, disk1 an odd size (its start is inside a 64 KiB block of the VM's space), part data. */
+async function twoDiskHosts(disk0MiB: number, data0MiB: number, disk1Bytes: number) {
+  const h = await hosts(disk0MiB, data0MiB);
+  const image1 = join(h.a, "data.img");
+  await sparseFile(image1, disk1Bytes);
+  await randomFile(join(h.a, "data1"), 8 * MiB);
+  await sh(["dd", `if=${join(h.a, "data1")}`, `of=${image1}`, "bs=1M", "seek=4", "conv=notrunc", "status=none"]);
+  return { ...h, images: [h.image, image1], destImages: [h.destImage, join(h.b, "data.img")] };
+}
+
+describe("a VM with two disks", () => {
+  test("a full-speed writer on each disk (random 4K on disk0, sequential 1M on disk1): both identical, nothing acknowledged lost, both fenced at once, both served at the destination", async () => {
+    const h = await twoDiskHosts(40, 16, 24 * MiB + 12_800);
+    const srv = await startServe({ image: h.images, runDir: h.a });
+    const dst = await startDest({ image: h.destImages, runDir: h.b, args: ["--secret-file", h.secret] });
+    try {
+      const st = await srv.ctl.status();
+      expect(st.disks.map((d) => [d.export, d.image, d.offset, d.size])).toEqual([
+        ["disk0", h.images[0], 0, 40 * MiB],
+        ["disk1", h.images[1], 40 * MiB, 24 * MiB + 12_800],
+      ]);
+      const w0 = await stressWriter(srv.socket, { pattern: "random4k", bytes: 32 * MiB, exportName: "disk0" });
+      const w1 = await stressWriter(srv.socket, { pattern: "seq1m", bytes: 20 * MiB, exportName: "disk1" });
+      await Bun.sleep(100);
+      const run = await source(h, dst.port, ["--secret-file", h.secret, "--json"]);
+      await w0.stop();
+      await w1.stop();
+      expect(run.code, run.stderr).toBe(0);
+      const done = lastEvent(run.stdout);
+      expect(done.deltaCount + done.rangeDeltas).toBeGreaterThan(0);
+      await dst.waitFor("now serving");
+      // Both writers ran into the fence: it stopped both disks.
+      expect(w0.refused).toBeGreaterThan(0);
+      expect(w1.refused).toBeGreaterThan(0);
+      for (const i of [0, 1]) {
+        await sh(["cmp", h.images[i]!, h.destImages[i]!]);
+        expect(lostWrites(h.destImages[i]!, [w0, w1][i]!.acked)).toEqual([]);
+        expect(await writeError(srv.socket, 0, `disk${i}`)).toBe(NbdErr.EPERM);
+        expect(await writable(dst.socket, `disk${i}`)).toBe(true);
+      }
+      const there = await dst.ctl.status();
+      expect(there.disks.map((d) => d.size)).toEqual([40 * MiB, 24 * MiB + 12_800]);
+      expect(there.disks[1]!.io.writes).toBeGreaterThan(0); // the writable() check above, on disk1
+      // wanmig status shows every disk.
+      const text = (await wanmig(["status", "--name", "vm", "--run-dir", h.a])).stdout;
+      expect(text).toContain(`disk0      ${h.images[0]}`);
+      expect(text).toContain(`disk1      ${h.images[1]}`);
+      const metrics = await (await fetch("http://localhost/metrics", { unix: join(h.a, "vm.ctl") } as RequestInit)).text();
+      expect(metrics).toMatch(/^wanmig_io_writes_total\{name="vm",disk="disk1"\} [1-9]\d*$/m);
+    } finally {
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+
+  test("a destination whose second image is too small refuses at the handshake: no byte written, nothing created, the source untouched (exit 5)", async () => {
+    const h = await twoDiskHosts(8, 4, 16 * MiB);
+    await sparseFile(h.destImages[1]!, 8 * MiB); // an existing disk1 there, half the size
+    const srv = await startServe({ image: h.images, runDir: h.a });
+    const dst = await startDest({ image: h.destImages, runDir: h.b, args: ["--secret-file", h.secret] });
+    try {
+      const run = await source(h, dst.port, ["--secret-file", h.secret]);
+      expect(run.code, run.stderr).toBe(ExitCode.abortedSafely);
+      expect(run.stderr).toContain(`existing image ${h.destImages[1]} (disk1) is ${8 * MiB} bytes; the source's is ${16 * MiB}`);
+      expect(existsSync(h.destImages[0]!)).toBe(false); // checked before any was created
+      const st = await srv.ctl.status();
+      expect(st.mode).toBe("normal");
+      for (const i of [0, 1]) expect(await writable(srv.socket, `disk${i}`)).toBe(true);
+    } finally {
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+
+  test("a destination given one image for a two-disk VM refuses at the handshake", async () => {
+    const h = await twoDiskHosts(8, 4, 16 * MiB);
+    const srv = await startServe({ image: h.images, runDir: h.a });
+    const dst = await startDest({ image: h.destImages[0]!, runDir: h.b, args: ["--secret-file", h.secret] });
+    try {
+      const run = await source(h, dst.port, ["--secret-file", h.secret]);
+      expect(run.code, run.stderr).toBe(ExitCode.abortedSafely);
+      expect(run.stderr).toContain("the source's VM has 2 disks; this destination was given 1 image");
+      expect((await srv.ctl.status()).mode).toBe("normal");
+    } finally {
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+
+  test("the destination killed mid-bulk: exit 5, every disk writable at the source, recording stopped", async () => {
+    const h = await twoDiskHosts(64, 48, 32 * MiB);
+    const srv = await startServe({ image: h.images, runDir: h.a });
+    const dst = await startDest({ image: h.destImages, runDir: h.b, args: ["--secret-file", h.secret] });
+    try {
+      const w = await stressWriter(srv.socket, { pattern: "random4k", bytes: 16 * MiB, exportName: "disk1" });
+      const run = source(h, dst.port, ["--secret-file", h.secret, "--bandwidth", "40mbit"]);
+      await dst.waitFor("receiving vm");
+      await Bun.sleep(300);
+      dst.proc.kill("SIGKILL");
+      const r = await run;
+      await w.stop();
+      expect(r.code, r.stderr).toBe(ExitCode.abortedSafely);
+      const st = await srv.ctl.status();
+      expect(st.mode).toBe("normal");
+      expect(st.recording.active).toBe(false);
+      for (const i of [0, 1]) expect(await writable(srv.socket, `disk${i}`)).toBe(true);
+      expect(w.refused).toBe(0);
+    } finally {
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+});
