@@ -6,9 +6,10 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ExitCode } from "../src/errors.ts";
 import { NbdErr } from "../src/disk/nbd-protocol.ts";
-import { hosts, lastEvent, MiB, removeHosts, source, writable, writeError } from "./helpers/migration.ts";
+import { expectResumedOnce, hosts, lastEvent, MiB, removeHosts, source, spawnSource, writable, writeError } from "./helpers/migration.ts";
+import { startProxy } from "./helpers/proxy.ts";
 import { lostWrites, stressWriter } from "./helpers/stress-writer.ts";
-import { randomFile, sh, sparseFile, startDest, startServe, wanmig } from "./helpers/serve-process.ts";
+import { overwrite, randomFile, sh, sparseFile, startDest, startServe, wanmig } from "./helpers/serve-process.ts";
 
 afterAll(() => removeHosts());
 
@@ -119,6 +120,55 @@ describe("a VM with two disks", () => {
       expect(st.recording.active).toBe(false);
       for (const i of [0, 1]) expect(await writable(srv.socket, `disk${i}`)).toBe(true);
       expect(w.refused).toBe(0);
+    } finally {
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+
+  test("the link cut mid-bulk, in disk1, under a writer on both disks: resumed from where the destination got, both identical, nothing lost", async () => {
+    const h = await twoDiskHosts(48, 40, 64 * MiB);
+    const srv = await startServe({ image: h.images, runDir: h.a });
+    const dst = await startDest({ image: h.destImages, runDir: h.b, args: ["--insecure"] });
+    const proxy = startProxy(dst.port);
+    try {
+      const w0 = await stressWriter(srv.socket, { pattern: "random4k", bytes: 32 * MiB, exportName: "disk0", pauseMs: 1 });
+      const w1 = await stressWriter(srv.socket, { pattern: "random4k", bytes: 32 * MiB, exportName: "disk1", pauseMs: 1 });
+      const src = spawnSource(h, proxy.port, ["--insecure", "--compress", "none", "--bandwidth", "400mbit"]);
+      while (proxy.bytes < 56 * MiB) await Bun.sleep(20); // past disk0's 48 MiB
+      proxy.cut();
+      const result = await src.result();
+      await w0.stop();
+      await w1.stop();
+      expectResumedOnce(result);
+      expect(result.done!.bulkBytes as number).toBeLessThan(112 * MiB + 16 * MiB); // not from zero
+      await dst.waitFor("now serving");
+      for (const i of [0, 1]) {
+        await sh(["cmp", h.images[i]!, h.destImages[i]!]);
+        expect(lostWrites(h.destImages[i]!, [w0, w1][i]!.acked)).toEqual([]);
+      }
+    } finally {
+      proxy.stop();
+      await srv.stop();
+      await dst.stop();
+    }
+  });
+
+  test("dest --base once per disk: only the blocks that differ on either disk travel", async () => {
+    const h = await twoDiskHosts(16, 8, 16 * MiB);
+    const bases = h.destImages.map((p) => `${p}.template`);
+    for (const [i, b] of bases.entries()) await sh(["cp", "--sparse=always", h.images[i]!, b]);
+    const BLOCK = 64 * 1024;
+    overwrite(h.images[0]!, 3 * BLOCK, crypto.getRandomValues(new Uint8Array(BLOCK)));
+    overwrite(h.images[1]!, 70 * BLOCK + 5, Uint8Array.of(1, 2, 3));
+    const srv = await startServe({ image: h.images, runDir: h.a });
+    const dst = await startDest({ image: h.destImages, runDir: h.b, args: ["--insecure", ...bases.flatMap((b) => ["--base", b])] });
+    try {
+      const run = await source(h, dst.port, ["--insecure", "--json"]);
+      expect(run.code, run.stderr).toBe(0);
+      expect(lastEvent(run.stdout).bulkBytes).toBe(2 * BLOCK);
+      await dst.waitFor("now serving");
+      for (const i of [0, 1]) await sh(["cmp", h.images[i]!, h.destImages[i]!]);
     } finally {
       await srv.stop();
       await dst.stop();

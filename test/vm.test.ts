@@ -12,6 +12,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { ExitCode } from "../src/errors.ts";
+import { NbdErr } from "../src/disk/nbd-protocol.ts";
+import { writeError } from "./helpers/migration.ts";
 import { buildGuest, type Guest, lostWrites, startGuest } from "./helpers/guest.ts";
 import { hostPair, type HostPair, spawnInNs } from "./helpers/netns.ts";
 import { Attempt, ours, ramAtSwitchover, retryOnQemuRamLoss } from "./helpers/ram-check.ts";
@@ -43,20 +45,26 @@ const once = (name: string) => {
   return at;
 };
 
-/** Host A with the guest running and writing, host B waiting with dest and QEMU -incoming. */
-async function guestOnA(at: Attempt) {
+/**
+ * Host A with the guest running and writing, host B waiting with dest and QEMU -incoming.
+ * `disks: 2`: a second virtio disk (48 MiB, its own image), which the guest writes as well.
+ */
+async function guestOnA(at: Attempt, disks: 1 | 2 = 1) {
   const a = `${at.dir}-A`;
   const b = `${at.dir}-B`;
   await sh(["mkdir", "-p", a, b]);
-  const image = join(a, "vm.img");
-  await sparseFile(image, 64 * 1024 * 1024);
+  const names = disks === 2 ? ["vm.img", "data.img"] : ["vm.img"];
+  const images = names.map((n) => join(a, n));
+  await sparseFile(images[0]!, 64 * 1024 * 1024);
+  if (disks === 2) await sparseFile(images[1]!, 48 * 1024 * 1024);
   const secret = await secretFile(`${at.dir}.secret`);
-  const srv = await startServe({ image, runDir: a });
+  const srv = await startServe({ image: images, runDir: a });
   at.defer(() => srv.stop());
-  const src = startGuest({ name: "src", dir: a, nbdSocket: srv.socket, netnsExec: net.exec(net.a.ns) });
+  const exports = disks === 2 ? ["disk0", "disk1"] : ["vm"];
+  const src = startGuest({ name: "src", dir: a, nbdSocket: srv.socket, netnsExec: net.exec(net.a.ns), exports });
   at.defer(() => src.stop());
   await src.waitFor(/GUEST W i=1 /, 90_000);
-  return { a, b, image, destImage: join(b, "vm.img"), secret, srv, src };
+  return { a, b, image: images[0]!, images, destImage: join(b, "vm.img"), destImages: names.map((n) => join(b, n)), exports, secret, srv, src };
 }
 
 function summary(src: Guest, dst: Guest) {
@@ -74,12 +82,12 @@ async function heldDestination(at: Attempt, s: Awaited<ReturnType<typeof guestOn
   const release = `${at.dir}.release`;
   const dest = spawnIn(
     net.b.ns,
-    ["dest", "--name", "vm", "--image", s.destImage, "--run-dir", s.b, "--listen", `${net.b.ip}:${port}`, "--secret-file", s.secret, "--hypervisor", "qemu", "--qmp", `unix:${join(s.b, "dst.qmp")}`, ...extra],
+    ["dest", "--name", "vm", ...s.destImages.flatMap((i) => ["--image", i]), "--run-dir", s.b, "--listen", `${net.b.ip}:${port}`, "--secret-file", s.secret, "--hypervisor", "qemu", "--qmp", `unix:${join(s.b, "dst.qmp")}`, ...extra],
     [`WANMIG_TEST_HOLD_AT=dest-cont:${release}`],
   );
   at.defer(() => dest.proc.kill("SIGKILL"));
   await dest.log.waitFor("listening on");
-  const dst = startGuest({ name: "dst", dir: s.b, nbdSocket: join(s.b, "vm.nbd"), netnsExec: net.exec(net.b.ns), incoming: migrateUri, hold: true, openTimeout: 120 });
+  const dst = startGuest({ name: "dst", dir: s.b, nbdSocket: join(s.b, "vm.nbd"), netnsExec: net.exec(net.b.ns), incoming: migrateUri, hold: true, openTimeout: 120, exports: s.exports });
   at.defer(() => dst.stop());
   return { dest, dst, release };
 }
@@ -132,6 +140,57 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
       });
       await dst.stop();
       await ours(() => expect(lostWrites(s.destImage, [...s.src.writes(), ...dst.writes()])).toEqual([]));
+    });
+  }, 480_000);
+
+  test("a guest with two virtio disks, writing to both: both move in one hand-off, no verify failure, every last write on B's disks, both fenced at A", async () => {
+    await retryOnQemuRamLoss("two disks", (n) => join(dir.path, `two${n}`), async (at) => {
+      const s = await guestOnA(at, 2);
+      const port = 7120 + at.n;
+      const migrateUri = `tcp:${net.b.ip}:${4470 + at.n}`;
+      const { dest, dst, release } = await heldDestination(at, s, port, migrateUri, ["--json"]);
+      await Bun.sleep(1500);
+      const source = spawnIn(net.a.ns, [
+        "source", "--name", "vm", "--run-dir", s.a, "--to", `${net.b.ip}:${port}`, "--secret-file", s.secret, "--json",
+        "--hypervisor", "qemu", "--qmp", `unix:${s.src.qmpPath}`, "--migrate-uri", migrateUri,
+      ]);
+      const ram = ramAtSwitchover(at, s.src, dst, release);
+      ram.catch(() => undefined);
+      const code = await source.proc.exited;
+      await Bun.sleep(50);
+      await ours(() => expect(code).toBe(0));
+      const { heldMs } = await ram;
+      await ours(() => dest.log.waitFor("the VM runs here (qemu)", 60_000));
+      const before = dst.writes().filter((w) => w.dev === "vdb").length;
+      await Bun.sleep(3000);
+      expect(dst.writes().filter((w) => w.dev === "vdb").length).toBeGreaterThan(before + 3); // both disks carry on at B
+      const events = source.out().trim().split("\n").map((l) => JSON.parse(l));
+      const done = events.at(-1);
+      const pausedAt = events.find((e) => e.event === "paused").at as number;
+      const runningAt = JSON.parse(dest.out().trim().split("\n").find((l) => l.includes('"running"'))!).at as number;
+      const perDisk = (done.disks as { export: string; deltas: number; bytes: number; finalDeltas: number; finalBytes: number }[])
+        .map((d) => `${d.export} ${d.deltas} deltas (${d.bytes} B), ${d.finalDeltas} in the hand-off (${d.finalBytes} B)`)
+        .join("; ");
+      console.log(
+        `real VM, two disks: migration ${done.migrationTimeMs} ms; downtime: paused at A -> running at B ${Math.round(runningAt - pausedAt - heldMs)} ms ` +
+          `(storage ${done.storageDowntimeMs} ms: ${JSON.stringify(done.storageDowntimeParts)}); ${perDisk}; writes A ${s.src.writes().length}, B ${dst.writes().length}`,
+      );
+      expect(done.disks.map((d: { export: string }) => d.export)).toEqual(["disk0", "disk1"]);
+      expect(done.disks.every((d: { deltas: number }) => d.deltas > 0)).toBe(true);
+      expect(s.src.failures()).toEqual([]);
+      expect(dst.failures()).toEqual([]);
+      await ours(async () => {
+        const st = await s.srv.ctl.status();
+        expect(st.mode).toBe("fenced");
+        for (const e of ["disk0", "disk1"]) expect(await writeError(s.srv.socket, 0, e)).toBe(NbdErr.EPERM);
+      });
+      await dst.stop();
+      const all = [...s.src.writes(), ...dst.writes()];
+      await ours(() => {
+        expect(all.filter((w) => w.dev === "vdb").length).toBeGreaterThan(10);
+        expect(lostWrites(s.destImages[0]!, all.filter((w) => w.dev === "vda"))).toEqual([]);
+        expect(lostWrites(s.destImages[1]!, all.filter((w) => w.dev === "vdb"))).toEqual([]);
+      });
     });
   }, 480_000);
 

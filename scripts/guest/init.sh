@@ -9,7 +9,8 @@
 # Kernel parameters: slp=S (pause per round, default 0.05); gip=ADDR/LEN and ggw=GATEWAY
 # give eth0 an address and a default route, and start a TCP echo server on port 7777 (the
 # open connection that must survive a migration); mode=fs runs the file-system workload
-# instead of raw block writes (below).
+# instead of raw block writes (below); disks=2 writes to a second disk as well (/dev/vdb,
+# every other write: its lines say dev=vdb).
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -27,9 +28,17 @@ SLP=0.05
 GIP=
 GGW=
 MODE=block
+DISKS=1
 for a in $(cat /proc/cmdline); do
-  case "$a" in slp=*) SLP=${a#slp=} ;; gip=*) GIP=${a#gip=} ;; ggw=*) GGW=${a#ggw=} ;; mode=*) MODE=${a#mode=} ;; esac
+  case "$a" in slp=*) SLP=${a#slp=} ;; gip=*) GIP=${a#gip=} ;; ggw=*) GGW=${a#ggw=} ;; mode=*) MODE=${a#mode=} ;; disks=*) DISKS=${a#disks=} ;; esac
 done
+DEVS=vda
+if [ "$DISKS" = 2 ]; then
+  DEVS="vda vdb"
+  n=0
+  while [ ! -b /dev/vdb ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done
+  [ -b /dev/vdb ] || { echo "GUEST NO-DISK vdb"; exec sleep 3600; }
+fi
 ip link set lo up
 if [ -n "$GIP" ]; then
   ip link set eth0 up && ip addr add "$GIP" dev eth0 && { [ -z "$GGW" ] || ip route add default via "$GGW"; } && echo "GUEST NET eth0 $GIP"
@@ -60,27 +69,35 @@ if [ "$MODE" = fs ]; then
     sleep $SLP
   done
 fi
-BLOCKS=$(($(cat /sys/block/vda/size) / 8))
-mkdir -p /run/last /run/recent
-echo "GUEST BOOTED blocks=$BLOCKS"
+for d in $DEVS; do
+  eval "BLOCKS_$d=$(($(cat /sys/block/$d/size) / 8))"
+  mkdir -p /run/last/$d
+done
+mkdir -p /run/recent
+echo "GUEST BOOTED blocks=$BLOCKS_vda disks=$DISKS"
 i=0
 while true; do
   i=$((i + 1))
-  off=$(((RANDOM * 32768 + RANDOM) % BLOCKS))
-  if printf 'CNT %010d OFF %08d\n' $i $off | dd of=/dev/vda bs=4096 seek=$off count=1 conv=sync,notrunc oflag=direct status=none; then
-    echo $i > /run/last/$off
-    echo $off > /run/recent/$((i % 64))
-    echo "GUEST W i=$i off=$off"
+  dev=vda
+  [ "$DISKS" = 2 ] && [ $((i % 2)) = 0 ] && dev=vdb
+  eval "blocks=\$BLOCKS_$dev"
+  off=$(((RANDOM * 32768 + RANDOM) % blocks))
+  if printf 'CNT %010d OFF %08d\n' $i $off | dd of=/dev/$dev bs=4096 seek=$off count=1 conv=sync,notrunc oflag=direct status=none; then
+    echo $i > /run/last/$dev/$off
+    echo "$dev $off" > /run/recent/$((i % 64))
+    echo "GUEST W i=$i off=$off dev=$dev"
   else
-    echo "GUEST WRITE-ERR i=$i off=$off"
+    echo "GUEST WRITE-ERR i=$i off=$off dev=$dev"
   fi
   # Re-read one of the last 64 writes from the device itself.
   k=$((RANDOM % (i < 64 ? i : 64)))
-  voff=$(cat /run/recent/$(((i - k) % 64)) 2>/dev/null)
-  if [ -n "$voff" ]; then
-    want=$(printf 'CNT %010d OFF %08d' "$(cat /run/last/$voff)" "$voff")
-    got=$(dd if=/dev/vda bs=4096 skip=$voff count=1 iflag=direct status=none | head -c 30)
-    [ "$got" = "$want" ] || echo "GUEST VERIFY-FAIL i=$i off=$voff want='$want' got='$got'"
+  recent=$(cat /run/recent/$(((i - k) % 64)) 2>/dev/null)
+  if [ -n "$recent" ]; then
+    vdev=${recent% *}
+    voff=${recent#* }
+    want=$(printf 'CNT %010d OFF %08d' "$(cat /run/last/$vdev/$voff)" "$voff")
+    got=$(dd if=/dev/$vdev bs=4096 skip=$voff count=1 iflag=direct status=none | head -c 30)
+    [ "$got" = "$want" ] || echo "GUEST VERIFY-FAIL i=$i dev=$vdev off=$voff want='$want' got='$got'"
   fi
   sleep $SLP
 done

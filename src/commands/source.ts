@@ -93,6 +93,9 @@ function summary(name: string, m: MigrationMetrics): string {
     ["bulk copy", `${formatBytes(m.bulkBytes)} sent as ${formatBytes(m.bulkWireBytes)}; ${m.bulkZeroBlocks} zero blocks skipped${m.bulkHoleBytes ? ` (${formatBytes(m.bulkHoleBytes)} of holes not even read)` : ""}${m.bulkBaseBlocks ? `, ${m.bulkBaseBlocks} already in the destination's base` : ""}`],
     ["compression", compressionLine(m.compressLevels, m.bulkStreamedBytes)],
     ["deltas", `${m.deltaCount} sent (${formatBytes(m.deltaBytes)} as ${formatBytes(m.deltaWireBytes)}), ${m.deltasSkipped} skipped, ${m.deltaRatePerSec}/s${m.copyPasses ? `; ${m.copyPasses} copy ${m.copyPasses === 1 ? "pass" : "passes"} sent ${formatBytes(m.copiedBytes)} of the image in place of the records they stand for` : ""}`],
+    ...(m.disks && m.disks.length > 1
+      ? m.disks.map((d): [string, string] => [`  ${d.export}`, `${d.deltas} deltas (${formatBytes(d.bytes)}), ${d.finalDeltas} of them in the hand-off (${formatBytes(d.finalBytes)})`])
+      : []),
     ["on the wire", formatBytes(m.bytesOnWire)],
     ["throttle", `highest level ${m.throttleSteps}`],
   ];

@@ -31,6 +31,7 @@ import { DeltasError, HandoffError, Interrupted } from "./errors.ts";
 import { type Credentials, sourceHandshake } from "./init.ts";
 import { type RecoveryOptions, settleHandoff } from "./recover.ts";
 import { RecordingWatch } from "./recording-watch.ts";
+import { type DiskFigures, DiskTally } from "./disk-tally.ts";
 
 export interface SourceOptions {
   name: string;
@@ -111,6 +112,8 @@ export interface MigrationMetrics {
   throttleSteps: number;
   /** Broken links resumed during this migration. */
   reconnects: number;
+  /** Each disk's deltas, and its share of the hand-off's (live mode). */
+  disks?: DiskFigures[];
 }
 
 /** The metrics, and the network redirect still up (the caller waits for it to go idle). */
@@ -248,6 +251,7 @@ function finish(
     bytesOnWire: number;
     throttleSteps: number;
     reconnects: number;
+    disks?: DiskTally;
   },
 ): MigrationMetrics {
   const migrationTimeMs = m.doneAt - m.t0;
@@ -279,6 +283,7 @@ function finish(
     deltaRatePerSec: Math.round((m.deltas.sent / migrationTimeMs) * 1000),
     throttleSteps: m.throttleSteps,
     reconnects: m.reconnects,
+    disks: m.disks?.figures(),
   };
   o.onEvent?.({ event: "done", ...metrics });
   return metrics;
@@ -356,6 +361,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
   const bulk = { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0, baseBlocks: 0, holeBytes: 0 };
   const carried = o.deltas === "paper" ? undefined : new BulkReadLog();
   const check = { image: servedImages(status), digests: new RegionDigests(status.size) };
+  const tally = new DiskTally(status.disks);
   let wire = 0;
   let deltaStats = NO_DELTAS;
   const compressors: Compressor[] = [];
@@ -443,7 +449,10 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         compress: z,
         from: BigInt(ready.nextSeq),
         coalesce: carried,
-        onRecord: (r) => check.digests.markDirty(r.offset, r.length),
+        onRecord: (r) => {
+          check.digests.markDirty(r.offset, r.length);
+          tally.note(r.offset, r.length);
+        },
         image: servedImages(status),
         settle: () => ctl.status(),
       });
@@ -472,6 +481,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       checkInterrupted();
       emit("handoff");
       stage.fenced = true; // from inside handOffStorage on, the fence may already be up
+      tally.markFence();
       const h = await handOffStorage(ch, ctl, deltas, check, o.log, {
         watch: watch!,
         to: o.to ?? "the destination",
@@ -503,6 +513,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         throttleSteps: Math.max(end.throttle.maxLevel, catchUp.throttleSteps, bulkThrottled ? 1 : 0),
         converged: { estimateMs: converged.estimate.totalMs, budgetMs, frozen: converged.frozen },
         reconnects: attempt,
+        disks: tally,
       });
       deltas.close();
       ch.close();

@@ -29,7 +29,8 @@ export interface Guest {
   /** A second QMP monitor, the test's own: QEMU serves one client per monitor, and wanmig holds the first. */
   testQmp(): Promise<QmpClient>;
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<SerialLine>;
-  writes(): { i: number; off: number; t: number }[];
+  /** The acknowledged writes; `dev`: which disk (vda, or vdb with two). */
+  writes(): { i: number; off: number; t: number; dev: string }[];
   failures(): string[];
   stop(): Promise<void>;
 }
@@ -48,17 +49,22 @@ export function startGuest(opts: {
   nic?: { tap: string; gip: string; ggw: string };
   /** init.sh's workload: raw block writes (default) or the ext4 one (mode=fs; the host makes the file system). */
   mode?: "block" | "fs";
+  /** The NBD exports that are the guest's disks, in order (default: the VM's one disk); two: it writes to both. */
+  exports?: string[];
 }): Guest {
+  const exports = opts.exports ?? ["vm"];
   const qmpPath = join(opts.dir, `${opts.name}.qmp`);
   const testQmpPath = join(opts.dir, `${opts.name}.test.qmp`);
   const ramMiB = 128;
   const argv = [
     ...(opts.netnsExec ?? []),
     "qemu-system-x86_64", "-name", opts.name, "-accel", "tcg", "-m", String(ramMiB), "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
-    "-kernel", join(GUEST_DIR, "vmlinux"), "-initrd", join(GUEST_DIR, "initrd.gz"), "-append", `console=ttyS0 quiet panic=-1 slp=0.05${opts.mode === "fs" ? " mode=fs" : ""}${opts.nic ? ` gip=${opts.nic.gip} ggw=${opts.nic.ggw}` : ""}`,
+    "-kernel", join(GUEST_DIR, "vmlinux"), "-initrd", join(GUEST_DIR, "initrd.gz"), "-append", `console=ttyS0 quiet panic=-1 slp=0.05${opts.mode === "fs" ? " mode=fs" : ""}${exports.length > 1 ? ` disks=${exports.length}` : ""}${opts.nic ? ` gip=${opts.nic.gip} ggw=${opts.nic.ggw}` : ""}`,
     "-serial", "stdio", "-qmp", `unix:${qmpPath},server=on,wait=off`, "-qmp", `unix:${testQmpPath},server=on,wait=off`,
-    "-blockdev", `driver=nbd,node-name=disk0,server.type=unix,server.path=${opts.nbdSocket},export=vm,open-timeout=${opts.openTimeout ?? 30}`,
-    "-device", "virtio-blk-pci,drive=disk0,id=vblk0",
+    ...exports.flatMap((name, i) => [
+      "-blockdev", `driver=nbd,node-name=disk${i},server.type=unix,server.path=${opts.nbdSocket},export=${name},open-timeout=${opts.openTimeout ?? 30}`,
+      "-device", `virtio-blk-pci,drive=disk${i},id=vblk${i}`,
+    ]),
     ...(opts.nic ? ["-netdev", `tap,id=n0,ifname=${opts.nic.tap},script=no,downscript=no`, "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"] : []),
     ...(opts.incoming ? ["-incoming", opts.incoming, ...(opts.hold ? ["-S"] : [])] : []),
   ];
@@ -96,8 +102,8 @@ export function startGuest(opts: {
     },
     writes() {
       return lines.flatMap((l) => {
-        const m = /^GUEST W i=(\d+) off=(\d+)/.exec(l.text);
-        return m ? [{ i: Number(m[1]), off: Number(m[2]), t: l.t }] : [];
+        const m = /^GUEST W i=(\d+) off=(\d+)(?: dev=(\w+))?/.exec(l.text);
+        return m ? [{ i: Number(m[1]), off: Number(m[2]), t: l.t, dev: m[3] ?? "vda" }] : [];
       });
     },
     failures() {
