@@ -6,10 +6,10 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ExitCode } from "../src/errors.ts";
 import { NbdErr } from "../src/disk/nbd-protocol.ts";
-import { expectResumedOnce, hosts, lastEvent, MiB, removeHosts, source, spawnSource, writable, writeError } from "./helpers/migration.ts";
+import { type DestHandle, expectResumedOnce, hosts, lastEvent, MiB, removeHosts, source, spawnSource, writable, writeError } from "./helpers/migration.ts";
 import { startProxy } from "./helpers/proxy.ts";
 import { lostWrites, stressWriter } from "./helpers/stress-writer.ts";
-import { overwrite, randomFile, sh, sparseFile, startDest, startServe, wanmig } from "./helpers/serve-process.ts";
+import { overwrite, randomFile, type ServeHandle, sh, sparseFile, startDest, startServe, wanmig } from "./helpers/serve-process.ts";
 
 afterAll(() => removeHosts());
 
@@ -23,12 +23,27 @@ async function twoDiskHosts(disk0MiB: number, data0MiB: number, disk1Bytes: numb
   return { ...h, images: [h.image, image1], destImages: [h.destImage, join(h.b, "data.img")] };
 }
 
+type TwoDisks = Awaited<ReturnType<typeof twoDiskHosts>>;
+
+/** serve with both images on host A, dest with both on host B, around `body`; both stopped whatever happens. */
+async function withTwoDisks(h: TwoDisks, destArgs: string[], body: (p: { srv: ServeHandle; dst: DestHandle }) => Promise<void>, destImages: string[] = h.destImages): Promise<void> {
+  const srv = await startServe({ image: h.images, runDir: h.a });
+  try {
+    const dst = await startDest({ image: destImages, runDir: h.b, args: destArgs });
+    try {
+      await body({ srv, dst });
+    } finally {
+      await dst.stop();
+    }
+  } finally {
+    await srv.stop();
+  }
+}
+
 describe("a VM with two disks", () => {
   test("a full-speed writer on each disk (random 4K on disk0, sequential 1M on disk1): both identical, nothing acknowledged lost, both fenced at once, both served at the destination", async () => {
     const h = await twoDiskHosts(40, 16, 24 * MiB + 12_800);
-    const srv = await startServe({ image: h.images, runDir: h.a });
-    const dst = await startDest({ image: h.destImages, runDir: h.b, args: ["--secret-file", h.secret] });
-    try {
+    await withTwoDisks(h, ["--secret-file", h.secret], async ({ srv, dst }) => {
       const st = await srv.ctl.status();
       expect(st.disks.map((d) => [d.export, d.image, d.offset, d.size])).toEqual([
         ["disk0", h.images[0], 0, 40 * MiB],
@@ -62,18 +77,13 @@ describe("a VM with two disks", () => {
       expect(text).toContain(`disk1      ${h.images[1]}`);
       const metrics = await (await fetch("http://localhost/metrics", { unix: join(h.a, "vm.ctl") } as RequestInit)).text();
       expect(metrics).toMatch(/^wanmig_io_writes_total\{name="vm",disk="disk1"\} [1-9]\d*$/m);
-    } finally {
-      await srv.stop();
-      await dst.stop();
-    }
+    });
   });
 
   test("a destination whose second image is too small refuses at the handshake: no byte written, nothing created, the source untouched (exit 5)", async () => {
     const h = await twoDiskHosts(8, 4, 16 * MiB);
     await sparseFile(h.destImages[1]!, 8 * MiB); // an existing disk1 there, half the size
-    const srv = await startServe({ image: h.images, runDir: h.a });
-    const dst = await startDest({ image: h.destImages, runDir: h.b, args: ["--secret-file", h.secret] });
-    try {
+    await withTwoDisks(h, ["--secret-file", h.secret], async ({ srv, dst }) => {
       const run = await source(h, dst.port, ["--secret-file", h.secret]);
       expect(run.code, run.stderr).toBe(ExitCode.abortedSafely);
       expect(run.stderr).toContain(`existing image ${h.destImages[1]} (disk1) is ${8 * MiB} bytes; the source's is ${16 * MiB}`);
@@ -81,32 +91,22 @@ describe("a VM with two disks", () => {
       const st = await srv.ctl.status();
       expect(st.mode).toBe("normal");
       for (const i of [0, 1]) expect(await writable(srv.socket, `disk${i}`)).toBe(true);
-    } finally {
-      await srv.stop();
-      await dst.stop();
-    }
+    });
   });
 
   test("a destination given one image for a two-disk VM refuses at the handshake", async () => {
     const h = await twoDiskHosts(8, 4, 16 * MiB);
-    const srv = await startServe({ image: h.images, runDir: h.a });
-    const dst = await startDest({ image: h.destImages[0]!, runDir: h.b, args: ["--secret-file", h.secret] });
-    try {
+    await withTwoDisks(h, ["--secret-file", h.secret], async ({ srv, dst }) => {
       const run = await source(h, dst.port, ["--secret-file", h.secret]);
       expect(run.code, run.stderr).toBe(ExitCode.abortedSafely);
       expect(run.stderr).toContain("the source's VM has 2 disks; this destination was given 1 image");
       expect((await srv.ctl.status()).mode).toBe("normal");
-    } finally {
-      await srv.stop();
-      await dst.stop();
-    }
+    }, [h.destImages[0]!]);
   });
 
   test("the destination killed mid-bulk: exit 5, every disk writable at the source, recording stopped", async () => {
     const h = await twoDiskHosts(64, 48, 32 * MiB);
-    const srv = await startServe({ image: h.images, runDir: h.a });
-    const dst = await startDest({ image: h.destImages, runDir: h.b, args: ["--secret-file", h.secret] });
-    try {
+    await withTwoDisks(h, ["--secret-file", h.secret], async ({ srv, dst }) => {
       const w = await stressWriter(srv.socket, { pattern: "random4k", bytes: 16 * MiB, exportName: "disk1" });
       const run = source(h, dst.port, ["--secret-file", h.secret, "--bandwidth", "40mbit"]);
       await dst.waitFor("receiving vm");
@@ -120,38 +120,33 @@ describe("a VM with two disks", () => {
       expect(st.recording.active).toBe(false);
       for (const i of [0, 1]) expect(await writable(srv.socket, `disk${i}`)).toBe(true);
       expect(w.refused).toBe(0);
-    } finally {
-      await srv.stop();
-      await dst.stop();
-    }
+    });
   });
 
   test("the link cut mid-bulk, in disk1, under a writer on both disks: resumed from where the destination got, both identical, nothing lost", async () => {
     const h = await twoDiskHosts(48, 40, 64 * MiB);
-    const srv = await startServe({ image: h.images, runDir: h.a });
-    const dst = await startDest({ image: h.destImages, runDir: h.b, args: ["--insecure"] });
-    const proxy = startProxy(dst.port);
-    try {
-      const w0 = await stressWriter(srv.socket, { pattern: "random4k", bytes: 32 * MiB, exportName: "disk0", pauseMs: 1 });
-      const w1 = await stressWriter(srv.socket, { pattern: "random4k", bytes: 32 * MiB, exportName: "disk1", pauseMs: 1 });
-      const src = spawnSource(h, proxy.port, ["--insecure", "--compress", "none", "--bandwidth", "400mbit"]);
-      while (proxy.bytes < 56 * MiB) await Bun.sleep(20); // past disk0's 48 MiB
-      proxy.cut();
-      const result = await src.result();
-      await w0.stop();
-      await w1.stop();
-      expectResumedOnce(result);
-      expect(result.done!.bulkBytes as number).toBeLessThan(112 * MiB + 16 * MiB); // not from zero
-      await dst.waitFor("now serving");
-      for (const i of [0, 1]) {
-        await sh(["cmp", h.images[i]!, h.destImages[i]!]);
-        expect(lostWrites(h.destImages[i]!, [w0, w1][i]!.acked)).toEqual([]);
+    await withTwoDisks(h, ["--insecure"], async ({ srv, dst }) => {
+      const proxy = startProxy(dst.port);
+      try {
+        const w0 = await stressWriter(srv.socket, { pattern: "random4k", bytes: 32 * MiB, exportName: "disk0", pauseMs: 1 });
+        const w1 = await stressWriter(srv.socket, { pattern: "random4k", bytes: 32 * MiB, exportName: "disk1", pauseMs: 1 });
+        const src = spawnSource(h, proxy.port, ["--insecure", "--compress", "none", "--bandwidth", "400mbit"]);
+        while (proxy.bytes < 56 * MiB) await Bun.sleep(20); // past disk0's 48 MiB
+        proxy.cut();
+        const result = await src.result();
+        await w0.stop();
+        await w1.stop();
+        expectResumedOnce(result);
+        expect(result.done!.bulkBytes as number).toBeLessThan(112 * MiB + 16 * MiB); // not from zero
+        await dst.waitFor("now serving");
+        for (const i of [0, 1]) {
+          await sh(["cmp", h.images[i]!, h.destImages[i]!]);
+          expect(lostWrites(h.destImages[i]!, [w0, w1][i]!.acked)).toEqual([]);
+        }
+      } finally {
+        proxy.stop();
       }
-    } finally {
-      proxy.stop();
-      await srv.stop();
-      await dst.stop();
-    }
+    });
   });
 
   test("dest --base once per disk: only the blocks that differ on either disk travel", async () => {
@@ -161,17 +156,12 @@ describe("a VM with two disks", () => {
     const BLOCK = 64 * 1024;
     overwrite(h.images[0]!, 3 * BLOCK, crypto.getRandomValues(new Uint8Array(BLOCK)));
     overwrite(h.images[1]!, 70 * BLOCK + 5, Uint8Array.of(1, 2, 3));
-    const srv = await startServe({ image: h.images, runDir: h.a });
-    const dst = await startDest({ image: h.destImages, runDir: h.b, args: ["--insecure", ...bases.flatMap((b) => ["--base", b])] });
-    try {
+    await withTwoDisks(h, ["--insecure", ...bases.flatMap((b) => ["--base", b])], async ({ srv, dst }) => {
       const run = await source(h, dst.port, ["--insecure", "--json"]);
       expect(run.code, run.stderr).toBe(0);
       expect(lastEvent(run.stdout).bulkBytes).toBe(2 * BLOCK);
       await dst.waitFor("now serving");
       for (const i of [0, 1]) await sh(["cmp", h.images[i]!, h.destImages[i]!]);
-    } finally {
-      await srv.stop();
-      await dst.stop();
-    }
+    });
   });
 });

@@ -2,7 +2,7 @@
 // namespaces joined by a veth pair), on a LAN and on the paper's WAN, side by side with
 // freeze-and-copy and with a standard tool (nbdcopy pulling from qemu-nbd) on the same link.
 //
-//   npm run bench -- migrate [--scenario loopback,lan,lfn,wan] [--rows live-coalesce,live-paper,live-zstd1,live-zstd19,freeze,nbdcopy,qsd-mirror]
+//   npm run bench -- migrate [--scenario loopback,lan,lfn,wan] [--rows live-coalesce,live-paper,live-zstd1,live-zstd19,live-insecure,live-2disks,freeze,nbdcopy,qsd-mirror]
 //                            [--image-mib 1024] [--data-mib 300] [--image-kind mixed|os] [--lan-rate 1gbit] [--lan-rtt-ms 0]
 //                            [--lfn-rate 1gbit] [--lfn-rtt-ms 100] [--wan-rate 5mbit] [--wan-rtt-ms 100] [--compress zstd|none|…] [--timeout-s S]
 //                            [--keep-logs DIR] [--json FILE]
@@ -57,6 +57,8 @@ interface RowDef {
   compress?: string;
   /** --insecure on both ends (the other rows use --secret-file: sealed frames). */
   insecure?: boolean;
+  /** The same image as two disks of one VM (its halves, each its own file): what a second disk costs. */
+  twoDisks?: boolean;
 }
 
 const ROWS: RowDef[] = [
@@ -66,6 +68,7 @@ const ROWS: RowDef[] = [
   { id: "live-zstd19", label: "wanmig live, --compress zstd:19", mode: "live", deltas: "coalesce", compress: "zstd:19" },
   // The rows above seal every frame (--secret-file); this one does not: what sealing costs.
   { id: "live-insecure", label: "wanmig live, --insecure (frames in the clear)", mode: "live", deltas: "coalesce", insecure: true },
+  { id: "live-2disks", label: "wanmig live, the same data as two disks (the image's halves)", mode: "live", deltas: "coalesce", twoDisks: true },
   { id: "freeze", label: "wanmig freeze-and-copy", mode: "freeze-and-copy", deltas: "coalesce" },
   { id: "nbdcopy", label: "nbdcopy ← qemu-nbd (peer)" },
   { id: "qsd-mirror", label: "QEMU live: qemu-storage-daemon blockdev-mirror → qemu-nbd (peer)" },
@@ -534,18 +537,31 @@ export async function identical(a: string, b: string): Promise<boolean> {
   return (await $`cmp -s ${a} ${b}`.nothrow().quiet()).exitCode === 0;
 }
 
+/** Cuts `image` in two at half its size (MiB-aligned): it keeps the first half, data.img beside it gets the second, both sparse. */
+async function splitInTwo(image: string): Promise<string[]> {
+  const size = Number((await $`stat -c %s ${image}`.text()).trim());
+  const half = Math.floor(size / 2 / MiB) * MiB;
+  const second = join(image, "..", "data.img");
+  await $`dd if=${image} of=${second} bs=1M skip=${half / MiB} conv=sparse status=none`;
+  await $`truncate -s ${half} ${image}`;
+  await $`sync`;
+  return [image, second];
+}
+
 async function runWanmig(sc: Scenario, row: RowDef, ctx: Ctx, dir: string): Promise<RowResult> {
   const r: RowResult = { scenario: sc.name, row: row.id, label: row.label, ok: false, rss: {}, notes: [] };
   const { a, b, image } = await rowHosts(dir, ctx.image);
+  const images = row.twoDisks ? await splitInTwo(image) : [image];
+  const destImages = images.map((i) => join(b, basename(i)));
   const procs = new RowProcs();
   const start = procs.start.bind(procs);
   try {
-    const serve = start("serve", NS_SRC, [BUN, MAIN, "serve", "--name", "vm", "--image", image, "--run-dir", a, "--log", "warn"], true);
+    const serve = start("serve", NS_SRC, [BUN, MAIN, "serve", "--name", "vm", ...images.flatMap((i) => ["--image", i]), "--run-dir", a, "--log", "warn"], true);
     const ctl = new ControlClient(join(a, "vm.ctl"));
     await waitUntil(async () => (await ctl.status()).size > 0, "serve's control socket");
     await serve.checkPid(BUN_EXE);
     const destPort = ctx.port++;
-    const dest = start("dest", NS_DST, [BUN, MAIN, "dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b, "--listen", `${DST_IP}:${destPort}`, ...(row.insecure ? ["--insecure"] : ["--secret-file", ctx.secret]), "--json"], true);
+    const dest = start("dest", NS_DST, [BUN, MAIN, "dest", "--name", "vm", ...destImages.flatMap((i) => ["--image", i]), "--run-dir", b, "--listen", `${DST_IP}:${destPort}`, ...(row.insecure ? ["--insecure"] : ["--secret-file", ctx.secret]), "--json"], true);
     await dest.waitFor(/listening on \S+:\d+/, "dest to listen");
     await dest.checkPid(BUN_EXE);
     let to = `${DST_IP}:${destPort}`;
@@ -596,7 +612,7 @@ async function runWanmig(sc: Scenario, row: RowDef, ctx: Ctx, dir: string): Prom
     await vm.stop();
     for (const { line } of vm.stdoutLines) if (line.includes('"done"')) r.workload = JSON.parse(line);
     await dest.waitFor(/now serving/, "dest to serve", 10_000).catch((e) => r.notes.push(`dest: ${(e as Error).message}`));
-    r.identical = await identical(image, join(b, "vm.img"));
+    r.identical = (await Promise.all(images.map((i, k) => identical(i, destImages[k]!)))).every(Boolean);
     r.ok = r.identical;
     if (!r.identical) r.error = "the images differ";
     return r;

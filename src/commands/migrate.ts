@@ -53,7 +53,7 @@ export default defineCommand({
     }
     const remoteImages = chosenRemoteImages(valuesOf(rawArgs, "remote-image"), valuesOf(rawArgs, "dest-image"), local);
     const remoteRunDir = args["remote-run-dir"] ?? args["run-dir"];
-    const tools = args.hypervisor === "xl" ? ["xl"] : [];
+    const tools = args.hypervisor === "xl" ? ["xl"] : args.hypervisor === "libvirt" ? ["virsh"] : [];
     const say = (e: Record<string, unknown>, text: string) => (args.json ? process.stdout.write(`${JSON.stringify(e)}\n`) : process.stderr.write(`${text}\n`));
 
     if (args.hypervisor === "qemu" && (!args["remote-qmp"] || !args.qmp)) throw new UsageError("--hypervisor qemu needs --qmp (the source QEMU's) and --remote-qmp (the destination QEMU's there)");
@@ -82,6 +82,8 @@ export default defineCommand({
         ? ["--hypervisor", "xl", "--domain", args.domain ?? ""]
         : args.hypervisor === "qemu"
           ? ["--hypervisor", "qemu", "--qmp", args["remote-qmp"] ?? ""]
+          : args.hypervisor === "libvirt"
+            ? ["--hypervisor", "libvirt", "--domain", args.domain ?? ""]
           : [];
     await runSourceCommand(
       { ...args, "dest-run-dir": remoteRunDir } as Parameters<typeof runSourceCommand>[0],
