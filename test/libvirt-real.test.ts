@@ -8,11 +8,11 @@
 // every block the guest wrote on either host, A's disk is fenced, and the domain runs on
 // exactly one host.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync, existsSync } from "node:fs";
+import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { buildGuest, GUEST_DIR, lostWrites } from "./helpers/guest.ts";
 import { libvirtInstalled, libvirtPair, type LibvirtPair } from "./helpers/libvirt-hosts.ts";
-import { MAIN, sparseFile, tempDir } from "./helpers/serve-process.ts";
+import { MAIN, REPO, sparseFile, tempDir } from "./helpers/serve-process.ts";
 import { writeError } from "./helpers/migration.ts";
 import { NbdErr } from "../src/disk/nbd-protocol.ts";
 
@@ -22,7 +22,12 @@ let pair: LibvirtPair | undefined;
 beforeAll(async () => {
   if (!libvirtInstalled()) return;
   await buildGuest();
-  pair = await libvirtPair(dir.path);
+  // The README's hook (scripts/libvirt-hook-qemu) on both hosts, calling this tree's wanmig.
+  const wrapper = join(dir.path, "wanmig");
+  writeFileSync(wrapper, `#!/bin/sh\nexec ${process.execPath} ${MAIN} "$@"\n`);
+  chmodSync(wrapper, 0o755);
+  const hook = readFileSync(join(REPO, "scripts", "libvirt-hook-qemu"), "utf8").replace("WANMIG=${WANMIG:-wanmig}", `WANMIG=${wrapper}`);
+  pair = await libvirtPair(dir.path, { hook });
 }, 300_000);
 
 afterAll(async () => {
@@ -32,9 +37,9 @@ afterAll(async () => {
 });
 
 /** The domain as an operator would write it: its disk is wanmig's export on a unix socket, the same path on every host. */
-function domainXml(consolePath: string): string {
+function domainXml(consolePath: string, name = "vm"): string {
   return `<domain type='qemu'>
-  <name>vm</name>
+  <name>${name}</name>
   <memory unit='MiB'>128</memory>
   <vcpu>1</vcpu>
   <os>
@@ -50,7 +55,7 @@ function domainXml(consolePath: string): string {
     <disk type='network' device='disk'>
       <driver name='qemu' type='raw' cache='none'/>
       <source protocol='nbd' name='disk0'>
-        <host transport='unix' socket='/run/wanmig/vm.nbd'/>
+        <host transport='unix' socket='/run/wanmig/${name}.nbd'/>
       </source>
       <target dev='vda' bus='virtio'/>
     </disk>
@@ -151,4 +156,23 @@ describe.skipIf(!libvirtInstalled())("--hypervisor libvirt between two real libv
       atB.stop();
     }
   }, 300_000);
+
+  test("the README's hook refuses a plain virsh migrate whose wanmig disk nobody receives at B; the domain runs on at A", async () => {
+    const { a, b } = pair!;
+    await sparseFile(join(a.runDir, "plain.img"), 16 * 1024 * 1024);
+    const serve = a.spawn([process.execPath, MAIN, "serve", "--name", "plain", "--image", "/run/wanmig/plain.img", "--run-dir", "/run/wanmig"], "serve");
+    await serve.log.waitFor("serving ");
+    const xml = join(dir.path, "plain.xml");
+    await Bun.write(xml, domainXml("/run/wanmig/plain.console", "plain"));
+    await a.run(["virsh", "-c", "qemu:///system", "create", xml]);
+    try {
+      const r = await a.run(["virsh", "-c", "qemu:///system", "migrate", "--live", "plain", b.uri], { allowFail: true });
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain("wanmig is not receiving plain here");
+      expect((await a.run(["virsh", "-c", "qemu:///system", "domstate", "plain"])).stdout.trim()).toBe("running");
+      expect((await b.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"])).stdout.trim()).not.toContain("plain");
+    } finally {
+      await a.run(["virsh", "-c", "qemu:///system", "destroy", "plain"], { allowFail: true });
+    }
+  }, 120_000);
 });

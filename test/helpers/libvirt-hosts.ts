@@ -43,7 +43,8 @@ export function libvirtInstalled(): boolean {
   return !!Bun.which("libvirtd") && !!Bun.which("virsh") && existsSync("/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so");
 }
 
-export async function libvirtPair(dir: string): Promise<LibvirtPair> {
+/** `hook`: /etc/libvirt/hooks/qemu on both hosts (libvirtd reads its hooks when it starts). */
+export async function libvirtPair(dir: string, opts: { hook?: string } = {}): Promise<LibvirtPair> {
   const net: HostPair = await hostPair();
   const holders: Subprocess[] = [];
   const spawned: Subprocess[] = [];
@@ -60,7 +61,7 @@ export async function libvirtPair(dir: string): Promise<LibvirtPair> {
       { name: "hostb", ip: net.b.ip, ns: net.b.ns, peer: { name: "hosta", ip: net.a.ip } },
     ];
     mkdirSync("/run/libvirt", { recursive: true });
-    for (const s of specs) hosts.push(await startHost(dir, s, holders, spawned));
+    for (const s of specs) hosts.push(await startHost(dir, s, holders, spawned, opts.hook));
     return { a: hosts[0]!, b: hosts[1]!, remove };
   } catch (err) {
     await remove();
@@ -73,9 +74,14 @@ async function startHost(
   s: { name: string; ip: string; ns: string; peer: { name: string; ip: string } },
   holders: Subprocess[],
   spawned: Subprocess[],
+  hook?: string,
 ): Promise<LibvirtHost> {
   const dir = join(top, s.name);
   for (const d of ["etc", "run", "lib", "cache", "log", "wanmig"]) mkdirSync(join(dir, d), { recursive: true });
+  if (hook) {
+    mkdirSync(join(dir, "etc", "hooks"));
+    writeFileSync(join(dir, "etc", "hooks", "qemu"), hook, { mode: 0o755 });
+  }
   writeFileSync(
     join(dir, "etc", "libvirtd.conf"),
     [
