@@ -40,6 +40,18 @@ describe("xl (Xen), through a PATH shim", () => {
     }, XL_DEST));
   });
 
+  test('a local receiver: --xl-ssh "" runs --xl-host as the whole transport, which must say migrate-receive -p (else a usage error, exit 2)', async () => {
+    await withXlShim("ok", ({ h, log }) => withPair(h, async ({ dst }) => {
+      const refused = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1", "--xl-ssh", "", "--xl-host", "xl migrate-receive"]);
+      expect(refused.code).toBe(ExitCode.usage);
+      expect(refused.stderr).toContain('with --xl-ssh "" the --xl-host command must run xl migrate-receive -p');
+      expect(xlCalls(log)).toEqual([]);
+      const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1", "--xl-ssh", "", "--xl-host", "xl migrate-receive -p"]);
+      expect(run.code, run.stderr).toBe(0);
+      expect(xlCalls(log).map((c) => c.argv)[1]).toEqual(["migrate", "-p", "-s", "", "vm1", "xl migrate-receive -p"]);
+    }, XL_DEST));
+  });
+
   test("xl migrate fails: the domain runs at the source, its disk unfenced and writable, no unpause anywhere (exit 5)", async () => {
     await withXlShim("migrate-fails", ({ h, log }) => withPair(h, async ({ srv, dst }) => {
       const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1"]);

@@ -61,7 +61,8 @@ export class XlSource implements SourceHypervisor {
 
   async moveMemory(whileWaiting: () => Promise<void>): Promise<{ pausedAt: number }> {
     const args = ["migrate", "-p"];
-    if (this.opts.sshCommand) args.push("-s", this.opts.sshCommand);
+    // "" is a command too: xl then runs HOST itself as the transport (a local receiver).
+    if (this.opts.sshCommand !== undefined) args.push("-s", this.opts.sshCommand);
     if (this.opts.config) args.push("-C", this.opts.config);
     args.push(this.opts.domain, this.opts.host);
     this.log.info(`xl migrates ${this.opts.domain} to ${this.opts.host} (left paused there)`);
@@ -89,7 +90,13 @@ export class XlSource implements SourceHypervisor {
 
 export class XlDest implements DestHypervisor {
   readonly kind = "xl" as const;
-  readonly readsBeforeRelease = false;
+  /**
+   * dom0 reads the disk before the release: attaching it (nbd-client, a partition scan) and
+   * xl migrate-receive setting up the paused domain's backend. The domain runs no guest code
+   * until `xl unpause`, after the disk is verified, so no guest sees those reads; held, they
+   * would stall the attach, and with it the migration.
+   */
+  readonly readsBeforeRelease = true;
 
   constructor(
     private readonly opts: { domain: string },
