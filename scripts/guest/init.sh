@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # /init of the real-VM test's guest (busybox initramfs, Debian's kernel, TCG).
 # It writes numbered records to random 4 KiB blocks of its disk, each with O_DIRECT, and
-# prints one serial line per acknowledged write:  GUEST W i=<n> off=<block>
+# prints one serial line per acknowledged write:  GUEST W i=<n> off=<block> dev=<disk> up=<uptime>
+# (up: the guest's own clock, which goes on across a migration: the gaps it sees)
 # so the host can check afterwards that the last write to every block is on the disk.
 # It also re-reads one of its recent writes each round (the record of what it wrote lives
 # in tmpfs, guest RAM, which migrates with the VM) and prints GUEST VERIFY-FAIL on a
@@ -10,31 +11,35 @@
 # give eth0 an address and a default route, and start a TCP echo server on port 7777 (the
 # open connection that must survive a migration); mode=fs runs the file-system workload
 # instead of raw block writes (below); disks=2 writes to a second disk as well (/dev/vdb,
-# every other write: its lines say dev=vdb).
+# every other write: its lines say dev=vdb); disk=xvda is a Xen domU's disk (xen-blkfront)
+# in place of virtio's vda.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs run /run
-# Debian builds the virtio drivers as modules; this order satisfies their dependencies.
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net; do
-  insmod /lib/modules/$m.ko || echo "GUEST insmod $m failed"
-done
-n=0
-while [ ! -b /dev/vda ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done
-[ -b /dev/vda ] || { echo "GUEST NO-DISK"; exec sleep 3600; }
 SLP=0.05
 GIP=
 GGW=
 MODE=block
 DISKS=1
+DISK=vda
 for a in $(cat /proc/cmdline); do
-  case "$a" in slp=*) SLP=${a#slp=} ;; gip=*) GIP=${a#gip=} ;; ggw=*) GGW=${a#ggw=} ;; mode=*) MODE=${a#mode=} ;; disks=*) DISKS=${a#disks=} ;; esac
+  case "$a" in slp=*) SLP=${a#slp=} ;; gip=*) GIP=${a#gip=} ;; ggw=*) GGW=${a#ggw=} ;; mode=*) MODE=${a#mode=} ;; disks=*) DISKS=${a#disks=} ;; disk=*) DISK=${a#disk=} ;; esac
 done
-DEVS=vda
+# Debian builds these drivers as modules; this order satisfies their dependencies.
+MODS="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net"
+[ "$DISK" = xvda ] && MODS=xen-blkfront
+for m in $MODS; do
+  insmod /lib/modules/$m.ko || echo "GUEST insmod $m failed"
+done
+n=0
+while [ ! -b /dev/$DISK ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done
+[ -b /dev/$DISK ] || { echo "GUEST NO-DISK"; exec sleep 3600; }
+DEVS=$DISK
 if [ "$DISKS" = 2 ]; then
-  DEVS="vda vdb"
+  DEVS="$DISK vdb"
   n=0
   while [ ! -b /dev/vdb ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done
   [ -b /dev/vdb ] || { echo "GUEST NO-DISK vdb"; exec sleep 3600; }
@@ -52,7 +57,7 @@ fi
 if [ "$MODE" = fs ]; then
   for m in crc16 crc32c_generic mbcache jbd2 ext4; do insmod /lib/modules/$m.ko || echo "GUEST insmod $m failed"; done
   mkdir -p /mnt
-  mount -t ext4 /dev/vda /mnt || { echo "GUEST MOUNT-FAIL"; exec sleep 3600; }
+  mount -t ext4 /dev/$DISK /mnt || { echo "GUEST MOUNT-FAIL"; exec sleep 3600; }
   mkdir -p /mnt/files
   echo "GUEST BOOTED fs"
   i=0
@@ -74,18 +79,19 @@ for d in $DEVS; do
   mkdir -p /run/last/$d
 done
 mkdir -p /run/recent
-echo "GUEST BOOTED blocks=$BLOCKS_vda disks=$DISKS"
+eval "echo \"GUEST BOOTED blocks=\$BLOCKS_$DISK disks=$DISKS\""
 i=0
 while true; do
   i=$((i + 1))
-  dev=vda
+  dev=$DISK
   [ "$DISKS" = 2 ] && [ $((i % 2)) = 0 ] && dev=vdb
   eval "blocks=\$BLOCKS_$dev"
   off=$(((RANDOM * 32768 + RANDOM) % blocks))
   if printf 'CNT %010d OFF %08d\n' $i $off | dd of=/dev/$dev bs=4096 seek=$off count=1 conv=sync,notrunc oflag=direct status=none; then
     echo $i > /run/last/$dev/$off
     echo "$dev $off" > /run/recent/$((i % 64))
-    echo "GUEST W i=$i off=$off dev=$dev"
+    read -r up _ </proc/uptime
+    echo "GUEST W i=$i off=$off dev=$dev up=$up"
   else
     echo "GUEST WRITE-ERR i=$i off=$off dev=$dev"
   fi
