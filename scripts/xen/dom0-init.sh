@@ -110,12 +110,19 @@ waitfor 'grep -q "listening on" /tmp/dest.log' 60 || fail "dest did not listen"
 mark source-start
 $W source --name domu --run-dir /run/wanmig-a --to 127.0.0.1:7000 --insecure --json --hypervisor xl --domain domu \
   --xl-ssh "" --xl-host "/domu/attach-b xl migrate-receive -p" --xl-config /domu/b.cfg >/tmp/source.out 2>/tmp/source.log
-echo "@@ source-exit $?"
+rc=$?
+echo "@@ source-exit $rc"
+echo "@@ source-mode $($W status --name domu --run-dir /run/wanmig-a --json | sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p')"
 mark source-done
+if [ $rc != 0 ]; then
+  # Aborted: where is the domain? (running at A, its disk writable there, is the safe outcome.)
+  echo "@@ domain-at-A $(xl list domu 2>/dev/null | awk 'NR==2{print $5}')"
+  finish
+fi
 waitfor 'grep -q "the VM runs here (xl)" /tmp/dest.log' 60 || fail "the domain does not run at B"
 mark domu-unpaused
 # It carries on at B: 30 more writes.
 waitfor 'grep -c "GUEST W" /var/log/xen/console/guest-domu--incoming.log 2>/dev/null | grep -qE "^([3-9][0-9]|[0-9]{3,})$"' 60 || mark "FAIL the domU does not write at B"
-echo "@@ source-mode $($W status --name domu --run-dir /run/wanmig-a --json | sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p')"
+echo "@@ source-mode-after $($W status --name domu --run-dir /run/wanmig-a --json | sed -n 's/.*"mode":"\([a-z]*\)".*/\1/p')"
 xl list
 finish
