@@ -74,6 +74,60 @@ if [ "$MODE" = fs ]; then
     sleep $SLP
   done
 fi
+# mode=paper: the paper's evaluation workloads (issue 17), on a real file system (ext4, made
+# by the host), served on the guest's address (gip=) to clients outside:
+#   static web  busybox httpd on port 80 serving /mnt/www, its access log appended to
+#               /mnt/access.log (on the disk, as a web server's is);
+#   dynamic web GET /cgi-bin/post?id=N appends "POST N" to /mnt/posts and fsyncs it before
+#               it answers "posted N": an acknowledged post is on the disk (the paper's phpBB);
+#   video       /mnt/www/video.bin (32 MiB, made at first boot), streamed by httpd;
+#   diabolical  bonnie=1: a Bonnie-like writer besides (64 MiB sequential writes, rewrites of
+#               it in place, an fsync after each), printing GUEST BONNIE round=N.
+if [ "$MODE" = paper ]; then
+  for m in crc16 crc32c_generic mbcache jbd2 ext4; do insmod /lib/modules/$m.ko || echo "GUEST insmod $m failed"; done
+  mkdir -p /mnt
+  mount -t ext4 /dev/$DISK /mnt || { echo "GUEST MOUNT-FAIL"; exec sleep 3600; }
+  mkdir -p /mnt/www/cgi-bin
+  [ -f /mnt/www/index.html ] || { i=0; while [ $i -lt 64 ]; do echo "<p>static page line $i of the paper's web server</p>"; i=$((i + 1)); done > /mnt/www/index.html; }
+  [ -f /mnt/www/video.bin ] || dd if=/dev/urandom of=/mnt/www/video.bin bs=1M count=32 status=none
+  cat > /mnt/www/cgi-bin/post <<'CGI'
+#!/bin/sh
+id=${QUERY_STRING#id=}
+case "$id" in ''|*[!0-9]*) printf 'Status: 400
+Content-Type: text/plain
+
+bad id
+'; exit 0 ;; esac
+if echo "POST $id" >> /mnt/posts && sync /mnt/posts; then
+  printf 'Content-Type: text/plain
+
+posted %s
+' "$id"
+else
+  printf 'Status: 500
+Content-Type: text/plain
+
+not posted %s
+' "$id"
+fi
+CGI
+  chmod +x /mnt/www/cgi-bin/post
+  sync
+  httpd -f -vv -p 80 -h /mnt/www 2>>/mnt/access.log &
+  if grep -q bonnie=1 /proc/cmdline; then
+    (
+      n=0
+      while true; do
+        n=$((n + 1))
+        dd if=/dev/urandom of=/mnt/bonnie bs=1M count=64 conv=fsync status=none || echo "GUEST WRITE-ERR bonnie $n"
+        dd if=/dev/urandom of=/mnt/bonnie bs=64k count=512 conv=notrunc,fsync status=none || echo "GUEST WRITE-ERR bonnie rewrite $n"
+        echo "GUEST BONNIE round=$n"
+      done
+    ) &
+  fi
+  echo "GUEST BOOTED paper"
+  while true; do sleep 3600; done
+fi
 for d in $DEVS; do
   eval "BLOCKS_$d=$(($(cat /sys/block/$d/size) / 8))"
   mkdir -p /run/last/$d

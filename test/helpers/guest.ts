@@ -47,8 +47,10 @@ export function startGuest(opts: {
   openTimeout?: number;
   /** A NIC on this tap device (in the QEMU's namespace), and the guest's address/gateway (init.sh's gip=, ggw=). */
   nic?: { tap: string; gip: string; ggw: string };
-  /** init.sh's workload: raw block writes (default) or the ext4 one (mode=fs; the host makes the file system). */
-  mode?: "block" | "fs";
+  /** init.sh's workload: raw block writes (default), the ext4 one (mode=fs), or the paper's web, post, video and Bonnie workloads (mode=paper); the host makes the file system for the last two. */
+  mode?: "block" | "fs" | "paper";
+  /** mode=paper: the Bonnie-like writer besides. */
+  bonnie?: boolean;
   /** The NBD exports that are the guest's disks, in order (default: the VM's one disk); two: it writes to both. */
   exports?: string[];
 }): Guest {
@@ -59,7 +61,7 @@ export function startGuest(opts: {
   const argv = [
     ...(opts.netnsExec ?? []),
     "qemu-system-x86_64", "-name", opts.name, "-accel", "tcg", "-m", String(ramMiB), "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
-    "-kernel", join(GUEST_DIR, "vmlinux"), "-initrd", join(GUEST_DIR, "initrd.gz"), "-append", `console=ttyS0 quiet panic=-1 slp=0.05${opts.mode === "fs" ? " mode=fs" : ""}${exports.length > 1 ? ` disks=${exports.length}` : ""}${opts.nic ? ` gip=${opts.nic.gip} ggw=${opts.nic.ggw}` : ""}`,
+    "-kernel", join(GUEST_DIR, "vmlinux"), "-initrd", join(GUEST_DIR, "initrd.gz"), "-append", `console=ttyS0 quiet panic=-1 slp=0.05${opts.mode && opts.mode !== "block" ? ` mode=${opts.mode}` : ""}${opts.bonnie ? " bonnie=1" : ""}${exports.length > 1 ? ` disks=${exports.length}` : ""}${opts.nic ? ` gip=${opts.nic.gip} ggw=${opts.nic.ggw}` : ""}`,
     "-serial", "stdio", "-qmp", `unix:${qmpPath},server=on,wait=off`, "-qmp", `unix:${testQmpPath},server=on,wait=off`,
     ...exports.flatMap((name, i) => [
       "-blockdev", `driver=nbd,node-name=disk${i},server.type=unix,server.path=${opts.nbdSocket},export=${name},open-timeout=${opts.openTimeout ?? 30}`,
