@@ -6,36 +6,26 @@
 // each applied to an in-memory model of the disk once the server acknowledges it. The
 // server answers or closes as the spec says, never crashes, a well-behaved client beside
 // the fuzzers keeps working throughout, and at the end the image is the model.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { Cmd, CmdFlag, IHAVEOPT, NbdErr, Opt, OPTION_MAX_LEN, REQUEST_MAGIC } from "../src/disk/nbd-protocol.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { RawSocket } from "./helpers/raw-socket.ts";
 import { caseCounter, FUZZ_MS, FUZZ_SEED, prng } from "./helpers/fuzz.ts";
-import { randomFile, type ServeHandle, startServe, tempDir } from "./helpers/serve-process.ts";
+import { randomFile, serveForSuite } from "./helpers/serve-process.ts";
 
 const SIZE = 4 * 1024 * 1024;
 /** The well-behaved client owns the first half; fuzzers' valid writes go to the second. */
 const HALF = SIZE / 2;
 
 
-let dir: ReturnType<typeof tempDir>;
-let srv: ServeHandle;
-let image: string;
 let model: Buffer;
-
-beforeAll(async () => {
-  dir = tempDir();
-  image = join(dir.path, "disk.img");
+// One serve for the file, on an image of random data; the model is that data, then every acknowledged write.
+const suite = serveForSuite(async (image) => {
   await randomFile(image, SIZE);
   model = readFileSync(image);
-  srv = await startServe({ image, runDir: dir.path });
 });
-afterAll(async () => {
-  await srv?.stop();
-  dir?.remove();
-});
+
 
 type Outcome = "answered" | "closed";
 
@@ -49,7 +39,7 @@ describe("fuzzing the NBD server", () => {
     let stop = false;
 
     // The well-behaved client: writes and reads back its half all along.
-    const good = await RawNbd.connect(srv.socket);
+    const good = await RawNbd.connect(suite.srv.socket);
     await good.go();
     const goodLoop = (async () => {
       const g = prng(FUZZ_SEED ^ 0x5bd1e995);
@@ -74,7 +64,7 @@ describe("fuzzing the NBD server", () => {
         const kind = r.pick(["greeting", "option", "transmission"] as const);
         if (kind === "greeting") {
           // Garbage where the client flags and first option go: refused by closing.
-          const s = await RawSocket.unix(srv.socket);
+          const s = await RawSocket.unix(suite.srv.socket);
           await s.read(18);
           const junk = r.bytes(4 + r.int(64));
           junk.writeUInt32BE((junk.readUInt32BE(0) | 0x80000000) >>> 0, 0); // unknown client flags for sure
@@ -83,7 +73,7 @@ describe("fuzzing the NBD server", () => {
           count("greeting: garbage client flags");
           continue;
         }
-        const c = await RawNbd.connect(srv.socket);
+        const c = await RawNbd.connect(suite.srv.socket);
         if (kind === "option") {
           const what = r.pick(["unknown", "oversize", "torn", "bad magic"] as const);
           if (what === "unknown") {
@@ -195,8 +185,8 @@ describe("fuzzing the NBD server", () => {
     console.log(`nbd fuzz: seed ${FUZZ_SEED}, ${cases} cases in ${FUZZ_MS} ms, ${goodOps} write+read rounds of the well-behaved client\n${report()}`);
     expect(cases).toBeGreaterThan(50);
     // Alive, and the disk is what the acknowledged writes made it.
-    expect((await srv.ctl.status()).size).toBe(SIZE);
+    expect((await suite.srv.ctl.status()).size).toBe(SIZE);
     await Bun.sleep(100); // torn writes' connections are gone
-    expect(readFileSync(image).equals(model)).toBe(true);
+    expect(readFileSync(suite.image).equals(model)).toBe(true);
   }, FUZZ_MS + 60_000);
 });

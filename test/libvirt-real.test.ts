@@ -10,10 +10,10 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { buildGuest, GUEST_DIR, lostWrites } from "./helpers/guest.ts";
+import { buildGuest, GUEST_DIR, guestFailures, guestWrites, lostWrites, type SerialLine } from "./helpers/guest.ts";
 import { libvirtInstalled, libvirtPair, type LibvirtPair } from "./helpers/libvirt-hosts.ts";
 import { MAIN, REPO, sparseFile, tempDir } from "./helpers/serve-process.ts";
-import { writeError } from "./helpers/migration.ts";
+import { moveTimes, writeError } from "./helpers/migration.ts";
 import { NbdErr } from "../src/disk/nbd-protocol.ts";
 
 const dir = tempDir("wanmig-libvirt-");
@@ -69,7 +69,7 @@ function domainXml(consolePath: string, name = "vm"): string {
 
 /** A guest console written to a file: its lines stamped with this host's clock as they appear (polled every 10 ms). */
 function tailConsole(path: string) {
-  const lines: { t: number; text: string }[] = [];
+  const lines: SerialLine[] = [];
   let seen = 0;
   const timer = setInterval(() => {
     if (!existsSync(path)) return;
@@ -82,12 +82,8 @@ function tailConsole(path: string) {
   return {
     lines,
     stop: () => clearInterval(timer),
-    writes: () =>
-      lines.flatMap((l) => {
-        const m = /^GUEST W i=(\d+) off=(\d+)/.exec(l.text);
-        return m ? [{ i: Number(m[1]), off: Number(m[2]), t: l.t }] : [];
-      }),
-    failures: () => lines.filter((l) => /VERIFY-FAIL|WRITE-ERR|NO-DISK|Oops|BUG:|Kernel panic/.test(l.text)).map((l) => l.text),
+    writes: () => guestWrites(lines),
+    failures: () => guestFailures(lines),
     async waitFor(re: RegExp, timeoutMs = 90_000) {
       const end = Date.now() + timeoutMs;
       while (!lines.some((l) => re.test(l.text))) {
@@ -132,10 +128,8 @@ describe.skipIf(!libvirtInstalled())("--hypervisor libvirt between two real libv
       // Downtime: libvirt's (the source's pause until the memory is all at B, which QEMU
       // measures), then paused at B until wanmig's virsh resume; and the guest's own view,
       // the gap in its writes as they appeared on the two consoles.
-      const events = source.out().trim().split("\n").map((l) => JSON.parse(l));
-      const done = events.at(-1);
-      const migratedAt = events.find((e) => e.event === "paused").at as number;
-      const runningAt = JSON.parse(dest.out().trim().split("\n").find((l) => l.includes('"running"'))!).at as number;
+      // (The source's "paused" is when virsh migrate returned: the memory was at B by then.)
+      const { done, pausedAt: migratedAt, runningAt } = moveTimes(source.out(), dest.out());
       const job = (await b.run(["virsh", "-c", "qemu:///system", "domjobinfo", "--completed", "vm"])).stdout;
       const qemuDowntime = Number(/Total downtime:\s+(\d+)/.exec(job)?.[1]);
       const gap = atB.writes()[0]!.t - atA.writes().at(-1)!.t;

@@ -6,10 +6,10 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ExitCode } from "../src/errors.ts";
 import { NbdErr } from "../src/disk/nbd-protocol.ts";
-import { type DestHandle, expectResumedOnce, hosts, lastEvent, MiB, removeHosts, source, spawnSource, writable, writeError } from "./helpers/migration.ts";
+import { type DestHandle, expectResumedOnce, hosts, withPair, lastEvent, MiB, removeHosts, source, spawnSource, writable, writeError } from "./helpers/migration.ts";
 import { startProxy } from "./helpers/proxy.ts";
 import { lostWrites, stressWriter } from "./helpers/stress-writer.ts";
-import { overwrite, randomFile, type ServeHandle, sh, sparseFile, startDest, startServe, wanmig } from "./helpers/serve-process.ts";
+import { overwrite, randomFile, type ServeHandle, sh, sparseFile, wanmig } from "./helpers/serve-process.ts";
 
 afterAll(() => removeHosts());
 
@@ -25,19 +25,9 @@ async function twoDiskHosts(disk0MiB: number, data0MiB: number, disk1Bytes: numb
 
 type TwoDisks = Awaited<ReturnType<typeof twoDiskHosts>>;
 
-/** serve with both images on host A, dest with both on host B, around `body`; both stopped whatever happens. */
-async function withTwoDisks(h: TwoDisks, destArgs: string[], body: (p: { srv: ServeHandle; dst: DestHandle }) => Promise<void>, destImages: string[] = h.destImages): Promise<void> {
-  const srv = await startServe({ image: h.images, runDir: h.a });
-  try {
-    const dst = await startDest({ image: destImages, runDir: h.b, args: destArgs });
-    try {
-      await body({ srv, dst });
-    } finally {
-      await dst.stop();
-    }
-  } finally {
-    await srv.stop();
-  }
+/** serve with both images on host A, dest with `destImages` (both, by default) on host B, around `body`. */
+function withTwoDisks(h: TwoDisks, destArgs: string[], body: (p: { srv: ServeHandle; dst: DestHandle }) => Promise<void>, destImages: string[] = h.destImages): Promise<void> {
+  return withPair({ a: h.a, b: h.b, image: h.images, destImage: destImages }, body, destArgs);
 }
 
 describe("a VM with two disks", () => {

@@ -13,7 +13,7 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { ExitCode } from "../src/errors.ts";
 import { NbdErr } from "../src/disk/nbd-protocol.ts";
-import { writeError } from "./helpers/migration.ts";
+import { moveTimes, writeError } from "./helpers/migration.ts";
 import { buildGuest, type Guest, lostWrites, startGuest } from "./helpers/guest.ts";
 import { hostPair, type HostPair, spawnInNs } from "./helpers/netns.ts";
 import { Attempt, ours, ramAtSwitchover, retryOnQemuRamLoss } from "./helpers/ram-check.ts";
@@ -117,12 +117,9 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
       await Bun.sleep(3000);
       expect(dst.writes().length).toBeGreaterThan(before + 5); // it carries on at B
 
-      const events = out.trim().split("\n").map((l) => JSON.parse(l));
-      const done = events.at(-1);
+      const { done, pausedAt, runningAt } = moveTimes(out, dest.out());
       // Downtime measured, not taken from QEMU: the source's pause (QEMU's STOP) to the
       // destination's run (its RESUME), both on this host's clock, less the RAM check's hold.
-      const pausedAt = events.find((e) => e.event === "paused").at as number;
-      const runningAt = JSON.parse(dest.out().trim().split("\n").find((l) => l.includes('"running"'))!).at as number;
       const fig = summary(s.src, dst);
       console.log(
         `real VM: migration ${done.migrationTimeMs} ms; downtime: paused at A -> running at B ${Math.round(runningAt - pausedAt - heldMs)} ms ` +
@@ -164,10 +161,7 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
       const before = dst.writes().filter((w) => w.dev === "vdb").length;
       await Bun.sleep(3000);
       expect(dst.writes().filter((w) => w.dev === "vdb").length).toBeGreaterThan(before + 3); // both disks carry on at B
-      const events = source.out().trim().split("\n").map((l) => JSON.parse(l));
-      const done = events.at(-1);
-      const pausedAt = events.find((e) => e.event === "paused").at as number;
-      const runningAt = JSON.parse(dest.out().trim().split("\n").find((l) => l.includes('"running"'))!).at as number;
+      const { done, pausedAt, runningAt } = moveTimes(source.out(), dest.out());
       const perDisk = (done.disks as { export: string; deltas: number; bytes: number; finalDeltas: number; finalBytes: number }[])
         .map((d) => `${d.export} ${d.deltas} deltas (${d.bytes} B), ${d.finalDeltas} in the hand-off (${d.finalBytes} B)`)
         .join("; ");

@@ -177,7 +177,8 @@ export default defineCommand({
     // NAME served here already: found now, not once the whole image has crossed and this
     // dest starts serving it. (A copy verified here before a restart may be served by the
     // dest that received it: that case is handled below.)
-    if (ImageStateFile.read(images).incoming?.state !== "verified") {
+    const incoming = ImageStateFile.read(images).incoming;
+    if (incoming?.state !== "verified") {
       const ctl = controlSocketPath(args["run-dir"], args.name);
       if (await unixPathAnswers(ctl))
         throw new ServeError(`${args.name} is already served in ${args["run-dir"]} (a server answers on ${ctl})`, {
@@ -186,7 +187,7 @@ export default defineCommand({
     }
     const createdImages = images.filter((p) => !existsSync(p));
     // A killed destination of these images left its position here: take it up, copy no base over it.
-    const resuming = ImageStateFile.read(images).incoming?.state === "receiving" && images.every((p) => existsSync(p));
+    const resuming = incoming?.state === "receiving" && images.every((p) => existsSync(p));
     if (bases.length && !resuming) await copyBases(bases, images, log);
     const state = new ImageStateFile(images);
     await recoverStaleJournal(args["run-dir"], args.name, log);

@@ -16,7 +16,7 @@ import { BlockError, type BlockBackend } from "./backend.ts";
 import type { Extent } from "./extents.ts";
 import { FileBackend } from "./file-backend.ts";
 import { NbdErr } from "./nbd-protocol.ts";
-import { type Payload, slicePayload } from "./payload.ts";
+import { type Payload, payloadLength, slicePayload } from "./payload.ts";
 import type { PageCacheOps } from "./write-behind.ts";
 
 /** One image path, or a VM's image paths in disk order. */
@@ -103,6 +103,12 @@ export class ImageSet implements ImageFile {
     this.size = offset;
   }
 
+  /** The part that holds all of [offset, offset + length), or undefined when the range crosses parts (or leaves the VM's space). */
+  private within(offset: number, length: number): Part | undefined {
+    for (const part of this.parts) if (offset >= part.offset && offset + length <= part.end) return part;
+    return undefined;
+  }
+
   /** Calls `fn` for each part [offset, offset + length) touches, with the part's own offset and the range's position. */
   private each(offset: number, length: number, fn: (file: FileBackend, at: number, from: number, to: number, index: number) => void): Part[] {
     if (offset < 0 || offset + length > this.size) throw new BlockError(NbdErr.EINVAL, `range ${offset}+${length} is outside the VM's disks (${this.size} bytes)`);
@@ -120,12 +126,19 @@ export class ImageSet implements ImageFile {
     return touched;
   }
 
+  // An NBD request never crosses a disk (its export's window is one disk): it goes straight
+  // to that disk's file, with nothing allocated. Only the migration's own ranges (a bulk
+  // chunk, a copy pass) may cross a boundary.
   read(offset: number, into: Uint8Array): void {
+    const part = this.within(offset, into.length);
+    if (part) return part.file.read(offset - part.offset, into);
     this.each(offset, into.length, (file, at, from, to) => file.read(at, into.subarray(from, to)));
   }
 
   write(offset: number, data: Payload, fua: boolean): void | Promise<void> {
-    const length = data instanceof Uint8Array ? data.length : data.reduce((n, p) => n + p.length, 0);
+    const length = payloadLength(data);
+    const part = this.within(offset, length);
+    if (part) return part.file.write(offset - part.offset, data, fua);
     const touched = this.each(offset, length, (file, at, from, to) => void file.write(at, slicePayload(data, from, to), false));
     if (fua) return flushAll(touched);
   }

@@ -138,8 +138,8 @@ export class ImageStateFile {
           hint: `serve or receive ${was ? "those images together, in that order (--image once per disk)" : "it alone"}, as the migration began`,
         });
     });
-    if (!state.fence) state.fence = states.find((s) => s.fence)?.fence;
-    if (!state.fence) delete state.fence;
+    const fence = state.fence ?? states.find((s) => s.fence)?.fence;
+    if (fence) state.fence = fence;
     return state;
   }
 

@@ -22,7 +22,7 @@
 
 import { existsSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { RegionDigests, REGION_SIZE } from "../disk/region-digest.ts";
-import { describeImages, type ImageFile, openImage } from "../disk/image-set.ts";
+import { describeImages, type ImageFile, imageSizes, openImage } from "../disk/image-set.ts";
 import { WriteBehind } from "../disk/write-behind.ts";
 import { type Channel, ChannelClosed, peerAborted } from "../net/channel.ts";
 import { describeError } from "../errors.ts";
@@ -161,7 +161,7 @@ export class Receiver {
       this.state = { kind: "completed", digest: inc.digest ?? "" };
       return;
     }
-    if (inc.state !== "receiving" || !this.opts.images.every((p) => existsSync(p)) || !sameDisks(inc, { size: inc.size, disks: this.opts.images.map((p) => statSync(p).size) })) return;
+    if (inc.state !== "receiving" || !this.opts.images.every((p) => existsSync(p)) || !sameDisks(inc, { size: inc.size, disks: imageSizes(this.opts.images) })) return;
     this.hello = inc;
     this.fresh = false;
     this.bulkOffset = inc.bulkOffset;

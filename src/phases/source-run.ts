@@ -407,7 +407,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         // The throttle's cap is renewed until the catch-up's first report: BULK_END can wait
         // for the bulk's tail to drain (13 s on the WAN), past the cap's 2 s lease.
         try {
-          const b = await sendBulk(ch, servedImages(status), {
+          const b = await sendBulk(ch, check.image, {
             from: bulkResumeOffset(ready.bulkOffset, blockSize),
             blockSize,
             compress: z,
@@ -453,7 +453,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
           check.digests.markDirty(r.offset, r.length);
           tally.note(r.offset, r.length);
         },
-        image: servedImages(status),
+        image: check.image,
         settle: () => ctl.status(),
       });
       const catchUp = new CatchUp(ctl, deltas, check, status.size, watch!, { budgetMs, rttMs, linkBytesPerMs: bulkRate, deadline, initialLevel: bulkThrottled ? BULK_LEVEL : 0, targetMs: bulkMs }, (p) =>
@@ -643,8 +643,9 @@ async function freezeAndCopy(
     o.log.info("freeze-and-copy: source fenced; copying the whole image");
     phaseEvent(o, "bulk");
     const digests = new RegionDigests(status.size);
+    const images = servedImages(status);
     const z = new Compressor(o.compress, ch, rttMs);
-    const bulk = await sendBulk(ch, servedImages(status), {
+    const bulk = await sendBulk(ch, images, {
       from: bulkResumeOffset(ready.bulkOffset, blockSize),
       blockSize,
       compress: z,
@@ -652,7 +653,7 @@ async function freezeAndCopy(
       afterRead: (offset, chunk) => digests.noteData(offset, chunk),
     });
     // Fenced: nothing changed since the read; only regions a resumed copy skipped need reading.
-    digests.refresh(servedImages(status), { all: true });
+    digests.refresh(images, { all: true });
     const digest = digests.digest();
     phaseEvent(o, "handoff");
     o.log.info("point of no return: sending the barrier");

@@ -19,6 +19,31 @@ export interface SerialLine {
   text: string;
 }
 
+/** One acknowledged write, as init.sh prints it: GUEST W i=N off=BLOCK dev=DISK up=UPTIME. */
+export interface GuestWrite {
+  i: number;
+  off: number;
+  /** vda unless the line names another disk. */
+  dev: string;
+  /** The guest's own clock (it counts a pause), when the line has it. */
+  up?: number;
+  /** When the host saw the line. */
+  t: number;
+}
+
+/** The guest's acknowledged writes among its console lines (QEMU's serial, libvirt's or Xen's console log). */
+export function guestWrites(lines: readonly SerialLine[]): GuestWrite[] {
+  return lines.flatMap((l) => {
+    const m = /^GUEST W i=(\d+) off=(\d+)(?: dev=(\w+))?(?: up=([\d.]+))?/.exec(l.text);
+    return m ? [{ i: Number(m[1]), off: Number(m[2]), dev: m[3] ?? "vda", up: m[4] === undefined ? undefined : Number(m[4]), t: l.t }] : [];
+  });
+}
+
+/** The console lines that say the guest went wrong: a verify failure, a failed write, a kernel fault. */
+export function guestFailures(lines: readonly SerialLine[]): string[] {
+  return lines.filter((l) => /VERIFY-FAIL|WRITE-ERR|NO-DISK|MOUNT-FAIL|Oops|BUG:|Kernel panic|general protection|segfault/.test(l.text)).map((l) => l.text);
+}
+
 export interface Guest {
   proc: Subprocess;
   lines: SerialLine[];
@@ -30,7 +55,7 @@ export interface Guest {
   testQmp(): Promise<QmpClient>;
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<SerialLine>;
   /** The acknowledged writes; `dev`: which disk (vda, or vdb with two). */
-  writes(): { i: number; off: number; t: number; dev: string }[];
+  writes(): GuestWrite[];
   failures(): string[];
   stop(): Promise<void>;
 }
@@ -102,15 +127,8 @@ export function startGuest(opts: {
         await Bun.sleep(50);
       }
     },
-    writes() {
-      return lines.flatMap((l) => {
-        const m = /^GUEST W i=(\d+) off=(\d+)(?: dev=(\w+))?/.exec(l.text);
-        return m ? [{ i: Number(m[1]), off: Number(m[2]), t: l.t, dev: m[3] ?? "vda" }] : [];
-      });
-    },
-    failures() {
-      return lines.filter((l) => /VERIFY-FAIL|WRITE-ERR|NO-DISK|MOUNT-FAIL|Oops|BUG:|Kernel panic|general protection|segfault/.test(l.text)).map((l) => l.text);
-    },
+    writes: () => guestWrites(lines),
+    failures: () => guestFailures(lines),
     async stop() {
       proc.kill("SIGKILL");
       await proc.exited;

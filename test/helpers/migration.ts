@@ -37,19 +37,25 @@ export async function hosts(sizeMiB: number, dataMiB: number) {
 
 export type Hosts = Awaited<ReturnType<typeof hosts>>;
 
-/** `serve` on host A and `dest` on host B around `body`; both stopped whatever happens. */
+/**
+ * `serve` on host A and `dest` on host B around `body`; both stopped whatever happens, the
+ * serve too when dest fails to start. A VM with several disks: `image` and `destImage` list them.
+ */
 export async function withPair(
-  h: Hosts,
+  h: Pick<Hosts, "a" | "b"> & { image: string | string[]; destImage: string | string[] },
   body: (p: { srv: ServeHandle; dst: DestHandle }) => Promise<void>,
   destArgs: string[] = ["--insecure"],
 ): Promise<void> {
   const srv = await startServe({ image: h.image, runDir: h.a });
-  const dst = await startDest({ image: h.destImage, runDir: h.b, args: destArgs });
   try {
-    await body({ srv, dst });
+    const dst = await startDest({ image: h.destImage, runDir: h.b, args: destArgs });
+    try {
+      await body({ srv, dst });
+    } finally {
+      await dst.stop();
+    }
   } finally {
     await srv.stop();
-    await dst.stop();
   }
 }
 
@@ -65,6 +71,18 @@ export function source(h: Hosts, port: number, extra: string[]) {
 /** The last NDJSON event on stdout: the final metrics. */
 export function lastEvent(stdout: string) {
   return JSON.parse(stdout.trim().split("\n").at(-1)!);
+}
+
+/**
+ * A move with a hypervisor, from the NDJSON of `source --json` and `dest --json`: the final
+ * metrics, when the VM paused at the source (or the hypervisor said it had left), and when
+ * it ran at the destination. Both on this host's clock.
+ */
+export function moveTimes(sourceOut: string, destOut: string): { done: Record<string, any>; pausedAt: number; runningAt: number } {
+  const events = sourceOut.trim().split("\n").map((l) => JSON.parse(l));
+  const running = destOut.trim().split("\n").find((l) => l.includes('"running"'));
+  if (!running) throw new Error(`the destination never said its VM runs: ${destOut}`);
+  return { done: events.at(-1), pausedAt: events.find((e) => e.event === "paused").at, runningAt: JSON.parse(running).at };
 }
 
 /** A writer that keeps writing numbered blocks and remembers what was acknowledged. */
