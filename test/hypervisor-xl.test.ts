@@ -52,6 +52,17 @@ describe("xl (Xen), through a PATH shim", () => {
     }, XL_DEST));
   });
 
+  test("--mode freeze-and-copy is refused for xl (its domain would run at B before its disk is there): exit 2, nothing fenced, xl not called", async () => {
+    await withXlShim("ok", ({ h, log }) => withPair(h, async ({ srv, dst }) => {
+      const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1", "--mode", "freeze-and-copy"]);
+      expect(run.code).toBe(ExitCode.usage);
+      expect(run.stderr).toContain("--mode freeze-and-copy cannot move a xl domain");
+      expect(xlCalls(log)).toEqual([]);
+      expect((await srv.ctl.status()).mode).toBe("normal");
+      expect(await writable(srv.socket)).toBe(true);
+    }, XL_DEST));
+  });
+
   test("xl migrate fails: the domain runs at the source, its disk unfenced and writable, no unpause anywhere (exit 5)", async () => {
     await withXlShim("migrate-fails", ({ h, log }) => withPair(h, async ({ srv, dst }) => {
       const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1"]);

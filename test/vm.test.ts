@@ -140,6 +140,39 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
     });
   }, 480_000);
 
+  test("freeze-and-copy with --hypervisor qemu: the guest paused at A for its whole disk copy, then it carries on at B; no verify failure, every last write on B's disk, A fenced", async () => {
+    await retryOnQemuRamLoss("freeze-and-copy", (n) => join(dir.path, `freeze${n}`), async (at) => {
+      const s = await guestOnA(at);
+      const { dest, dst, release } = await heldDestination(at, s, 7150 + at.n, `tcp:${net.b.ip}:${4490 + at.n}`, ["--json"]);
+      await Bun.sleep(1500);
+      const source = spawnIn(net.a.ns, [
+        "source", "--name", "vm", "--run-dir", s.a, "--to", `${net.b.ip}:${7150 + at.n}`, "--secret-file", s.secret, "--json", "--mode", "freeze-and-copy",
+        "--hypervisor", "qemu", "--qmp", `unix:${s.src.qmpPath}`, "--migrate-uri", `tcp:${net.b.ip}:${4490 + at.n}`,
+      ]);
+      const ram = ramAtSwitchover(at, s.src, dst, release);
+      ram.catch(() => undefined);
+      const code = await source.proc.exited;
+      await Bun.sleep(50);
+      await ours(() => expect(code, source.log.text()).toBe(0));
+      await ram;
+      await ours(() => dest.log.waitFor("the VM runs here (qemu)", 60_000));
+      const before = dst.writes().length;
+      await Bun.sleep(3000);
+      expect(dst.writes().length).toBeGreaterThan(before + 5);
+      const { done, pausedAt } = moveTimes(source.out(), dest.out());
+      // The whole disk went while the guest was paused: its fence after the pause, no deltas.
+      expect(done.deltaCount).toBe(0);
+      expect(done.bulkBytes).toBeGreaterThan(0);
+      const lastAtA = s.src.writes().at(-1)!;
+      expect(lastAtA.t).toBeLessThanOrEqual(pausedAt + 1000); // nothing written at A after the pause (console lines lag a little)
+      expect(s.src.failures()).toEqual([]);
+      expect(dst.failures()).toEqual([]);
+      await ours(async () => expect((await s.srv.ctl.status()).mode).toBe("fenced"));
+      await dst.stop();
+      await ours(() => expect(lostWrites(s.destImage, [...s.src.writes(), ...dst.writes()])).toEqual([]));
+    });
+  }, 480_000);
+
   test("a guest with two virtio disks, writing to both: both move in one hand-off, no verify failure, every last write on B's disks, both fenced at A", async () => {
     await retryOnQemuRamLoss("two disks", (n) => join(dir.path, `two${n}`), async (at) => {
       const s = await guestOnA(at, 2);

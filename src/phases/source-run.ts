@@ -149,7 +149,10 @@ export async function runSource(o: SourceOptions): Promise<SourceResult> {
   const bs = blockSize(o);
 
   if (o.mode === "freeze-and-copy") {
-    if (o.redirect) throw new InitError("--mode freeze-and-copy does not redirect the network", { hint: "use --mode live, or drop --old-ip" });
+    // xl and virsh let the domain go at the end of their memory copy: its disk, copied only
+    // after the pause, would not be at the destination yet.
+    if (o.hypervisor?.pointOfNoReturn === "memory-moved")
+      throw new InitError(`--mode freeze-and-copy cannot move a ${o.hypervisor.kind} domain`, { hint: "use --mode live", exitCode: ExitCode.usage });
     phaseEvent(o, "init");
     let ch: Channel;
     try {
@@ -157,7 +160,7 @@ export async function runSource(o: SourceOptions): Promise<SourceResult> {
     } catch (cause) {
       throw new InitError("cannot connect to the destination", { cause });
     }
-    return { metrics: await freezeAndCopy(ch, retrying, status, bs, o, t0) };
+    return freezeAndCopy(ch, retrying, status, bs, o, t0);
   }
   return live(retrying, status, bs, o, t0);
 }
@@ -619,9 +622,11 @@ async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveSt
 }
 
 /**
- * The baseline: fence first (the VM's disk stops), copy everything, hand over. The point
- * of no return is the BARRIER: until it is sent the destination cannot release anything,
- * so a failure before it unfences the source and the VM's disk carries on here.
+ * The baseline: stop the VM (with a hypervisor: its memory moves first, as QEMU pauses it
+ * at the switchover), fence its disk, copy all of it, hand over, let the VM run there. The
+ * VM stays paused for the whole disk copy: that is the downtime live migration avoids. The
+ * point of no return is the BARRIER (QEMU's: its continue): until then the destination
+ * cannot release anything, so a failure unfences the source and the VM carries on here.
  */
 async function freezeAndCopy(
   ch: Channel,
@@ -630,17 +635,33 @@ async function freezeAndCopy(
   blockSize: number,
   o: SourceOptions,
   t0: number,
-): Promise<MigrationMetrics> {
-  let barrierSent = false;
-  let fencedAt = 0;
+): Promise<SourceResult> {
+  const hv = o.hypervisor ?? new NoSourceHypervisor();
+  const stage: LiveStage = { recording: false, fenced: false, barrierSent: false, vmGone: false, phase: "init" };
+  let redirect: Redirect | undefined;
   try {
     // No delta log in this mode: nothing to resume against.
     const shookAt = performance.now();
     const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, disks: offeredDisks(status), blockSize, recording: "" });
     const rttMs = (performance.now() - shookAt) / 2;
+    await hv.prepare();
+    if (o.redirect) {
+      stage.phase = "redirect";
+      phaseEvent(o, "redirect");
+      redirect = await setUpRedirect(ch, o.redirect, { runDir: o.runDir, name: o.name }, o.log);
+    }
+    let pausedAt: number | undefined;
+    if (hv.kind !== "none") {
+      stage.phase = "memory";
+      phaseEvent(o, "memory");
+      ({ pausedAt } = await hv.moveMemory(async () => undefined));
+      o.onEvent?.({ event: "paused", at: Math.round(Date.now() - (performance.now() - pausedAt)) });
+    }
+    stage.fenced = true;
     await ctl.fence({ reason: `freeze-and-copy to ${o.to ?? "the destination"}` });
-    fencedAt = performance.now();
+    const fencedAt = performance.now();
     o.log.info("freeze-and-copy: source fenced; copying the whole image");
+    stage.phase = "bulk";
     phaseEvent(o, "bulk");
     const digests = new RegionDigests(status.size);
     const images = servedImages(status);
@@ -655,17 +676,25 @@ async function freezeAndCopy(
     // Fenced: nothing changed since the read; only regions a resumed copy skipped need reading.
     digests.refresh(images, { all: true });
     const digest = digests.digest();
+    stage.phase = "handoff";
     phaseEvent(o, "handoff");
     o.log.info("point of no return: sending the barrier");
-    barrierSent = true;
+    stage.barrierSent = true;
     await ch.send(msg.barrier(0n, status.size, digest));
     const done = await awaitDone(ch);
     if (done.digest !== digest) throw new HandoffError("the destination's image digest differs from the source's", { pastPointOfNoReturn: true });
+    const doneAt = performance.now();
+    stage.vmGone = true;
+    await hv.complete();
+    const resumedAt = performance.now();
+    if (redirect) await completeRedirect(redirect, o.redirect!, o.log, (e) => o.onEvent?.(e));
     await ctl.stopRecording({ digest, to: o.to });
-    return finish(o, {
+    const metrics = finish(o, {
       t0,
       fencedAt,
-      doneAt: performance.now(),
+      doneAt,
+      pausedAt,
+      resumedAt,
       bulk,
       compressors: [z],
       deltas: NO_DELTAS,
@@ -674,11 +703,14 @@ async function freezeAndCopy(
       throttleSteps: 0,
       reconnects: 0,
     });
+    hv.close();
+    return { metrics, redirect };
   } catch (err) {
-    // After the barrier only the destination's explicit ERROR (it never releases then) makes unfencing safe.
-    if (barrierSent && !peerAborted(err)) throw err instanceof PhaseError ? err : new HandoffError("failed after the point of no return", { cause: err, pastPointOfNoReturn: true });
-    if (fencedAt) await ctl.unfence(`freeze-and-copy aborted before its point of no return: ${(err as Error).message}`).catch(() => undefined);
-    throw err instanceof PhaseError ? err : new PhaseError("migration", "aborted before the point of no return; the VM's disk is served here again, writable", { cause: err });
+    if (err instanceof HypervisorError && err.unsafe) stage.vmGone = true;
+    if (redirect && !stage.vmGone) await redirect.teardown().catch((e) => o.log.error(`redirect: ${(e as Error).message}`));
+    const final = await abortLive(ctl, hv, stage, err, o.log);
+    hv.close();
+    throw final;
   } finally {
     ch.close();
   }
