@@ -32,7 +32,7 @@ const wget = async (path: string, out?: string) =>
   (await sh(["ip", "netns", "exec", ns, process.execPath, join(REPO, "test", "helpers", "http-get.ts"), `http://${ip.guest}${path}`, ...(out ? [out] : [])])).stdout;
 
 describe("the paper's workloads in the real guest", () => {
-  test("static page, posts on disk before they are answered, the video whole, the Bonnie writer running", async () => {
+  test("static page, posts on disk before they are answered, the video whole and paced, the Bonnie writer running", async () => {
     const image = join(dir.path, "vm.img");
     await sparseFile(image, 256 * 1024 * 1024);
     await sh(["mkfs.ext4", "-q", "-F", image]);
@@ -45,6 +45,11 @@ describe("the paper's workloads in the real guest", () => {
       const video = join(dir.path, "video.bin");
       await wget("/video.bin", video);
       expect((await sh(["stat", "-c", "%s", video])).stdout.trim()).toBe(String(32 * 1024 * 1024));
+      // The paced stream: 32 KiB pieces keep arriving, each a successful operation.
+      const stream = (await sh(["ip", "netns", "exec", ns, process.execPath, join(REPO, "scripts", "bench", "paper-client.ts"), "video", `http://${ip.guest}/cgi-bin/video`, "--duration", "4"])).stdout;
+      const pieces = stream.trim().split("\n").map((l) => JSON.parse(l));
+      expect(pieces.length).toBeGreaterThan(10);
+      expect(pieces.filter((op) => !op.ok)).toEqual([]);
       await guest.waitFor(/GUEST BONNIE round=1\b/, 180_000);
       expect(guest.failures()).toEqual([]);
     } finally {

@@ -2,7 +2,7 @@
 // a while, as a paused VM would: what they record is what report/disruption.ts measures.
 import { describe, expect, test } from "bun:test";
 import { measureDisruption } from "../src/report/disruption.ts";
-import { type OpLine, postClient, staticClient } from "../scripts/bench/paper-client.ts";
+import { type OpLine, postClient, staticClient, VIDEO_CHUNK, videoClient } from "../scripts/bench/paper-client.ts";
 
 /** A server that holds every request arriving in [pauseFrom, pauseTo) until pauseTo. */
 function pausingServer(pauseFrom: number, pauseTo: number) {
@@ -50,4 +50,44 @@ describe("the paper bench's clients", () => {
       server.stop(true);
     }
   });
+
+  test("video: a paced stream that stops for 1.5 s is measured as about 1.5 s of disruption; a stream that dies is a failure, and the client reconnects", async () => {
+    const t0 = Date.now();
+    let connections = 0;
+    // 32 KiB every 100 ms, silent in [1.5 s, 3 s); the first connection dies at 3.5 s.
+    const server = Bun.serve({
+      port: 0,
+      fetch() {
+        const first = connections++ === 0;
+        let timer: ReturnType<typeof setInterval>;
+        const body = new ReadableStream({
+          start(c) {
+            timer = setInterval(() => {
+              const now = Date.now() - t0;
+              if (first && now >= 3500) {
+                clearInterval(timer);
+                c.close(); // the VM went away
+              } else if (now < 1500 || now >= 3000) c.enqueue(new Uint8Array(VIDEO_CHUNK));
+            }, 100);
+          },
+          cancel: () => clearInterval(timer),
+        });
+        return new Response(body);
+      },
+    });
+    try {
+      const ops: OpLine[] = [];
+      await videoClient(`http://127.0.0.1:${server.port}/`, t0 + 5000, 10_000, (op) => ops.push(op));
+      const d = measureDisruption(ops, { baselineUntil: t0 + 1400 });
+      expect(d.baselineGapMs).toBeGreaterThan(50);
+      expect(d.baselineGapMs).toBeLessThan(200);
+      expect(d.disruptionMs).toBeGreaterThan(900);
+      expect(d.disruptionMs).toBeLessThan(2000);
+      expect(ops.filter((op) => !op.ok).length).toBe(1);
+      expect(connections).toBe(2);
+      expect(ops.filter((op) => op.ok && op.start > t0 + 3600).length).toBeGreaterThan(5); // it streams again
+    } finally {
+      server.stop(true);
+    }
+  }, 20_000);
 });

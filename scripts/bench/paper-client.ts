@@ -8,9 +8,14 @@
 //       GET BASE/cgi-bin/post?id=N, N = 1, 2, …: each answer "posted N" is an acknowledged
 //       post (the line says id and acked); the bench checks afterwards that every acked id
 //       is in the guest's file.
-// The video client is not here yet: a player reading at a constant bit rate through fetch
-// has the kernel's socket buffers (megabytes, seconds of video) in front of it, and does not
-// see a pause the paper's player saw; it needs a bounded receive buffer.
+//   bun scripts/bench/paper-client.ts video URL   [--duration S] [--timeout-ms MS]
+//       Streams URL (the guest's /cgi-bin/video, which the server paces at the video's
+//       bit rate) and reads it as it comes: each 32 KiB that arrives is one operation,
+//       from the previous one's arrival to its own, so a stall is a long operation. The
+//       pacing is the server's, as a streaming server's is: a client reading at a constant
+//       rate from a server that sends as fast as it can has the kernel's socket buffers
+//       (seconds of video) in front of it, and would not see a pause. No data for
+//       --timeout-ms, or the stream ending: a failed operation, and it reconnects.
 import { parseArgs } from "node:util";
 
 export interface OpLine {
@@ -58,6 +63,40 @@ export async function postClient(base: string, until: number, timeoutMs: number,
   }
 }
 
+export const VIDEO_CHUNK = 32 * 1024;
+
+export async function videoClient(url: string, until: number, timeoutMs: number, out: (op: OpLine) => void = emit): Promise<void> {
+  while (Date.now() < until) {
+    let last = Date.now();
+    const stop = new AbortController();
+    let watchdog = setTimeout(() => stop.abort(), timeoutMs);
+    try {
+      const res = await fetch(url, { signal: stop.signal });
+      if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
+      const reader = res.body.getReader();
+      let pending = 0;
+      while (Date.now() < until) {
+        const { done, value } = await reader.read();
+        if (done) throw new Error("the stream ended");
+        clearTimeout(watchdog);
+        watchdog = setTimeout(() => stop.abort(), timeoutMs);
+        pending += value.length;
+        for (; pending >= VIDEO_CHUNK; pending -= VIDEO_CHUNK) {
+          const now = Date.now();
+          out({ start: last, end: now, ok: true });
+          last = now;
+        }
+      }
+      stop.abort();
+    } catch (err) {
+      out({ start: last, end: Date.now(), ok: false, error: (err as Error).message });
+      await Bun.sleep(10);
+    } finally {
+      clearTimeout(watchdog);
+    }
+  }
+}
+
 if (import.meta.main) {
   const { positionals, values } = parseArgs({
     allowPositionals: true,
@@ -68,13 +107,14 @@ if (import.meta.main) {
   });
   const [kind, url] = positionals;
   if (!kind || !url) {
-    process.stderr.write("usage: paper-client.ts static|post URL [--duration S] [--timeout-ms MS]\n");
+    process.stderr.write("usage: paper-client.ts static|post|video URL [--duration S] [--timeout-ms MS]\n");
     process.exit(2);
   }
   const until = Date.now() + Number(values.duration) * 1000;
   const timeoutMs = Number(values["timeout-ms"]);
   if (kind === "static") await staticClient(url, until, timeoutMs);
   else if (kind === "post") await postClient(url, until, timeoutMs);
+  else if (kind === "video") await videoClient(url, until, timeoutMs);
   else {
     process.stderr.write(`unknown client ${kind}\n`);
     process.exit(2);

@@ -80,7 +80,11 @@ fi
 #               /mnt/access.log (on the disk, as a web server's is);
 #   dynamic web GET /cgi-bin/post?id=N appends "POST N" to /mnt/posts and fsyncs it before
 #               it answers "posted N": an acknowledged post is on the disk (the paper's phpBB);
-#   video       /mnt/www/video.bin (32 MiB, made at first boot), streamed by httpd;
+#   video       /mnt/www/video.bin (32 MiB, made at first boot); GET /cgi-bin/video streams it
+#               at a constant bit rate, 32 KiB every 0.1 s (~2.6 Mbit/s, half the paper's
+#               WAN), round and round until the client goes: a player's server, paced, so
+#               a pause of the VM is a gap in what arrives (httpd's own /video.bin is as
+#               fast as the link, and socket buffers would hide the pause);
 #   diabolical  bonnie=1: a Bonnie-like writer besides (64 MiB sequential writes, rewrites of
 #               it in place, an fsync after each), printing GUEST BONNIE round=N.
 if [ "$MODE" = paper ]; then
@@ -111,7 +115,15 @@ not posted %s
 ' "$id"
 fi
 CGI
-  chmod +x /mnt/www/cgi-bin/post
+  cat > /mnt/www/cgi-bin/video <<'CGI'
+#!/bin/sh
+printf 'Content-Type: application/octet-stream
+
+'
+i=0
+while dd if=/mnt/www/video.bin bs=32k skip=$((i % 1024)) count=1 status=none; do i=$((i + 1)); sleep 0.1; done
+CGI
+  chmod +x /mnt/www/cgi-bin/post /mnt/www/cgi-bin/video
   sync
   httpd -f -vv -p 80 -h /mnt/www 2>>/mnt/access.log &
   if grep -q bonnie=1 /proc/cmdline; then
