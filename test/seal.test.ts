@@ -6,7 +6,7 @@ import { closeSync, openSync, writeSync } from "node:fs";
 import { Channel } from "../src/net/channel.ts";
 import { msg, MsgType } from "../src/net/protocol.ts";
 import { haveNativeGcm } from "../src/net/aes-gcm.ts";
-import { Opener, SealError, Sealer, sessionKeys } from "../src/net/seal.ts";
+import { MAX_SEALED, Opener, SealError, Sealer, sessionKeys } from "../src/net/seal.ts";
 import { expectMovedWhole, expectResumedOnce, hosts, MiB, removeHosts, source, spawnSource, withPair, writable } from "./helpers/migration.ts";
 import { stressWriter } from "./helpers/stress-writer.ts";
 import { startProxy } from "./helpers/proxy.ts";
@@ -37,6 +37,17 @@ describe("sealing, on synthetic streams", () => {
     expect(sessionKeys(secret, "aa", "bc").s2d.equals(keys.s2d)).toBe(false);
     // The plaintext appears nowhere in what is sent.
     expect(wire.includes(frames[1]!.subarray(1000, 1032))).toBe(false);
+  });
+
+  test("a frame as large as the protocol allows (a 32 MiB write's delta) opens; one byte more is refused", () => {
+    const big = randomBytes(MAX_SEALED);
+    const o = new Opener(keys.s2d);
+    const got = o.push(Buffer.concat(sealed(keys.s2d, [big])));
+    expect(got).toHaveLength(1);
+    expect(got[0]!.equals(big)).toBe(true);
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(MAX_SEALED + 1);
+    expect(() => new Opener(keys.s2d).push(head)).toThrow(/claims/);
   });
 
   test("libcrypto in place and node:crypto seal the same bytes, and each opens the other's", () => {
@@ -158,6 +169,23 @@ describe("sealing, between real processes", () => {
         } finally {
           proxy.stop();
         }
+      },
+      ["--secret-file", h.secret],
+    );
+  }, 90_000);
+
+  test("sealed, under a writer of 8 MiB requests (a guest's merged writes): each write's delta is one frame over the bulk's 4 MiB, and the disk moves whole", async () => {
+    const h = await hosts(64, 32);
+    await withPair(
+      h,
+      async ({ srv, dst }) => {
+        const w = await stressWriter(srv.socket, { pattern: "seq8m", bytes: 48 * MiB });
+        const run = await source(h, dst.port, ["--secret-file", h.secret, "--deltas", "paper", "--bandwidth", "200mbit", "--json"]);
+        await w.stop();
+        expect(run.code, run.stderr).toBe(0);
+        const done = JSON.parse(run.stdout.trim().split("\n").at(-1)!);
+        expect(done.deltaCount, JSON.stringify(done)).toBeGreaterThan(0);
+        await expectMovedWhole(h, w.acked, srv.socket, dst.socket);
       },
       ["--secret-file", h.secret],
     );

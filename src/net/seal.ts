@@ -18,12 +18,16 @@
 import { hkdfSync } from "node:crypto";
 import { ByteQueue } from "../util/byte-queue.ts";
 import { type GcmKey, gcmKey, NONCE_LEN, TAG_LEN } from "./aes-gcm.ts";
-import { FRAME_BUFFER_BYTES } from "./protocol.ts";
+import { FRAME_HEADER_LEN, FRAME_TRAILER_LEN, MAX_PAYLOAD } from "./protocol.ts";
 import { ProtocolError } from "./errors.ts";
 
 const LENGTH_LEN = 4;
-/** A frame is at most this long (protocol.ts): a longer record is not ours. */
-const MAX_SEALED = FRAME_BUFFER_BYTES;
+/**
+ * A record is at most the protocol's largest frame: a longer one is not ours. Not the pooled
+ * frame buffer's size (a bulk frame's): a guest's write can be one NBD request of up to
+ * 32 MiB, and its delta one frame (the paper bench's Bonnie writer sent one of 6.25 MiB).
+ */
+export const MAX_SEALED = FRAME_HEADER_LEN + MAX_PAYLOAD + FRAME_TRAILER_LEN;
 
 export interface SessionKeys {
   /** Source to destination. */

@@ -6,12 +6,13 @@
 // It waits for an answer as long as a guest's block layer would (30 s), not a test's 5 s:
 // a write paced by a rate cap may take seconds. A write whose answer never came may or may
 // not have landed (NBD promises nothing of it): its blocks may hold either content.
-//   random4k: 4 KiB at random offsets; seq1m: 1 MiB sequential, wrapping around.
+//   random4k: 4 KiB at random offsets; seq1m: 1 MiB sequential, wrapping around; seq8m:
+//   8 MiB sequential (a guest's block layer merges a large write into requests this big).
 import { closeSync, openSync, readSync } from "node:fs";
 import { NbdErr } from "../../src/disk/nbd-protocol.ts";
 import { RawNbd } from "./raw-nbd.ts";
 
-export type StressPattern = "random4k" | "seq1m";
+export type StressPattern = "random4k" | "seq1m" | "seq8m";
 const BLOCK = 4096;
 const TAG = 16;
 /** Linux's block-layer timeout for a request. */
@@ -31,7 +32,7 @@ export async function stressWriter(socket: string, opts: { pattern: StressPatter
   const c = await RawNbd.connect(socket);
   await c.go(opts.exportName);
   const from = opts.from ?? 0;
-  const len = opts.pattern === "seq1m" ? 1024 * 1024 : BLOCK;
+  const len = opts.pattern === "seq1m" ? 1024 * 1024 : opts.pattern === "seq8m" ? 8 * 1024 * 1024 : BLOCK;
   const slots = Math.floor(opts.bytes / len);
   const acked = new Map<number, Buffer[]>();
   const buf = Buffer.alloc(len);
@@ -41,7 +42,7 @@ export async function stressWriter(socket: string, opts: { pattern: StressPatter
   let refused = 0;
   const loop = (async () => {
     for (let i = 0; !stopping; i++) {
-      const slot = opts.pattern === "seq1m" ? i % slots : Math.floor(Math.random() * slots);
+      const slot = opts.pattern !== "random4k" ? i % slots : Math.floor(Math.random() * slots);
       for (let at = 0; at < len; at += 65536) crypto.getRandomValues(buf.subarray(at, Math.min(at + 65536, len)));
       const offset = from + slot * len;
       let err: number;
