@@ -74,6 +74,12 @@ describe("a real VM's open TCP connection across a live migration (--hypervisor 
       await waitUntil(() => client.out().includes("connected"), "the client's connection to the guest", 30_000);
       const echoes = () => Number(/"echoes":(\d+)\}\n$/.exec(client.out())?.[1] ?? 0);
       await waitUntil(() => echoes() > 5, "echoes from the guest");
+      // A client that only listens: after the move only the guest sends on its connection,
+      // so nothing from the client makes B look the guest up (dest's gateway announcement must).
+      const listener = spawnIn(ns.C, [process.execPath, join(REPO, "test", "helpers", "tcp-probe.ts"), "listen", ip.guest, "7778"], "listening client");
+      at.defer(() => listener.proc.kill("SIGKILL"));
+      const ticks = () => Number(/"ticks":(\d+)\}\n$/.exec(listener.out())?.[1] ?? 0);
+      await waitUntil(() => ticks() > 5, "ticks from the guest");
 
       const port = 7300 + at.n;
       const migrateUri = `tcp:${ip.bWan}:${4440 + at.n}`;
@@ -86,6 +92,7 @@ describe("a real VM's open TCP connection across a live migration (--hypervisor 
       await dest.log.waitFor("listening on");
       const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: ["ip", "netns", "exec", ns.B], incoming: migrateUri, hold: true, openTimeout: 120, nic });
       at.defer(() => dst.stop());
+      client.proc.kill("SIGUSR1"); // quiet through the move: its probes would make B look the guest up
       const source = spawnIn(ns.A, [
         process.execPath, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", `${ip.bWan}:${port}`, "--secret-file", secret, "--json",
         "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", migrateUri,
@@ -97,6 +104,12 @@ describe("a real VM's open TCP connection across a live migration (--hypervisor 
       await ours(() => waitUntil(() => source.out().includes('"event":"done"'), "the migration", 180_000));
       const { heldMs } = await ram;
       await ours(() => dest.log.waitFor("the VM runs here (qemu)", 60_000));
+      // Only the guest speaks now: the listener's connection must carry on by itself (the
+      // guest's frames go to B's tap, whose MAC its gateway entry learns from dest's ARP).
+      const ticksBefore = ticks();
+      await Bun.sleep(3000);
+      expect(ticks()).toBeGreaterThan(ticksBefore + 20);
+      client.proc.kill("SIGUSR2");
       const before = echoes();
       const writesBefore = dst.writes().length;
       await Bun.sleep(3000);
@@ -106,10 +119,14 @@ describe("a real VM's open TCP connection across a live migration (--hypervisor 
       await client.proc.exited;
       const probe = JSON.parse(client.out().trim().split("\n").find((l) => l.includes('"sent"'))!);
       expect(probe.broke).toBeNull();
+      listener.proc.kill("SIGTERM");
+      await listener.proc.exited;
+      const heard = JSON.parse(listener.out().trim().split("\n").find((l) => l.includes('"summary"'))!);
+      expect(heard.broke).toBeNull();
       expect(src.failures()).toEqual([]);
       expect(dst.failures()).toEqual([]);
       await ours(async () => expect(await source.proc.exited).toBe(0)); // after the idle time: torn down
-      console.log(`real VM over the redirect: longest gap of a 50 ms probe ${probe.longestGapMs} ms (${heldMs} ms of it held for the RAM check); ${probe.sent} probes, ${probe.echoes} echoes`);
+      console.log(`real VM over the redirect: longest gap of a 50 ms probe ${probe.longestGapMs} ms, of a listening client ${heard.longestGapMs} ms (${heldMs} ms of it held for the RAM check); ${probe.sent} probes, ${probe.echoes} echoes, ${heard.ticks} ticks`);
       dest.proc.kill("SIGTERM");
       await dest.proc.exited;
     });

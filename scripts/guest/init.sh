@@ -48,6 +48,9 @@ ip link set lo up
 if [ -n "$GIP" ]; then
   ip link set eth0 up && ip addr add "$GIP" dev eth0 && { [ -z "$GGW" ] || ip route add default via "$GGW"; } && echo "GUEST NET eth0 $GIP"
   nc -ll -p 7777 -e cat &
+  # A talker: to each client, a line every 0.05 s, with nothing asked (a stream the VM serves).
+  printf '#!/bin/sh\nwhile echo tick; do sleep 0.05; done\n' > /bin/ticker && chmod +x /bin/ticker
+  nc -ll -p 7778 -e /bin/ticker &
 fi
 # mode=fs: a real file system (ext4, made by the host) used as an application would. Each
 # step writes a new file of random data, appends a record to a log, deletes the file of 8

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { runCommand } from "../util/run.ts";
 import { destHypervisor } from "../hypervisor/index.ts";
 import { recoverStaleJournal } from "../redirect/journal.ts";
+import { announceGateway } from "../redirect/announce.ts";
 import { Redirect } from "../redirect/redirect.ts";
 import { logger, redirectLogsTo, setLogLevel } from "../log.ts";
 import type { Channel } from "../net/channel.ts";
@@ -216,6 +217,7 @@ export default defineCommand({
         const spec = { mode: m.mode, iface: m.iface, local: m.destAddr, remote: m.sourceAddr, oldIp: m.oldIp, vni: m.vni, table: m.table };
         redirect = await Redirect.dest(spec, vmDev, { runDir: args["run-dir"], name: args.name }, log);
         redirectIdleMs = m.idleMs;
+        vmLink = { dev: vmDev, ip: m.oldIp };
         log.info(`redirect: ${m.mode} tunnel ${m.iface} from ${m.sourceAddr} up; ${m.oldIp} is delivered to ${vmDev}, its replies go back through the tunnel`);
       },
     });
@@ -226,6 +228,7 @@ export default defineCommand({
       process.on("exit", () => rmSync(pidFile, { force: true }));
     }
     let redirectIdleMs = 0;
+    let vmLink: { dev: string; ip: string } | undefined;
     // Whatever ends the migration early, this host's redirect end must not outlive it.
     const undoRedirect = () => redirect?.teardown().catch((err) => log.error(describeError(err)));
     let conns: Connections | undefined;
@@ -280,6 +283,7 @@ export default defineCommand({
         if (hv.kind === "none") return;
         log.info(`the VM runs here (${hv.kind}) since ${new Date(runningAt).toISOString()}`);
         if (args.json && !args.stdio) process.stdout.write(`${JSON.stringify({ event: "running", hypervisor: hv.kind, at: runningAt })}\n`);
+        if (vmLink) return announceGateway(vmLink.dev, vmLink.ip, log).catch((err) => log.warn(`redirect: ${describeError(err)}`));
       },
       (err) => log.error(`${describeError(err)}\nthe disk is verified and served here; start the VM by hand`),
     );

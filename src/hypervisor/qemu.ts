@@ -46,7 +46,16 @@ export class QemuSource implements SourceHypervisor {
     const mig = await this.qmp.execute<MigrateInfo>("query-migrate");
     if (mig.status && !["completed", "failed", "cancelled", "none"].includes(mig.status))
       throw new HypervisorError(`a migration of this VM is already ${mig.status}`);
-    await this.qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "pause-before-switchover", state: true }] });
+    // auto-converge: a guest that dirties memory faster than the link carries it (the
+    // paper's "diabolical" Bonnie: its page cache) never lets QEMU's pre-copy reach its
+    // downtime limit, and the migration would run until our timeout. QEMU then slows the
+    // guest's vCPUs step by step, as our throttle slows its disk writes.
+    await this.qmp.execute("migrate-set-capabilities", {
+      capabilities: [
+        { capability: "pause-before-switchover", state: true },
+        { capability: "auto-converge", state: true },
+      ],
+    });
     this.qmp.onEvent((e) => {
       if (e.event === "STOP") this.stoppedAt = eventInstant(e);
     });
