@@ -1,6 +1,7 @@
 // The paper bench's clients against a real HTTP server on loopback that stops answering for
 // a while, as a paused VM would: what they record is what report/disruption.ts measures.
 import { describe, expect, test } from "bun:test";
+import { join } from "node:path";
 import { measureDisruption } from "../src/report/disruption.ts";
 import { type OpLine, postClient, staticClient, VIDEO_CHUNK, videoClient } from "../scripts/bench/paper-client.ts";
 
@@ -90,4 +91,24 @@ describe("the paper bench's clients", () => {
       server.stop(true);
     }
   }, 20_000);
+
+  test("a client stopped while it waits prints that operation as failed, up to the stop: a hang is not mistaken for no disruption", async () => {
+    const server = Bun.serve({ port: 0, fetch: () => new Promise<Response>(() => undefined) }); // never answers
+    try {
+      const client = Bun.spawn([process.execPath, join(import.meta.dir, "..", "scripts", "bench", "paper-client.ts"), "static", `http://127.0.0.1:${server.port}/`], { stdout: "pipe" });
+      await Bun.sleep(1500);
+      const stoppedAt = Date.now();
+      client.kill("SIGTERM");
+      expect(await client.exited).toBe(0);
+      const ops = (await new Response(client.stdout).text()).trim().split("\n").map((l) => JSON.parse(l) as OpLine);
+      expect(ops).toHaveLength(1);
+      expect(ops[0]!.ok).toBe(false);
+      expect(ops[0]!.error).toContain("stopped");
+      expect(ops[0]!.stopped).toBe(true);
+      expect(ops[0]!.end - ops[0]!.start).toBeGreaterThan(1000);
+      expect(Math.abs(ops[0]!.end - stoppedAt)).toBeLessThan(500);
+    } finally {
+      server.stop(true);
+    }
+  });
 });

@@ -4,6 +4,7 @@ const benches: Record<string, () => Promise<{ main(args: string[]): Promise<void
   migrate: () => import("./migrate.ts"),
   durability: () => import("./durability.ts"),
   downtime: () => import("./downtime.ts"),
+  paper: () => import("./paper.ts"),
 };
 
 const [name, ...rest] = process.argv.slice(2);

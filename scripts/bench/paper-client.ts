@@ -25,9 +25,18 @@ export interface OpLine {
   id?: number;
   acked?: boolean;
   error?: string;
+  /** Still waiting when the client was stopped: not a failure of its own, but the time counts. */
+  stopped?: boolean;
 }
 
 const emit = (op: OpLine): void => void process.stdout.write(`${JSON.stringify(op)}\n`);
+
+/**
+ * When the operation under way began (undefined between operations). A client stopped
+ * while it waits prints that operation as failed, up to the stop: a client that hung for
+ * the rest of the run must not look like one that was never disrupted.
+ */
+let inFlightSince: number | undefined;
 
 async function get(url: string, timeoutMs: number): Promise<string> {
   const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
@@ -38,20 +47,21 @@ async function get(url: string, timeoutMs: number): Promise<string> {
 
 export async function staticClient(url: string, until: number, timeoutMs: number, out: (op: OpLine) => void = emit): Promise<void> {
   while (Date.now() < until) {
-    const start = Date.now();
+    const start = (inFlightSince = Date.now());
     try {
       await get(url, timeoutMs);
       out({ start, end: Date.now(), ok: true });
     } catch (err) {
       out({ start, end: Date.now(), ok: false, error: (err as Error).message });
     }
+    inFlightSince = undefined;
     await Bun.sleep(10);
   }
 }
 
 export async function postClient(base: string, until: number, timeoutMs: number, out: (op: OpLine) => void = emit): Promise<void> {
   for (let id = 1; Date.now() < until; id++) {
-    const start = Date.now();
+    const start = (inFlightSince = Date.now());
     try {
       const body = await get(`${base}/cgi-bin/post?id=${id}`, timeoutMs);
       const acked = body.trim() === `posted ${id}`;
@@ -59,6 +69,7 @@ export async function postClient(base: string, until: number, timeoutMs: number,
     } catch (err) {
       out({ start, end: Date.now(), ok: false, id, acked: false, error: (err as Error).message });
     }
+    inFlightSince = undefined;
     await Bun.sleep(10);
   }
 }
@@ -67,7 +78,7 @@ export const VIDEO_CHUNK = 32 * 1024;
 
 export async function videoClient(url: string, until: number, timeoutMs: number, out: (op: OpLine) => void = emit): Promise<void> {
   while (Date.now() < until) {
-    let last = Date.now();
+    let last = (inFlightSince = Date.now());
     const stop = new AbortController();
     let watchdog = setTimeout(() => stop.abort(), timeoutMs);
     try {
@@ -84,7 +95,7 @@ export async function videoClient(url: string, until: number, timeoutMs: number,
         for (; pending >= VIDEO_CHUNK; pending -= VIDEO_CHUNK) {
           const now = Date.now();
           out({ start: last, end: now, ok: true });
-          last = now;
+          last = inFlightSince = now;
         }
       }
       stop.abort();
@@ -93,6 +104,7 @@ export async function videoClient(url: string, until: number, timeoutMs: number,
       await Bun.sleep(10);
     } finally {
       clearTimeout(watchdog);
+      inFlightSince = undefined;
     }
   }
 }
@@ -110,6 +122,10 @@ if (import.meta.main) {
     process.stderr.write("usage: paper-client.ts static|post|video URL [--duration S] [--timeout-ms MS]\n");
     process.exit(2);
   }
+  process.on("SIGTERM", () => {
+    if (inFlightSince !== undefined) emit({ start: inFlightSince, end: Date.now(), ok: false, stopped: true, error: "no answer yet when the client was stopped" });
+    process.exit(0);
+  });
   const until = Date.now() + Number(values.duration) * 1000;
   const timeoutMs = Number(values["timeout-ms"]);
   if (kind === "static") await staticClient(url, until, timeoutMs);

@@ -78,11 +78,13 @@ export function startGuest(opts: {
   bonnie?: boolean;
   /** The NBD exports that are the guest's disks, in order (default: the VM's one disk); two: it writes to both. */
   exports?: string[];
+  /** Guest RAM (default 128 MiB: the RAM check dumps all of it). */
+  ramMiB?: number;
 }): Guest {
   const exports = opts.exports ?? ["vm"];
   const qmpPath = join(opts.dir, `${opts.name}.qmp`);
   const testQmpPath = join(opts.dir, `${opts.name}.test.qmp`);
-  const ramMiB = 128;
+  const ramMiB = opts.ramMiB ?? 128;
   const argv = [
     ...(opts.netnsExec ?? []),
     "qemu-system-x86_64", "-name", opts.name, "-accel", "tcg", "-m", String(ramMiB), "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",

@@ -1,0 +1,391 @@
+// The paper's evaluation (Bradford et al., VEE 2007, section 5), with a real guest: its four
+// workloads inside a QEMU guest (TCG) whose disk is on wanmig, its clients outside, a live
+// migration under each, and its table with its own figures beside ours (issue 17).
+//
+//   npm run bench -- paper [--scenario lan,wan] [--workloads static,dynamic,video,diabolical]
+//                          [--modes live,live-paper,freeze] [--runs N] [--quick]
+//                          [--baseline-s S] [--after-s S] [--report DIR] [--keep-logs DIR] [--json FILE]
+//
+// Each row, on fresh hosts (three network namespaces):
+//   C (the clients) --veth, unshaped-- A (serve, the guest on tap0, source) --veth, shaped-- B (dest, QEMU -incoming, tap0)
+// - A's image: 1 GiB, ext4 made here; the guest (512 MiB RAM, scripts/guest/init.sh
+//   mode=paper) serves its web pages, posts and video from it, and with the diabolical
+//   workload runs its Bonnie-like writer besides.
+// - The client (scripts/bench/paper-client.ts, in C) runs from --baseline-s before the
+//   migration until --after-s after the VM runs at B; its operations are the disruption's
+//   input (report/disruption.ts). The diabolical row's client is the static one.
+// - The migration: `wanmig source --hypervisor qemu --old-ip GUEST --tunnel vxlan`; after the
+//   move the clients reach the guest at B through the tunnel from A.
+// - Modes: `live` (wanmig's defaults), `live-paper` (`--deltas paper` and the paper's
+//   throttle: 16384 deltas, 2 ms, doubling), `freeze` (`--mode freeze-and-copy`: the guest
+//   paused while its whole disk is copied).
+// - After the row: the dynamic client's acknowledged posts are looked up in the guest's
+//   posts file on B's image (journal replayed first): every one must be there.
+// Links: LAN 100 Mbit/s (the paper's switched Ethernet); WAN 5 Mbit/s with 100 ms RTT. tbf
+// shapes both directions of A–B; the RTT is the user-space delay proxy (no netem here) on
+// wanmig's stream and on QEMU's memory stream. The tunnel's packets (VXLAN over UDP) are not
+// delayed: after the move the clients see B at LAN latency plus the shaped rate.
+// Needs root (namespaces, tc, taps) and QEMU.
+import { $ } from "bun";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { buildGuest, type Guest, startGuest } from "../../test/helpers/guest.ts";
+import { parseRate } from "../../src/net/rate.ts";
+import { BUN, MAIN, Proc, proxyArgs, type Scenario, tail } from "./migrate.ts";
+import type { OpLine } from "./paper-client.ts";
+import { lostPosts, medianFigures, parsePosts, type RowEvents, type RowFigures, rowFigures } from "./paper-figures.ts";
+
+const CLIENT = join(import.meta.dir, "paper-client.ts");
+const WORKLOADS = ["static", "dynamic", "video", "diabolical"] as const;
+type Workload = (typeof WORKLOADS)[number];
+const MODES = ["live", "live-paper", "freeze"] as const;
+type Mode = (typeof MODES)[number];
+
+const SCENARIOS: Record<string, Scenario> = {
+  lan: { name: "lan", rateSpec: "100mbit", bps: parseRate("100mbit") * 8, rttMs: 0 },
+  wan: { name: "wan", rateSpec: "5mbit", bps: parseRate("5mbit") * 8, rttMs: 100 },
+};
+
+const MODE_ARGS: Record<Mode, string[]> = {
+  live: [],
+  "live-paper": ["--deltas", "paper", "--throttle-threshold", "16384", "--throttle-delay", "2ms"],
+  freeze: ["--mode", "freeze-and-copy"],
+};
+const MODE_LABEL: Record<Mode, string> = {
+  live: "wanmig live (defaults)",
+  "live-paper": "wanmig live, --deltas paper + the paper's throttle",
+  freeze: "freeze-and-copy",
+};
+
+/** The paper's own figures (its table and section 5.4), where it gives one. */
+const PAPER: Record<string, string> = {
+  "lan/static": "1.04 s",
+  "lan/dynamic": "3.09 s",
+  "lan/video": "3.04 s",
+  "wan/static": "68 s",
+  "lan/diabolical": "811 s migration, throttled twice",
+};
+
+const GUEST_RAM_MIB = 512;
+const IMAGE_BYTES = 1024 ** 3;
+
+interface Net {
+  ns: { C: string; A: string; B: string };
+  ip: { client: string; aLan: string; aWan: string; bWan: string; gw: string; guest: string };
+  remove(): Promise<void>;
+}
+
+let netCount = 0;
+
+/** Three fresh namespaces per row, so that nothing a row leaves behind (a tunnel, a route) meets the next. */
+async function makeNet(sc: Scenario): Promise<Net> {
+  const k = `${process.pid % 1000}${netCount++}`;
+  const o = 30 + ((process.pid + netCount) % 60);
+  const ns = { C: `wpC${k}`, A: `wpA${k}`, B: `wpB${k}` };
+  const ip = { client: `10.${o}.1.2`, aLan: `10.${o}.1.1`, aWan: `10.${o}.2.1`, bWan: `10.${o}.2.2`, gw: `10.${o}.5.1`, guest: `10.${o}.5.10` };
+  const net: Net = {
+    ns,
+    ip,
+    async remove() {
+      for (const n of Object.values(ns)) await $`ip netns del ${n}`.nothrow().quiet();
+    },
+  };
+  try {
+    for (const n of Object.values(ns)) {
+      await $`ip netns add ${n}`;
+      await $`ip -n ${n} link set lo up`;
+    }
+    const veth = async (a: string, aDev: string, aCidr: string, b: string, bDev: string, bCidr: string) => {
+      await $`ip link add ${aDev} netns ${a} mtu 1600 type veth peer name ${bDev} netns ${b} mtu 1600`;
+      await $`ip -n ${a} addr add ${aCidr} dev ${aDev}`;
+      await $`ip -n ${b} addr add ${bCidr} dev ${bDev}`;
+      await $`ip -n ${a} link set ${aDev} up`;
+      await $`ip -n ${b} link set ${bDev} up`;
+    };
+    await veth(ns.C, `pc${k}`, `${ip.client}/24`, ns.A, `pa${k}`, `${ip.aLan}/24`);
+    await veth(ns.A, `pw${k}`, `${ip.aWan}/24`, ns.B, `pb${k}`, `${ip.bWan}/24`);
+    await $`ip -n ${ns.C} route add default via ${ip.aLan}`;
+    // Each host gives the guest the same gateway on its tap: the guest need not know it moved.
+    for (const n of [ns.A, ns.B]) {
+      await $`ip -n ${n} tuntap add dev tap0 mode tap`;
+      await $`ip -n ${n} addr add ${ip.gw}/24 dev tap0`;
+      await $`ip -n ${n} link set tap0 up`;
+    }
+    await $`ip netns exec ${ns.A} sysctl -q -w net.ipv4.ip_forward=1`;
+    // The A–B link: tbf each way (burst ≥ 2 ms of line rate, queue ≤ 100 ms).
+    const burst = Math.max(16 * 1024, Math.round((sc.bps / 8) * 0.002));
+    for (const [n, dev] of [[ns.A, `pw${k}`], [ns.B, `pb${k}`]] as const) await $`tc -n ${n} qdisc replace dev ${dev} root tbf rate ${Math.round(sc.bps)}bit burst ${burst} latency 100ms`;
+    if (sc.rttMs > 0) {
+      // As the migrate bench's: behind the proxy, A's TCP buffers near what a WAN path would use.
+      const max = Math.max(256 * 1024, Math.ceil(2 * (sc.bps / 8) * ((sc.rttMs + 100) / 1000)));
+      await $`ip netns exec ${ns.A} sysctl -q -w ${`net.ipv4.tcp_wmem=4096 16384 ${max}`} ${`net.ipv4.tcp_rmem=4096 ${Math.min(131072, max)} ${max}`}`;
+    }
+  } catch (err) {
+    await net.remove();
+    throw err;
+  }
+  return net;
+}
+
+interface Ctx {
+  dir: string;
+  secret: string;
+  baselineS: number;
+  afterS: number;
+  reportDir?: string;
+  logDir?: string;
+}
+
+interface RunResult {
+  scenario: string;
+  workload: Workload;
+  mode: Mode;
+  run: number;
+  ok: boolean;
+  error?: string;
+  figures?: RowFigures;
+  acked?: number;
+  lost?: number[];
+  timeline?: string;
+  notes: string[];
+}
+
+const clientArgs = (w: Workload, guest: string): string[] =>
+  w === "dynamic" ? ["post", `http://${guest}`] : w === "video" ? ["video", `http://${guest}/cgi-bin/video`] : ["static", `http://${guest}/`];
+
+function events(p: Proc): Record<string, any>[] {
+  return p.stdoutLines.flatMap(({ line }) => {
+    try {
+      return [JSON.parse(line)];
+    } catch {
+      return [];
+    }
+  });
+}
+
+async function waitEvent(p: Proc, what: string, pick: (e: Record<string, any>) => boolean, timeoutMs: number): Promise<Record<string, any>> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const e = events(p).find(pick);
+    if (e) return e;
+    if (p.proc.exitCode !== null) throw new Error(`${p.name} exited ${p.proc.exitCode} before ${what}:\n${tail(p.stderr)}`);
+    if (Date.now() > end) throw new Error(`no ${what} within ${Math.round(timeoutMs / 1000)} s:\n${tail(p.stderr)}`);
+    await Bun.sleep(100);
+  }
+}
+
+/** The ids in the guest's posts file on `image` (its journal replayed first, as a mount would). */
+async function postsOnImage(image: string): Promise<number[]> {
+  await $`e2fsck -E journal_only -y ${image}`.nothrow().quiet();
+  const r = await $`debugfs -R ${"cat /posts"} ${image}`.nothrow().quiet();
+  return parsePosts(r.stdout.toString());
+}
+
+async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx): Promise<RunResult> {
+  const r: RunResult = { scenario: sc.name, workload: w, mode, run: n, ok: false, notes: [] };
+  const label = `${sc.name}-${w}-${mode}-${n}`;
+  const dir = join(ctx.dir, label);
+  const a = join(dir, "A");
+  const b = join(dir, "B");
+  mkdirSync(a, { recursive: true });
+  mkdirSync(b, { recursive: true });
+  const image = join(a, "vm.img");
+  const destImage = join(b, "vm.img");
+  await $`truncate -s ${IMAGE_BYTES} ${image}`;
+  await $`mkfs.ext4 -q -F ${image}`;
+  const net = await makeNet(sc);
+  const procs: Proc[] = [];
+  const guests: Guest[] = [];
+  const start = (name: string, ns: string, argv: string[]) => {
+    const p = new Proc(name, ns, argv, false);
+    procs.push(p);
+    return p;
+  };
+  const nic = { tap: "tap0", gip: `${net.ip.guest}/24`, ggw: net.ip.gw };
+  try {
+    start("serve", net.ns.A, [BUN, MAIN, "serve", "--name", "vm", "--image", image, "--run-dir", a, "--log", "warn"]);
+    const src = startGuest({ name: "src", dir: a, nbdSocket: join(a, "vm.nbd"), openTimeout: 60, netnsExec: ["ip", "netns", "exec", net.ns.A], nic, mode: "paper", bonnie: w === "diabolical", ramMiB: GUEST_RAM_MIB });
+    guests.push(src);
+    await src.waitFor(/GUEST BOOTED paper/, 180_000);
+    const client = start("client", net.ns.C, [BUN, CLIENT, ...clientArgs(w, net.ip.guest), "--duration", "7200", "--timeout-ms", "60000"]);
+    await Bun.sleep(ctx.baselineS * 1000);
+    if (!client.stdoutLines.some(({ line }) => line.includes('"ok":true'))) throw new Error(`the client had no answer from the guest in ${ctx.baselineS} s:\n${tail(client.stderr)}`);
+
+    const port = 7400;
+    const mport = 4444;
+    const dest = start("dest", net.ns.B, [
+      BUN, MAIN, "dest", "--name", "vm", "--image", destImage, "--run-dir", b, "--listen", `${net.ip.bWan}:${port}`, "--secret-file", ctx.secret,
+      "--hypervisor", "qemu", "--qmp", `unix:${join(b, "dst.qmp")}`, "--vm-dev", "tap0", "--json",
+    ]);
+    await dest.waitFor(/listening on/, "dest to listen");
+    const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: ["ip", "netns", "exec", net.ns.B], incoming: `tcp:${net.ip.bWan}:${mport}`, openTimeout: 3600, nic, mode: "paper", bonnie: w === "diabolical", ramMiB: GUEST_RAM_MIB });
+    guests.push(dst);
+    let to = `${net.ip.bWan}:${port}`;
+    let migrateUri = `tcp:${net.ip.bWan}:${mport}`;
+    if (sc.rttMs > 0) {
+      const p1 = start("delay-wanmig", net.ns.A, proxyArgs(sc, "127.0.0.1:7401", to));
+      const p2 = start("delay-qemu", net.ns.A, proxyArgs(sc, "127.0.0.1:7402", `${net.ip.bWan}:${mport}`));
+      await p1.waitFor(/listening on/, "the delay proxy");
+      await p2.waitFor(/listening on/, "the delay proxy");
+      to = "127.0.0.1:7401";
+      migrateUri = "tcp:127.0.0.1:7402";
+    }
+    r.timeline = ctx.reportDir ? join(ctx.reportDir, `${label}.svg`) : undefined;
+    const requestedAt = Date.now();
+    const source = start("source", net.ns.A, [
+      BUN, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", to, "--secret-file", ctx.secret, "--json",
+      "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", migrateUri,
+      "--old-ip", net.ip.guest, "--tunnel", "vxlan", ...MODE_ARGS[mode], ...(r.timeline ? ["--report", r.timeline] : []),
+    ]);
+    const limitMs = (sc.rttMs > 0 ? 1800 : 600) * 1000;
+    const done = await waitEvent(source, "the migration's done event", (e) => e.event === "done", limitMs);
+    const running = await waitEvent(dest, "the VM running at B", (e) => e.event === "running", 120_000);
+    const paused = events(source).find((e) => e.event === "paused");
+    await Bun.sleep(ctx.afterS * 1000);
+    await client.stop();
+    await Bun.sleep(100);
+    const ops: OpLine[] = client.stdoutLines.flatMap(({ line }) => {
+      try {
+        return [JSON.parse(line) as OpLine];
+      } catch {
+        return [];
+      }
+    });
+    const ev: RowEvents = { requestedAt, pausedAt: paused?.at, runningAt: running.at, done: done as RowEvents["done"] };
+    r.figures = rowFigures(ev, ops);
+    const failures = [...src.failures(), ...dst.failures()];
+    if (failures.length) r.notes.push(`guest: ${failures.slice(0, 3).join(" | ")}`);
+    r.ok = failures.length === 0;
+    if (w === "dynamic") {
+      await dst.stop();
+      await dest.stop();
+      const lost = lostPosts(ops, await postsOnImage(destImage));
+      r.acked = ops.filter((op) => op.acked).length;
+      r.lost = lost;
+      if (lost.length) {
+        r.ok = false;
+        r.error = `${lost.length} acknowledged posts are not on B's disk: ${lost.slice(0, 10).join(", ")}`;
+      }
+    }
+    if (!r.ok && !r.error) r.error = "the guest reported a failure";
+    return r;
+  } catch (err) {
+    r.error = (err as Error).message;
+    return r;
+  } finally {
+    for (const g of guests) await g.stop();
+    for (const p of [...procs].reverse()) await p.stop();
+    if (ctx.logDir) {
+      mkdirSync(ctx.logDir, { recursive: true });
+      for (const p of procs) writeFileSync(join(ctx.logDir, `${label}-${p.name}.log`), `${p.stderr}\n${p.stdoutLines.map((l) => l.line).join("\n")}\n`);
+      for (const [i, g] of guests.entries()) writeFileSync(join(ctx.logDir, `${label}-guest${i}.log`), g.lines.map((l) => `${l.t} ${l.text}`).join("\n"));
+    }
+    await net.remove();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// ---- the table ------------------------------------------------------------------------------
+
+const s = (ms?: number, d = 2) => (ms === undefined ? "–" : `${(ms / 1000).toFixed(d)} s`);
+
+function table(results: RunResult[], scenarios: Scenario[]): string {
+  const out: string[] = [];
+  for (const sc of scenarios) {
+    const link = sc.rttMs ? `${sc.rateSpec}, ${sc.rttMs} ms RTT` : sc.rateSpec;
+    out.push(`\n### ${sc.name.toUpperCase()} (${link})\n`);
+    out.push("| workload | mode | runs | downtime | disruption | additional disruption | migration time | deltas | delta rate | throttle steps | failed ops | the paper |");
+    out.push("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (const w of WORKLOADS)
+      for (const m of MODES) {
+        const rs = results.filter((x) => x.scenario === sc.name && x.workload === w && x.mode === m);
+        if (!rs.length) continue;
+        const good = rs.filter((x) => x.ok && x.figures);
+        const bad = rs.length - good.length;
+        const paper = m === "freeze" ? (PAPER[`${sc.name}/${w}`] ? "much worse" : "") : (PAPER[`${sc.name}/${w}`] ?? "");
+        if (!good.length) {
+          out.push(`| ${w} | ${MODE_LABEL[m]} | 0 of ${rs.length} | failed: ${rs[0]!.error?.split("\n")[0] ?? "?"} | | | | | | | | ${paper} |`);
+          continue;
+        }
+        const f = medianFigures(good.map((x) => x.figures!));
+        const posts = w === "dynamic" ? ` (${good.reduce((a, x) => a + (x.acked ?? 0), 0)} posts acked, ${good.reduce((a, x) => a + (x.lost?.length ?? 0), 0)} lost)` : "";
+        out.push(
+          `| ${w} | ${MODE_LABEL[m]} | ${good.length}${bad ? ` (+${bad} failed)` : ""} | ${s(f.downtimeMs)} | **${s(f.disruptionMs)}** | ${s(f.additionalMs)} | ${f.migrationS === undefined ? "–" : `${f.migrationS.toFixed(1)} s`} | ${Math.round(f.deltas)} | ${Math.round(f.deltaRate)}/s | ${Math.round(f.throttleSteps)} | ${Math.round(f.failedOps)}${posts} | ${paper} |`,
+        );
+      }
+  }
+  return out.join("\n");
+}
+
+// ---- main -------------------------------------------------------------------------------------
+
+export async function main(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      scenario: { type: "string" },
+      workloads: { type: "string", default: WORKLOADS.join(",") },
+      modes: { type: "string", default: MODES.join(",") },
+      runs: { type: "string" },
+      quick: { type: "boolean", default: false },
+      "baseline-s": { type: "string", default: "8" },
+      "after-s": { type: "string", default: "8" },
+      report: { type: "string" },
+      "keep-logs": { type: "string" },
+      json: { type: "string" },
+    },
+  });
+  const pick = <T extends string>(list: string, all: readonly T[], what: string): T[] =>
+    list.split(",").map((x) => {
+      if (!all.includes(x as T)) throw new Error(`unknown ${what} ${x}: ${all.join(", ")}`);
+      return x as T;
+    });
+  const scenarios = (values.scenario ?? (values.quick ? "lan" : "lan,wan")).split(",").map((x) => {
+    const sc = SCENARIOS[x];
+    if (!sc) throw new Error(`unknown scenario ${x}: lan, wan`);
+    return sc;
+  });
+  const workloads = pick(values.workloads!, WORKLOADS, "workload");
+  const modes = pick(values.modes!, MODES, "mode");
+  const runs = Number(values.runs ?? (values.quick ? 1 : 2));
+  const dir = mkdtempSync("/var/tmp/wanmig-paper-");
+  const secret = join(dir, "secret");
+  writeFileSync(secret, `${Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64")}\n`, { mode: 0o600 });
+  if (values.report) mkdirSync(values.report, { recursive: true });
+  const ctx: Ctx = { dir, secret, baselineS: Number(values["baseline-s"]), afterS: Number(values["after-s"]), reportDir: values.report, logDir: values["keep-logs"] };
+  await buildGuest();
+  const t0 = Date.now();
+  const results: RunResult[] = [];
+  const onSignal = () => {
+    rmSync(dir, { recursive: true, force: true });
+    process.exit(130);
+  };
+  process.on("SIGINT", onSignal);
+  try {
+    for (const sc of scenarios)
+      for (const w of workloads)
+        for (const m of modes)
+          for (let n = 1; n <= runs; n++) {
+            const rowT0 = Date.now();
+            const r = await runRow(sc, w, m, n, ctx);
+            results.push(r);
+            const f = r.figures;
+            console.error(
+              `${sc.name} ${w} ${m} #${n}: ${r.ok ? "ok" : `FAILED: ${r.error?.split("\n")[0]}`}` +
+                (f ? `; downtime ${s(f.downtimeMs)}, disruption ${s(f.disruptionMs)}, migration ${f.migrationS?.toFixed(1)} s, deltas ${f.deltas}, throttle ${f.throttleSteps}, failed ops ${f.failedOps}` : "") +
+                ` (row ${Math.round((Date.now() - rowT0) / 1000)} s)`,
+            );
+          }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const minutes = ((Date.now() - t0) / 60000).toFixed(1);
+  console.log(`## The paper's evaluation, reproduced (guest: ${GUEST_RAM_MIB} MiB RAM, 1 GiB disk, QEMU TCG; ${runs} run(s) per row, medians)`);
+  console.log(table(results, scenarios));
+  console.log(`\nDisruption: the longest stretch between two normal client operations, less what a normal one may take (src/report/disruption.ts). Whole run: ${minutes} min.`);
+  if (values.json) writeFileSync(values.json, `${JSON.stringify(results, null, 1)}\n`);
+  if (results.some((r) => !r.ok)) process.exitCode = 1;
+}
+
+if (import.meta.main) await main(process.argv.slice(2));
