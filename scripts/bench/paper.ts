@@ -32,6 +32,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { buildGuest, type Guest, startGuest } from "../../test/helpers/guest.ts";
 import { parseRate } from "../../src/net/rate.ts";
+import { Timeline } from "../../src/report/timeline.ts";
 import { BUN, MAIN, Proc, proxyArgs, type Scenario, tail } from "./migrate.ts";
 import type { OpLine } from "./paper-client.ts";
 import { lostPosts, medianFigures, parsePosts, type RowEvents, type RowFigures, rowFigures } from "./paper-figures.ts";
@@ -175,6 +176,21 @@ async function waitEvent(p: Proc, what: string, pick: (e: Record<string, any>) =
   }
 }
 
+/** The row as the paper's figures draw it: the migration's timeline (the source's events) over the client's answers per second. */
+function timeline(source: Proc, ops: readonly OpLine[], title: string): string {
+  const wallOffset = Date.now() - performance.now(); // Proc stamps lines with performance.now()
+  const t = new Timeline();
+  for (const { t: at, line } of source.stdoutLines) {
+    try {
+      t.add(JSON.parse(line), at + wallOffset);
+    } catch {}
+  }
+  let n = 0;
+  const answered = ops.filter((op) => op.ok).sort((a, b) => a.end - b.end).map((op) => ({ t: op.end, v: ++n }));
+  t.addCounter("the client: successful operations per second", "answers", answered);
+  return t.svg(title);
+}
+
 /** The ids in the guest's posts file on `image` (its journal replayed first, as a mount would). */
 async function postsOnImage(image: string): Promise<number[]> {
   await $`e2fsck -E journal_only -y ${image}`.nothrow().quiet();
@@ -231,12 +247,11 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
       to = "127.0.0.1:7401";
       migrateUri = "tcp:127.0.0.1:7402";
     }
-    r.timeline = ctx.reportDir ? join(ctx.reportDir, `${label}.svg`) : undefined;
     const requestedAt = Date.now();
     const source = start("source", net.ns.A, [
       BUN, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", to, "--secret-file", ctx.secret, "--json",
       "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", migrateUri,
-      "--old-ip", net.ip.guest, "--tunnel", "vxlan", ...MODE_ARGS[mode], ...(r.timeline ? ["--report", r.timeline] : []),
+      "--old-ip", net.ip.guest, "--tunnel", "vxlan", ...MODE_ARGS[mode],
     ]);
     const limitMs = (sc.rttMs > 0 ? 1800 : 600) * 1000;
     const done = await waitEvent(source, "the migration's done event", (e) => e.event === "done", limitMs);
@@ -254,6 +269,10 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
     });
     const ev: RowEvents = { requestedAt, pausedAt: paused?.at, runningAt: running.at, done: done as RowEvents["done"] };
     r.figures = rowFigures(ev, ops);
+    if (ctx.reportDir) {
+      r.timeline = join(ctx.reportDir, `${label}.svg`);
+      writeFileSync(r.timeline, timeline(source, ops, `${sc.name.toUpperCase()}, ${w}, ${MODE_LABEL[mode]}: downtime ${s(r.figures.downtimeMs)}, disruption ${s(r.figures.disruptionMs)}`));
+    }
     const failures = [...src.failures(), ...dst.failures()];
     if (failures.length) r.notes.push(`guest: ${failures.slice(0, 3).join(" | ")}`);
     r.ok = failures.length === 0;

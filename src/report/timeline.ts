@@ -5,16 +5,23 @@
 // HTML page holding it and the final figures).
 
 type Event = Record<string, unknown>;
-interface Point {
+export interface Point {
   t: number;
   v: number;
 }
 
 export class Timeline {
   private readonly events: { t: number; e: Event }[] = [];
+  private readonly counters: { label: string; name: string; samples: Point[] }[] = [];
 
-  add(e: Event): void {
-    this.events.push({ t: Date.now(), e });
+  /** `t`: when it happened (wall clock, ms), if not now: a migration's events read back from its log. */
+  add(e: Event, t = Date.now()): void {
+    this.events.push({ t, e });
+  }
+
+  /** A panel below the migration's: a cumulative count (a client's answers, say) drawn as a rate per second. */
+  addCounter(label: string, name: string, samples: Point[]): void {
+    this.counters.push({ label, name, samples });
   }
 
   /**
@@ -63,6 +70,7 @@ export class Timeline {
       { label: "throughput (MiB/s)", lines: [{ pts: bulk, color: "#1f77b4", name: "bulk" }, { pts: deltas, color: "#d62728", name: "deltas" }], scale: 1 / (1 << 20) },
       { label: "delta queue (writes recorded, not yet shipped)", lines: [{ pts: queue, color: "#9467bd", name: "queued" }], scale: 1 },
       { label: "throttle level", lines: [{ pts: throttle, color: "#ff7f0e", name: "level" }], scale: 1 },
+      ...this.counters.map((c) => ({ label: c.label, lines: [{ pts: this.rate(c.samples, t0, t1), color: "#2ca02c", name: c.name }], scale: 1 })),
     ];
     const H = top + panels.length * (panelH + gap) + 36;
     const parts: string[] = [

@@ -10,51 +10,13 @@
 const [mode, host, portText] = process.argv.slice(2);
 const port = Number(portText);
 
-if (mode === "server") {
-  Bun.listen({ hostname: host!, port, socket: { data: (s, d) => void s.write(d) } });
-  console.log("listening");
-} else if (mode === "listen") {
-  let ticks = 0;
-  let lastTick = Date.now();
-  let longestGapMs = 0;
-  let broke: string | undefined;
-  let closing = false;
-  const sock = await Bun.connect({
-    hostname: host!,
-    port,
-    socket: {
-      data(_s, d) {
-        const n = new TextDecoder().decode(d).split("\n").length - 1;
-        if (!n) return;
-        const now = Date.now();
-        longestGapMs = Math.max(longestGapMs, now - lastTick);
-        lastTick = now;
-        ticks += n;
-      },
-      close() {
-        if (!closing) broke ??= "closed by the peer";
-      },
-      error(_s, err) {
-        broke ??= err.message;
-      },
-    },
-  });
-  console.log("connected");
-  process.on("SIGTERM", () => {
-    closing = true;
-    longestGapMs = Math.max(longestGapMs, Date.now() - lastTick);
-    console.log(JSON.stringify({ summary: true, ticks, longestGapMs, broke: broke ?? null }));
-    sock.end();
-    setTimeout(() => process.exit(0), 200);
-  });
-  setInterval(() => console.log(JSON.stringify({ ticks })), 1000);
-} else {
-  let echoes = 0;
-  let lastEcho = Date.now();
-  let longestGapMs = 0;
-  let broke: string | undefined;
+/**
+ * One connection to the server, counting the lines that come back and the longest gap
+ * between two; `broke` says whether it ever broke (an error, or a close not asked for).
+ */
+async function lineCounter(name: string) {
+  const c = { lines: 0, last: Date.now(), longestGapMs: 0, broke: undefined as string | undefined, closing: false };
   let buf = "";
-  let closing = false;
   const sock = await Bun.connect({
     hostname: host!,
     port,
@@ -64,40 +26,56 @@ if (mode === "server") {
         for (let nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
           buf = buf.slice(nl + 1);
           const now = Date.now();
-          longestGapMs = Math.max(longestGapMs, now - lastEcho);
-          lastEcho = now;
-          echoes++;
+          c.longestGapMs = Math.max(c.longestGapMs, now - c.last);
+          c.last = now;
+          c.lines++;
         }
       },
       close() {
-        if (!closing) broke ??= "closed by the peer";
+        if (!c.closing) c.broke ??= "closed by the peer";
       },
       error(_s, err) {
-        broke ??= err.message;
+        c.broke ??= err.message;
       },
     },
   });
   console.log("connected");
+  // Progress for the test: one line per second.
+  setInterval(() => console.log(JSON.stringify({ [name]: c.lines })), 1000);
+  /** At SIGTERM: the summary, then exit. */
+  const onStop = (summary: () => Record<string, unknown>) =>
+    process.on("SIGTERM", () => {
+      c.closing = true;
+      c.longestGapMs = Math.max(c.longestGapMs, Date.now() - c.last);
+      console.log(JSON.stringify({ ...summary(), longestGapMs: c.longestGapMs, broke: c.broke ?? null }));
+      sock.end();
+      setTimeout(() => process.exit(0), 200);
+    });
+  return { c, sock, onStop };
+}
+
+if (mode === "server") {
+  Bun.listen({ hostname: host!, port, socket: { data: (s, d) => void s.write(d) } });
+  console.log("listening");
+} else if (mode === "listen") {
+  const { c, onStop } = await lineCounter("ticks");
+  onStop(() => ({ summary: true, ticks: c.lines }));
+} else {
+  const { c, sock, onStop } = await lineCounter("echoes");
   let n = 0;
   let quiet = false; // SIGUSR1: stop probing (the connection stays open); SIGUSR2: probe again
   process.on("SIGUSR1", () => (quiet = true));
   process.on("SIGUSR2", () => {
     quiet = false;
-    lastEcho = Date.now();
+    c.last = Date.now();
   });
   const timer = setInterval(() => {
     if (!quiet) sock.write(`probe ${n++}\n`);
   }, 50);
-  process.on("SIGTERM", () => {
+  onStop(() => {
     clearInterval(timer);
-    closing = true;
-    longestGapMs = Math.max(longestGapMs, Date.now() - lastEcho);
-    console.log(JSON.stringify({ sent: n, echoes, longestGapMs, broke: broke ?? null }));
-    sock.end();
-    setTimeout(() => process.exit(0), 200);
+    return { sent: n, echoes: c.lines };
   });
-  // Progress for the test: one line per second.
-  setInterval(() => console.log(JSON.stringify({ echoes })), 1000);
 }
 
 export {};
