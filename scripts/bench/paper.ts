@@ -3,7 +3,7 @@
 // migration under each, and its table with its own figures beside ours (issue 17).
 //
 //   npm run bench -- paper [--scenario lan,wan] [--workloads static,dynamic,video,diabolical]
-//                          [--modes live,live-paper,freeze] [--runs N] [--quick]
+//                          [--modes live,live-paper,freeze] [--runs 1] [--row-limit-s 900] [--quick]
 //                          [--baseline-s S] [--after-s S] [--report DIR] [--keep-logs DIR] [--json FILE]
 //
 // Each row, on fresh hosts (three network namespaces):
@@ -136,6 +136,8 @@ interface Ctx {
   afterS: number;
   reportDir?: string;
   logDir?: string;
+  /** A migration not done by then is interrupted and the row fails. */
+  rowLimitS: number;
 }
 
 interface RunResult {
@@ -253,8 +255,12 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
       "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", migrateUri,
       "--old-ip", net.ip.guest, "--tunnel", "vxlan", ...MODE_ARGS[mode],
     ]);
-    const limitMs = (sc.rttMs > 0 ? 1800 : 600) * 1000;
-    const done = await waitEvent(source, "the migration's done event", (e) => e.event === "done", limitMs);
+    const limitMs = ctx.rowLimitS * 1000;
+    const done = await waitEvent(source, "the migration's done event", (e) => e.event === "done", limitMs).catch(async (err) => {
+      // Over the row's limit: the source is interrupted when the row ends.
+      if (source.proc.exitCode === null) throw new Error(`not done within ${ctx.rowLimitS} s (the source is interrupted)`);
+      throw err;
+    });
     const running = await waitEvent(dest, "the VM running at B", (e) => e.event === "running", 120_000);
     const paused = events(source).find((e) => e.event === "paused");
     await Bun.sleep(ctx.afterS * 1000);
@@ -346,7 +352,8 @@ export async function main(argv: string[]): Promise<void> {
       scenario: { type: "string" },
       workloads: { type: "string", default: WORKLOADS.join(",") },
       modes: { type: "string", default: MODES.join(",") },
-      runs: { type: "string" },
+      runs: { type: "string", default: "1" },
+      "row-limit-s": { type: "string", default: "900" },
       quick: { type: "boolean", default: false },
       "baseline-s": { type: "string", default: "8" },
       "after-s": { type: "string", default: "8" },
@@ -367,12 +374,12 @@ export async function main(argv: string[]): Promise<void> {
   });
   const workloads = pick(values.workloads!, WORKLOADS, "workload");
   const modes = pick(values.modes!, MODES, "mode");
-  const runs = Number(values.runs ?? (values.quick ? 1 : 2));
+  const runs = Number(values.runs);
   const dir = mkdtempSync("/var/tmp/wanmig-paper-");
   const secret = join(dir, "secret");
   writeFileSync(secret, `${Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64")}\n`, { mode: 0o600 });
   if (values.report) mkdirSync(values.report, { recursive: true });
-  const ctx: Ctx = { dir, secret, baselineS: Number(values["baseline-s"]), afterS: Number(values["after-s"]), reportDir: values.report, logDir: values["keep-logs"] };
+  const ctx: Ctx = { dir, secret, baselineS: Number(values["baseline-s"]), afterS: Number(values["after-s"]), reportDir: values.report, logDir: values["keep-logs"], rowLimitS: Number(values["row-limit-s"]) };
   await buildGuest();
   const t0 = Date.now();
   const results: RunResult[] = [];

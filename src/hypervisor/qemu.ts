@@ -8,7 +8,7 @@
 import type { Logger } from "../log.ts";
 import { HypervisorError } from "./errors.ts";
 import { QmpClient, type QmpEvent } from "./qmp.ts";
-import type { DestHypervisor, SourceHypervisor } from "./types.ts";
+import type { DestHypervisor, MoveMemoryOptions, SourceHypervisor } from "./types.ts";
 import { holdPoint } from "../util/kill-point.ts";
 
 const POLL_MS = 50;
@@ -46,23 +46,23 @@ export class QemuSource implements SourceHypervisor {
     const mig = await this.qmp.execute<MigrateInfo>("query-migrate");
     if (mig.status && !["completed", "failed", "cancelled", "none"].includes(mig.status))
       throw new HypervisorError(`a migration of this VM is already ${mig.status}`);
-    // auto-converge: a guest that dirties memory faster than the link carries it (the
-    // paper's "diabolical" Bonnie: its page cache) never lets QEMU's pre-copy reach its
-    // downtime limit, and the migration would run until our timeout. QEMU then slows the
-    // guest's vCPUs step by step, as our throttle slows its disk writes.
-    await this.qmp.execute("migrate-set-capabilities", {
-      capabilities: [
-        { capability: "pause-before-switchover", state: true },
-        { capability: "auto-converge", state: true },
-      ],
-    });
+    // Not auto-converge (off by default in QEMU and libvirt too). Tried on the paper bench's
+    // Bonnie rows: with it, the guest crashed at B in 2 of 2 (its RAM, likely the TCG race the
+    // README describes, which throttled vCPU threads widen); without it the same row
+    // converged, our disk throttle slowing the writer, and the guest ran on.
+    await this.qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "pause-before-switchover", state: true }] });
     this.qmp.onEvent((e) => {
       if (e.event === "STOP") this.stoppedAt = eventInstant(e);
     });
   }
 
-  async moveMemory(whileWaiting: () => Promise<void>): Promise<{ pausedAt: number }> {
+  async moveMemory(whileWaiting: () => Promise<void>, opts: MoveMemoryOptions = {}): Promise<{ pausedAt: number }> {
     const qmp = this.qmp!;
+    if (opts.stopFirst) {
+      // abort() lets it run again; the destination, told the source was stopped, waits for our cont.
+      await qmp.execute("stop");
+      this.log.info("QEMU stopped the VM at the source (freeze-and-copy); its memory moves in one pass");
+    }
     const end = Date.now() + MIGRATION_TIMEOUT_MS;
     // The destination QEMU listens only once it has opened its disk, which our dest serves
     // only after the source authenticated: on a small disk we can get here first. So a

@@ -25,6 +25,15 @@ export type PointOfNoReturn = "fence" | "memory-moved" | "complete";
  */
 export type RecoveryState = "can-roll-back" | "must-complete" | "runs-here";
 
+export interface MoveMemoryOptions {
+  /**
+   * Stop the VM before its memory moves (freeze-and-copy): it is copied once, stopped, as
+   * the paper's baseline does, and a VM that dirties memory faster than the link needs no
+   * convergence. Only drivers whose point of no return comes after the disk take it.
+   */
+  stopFirst?: boolean;
+}
+
 export interface SourceHypervisor {
   readonly kind: HypervisorKind;
   readonly pointOfNoReturn: PointOfNoReturn;
@@ -35,7 +44,7 @@ export interface SourceHypervisor {
    * flushed to our serve (`pausedAt`, performance.now()). `whileWaiting` is called over
    * and over meanwhile, so deltas keep streaming.
    */
-  moveMemory(whileWaiting: () => Promise<void>): Promise<{ pausedAt: number }>;
+  moveMemory(whileWaiting: () => Promise<void>, opts?: MoveMemoryOptions): Promise<{ pausedAt: number }>;
   /** The destination has verified the disk: let the VM run there. */
   complete(): Promise<void>;
   /** Before the point of no return: the VM carries on at the source. */

@@ -622,9 +622,9 @@ async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveSt
 }
 
 /**
- * The baseline: stop the VM (with a hypervisor: its memory moves first, as QEMU pauses it
- * at the switchover), fence its disk, copy all of it, hand over, let the VM run there. The
- * VM stays paused for the whole disk copy: that is the downtime live migration avoids. The
+ * The baseline: stop the VM (with a hypervisor: stopped, then its memory copied in one
+ * pass), fence its disk, copy all of it, hand over, let the VM run there. The VM stays
+ * stopped for the memory and the whole disk: that is the downtime live migration avoids. The
  * point of no return is the BARRIER (QEMU's: its continue): until then the destination
  * cannot release anything, so a failure unfences the source and the VM carries on here.
  */
@@ -654,7 +654,7 @@ async function freezeAndCopy(
     if (hv.kind !== "none") {
       stage.phase = "memory";
       phaseEvent(o, "memory");
-      ({ pausedAt } = await hv.moveMemory(async () => undefined));
+      ({ pausedAt } = await hv.moveMemory(async () => undefined, { stopFirst: true }));
       o.onEvent?.({ event: "paused", at: Math.round(Date.now() - (performance.now() - pausedAt)) });
     }
     stage.fenced = true;
