@@ -83,3 +83,25 @@ describe("the paper's figures for one row", () => {
     expect(medianFigures([a, b]).downtimeMs).toBe(200);
   });
 });
+
+describe("the paper bench's table", () => {
+  const figures = rowFigures({ requestedAt: 5000, pausedAt: 12_000, runningAt: 12_300, done }, client(12_000, 13_000));
+  test("a row per workload and mode, the paper's figure beside ours; a run that failed is named, one whose guest crashed after the figures shows them marked", async () => {
+    const { table, SCENARIOS } = await import("../scripts/bench/paper.ts");
+    const text = table(
+      [
+        { scenario: "lan", workload: "static", mode: "live", run: 1, ok: true, figures, notes: [] },
+        { scenario: "lan", workload: "static", mode: "freeze", run: 1, ok: false, error: "source exited 5 before the migration's done event", notes: [] },
+        { scenario: "lan", workload: "diabolical", mode: "live", run: 1, ok: false, error: "the guest reported a failure", figures, notes: [] },
+      ],
+      [SCENARIOS.lan!],
+    );
+    const rows = text.split("\n").filter((l) => l.startsWith("| static") || l.startsWith("| diabolical"));
+    expect(rows[0]).toContain("| 0.30 s | **");
+    expect(rows[0]).toContain("| 1.04 s |"); // the paper's LAN static web figure
+    expect(rows[1]).toContain("0 of 1 ok (source exited 5 before the migration's done event)");
+    expect(rows[1]).toContain("much worse");
+    expect(rows[2]).toContain("0 of 1 ok (the guest reported a failure)");
+    expect(rows[2]).toContain("| 0.30 s |");
+  });
+});

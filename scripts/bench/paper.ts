@@ -43,7 +43,7 @@ type Workload = (typeof WORKLOADS)[number];
 const MODES = ["live", "live-paper", "freeze"] as const;
 type Mode = (typeof MODES)[number];
 
-const SCENARIOS: Record<string, Scenario> = {
+export const SCENARIOS: Record<string, Scenario> = {
   lan: { name: "lan", rateSpec: "100mbit", bps: parseRate("100mbit") * 8, rttMs: 0 },
   wan: { name: "wan", rateSpec: "5mbit", bps: parseRate("5mbit") * 8, rttMs: 100 },
 };
@@ -140,7 +140,7 @@ interface Ctx {
   rowLimitS: number;
 }
 
-interface RunResult {
+export interface RunResult {
   scenario: string;
   workload: Workload;
   mode: Mode;
@@ -279,8 +279,11 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
       r.timeline = join(ctx.reportDir, `${label}.svg`);
       writeFileSync(r.timeline, timeline(source, ops, `${sc.name.toUpperCase()}, ${w}, ${MODE_LABEL[mode]}: downtime ${s(r.figures.downtimeMs)}, disruption ${s(r.figures.disruptionMs)}`));
     }
-    const failures = [...src.failures(), ...dst.failures()];
-    if (failures.length) r.notes.push(`guest: ${failures.slice(0, 3).join(" | ")}`);
+    const failures = [...src.failures().map((f) => `at A: ${f}`), ...dst.failures().map((f) => `at B: ${f}`)];
+    if (failures.length) {
+      r.notes.push(`guest: ${failures.slice(0, 3).join(" | ")}`);
+      r.error = `the guest failed ${failures[0]!.replace(/^(at \w): \d+ /, "$1: ").replace(/^(at \w): \[\s*[\d.]+\] /, "$1: ")}`;
+    }
     r.ok = failures.length === 0;
     if (w === "dynamic") {
       await dst.stop();
@@ -293,7 +296,7 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
         r.error = `${lost.length} acknowledged posts are not on B's disk: ${lost.slice(0, 10).join(", ")}`;
       }
     }
-    if (!r.ok && !r.error) r.error = "the guest reported a failure";
+
     return r;
   } catch (err) {
     r.error = (err as Error).message;
@@ -315,28 +318,31 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
 
 const s = (ms?: number, d = 2) => (ms === undefined ? "–" : `${(ms / 1000).toFixed(d)} s`);
 
-function table(results: RunResult[], scenarios: Scenario[]): string {
+export function table(results: RunResult[], scenarios: Scenario[]): string {
   const out: string[] = [];
   for (const sc of scenarios) {
     const link = sc.rttMs ? `${sc.rateSpec}, ${sc.rttMs} ms RTT` : sc.rateSpec;
     out.push(`\n### ${sc.name.toUpperCase()} (${link})\n`);
-    out.push("| workload | mode | runs | downtime | disruption | additional disruption | migration time | deltas | delta rate | throttle steps | failed ops | the paper |");
-    out.push("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    out.push("| workload | mode | runs | downtime | disruption | additional disruption | migration time | storage downtime | deltas | delta rate | throttle steps | failed ops | the paper |");
+    out.push("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (const w of WORKLOADS)
       for (const m of MODES) {
         const rs = results.filter((x) => x.scenario === sc.name && x.workload === w && x.mode === m);
         if (!rs.length) continue;
         const good = rs.filter((x) => x.ok && x.figures);
-        const bad = rs.length - good.length;
         const paper = m === "freeze" ? (PAPER[`${sc.name}/${w}`] ? "much worse" : "") : (PAPER[`${sc.name}/${w}`] ?? "");
-        if (!good.length) {
-          out.push(`| ${w} | ${MODE_LABEL[m]} | 0 of ${rs.length} | failed: ${rs[0]!.error?.split("\n")[0] ?? "?"} | | | | | | | | ${paper} |`);
+        // A run that went wrong after its figures were taken (the guest crashed at B) still shows them, marked.
+        const shown = good.length ? good : rs.filter((x) => x.figures);
+        const errors = [...new Set(rs.filter((x) => !x.ok).map((x) => x.error?.split("\n")[0] ?? "?"))];
+        const runsCell = good.length === rs.length ? `${rs.length}` : `${good.length} of ${rs.length} ok (${errors.join("; ")})`;
+        if (!shown.length) {
+          out.push(`| ${w} | ${MODE_LABEL[m]} | ${runsCell} | | | | | | | | | | ${paper} |`);
           continue;
         }
-        const f = medianFigures(good.map((x) => x.figures!));
-        const posts = w === "dynamic" ? ` (${good.reduce((a, x) => a + (x.acked ?? 0), 0)} posts acked, ${good.reduce((a, x) => a + (x.lost?.length ?? 0), 0)} lost)` : "";
+        const f = medianFigures(shown.map((x) => x.figures!));
+        const posts = w === "dynamic" ? ` (${shown.reduce((a, x) => a + (x.acked ?? 0), 0)} posts acked, ${shown.reduce((a, x) => a + (x.lost?.length ?? 0), 0)} lost)` : "";
         out.push(
-          `| ${w} | ${MODE_LABEL[m]} | ${good.length}${bad ? ` (+${bad} failed)` : ""} | ${s(f.downtimeMs)} | **${s(f.disruptionMs)}** | ${s(f.additionalMs)} | ${f.migrationS === undefined ? "–" : `${f.migrationS.toFixed(1)} s`} | ${Math.round(f.deltas)} | ${Math.round(f.deltaRate)}/s | ${Math.round(f.throttleSteps)} | ${Math.round(f.failedOps)}${posts} | ${paper} |`,
+          `| ${w} | ${MODE_LABEL[m]} | ${runsCell} | ${s(f.downtimeMs)} | **${s(f.disruptionMs)}** | ${s(f.additionalMs)} | ${f.migrationS === undefined ? "–" : `${f.migrationS.toFixed(1)} s`} | ${s(f.storageDowntimeMs, 3)} | ${Math.round(f.deltas)} | ${Math.round(f.deltaRate)}/s | ${Math.round(f.throttleSteps)} | ${Math.round(f.failedOps)}${posts} | ${paper} |`,
         );
       }
   }
@@ -383,8 +389,12 @@ export async function main(argv: string[]): Promise<void> {
   await buildGuest();
   const t0 = Date.now();
   const results: RunResult[] = [];
+  const heading = () => `## The paper's evaluation, reproduced (guest: ${GUEST_RAM_MIB} MiB RAM, 1 GiB disk, QEMU TCG; ${runs} run(s) per row, medians)`;
+  // Interrupted (a long WAN row, say): the rows done so far are still a table.
   const onSignal = () => {
     rmSync(dir, { recursive: true, force: true });
+    console.log(`${heading()}, interrupted after ${((Date.now() - t0) / 60000).toFixed(1)} min`);
+    console.log(table(results, scenarios));
     process.exit(130);
   };
   process.on("SIGINT", onSignal);
@@ -396,6 +406,7 @@ export async function main(argv: string[]): Promise<void> {
             const rowT0 = Date.now();
             const r = await runRow(sc, w, m, n, ctx);
             results.push(r);
+            if (values.json) writeFileSync(values.json, `${JSON.stringify(results, null, 1)}\n`);
             const f = r.figures;
             console.error(
               `${sc.name} ${w} ${m} #${n}: ${r.ok ? "ok" : `FAILED: ${r.error?.split("\n")[0]}`}` +
@@ -407,10 +418,9 @@ export async function main(argv: string[]): Promise<void> {
     rmSync(dir, { recursive: true, force: true });
   }
   const minutes = ((Date.now() - t0) / 60000).toFixed(1);
-  console.log(`## The paper's evaluation, reproduced (guest: ${GUEST_RAM_MIB} MiB RAM, 1 GiB disk, QEMU TCG; ${runs} run(s) per row, medians)`);
+  console.log(heading());
   console.log(table(results, scenarios));
   console.log(`\nDisruption: the longest stretch between two normal client operations, less what a normal one may take (src/report/disruption.ts). Whole run: ${minutes} min.`);
-  if (values.json) writeFileSync(values.json, `${JSON.stringify(results, null, 1)}\n`);
   if (results.some((r) => !r.ok)) process.exitCode = 1;
 }
 
