@@ -47,8 +47,10 @@ export class Timeline {
   }
 
   svg(title: string): string {
-    const t0 = this.events[0]?.t ?? Date.now();
-    const t1 = Math.max(t0 + 1, ...this.events.map((x) => x.t));
+    // A counter's samples (a client's, from before the migration to after it) widen the span.
+    const counted = this.counters.flatMap((c) => c.samples.map((p) => p.t));
+    const t0 = Math.min(this.events[0]?.t ?? Date.now(), ...counted);
+    const t1 = Math.max(t0 + 1, ...this.events.map((x) => x.t), ...counted);
     const phases = this.events.filter(({ e }) => e.event === "phase").map(({ t, e }) => ({ t: (e.at as number) ?? t, name: String(e.phase) }));
     const bulkStart = phases.find((p) => p.name === "bulk")?.t ?? t0;
     const deltasStart = phases.find((p) => p.name === "deltas")?.t;
