@@ -10,6 +10,7 @@ import { HypervisorError } from "./errors.ts";
 import { QmpClient, type QmpEvent } from "./qmp.ts";
 import type { DestHypervisor, MoveMemoryOptions, SourceHypervisor } from "./types.ts";
 import { holdPoint } from "../util/kill-point.ts";
+import { endPrecopyLimit, precopyProgress } from "./memory-convergence.ts";
 
 const POLL_MS = 50;
 const MIGRATION_TIMEOUT_MS = 60 * 60 * 1000;
@@ -19,6 +20,7 @@ const LISTEN_WAIT_MS = 60_000;
 interface MigrateInfo {
   status?: string;
   "error-desc"?: string;
+  ram?: { "dirty-sync-count"?: number; remaining?: number; mbps?: number };
 }
 
 /** QEMU's event timestamps are wall-clock; map one onto performance.now(). */
@@ -33,6 +35,7 @@ export class QemuSource implements SourceHypervisor {
   readonly pointOfNoReturn = "complete" as const;
   private qmp?: QmpClient;
   private stoppedAt?: number;
+  private downtimeLimitMs = 300;
 
   constructor(
     private readonly opts: { qmp: string; migrateUri: string },
@@ -54,6 +57,7 @@ export class QemuSource implements SourceHypervisor {
     this.qmp.onEvent((e) => {
       if (e.event === "STOP") this.stoppedAt = eventInstant(e);
     });
+    this.downtimeLimitMs = (await this.qmp.execute<{ "downtime-limit"?: number }>("query-migrate-parameters"))["downtime-limit"] ?? 300;
   }
 
   async moveMemory(whileWaiting: () => Promise<void>, opts: MoveMemoryOptions = {}): Promise<{ pausedAt: number }> {
@@ -84,6 +88,7 @@ export class QemuSource implements SourceHypervisor {
         started = true;
         this.log.info("QEMU memory migration under way");
       }
+      if (m.status === "active") await this.endPrecopyIfStuck(m);
       if (m.status === "pre-switchover") {
         this.log.info("QEMU paused the VM at the source (pre-switchover); its writes are flushed");
         return { pausedAt: this.stoppedAt ?? performance.now() };
@@ -97,6 +102,19 @@ export class QemuSource implements SourceHypervisor {
         throw new HypervisorError(`QEMU's memory migration ${m.status}${m["error-desc"] ? `: ${m["error-desc"]}` : ""}`);
       if (Date.now() > end) throw new HypervisorError("QEMU's memory migration did not reach pre-switchover in time");
     }
+  }
+
+  /** Pre-copy that had its rounds and still does not fit: QEMU stops the VM and copies the rest (memory-convergence.ts). */
+  private async endPrecopyIfStuck(m: MigrateInfo): Promise<void> {
+    const p = precopyProgress(m, this.downtimeLimitMs);
+    const limit = p && endPrecopyLimit(p);
+    if (limit === undefined) return;
+    await this.qmp!.execute("migrate-set-parameters", { "downtime-limit": limit });
+    this.downtimeLimitMs = limit;
+    this.log.warn(
+      `QEMU's memory copy has not converged after ${p!.rounds} rounds (${(p!.remainingBytes / 1048576).toFixed(1)} MiB dirty, ${(p!.bytesPerMs * 8 / 1000).toFixed(1)} Mbit/s): ` +
+        `ending it, as Xen does, with the VM stopped for the rest (downtime limit raised to ${(limit / 1000).toFixed(1)} s)`,
+    );
   }
 
   async complete(): Promise<void> {

@@ -589,11 +589,14 @@ async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveSt
   const destCannotRun = !!peerAborted(err) || hv.pointOfNoReturn === "complete";
   if (!stage.vmGone && (!stage.barrierSent || destCannotRun)) {
     try {
-      await hv.abort();
+      // Unfenced before the VM may run again: a paused VM resumed onto a fenced disk would
+      // have its next write refused (an I/O error in the guest). While it is paused here and
+      // cannot run there (the hypervisor's point of no return not passed), nobody writes.
       if (stage.fenced) {
         await ctl.unfence(`the migration aborted before its point of no return: ${(err as Error).message}`);
         log.warn("source unfenced: the VM's disk is served here again, writable");
       }
+      await hv.abort();
       if (stage.recording) await ctl.stopRecording();
     } catch (cause) {
       return new PhaseError("migration", "aborted, but the source could not be fully restored", {
