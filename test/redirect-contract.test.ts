@@ -142,3 +142,22 @@ describe("DNS update by argv", () => {
     expect((err as Error).message).toContain("the DNS server refused the TSIG key");
   });
 });
+
+describe("the tunnel's ends", () => {
+  test("a migration connection over loopback (a relay, an SSH forward) names no host: refused before anything is set up, the VM's disk writable at the source", async () => {
+    const { hosts, removeHosts, source, withPair, writable } = await import("./helpers/migration.ts");
+    try {
+      const h = await hosts(4, 4);
+      await withPair(h, async ({ srv, dst }) => {
+        const run = await source(h, dst.port, ["--insecure", "--old-ip", "192.0.2.10"]);
+        expect(run.code).toBe(5);
+        expect(run.stderr).toContain("the migration's connection is over loopback (local 127.0.0.1)");
+        expect(run.stderr).toContain("pass --tunnel-local ADDR and --tunnel-remote ADDR");
+        expect((await srv.ctl.status()).mode).toBe("normal");
+        expect(await writable(srv.socket)).toBe(true);
+      });
+    } finally {
+      removeHosts();
+    }
+  });
+});

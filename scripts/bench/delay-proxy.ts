@@ -7,7 +7,7 @@
 // side to drain), so the relay holds at most that per direction. The buffer must exceed
 // rate × delay, or it caps the rate.
 //
-//   bun scripts/bench/delay-proxy.ts --listen 127.0.0.1:7100 --to 10.77.0.2:7007 --delay-ms 50 [--max-buffer-kib 256]
+//   bun scripts/bench/delay-proxy.ts --listen 127.0.0.1:7100 --to 10.77.0.2:7007 --delay-ms 50 [--max-buffer-kib 256] [--wait-for-target-s 0]
 //
 // Prints `listening on HOST:PORT` on stderr when ready, and one JSON line per closed
 // connection on stdout when the client side closes (or at SIGTERM, for those still open):
@@ -158,7 +158,12 @@ function hostPort(spec: string): { hostname: string; port: number } {
   return { hostname: m[1]!.replace(/^\[|\]$/g, ""), port: Number(m[2]) };
 }
 
-export function startDelayProxy(o: { listen: string; to: string; delayMs: number; maxBufferBytes: number }) {
+/**
+ * `waitForTargetMs`: a refused connection to the target is tried again for this long while
+ * the client waits (its bytes held), as for a QEMU that listens only once its disk is there;
+ * without it the client is dropped at once, after it may already have written.
+ */
+export function startDelayProxy(o: { listen: string; to: string; delayMs: number; maxBufferBytes: number; waitForTargetMs?: number }) {
   const target = hostPort(o.to);
   const serverHandlers = {
     data(s: Socket<Side>, d: Uint8Array) {
@@ -181,10 +186,14 @@ export function startDelayProxy(o: { listen: string; to: string; delayMs: number
         open.add(conn);
         client.data = { conn };
         client.setNoDelay(true);
-        Bun.connect<Side>({ ...target, data: { conn }, socket: { ...serverHandlers, open: (s) => (s.setNoDelay(true), conn.connected(s)) } }).catch((err) => {
-          console.error(`delay-proxy: cannot connect to ${o.to}: ${(err as Error).message}`);
-          client.end();
-        });
+        const until = Date.now() + (o.waitForTargetMs ?? 0);
+        const connect = (): void =>
+          void Bun.connect<Side>({ ...target, data: { conn }, socket: { ...serverHandlers, open: (s) => (s.setNoDelay(true), conn.connected(s)) } }).catch((err) => {
+            if (Date.now() < until) return void setTimeout(connect, 200);
+            console.error(`delay-proxy: cannot connect to ${o.to}: ${(err as Error).message}`);
+            client.end();
+          });
+        connect();
       },
       data(s, d) {
         s.data.conn.up.push(d);
@@ -207,13 +216,14 @@ if (import.meta.main) {
       to: { type: "string" },
       "delay-ms": { type: "string", default: "50" },
       "max-buffer-kib": { type: "string", default: "256" },
+      "wait-for-target-s": { type: "string", default: "0" },
     },
   });
   if (!values.to) {
     console.error("usage: bun scripts/bench/delay-proxy.ts --listen HOST:PORT --to HOST:PORT --delay-ms D [--max-buffer-kib N]");
     process.exit(2);
   }
-  const l = startDelayProxy({ listen: values.listen!, to: values.to, delayMs: Number(values["delay-ms"]), maxBufferBytes: Number(values["max-buffer-kib"]) * 1024 });
+  const l = startDelayProxy({ listen: values.listen!, to: values.to, delayMs: Number(values["delay-ms"]), maxBufferBytes: Number(values["max-buffer-kib"]) * 1024, waitForTargetMs: Number(values["wait-for-target-s"]) * 1000 });
   console.error(`delay-proxy: listening on ${l.hostname}:${l.port}, to ${values.to}, ${values["delay-ms"]} ms each way`);
   // Stopped with connections still open: their counts so far.
   for (const sig of ["SIGTERM", "SIGINT"] as const)

@@ -239,21 +239,24 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
     await dest.waitFor(/listening on/, "dest to listen");
     const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: ["ip", "netns", "exec", net.ns.B], incoming: `tcp:${net.ip.bWan}:${mport}`, openTimeout: 3600, nic, mode: "paper", bonnie: w === "diabolical", ramMiB: GUEST_RAM_MIB });
     guests.push(dst);
+    const tunnel: string[] = [];
     let to = `${net.ip.bWan}:${port}`;
     let migrateUri = `tcp:${net.ip.bWan}:${mport}`;
     if (sc.rttMs > 0) {
       const p1 = start("delay-wanmig", net.ns.A, proxyArgs(sc, "127.0.0.1:7401", to));
-      const p2 = start("delay-qemu", net.ns.A, proxyArgs(sc, "127.0.0.1:7402", `${net.ip.bWan}:${mport}`));
+      // B's QEMU listens only once dest serves its disk: the relay waits for it, as a refused connect would be retried.
+      const p2 = start("delay-qemu", net.ns.A, [...proxyArgs(sc, "127.0.0.1:7402", `${net.ip.bWan}:${mport}`), "--wait-for-target-s", "60"]);
       await p1.waitFor(/listening on/, "the delay proxy");
       await p2.waitFor(/listening on/, "the delay proxy");
       to = "127.0.0.1:7401";
       migrateUri = "tcp:127.0.0.1:7402";
+      tunnel.push("--tunnel-local", net.ip.aWan, "--tunnel-remote", net.ip.bWan); // the proxied connection names no host
     }
     const requestedAt = Date.now();
     const source = start("source", net.ns.A, [
       BUN, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", to, "--secret-file", ctx.secret, "--json",
       "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", migrateUri,
-      "--old-ip", net.ip.guest, "--tunnel", "vxlan", ...MODE_ARGS[mode],
+      "--old-ip", net.ip.guest, "--tunnel", "vxlan", ...tunnel, ...MODE_ARGS[mode],
     ]);
     const limitMs = ctx.rowLimitS * 1000;
     const done = await waitEvent(source, "the migration's done event", (e) => e.event === "done", limitMs).catch(async (err) => {

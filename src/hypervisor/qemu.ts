@@ -20,7 +20,7 @@ const LISTEN_WAIT_MS = 60_000;
 interface MigrateInfo {
   status?: string;
   "error-desc"?: string;
-  ram?: { "dirty-sync-count"?: number; remaining?: number; mbps?: number };
+  ram?: { "dirty-sync-count"?: number; remaining?: number; mbps?: number; transferred?: number };
 }
 
 /** QEMU's event timestamps are wall-clock; map one onto performance.now(). */
@@ -73,6 +73,7 @@ export class QemuSource implements SourceHypervisor {
     // refused connection is retried for a while, as an operator would.
     const refusedUntil = Date.now() + LISTEN_WAIT_MS;
     let started = false;
+    let sentAny = false; // a byte of memory went: the destination has begun, a failure is not "not listening yet"
     await qmp.execute("migrate", { uri: this.opts.migrateUri });
     this.log.info(`QEMU migrates memory to ${this.opts.migrateUri}`);
     let lastPoll = 0;
@@ -93,7 +94,10 @@ export class QemuSource implements SourceHypervisor {
         this.log.info("QEMU paused the VM at the source (pre-switchover); its writes are flushed");
         return { pausedAt: this.stoppedAt ?? performance.now() };
       }
-      if (m.status === "failed" && !started && /Connection refused/i.test(m["error-desc"] ?? "") && Date.now() < refusedUntil) {
+      // Through a relay (a delay proxy, an SSH forward) the connection is taken and then
+      // dropped, not refused: a failure before any byte of memory went is retried the same way.
+      if ((m.ram?.transferred ?? 0) > 0) sentAny = true;
+      if (m.status === "failed" && !sentAny && /Connection refused|Broken pipe|Connection reset/i.test(m["error-desc"] ?? "") && Date.now() < refusedUntil) {
         await Bun.sleep(250);
         await qmp.execute("migrate", { uri: this.opts.migrateUri });
         continue;

@@ -35,6 +35,11 @@ export async function setUpRedirect(ch: Channel, o: RedirectOptions, at: { runDi
   const local = o.local ?? ch.localAddress;
   const remote = o.remote ?? ch.remoteAddress;
   if (!local || !remote) throw new RedirectError("the tunnel's endpoints are not known over this transport", { hint: "pass --tunnel-local ADDR and --tunnel-remote ADDR" });
+  // A connection over loopback (a relay, an SSH forward) does not name the hosts: a tunnel
+  // between its ends would lead back into this host, and the VM's clients would lose it.
+  for (const [which, addr, given] of [["local", local, o.local], ["remote", remote, o.remote]] as const)
+    if (given === undefined && isLoopback(addr))
+      throw new RedirectError(`the migration's connection is over loopback (${which} ${addr}), so its ends are not the hosts' addresses: pass --tunnel-local ADDR and --tunnel-remote ADDR`, { hint: "each host's own address, which the other can reach" });
   const spec = tunnelSpec(at.name, o, local, remote);
   const redirect = await Redirect.source(spec, at, log);
   try {
@@ -76,4 +81,8 @@ export async function completeRedirect(redirect: Redirect, o: RedirectOptions, l
     log.error(`${(err as Error).message}${(err as { hint?: string }).hint ? `\n  hint: ${(err as { hint?: string }).hint}` : ""}`);
     emit({ event: "dns-failed", message: (err as Error).message });
   }
+}
+
+function isLoopback(addr: string): boolean {
+  return /^127\./.test(addr) || addr === "::1" || /^::ffff:127\./i.test(addr);
 }
