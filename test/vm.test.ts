@@ -92,6 +92,34 @@ async function heldDestination(at: Attempt, s: Awaited<ReturnType<typeof guestOn
   return { dest, dst, release };
 }
 
+/** Kills dest and B's QEMU once the source logs `when`: the source exits 5, the guest writes on at A (no failure), its disk served normally, recording off. */
+async function destinationKilledMidway(name: string, port: number, migratePort: number, sourceExtra: string[], when: string) {
+  const s = await guestOnA(once(name));
+  const dest = spawnIn(net.b.ns, [
+    "dest", "--name", "vm", "--image", s.destImage, "--run-dir", s.b, "--listen", `${net.b.ip}:${port}`, "--secret-file", s.secret,
+    "--hypervisor", "qemu", "--qmp", `unix:${join(s.b, "dst.qmp")}`,
+  ]);
+  await dest.log.waitFor("listening on");
+  const dst = startGuest({ name: "dst", dir: s.b, nbdSocket: join(s.b, "vm.nbd"), netnsExec: net.exec(net.b.ns), incoming: `tcp:${net.b.ip}:${migratePort}`, openTimeout: 120 });
+  cleanups.push(() => dst.stop());
+  const source = spawnIn(net.a.ns, [
+    "source", "--name", "vm", "--run-dir", s.a, "--to", `${net.b.ip}:${port}`, "--secret-file", s.secret, ...sourceExtra,
+    "--hypervisor", "qemu", "--qmp", `unix:${s.src.qmpPath}`, "--migrate-uri", `tcp:${net.b.ip}:${migratePort}`,
+  ]);
+  await source.log.waitFor(when, 120_000);
+  dest.proc.kill("SIGKILL");
+  await dst.stop();
+  expect(await source.proc.exited).toBe(ExitCode.abortedSafely);
+  expect(source.log.text()).toContain("the VM runs at the source");
+  const before = s.src.writes().length;
+  await Bun.sleep(2000);
+  expect(s.src.writes().length).toBeGreaterThan(before + 5); // running at A again
+  expect(s.src.failures()).toEqual([]);
+  const st = await s.srv.ctl.status();
+  expect(st.mode).toBe("normal");
+  expect(st.recording.active).toBe(false);
+}
+
 describe("a real VM (QEMU, TCG) migrated live between two network namespaces", () => {
   test("the guest carries on at the destination: no verify failure, every last write on B's disk, A fenced", async () => {
     await retryOnQemuRamLoss("live migration", (n) => join(dir.path, `live${n}`), async (at) => {
@@ -174,29 +202,7 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
   }, 480_000);
 
   test("freeze-and-copy, the destination killed during the disk copy: the stopped guest runs on at A, its disk unfenced before it resumes (no write refused), exit 5", async () => {
-    const s = await guestOnA(once("freeze-abort"));
-    const port = 7102;
-    const dest = spawnIn(net.b.ns, [
-      "dest", "--name", "vm", "--image", s.destImage, "--run-dir", s.b, "--listen", `${net.b.ip}:${port}`, "--secret-file", s.secret,
-      "--hypervisor", "qemu", "--qmp", `unix:${join(s.b, "dst.qmp")}`,
-    ]);
-    await dest.log.waitFor("listening on");
-    const dst = startGuest({ name: "dst", dir: s.b, nbdSocket: join(s.b, "vm.nbd"), netnsExec: net.exec(net.b.ns), incoming: `tcp:${net.b.ip}:4447`, openTimeout: 120 });
-    cleanups.push(() => dst.stop());
-    const source = spawnIn(net.a.ns, [
-      "source", "--name", "vm", "--run-dir", s.a, "--to", `${net.b.ip}:${port}`, "--secret-file", s.secret, "--mode", "freeze-and-copy", "--bandwidth", "20mbit",
-      "--hypervisor", "qemu", "--qmp", `unix:${s.src.qmpPath}`, "--migrate-uri", `tcp:${net.b.ip}:4447`,
-    ]);
-    await source.log.waitFor("copying the whole image", 120_000);
-    dest.proc.kill("SIGKILL");
-    await dst.stop();
-    expect(await source.proc.exited).toBe(ExitCode.abortedSafely);
-    expect(source.log.text()).toContain("the VM runs at the source");
-    const before = s.src.writes().length;
-    await Bun.sleep(2000);
-    expect(s.src.writes().length).toBeGreaterThan(before + 5); // running at A again
-    expect(s.src.failures()).toEqual([]);
-    expect((await s.srv.ctl.status()).mode).toBe("normal");
+    await destinationKilledMidway("freeze-abort", 7102, 4447, ["--mode", "freeze-and-copy", "--bandwidth", "20mbit"], "copying the whole image");
   }, 240_000);
 
   test("a guest with two virtio disks, writing to both: both move in one hand-off, no verify failure, every last write on B's disks, both fenced at A", async () => {
@@ -310,30 +316,6 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
   }, 480_000);
 
   test("the destination dies during the memory copy: QEMU's migration is cancelled, the guest runs on at A, disk unfenced (exit 5)", async () => {
-    const s = await guestOnA(once("abort"));
-    const port = 7101;
-    const dest = spawnIn(net.b.ns, [
-      "dest", "--name", "vm", "--image", s.destImage, "--run-dir", s.b, "--listen", `${net.b.ip}:${port}`, "--secret-file", s.secret,
-      "--hypervisor", "qemu", "--qmp", `unix:${join(s.b, "dst.qmp")}`,
-    ]);
-    await dest.log.waitFor("listening on");
-    const dst = startGuest({ name: "dst", dir: s.b, nbdSocket: join(s.b, "vm.nbd"), netnsExec: net.exec(net.b.ns), incoming: `tcp:${net.b.ip}:4446`, openTimeout: 120 });
-    cleanups.push(() => dst.stop());
-    const source = spawnIn(net.a.ns, [
-      "source", "--name", "vm", "--run-dir", s.a, "--to", `${net.b.ip}:${port}`, "--secret-file", s.secret,
-      "--hypervisor", "qemu", "--qmp", `unix:${s.src.qmpPath}`, "--migrate-uri", `tcp:${net.b.ip}:4446`,
-    ]);
-    await source.log.waitFor("QEMU memory migration under way", 120_000);
-    dest.proc.kill("SIGKILL");
-    await dst.stop();
-    expect(await source.proc.exited).toBe(ExitCode.abortedSafely);
-    expect(source.log.text()).toContain("the VM runs at the source");
-    const before = s.src.writes().length;
-    await Bun.sleep(2000);
-    expect(s.src.writes().length).toBeGreaterThan(before + 5); // running at A again
-    expect(s.src.failures()).toEqual([]);
-    const st = await s.srv.ctl.status();
-    expect(st.mode).toBe("normal");
-    expect(st.recording.active).toBe(false);
+    await destinationKilledMidway("abort", 7101, 4446, [], "QEMU memory migration under way");
   }, 240_000);
 });
