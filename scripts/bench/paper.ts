@@ -157,21 +157,29 @@ export interface RunResult {
 const clientArgs = (w: Workload, guest: string): string[] =>
   w === "dynamic" ? ["post", `http://${guest}`] : w === "video" ? ["video", `http://${guest}/cgi-bin/video`] : ["static", `http://${guest}/`];
 
-function events(p: Proc): Record<string, any>[] {
-  return p.stdoutLines.flatMap(({ line }) => {
+const parsed = new WeakMap<Proc, { lines: number; events: { t: number; e: Record<string, any> }[] }>();
+
+/**
+ * A process's JSON stdout lines, each parsed once, with the instant (performance.now()) it
+ * arrived: waitEvent polls every 100 ms, and a WAN row's source prints thousands of lines.
+ */
+function events(p: Proc): { t: number; e: Record<string, any> }[] {
+  const seen = parsed.get(p) ?? { lines: 0, events: [] };
+  parsed.set(p, seen);
+  for (; seen.lines < p.stdoutLines.length; seen.lines++) {
+    const { t, line } = p.stdoutLines[seen.lines]!;
     try {
-      return [JSON.parse(line)];
-    } catch {
-      return [];
-    }
-  });
+      seen.events.push({ t, e: JSON.parse(line) });
+    } catch {}
+  }
+  return seen.events;
 }
 
 async function waitEvent(p: Proc, what: string, pick: (e: Record<string, any>) => boolean, timeoutMs: number): Promise<Record<string, any>> {
   const end = Date.now() + timeoutMs;
   for (;;) {
-    const e = events(p).find(pick);
-    if (e) return e;
+    const e = events(p).find((x) => pick(x.e));
+    if (e) return e.e;
     if (p.proc.exitCode !== null) throw new Error(`${p.name} exited ${p.proc.exitCode} before ${what}:\n${tail(p.stderr)}`);
     if (Date.now() > end) throw new Error(`no ${what} within ${Math.round(timeoutMs / 1000)} s:\n${tail(p.stderr)}`);
     await Bun.sleep(100);
@@ -182,11 +190,7 @@ async function waitEvent(p: Proc, what: string, pick: (e: Record<string, any>) =
 function timeline(source: Proc, ops: readonly OpLine[], title: string): string {
   const wallOffset = Date.now() - performance.now(); // Proc stamps lines with performance.now()
   const t = new Timeline();
-  for (const { t: at, line } of source.stdoutLines) {
-    try {
-      t.add(JSON.parse(line), at + wallOffset);
-    } catch {}
-  }
+  for (const { t: at, e } of events(source)) t.add(e, at + wallOffset);
   let n = 0;
   const answered = ops.filter((op) => op.ok).sort((a, b) => a.end - b.end).map((op) => ({ t: op.end, v: ++n }));
   t.addCounter("the client: successful operations per second", "answers", answered);
@@ -265,17 +269,11 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
       throw err;
     });
     const running = await waitEvent(dest, "the VM running at B", (e) => e.event === "running", 120_000);
-    const paused = events(source).find((e) => e.event === "paused");
+    const paused = events(source).find((x) => x.e.event === "paused")?.e;
     await Bun.sleep(ctx.afterS * 1000);
     await client.stop();
     await Bun.sleep(100);
-    const ops: OpLine[] = client.stdoutLines.flatMap(({ line }) => {
-      try {
-        return [JSON.parse(line) as OpLine];
-      } catch {
-        return [];
-      }
-    });
+    const ops = events(client).map((x) => x.e as OpLine);
     const ev: RowEvents = { requestedAt, pausedAt: paused?.at, runningAt: running.at, done: done as RowEvents["done"] };
     r.figures = rowFigures(ev, ops);
     if (ctx.reportDir) {
