@@ -247,6 +247,50 @@ describe("held writes and the fence", () => {
   }, 120_000);
 });
 
+describe("the VM stopped at the source", () => {
+  test("writes held by a cap and by the paper's delay go through at once and in order; later ones are not held; the next recording holds again", async () => {
+    const srv = await freshServe("stop1");
+    try {
+      await srv.ctl.throttle({ threshold: 1, delayUs: 200_000 });
+      // 1 KiB/s: the 64 KiB writes below would take a minute each.
+      const rec = await srv.ctl.startRecording({ rateCap: 1024 });
+      const c = await RawNbd.connect(srv.socket);
+      await c.go();
+      for (let i = 1; i <= 4; i++) c.request(Cmd.WRITE, 0, 65536, { payload: Buffer.alloc(65536, i) });
+      await Bun.sleep(100);
+      expect((await srv.ctl.status()).throttle.queueLength).toBeGreaterThanOrEqual(3);
+      await expect(srv.ctl.vmStopped("not-this-one")).rejects.toThrow("not not-this-one");
+      const st = await srv.ctl.vmStopped(rec.id!);
+      expect(st.rateCapBytesPerSec).toBeUndefined();
+      // Answered within the reply helper's 5 s: let go, none refused, the last one stays.
+      for (let i = 0; i < 4; i++) expect((await c.reply()).error).toBe(0);
+      expect((await c.read(0, 4096)).data![0]).toBe(4);
+      const status = await srv.ctl.status();
+      expect(status.throttle).toMatchObject({ queueLength: 0, vmStopped: true });
+      // A report that still names a cap holds nothing now; the writes are still recorded.
+      await srv.ctl.shipped(0n, rec.id, 1024);
+      const delayed = status.throttle.delayedWrites;
+      for (let i = 0; i < 8; i++) expect(await c.write(65536 * (i + 1), Buffer.alloc(65536, 7))).toBe(0);
+      expect((await srv.ctl.status()).throttle.delayedWrites).toBe(delayed);
+      expect((await srv.ctl.status()).recording.records).toBeGreaterThanOrEqual(12);
+      await srv.ctl.stopRecording();
+      // A new recording (a VM that runs again) is throttled again from its first write.
+      await srv.ctl.startRecording({ rateCap: 1024 });
+      expect((await srv.ctl.status()).throttle.vmStopped).toBe(false);
+      for (let i = 1; i <= 2; i++) c.request(Cmd.WRITE, 0, 65536, { payload: Buffer.alloc(65536, i) });
+      await Bun.sleep(200);
+      expect((await srv.ctl.status()).throttle.queueLength).toBe(1);
+      await srv.ctl.stopRecording(); // lets it go
+      for (let i = 0; i < 2; i++) expect((await c.reply()).error).toBe(0);
+      c.disconnect();
+      // Nothing to stop without a recording.
+      await expect(srv.ctl.vmStopped(rec.id!)).rejects.toThrow("records nothing");
+    } finally {
+      await srv.stop();
+    }
+  }, 120_000);
+});
+
 describe("wanmig status", () => {
   test("prints the state as text and as JSON", async () => {
     const srv = await freshServe("st");

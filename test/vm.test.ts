@@ -159,6 +159,8 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
       expect(dst.failures()).toEqual([]);
       await ours(async () => {
         expect((await s.srv.ctl.status()).mode).toBe("fenced");
+        // QEMU's STOP reached the serve before the fence: the guest's last writes were not held.
+        expect(s.srv.stderr()).toMatch(/the VM stopped at the source: its last writes \(\d+ held now\) go through unthrottled[^]*fenced \(hand-off/);
         const srcQmp = await s.src.qmp();
         expect((await srcQmp.execute<{ status: string }>("query-status")).status).toBe("postmigrate");
         srcQmp.close();

@@ -14,6 +14,9 @@
 //                         source has shipped every delta up to N; the throttle watches the
 //                         queue; rateCap holds the VM's writes to B/s for a 2 s lease)
 //                       {"action":"dirty", "recording"?: id} -> written since the last call
+//                       {"action":"stopped", "recording"?: id} -> throttle state (the VM
+//                         stopped at the source: its writes in flight are no longer held
+//                         by the throttle or the cap, until recording starts again)
 //                       {"action":"cursor", "recording": id, "offset": n} -> recording state
 //                         (the bulk copy's cursor rises to n: writes wholly past it are
 //                         logged without data, see recording.ts)
@@ -88,13 +91,14 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
         return Response.json({ ...svc.noteShipped(BigInt(body.seq), cap), ...dirty });
       }
       if (body.action === "dirty") return Response.json(svc.takeDirty(recording));
+      if (body.action === "stopped") return Response.json(svc.vmStopped(recording));
       if (body.action === "cursor") {
         const offset = body.offset;
         if (typeof offset !== "number" || !Number.isSafeInteger(offset) || offset < 0) throw new BadRequest("offset must be a whole number of bytes >= 0");
         if (recording === undefined) throw new BadRequest("cursor needs the recording it is for");
         return Response.json(svc.raiseCursor(recording, offset));
       }
-      throw new BadRequest('action must be "start", "stop", "shipped", "dirty" or "cursor"');
+      throw new BadRequest('action must be "start", "stop", "shipped", "dirty", "cursor" or "stopped"');
     }
     case "POST /v1/throttle": {
       let params;

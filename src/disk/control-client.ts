@@ -62,6 +62,11 @@ export class ControlClient {
     return this.call("POST", "/v1/record", { action: "dirty", recording });
   }
 
+  /** The VM stopped at the source: its last writes go through unthrottled (disk-service.ts vmStopped). */
+  vmStopped(recording: string): Promise<ThrottleState & { rateCapBytesPerSec?: number }> {
+    return this.call("POST", "/v1/record", { action: "stopped", recording });
+  }
+
   throttle(params: Partial<ThrottleParams>): Promise<ThrottleState> {
     return this.call("POST", "/v1/throttle", params);
   }

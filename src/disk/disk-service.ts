@@ -105,7 +105,7 @@ export interface ServeStatus {
   instance: string;
   recording: RecordingState & { owner?: number; id?: string; applied: number; restarts?: number };
   handoff: { state: HandoffState; recording?: string; since?: string; reason?: string; text: string };
-  throttle: ThrottleState & { rateCapBytesPerSec?: number; queueLength: number; delayedWrites: number; totalDelayMs: number };
+  throttle: ThrottleState & { rateCapBytesPerSec?: number; queueLength: number; delayedWrites: number; totalDelayMs: number; vmStopped: boolean };
   fence: { fenced: boolean; refusedWrites: number; since?: string; reason?: string };
   /** On a destination: how far the incoming migration is. */
   migration?: IncomingMigration;
@@ -289,6 +289,7 @@ export class DiskService {
     if (!wasActive && this.fencing.fenced) throw new ServeError("the image is fenced: there is nothing to migrate from here");
     this.recordingOwner = owner;
     const st = this.recording.start(dir ?? this.opts.runDir, this.opts.name, bulkCursor, ranges);
+    this.throttling.lifted = false; // a source starting (or resuming) its migration: the VM runs
     if (!wasActive) {
       this.tracking.start();
       const bound = logBound({ logDir: dirname(st.path!), images: this.opts.images, requested: maxLogBytes });
@@ -330,6 +331,7 @@ export class DiskService {
     const st = this.recording.stop();
     this.tracking.stop();
     this.throttling.counting = false;
+    this.throttling.lifted = false;
     this.throttling.policy.reset();
     this.throttling.cap.clear();
     this.throttling.release();
@@ -369,7 +371,23 @@ export class DiskService {
     return { ...this.throttling.policy.state(), rateCapBytesPerSec: this.throttling.cap.current(), log: { bytes: rec.bytes, shipBytes: rec.shipBytes, maxBytes: rec.maxBytes } };
   }
 
-    configureThrottle(params: Partial<ThrottleParams>): ThrottleState {
+    /**
+   * The migrating source saw its VM stop: its writes still in flight are let through
+   * unheld (throttle.ts lift()) until recording starts again or ends. Refused for another
+   * recording than the caller's, as every recording action is.
+   */
+  vmStopped(recording?: string): ThrottleState & { rateCapBytesPerSec?: number } {
+    const id = this.state?.state.recording?.id;
+    if (!this.recording.active || (recording !== undefined && recording !== id)) throw new ServeError(`the serve records ${id ? `recording ${id}` : "nothing"}, not ${recording ?? "any"}`);
+    if (!this.throttling.lifted) {
+      this.throttling.cap.clear();
+      this.throttling.lift();
+      this.opts.log.info(`the VM stopped at the source: its last writes (${this.throttling.queueLength} held now) go through unthrottled`);
+    }
+    return { ...this.throttling.policy.state(), rateCapBytesPerSec: this.throttling.cap.current() };
+  }
+
+  configureThrottle(params: Partial<ThrottleParams>): ThrottleState {
     this.throttling.policy.configure(params);
     return this.throttling.policy.state();
   }
@@ -449,6 +467,7 @@ export class DiskService {
         queueLength: this.throttling.queueLength,
         delayedWrites: this.throttling.delayedWrites,
         totalDelayMs: Math.round(this.throttling.totalDelayMs),
+        vmStopped: this.throttling.lifted,
       },
       fence: { fenced: this.fencing.fenced, refusedWrites: this.fencing.refused, since: this.state?.state.fence?.since, reason: this.state?.state.fence?.reason },
       migration: this.incoming?.(),

@@ -35,6 +35,7 @@ export class QemuSource implements SourceHypervisor {
   readonly pointOfNoReturn = "complete" as const;
   private qmp?: QmpClient;
   private stoppedAt?: number;
+  private onStopped?: () => void;
   private downtimeLimitMs = 300;
 
   constructor(
@@ -55,13 +56,19 @@ export class QemuSource implements SourceHypervisor {
     // converged, our disk throttle slowing the writer, and the guest ran on.
     await this.qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "pause-before-switchover", state: true }] });
     this.qmp.onEvent((e) => {
-      if (e.event === "STOP") this.stoppedAt = eventInstant(e);
+      if (e.event !== "STOP") return;
+      this.stoppedAt = eventInstant(e);
+      this.onStopped?.();
+      this.onStopped = undefined;
     });
     this.downtimeLimitMs = (await this.qmp.execute<{ "downtime-limit"?: number }>("query-migrate-parameters"))["downtime-limit"] ?? 300;
   }
 
   async moveMemory(whileWaiting: () => Promise<void>, opts: MoveMemoryOptions = {}): Promise<{ pausedAt: number }> {
     const qmp = this.qmp!;
+    // QEMU's STOP comes before pre-switchover by as long as its block layer takes to drain
+    // the VM's writes in flight: those must not wait for a throttle meant for a running VM.
+    this.onStopped = opts.onStopped;
     if (opts.stopFirst) {
       // abort() lets it run again; the destination, told the source was stopped, waits for our cont.
       await qmp.execute("stop");

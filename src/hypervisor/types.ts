@@ -32,6 +32,12 @@ export interface MoveMemoryOptions {
    * convergence. Only drivers whose point of no return comes after the disk take it.
    */
   stopFirst?: boolean;
+  /**
+   * Called once, as soon as the driver sees the VM stop at the source (before its writes
+   * are flushed): from then on its writes are only the ones in flight. Drivers that cannot
+   * see the stop before moveMemory returns do not call it.
+   */
+  onStopped?: () => void;
 }
 
 export interface SourceHypervisor {

@@ -9,7 +9,7 @@ import type { RegionDigests } from "../disk/region-digest.ts";
 import type { ImageRef } from "../disk/image-set.ts";
 import type { DeltaStreamer } from "./deltas.ts";
 import { DeltasError } from "./errors.ts";
-import { type RecordingWatch, reportShipped } from "./recording-watch.ts";
+import { type RecordingWatch, reportShipped, reportStopped } from "./recording-watch.ts";
 import { ConvergenceController, estimateHandoff, type HandoffEstimate, type HandoffInputs, rateCap, type Verdict } from "./convergence.ts";
 import { LinkMeter } from "./link-meter.ts";
 
@@ -89,6 +89,8 @@ export class CatchUp {
   private cap?: number;
   private log: { bytes: number; maxBytes?: number } = { bytes: 0 };
   private verdict?: Verdict;
+  /** The VM stopped at the source (vmStopped()): 1 to tell the serve, 2 told. */
+  private stopped: 0 | 1 | 2 = 0;
 
   constructor(
     private readonly ctl: ControlClient,
@@ -118,7 +120,7 @@ export class CatchUp {
   private report(): Promise<void> {
     this.reporting ??= (async () => {
       const d = this.deltas;
-      this.cap = rateCap(this.controller.currentLevel, this.link.bytesPerMs(), d.compressionRatio());
+      this.cap = this.stopped ? undefined : rateCap(this.controller.currentLevel, this.link.bytesPerMs(), d.compressionRatio());
       const asked = performance.now();
       const answer = await reportShipped(this.ctl, this.watch, d.lastRead, this.cap);
       this.controlMs = 0.7 * this.controlMs + 0.3 * (performance.now() - asked);
@@ -172,9 +174,26 @@ export class CatchUp {
     return v;
   }
 
+  /**
+   * The hypervisor stopped the VM (its memory converged): what it still writes is what was
+   * in flight, bounded, and flushed before the hand-off can start. The next round tells the
+   * serve to hold none of it, and no round asks for a cap again: those writes reach the log
+   * at disk speed and ship at the link's, instead of trickling in at the cap's rate while
+   * the VM stays stopped. Called from an event handler: the round does the request, so
+   * it is ordered with the reports.
+   */
+  vmStopped(): void {
+    if (this.stopped === 0) this.stopped = 1;
+  }
+
   /** One round: send, take ACKs, rehash, report. Also what runs while memory moves. */
   async round(): Promise<void> {
     const d = this.deltas;
+    if (this.stopped === 1) {
+      this.stopped = 2;
+      await this.reporting?.catch(() => undefined);
+      await reportStopped(this.ctl, this.watch);
+    }
     await d.pump({ window: this.window() });
     d.takeAcks();
     // Only unsent bytes mean the link was kept busy: bytes merely in flight behind a trickle

@@ -40,10 +40,17 @@ export class RecordingWatch {
  * aborts (the VM stays here).
  */
 export async function reportShipped(ctl: ControlClient, watch: RecordingWatch, seq: bigint, rateCap: number | undefined) {
-  const answer = await ctl.shipped(seq, watch.recording, rateCap).catch((err: Error) => {
-    if (err instanceof ControlError && err.exitCode === ExitCode.badInput) throw new DeltasError(`the serve lost the recording: ${err.message}`);
-    throw err;
-  });
+  const answer = await ctl.shipped(seq, watch.recording, rateCap).catch(recordingLost);
   watch.apply(answer);
   return answer;
+}
+
+/** Tells the serve the VM stopped at the source (its last writes go unthrottled); refused as reportShipped is. */
+export async function reportStopped(ctl: ControlClient, watch: RecordingWatch): Promise<void> {
+  await ctl.vmStopped(watch.recording).catch(recordingLost);
+}
+
+function recordingLost(err: Error): never {
+  if (err instanceof ControlError && err.exitCode === ExitCode.badInput) throw new DeltasError(`the serve lost the recording: ${err.message}`);
+  throw err;
 }

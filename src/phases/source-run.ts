@@ -471,10 +471,13 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         redirect = await setUpRedirect(ch, o.redirect, { runDir: o.runDir, name: o.name }, o.log);
       }
       if (hv.kind !== "none") emit("memory");
-      const { pausedAt } = await hv.moveMemory(async () => {
-        checkInterrupted();
-        await catchUp.round();
-      });
+      const { pausedAt } = await hv.moveMemory(
+        async () => {
+          checkInterrupted();
+          await catchUp.round();
+        },
+        { onStopped: () => catchUp.vmStopped() },
+      );
       if (hv.kind !== "none") o.onEvent?.({ event: "paused", at: Math.round(Date.now() - (performance.now() - pausedAt)) });
       if (hv.pointOfNoReturn === "memory-moved") {
         stage.vmGone = true;
