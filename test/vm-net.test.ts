@@ -9,47 +9,22 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { buildGuest, startGuest } from "./helpers/guest.ts";
 import { ours, ramAtSwitchover, retryOnQemuRamLoss } from "./helpers/ram-check.ts";
-import { spawnInNs, waitUntil } from "./helpers/netns.ts";
+import { type GuestHosts, guestHosts, spawnInNs, waitUntil } from "./helpers/netns.ts";
 import { MAIN, REPO, secretFile, sh, sparseFile, startServe, tempDir } from "./helpers/serve-process.ts";
 
 const dir = tempDir("wanmig-vmnet-");
-const o = 200 + (process.pid % 50);
-const id = `${process.pid % 10000}`;
-const ns = { C: `wnC${id}`, A: `wnA${id}`, B: `wnB${id}` };
-const ip = { client: `10.${o}.1.2`, aLan: `10.${o}.1.1`, aWan: `10.${o}.2.1`, bWan: `10.${o}.2.2`, gw: `10.${o}.5.1`, guest: `10.${o}.5.10` };
+let net: GuestHosts;
 const procs: Subprocess[] = [];
-const ipIn = (n: string, ...argv: string[]) => sh(["ip", "-n", n, ...argv]);
-
 const spawnIn = (n: string, argv: string[], what: string) => spawnInNs(n, argv, what, procs);
-
 
 beforeAll(async () => {
   await buildGuest();
-  for (const n of Object.values(ns)) await sh(["ip", "netns", "add", n]);
-  const veth = async (a: string, aDev: string, aCidr: string, b: string, bDev: string, bCidr: string) => {
-    await sh(["ip", "link", "add", `${aDev}${id}`, "mtu", "1600", "type", "veth", "peer", "name", `${bDev}${id}`, "mtu", "1600"]);
-    for (const [n, dev, cidr] of [[a, aDev, aCidr], [b, bDev, bCidr]] as const) {
-      await sh(["ip", "link", "set", `${dev}${id}`, "netns", n]);
-      await ipIn(n, "addr", "add", cidr, "dev", `${dev}${id}`);
-      await ipIn(n, "link", "set", `${dev}${id}`, "up");
-    }
-  };
-  for (const n of Object.values(ns)) await ipIn(n, "link", "set", "lo", "up");
-  await veth(ns.C, "c0", `${ip.client}/24`, ns.A, "a0", `${ip.aLan}/24`);
-  await veth(ns.A, "a1", `${ip.aWan}/24`, ns.B, "b1", `${ip.bWan}/24`);
-  await ipIn(ns.C, "route", "add", "default", "via", ip.aLan);
-  // Each host gives the guest the same gateway on its tap: the guest need not know it moved.
-  for (const n of [ns.A, ns.B]) {
-    await ipIn(n, "tuntap", "add", "dev", "tap0", "mode", "tap");
-    await ipIn(n, "addr", "add", `${ip.gw}/24`, "dev", "tap0");
-    await ipIn(n, "link", "set", "tap0", "up");
-  }
-  await sh(["ip", "netns", "exec", ns.A, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+  net = await guestHosts("wn");
 }, 300_000);
 
 afterAll(async () => {
   for (const p of procs) p.kill("SIGKILL");
-  for (const n of Object.values(ns)) await sh(["ip", "netns", "del", n], { allowFail: true });
+  await net?.remove();
   dir.remove();
 });
 
@@ -64,8 +39,8 @@ describe("a real VM's open TCP connection across a live migration (--hypervisor 
       const secret = await secretFile(`${at.dir}.secret`);
       const srv = await startServe({ image, runDir: a });
       at.defer(() => srv.stop());
-      const nic = { tap: "tap0", gip: `${ip.guest}/24`, ggw: ip.gw };
-      const src = startGuest({ name: "src", dir: a, nbdSocket: srv.socket, netnsExec: ["ip", "netns", "exec", ns.A], nic });
+      const { ns, ip, nic } = net;
+      const src = startGuest({ name: "src", dir: a, nbdSocket: srv.socket, netnsExec: net.exec(ns.A), nic });
       at.defer(() => src.stop());
       await src.waitFor(/GUEST W i=1 /, 90_000);
 
@@ -90,7 +65,7 @@ describe("a real VM's open TCP connection across a live migration (--hypervisor 
       ], "dest");
       at.defer(() => dest.proc.kill("SIGKILL"));
       await dest.log.waitFor("listening on");
-      const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: ["ip", "netns", "exec", ns.B], incoming: migrateUri, hold: true, openTimeout: 120, nic });
+      const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: net.exec(ns.B), incoming: migrateUri, hold: true, openTimeout: 120, nic });
       at.defer(() => dst.stop());
       client.proc.kill("SIGUSR1"); // quiet through the move: its probes would make B look the guest up
       const source = spawnIn(ns.A, [

@@ -31,6 +31,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { buildGuest, type Guest, startGuest } from "../../test/helpers/guest.ts";
+import { type GuestHosts, guestHosts } from "../../test/helpers/netns.ts";
 import { parseRate } from "../../src/net/rate.ts";
 import { Timeline } from "../../src/report/timeline.ts";
 import { BUN, MAIN, Proc, proxyArgs, type Scenario, tail } from "./migrate.ts";
@@ -71,56 +72,17 @@ const PAPER: Record<string, string> = {
 const GUEST_RAM_MIB = 512;
 const IMAGE_BYTES = 1024 ** 3;
 
-interface Net {
-  ns: { C: string; A: string; B: string };
-  ip: { client: string; aLan: string; aWan: string; bWan: string; gw: string; guest: string };
-  remove(): Promise<void>;
-}
-
-let netCount = 0;
-
-/** Three fresh namespaces per row, so that nothing a row leaves behind (a tunnel, a route) meets the next. */
-async function makeNet(sc: Scenario): Promise<Net> {
-  const k = `${process.pid % 1000}${netCount++}`;
-  const o = 30 + ((process.pid + netCount) % 60);
-  const ns = { C: `wpC${k}`, A: `wpA${k}`, B: `wpB${k}` };
-  const ip = { client: `10.${o}.1.2`, aLan: `10.${o}.1.1`, aWan: `10.${o}.2.1`, bWan: `10.${o}.2.2`, gw: `10.${o}.5.1`, guest: `10.${o}.5.10` };
-  const net: Net = {
-    ns,
-    ip,
-    async remove() {
-      for (const n of Object.values(ns)) await $`ip netns del ${n}`.nothrow().quiet();
-    },
-  };
+/** Three fresh namespaces per row, so that nothing a row leaves behind (a tunnel, a route) meets the next; the A–B link shaped. */
+async function makeNet(sc: Scenario): Promise<GuestHosts> {
+  const net = await guestHosts("wp");
   try {
-    for (const n of Object.values(ns)) {
-      await $`ip netns add ${n}`;
-      await $`ip -n ${n} link set lo up`;
-    }
-    const veth = async (a: string, aDev: string, aCidr: string, b: string, bDev: string, bCidr: string) => {
-      await $`ip link add ${aDev} netns ${a} mtu 1600 type veth peer name ${bDev} netns ${b} mtu 1600`;
-      await $`ip -n ${a} addr add ${aCidr} dev ${aDev}`;
-      await $`ip -n ${b} addr add ${bCidr} dev ${bDev}`;
-      await $`ip -n ${a} link set ${aDev} up`;
-      await $`ip -n ${b} link set ${bDev} up`;
-    };
-    await veth(ns.C, `pc${k}`, `${ip.client}/24`, ns.A, `pa${k}`, `${ip.aLan}/24`);
-    await veth(ns.A, `pw${k}`, `${ip.aWan}/24`, ns.B, `pb${k}`, `${ip.bWan}/24`);
-    await $`ip -n ${ns.C} route add default via ${ip.aLan}`;
-    // Each host gives the guest the same gateway on its tap: the guest need not know it moved.
-    for (const n of [ns.A, ns.B]) {
-      await $`ip -n ${n} tuntap add dev tap0 mode tap`;
-      await $`ip -n ${n} addr add ${ip.gw}/24 dev tap0`;
-      await $`ip -n ${n} link set tap0 up`;
-    }
-    await $`ip netns exec ${ns.A} sysctl -q -w net.ipv4.ip_forward=1`;
     // The A–B link: tbf each way (burst ≥ 2 ms of line rate, queue ≤ 100 ms).
     const burst = Math.max(16 * 1024, Math.round((sc.bps / 8) * 0.002));
-    for (const [n, dev] of [[ns.A, `pw${k}`], [ns.B, `pb${k}`]] as const) await $`tc -n ${n} qdisc replace dev ${dev} root tbf rate ${Math.round(sc.bps)}bit burst ${burst} latency 100ms`;
+    for (const [n, dev] of [[net.ns.A, net.wan.a], [net.ns.B, net.wan.b]] as const) await $`tc -n ${n} qdisc replace dev ${dev} root tbf rate ${Math.round(sc.bps)}bit burst ${burst} latency 100ms`;
     if (sc.rttMs > 0) {
       // As the migrate bench's: behind the proxy, A's TCP buffers near what a WAN path would use.
       const max = Math.max(256 * 1024, Math.ceil(2 * (sc.bps / 8) * ((sc.rttMs + 100) / 1000)));
-      await $`ip netns exec ${ns.A} sysctl -q -w ${`net.ipv4.tcp_wmem=4096 16384 ${max}`} ${`net.ipv4.tcp_rmem=4096 ${Math.min(131072, max)} ${max}`}`;
+      await $`ip netns exec ${net.ns.A} sysctl -q -w ${`net.ipv4.tcp_wmem=4096 16384 ${max}`} ${`net.ipv4.tcp_rmem=4096 ${Math.min(131072, max)} ${max}`}`;
     }
   } catch (err) {
     await net.remove();
@@ -224,7 +186,7 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
     procs.push(p);
     return p;
   };
-  const nic = { tap: "tap0", gip: `${net.ip.guest}/24`, ggw: net.ip.gw };
+  const nic = net.nic;
   try {
     start("serve", net.ns.A, [BUN, MAIN, "serve", "--name", "vm", "--image", image, "--run-dir", a, "--log", "warn"]);
     const src = startGuest({ name: "src", dir: a, nbdSocket: join(a, "vm.nbd"), openTimeout: 60, netnsExec: ["ip", "netns", "exec", net.ns.A], nic, mode: "paper", bonnie: w === "diabolical", ramMiB: GUEST_RAM_MIB });

@@ -66,3 +66,67 @@ export async function waitUntil(check: () => boolean | Promise<boolean>, what: s
     await Bun.sleep(50);
   }
 }
+
+/**
+ * The redirect's hosts around a real guest, three namespaces:
+ *   C (clients) --veth-- A (tap0: the guest; forwards C's packets) --veth-- B (tap0)
+ * Both taps carry the guest's gateway address, so the guest need not know it moved; C
+ * reaches the guest through A (and, after the move, through A's tunnel to B). `wan` names
+ * the A–B devices, for a caller that shapes that link.
+ */
+export interface GuestHosts {
+  ns: { C: string; A: string; B: string };
+  ip: { client: string; aLan: string; aWan: string; bWan: string; gw: string; guest: string };
+  wan: { a: string; b: string };
+  /** The guest's NIC as helpers/guest.ts startGuest takes it. */
+  nic: { tap: string; gip: string; ggw: string };
+  exec(ns: string): string[];
+  remove(): Promise<void>;
+}
+
+let guestHostsMade = 0;
+
+export async function guestHosts(prefix = "wg"): Promise<GuestHosts> {
+  const id = `${process.pid % 10000}x${guestHostsMade++}`;
+  const o = 30 + ((process.pid + guestHostsMade * 7) % 200);
+  const ns = { C: `${prefix}C${id}`, A: `${prefix}A${id}`, B: `${prefix}B${id}` };
+  const ip = { client: `10.${o}.1.2`, aLan: `10.${o}.1.1`, aWan: `10.${o}.2.1`, bWan: `10.${o}.2.2`, gw: `10.${o}.5.1`, guest: `10.${o}.5.10` };
+  const wan = { a: `gw${id}a`, b: `gw${id}b` };
+  const hosts: GuestHosts = {
+    ns,
+    ip,
+    wan,
+    nic: { tap: "tap0", gip: `${ip.guest}/24`, ggw: ip.gw },
+    exec: (n) => ["ip", "netns", "exec", n],
+    async remove() {
+      for (const n of Object.values(ns)) await sh(["ip", "netns", "del", n], { allowFail: true });
+    },
+  };
+  const ipIn = (n: string, ...argv: string[]) => sh(["ip", "-n", n, ...argv]);
+  const veth = async (a: string, aDev: string, aCidr: string, b: string, bDev: string, bCidr: string) => {
+    await sh(["ip", "link", "add", aDev, "netns", a, "mtu", "1600", "type", "veth", "peer", "name", bDev, "netns", b, "mtu", "1600"]);
+    for (const [n, dev, cidr] of [[a, aDev, aCidr], [b, bDev, bCidr]] as const) {
+      await ipIn(n, "addr", "add", cidr, "dev", dev);
+      await ipIn(n, "link", "set", dev, "up");
+    }
+  };
+  try {
+    for (const n of Object.values(ns)) {
+      await sh(["ip", "netns", "add", n]);
+      await ipIn(n, "link", "set", "lo", "up");
+    }
+    await veth(ns.C, `gc${id}c`, `${ip.client}/24`, ns.A, `gc${id}a`, `${ip.aLan}/24`);
+    await veth(ns.A, wan.a, `${ip.aWan}/24`, ns.B, wan.b, `${ip.bWan}/24`);
+    await ipIn(ns.C, "route", "add", "default", "via", ip.aLan);
+    for (const n of [ns.A, ns.B]) {
+      await ipIn(n, "tuntap", "add", "dev", "tap0", "mode", "tap");
+      await ipIn(n, "addr", "add", `${ip.gw}/24`, "dev", "tap0");
+      await ipIn(n, "link", "set", "tap0", "up");
+    }
+    await sh(["ip", "netns", "exec", ns.A, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+  } catch (err) {
+    await hosts.remove();
+    throw err;
+  }
+  return hosts;
+}
