@@ -89,8 +89,8 @@ export class CatchUp {
   private cap?: number;
   private log: { bytes: number; maxBytes?: number } = { bytes: 0 };
   private verdict?: Verdict;
-  /** The VM stopped at the source (vmStopped()): 1 to tell the serve, 2 told. */
-  private stopped: 0 | 1 | 2 = 0;
+  /** The serve being told the VM stopped at the source (vmStopped()). */
+  private stopNotice?: Promise<void>;
 
   constructor(
     private readonly ctl: ControlClient,
@@ -120,7 +120,7 @@ export class CatchUp {
   private report(): Promise<void> {
     this.reporting ??= (async () => {
       const d = this.deltas;
-      this.cap = this.stopped ? undefined : rateCap(this.controller.currentLevel, this.link.bytesPerMs(), d.compressionRatio());
+      this.cap = this.stopNotice ? undefined : rateCap(this.controller.currentLevel, this.link.bytesPerMs(), d.compressionRatio());
       const asked = performance.now();
       const answer = await reportShipped(this.ctl, this.watch, d.lastRead, this.cap);
       this.controlMs = 0.7 * this.controlMs + 0.3 * (performance.now() - asked);
@@ -176,24 +176,27 @@ export class CatchUp {
 
   /**
    * The hypervisor stopped the VM (its memory converged): what it still writes is what was
-   * in flight, bounded, and flushed before the hand-off can start. The next round tells the
-   * serve to hold none of it, and no round asks for a cap again: those writes reach the log
-   * at disk speed and ship at the link's, instead of trickling in at the cap's rate while
-   * the VM stays stopped. Called from an event handler: the round does the request, so
-   * it is ordered with the reports.
+   * in flight, bounded, and flushed before the hand-off can start. The serve is told at once
+   * to hold none of it, and no report asks for a cap again: those writes reach the log at
+   * disk speed and ship at the link's, instead of trickling in at the cap's rate while the
+   * VM stays stopped. A report already under way may still name a cap; the serve ignores
+   * caps once told. Called from the hypervisor's event handler, so the request starts there;
+   * rounds and stopNoticed() wait for it and raise what it threw.
    */
   vmStopped(): void {
-    if (this.stopped === 0) this.stopped = 1;
+    this.stopNotice ??= reportStopped(this.ctl, this.watch);
+    this.stopNotice.catch(() => undefined); // raised by the next round or stopNoticed()
+  }
+
+  /** Before the hand-off: the serve has taken the stop, if there was one (QEMU's STOP comes before its pre-switchover). */
+  async stopNoticed(): Promise<void> {
+    await this.stopNotice;
   }
 
   /** One round: send, take ACKs, rehash, report. Also what runs while memory moves. */
   async round(): Promise<void> {
     const d = this.deltas;
-    if (this.stopped === 1) {
-      this.stopped = 2;
-      await this.reporting?.catch(() => undefined);
-      await reportStopped(this.ctl, this.watch);
-    }
+    await this.stopNotice;
     await d.pump({ window: this.window() });
     d.takeAcks();
     // Only unsent bytes mean the link was kept busy: bytes merely in flight behind a trickle

@@ -478,6 +478,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         },
         { onStopped: () => catchUp.vmStopped() },
       );
+      await catchUp.stopNoticed();
       if (hv.kind !== "none") o.onEvent?.({ event: "paused", at: Math.round(Date.now() - (performance.now() - pausedAt)) });
       if (hv.pointOfNoReturn === "memory-moved") {
         stage.vmGone = true;
