@@ -12,7 +12,7 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { buildGuest, type Guest, startGuest } from "./helpers/guest.ts";
 import { hostPair, type HostPair, spawnInNs } from "./helpers/netns.ts";
-import { ours, ramAtSwitchover, retryOnQemuRamLoss } from "./helpers/ram-check.ts";
+import { type Attempt, ours, ramAtSwitchover, retryOnQemuRamLoss } from "./helpers/ram-check.ts";
 import { MAIN, secretFile, sh, sparseFile, startServe, tempDir } from "./helpers/serve-process.ts";
 
 const dir = tempDir("wanmig-vmfs-");
@@ -88,57 +88,80 @@ async function checkImage(image: string, acked: Map<number, string>, what: strin
   return problems;
 }
 
+/**
+ * One run: the ext4 guest on A (with the Bonnie writer besides when `bonnie`), moved live
+ * to B, B's QEMU killed once the guest has ACKed 10 more steps there, both images checked.
+ * Returns the source's summary and the serve's log for what the caller asserts on top.
+ */
+async function ext4Migration(n: number, at: Attempt, opts: { bonnie?: boolean; imageMiB: number; sourceExtra?: string[] }) {
+  const a = `${at.dir}-A`;
+  const b = `${at.dir}-B`;
+  await sh(["mkdir", "-p", a, b]);
+  const image = join(a, "vm.img");
+  await sparseFile(image, opts.imageMiB * 1024 * 1024);
+  await sh(["mkfs.ext4", "-q", "-F", image]);
+  const secret = await secretFile(`${at.dir}.secret`);
+  const srv = await startServe({ image, runDir: a });
+  at.defer(() => srv.stop());
+  const src = startGuest({ name: "src", dir: a, nbdSocket: srv.socket, netnsExec: net.exec(net.a.ns), mode: "fs", bonnie: opts.bonnie });
+  at.defer(() => src.stop());
+  await src.waitFor(/GUEST ACK i=5 /, 90_000);
+  if (opts.bonnie) await src.waitFor(/GUEST BONNIE round=1$/, 120_000);
+  const port = 7200 + n * 10 + at.n;
+  const migrateUri = `tcp:${net.b.ip}:${4460 + n * 10 + at.n}`;
+  const release = `${at.dir}.release`;
+  const dest = spawnIn(
+    net.b.ns,
+    ["dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b, "--listen", `${net.b.ip}:${port}`, "--secret-file", secret, "--hypervisor", "qemu", "--qmp", `unix:${join(b, "dst.qmp")}`],
+    [`WANMIG_TEST_HOLD_AT=dest-cont:${release}`],
+  );
+  at.defer(() => dest.proc.kill("SIGKILL"));
+  await dest.log.waitFor("listening on");
+  const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: net.exec(net.b.ns), incoming: migrateUri, hold: true, openTimeout: 120, mode: "fs", bonnie: opts.bonnie });
+  at.defer(() => dst.stop());
+  await Bun.sleep(1000);
+  const source = spawnIn(net.a.ns, [
+    "source", "--name", "vm", "--run-dir", a, "--to", `${net.b.ip}:${port}`, "--secret-file", secret,
+    "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", migrateUri, ...(opts.sourceExtra ?? []),
+  ]);
+  const ram = ramAtSwitchover(at, src, dst, release);
+  ram.catch(() => undefined);
+  await ours(async () => expect(await source.proc.exited).toBe(0));
+  await ram;
+  await ours(() => dest.log.waitFor("the VM runs here (qemu)", 60_000));
+  const lastAtSource = Math.max(...acks(src).keys());
+  await dst.waitFor(new RegExp(`GUEST ACK i=${lastAtSource + 10} `), 120_000); // it carries on at B
+  await dst.stop(); // the crash
+  const acked = acks(src, dst);
+  expect(src.failures()).toEqual([]);
+  expect(dst.failures()).toEqual([]);
+  await ours(async () => {
+    expect(await checkImage(join(b, "vm.img"), acked, "destination")).toEqual([]);
+    // The fenced source holds the state at the switchover: every step ACKed there.
+    expect(await checkImage(image, acks(src), "source")).toEqual([]);
+  });
+  // The check can fail: the source's image lacks what B acknowledged.
+  expect((await checkImage(image, acked, "negative")).length).toBeGreaterThan(0);
+  return { acked, atSource: acks(src).size, atDest: acks(dst).size, sourceOut: source.out(), serveLog: srv.stderr() };
+}
+
 describe("a real file system (ext4) migrated live, then the destination crashes", () => {
   test("after journal replay both images are clean, and every ACKed file, deletion and log record is there", async () => {
     await retryOnQemuRamLoss("ext4 guest", (n) => join(dir.path, `run${n}`), async (at) => {
-      const a = `${at.dir}-A`;
-      const b = `${at.dir}-B`;
-      await sh(["mkdir", "-p", a, b]);
-      const image = join(a, "vm.img");
-      await sparseFile(image, 64 * 1024 * 1024);
-      await sh(["mkfs.ext4", "-q", "-F", image]);
-      const secret = await secretFile(`${at.dir}.secret`);
-      const srv = await startServe({ image, runDir: a });
-      at.defer(() => srv.stop());
-      const src = startGuest({ name: "src", dir: a, nbdSocket: srv.socket, netnsExec: net.exec(net.a.ns), mode: "fs" });
-      at.defer(() => src.stop());
-      await src.waitFor(/GUEST ACK i=5 /, 90_000);
-      const port = 7200 + at.n;
-      const migrateUri = `tcp:${net.b.ip}:${4460 + at.n}`;
-      const release = `${at.dir}.release`;
-      const dest = spawnIn(
-        net.b.ns,
-        ["dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b, "--listen", `${net.b.ip}:${port}`, "--secret-file", secret, "--hypervisor", "qemu", "--qmp", `unix:${join(b, "dst.qmp")}`],
-        [`WANMIG_TEST_HOLD_AT=dest-cont:${release}`],
-      );
-      at.defer(() => dest.proc.kill("SIGKILL"));
-      await dest.log.waitFor("listening on");
-      const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: net.exec(net.b.ns), incoming: migrateUri, hold: true, openTimeout: 120, mode: "fs" });
-      at.defer(() => dst.stop());
-      await Bun.sleep(1000);
-      const source = spawnIn(net.a.ns, [
-        "source", "--name", "vm", "--run-dir", a, "--to", `${net.b.ip}:${port}`, "--secret-file", secret,
-        "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", migrateUri,
-      ]);
-      const ram = ramAtSwitchover(at, src, dst, release);
-      ram.catch(() => undefined);
-      await ours(async () => expect(await source.proc.exited).toBe(0));
-      await ram;
-      await ours(() => dest.log.waitFor("the VM runs here (qemu)", 60_000));
-      const lastAtSource = Math.max(...acks(src).keys());
-      await dst.waitFor(new RegExp(`GUEST ACK i=${lastAtSource + 10} `), 60_000); // it carries on at B
-      await dst.stop(); // the crash
-      const acked = acks(src, dst);
-      expect(src.failures()).toEqual([]);
-      expect(dst.failures()).toEqual([]);
-      await ours(async () => {
-        expect(await checkImage(join(b, "vm.img"), acked, "destination")).toEqual([]);
-        // The fenced source holds the state at the switchover: every step ACKed there.
-        expect(await checkImage(image, acks(src), "source")).toEqual([]);
-      });
-      // The check can fail: the source's image lacks what B acknowledged.
-      expect((await checkImage(image, acked, "negative")).length).toBeGreaterThan(0);
-      console.log(`ext4 guest: ${acked.size} steps ACKed (${acks(src).size} at A, ${acks(dst).size} at B); both images clean`);
+      const r = await ext4Migration(0, at, { imageMiB: 64 });
+      console.log(`ext4 guest: ${r.acked.size} steps ACKed (${r.atSource} at A, ${r.atDest} at B); both images clean`);
     });
   }, 480_000);
+
+  test("under a Bonnie writer at full speed over a 24 Mbit/s link, throttled until QEMU stops the VM and then let go: the same checks hold", async () => {
+    await retryOnQemuRamLoss("ext4 guest with Bonnie", (n) => join(dir.path, `bonnie${n}`), async (at) => {
+      const r = await ext4Migration(1, at, { bonnie: true, imageMiB: 256, sourceExtra: ["--bandwidth", "24mbit"] });
+      // The writer outran the link: the cap held its writes, and the stop let them go.
+      const level = Number(/throttle\s+highest level (\d+)/.exec(r.sourceOut)?.[1] ?? -1);
+      expect(level).toBeGreaterThanOrEqual(1);
+      const held = /the VM stopped at the source: its last writes \((\d+) held now\)/.exec(r.serveLog);
+      expect(held).not.toBeNull();
+      console.log(`ext4 guest with Bonnie: ${r.acked.size} steps ACKed (${r.atSource} at A, ${r.atDest} at B); throttle level ${level}; ${held![1]} writes held at QEMU's STOP, let go; both images clean`);
+    });
+  }, 600_000);
 });

@@ -52,6 +52,19 @@ if [ -n "$GIP" ]; then
   printf '#!/bin/sh\nwhile echo tick; do sleep 0.05; done\n' > /bin/ticker && chmod +x /bin/ticker
   nc -ll -p 7778 -e /bin/ticker &
 fi
+# bonnie=1 (mode=fs, mode=paper): a Bonnie-like writer on /mnt besides the workload: 64 MiB
+# written sequentially, then rewritten in place in 64 KiB blocks, an fsync after each pass,
+# over and over, printing GUEST BONNIE round=N. Random data: nothing compresses.
+bonnie() {
+  n=0
+  while true; do
+    n=$((n + 1))
+    dd if=/dev/urandom of=/mnt/bonnie bs=1M count=64 conv=fsync status=none || echo "GUEST WRITE-ERR bonnie $n"
+    dd if=/dev/urandom of=/mnt/bonnie bs=64k count=512 conv=notrunc,fsync status=none || echo "GUEST WRITE-ERR bonnie rewrite $n"
+    echo "GUEST BONNIE round=$n"
+  done
+}
+
 # mode=fs: a real file system (ext4, made by the host) used as an application would. Each
 # step writes a new file of random data, appends a record to a log, deletes the file of 8
 # steps before, runs sync, and only then prints
@@ -60,8 +73,9 @@ fi
 if [ "$MODE" = fs ]; then
   for m in crc16 crc32c_generic mbcache jbd2 ext4; do insmod /lib/modules/$m.ko || echo "GUEST insmod $m failed"; done
   mkdir -p /mnt
-  mount -t ext4 /dev/$DISK /mnt || { echo "GUEST MOUNT-FAIL"; exec sleep 3600; }
+  mount -t ext4 -o discard /dev/$DISK /mnt || { echo "GUEST MOUNT-FAIL"; exec sleep 3600; }
   mkdir -p /mnt/files
+  grep -q bonnie=1 /proc/cmdline && bonnie &
   echo "GUEST BOOTED fs"
   i=0
   while true; do
@@ -88,12 +102,11 @@ fi
 #               WAN), round and round until the client goes: a player's server, paced, so
 #               a pause of the VM is a gap in what arrives (httpd's own /video.bin is as
 #               fast as the link, and socket buffers would hide the pause);
-#   diabolical  bonnie=1: a Bonnie-like writer besides (64 MiB sequential writes, rewrites of
-#               it in place, an fsync after each), printing GUEST BONNIE round=N.
+#   diabolical  bonnie=1: the Bonnie-like writer besides (above).
 if [ "$MODE" = paper ]; then
   for m in crc16 crc32c_generic mbcache jbd2 ext4; do insmod /lib/modules/$m.ko || echo "GUEST insmod $m failed"; done
   mkdir -p /mnt
-  mount -t ext4 /dev/$DISK /mnt || { echo "GUEST MOUNT-FAIL"; exec sleep 3600; }
+  mount -t ext4 -o discard /dev/$DISK /mnt || { echo "GUEST MOUNT-FAIL"; exec sleep 3600; }
   mkdir -p /mnt/www/cgi-bin
   [ -f /mnt/www/index.html ] || { i=0; while [ $i -lt 64 ]; do echo "<p>static page line $i of the paper's web server</p>"; i=$((i + 1)); done > /mnt/www/index.html; }
   [ -f /mnt/www/video.bin ] || dd if=/dev/urandom of=/mnt/www/video.bin bs=1M count=32 status=none
@@ -129,17 +142,7 @@ CGI
   chmod +x /mnt/www/cgi-bin/post /mnt/www/cgi-bin/video
   sync
   httpd -f -vv -p 80 -h /mnt/www 2>>/mnt/access.log &
-  if grep -q bonnie=1 /proc/cmdline; then
-    (
-      n=0
-      while true; do
-        n=$((n + 1))
-        dd if=/dev/urandom of=/mnt/bonnie bs=1M count=64 conv=fsync status=none || echo "GUEST WRITE-ERR bonnie $n"
-        dd if=/dev/urandom of=/mnt/bonnie bs=64k count=512 conv=notrunc,fsync status=none || echo "GUEST WRITE-ERR bonnie rewrite $n"
-        echo "GUEST BONNIE round=$n"
-      done
-    ) &
-  fi
+  grep -q bonnie=1 /proc/cmdline && bonnie &
   echo "GUEST BOOTED paper"
   while true; do sleep 3600; done
 fi

@@ -74,7 +74,7 @@ export function startGuest(opts: {
   nic?: { tap: string; gip: string; ggw: string };
   /** init.sh's workload: raw block writes (default), the ext4 one (mode=fs), or the paper's web, post, video and Bonnie workloads (mode=paper); the host makes the file system for the last two. */
   mode?: "block" | "fs" | "paper";
-  /** mode=paper: the Bonnie-like writer besides. */
+  /** mode=fs or mode=paper: the Bonnie-like writer besides (init.sh). */
   bonnie?: boolean;
   /** The NBD exports that are the guest's disks, in order (default: the VM's one disk); two: it writes to both. */
   exports?: string[];
@@ -91,7 +91,7 @@ export function startGuest(opts: {
     "-kernel", join(GUEST_DIR, "vmlinux"), "-initrd", join(GUEST_DIR, "initrd.gz"), "-append", `console=ttyS0 quiet panic=-1 slp=0.05${opts.mode && opts.mode !== "block" ? ` mode=${opts.mode}` : ""}${opts.bonnie ? " bonnie=1" : ""}${exports.length > 1 ? ` disks=${exports.length}` : ""}${opts.nic ? ` gip=${opts.nic.gip} ggw=${opts.nic.ggw}` : ""}`,
     "-serial", "stdio", "-qmp", `unix:${qmpPath},server=on,wait=off`, "-qmp", `unix:${testQmpPath},server=on,wait=off`,
     ...exports.flatMap((name, i) => [
-      "-blockdev", `driver=nbd,node-name=disk${i},server.type=unix,server.path=${opts.nbdSocket},export=${name},open-timeout=${opts.openTimeout ?? 30}`,
+      "-blockdev", `driver=nbd,node-name=disk${i},server.type=unix,server.path=${opts.nbdSocket},export=${name},open-timeout=${opts.openTimeout ?? 30},discard=unmap`,
       "-device", `virtio-blk-pci,drive=disk${i},id=vblk${i}`,
     ]),
     ...(opts.nic ? ["-netdev", `tap,id=n0,ifname=${opts.nic.tap},script=no,downscript=no`, "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"] : []),
