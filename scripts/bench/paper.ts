@@ -73,6 +73,9 @@ const GUEST_RAM_MIB = 512;
 const IMAGE_BYTES = 1024 ** 3;
 
 /** Three fresh namespaces per row, so that nothing a row leaves behind (a tunnel, a route) meets the next; the A–B link shaped. */
+/** Stops the row under way (its guests, processes and namespaces): what an interrupt must not leave behind. */
+let rowStop: (() => Promise<void>) | undefined;
+
 async function makeNet(sc: Scenario): Promise<GuestHosts> {
   const net = await guestHosts("wp");
   try {
@@ -187,6 +190,14 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
     return p;
   };
   const nic = net.nic;
+  const stopAll = async () => {
+    for (const g of guests) await g.stop();
+    for (const p of [...procs].reverse()) await p.stop();
+  };
+  rowStop = async () => {
+    await stopAll();
+    await net.remove();
+  };
   try {
     start("serve", net.ns.A, [BUN, MAIN, "serve", "--name", "vm", "--image", image, "--run-dir", a, "--log", "warn"]);
     const src = startGuest({ name: "src", dir: a, nbdSocket: join(a, "vm.nbd"), openTimeout: 60, netnsExec: ["ip", "netns", "exec", net.ns.A], nic, mode: "paper", bonnie: w === "diabolical", ramMiB: GUEST_RAM_MIB });
@@ -265,8 +276,8 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
     r.error = (err as Error).message;
     return r;
   } finally {
-    for (const g of guests) await g.stop();
-    for (const p of [...procs].reverse()) await p.stop();
+    rowStop = undefined;
+    await stopAll();
     if (ctx.logDir) {
       mkdirSync(ctx.logDir, { recursive: true });
       for (const p of procs) writeFileSync(join(ctx.logDir, `${label}-${p.name}.log`), `${p.stderr}\n${p.stdoutLines.map((l) => l.line).join("\n")}\n`);
@@ -354,7 +365,9 @@ export async function main(argv: string[]): Promise<void> {
   const results: RunResult[] = [];
   const heading = () => `## The paper's evaluation, reproduced (guest: ${GUEST_RAM_MIB} MiB RAM, 1 GiB disk, QEMU TCG; ${runs} run(s) per row, medians)`;
   // Interrupted (a long WAN row, say): the rows done so far are still a table.
-  const onSignal = () => {
+  const onSignal = async () => {
+    // The row under way first: its QEMUs, serve, clients and namespaces would outlive us.
+    await rowStop?.().catch(() => undefined);
     rmSync(dir, { recursive: true, force: true });
     console.log(`${heading()}, interrupted after ${((Date.now() - t0) / 60000).toFixed(1)} min`);
     console.log(table(results, scenarios));
