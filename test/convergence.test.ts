@@ -129,6 +129,20 @@ describe("ConvergenceController", () => {
     expect(level).toBe(0);
   });
 
+  test("fixed costs over the budget (a slow fsync at B): once nothing the throttle can shrink is left, it fences; not before", () => {
+    const c = new ConvergenceController({ budgetMs: 50 });
+    // 2 x 40 ms of the destination's syncs and 2 ms of control calls: 82 ms whatever the VM does.
+    const slow = { ...base, controlMs: 2, destSyncMs: 40, linkBytesPerMs: 10_000 };
+    expect(c.observe(0, { ...slow, queuedBytes: 1_000_000 }).fence).toBe(false); // 100 ms of transfer still to shrink
+    expect(c.observe(50, { ...slow, queuedBytes: 200_000 }).fence).toBe(false); // 20 ms: more than a fifth of the budget
+    const v = c.observe(100, { ...slow, queuedBytes: 50_000 }); // 5 ms
+    expect(v.fence).toBe(true);
+    expect(v.estimate.workMs).toBeGreaterThan(50); // and the estimate says so
+    // Fixed costs within the budget: the budget holds as before.
+    const fast = { ...base, controlMs: 2, destSyncMs: 10, linkBytesPerMs: 10_000 };
+    expect(new ConvergenceController({ budgetMs: 50 }).observe(0, { ...fast, queuedBytes: 300_000 }).fence).toBe(false);
+  });
+
   test("atLeast raises the level for pressure the estimate does not see (the log's bound)", () => {
     const c = new ConvergenceController({ budgetMs: 10 });
     c.atLeast(5);
