@@ -98,7 +98,8 @@ const FLOOR_SLACK = 0.2;
  * The fence and dirty-map calls and the destination's syncs cost what they cost, whatever
  * the VM writes: when they alone exceed the budget, no throttle can bring the estimate
  * under it, and waiting for that hung a migration at the top level with nothing queued
- * (a host whose fsync took 40-60 ms, against the default 50 ms). Then the hand-off goes
+ * (loopback, a random-4K writer, a serve restarted: 80-320 ms estimated against the
+ * default 50 ms). Then the hand-off goes
  * as soon as what the throttle can shrink (bytes to cross, pieces to rehash) is small;
  * the downtime is the floor, and the summary shows the estimate against the budget.
  */
