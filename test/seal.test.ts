@@ -180,7 +180,9 @@ describe("sealing, between real processes", () => {
       h,
       async ({ srv, dst }) => {
         const w = await stressWriter(srv.socket, { pattern: "seq8m", bytes: 48 * MiB });
-        const run = await source(h, dst.port, ["--secret-file", h.secret, "--deltas", "paper", "--bandwidth", "200mbit", "--json"]);
+        // 50 Mbit/s: the bulk takes ~5 s, so writes land behind its cursor (whole deltas), not
+        // only ahead of it (at 200 Mbit/s a 1.3 s copy once sent none).
+        const run = await source(h, dst.port, ["--secret-file", h.secret, "--deltas", "paper", "--bandwidth", "50mbit", "--json"]);
         await w.stop();
         expect(run.code, run.stderr).toBe(0);
         const done = JSON.parse(run.stdout.trim().split("\n").at(-1)!);
