@@ -137,6 +137,11 @@ export function controlSocketPath(runDir: string, name: string): string {
   return join(runDir, `${name}.ctl`);
 }
 
+/** A recording action for another recording than the one this serve holds (or for one when it holds none). */
+function otherRecording(held: string | undefined, asked: string | undefined, more = ""): ServeError {
+  return new ServeError(`the serve records ${held ? `recording ${held}` : "nothing"}, not ${asked ?? "any"}${more}`);
+}
+
 export class DiskService {
   readonly file: ImageFile;
   readonly disks: DiskPlace[];
@@ -347,7 +352,7 @@ export class DiskService {
   /** Raises the bulk copy's cursor of `recording` (recording.ts); refused for any other recording. */
   raiseCursor(recording: string, offset: number): RecordingState {
     const id = this.state?.state.recording?.id;
-    if (recording !== id) throw new ServeError(`the serve records ${id ? `recording ${id}` : "nothing"}, not ${recording}`);
+    if (recording !== id) throw otherRecording(id, recording);
     return this.recording.raiseCursor(offset);
   }
 
@@ -358,7 +363,7 @@ export class DiskService {
    */
   takeDirty(recording?: string): { recording?: string; instance: string; pieceSize: number; runs: [number, number][] } {
     const id = this.state?.state.recording?.id;
-    if (recording !== undefined && recording !== id) throw new ServeError(`the serve records ${id ? `recording ${id}` : "nothing"}, not ${recording}: writes may have escaped the log`);
+    if (recording !== undefined && recording !== id) throw otherRecording(id, recording, ": writes may have escaped the log");
     return { recording: id, instance: this.instance, pieceSize: DIRTY_PIECE, runs: this.tracking.takeDirty() };
   }
 
@@ -378,7 +383,7 @@ export class DiskService {
    */
   vmStopped(recording?: string): ThrottleState & { rateCapBytesPerSec?: number } {
     const id = this.state?.state.recording?.id;
-    if (!this.recording.active || (recording !== undefined && recording !== id)) throw new ServeError(`the serve records ${id ? `recording ${id}` : "nothing"}, not ${recording ?? "any"}`);
+    if (!this.recording.active || (recording !== undefined && recording !== id)) throw otherRecording(id, recording);
     if (!this.throttling.lifted) {
       this.throttling.cap.clear();
       this.throttling.lift();
@@ -400,7 +405,7 @@ export class DiskService {
   fence(opts: { recording?: string; reason?: string } = {}): void {
     const id = this.state?.state.recording?.id;
     if (opts.recording !== undefined && opts.recording !== id)
-      throw new ServeError(`the serve records ${id ? `recording ${id}` : "nothing"}, not ${opts.recording}: writes may have escaped the log; not fencing`);
+      throw otherRecording(id, opts.recording, ": writes may have escaped the log; not fencing");
     const was = this.fencing.fenced;
     this.fencing.fence();
     this.throttling.release(); // held writes meet the fence now, not after their delays
