@@ -86,8 +86,10 @@ const PAGE = 4096;
  * zero there already, and any later change to those pages arrives as a delta.
  */
 function writeSparse(image: ImageFile, offset: number, data: Uint8Array): void {
+  // The last page may be partial (an image whose size is no multiple of a page): the walk
+  // ends one step past the data, so a run that reaches the end is written too.
   let runStart = -1;
-  for (let at = 0; at <= data.length; at += PAGE) {
+  for (let at = 0; ; at += PAGE) {
     const page = at < data.length ? data.subarray(at, Math.min(at + PAGE, data.length)) : undefined;
     const zero = !page || isZero(page);
     if (!zero && runStart < 0) runStart = at;
@@ -95,6 +97,7 @@ function writeSparse(image: ImageFile, offset: number, data: Uint8Array): void {
       image.write(offset + runStart, data.subarray(runStart, Math.min(at, data.length)), false);
       runStart = -1;
     }
+    if (!page) return;
   }
 }
 
