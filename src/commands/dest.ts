@@ -1,6 +1,6 @@
 import { defineCommand } from "citty";
-import { controlSocketPath, DiskService } from "../disk/disk-service.ts";
-import { unixPathAnswers } from "../disk/nbd-server.ts";
+import { DiskService } from "../disk/disk-service.ts";
+import { retireMovedServer } from "../disk/retire-moved.ts";
 import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { runCommand } from "../util/run.ts";
@@ -132,6 +132,9 @@ async function answerLateQueries(conns: Connections, receiver: Receiver, ms: num
  */
 const LATE_ANSWER_MS = 60_000;
 
+/** A retired server (its disk moved away, the VM comes back): the same clean stop as an operator's SIGTERM. */
+const stopThisProcess = () => process.kill(process.pid, "SIGTERM");
+
 export default defineCommand({
   meta: { name: "dest", description: "Receive a migrating VM's disk, then serve it here (holding its I/O until consistent)" },
   args: {
@@ -176,16 +179,11 @@ export default defineCommand({
       throw new ServeError(`cannot create the run directory ${args["run-dir"]}`, { cause, hint: "pick another --run-dir, or create it" });
     }
     // NAME served here already: found now, not once the whole image has crossed and this
-    // dest starts serving it. (A copy verified here before a restart may be served by the
-    // dest that received it: that case is handled below.)
-    const incoming = ImageStateFile.read(images).incoming;
-    if (incoming?.state !== "verified") {
-      const ctl = controlSocketPath(args["run-dir"], args.name);
-      if (await unixPathAnswers(ctl))
-        throw new ServeError(`${args.name} is already served in ${args["run-dir"]} (a server answers on ${ctl})`, {
-          hint: "stop that server, or receive under another --name or --run-dir",
-        });
-    }
+    // dest starts serving it. A server left holding these very images, fenced since the VM
+    // moved away, is stopped: the VM comes back onto them. (A copy verified here before a
+    // restart may be served by the dest that received it: that case is handled below.)
+    let incoming = ImageStateFile.read(images).incoming;
+    if (incoming?.state !== "verified" && (await retireMovedServer(args["run-dir"], args.name, images, log)) === "retired") incoming = ImageStateFile.read(images).incoming;
     const createdImages = images.filter((p) => !existsSync(p));
     // A killed destination of these images left its position here: take it up, copy no base over it.
     const resuming = incoming?.state === "receiving" && images.every((p) => existsSync(p));
@@ -203,7 +201,7 @@ export default defineCommand({
       state,
       onAuthenticated: async () => {
         // A VM whose QEMU is waiting here reads its disk at start-up: let reads through (nbd-server.ts).
-        svc = await DiskService.start({ images, name: args.name, runDir: args["run-dir"], hold: held, holdWritesOnly: hv.readsBeforeRelease, log: serveLog, state });
+        svc = await DiskService.start({ images, name: args.name, runDir: args["run-dir"], hold: held, holdWritesOnly: hv.readsBeforeRelease, log: serveLog, state, onRetire: stopThisProcess });
         svc.incoming = () => receiver.progress();
       },
       // The image is the VM's disk here from now on: a fence an earlier migration away from
@@ -236,7 +234,7 @@ export default defineCommand({
       // Verified before a restart: serve it; a source that lost DONE may still ask.
       log.info(`the incoming migration ${receiver.verifiedRecording} was verified here before a restart; serving ${images.join(" + ")}`);
       try {
-        svc = await DiskService.start({ images, name: args.name, runDir: args["run-dir"], log: serveLog, state });
+        svc = await DiskService.start({ images, name: args.name, runDir: args["run-dir"], log: serveLog, state, onRetire: stopThisProcess });
       } catch (err) {
         // A recovering source asks us while another process (the dest daemon of that
         // migration) serves the image: answer it, and leave that process be.

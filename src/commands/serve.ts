@@ -29,6 +29,8 @@ export default defineCommand({
       nbd: args.nbd ? parseEndpoint(args.nbd) : undefined,
       readOnly: args["read-only"],
       unfence: args.unfence,
+      // Its disk moved away and the VM comes back onto it (wanmig dest): the clean stop below.
+      onRetire: () => process.kill(process.pid, "SIGTERM"),
       log,
     });
     // Runs until a signal: stop listening, close the image, remove our sockets.

@@ -21,6 +21,9 @@
 //                         (the bulk copy's cursor rises to n: writes wholly past it are
 //                         logged without data, see recording.ts)
 //   POST /v1/throttle   {"threshold"?, "delayUs"?, "maxDelayUs"?, "enabled"?} -> throttle state
+//   POST /v1/retire     {} -> {"images", "moved"}: the server stops (its process exits
+//                       cleanly, the image's lock released) so that a new incoming migration
+//                       of the VM can take its images; refused unless the disk moved away
 //   POST /v1/fence      {"recording"?: id, "reason"?} -> fence state and the recording's
 //                       counts (durable before the answer); {"fenced": false, "reason"?}
 //                       -> lifts it, refused once a hand-off completed
@@ -109,6 +112,8 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
       }
       return Response.json(svc.configureThrottle(params));
     }
+    case "POST /v1/retire":
+      return Response.json(svc.retire());
     case "POST /v1/fence": {
       const body = await jsonBody(req);
       const reason = optString(body, "reason");

@@ -76,6 +76,11 @@ export class ControlClient {
     return this.call("POST", "/v1/fence", opts);
   }
 
+  /** Stops a server whose disk moved away, for the VM's return onto its images (disk-service.ts retire). */
+  retire(): Promise<{ images: string[]; moved: string }> {
+    return this.call("POST", "/v1/retire", {});
+  }
+
   unfence(reason: string): Promise<ServeStatus["fence"]> {
     return this.call("POST", "/v1/fence", { fenced: false, reason });
   }

@@ -50,6 +50,11 @@ export interface DiskServiceOptions {
   unfence?: boolean;
   /** The image's state file, when the caller (dest) shares it; else the service opens it. */
   state?: ImageStateFile;
+  /**
+   * How the process that owns this service stops when asked to retire (its disk moved away
+   * for good; see retire()). Without it, retiring is refused.
+   */
+  onRetire?: () => void;
   log: Logger;
 }
 
@@ -329,6 +334,9 @@ export class DiskService {
       if (outcome?.moved) {
         const what = id ?? s.fence?.recording ?? "a freeze-and-copy migration";
         s.moved = { recording: what, at: new Date().toISOString(), digest: outcome.moved.digest };
+        // An incoming migration that brought the VM here is over too: the VM left again, and
+        // this image is now only a base for its next return (image-state.ts).
+        delete s.incoming;
         s.fence = { ...s.fence!, reason: `the VM's disk moved${outcome.moved.to ? ` to ${outcome.moved.to}` : ""} (hand-off of ${what} completed)` };
       }
     });
@@ -432,6 +440,24 @@ export class DiskService {
       });
     if (this.fencing.fenced || st?.fence) this.opts.log.warn(`unfenced: writes accepted again (${reason})`);
     this.fencing.unfence();
+  }
+
+  /**
+   * Stops this server for a new incoming migration of the same VM onto its images (the VM
+   * moving back here, `wanmig dest`). Only once the disk has moved away for good (fenced,
+   * `moved`): a server whose disk may still be the VM's live disk is never stopped this way.
+   * The stop itself runs after the answer has gone out.
+   */
+  retire(): { images: string[]; moved: string } {
+    const st = this.state?.state;
+    if (!st?.fence || !st.moved || this.recording.active)
+      throw new ServeError(`${this.opts.name}'s disk has not moved away (${this.handoff().text}); refusing to stop its server`, {
+        hint: "only a server left fenced by a completed migration away is stopped for the VM's return",
+      });
+    if (!this.opts.onRetire) throw new ServeError(`this server of ${this.opts.name} cannot be stopped over its control socket`);
+    this.opts.log.info(`asked to stop: ${this.opts.name}'s disk moved away (${st.moved.recording}) and a new migration of it comes in here`);
+    setTimeout(this.opts.onRetire, 20);
+    return { images: this.disks.map((d) => d.image), moved: st.moved.recording };
   }
 
   /** Where this image stands in a hand-off (status). */

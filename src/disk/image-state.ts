@@ -77,6 +77,21 @@ export interface ImageState {
 
 const STATE_SUFFIX = ".wanmig.json";
 
+/**
+ * An incoming migration this image received, and then sent on: the VM moved away from here
+ * after it arrived (a `moved` marker no older than the incoming one). That incoming record
+ * is history, not "I serve a completed migration": the image is a base for the next
+ * incoming migration of the VM (the way back). A hand-off away drops the record itself
+ * (disk-service.ts stopRecording); this also reads the files written before it did.
+ */
+export function withoutSupersededIncoming(s: ImageState): ImageState {
+  if (s.incoming && s.moved && s.moved.at >= s.incoming.at) {
+    const { incoming: _, ...rest } = s;
+    return rest;
+  }
+  return s;
+}
+
 export function stateFilePath(image: string): string {
   return `${image}${STATE_SUFFIX}`;
 }
@@ -154,7 +169,7 @@ export class ImageStateFile {
       throw new ServeError(`cannot read ${path}`, { cause });
     }
     if (!v || typeof v !== "object" || (v as ImageState).version !== 1) throw new ServeError(`${path} is not a wanmig image state (version 1)`);
-    return v as ImageState;
+    return withoutSupersededIncoming(v as ImageState);
   }
 
   get state(): Readonly<ImageState> {

@@ -104,13 +104,7 @@ export async function preflight(t: SshTarget, p: PreflightPlan, log: Logger): Pr
     (r) => r.stdout.trim(),
     () => "unknown",
   );
-  checks.push(
-    served === "served"
-      ? { what: "name", ok: false, detail: `${p.name} is already served on ${host} (${ctl})`, fix: "stop it there, or migrate under another name" }
-      : served === "free"
-        ? { what: "name", ok: true, detail: `${p.name} is not served there yet` }
-        : { what: "name", ok: false, detail: `cannot tell whether ${p.name} is served on ${host}: ${ctl} exists, and neither a wanmig nor ss is there to ask`, fix: `remove ${ctl} there if no server owns it, or install iproute2` },
-  );
+  checks.push(nameCheck(served, p, host, ctl));
 
   for (const tool of p.tools) {
     const here = !!Bun.which(tool);
@@ -159,10 +153,38 @@ export async function copySelf(t: SshTarget, remoteBin: string, log: Logger): Pr
   return { bytes: bytes.length, sha256 };
 }
 
-/** Prints served, free or unknown: $1 the control socket, $2-$4 the wanmig there, NAME and run dir, $5 "ask" if that wanmig is usable. */
+/**
+ * Whether NAME may be received there. A server of NAME there refuses it, unless it holds the
+ * very images we would receive onto and its disk moved away (fenced for good, `moved`): the
+ * VM's old disk, left there by an earlier move. Then the dest there stops it and receives
+ * onto its image (retire-moved.ts): the VM comes back, and only what changed travels.
+ */
+function nameCheck(served: string, p: PreflightPlan, host: string, ctl: string): Check {
+  if (served === "free") return { what: "name", ok: true, detail: `${p.name} is not served there yet` };
+  if (served === "unknown")
+    return { what: "name", ok: false, detail: `cannot tell whether ${p.name} is served on ${host}: ${ctl} exists, and neither a wanmig nor ss is there to ask`, fix: `remove ${ctl} there if no server owns it, or install iproute2` };
+  const st = servedStatus(served);
+  const images = st?.disks?.map((d) => d.image);
+  if (st?.handoff?.state === "moved" && images?.join("\n") === p.remoteImages.join("\n"))
+    return { what: "name", ok: true, detail: `${p.name}'s old disk is served there, fenced since the VM moved away: that server will be stopped and ${images.join(" + ")} received onto` };
+  if (st?.handoff?.state === "moved")
+    return { what: "name", ok: false, detail: `${p.name}'s old disk is served on ${host} from ${images?.join(" + ")}, fenced since the VM moved away; this move would receive onto ${p.remoteImages.join(" + ")}`, fix: `pass --remote-image ${images?.join(" --remote-image ")} (only what changed travels), or stop that server there` };
+  return { what: "name", ok: false, detail: `${p.name} is already served on ${host} (${ctl})`, fix: "stop it there, or migrate under another name" };
+}
+
+/** The status JSON after "served " (a wanmig there answered), if any. */
+function servedStatus(served: string): { handoff?: { state?: string }; disks?: { image: string }[] } | undefined {
+  try {
+    return served.startsWith("served {") ? JSON.parse(served.slice("served ".length)) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Prints free, unknown, served, or "served STATUS-JSON": $1 the control socket, $2-$4 the wanmig there, NAME and run dir, $5 "ask" if that wanmig is usable. */
 const SERVED_SCRIPT = [
   'test -S "$1" || { echo free; exit 0; }',
-  'if [ "$5" = ask ]; then if "$2" status --name "$3" --run-dir "$4" >/dev/null 2>&1; then echo served; else echo free; fi; exit 0; fi',
+  'if [ "$5" = ask ]; then if st=$("$2" status --name "$3" --run-dir "$4" --json 2>/dev/null); then echo "served $st"; else echo free; fi; exit 0; fi',
   'command -v ss >/dev/null 2>&1 || { echo unknown; exit 0; }',
   'if [ -n "$(ss -Hxl src "$1" 2>/dev/null)" ]; then echo served; else echo free; fi',
 ].join("\n");
