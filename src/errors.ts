@@ -7,7 +7,7 @@ export const ExitCode = {
   badInput: 3, // unusable image, malformed file or frame, wrong secret, a resource busy
   peerFailure: 4, // the peer, the link or an external tool failed
   abortedSafely: 5, // migration stopped before the point of no return: VM still runs at the source
-  unsafeState: 6, // stopped after the point of no return: an operator must look
+  unsafeState: 6, // stopped after the point of no return, or the VM left running nowhere: an operator must look
   interrupted: 130, // SIGINT with nothing to clean up
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
@@ -19,7 +19,7 @@ export const exitCodeTable: ReadonlyArray<[number, string]> = [
   [ExitCode.badInput, "bad input: unusable image, malformed data, wrong secret, name already in use"],
   [ExitCode.peerFailure, "peer failure: the other side, the link or an external tool failed"],
   [ExitCode.abortedSafely, "aborted safely: the VM still runs at the source, untouched"],
-  [ExitCode.unsafeState, "unsafe state: failed after the point of no return; read the message"],
+  [ExitCode.unsafeState, "unsafe state: failed after the point of no return, or the VM left not running at the source; read the message"],
   [ExitCode.interrupted, "interrupted by a signal"],
 ];
 

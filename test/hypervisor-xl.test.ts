@@ -5,6 +5,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { ExitCode } from "../src/errors.ts";
+import { xlDomainState } from "../src/hypervisor/xl.ts";
 import { hosts, MiB, removeHosts, source, spawnSource, withPair, writable, writer } from "./helpers/migration.ts";
 import { sh } from "./helpers/serve-process.ts";
 import { shimCalls, withToolShim } from "./helpers/tool-shim.ts";
@@ -63,12 +64,13 @@ describe("xl (Xen), through a PATH shim", () => {
     }, XL_DEST));
   });
 
-  test("xl migrate fails: the domain runs at the source, its disk unfenced and writable, no unpause anywhere (exit 5)", async () => {
+  test("xl migrate fails and xl list shows the domain running at the source: its disk unfenced and writable, no unpause anywhere (exit 5)", async () => {
     await withXlShim("migrate-fails", ({ h, log }) => withPair(h, async ({ srv, dst }) => {
       const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1"]);
       expect(run.code).toBe(ExitCode.abortedSafely);
-      expect(run.stderr).toContain("xl migrate failed; the domain runs at the source again");
+      expect(run.stderr).toContain("xl migrate failed and resumed the domain at the source; domain vm1 runs here (xl list: -b----, blocked: running, idle)");
       expect(run.stderr).toContain("Migration failed due to problems at target"); // xl's own words kept
+      expect(xlCalls(log).map((c) => c.argv)).toEqual([["list", "vm1"], ["migrate", "-p", "vm1", "127.0.0.1"], ["list", "vm1"]]);
       const st = await srv.ctl.status();
       expect(st.mode).toBe("normal");
       expect(st.recording.active).toBe(false);
@@ -76,6 +78,60 @@ describe("xl (Xen), through a PATH shim", () => {
       expect(xlCalls(log).some((c) => c.argv[0] === "unpause")).toBe(false);
       expect(await dst.proc.exited).not.toBe(0); // told the source gave up; it does not wait for a resume
     }, XL_DEST));
+  });
+
+  // Seen on nested Xen: the guest did not suspend in time, xl gave up without resuming it, and
+  // xl list showed it shut down (---sr-). Exit 5 would say it runs at the source: it runs nowhere.
+  test("xl migrate fails to suspend the domain and leaves it shut down (---sr-) or paused at the source: exit 6 naming the state, never 5; the disk unfenced and writable there, no unpause anywhere", async () => {
+    for (const [scenario, says, restart] of [
+      ["suspend-fails", "not running here (xl list: ---sr-, shut down for reboot): it runs on neither host", "`xl destroy vm1`, then `xl create` of its config, brings it back here"],
+      ["suspend-fails-paused", "not running here (xl list: --p---, paused): it runs on neither host", "`xl unpause vm1` brings it back here"],
+    ]) {
+      await withXlShim(scenario!, ({ h, log }) => withPair(h, async ({ srv, dst }) => {
+        const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1"]);
+        expect(run.code, run.stderr).toBe(ExitCode.unsafeState);
+        expect(run.stderr).toContain(`wanmig: migration: the migration failed and left domain vm1 ${says}`);
+        expect(run.stderr).toContain("xl migrate failed: the domain did not suspend at the source, and xl does not resume it then");
+        expect(run.stderr).toContain("Migration failed, failed to suspend at sender."); // xl's own words kept
+        expect(run.stderr).toContain(`hint: ${restart}; its disk is still served here, writable (it was never fenced), and the destination never runs a copy`);
+        expect(run.stderr).not.toContain("aborted before the point of no return");
+        expect(xlCalls(log).map((c) => c.argv)).toEqual([["list", "vm1"], ["migrate", "-p", "vm1", "127.0.0.1"], ["list", "vm1"]]);
+        const st = await srv.ctl.status();
+        expect(st.mode).toBe("normal");
+        expect(st.recording.active).toBe(false);
+        expect(await writable(srv.socket)).toBe(true);
+        expect(await dst.proc.exited).not.toBe(0); // told the source gave up: it never unpauses a copy
+      }, XL_DEST));
+    }
+  });
+
+  test("xl migrate fails and xl list then fails too: exit 6, saying the state could not be read; the disk unfenced and writable", async () => {
+    await withXlShim("suspend-fails-list-fails", ({ h }) => withPair(h, async ({ srv, dst }) => {
+      const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1"]);
+      expect(run.code, run.stderr).toBe(ExitCode.unsafeState);
+      expect(run.stderr).toContain("wanmig: migration: the migration failed, and domain vm1's state here could not be read: it may not be running. xl list vm1: no such Xen domain");
+      expect(run.stderr).toContain("vm1 is an invalid domain identifier (rc=-6)"); // xl's words for the failed query
+      expect(run.stderr).toContain("Migration failed, failed to suspend at sender."); // and for the failed migration
+      expect(run.stderr).toContain("hint: look for it on both hosts (xl list)");
+      expect((await srv.ctl.status()).mode).toBe("normal");
+      expect(await writable(srv.socket)).toBe(true);
+      expect(await dst.proc.exited).not.toBe(0);
+    }, XL_DEST));
+  });
+
+  test("xl list's state column: running, blocked and runnable run; paused, shut down (with its reason), crashed and dying do not", () => {
+    const list = (state: string) => `Name                                        ID   Mem VCPUs\tState\tTime(s)\n${"vm1".padEnd(40)}     7   512     1     ${state}       3.1\n`;
+    expect(xlDomainState(list("r-----"))).toEqual({ flags: "r-----", runs: true, means: "running" });
+    expect(xlDomainState(list("-b----"))).toEqual({ flags: "-b----", runs: true, means: "blocked: running, idle" });
+    expect(xlDomainState(list("------"))).toEqual({ flags: "------", runs: true, means: "runnable" });
+    expect(xlDomainState(list("--p---"))).toEqual({ flags: "--p---", runs: false, means: "paused" });
+    expect(xlDomainState(list("---s--"))).toEqual({ flags: "---s--", runs: false, means: "shut down (poweroff)" });
+    expect(xlDomainState(list("---sr-"))).toEqual({ flags: "---sr-", runs: false, means: "shut down for reboot" });
+    expect(xlDomainState(list("---ss-"))).toEqual({ flags: "---ss-", runs: false, means: "shut down for suspend" });
+    expect(xlDomainState(list("---sc-"))).toEqual({ flags: "---sc-", runs: false, means: "crashed" });
+    expect(xlDomainState(list("--ps--"))).toEqual({ flags: "--ps--", runs: false, means: "shut down (poweroff)" });
+    expect(xlDomainState(list("-----d"))).toEqual({ flags: "-----d", runs: false, means: "dying" });
+    expect(xlDomainState("Name                                        ID   Mem VCPUs\tState\tTime(s)\n")).toBeUndefined();
   });
 
   test("xl says the domain state is undefined: exit 6, nothing resumed here, the operator told to check both ends", async () => {

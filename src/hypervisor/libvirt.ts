@@ -9,7 +9,9 @@
 //   dest:   once every disk is verified: virsh resume DOMAIN.
 // Before the point of no return, an abort cancels a migration under way with
 // `virsh domjobabort DOMAIN`: libvirt then leaves the domain running at the source, whose
-// serve was never fenced.
+// serve was never fenced. A migration that failed by itself is followed by
+// `virsh domstate DOMAIN --reason`: libvirt resumes the domain at the source, unless it
+// could not (its QEMU died: shut off), and only a running domain makes it a safe abort.
 //
 // libvirt's own checks, from src/qemu/qemu_migration.c: a disk served by us is a network
 // disk (<disk type='network'><source protocol='nbd'>) and counts as safe without --unsafe;
@@ -17,6 +19,7 @@
 
 import type { Logger } from "../log.ts";
 import { CommandError, runCommand } from "../util/run.ts";
+import { checkSourceAfterFailedMigrate, type SourceDomainState, STATE_QUERY_TIMEOUT_MS } from "./after-failed-migrate.ts";
 import { HypervisorError } from "./errors.ts";
 import type { DestHypervisor, RecoveryState, SourceHypervisor } from "./types.ts";
 import { whileRunning } from "./while-running.ts";
@@ -41,14 +44,16 @@ const KNOWN_VIRSH_ERRORS: { re: RegExp; says: string; hint: string }[] = [
     hint: "serve every disk of the domain through wanmig (a network disk: <source protocol='nbd'>), which libvirt counts as safe",
   },
   { re: /migration job: canceled by client|operation aborted/i, says: "the migration was cancelled; the domain runs at the source", hint: "run the migration again when ready" },
+  { re: /job '[^']*' (unexpectedly )?failed|migration (out )?job: unexpectedly failed/i, says: "virsh migrate failed", hint: "read libvirt's message below" },
 ];
 
 /** Runs virsh against `uri`; a failure becomes a HypervisorError naming the cause, with virsh's own stderr beneath. */
-export async function runVirsh(uri: string | undefined, args: string[], log: Logger, what: string): Promise<string> {
+export async function runVirsh(uri: string | undefined, args: string[], log: Logger, what: string, timeoutMs?: number): Promise<string> {
   try {
-    return (await runCommand(["virsh", ...(uri ? ["-c", uri] : []), ...args], log)).stdout;
+    return (await runCommand(["virsh", ...(uri ? ["-c", uri] : []), ...args], log, { timeoutMs })).stdout;
   } catch (err) {
     if (!(err instanceof CommandError)) throw err;
+    if (timeoutMs && err.code === 143) throw new HypervisorError(`${what}: virsh did not answer in ${timeoutMs / 1000} s`, { cause: err });
     if (err.code === null) throw new HypervisorError(`${what}: cannot run virsh`, { cause: err, hint: "install libvirt-clients, or pick another --hypervisor" });
     const known = KNOWN_VIRSH_ERRORS.find((k) => k.re.test(err.stderr));
     throw new HypervisorError(`${what}: ${known ? known.says : `virsh exited ${err.code}`}`, { cause: err, hint: known?.hint });
@@ -82,8 +87,30 @@ export class LibvirtSource implements SourceHypervisor {
     const migrate = runVirsh(this.opts.uri, ["migrate", "--live", "--suspend", this.opts.domain, this.opts.destUri], this.log, `migrating ${this.opts.domain}`).finally(
       () => (this.migrating = false),
     );
-    await whileRunning(migrate, whileWaiting);
+    try {
+      await whileRunning(migrate, whileWaiting);
+    } catch (err) {
+      throw await checkSourceAfterFailedMigrate(err, { domain: this.opts.domain, look: "virsh list --all", query: () => this.stateWithReason(), log: this.log });
+    }
     return { pausedAt: performance.now() };
+  }
+
+  /** `virsh domstate DOMAIN --reason`: "running (migration canceled)", "shut off (crashed)", … */
+  private async stateWithReason(): Promise<SourceDomainState> {
+    const dom = this.opts.domain;
+    const out = (await runVirsh(this.opts.uri, ["domstate", dom, "--reason"], this.log, `virsh domstate ${dom} --reason`, STATE_QUERY_TIMEOUT_MS)).trim();
+    const state = out.replace(/\s*\(.*\)$/, "");
+    const restart =
+      state === "paused"
+        ? `\`virsh resume ${dom}\``
+        : state === "crashed"
+          ? `\`virsh destroy ${dom}\`, then \`virsh start ${dom}\`,`
+          : state === "pmsuspended"
+            ? `\`virsh dompmwakeup ${dom}\``
+            : state === "in shutdown"
+              ? `once it is shut off, \`virsh start ${dom}\``
+              : `\`virsh start ${dom}\``;
+    return { runs: state === "running" || state === "idle", says: `virsh domstate: ${out}`, restart };
   }
 
   async complete(): Promise<void> {} // the destination resumes it, once every disk is verified

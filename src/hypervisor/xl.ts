@@ -1,11 +1,13 @@
 // Xen through `xl`, shelled out as the design asks. Source: `xl migrate -p` moves memory
 // and leaves the domain paused at the destination; when it returns the domain is gone
 // from the source (the point of no return), and the disk's hand-off follows. If it fails,
-// xl has resumed the domain at the source, whose serve was never fenced. Destination:
+// xl has mostly resumed the domain at the source, whose serve was never fenced; not always
+// (a guest that would not suspend is left as it is), so `xl list` is asked. Destination:
 // once its disk is verified, `xl unpause DOMAIN`.
 
 import type { Logger } from "../log.ts";
 import { CommandError, runCommand } from "../util/run.ts";
+import { checkSourceAfterFailedMigrate, type SourceDomainState, STATE_QUERY_TIMEOUT_MS } from "./after-failed-migrate.ts";
 import { HypervisorError } from "./errors.ts";
 import type { DestHypervisor, SourceHypervisor } from "./types.ts";
 import { whileRunning } from "./while-running.ts";
@@ -28,18 +30,46 @@ const KNOWN_XL_ERRORS: { re: RegExp; says: string; hint: string; unsafe?: boolea
     hint: "check both hosts (xl list) and resume at most one instance; the disk is still served (unfenced) here, and the destination holds its copy unreleased",
     unsafe: true,
   },
-  { re: /Migration failed, resuming at sender|Migration failed due to problems at target|failed to suspend at sender/i, says: "xl migrate failed; the domain runs at the source again", hint: "read xl's message below" },
+  // xl's failed_suspend: the guest did not suspend in time, and xl leaves it as it is (no resume).
+  { re: /failed to suspend at sender/i, says: "xl migrate failed: the domain did not suspend at the source, and xl does not resume it then", hint: "read xl's message below" },
+  { re: /Migration failed, resuming at sender|Migration failed due to problems at target/i, says: "xl migrate failed and resumed the domain at the source", hint: "read xl's message below" },
   { re: /invalid domain identifier|domain .* does not exist|cannot find domain/i, says: "no such Xen domain", hint: "check the name with: xl list" },
   { re: /ssh: |Connection refused|Could not resolve hostname|Host key verification failed/i, says: "xl could not reach the destination over ssh", hint: "check that `ssh HOST` works non-interactively (or pass --xl-ssh)" },
   { re: /Permission denied|must be run as root/i, says: "xl needs root", hint: "run wanmig as root on the Xen host" },
 ];
 
+const XL_SHUTDOWN_REASONS: Record<string, string> = {
+  "-": "shut down (poweroff)",
+  r: "shut down for reboot",
+  s: "shut down for suspend",
+  c: "crashed",
+  w: "shut down by its watchdog",
+  S: "shut down for a soft reset",
+};
+
+/**
+ * The state column of `xl list` (tools/xl/xl_info.c): six letters, each a flag or "-":
+ * r running, b blocked, p paused, s shut down followed by its reason (-rscwS: poweroff,
+ * reboot, suspend, crash, watchdog, soft reset), d dying. Running, blocked (running, idle)
+ * and all dashes (runnable, waiting for a CPU) mean the domain runs.
+ */
+export function xlDomainState(listOutput: string): { flags: string; runs: boolean; means: string } | undefined {
+  const flags = listOutput.match(/(?<=\s)[r-][b-][p-][s-][-rscwS?][d-](?=\s|$)/m)?.[0];
+  if (!flags) return undefined;
+  const [r, b, p, s, why, d] = flags;
+  if (d === "d") return { flags, runs: false, means: "dying" };
+  if (s === "s" || why !== "-") return { flags, runs: false, means: XL_SHUTDOWN_REASONS[why!] ?? "shut down" };
+  if (p === "p") return { flags, runs: false, means: "paused" };
+  return { flags, runs: true, means: r === "r" ? "running" : b === "b" ? "blocked: running, idle" : "runnable" };
+}
+
 /** Runs xl; a failure becomes a HypervisorError naming the cause, with xl's own stderr beneath. */
-export async function runXl(args: string[], log: Logger, what: string): Promise<string> {
+export async function runXl(args: string[], log: Logger, what: string, timeoutMs?: number): Promise<string> {
   try {
-    return (await runCommand(["xl", ...args], log)).stdout;
+    return (await runCommand(["xl", ...args], log, { timeoutMs })).stdout;
   } catch (err) {
     if (!(err instanceof CommandError)) throw err;
+    if (timeoutMs && err.code === 143) throw new HypervisorError(`${what}: xl did not answer in ${timeoutMs / 1000} s`, { cause: err });
     if (err.code === null) throw new HypervisorError(`${what}: cannot run xl`, { cause: err, hint: "install xen-utils, or pick another --hypervisor" });
     const known = KNOWN_XL_ERRORS.find((k) => k.re.test(err.stderr));
     throw new HypervisorError(`${what}: ${known ? known.says : `xl exited ${err.code}`}`, { cause: err, hint: known?.hint, unsafe: known?.unsafe });
@@ -66,13 +96,27 @@ export class XlSource implements SourceHypervisor {
     if (this.opts.config) args.push("-C", this.opts.config);
     args.push(this.opts.domain, this.opts.host);
     this.log.info(`xl migrates ${this.opts.domain} to ${this.opts.host} (left paused there)`);
-    await whileRunning(runXl(args, this.log, `migrating ${this.opts.domain}`), whileWaiting);
+    try {
+      await whileRunning(runXl(args, this.log, `migrating ${this.opts.domain}`), whileWaiting);
+    } catch (err) {
+      throw await checkSourceAfterFailedMigrate(err, { domain: this.opts.domain, look: "xl list", query: () => this.state(), log: this.log });
+    }
     return { pausedAt: performance.now() };
+  }
+
+  /** The domain's state here, from `xl list DOMAIN`. */
+  private async state(): Promise<SourceDomainState> {
+    const dom = this.opts.domain;
+    const out = await runXl(["list", dom], this.log, `xl list ${dom}`, STATE_QUERY_TIMEOUT_MS);
+    const st = xlDomainState(out);
+    if (!st) throw new HypervisorError(`xl list ${dom}: no state column in its output`, { cause: new Error(out.trim()) });
+    const restart = st.flags[5] === "d" ? `once it is gone from \`xl list\`, \`xl create\` of its config` : st.flags[2] === "p" && st.flags[3] !== "s" ? `\`xl unpause ${dom}\`` : `\`xl destroy ${dom}\`, then \`xl create\` of its config,`;
+    return { runs: st.runs, says: `xl list: ${st.flags}, ${st.means}`, restart };
   }
 
   async complete(): Promise<void> {} // the destination unpauses, once its disk is verified
 
-  /** xl migrate resumes the domain at the source when it fails; nothing is left to undo. */
+  /** A failed xl migrate has ended (moveMemory checked where it left the domain); nothing is left to undo. */
   async abort(): Promise<void> {}
 
   /** The domain still listed here has not left (xl destroys it here only once it moved). */

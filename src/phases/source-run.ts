@@ -586,8 +586,9 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
  *  - either the source is not fenced, or the destination cannot use its copy: it said it
  *    gives up (ERROR: it never releases then), or the VM cannot run there without us
  *    (QEMU before migrate-continue).
- * Then: unfence, stop recording, let the VM carry on at the source (exit 5). Otherwise the
- * source stays fenced and the error says so (exit 6).
+ * Then: unfence, stop recording, let the VM carry on at the source (exit 5; exit 6 when the
+ * hypervisor left it shut down or paused here: stranded). Otherwise the source stays fenced
+ * and the error says so (exit 6).
  */
 async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveStage, err: unknown, log: Logger): Promise<Error> {
   const destCannotRun = !!peerAborted(err) || hv.pointOfNoReturn === "complete";
@@ -612,6 +613,9 @@ async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveSt
     if (err instanceof Interrupted) return err;
     const reason = peerAborted(err);
     if (reason) return new PhaseError(stage.phase, `the destination aborted: ${reason.reason}`, { cause: err, hint: "the migration did not happen; the VM runs at the source; fix the cause and run it again" });
+    // The hypervisor's migration failed and left the VM not running here (or its state unread):
+    // restored as above, but not "the VM still runs at the source".
+    if (err instanceof HypervisorError && err.stranded) return new PhaseError("migration", err.message, { cause: err.cause, hint: err.hint, exitCode: ExitCode.unsafeState });
     return err instanceof PhaseError && err.exitCode !== ExitCode.unsafeState
       ? err
       : new PhaseError("migration", "aborted before the point of no return; the VM's disk is still served here, writable", { cause: err });
