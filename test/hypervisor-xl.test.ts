@@ -105,6 +105,38 @@ describe("xl (Xen), through a PATH shim", () => {
     }
   });
 
+  // xl cannot cancel a migration: given up on while xl migrate runs (here Ctrl-C; a
+  // destination's error or a lost link alike), xl is stopped and waited for, then asked.
+  test("the source gives up while xl migrate runs: xl is stopped, then xl list decides: running, exit 130 as for any Ctrl-C; suspended (---ss-), exit 6 naming it; the disk unfenced and writable either way", async () => {
+    for (const [scenario, code, says] of [
+      ["ok", 130, "domain vm1 runs here (xl list: -b----"],
+      ["stopped-suspended", ExitCode.unsafeState, "the migration was given up and left domain vm1 not running here (xl list: ---ss-, shut down for suspend): it runs on neither host"],
+    ] as const) {
+      process.env.WANMIG_XL_MIGRATE_SECONDS = "60";
+      try {
+        await withXlShim(scenario, ({ h, log }) => withPair(h, async ({ srv, dst }) => {
+          const run = spawnSource(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1"]);
+          for (let i = 0; !xlCalls(log).some((c) => c.argv[0] === "migrate"); i++) {
+            if (i > 1500) throw new Error(`xl migrate never ran: ${run.stderr()}`);
+            await Bun.sleep(20);
+          }
+          const t0 = Date.now();
+          run.proc.kill("SIGINT");
+          const r = await run.result();
+          expect(Date.now() - t0).toBeLessThan(20_000); // xl stopped, not waited out (60 s)
+          expect(r.code, r.stderr).toBe(code);
+          expect(r.stderr).toContain(says);
+          expect(xlCalls(log).map((c) => c.argv)).toEqual([["list", "vm1"], ["migrate", "-p", "vm1", "127.0.0.1"], ["list", "vm1"]]);
+          expect((await srv.ctl.status()).mode).toBe("normal");
+          expect(await writable(srv.socket)).toBe(true);
+          expect(xlCalls(log).some((c) => c.argv[0] === "unpause")).toBe(false);
+        }, XL_DEST));
+      } finally {
+        delete process.env.WANMIG_XL_MIGRATE_SECONDS;
+      }
+    }
+  });
+
   test("xl migrate fails and xl list then fails too: exit 6, saying the state could not be read; the disk unfenced and writable", async () => {
     await withXlShim("suspend-fails-list-fails", ({ h }) => withPair(h, async ({ srv, dst }) => {
       const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1"]);

@@ -19,7 +19,7 @@
 
 import type { Logger } from "../log.ts";
 import { CommandError, runCommand } from "../util/run.ts";
-import { checkSourceAfterFailedMigrate, type SourceDomainState, STATE_QUERY_TIMEOUT_MS } from "./after-failed-migrate.ts";
+import { checkSourceAfterFailedMigrate, type SourceDomainState, STATE_QUERY_TIMEOUT_MS, strandedUnlessRunning } from "./after-failed-migrate.ts";
 import { HypervisorError } from "./errors.ts";
 import type { DestHypervisor, RecoveryState, SourceHypervisor } from "./types.ts";
 import { whileRunning } from "./while-running.ts";
@@ -64,6 +64,8 @@ export class LibvirtSource implements SourceHypervisor {
   readonly kind = "libvirt" as const;
   readonly pointOfNoReturn = "memory-moved" as const;
   private migrating = false;
+  /** The `virsh migrate` this source started: when it has ended, and whether moveMemory already asked where its failure left the domain. */
+  private migration?: { ended: Promise<unknown>; checked: boolean };
 
   constructor(
     private readonly opts: { domain: string; uri?: string; destUri: string },
@@ -87,10 +89,14 @@ export class LibvirtSource implements SourceHypervisor {
     const migrate = runVirsh(this.opts.uri, ["migrate", "--live", "--suspend", this.opts.domain, this.opts.destUri], this.log, `migrating ${this.opts.domain}`).finally(
       () => (this.migrating = false),
     );
+    let failed = false;
+    const m: { ended: Promise<unknown>; checked: boolean } = (this.migration = { ended: migrate.catch(() => (failed = true)), checked: false });
     try {
       await whileRunning(migrate, whileWaiting);
     } catch (err) {
-      throw await checkSourceAfterFailedMigrate(err, { domain: this.opts.domain, look: "virsh list --all", query: () => this.stateWithReason(), log: this.log });
+      if (!failed) throw err; // our own wait failed, virsh still runs: abort() cancels it and looks
+      m.checked = true;
+      throw await checkSourceAfterFailedMigrate(err, this.lookHere());
     }
     return { pausedAt: performance.now() };
   }
@@ -115,12 +121,25 @@ export class LibvirtSource implements SourceHypervisor {
 
   async complete(): Promise<void> {} // the destination resumes it, once every disk is verified
 
-  /** A migration under way is cancelled (libvirt leaves the domain running here); else nothing was moved. */
-  async abort(): Promise<void> {
-    if (!this.migrating) return;
-    await runVirsh(this.opts.uri, ["domjobabort", this.opts.domain], this.log, `cancelling the migration of ${this.opts.domain}`).catch((err) =>
-      this.log.warn(`virsh domjobabort: ${(err as Error).message}`),
-    );
+  private lookHere() {
+    return { domain: this.opts.domain, look: "virsh list --all", query: () => this.stateWithReason(), log: this.log };
+  }
+
+  /**
+   * A migration under way is cancelled (libvirt then leaves the domain running here) and
+   * waited for; then, unless moveMemory already looked, `virsh domstate` says whether the
+   * domain runs here. Nothing started: nothing to undo.
+   */
+  async abort(reason?: unknown): Promise<HypervisorError | undefined> {
+    const m = this.migration;
+    if (!m || m.checked) return undefined;
+    if (this.migrating)
+      await runVirsh(this.opts.uri, ["domjobabort", this.opts.domain], this.log, `cancelling the migration of ${this.opts.domain}`).catch((err) =>
+        this.log.warn(`virsh domjobabort: ${(err as Error).message}`),
+      );
+    await m.ended;
+    m.checked = true;
+    return strandedUnlessRunning(reason, this.lookHere());
   }
 
   /** Running or paused here: it has not left. Shut off (a persistent domain's definition stays) or gone: it has. */

@@ -9,7 +9,9 @@ export class NoSourceHypervisor implements SourceHypervisor {
     return { pausedAt: performance.now() };
   }
   async complete(): Promise<void> {}
-  async abort(): Promise<void> {}
+  async abort(): Promise<undefined> {
+    return undefined;
+  }
   /** Nothing to ask: whatever uses the disk waits behind the fence either way. */
   async recoverState(): Promise<"can-roll-back"> {
     return "can-roll-back";

@@ -152,8 +152,8 @@ export class QemuSource implements SourceHypervisor {
     return st.status === "running" ? "runs-here" : "can-roll-back";
   }
 
-  /** Cancels the migration and makes sure the VM runs here again. */
-  async abort(): Promise<void> {
+  /** Cancels the migration and makes sure the VM runs here again (cont): never stranded. */
+  async abort(): Promise<undefined> {
     const qmp = this.qmp;
     if (!qmp) return;
     const m = await qmp.execute<MigrateInfo>("query-migrate");

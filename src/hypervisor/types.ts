@@ -7,6 +7,8 @@
 //           storage hand-off (fence, last deltas, destination verifies) -> complete
 //   dest:   (image verified, held I/O released) -> release (the VM runs here)
 
+import type { HypervisorError } from "./errors.ts";
+
 export type HypervisorKind = "none" | "xl" | "qemu" | "libvirt";
 
 /**
@@ -53,8 +55,13 @@ export interface SourceHypervisor {
   moveMemory(whileWaiting: () => Promise<void>, opts?: MoveMemoryOptions): Promise<{ pausedAt: number }>;
   /** The destination has verified the disk: let the VM run there. */
   complete(): Promise<void>;
-  /** Before the point of no return: the VM carries on at the source. */
-  abort(): Promise<void>;
+  /**
+   * Before the point of no return: the VM carries on at the source. A memory migration still
+   * under way is stopped first, and waited for. Resolves with a stranded HypervisorError when
+   * the VM then does not run at the source (its state named: exit 6, never "it runs here"),
+   * else undefined.
+   */
+  abort(reason?: unknown): Promise<HypervisorError | undefined>;
   /** Looks at the VM after a source died mid hand-off; complete() or abort() follow. */
   recoverState(): Promise<RecoveryState>;
   close(): void;

@@ -7,7 +7,7 @@
 
 import type { Logger } from "../log.ts";
 import { CommandError, runCommand } from "../util/run.ts";
-import { checkSourceAfterFailedMigrate, type SourceDomainState, STATE_QUERY_TIMEOUT_MS } from "./after-failed-migrate.ts";
+import { checkSourceAfterFailedMigrate, type SourceDomainState, STATE_QUERY_TIMEOUT_MS, strandedUnlessRunning } from "./after-failed-migrate.ts";
 import { HypervisorError } from "./errors.ts";
 import type { DestHypervisor, SourceHypervisor } from "./types.ts";
 import { whileRunning } from "./while-running.ts";
@@ -64,9 +64,9 @@ export function xlDomainState(listOutput: string): { flags: string; runs: boolea
 }
 
 /** Runs xl; a failure becomes a HypervisorError naming the cause, with xl's own stderr beneath. */
-export async function runXl(args: string[], log: Logger, what: string, timeoutMs?: number): Promise<string> {
+export async function runXl(args: string[], log: Logger, what: string, timeoutMs?: number, signal?: AbortSignal): Promise<string> {
   try {
-    return (await runCommand(["xl", ...args], log, { timeoutMs })).stdout;
+    return (await runCommand(["xl", ...args], log, { timeoutMs, signal })).stdout;
   } catch (err) {
     if (!(err instanceof CommandError)) throw err;
     if (timeoutMs && err.code === 143) throw new HypervisorError(`${what}: xl did not answer in ${timeoutMs / 1000} s`, { cause: err });
@@ -79,6 +79,12 @@ export async function runXl(args: string[], log: Logger, what: string, timeoutMs
 export class XlSource implements SourceHypervisor {
   readonly kind = "xl" as const;
   readonly pointOfNoReturn = "memory-moved" as const;
+  /**
+   * The `xl migrate` this source started: how to stop it, when it has ended, and whether
+   * moveMemory already asked where its failure left the domain. xl has no way to cancel a
+   * migration; left running after we give up, it could still move the domain away.
+   */
+  private migration?: { stop: AbortController; ended: Promise<unknown>; checked: boolean };
 
   constructor(
     private readonly opts: { domain: string; host: string; sshCommand?: string; config?: string },
@@ -96,10 +102,16 @@ export class XlSource implements SourceHypervisor {
     if (this.opts.config) args.push("-C", this.opts.config);
     args.push(this.opts.domain, this.opts.host);
     this.log.info(`xl migrates ${this.opts.domain} to ${this.opts.host} (left paused there)`);
+    const stop = new AbortController();
+    const migrate = runXl(args, this.log, `migrating ${this.opts.domain}`, undefined, stop.signal);
+    let failed = false;
+    const m: { stop: AbortController; ended: Promise<unknown>; checked: boolean } = (this.migration = { stop, ended: migrate.catch(() => (failed = true)), checked: false });
     try {
-      await whileRunning(runXl(args, this.log, `migrating ${this.opts.domain}`), whileWaiting);
+      await whileRunning(migrate, whileWaiting);
     } catch (err) {
-      throw await checkSourceAfterFailedMigrate(err, { domain: this.opts.domain, look: "xl list", query: () => this.state(), log: this.log });
+      if (!failed) throw err; // our own wait failed, xl still runs: abort() stops it and looks
+      m.checked = true;
+      throw await checkSourceAfterFailedMigrate(err, this.lookHere());
     }
     return { pausedAt: performance.now() };
   }
@@ -116,8 +128,23 @@ export class XlSource implements SourceHypervisor {
 
   async complete(): Promise<void> {} // the destination unpauses, once its disk is verified
 
-  /** A failed xl migrate has ended (moveMemory checked where it left the domain); nothing is left to undo. */
-  async abort(): Promise<void> {}
+  private lookHere() {
+    return { domain: this.opts.domain, look: "xl list", query: () => this.state(), log: this.log };
+  }
+
+  /**
+   * An `xl migrate` still under way is stopped (SIGTERM) and waited for; then, unless
+   * moveMemory already looked, `xl list` says whether the domain runs here. Nothing started:
+   * nothing to undo.
+   */
+  async abort(reason?: unknown): Promise<HypervisorError | undefined> {
+    const m = this.migration;
+    if (!m || m.checked) return undefined;
+    m.stop.abort();
+    await m.ended;
+    m.checked = true;
+    return strandedUnlessRunning(reason, this.lookHere());
+  }
 
   /** The domain still listed here has not left (xl destroys it here only once it moved). */
   async recoverState(): Promise<"can-roll-back" | "must-complete"> {

@@ -593,6 +593,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
 async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveStage, err: unknown, log: Logger): Promise<Error> {
   const destCannotRun = !!peerAborted(err) || hv.pointOfNoReturn === "complete";
   if (!stage.vmGone && (!stage.barrierSent || destCannotRun)) {
+    let stranded: HypervisorError | undefined;
     try {
       // Unfenced before the VM may run again: a paused VM resumed onto a fenced disk would
       // have its next write refused (an I/O error in the guest). While it is paused here and
@@ -601,7 +602,8 @@ async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveSt
         await ctl.unfence(`the migration aborted before its point of no return: ${(err as Error).message}`);
         log.warn("source unfenced: the VM's disk is served here again, writable");
       }
-      await hv.abort();
+      // (An interruption's own words say the VM runs here: not the cause to chain.)
+      stranded = await hv.abort(err instanceof Interrupted ? new Error("interrupted by a signal") : err);
       if (stage.recording) await ctl.stopRecording();
     } catch (cause) {
       return new PhaseError("migration", "aborted, but the source could not be fully restored", {
@@ -610,6 +612,9 @@ async function abortLive(ctl: ControlClient, hv: SourceHypervisor, stage: LiveSt
         hint: "check the VM and `wanmig status` at the source",
       });
     }
+    // Whatever ended it (the destination's error may come before the hypervisor's own
+    // failure), a VM that does not run here after the abort is never "still runs here".
+    if (stranded) return new PhaseError("migration", stranded.message, { cause: stranded.cause, hint: stranded.hint, exitCode: ExitCode.unsafeState });
     if (err instanceof Interrupted) return err;
     const reason = peerAborted(err);
     if (reason) return new PhaseError(stage.phase, `the destination aborted: ${reason.reason}`, { cause: err, hint: "the migration did not happen; the VM runs at the source; fix the cause and run it again" });

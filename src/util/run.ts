@@ -31,8 +31,13 @@ export interface CommandResult {
   durationMs: number;
 }
 
-/** Runs a command to completion; throws CommandError unless it exits 0. */
-export async function runCommand(argv: string[], log: Logger, opts: { timeoutMs?: number; input?: string | Uint8Array } = {}): Promise<CommandResult> {
+const STOPPED_OUTPUT_GRACE_MS = 1000;
+
+/**
+ * Runs a command to completion; throws CommandError unless it exits 0. `signal`: aborting it
+ * sends the command SIGTERM (as a timeout does); the call still waits for it to exit.
+ */
+export async function runCommand(argv: string[], log: Logger, opts: { timeoutMs?: number; input?: string | Uint8Array; signal?: AbortSignal } = {}): Promise<CommandResult> {
   const start = performance.now();
   let proc;
   try {
@@ -40,7 +45,15 @@ export async function runCommand(argv: string[], log: Logger, opts: { timeoutMs?
   } catch (cause) {
     throw new CommandError(argv, null, "", { cause });
   }
-  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  const stop = () => proc.kill("SIGTERM");
+  if (opts.signal?.aborted) stop();
+  opts.signal?.addEventListener("abort", stop, { once: true });
+  const output = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+  const code = await proc.exited;
+  opts.signal?.removeEventListener("abort", stop);
+  // A stopped command's children (xl's ssh transport, say) may hold its pipes open long after
+  // it died: what it said by then is enough.
+  const [stdout, stderr] = opts.signal?.aborted ? await Promise.race([output, Bun.sleep(STOPPED_OUTPUT_GRACE_MS).then(() => ["", ""])]) : await output;
   const durationMs = Math.round(performance.now() - start);
   log.debug(`ran (${durationMs} ms, exit ${code}): ${quoteArgv(argv)}`);
   if (code !== 0) throw new CommandError(argv, code, stderr);
