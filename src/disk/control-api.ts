@@ -32,6 +32,7 @@
 
 import { existsSync, unlinkSync } from "node:fs";
 import { claimUnixPath } from "./nbd-server.ts";
+import { listenError } from "../util/os-errors.ts";
 import type { DiskService } from "./disk-service.ts";
 import { validateThrottleParams } from "./throttle-policy.ts";
 import { renderMetrics } from "./metrics.ts";
@@ -128,17 +129,22 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
 
 export async function startControlApi(path: string, svc: DiskService): Promise<ControlApi> {
   await claimUnixPath(path, "control socket");
-  const server = Bun.serve({
-    unix: path,
-    async fetch(req) {
-      try {
-        return await route(req, svc);
-      } catch (err) {
-        const status = err instanceof BadRequest ? 400 : 409;
-        return Response.json({ error: (err as Error).message }, { status });
-      }
-    },
-  });
+  let server: ReturnType<typeof Bun.serve>;
+  try {
+    server = Bun.serve({
+      unix: path,
+      async fetch(req) {
+        try {
+          return await route(req, svc);
+        } catch (err) {
+          const status = err instanceof BadRequest ? 400 : 409;
+          return Response.json({ error: (err as Error).message }, { status });
+        }
+      },
+    });
+  } catch (cause) {
+    throw listenError(cause, { path }, "cannot listen for control requests on");
+  }
   return {
     stop() {
       server.stop(true);

@@ -2,6 +2,7 @@
 
 import { ofetch, FetchError } from "ofetch";
 import { ControlError } from "../errors.ts";
+import { codeOf, whyNoAnswer } from "../util/os-errors.ts";
 import type { ServeStatus } from "./disk-service.ts";
 import type { RecordingStart } from "./disk-service.ts";
 import type { RecordingState } from "./recording.ts";
@@ -98,8 +99,12 @@ export class ControlClient {
           await Bun.sleep(100);
           continue;
         }
-        throw new ControlError(`cannot reach the control socket ${this.socketPath}`, {
-          cause,
+        if (cause instanceof FetchError && cause.response) throw new ControlError(`${method} ${path} on ${this.socketPath}: HTTP ${cause.response.status}`, { cause });
+        // Nothing answered: say what was tried and why (no such socket, a stale one), not
+        // fetch's "Was there a typo in the url or port?".
+        const code = codeOf(cause);
+        throw new ControlError(`cannot reach the control socket ${this.socketPath}${code ? `: ${whyNoAnswer(this.socketPath, cause)}` : ""}`, {
+          cause: code ? undefined : cause,
           hint: "is `wanmig serve` running with this --name and --run-dir?",
         });
       }

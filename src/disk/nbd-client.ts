@@ -4,6 +4,7 @@
 import type { Socket } from "bun";
 import { ExitCode, WanmigError } from "../errors.ts";
 import { ByteQueue } from "../util/byte-queue.ts";
+import { whyNoAnswer } from "../util/os-errors.ts";
 import { SocketWriter } from "../util/socket-writer.ts";
 import { Cmd, IHAVEOPT, Info, NBDMAGIC, Opt, OPTION_REPLY_MAGIC, Rep, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC } from "./nbd-protocol.ts";
 
@@ -11,8 +12,9 @@ export class NbdClientError extends WanmigError {
   constructor(
     message: string,
     readonly nbdError = 0,
+    hint?: string,
   ) {
-    super(message, { exitCode: ExitCode.peerFailure });
+    super(message, { exitCode: ExitCode.peerFailure, hint });
   }
 }
 
@@ -46,6 +48,8 @@ export class NbdClient {
         close: () => self.onClose(),
         error: () => self.onClose(),
       },
+    }).catch((cause) => {
+      throw new NbdClientError(`cannot reach the NBD socket ${unixPath}: ${whyNoAnswer(unixPath, cause)}`, 0, "is `wanmig serve` running with this --name and --run-dir?");
     });
     self = new NbdClient(socket as Socket<unknown>);
     await self.handshake(exportName);

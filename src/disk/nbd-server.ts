@@ -2,10 +2,11 @@
 // (disk0, disk1, ...; "" and the VM's own name mean disk0, as they did when a VM had one).
 
 import type { Socket, SocketListener } from "bun";
-import { existsSync, unlinkSync } from "node:fs";
+import { existsSync, statSync, unlinkSync } from "node:fs";
 import { type ConnectionHost, NbdConnection, type NbdExport, type NbdStats, newStats } from "./nbd-connection.ts";
 import type { Logger } from "../log.ts";
 import { ServeError } from "../errors.ts";
+import { listenError } from "../util/os-errors.ts";
 
 export type Endpoint = { kind: "unix"; path: string } | { kind: "tcp"; host: string; port: number };
 
@@ -42,7 +43,14 @@ export async function unixPathAnswers(path: string): Promise<boolean> {
  * served already) or be left over from a crash (remove it).
  */
 export async function claimUnixPath(path: string, what: string): Promise<void> {
-  if (!existsSync(path)) return;
+  let st;
+  try {
+    st = statSync(path);
+  } catch {
+    return;
+  }
+  // Never remove what is not a socket: `--nbd unix:IMAGE` must not delete the image.
+  if (!st.isSocket()) throw new ServeError(`${what} ${path} exists and is not a socket`, { hint: "pick another path: only a leftover socket is replaced" });
   if (await unixPathAnswers(path)) throw new ServeError(`${what} ${path} is in use by a running server`, { hint: "is this name already served on this host? see `wanmig status`" });
   unlinkSync(path);
 }
@@ -131,7 +139,7 @@ export class NbdServer implements ConnectionHost {
       }
     } catch (cause) {
       if (cause instanceof ServeError) throw cause;
-      throw new ServeError(`cannot listen for NBD on ${formatEndpoint(endpoint)}`, { cause });
+      throw listenError(cause, endpoint.kind === "unix" ? { path: endpoint.path } : endpoint, "cannot listen for NBD on");
     }
   }
 

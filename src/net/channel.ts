@@ -11,6 +11,7 @@ import { DrainMeter } from "./drain-meter.ts";
 import type { TokenBucket } from "./rate.ts";
 import { SocketWriter } from "../util/socket-writer.ts";
 import { BufferPool } from "../util/buffer-pool.ts";
+import { codeOf, connectError, listenError } from "../util/os-errors.ts";
 
 /**
  * Unsent bytes past which send() waits: about QUEUE_MS of the link once its rate is known,
@@ -431,7 +432,9 @@ function handlers(onOpen?: (ch: Channel) => void, tls?: { refused: (why: string)
 /** `tls`: the destination's certificate must chain to the CA (tls.ts); a refusal is a TlsError. */
 export async function connectTcp(host: string, port: number, tls?: TLSOptions): Promise<Channel> {
   if (!tls) {
-    const s = await Bun.connect<Holder>({ hostname: host, port, socket: handlers(), data: {} });
+    const s = await Bun.connect<Holder>({ hostname: host, port, socket: handlers(), data: {} }).catch((cause) => {
+      throw connectError(cause, { host, port });
+    });
     return s.data.ch!;
   }
   const { promise, resolve, reject } = Promise.withResolvers<Channel>();
@@ -442,11 +445,26 @@ export async function connectTcp(host: string, port: number, tls?: TLSOptions): 
     refused("the destination closed the connection during the TLS handshake (did it refuse our certificate?)");
     close(s);
   };
-  await Bun.connect<Holder>({ hostname: host, port, socket, data: {}, tls }).catch((err: Error) => refused(err.message));
+  // Nothing listening (or no such host) is that, as without TLS; anything else is TLS's.
+  await Bun.connect<Holder>({ hostname: host, port, socket, data: {}, tls }).catch((err: Error) => (codeOf(err) ? reject(connectError(err, { host, port })) : refused(err.message)));
   return promise;
 }
 
-/** `tls`: every source must present a certificate that chains to the CA; a refused one goes to `onRefused`. */
-export function listenTcp(host: string, port: number, onChannel: (ch: Channel) => void, tls?: { options: TLSOptions; onRefused: (why: string) => void }): TCPSocketListener<Holder> {
-  return Bun.listen<Holder>({ hostname: host, port, socket: handlers(onChannel, tls && { refused: tls.onRefused }), data: {}, ...(tls ? { tls: tls.options } : {}) });
+/**
+ * `tls`: every source must present a certificate that chains to the CA; a refused one goes to `onRefused`.
+ * A port in use, an address not of this host, ...: a ListenError that says which and why
+ * (exit 3); `busyHint` is its hint when the port is in use.
+ */
+export function listenTcp(
+  host: string,
+  port: number,
+  onChannel: (ch: Channel) => void,
+  tls?: { options: TLSOptions; onRefused: (why: string) => void },
+  opts: { busyHint?: string } = {},
+): TCPSocketListener<Holder> {
+  try {
+    return Bun.listen<Holder>({ hostname: host, port, socket: handlers(onChannel, tls && { refused: tls.onRefused }), data: {}, ...(tls ? { tls: tls.options } : {}) });
+  } catch (cause) {
+    throw listenError(cause, { host, port }, "cannot listen on", opts.busyHint);
+  }
 }
