@@ -1,8 +1,9 @@
 import { defineCommand } from "citty";
 import { DiskService } from "../disk/disk-service.ts";
 import { retireMovedServer } from "../disk/retire-moved.ts";
-import { existsSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileProblem } from "../util/os-errors.ts";
 import { runCommand } from "../util/run.ts";
 import { destHypervisor } from "../hypervisor/index.ts";
 import { recoverStaleJournal } from "../redirect/journal.ts";
@@ -17,7 +18,7 @@ import { Receiver } from "../phases/receive.ts";
 import { ImageStateFile, stateFilePath } from "../disk/image-state.ts";
 import { ReceiveError } from "../phases/errors.ts";
 import { jsonArg, logArg, nameArg, REPEATABLE, runDirArg, valuesOf } from "./_shared.ts";
-import { credentials, parseHostPort } from "./_migration.ts";
+import { credentials, parseHostPort, writableDir } from "./_migration.ts";
 import { serverTls, tlsArgs, type TlsFiles, tlsFromArgs } from "../net/tls.ts";
 
 /**
@@ -41,6 +42,7 @@ function connections(listen: string, name: string, log: ReturnType<typeof logger
         wake?.();
       }),
     tls && { options: serverTls(tls), onRefused: refused },
+    { busyHint: `stop that process (\`ss -ltnp 'sport = :${port}'\` names it), or pick another --listen port; a TCP dest keeps its port for 60 s after a move, for a source that lost its answer` },
   );
   log.info(`listening on ${host}:${listener.port} for ${name}`);
   return {
@@ -51,6 +53,26 @@ function connections(listen: string, name: string, log: ReturnType<typeof logger
     },
     close: () => listener.stop(false),
   };
+}
+
+/**
+ * What can be checked before anything is created or listens: a value found wrong only when
+ * the source connects (or after a broken link) is found too late. Each image is a file, or
+ * is created in a directory that exists; its state file goes beside it either way.
+ */
+function checkStartup(args: { stdio: boolean; listen?: string; "resume-timeout": string }, images: string[]): void {
+  if (!args.stdio) parseHostPort(args.listen!, "--listen");
+  if (!/^\d+(\.\d+)?$/.test(args["resume-timeout"].trim()))
+    throw new UsageError(`--resume-timeout ${JSON.stringify(args["resume-timeout"])} is not a number of seconds`, "write it like 600");
+  for (const image of images) {
+    try {
+      if (statSync(image).isDirectory()) throw new ServeError(`--image ${image} is a directory`, { hint: "name the image file (it is created if missing)" });
+    } catch (cause) {
+      if (cause instanceof ServeError) throw cause;
+      if ((cause as NodeJS.ErrnoException).code !== "ENOENT") throw new ServeError(`cannot use --image ${image}: ${fileProblem(cause)}`);
+    }
+    writableDir(dirname(resolve(image)), `--image ${image}`);
+  }
 }
 
 /** Each image starts as a sparse (or reflinked) copy of its base; an existing image is a base already. */
@@ -169,6 +191,7 @@ export default defineCommand({
     // Over SSH the transport authenticated both ends already; no secret is needed.
     if (args.stdio && args.tls) throw new UsageError("--tls is for --listen over TCP; with --stdio, ssh encrypts and authenticates already");
     tlsFromArgs(args); // its files checked now, before anything starts
+    checkStartup(args, images);
     const creds = args.stdio ? { secret: args["secret-file"] ? credentials(args, "dest").secret : undefined } : credentials(args, "dest");
     const hv = destHypervisor(args, log);
     // The run directory is ours to make, as serve's is (`wanmig migrate --remote-run-dir`
@@ -176,7 +199,7 @@ export default defineCommand({
     try {
       mkdirSync(args["run-dir"], { recursive: true, mode: 0o755 });
     } catch (cause) {
-      throw new ServeError(`cannot create the run directory ${args["run-dir"]}`, { cause, hint: "pick another --run-dir, or create it" });
+      throw new ServeError(`cannot create the run directory ${args["run-dir"]}: ${fileProblem(cause)}`, { hint: "pick another --run-dir, or create it" });
     }
     // NAME served here already: found now, not once the whole image has crossed and this
     // dest starts serving it. A server left holding these very images, fenced since the VM
@@ -221,7 +244,11 @@ export default defineCommand({
     });
     // After that check: the pid file of a dest that serves NAME here is not ours to replace.
     if (args["pid-file"]) {
-      writeFileSync(args["pid-file"], `${process.pid}\n`);
+      try {
+        writeFileSync(args["pid-file"], `${process.pid}\n`);
+      } catch (cause) {
+        throw new ServeError(`cannot write --pid-file ${args["pid-file"]}: ${fileProblem(cause)}`, { hint: "pick a path in a directory that exists and that you may write in" });
+      }
       const pidFile = args["pid-file"];
       process.on("exit", () => rmSync(pidFile, { force: true }));
     }

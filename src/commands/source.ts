@@ -1,6 +1,7 @@
 import { type ArgsDef, defineCommand, type ParsedArgs } from "citty";
 import { parseSshUrl, sshChannel } from "../remote/ssh.ts";
 import { writeFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 import { Timeline } from "../report/timeline.ts";
 import { logger, setLogLevel } from "../log.ts";
 import { connectTcp } from "../net/channel.ts";
@@ -12,7 +13,7 @@ import { parseRate, TokenBucket } from "../net/rate.ts";
 import { type MigrationMetrics, runSource } from "../phases/source-run.ts";
 import { formatBytes } from "../util/format.ts";
 import { jsonArg, logArg, nameArg, REPEATABLE, runDirArg, valuesOf } from "./_shared.ts";
-import { credentials, parseHostPort } from "./_migration.ts";
+import { credentials, parseHostPort, writableDir } from "./_migration.ts";
 import { UsageError } from "../errors.ts";
 import { sourceHypervisor } from "../hypervisor/index.ts";
 import type { RedirectOptions } from "../phases/redirect.ts";
@@ -62,7 +63,7 @@ function throttleParams(args: { "throttle-threshold"?: string; "throttle-delay"?
     if (!Number.isSafeInteger(n) || n < 1) throw new UsageError(`--throttle-threshold ${args["throttle-threshold"]} is not a count of deltas`, "write a whole number >= 1");
     p.threshold = n;
   }
-  if (args["throttle-delay"] !== undefined) p.delayUs = Math.round(parseDuration(args["throttle-delay"]) * 1000);
+  if (args["throttle-delay"] !== undefined) p.delayUs = Math.round(parseDuration(args["throttle-delay"], "--throttle-delay") * 1000);
   return Object.keys(p).length ? p : undefined;
 }
 
@@ -126,7 +127,7 @@ function redirectOptions(args: Record<string, unknown>): RedirectOptions | undef
     mode: args.tunnel as RedirectOptions["mode"],
     oldIp,
     newIp: args["new-ip"] as string | undefined,
-    idleMs: parseDuration(String(args["tunnel-idle"])),
+    idleMs: parseDuration(String(args["tunnel-idle"]), "--tunnel-idle"),
     local: args["tunnel-local"] as string | undefined,
     remote: args["tunnel-remote"] as string | undefined,
     dns,
@@ -195,9 +196,11 @@ export async function runSourceCommand(args: SourceArgs, opts: { destImages?: st
     };
     process.on("SIGINT", onSignal);
     process.on("SIGTERM", onSignal);
-    const rate = args.bandwidth ? new TokenBucket(parseRate(args.bandwidth)) : undefined;
+    const rate = args.bandwidth ? new TokenBucket(parseRate(args.bandwidth, "--bandwidth")) : undefined;
     const progress = progressReporter(process.stderr);
     if (args.report && !/\.(svg|html)$/.test(args.report)) throw new UsageError(`--report ${args.report}: name a .svg or .html file`);
+    // Written at the end: a directory that is not there must not fail a migration that succeeded.
+    if (args.report) writableDir(dirname(resolve(args.report)), `--report ${args.report}`);
     const timeline = args.report ? new Timeline() : undefined;
     const show = args.json ? (e: Record<string, unknown>) => process.stdout.write(`${JSON.stringify(e)}\n`) : progress.onEvent;
     const ssh = args.to.startsWith("ssh://");
@@ -225,8 +228,8 @@ export async function runSourceCommand(args: SourceArgs, opts: { destImages?: st
       mode: args.mode as "live" | "freeze-and-copy",
       deltas: args.deltas as "paper" | "coalesce",
       throttle: throttleParams(args),
-      maxDowntimeMs: parseDuration(args["max-downtime"]),
-      timeout: args.timeout === undefined ? undefined : { ms: parseDuration(args.timeout), action: args["timeout-action"] as "abort" | "freeze", text: args.timeout },
+      maxDowntimeMs: parseDuration(args["max-downtime"], "--max-downtime"),
+      timeout: args.timeout === undefined ? undefined : { ms: parseDuration(args.timeout, "--timeout"), action: args["timeout-action"] as "abort" | "freeze", text: args.timeout },
       maxLogBytes: args["max-log-size"] === undefined ? undefined : parseSize(args["max-log-size"], "--max-log-size"),
       log,
       interrupted: () => interrupted,
@@ -243,7 +246,7 @@ export async function runSourceCommand(args: SourceArgs, opts: { destImages?: st
     }
     if (redirect) {
       // The migration is done and reported; the tunnel stays until nothing uses it.
-      const idleMs = parseDuration(args["tunnel-idle"]);
+      const idleMs = parseDuration(args["tunnel-idle"], "--tunnel-idle");
       log.info(`redirect: waiting until ${redirect.spec.iface} carries no packet for ${args["tunnel-idle"]}`);
       const emit = (e: Record<string, unknown>) => args.json && process.stdout.write(`${JSON.stringify(e)}\n`);
       const stop = () => redirect.teardown().finally(() => process.exit(130));

@@ -30,7 +30,7 @@ export default defineCommand({
       socket: join(args["run-dir"], `${args.name}.nbd`),
       next: args["then-run-dir"] ? join(args["then-run-dir"], `${args.name}.nbd`) : undefined,
       pattern: args.pattern as PatternName,
-      durationMs: parseDuration(args.duration),
+      durationMs: parseDuration(args.duration, "--duration"),
       log: logger("workload"),
       // With --json, what was written so far, every 200 ms: a benchmark's measure of the writer.
       onProgress: args.json ? (p) => process.stdout.write(`${JSON.stringify({ event: "progress", at: Date.now(), ...p })}\n`) : undefined,

@@ -16,6 +16,7 @@
 
 import { processAlive } from "../util/process.ts";
 import { chmodSync, mkdirSync } from "node:fs";
+import { fileProblem } from "../util/os-errors.ts";
 import { join } from "node:path";
 import { ServeError } from "../errors.ts";
 import type { Logger } from "../log.ts";
@@ -171,7 +172,7 @@ export class DiskService {
     try {
       this.file = openImage(opts.images, opts.readOnly ?? false);
     } catch (cause) {
-      throw new ServeError(`cannot open image ${describeImages(opts.images)}`, { cause, hint: "the image must be an existing regular file (create one with truncate -s SIZE)" });
+      throw new ServeError(`cannot open image ${describeImages(opts.images)}: ${fileProblem(cause)}`, { hint: "the image must be an existing regular file (create one with truncate -s SIZE)" });
     }
     this.tracking = new TrackingBackend(this.file);
     this.recording = new RecordingBackend(this.tracking, (msg) => opts.log.error(`record mode failed: ${msg}; a migration under way must abort`), this.tracking);
@@ -195,7 +196,7 @@ export class DiskService {
     try {
       mkdirSync(opts.runDir, { recursive: true, mode: 0o755 });
     } catch (cause) {
-      throw new ServeError(`cannot create run directory ${opts.runDir}`, { cause, hint: "pass --run-dir DIR with a directory you can write" });
+      throw new ServeError(`cannot create the run directory ${opts.runDir}: ${fileProblem(cause)}`, { hint: "pass --run-dir DIR with a directory you can write" });
     }
     // The name first (the clearer message when it is served already), then the image.
     await claimUnixPath(controlSocketPath(opts.runDir, opts.name), "control socket");
@@ -210,7 +211,7 @@ export class DiskService {
         } catch (cause) {
           if (cause instanceof ImageLockError)
             throw new ServeError(`${image} is in use by another process`, { cause, hint: "only one process may serve an image: see `wanmig status`, or the QEMU that has it open" });
-          throw new ServeError(`cannot open image ${image}`, { cause, hint: "the image must be an existing regular file (create one with truncate -s SIZE)" });
+          throw new ServeError(`cannot open image ${image}: ${fileProblem(cause)}`, { hint: "the image must be an existing regular file (create one with truncate -s SIZE)" });
         }
       }
       svc = new DiskService(opts);

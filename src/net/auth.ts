@@ -8,6 +8,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { readFileSync, statSync } from "node:fs";
 import { ExitCode, WanmigError } from "../errors.ts";
+import { fileProblem } from "../util/os-errors.ts";
 
 export type Role = "source" | "dest";
 
@@ -38,10 +39,16 @@ export function readSecretFile(path: string): Uint8Array {
   try {
     st = statSync(path);
   } catch (cause) {
-    throw new AuthError(`cannot read secret file ${path}`, { cause });
+    throw new AuthError(`cannot read secret file ${path}: ${fileProblem(cause)}`, { hint: "the same --secret-file on both hosts, mode 0600; make one with: head -c 32 /dev/urandom | base64 > FILE" });
   }
+  if (!st.isFile()) throw new AuthError(`secret file ${path} is not a file`, { hint: "name the file that holds the secret" });
   if (st.mode & 0o077) throw new AuthError(`secret file ${path} is readable by others (mode ${(st.mode & 0o777).toString(8)})`, { hint: `chmod 600 ${path}` });
-  const secret = readFileSync(path);
+  let secret;
+  try {
+    secret = readFileSync(path);
+  } catch (cause) {
+    throw new AuthError(`cannot read secret file ${path}: ${fileProblem(cause)}`, { hint: "run as a user that may read it (mode 0600: its owner)" });
+  }
   const trimmed = Buffer.from(secret.toString("utf8").trim(), "utf8");
   if (trimmed.length < 16) throw new AuthError(`secret in ${path} is too short (${trimmed.length} bytes; want 16 or more)`, { hint: "make one with: head -c 32 /dev/urandom | base64 > FILE" });
   return trimmed;

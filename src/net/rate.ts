@@ -11,12 +11,12 @@ const UNITS: Record<string, number> = {
 };
 
 /** "5mbit", "100mbit", "1gbit" (bits, as tc writes them), "10MB", "8MiB" (bytes), per second. */
-export function parseRate(spec: string): number {
+export function parseRate(spec: string, flag?: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*([a-z]+)?(?:\/s)?$/i.exec(spec.trim());
   const unit = (m?.[2] ?? "b").toLowerCase();
   const mult = UNITS[unit];
   if (!m || mult === undefined || Number(m[1]) <= 0)
-    throw new UsageError(`cannot read rate ${JSON.stringify(spec)}`, "write it like 5mbit, 100mbit, 1gbit (bits/s) or 10MB, 8MiB (bytes/s)");
+    throw new UsageError(flag ? `cannot read ${flag} ${JSON.stringify(spec)} as a rate` : `cannot read rate ${JSON.stringify(spec)}`, "write it like 5mbit, 100mbit, 1gbit (bits/s) or 10MB, 8MiB (bytes/s)");
   return Number(m[1]) * mult;
 }
 

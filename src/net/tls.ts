@@ -6,9 +6,11 @@
 // Under TLS the stream is encrypted and authenticated already: frames are not sealed again
 // (seal.ts). A secret, if given as well, still runs its HMAC proof in the handshake.
 
+import { createPrivateKey, type KeyObject, X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import type { TLSOptions } from "bun";
 import { ExitCode, UsageError, WanmigError } from "../errors.ts";
+import { fileProblem } from "../util/os-errors.ts";
 
 export interface TlsFiles {
   cert: string;
@@ -30,7 +32,7 @@ export const tlsArgs = {
   "tls-ca": { type: "string", description: "with --tls: the CA the peer's certificate must chain to (PEM)", valueHint: "FILE" },
 } as const;
 
-/** The TLS files the arguments name, read now (a missing one is a usage error); undefined without --tls. */
+/** The TLS files the arguments name, read and parsed now (a missing flag is a usage error, an unusable file bad input); undefined without --tls. */
 export function tlsFromArgs(args: { tls?: boolean; "tls-cert"?: string; "tls-key"?: string; "tls-ca"?: string }): TlsFiles | undefined {
   const named = (["tls-cert", "tls-key", "tls-ca"] as const).filter((k) => args[k] !== undefined);
   if (!args.tls) {
@@ -40,12 +42,33 @@ export function tlsFromArgs(args: { tls?: boolean; "tls-cert"?: string; "tls-key
   const missing = (["tls-cert", "tls-key", "tls-ca"] as const).filter((k) => !args[k]);
   if (missing.length) throw new UsageError(`--tls needs ${missing.map((k) => `--${k} FILE`).join(", ")}`);
   const files = { cert: args["tls-cert"]!, key: args["tls-key"]!, ca: args["tls-ca"]! };
+  // Read and parsed now, before anything listens or connects: a bad file is one line here,
+  // not BoringSSL's "PEM routines:OPENSSL_internal:NO_START_LINE" from inside Bun.listen.
+  const pem: Record<string, string> = {};
   for (const [flag, path] of Object.entries(files))
     try {
-      readFileSync(path);
+      pem[flag] = readFileSync(path, "utf8");
     } catch (cause) {
-      throw new UsageError(`cannot read --tls-${flag} ${path}: ${(cause as Error).message}`);
+      throw new TlsError(`cannot read --tls-${flag} ${path}: ${fileProblem(cause)}`, { hint: "name a readable PEM file" });
     }
+  let cert: X509Certificate;
+  let key: KeyObject;
+  try {
+    cert = new X509Certificate(pem.cert!);
+  } catch {
+    throw new TlsError(`--tls-cert ${files.cert} is not a PEM certificate`, { hint: "it must hold -----BEGIN CERTIFICATE----- (this host's, then any intermediates)" });
+  }
+  try {
+    new X509Certificate(pem.ca!);
+  } catch {
+    throw new TlsError(`--tls-ca ${files.ca} is not a PEM certificate`, { hint: "it must hold the CA's -----BEGIN CERTIFICATE-----" });
+  }
+  try {
+    key = createPrivateKey(pem.key!);
+  } catch {
+    throw new TlsError(`--tls-key ${files.key} is not a PEM private key (or it is encrypted)`, { hint: "it must hold an unencrypted -----BEGIN PRIVATE KEY-----" });
+  }
+  if (!cert.checkPrivateKey(key)) throw new TlsError(`--tls-key ${files.key} is not the key of --tls-cert ${files.cert}`, { hint: "give the key the certificate was made for" });
   return files;
 }
 
