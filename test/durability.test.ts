@@ -80,11 +80,14 @@ describe("a recording that cannot go on", () => {
       srv2 = await startServe({ image: h.image, runDir: h.a });
       expect(srv2.stderr()).toContain("did not survive the reboot");
       const r = await src.result();
-      expect(r.code).toBe(ExitCode.abortedSafely);
+      expect(r.code, r.stderr).toBe(ExitCode.abortedSafely);
       expect(r.stderr).toContain("lost the recording");
       expect(await writable(srv2.socket)).toBe(true);
       expect((await srv2.ctl.status()).mode).toBe("normal");
-      expect(await dst.proc.exited).not.toBe(0);
+      // Told the source gave up, the destination exits; never left waiting for a resume.
+      const gone = await Promise.race([dst.proc.exited, Bun.sleep(15_000).then(() => "still waiting")]);
+      expect(gone, `the destination was not told:\n--- source\n${r.stderr}\n--- destination\n${dst.stderr()}`).not.toBe("still waiting");
+      expect(gone).not.toBe(0);
     } finally {
       srv1.proc.kill("SIGKILL");
       await srv2?.stop();

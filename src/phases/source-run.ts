@@ -4,7 +4,7 @@
 
 import { ControlClient } from "../disk/control-client.ts";
 import { controlSocketPath, offeredDisks, servedImages } from "../disk/disk-service.ts";
-import { type Channel, ChannelClosed, peerAborted } from "../net/channel.ts";
+import { type Channel, peerAborted } from "../net/channel.ts";
 import { type CompressSetting, Compressor } from "../net/compress.ts";
 import type { ServeStatus } from "../disk/disk-service.ts";
 import type { ThrottleParams } from "../disk/throttle-policy.ts";
@@ -31,6 +31,7 @@ import { DeltasError, HandoffError, Interrupted } from "./errors.ts";
 import { type Credentials, sourceHandshake } from "./init.ts";
 import { type RecoveryOptions, settleHandoff } from "./recover.ts";
 import { RecordingWatch } from "./recording-watch.ts";
+import { isLinkFailure } from "./link-failure.ts";
 import { type DiskFigures, DiskTally } from "./disk-tally.ts";
 
 export interface SourceOptions {
@@ -295,15 +296,6 @@ function finish(
 /** Reconnects after a broken link: attempts and the pause before each (ms). */
 const RESUME_BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000];
 
-function isLinkFailure(err: unknown): boolean {
-  for (let e = err; e; e = (e as Error).cause) {
-    if (e instanceof ChannelClosed) return true;
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === "ECONNREFUSED" || code === "ECONNRESET" || code === "EPIPE") return true;
-  }
-  return false;
-}
-
 /**
  * Every 250 ms while recording: the serve's delta queue and throttle level, as "sample"
  * events (the report's queue and throttle curves, which the bulk phase would not show
@@ -536,7 +528,10 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         // waiting for a resume and exits, keeping what it has as a base for the next run.
         else if (!isLinkFailure(err) && !ch.errorSent) await ch.send(msg.error(`the source gave up: ${(err as Error).message}`)).catch(() => undefined);
         wire += ch.bytesSent;
-        ch.close();
+        // Last words go out before the stream ends: close() would drop what still waits in
+        // our queue behind the bulk (a destination that missed them waits for a resume).
+        if (ch.errorSent) await ch.shutdown();
+        else ch.close();
       }
       if (deltas) deltaStats = addDeltaStats(deltaStats, deltas);
       deltas?.close();
