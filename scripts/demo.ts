@@ -1,6 +1,7 @@
 // `npm run demo`: a live disk migration on loopback, on an embedded default.
-// Host A and host B are two directories; the "VM" is fio writing to its disk over NBD
-// through the whole migration. At the end both images must be byte-identical.
+// Host A and host B are two directories; the "VM" is `wanmig workload` writing to its disk
+// over NBD through the whole migration. At the end both images must be byte-identical.
+// It needs nothing beyond `npm install`: coreutils and this checkout (no Debian package).
 import { $ } from "bun";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";

@@ -219,7 +219,7 @@ describe("xl (Xen), through a PATH shim", () => {
 
 describe("Debian's real xl on a host without Xen", () => {
   test("the error names the cause: no Xen hypervisor here (exit 5, the disk untouched)", async () => {
-    expect(existsSync("/usr/sbin/xl")).toBe(true); // xen-utils is installed by scripts/install-test-deps.sh
+    expect(existsSync("/usr/sbin/xl")).toBe(true); // xen-utils: scripts/install-deps.sh xen (npm test installs every group)
     const h = await hosts(4, 1);
     await withPair(h, async ({ srv, dst }) => {
       const run = await source(h, dst.port, ["--insecure", "--hypervisor", "xl", "--domain", "vm1"]);

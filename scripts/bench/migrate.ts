@@ -777,7 +777,7 @@ export async function main(argv: string[]): Promise<void> {
   const meta: Record<string, unknown> = {};
   let img: Awaited<ReturnType<typeof buildImage>> | undefined;
   try {
-    await $`bash ${join(REPO, "scripts", "install-test-deps.sh")}`;
+    await $`bash ${join(REPO, "scripts", "install-deps.sh")} core guest`; // nbdcopy, qemu-nbd, zstd; qemu-storage-daemon
     baseDir = mkdtempSync("/tmp/wanmig-bench-migrate-");
     const image = join(baseDir, "image.raw");
     const secret = join(baseDir, "secret");

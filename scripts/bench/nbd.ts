@@ -136,7 +136,7 @@ export async function main(argv: string[]): Promise<void> {
   const sizeMiB = Number(values["size-mib"]);
   const runtime = Number(values.runtime);
   const repeat = Number(values.repeat);
-  await $`bash ${join(REPO, "scripts", "install-test-deps.sh")}`;
+  await $`bash ${join(REPO, "scripts", "install-deps.sh")} core`; // fio, nbdkit, qemu-nbd
   await $`bun ${join(REPO, "scripts", "build.ts")}`.cwd(REPO);
   const dir = mkdtempSync(join(tmpdir(), "wanmig-bench-"));
   const image = join(dir, "image.raw");

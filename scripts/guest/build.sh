@@ -3,7 +3,7 @@
 # Debian kernel (PVH boot: no in-guest xz decompression under TCG, ~3.5 s to boot instead
 # of ~8) and a busybox initramfs with the virtio modules and scripts/guest/init.sh.
 # Idempotent: does nothing when OUTDIR is complete. Needs the Debian mirror once (apt-get
-# download of the kernel package); the packages come from scripts/install-test-deps.sh.
+# download of the kernel package); the packages come from scripts/install-deps.sh guest.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=$(mkdir -p "${1:-$HERE/../../.cache/guest}" && cd "${1:-$HERE/../../.cache/guest}" && pwd)
