@@ -22,6 +22,16 @@ export default defineCommand({
   async run({ args, rawArgs }) {
     if (args.log) setLogLevel(args.log);
     const log = logger("serve");
+    // Signals are caught from the start: a SIGTERM in the instant after "serving" (systemd, a
+    // test) killed the process uncleanly (exit 143), its sockets left behind.
+    let signalled: string | undefined;
+    let onSignal: ((sig: string) => void) | undefined;
+    const caught = (sig: string) => {
+      signalled ??= sig;
+      onSignal?.(sig);
+    };
+    process.once("SIGINT", () => caught("SIGINT"));
+    process.once("SIGTERM", () => caught("SIGTERM"));
     const svc = await DiskService.start({
       images: valuesOf(rawArgs, "image"),
       name: args.name,
@@ -34,14 +44,8 @@ export default defineCommand({
       log,
     });
     // Runs until a signal: stop listening, close the image, remove our sockets.
-    await new Promise<void>((resolve) => {
-      const stop = (sig: string) => {
-        log.info(`${sig}: shutting down`);
-        svc.stop();
-        resolve();
-      };
-      process.once("SIGINT", () => stop("SIGINT"));
-      process.once("SIGTERM", () => stop("SIGTERM"));
-    });
+    const sig = signalled ?? (await new Promise<string>((resolve) => (onSignal = resolve)));
+    log.info(`${sig}: shutting down`);
+    svc.stop();
   },
 });
