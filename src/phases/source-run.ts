@@ -20,7 +20,7 @@ import type { SourceHypervisor } from "../hypervisor/types.ts";
 import { HypervisorError } from "../hypervisor/errors.ts";
 import type { Redirect } from "../redirect/redirect.ts";
 import { completeRedirect, type RedirectOptions, setUpRedirect } from "./redirect.ts";
-import { ExitCode } from "../errors.ts";
+import { ControlError, ExitCode } from "../errors.ts";
 import { BulkReadLog } from "./coalesce.ts";
 import { statSync } from "node:fs";
 import { basename } from "node:path";
@@ -159,7 +159,7 @@ export async function runSource(o: SourceOptions): Promise<SourceResult> {
     try {
       ch = await o.connect();
     } catch (cause) {
-      throw new InitError("cannot connect to the destination", { cause });
+      throw new InitError(`cannot connect to the destination${o.to ? ` ${o.to}` : ""}`, { cause, hint: "is `wanmig dest` waiting there? check --to, and the path between" });
     }
     return freezeAndCopy(ch, retrying, status, bs, o, t0);
   }
@@ -372,7 +372,12 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         // every write since that run began, which is what a destination that got part of
         // that run needs (the HELLO names the log, so the destination can tell).
         // Coalesce mode: the bulk copy's cursor at 0 from the first write (recording.ts).
-        const rec = await ctl.startRecording({ owner: process.pid, maxLogBytes: o.maxLogBytes, rateCap: heldCap, bulkCursor: carried ? 0 : undefined, ranges: !!carried });
+        const rec = await ctl.startRecording({ owner: process.pid, maxLogBytes: o.maxLogBytes, rateCap: heldCap, bulkCursor: carried ? 0 : undefined, ranges: !!carried }).catch((cause) => {
+          // The serve's refusal (another source migrates this disk, say) is the first line, not "aborted".
+          if (cause instanceof ControlError && cause.exitCode === ExitCode.badInput)
+            throw new InitError(cause.message.replace(/^POST \/v1\/record: /, ""), { exitCode: ExitCode.badInput, hint: `see \`wanmig status --name ${o.name}\`; one migration of a disk at a time` });
+          throw cause;
+        });
         logPath = rec.path!;
         stage.recording = true;
         watch = new RecordingWatch(rec.id!, (await ctl.status()).instance, check.digests, o.log);
@@ -383,7 +388,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
       try {
         ch = await o.connect();
       } catch (cause) {
-        throw new InitError("cannot connect to the destination", { cause });
+        throw new InitError(`cannot connect to the destination${o.to ? ` ${o.to}` : ""}`, { cause, hint: "is `wanmig dest` waiting there? check --to, and the path between" });
       }
       const shookAt = performance.now();
       const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, disks: offeredDisks(status), blockSize, recording: basename(logPath) });
