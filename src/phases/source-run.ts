@@ -297,21 +297,42 @@ function finish(
 const RESUME_BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000];
 
 /**
- * Every 250 ms while recording: the serve's delta queue and throttle level, as "sample"
- * events (the report's queue and throttle curves, which the bulk phase would not show
- * otherwise: deltas are only shipped after it).
+ * Every 250 ms while recording (freeze-and-copy: from its bulk copy on): the serve's delta
+ * queue and throttle level, and the bytes handed to the link so far, as "sample" events
+ * (the report's curves: the queue and the throttle, which the bulk phase would not show
+ * otherwise, deltas being shipped after it; and the throughput). The throughput is the
+ * wire's (after compression, after --bandwidth), read on this clock: the bulk's progress
+ * counts a whole 4 MiB chunk of image bytes, before compression, when it is queued, which
+ * drew 16 MiB/s and 0 in turn and peaks of compressible data far above the link.
  */
-function sampleServe(retrying: ControlClient, onEvent?: (e: Record<string, unknown>) => void): { stop(): void } {
+function sampleServe(retrying: ControlClient, onEvent?: (e: Record<string, unknown>) => void, link?: () => { wireBytes: number; linkBytesPerSec?: number }): { stop(): void } {
   if (!onEvent) return { stop() {} };
   // A sample missed while the serve restarts is only a gap in the curve: no retries piling up.
   const ctl = new ControlClient(retrying.socketPath);
   const timer = setInterval(() => {
+    // Stamped at the tick, with the link's count then, not when the serve answers.
+    const at = Date.now();
+    const wire = link?.();
     ctl.status().then(
-      (st) => onEvent({ event: "sample", at: Date.now(), deltaQueue: st.throttle.deltaQueue, throttleLevel: st.throttle.level, recordedDeltas: st.recording.records }),
-      () => undefined,
+      (st) => onEvent({ event: "sample", at, ...wire, deltaQueue: st.throttle.deltaQueue, throttleLevel: st.throttle.level, recordedDeltas: st.recording.records }),
+      () => wire && onEvent({ event: "sample", at, ...wire }),
     );
   }, 250);
   return { stop: () => clearInterval(timer) };
+}
+
+/** Wire bytes handed to the link so far, over every connection `current` has been (a resume opens another). */
+function wireCount(current: () => Channel | undefined): () => { wireBytes: number; linkBytesPerSec?: number } {
+  let before = 0;
+  let counted: Channel | undefined;
+  return () => {
+    const ch = current();
+    if (ch !== counted) {
+      before += counted?.handedBytes() ?? 0;
+      counted = ch;
+    }
+    return { wireBytes: before + (ch?.handedBytes() ?? 0), linkBytesPerSec: ch?.rate?.bytesPerSec };
+  };
 }
 
 /** How far a live migration got: what a failure means depends on it. */
@@ -381,7 +402,7 @@ async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, 
         logPath = rec.path!;
         stage.recording = true;
         watch = new RecordingWatch(rec.id!, (await ctl.status()).instance, check.digests, o.log);
-        sampler = sampleServe(ctl, o.onEvent);
+        sampler = sampleServe(ctl, o.onEvent, wireCount(() => ch));
         if (status.recording.active) o.log.warn(`adopting the delta log of an earlier source run that did not finish: ${logPath}`);
         o.log.info(`recording into ${logPath}`);
       }
@@ -655,6 +676,7 @@ async function freezeAndCopy(
   const hv = o.hypervisor ?? new NoSourceHypervisor();
   const stage: LiveStage = { recording: false, fenced: false, barrierSent: false, vmGone: false, phase: "init" };
   let redirect: Redirect | undefined;
+  let sampler: { stop(): void } | undefined;
   try {
     // No delta log in this mode: nothing to resume against.
     const shookAt = performance.now();
@@ -679,6 +701,7 @@ async function freezeAndCopy(
     o.log.info("freeze-and-copy: source fenced; copying the whole image");
     stage.phase = "bulk";
     phaseEvent(o, "bulk");
+    sampler = sampleServe(ctl, o.onEvent, wireCount(() => ch)); // the report's throughput
     const digests = new RegionDigests(status.size);
     const images = servedImages(status);
     const z = new Compressor(o.compress, ch, rttMs);
@@ -728,6 +751,7 @@ async function freezeAndCopy(
     hv.close();
     throw final;
   } finally {
+    sampler?.stop();
     ch.close();
   }
 }
