@@ -52,7 +52,7 @@ export class QemuSource implements SourceHypervisor {
       throw new HypervisorError(`a migration of this VM is already ${mig.status}`);
     // Not auto-converge (off by default in QEMU and libvirt too). Tried on the paper bench's
     // Bonnie rows: with it, the guest crashed at B in 2 of 2 (its RAM, likely the TCG race the
-    // README describes, which throttled vCPU threads widen); without it the same row
+    // docs/benchmarks.md describes, which throttled vCPU threads widen); without it the same row
     // converged, our disk throttle slowing the writer, and the guest ran on.
     await this.qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "pause-before-switchover", state: true }] });
     this.qmp.onEvent((e) => {

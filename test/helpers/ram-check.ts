@@ -1,7 +1,7 @@
 // Whose fault is a real guest's failure? (issue 11)
 //
 // QEMU 7.2's TCG memory migration now and then loses a page of guest RAM under CPU
-// starvation, with or without wanmig in the path (README, "Guest RAM at the switchover").
+// starvation, with or without wanmig in the path (docs/benchmarks.md, "Guest RAM at the switchover").
 // A guest that resumes with a stale page may oops, hang, or write nonsense; that must not be
 // blamed on wanmig, and it must not hide a fault that is wanmig's. So every real-VM test:
 //   - holds the destination QEMU (-S, and the dest's hold point before its `cont`) once QEMU
