@@ -36,7 +36,7 @@ RuntimeDirectory=wanmig
 RuntimeDirectoryPreserve=yes
 
 # Sandbox. serve reads and writes one image and its state file beside it, and listens on
-# unix sockets in /run/wanmig (TCP only with --listen tcp:). It needs no capability as root
+# unix sockets in /run/wanmig (TCP only with --nbd tcp:). It needs no capability as root
 # over root's files, no device but a block-device image, no namespaces, no new privileges.
 # Not MemoryDenyWriteExecute: Bun's JIT writes the code it runs.
 ProtectSystem=strict

@@ -1,4 +1,5 @@
-// Storage only: no memory to move. The disk's fence is the point of no return.
+// Storage only: no memory to move. The point of no return is the hand-off's barrier, just
+// after the fence (handoff.ts): before it, a failure unfences the disk here (abortLive).
 import type { DestHypervisor, SourceHypervisor } from "./types.ts";
 
 export class NoSourceHypervisor implements SourceHypervisor {

@@ -13,7 +13,8 @@ export type HypervisorKind = "none" | "xl" | "qemu" | "libvirt";
 
 /**
  * Where the VM can no longer come back to the source:
- *  - "fence": storage only; once fenced, the destination's copy may be in use.
+ *  - "fence": storage only; the disk's hand-off decides: once its barrier is out (just after
+ *    the fence) the destination may release its copy, and before it a failure unfences here.
  *  - "memory-moved": `xl migrate` (or `virsh migrate`) returned: the domain exists only at the destination.
  *  - "complete": QEMU's migrate-continue; before it, the destination cannot run the VM.
  */

@@ -4,9 +4,10 @@
 // does the same with its dirty bitmap; the paper's log replays every write.
 //
 // Why the destination ends up with the same bytes. Take the records s1..sK read from the
-// log, and copy the image's ranges that cover them after they were read. `serve` writes the
-// image before it appends the record, so each of s1..sK was in the image when it was read
-// back: for every byte, the copy holds the value of the last of s1..sK that wrote it, or of
+// log, and copy the image's ranges that cover them after they were read. `serve` logs a
+// record before its image write (recording.ts), so the pass reads the image only once sK is
+// settled (deltas.ts: a later record in the log, or a control call answered since): each of
+// s1..sK was in the image when it was read back. For every byte, the copy holds the value of the last of s1..sK that wrote it, or of
 // a later write. A later write has its own record past sK, which is sent after the pass
 // and applied on top. Bytes of a copied range that no record touched hold either what the
 // destination already has or, again, a later write with its own record. So once every
