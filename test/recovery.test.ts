@@ -8,7 +8,7 @@ import { ExitCode } from "../src/errors.ts";
 import { msg, MsgType, PROTOCOL_VERSION } from "../src/net/protocol.ts";
 import { connectTcp } from "../src/net/channel.ts";
 import { startProxy } from "./helpers/proxy.ts";
-import { type Hosts, hosts, MiB, missingWrites, removeHosts, source, spawnSource, withPair, writable, writer } from "./helpers/migration.ts";
+import { type DestHandle, type Hosts, hosts, MiB, missingWrites, removeHosts, source, spawnSource, withPair, writable, writer } from "./helpers/migration.ts";
 import { overwrite, randomFile, sh, startDest, startServe } from "./helpers/serve-process.ts";
 
 afterAll(() => removeHosts());
@@ -46,9 +46,14 @@ describe("a base image at the destination", () => {
 });
 
 /** A first source run killed (SIGKILL) well into its bulk copy, as a crash would. */
-async function killedMidBulk(h: Hosts, port: number): Promise<void> {
-  const first = spawnSource(h, port, ["--insecure", "--bandwidth", "40mbit"]);
+async function killedMidBulk(h: Hosts, dst: DestHandle): Promise<void> {
+  const first = spawnSource(h, dst.port, ["--insecure", "--bandwidth", "40mbit"]);
+  // 12 MiB at the destination, not only sent: on a busy machine it lags what the source queued.
   await first.waitEvent((e) => e.event === "progress" && (e.offset as number) >= 12 * MiB);
+  for (let i = 0; ((await dst.ctl.status()).migration?.bulkOffset ?? 0) < 12 * MiB; i++) {
+    if (i > 600) throw new Error(`the destination never had 12 MiB: ${dst.stderr()}`);
+    await Bun.sleep(20);
+  }
   first.proc.kill("SIGKILL");
   await first.proc.exited;
 }
@@ -59,7 +64,7 @@ describe("the source dies mid-bulk and is run again", () => {
     await withPair(h, async ({ srv, dst }) => {
       const w = await writer(srv.socket, 4 * MiB); // the first 4 MiB: the rest stays as the bulk copy found it
       try {
-        await killedMidBulk(h, dst.port);
+        await killedMidBulk(h, dst);
         expect(await writable(srv.socket)).toBe(true);
         expect((await srv.ctl.status()).recording.active).toBe(true); // nobody stopped it: the next run adopts it
         await Bun.sleep(300); // the VM writes on in the gap; those writes are in the log
@@ -86,7 +91,7 @@ describe("the source dies mid-bulk and is run again", () => {
     await withPair(h, async ({ srv, dst }) => {
       const w = await writer(srv.socket, 4 * MiB); // the first 4 MiB: the rest stays as the bulk copy found it
       try {
-        await killedMidBulk(h, dst.port);
+        await killedMidBulk(h, dst);
         await srv.ctl.stopRecording(); // an operator cleaned up: that log is gone
         const second = spawnSource(h, dst.port, ["--insecure"]);
         const r = await second.result();
