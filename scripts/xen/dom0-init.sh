@@ -60,6 +60,11 @@ W=/data/wanmig
 $W --version || fail "wanmig does not run in dom0"
 mkdir -p /run/wanmig-a /run/wanmig-b
 truncate -s 64M /data/src.img
+# The domU's shape; /data/xen-test.env (optional: the test writes WANMIG_XEN_DOMU there) may
+# change it for an experiment: DOMU_EXTRA (more kernel options), DOMU_MEM (MiB), DOMU_VCPUS,
+# DOMU_CFG (more lines for xl's config, e.g. cpus = "1" or tsc_mode = "native").
+DOMU_EXTRA= DOMU_MEM=128 DOMU_VCPUS=1 DOMU_CFG=
+[ -f /data/xen-test.env ] && . /data/xen-test.env && echo "@@ xen-test.env: $(tr '\n' ' ' </data/xen-test.env)"
 for side in a b; do
   dev=/dev/nbd0; [ $side = b ] && dev=/dev/nbd1
   cat > /domu/$side.cfg <<EOF
@@ -67,9 +72,10 @@ name = "domu"
 type = "pvh"
 kernel = "/domu/vmlinux"
 ramdisk = "/domu/initrd.gz"
-extra = "console=hvc0 quiet panic=-1 disk=xvda slp=0"
-memory = 128
-vcpus = 1
+extra = "console=hvc0 quiet panic=-1 disk=xvda slp=0 $DOMU_EXTRA"
+memory = $DOMU_MEM
+vcpus = $DOMU_VCPUS
+$DOMU_CFG
 disk = [ "phy:$dev,xvda,w" ]
 on_crash = "preserve"
 on_reboot = "preserve"
