@@ -9,9 +9,9 @@
 // the last write of every block the guest wrote on either side, A's export is fenced.
 // Slow (minutes under TCG): only with WANMIG_SLOW=1 (`npm run test:xen`).
 // Nested under TCG with two QEMU vCPUs (-smp 2), the domU triple-faulted inside Xen at A in
-// 3 of 10 runs (in its idle loop after hlt, after an rdtsc, once with Xen's own RIP saved as
-// the guest's: QEMU's nested SVM); with one vCPU, which the test uses, in none of 8 (README,
-// "Xen, for real"). The one failure run again (at most 3 runs) is such a fault at A before
+// 4 of 13 runs (in its idle loop after hlt, after an rdtsc Xen traps, once with Xen's own RIP
+// saved as the guest's: QEMU's nested SVM); with one vCPU, which the test uses, in none of 14
+// (README, "Xen, for real"). The one failure run again (at most 3 runs) is such a fault at A before
 // wanmig's hand-off: xl cannot suspend the dead domU ("failed to suspend at sender") and
 // wanmig aborts, which is checked first: exit 5 with the domain running at A, or 6 naming
 // the state the fault left it in, and A's disk not fenced. A fault after the hand-off (at B,
@@ -43,8 +43,8 @@ interface Line {
 async function runNested(dataDisk: string, timeoutMs: number): Promise<{ lines: Line[]; code: number | null }> {
   const argv = [
     // +npt: Xen sees HAP, which a PVH domU needs; SSSE3, SSE4 and POPCNT: Bun's baseline runtime needs them.
-    // One vCPU (README, "Xen, for real"): with two, the domU triple-faulted inside Xen in about a
-    // third of the runs; WANMIG_XEN_SMP=2 to measure it again.
+    // One vCPU (README, "Xen, for real"): with two, the domU triple-faulted inside Xen in 4 of 13
+    // runs; WANMIG_XEN_SMP=2 to measure it again.
     "qemu-system-x86_64", "-accel", process.env.WANMIG_XEN_ACCEL ?? "tcg", "-cpu", "qemu64,+svm,+npt,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16", "-m", "2G",
     "-smp", process.env.WANMIG_XEN_SMP ?? "1",
     "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
