@@ -50,7 +50,8 @@ async function runNested(dataDisk: string, timeoutMs: number): Promise<{ lines: 
     "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
     "-kernel", join(XEN, "xen"),
     "-initrd", `${join(XEN, "vmlinuz")} console=hvc0 earlyprintk=xen,${join(XEN, "dom0-initrd.gz")}`,
-    "-append", "dom0_mem=1024M,max:1024M console=com1 com1=115200,8n1",
+    // WANMIG_XEN_APPEND: more of Xen's command line, for measuring (e.g. dom0_max_vcpus=1 dom0_vcpus_pin).
+    "-append", ["dom0_mem=1024M,max:1024M console=com1 com1=115200,8n1", process.env.WANMIG_XEN_APPEND].filter(Boolean).join(" "),
     "-drive", `file=${dataDisk},if=virtio,format=raw`,
   ];
   const proc = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
