@@ -10,7 +10,7 @@
 // Slow (minutes under TCG): only with WANMIG_SLOW=1 (`npm run test:xen`).
 // Nested under TCG with two QEMU vCPUs (-smp 2), the domU triple-faulted inside Xen at A in
 // 4 of 13 runs (in its idle loop after hlt, after an rdtsc Xen traps, once with Xen's own RIP
-// saved as the guest's: QEMU's nested SVM); with one vCPU, which the test uses, in none of 14
+// saved as the guest's: QEMU's nested SVM); with one vCPU, which the test uses, in none of 15
 // (README, "Xen, for real"). The one failure run again (at most 3 runs) is such a fault at A before
 // wanmig's hand-off: xl cannot suspend the dead domU ("failed to suspend at sender") and
 // wanmig aborts, which is checked first: exit 5 with the domain running at A, or 6 naming
