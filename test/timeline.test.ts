@@ -165,7 +165,7 @@ describe("the timeline", () => {
     }
     expect(MIN_PAUSE_PX).toBeGreaterThanOrEqual(4);
     expect(svg).toContain(">pause 14 ms<");
-    expect(svg).toContain(`pause (fence → verified, shaded, drawn ${MIN_PAUSE_PX} px wide): 14 ms`);
+    expect(svg).toContain(`pause (fence → verified, shaded): 14 ms, drawn ${MIN_PAUSE_PX} px wide`);
     // A long pause is drawn as long as it is, and not said to be widened.
     const long = move(6_100_000, { pauseMs: 1500 }).svg("a long pause");
     expect(long).toContain("pause (fence → verified, shaded): 1500 ms");

@@ -317,7 +317,7 @@ export class Timeline {
     const secs = (t1 - t0) / 1000;
     const step = niceStep(secs);
     for (let s = 0; s <= secs + 1e-9; s += step) parts.push(`<text x="${x(t0 + s * 1000).toFixed(1)}" y="${yAxis}" text-anchor="middle">${+s.toFixed(1)} s</text>`);
-    if (pause) parts.push(`<text x="${W - right}" y="${yAxis + 18}" fill="#d62728" text-anchor="end">pause (fence → verified, shaded${pause.widened ? `, drawn ${MIN_PAUSE_PX} px wide` : ""}): ${pause.ms} ms</text>`);
+    if (pause) parts.push(`<text x="${W - right}" y="${yAxis + 18}" fill="#d62728" text-anchor="end">pause (fence → verified, shaded): ${pause.ms} ms${pause.widened ? `, drawn ${MIN_PAUSE_PX} px wide` : ""}</text>`);
     parts.push("</svg>");
     return parts.join("\n");
   }
