@@ -23,7 +23,7 @@ export const STATE_QUERY_TIMEOUT_MS = 30_000;
 
 const DISK_HERE = "its disk is still served here, writable (it was never fenced), and the destination never runs a copy (the disk's hand-off did not start)";
 
-interface LookHere {
+export interface LookHere {
   domain: string;
   /** How to look on both hosts, e.g. "xl list". */
   look: string;

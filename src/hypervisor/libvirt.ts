@@ -19,10 +19,10 @@
 
 import type { Logger } from "../log.ts";
 import { CommandError, runCommand } from "../util/run.ts";
-import { checkSourceAfterFailedMigrate, type SourceDomainState, STATE_QUERY_TIMEOUT_MS, strandedUnlessRunning } from "./after-failed-migrate.ts";
+import { type SourceDomainState, STATE_QUERY_TIMEOUT_MS } from "./after-failed-migrate.ts";
 import { HypervisorError } from "./errors.ts";
 import type { DestHypervisor, RecoveryState, SourceHypervisor } from "./types.ts";
-import { whileRunning } from "./while-running.ts";
+import { MemoryMove } from "./memory-move.ts";
 
 /** virsh's words (libvirt's error texts) for failures an operator can act on, each one clear line. */
 const KNOWN_VIRSH_ERRORS: { re: RegExp; says: string; hint: string }[] = [
@@ -63,9 +63,8 @@ export async function runVirsh(uri: string | undefined, args: string[], log: Log
 export class LibvirtSource implements SourceHypervisor {
   readonly kind = "libvirt" as const;
   readonly pointOfNoReturn = "memory-moved" as const;
-  private migrating = false;
-  /** The `virsh migrate` this source started: when it has ended, and whether moveMemory already asked where its failure left the domain. */
-  private migration?: { ended: Promise<unknown>; checked: boolean };
+  /** The `virsh migrate` this source started. */
+  private migration?: MemoryMove;
 
   constructor(
     private readonly opts: { domain: string; uri?: string; destUri: string },
@@ -83,21 +82,9 @@ export class LibvirtSource implements SourceHypervisor {
 
   async moveMemory(whileWaiting: () => Promise<void>): Promise<{ pausedAt: number }> {
     this.log.info(`virsh migrates ${this.opts.domain} to ${this.opts.destUri} (left paused there)`);
-    // Under way until virsh returns, not until we stop waiting: a Ctrl-C mid-migrate leaves
-    // it running, and abort() must cancel it.
-    this.migrating = true;
-    const migrate = runVirsh(this.opts.uri, ["migrate", "--live", "--suspend", this.opts.domain, this.opts.destUri], this.log, `migrating ${this.opts.domain}`).finally(
-      () => (this.migrating = false),
-    );
-    let failed = false;
-    const m: { ended: Promise<unknown>; checked: boolean } = (this.migration = { ended: migrate.catch(() => (failed = true)), checked: false });
-    try {
-      await whileRunning(migrate, whileWaiting);
-    } catch (err) {
-      if (!failed) throw err; // our own wait failed, virsh still runs: abort() cancels it and looks
-      m.checked = true;
-      throw await checkSourceAfterFailedMigrate(err, this.lookHere());
-    }
+    const migrate = runVirsh(this.opts.uri, ["migrate", "--live", "--suspend", this.opts.domain, this.opts.destUri], this.log, `migrating ${this.opts.domain}`);
+    const move = (this.migration = new MemoryMove(migrate, this.lookHere()));
+    await move.run(whileWaiting);
     return { pausedAt: performance.now() };
   }
 
@@ -131,15 +118,16 @@ export class LibvirtSource implements SourceHypervisor {
    * domain runs here. Nothing started: nothing to undo.
    */
   async abort(reason?: unknown): Promise<HypervisorError | undefined> {
-    const m = this.migration;
-    if (!m || m.checked) return undefined;
-    if (this.migrating)
-      await runVirsh(this.opts.uri, ["domjobabort", this.opts.domain], this.log, `cancelling the migration of ${this.opts.domain}`).catch((err) =>
-        this.log.warn(`virsh domjobabort: ${(err as Error).message}`),
-      );
-    await m.ended;
-    m.checked = true;
-    return strandedUnlessRunning(reason, this.lookHere());
+    const move = this.migration;
+    // Under way until virsh returns, not until we stop waiting: a Ctrl-C mid-migrate leaves
+    // it running, and only domjobabort cancels it.
+    return move?.settle(reason, () =>
+      move.underWay
+        ? runVirsh(this.opts.uri, ["domjobabort", this.opts.domain], this.log, `cancelling the migration of ${this.opts.domain}`).catch((err) =>
+            this.log.warn(`virsh domjobabort: ${(err as Error).message}`),
+          )
+        : undefined,
+    );
   }
 
   /** Running or paused here: it has not left. Shut off (a persistent domain's definition stays) or gone: it has. */

@@ -7,10 +7,10 @@
 
 import type { Logger } from "../log.ts";
 import { CommandError, runCommand } from "../util/run.ts";
-import { checkSourceAfterFailedMigrate, type SourceDomainState, STATE_QUERY_TIMEOUT_MS, strandedUnlessRunning } from "./after-failed-migrate.ts";
+import { type SourceDomainState, STATE_QUERY_TIMEOUT_MS } from "./after-failed-migrate.ts";
 import { HypervisorError } from "./errors.ts";
 import type { DestHypervisor, SourceHypervisor } from "./types.ts";
-import { whileRunning } from "./while-running.ts";
+import { MemoryMove } from "./memory-move.ts";
 
 /**
  * xl's own words for failures an operator can act on, each turned into one clear line.
@@ -80,11 +80,10 @@ export class XlSource implements SourceHypervisor {
   readonly kind = "xl" as const;
   readonly pointOfNoReturn = "memory-moved" as const;
   /**
-   * The `xl migrate` this source started: how to stop it, when it has ended, and whether
-   * moveMemory already asked where its failure left the domain. xl has no way to cancel a
+   * The `xl migrate` this source started, and how to stop it. xl has no way to cancel a
    * migration; left running after we give up, it could still move the domain away.
    */
-  private migration?: { stop: AbortController; ended: Promise<unknown>; checked: boolean };
+  private migration?: { move: MemoryMove; stop: AbortController };
 
   constructor(
     private readonly opts: { domain: string; host: string; sshCommand?: string; config?: string },
@@ -103,16 +102,9 @@ export class XlSource implements SourceHypervisor {
     args.push(this.opts.domain, this.opts.host);
     this.log.info(`xl migrates ${this.opts.domain} to ${this.opts.host} (left paused there)`);
     const stop = new AbortController();
-    const migrate = runXl(args, this.log, `migrating ${this.opts.domain}`, undefined, stop.signal);
-    let failed = false;
-    const m: { stop: AbortController; ended: Promise<unknown>; checked: boolean } = (this.migration = { stop, ended: migrate.catch(() => (failed = true)), checked: false });
-    try {
-      await whileRunning(migrate, whileWaiting);
-    } catch (err) {
-      if (!failed) throw err; // our own wait failed, xl still runs: abort() stops it and looks
-      m.checked = true;
-      throw await checkSourceAfterFailedMigrate(err, this.lookHere());
-    }
+    const move = new MemoryMove(runXl(args, this.log, `migrating ${this.opts.domain}`, undefined, stop.signal), this.lookHere());
+    this.migration = { move, stop };
+    await move.run(whileWaiting);
     return { pausedAt: performance.now() };
   }
 
@@ -139,11 +131,7 @@ export class XlSource implements SourceHypervisor {
    */
   async abort(reason?: unknown): Promise<HypervisorError | undefined> {
     const m = this.migration;
-    if (!m || m.checked) return undefined;
-    m.stop.abort();
-    await m.ended;
-    m.checked = true;
-    return strandedUnlessRunning(reason, this.lookHere());
+    return m?.move.settle(reason, () => m.stop.abort());
   }
 
   /** The domain still listed here has not left (xl destroys it here only once it moved). */
