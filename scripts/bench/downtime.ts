@@ -8,7 +8,7 @@
 //                             [--events DIR]   (each wanmig run's NDJSON events and the writer's progress, to see why a row took long)
 //
 // The hosts, the link shaping (tc tbf) and the WAN's delay (a user-space proxy) are the
-// migration benchmark's (scripts/bench/migrate.ts). The writer is `wanmig workload`
+// migration benchmark's (scripts/bench/lib/topology.ts). The writer is `wanmig workload`
 // (incompressible data) on the source's disk, started 1 s before the migration.
 // Rows:
 //   wanmig              wanmig serve → source → dest, --max-downtime 50ms (the default)
@@ -28,8 +28,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ControlClient } from "../../src/disk/control-client.ts";
-import { BUN, cleanup, DEV_DST, DEV_SRC, DST_IP, identical, MAIN, rowHosts, MiB, netSetup, NS_DST, NS_SRC, Proc, proxyArgs, type Scenario, shape, tail, tuneTcpBuffers, unshape, waitUntil } from "./migrate.ts";
-import { mirrorRow } from "./qsd-mirror.ts";
+import { BUN, MAIN, MiB } from "./lib/constants.ts";
+import { identical } from "./lib/images.ts";
+import { Proc, tail } from "./lib/proc.ts";
+import { cleanup, DST_IP, netSetup, NS_DST, NS_SRC, proxyArgs, rowHosts, type Scenario, shape, tuneTcpBuffers, unshape } from "./lib/topology.ts";
+import { waitUntil } from "./lib/wait.ts";
+import { mirrorRow } from "./peers/qsd-mirror.ts";
 
 const LINKS: Record<string, Scenario> = {
   loopback: { name: "loopback", rateSpec: "none", bps: 0, rttMs: 0 },

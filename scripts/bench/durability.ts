@@ -17,8 +17,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ControlClient } from "../../src/disk/control-client.ts";
 import { stressWriter } from "../../test/helpers/stress-writer.ts";
-
-const REPO = join(import.meta.dir, "..", "..");
+import { REPO } from "./lib/constants.ts";
 
 async function serve(bin: string, dir: string, name: string, image: string): Promise<{ proc: Subprocess; ctl: ControlClient; socket: string }> {
   const proc = Bun.spawn([bin, "serve", "--image", image, "--name", name, "--run-dir", dir, "--log", "warn"], { stderr: "inherit" });

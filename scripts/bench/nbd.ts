@@ -14,6 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { ControlClient } from "../../src/disk/control-client.ts";
+import { REPO } from "./lib/constants.ts";
 
 interface Row {
   name: string;
@@ -53,8 +54,6 @@ function wanmigServe(label: string, name: string, opts: { recordDir?: string; bi
     },
   };
 }
-
-const REPO = join(import.meta.dir, "..", "..");
 
 const servers: Server[] = [
   {

@@ -34,7 +34,9 @@ import { buildGuest, type Guest, startGuest } from "../../test/helpers/guest.ts"
 import { type GuestHosts, guestHosts } from "../../test/helpers/netns.ts";
 import { parseRate } from "../../src/net/rate.ts";
 import { Timeline } from "../../src/report/timeline.ts";
-import { BUN, MAIN, Proc, proxyArgs, type Scenario, tail } from "./migrate.ts";
+import { BUN, MAIN } from "./lib/constants.ts";
+import { Proc, tail } from "./lib/proc.ts";
+import { proxyArgs, type Scenario } from "./lib/topology.ts";
 import type { OpLine } from "./paper-client.ts";
 import { lostPosts, medianFigures, parsePosts, type RowEvents, type RowFigures, rowFigures } from "./paper-figures.ts";
 

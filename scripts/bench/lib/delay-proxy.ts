@@ -7,7 +7,7 @@
 // side to drain), so the relay holds at most that per direction. The buffer must exceed
 // rate × delay, or it caps the rate.
 //
-//   bun scripts/bench/delay-proxy.ts --listen 127.0.0.1:7100 --to 10.77.0.2:7007 --delay-ms 50 [--max-buffer-kib 256] [--wait-for-target-s 0]
+//   bun scripts/bench/lib/delay-proxy.ts --listen 127.0.0.1:7100 --to 10.77.0.2:7007 --delay-ms 50 [--max-buffer-kib 256] [--wait-for-target-s 0]
 //
 // Prints `listening on HOST:PORT` on stderr when ready, and one JSON line per closed
 // connection on stdout when the client side closes (or at SIGTERM, for those still open):
@@ -220,7 +220,7 @@ if (import.meta.main) {
     },
   });
   if (!values.to) {
-    console.error("usage: bun scripts/bench/delay-proxy.ts --listen HOST:PORT --to HOST:PORT --delay-ms D [--max-buffer-kib N]");
+    console.error("usage: bun scripts/bench/lib/delay-proxy.ts --listen HOST:PORT --to HOST:PORT --delay-ms D [--max-buffer-kib N]");
     process.exit(2);
   }
   const l = startDelayProxy({ listen: values.listen!, to: values.to, delayMs: Number(values["delay-ms"]), maxBufferBytes: Number(values["max-buffer-kib"]) * 1024, waitForTargetMs: Number(values["wait-for-target-s"]) * 1000 });

@@ -5,9 +5,12 @@
 
 import { $ } from "bun";
 import { join } from "node:path";
-import { QmpClient } from "../../src/hypervisor/qmp.ts";
-import { logger } from "../../src/log.ts";
-import { DST_IP, identical, NS_DST, NS_SRC, Proc, proxyArgs, rowHosts, type Scenario, waitUntil } from "./migrate.ts";
+import { QmpClient } from "../../../src/hypervisor/qmp.ts";
+import { logger } from "../../../src/log.ts";
+import { identical } from "../lib/images.ts";
+import { Proc } from "../lib/proc.ts";
+import { DST_IP, NS_DST, NS_SRC, proxyArgs, rowHosts, type Scenario } from "../lib/topology.ts";
+import { waitUntil } from "../lib/wait.ts";
 
 export interface MirrorOptions {
   sc: Scenario;
