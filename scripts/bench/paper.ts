@@ -36,7 +36,7 @@ import { parseRate } from "../../src/net/rate.ts";
 import { Timeline } from "../../src/report/timeline.ts";
 import { BUN, MAIN } from "./lib/constants.ts";
 import { Proc, tail } from "./lib/proc.ts";
-import { proxyArgs, type Scenario } from "./lib/topology.ts";
+import { proxiedTcpMem, proxyArgs, type Scenario, setTcpMem, shapeEnds } from "./lib/topology.ts";
 import type { OpLine } from "./paper-client.ts";
 import { lostPosts, medianFigures, parsePosts, type RowEvents, type RowFigures, rowFigures } from "./paper-figures.ts";
 
@@ -82,12 +82,11 @@ async function makeNet(sc: Scenario): Promise<GuestHosts> {
   const net = await guestHosts("wp");
   try {
     // The A–B link: tbf each way (burst ≥ 2 ms of line rate, queue ≤ 100 ms).
-    const burst = Math.max(16 * 1024, Math.round((sc.bps / 8) * 0.002));
-    for (const [n, dev] of [[net.ns.A, net.wan.a], [net.ns.B, net.wan.b]] as const) await $`tc -n ${n} qdisc replace dev ${dev} root tbf rate ${Math.round(sc.bps)}bit burst ${burst} latency 100ms`;
+    await shapeEnds([[net.ns.A, net.wan.a], [net.ns.B, net.wan.b]], sc.bps);
     if (sc.rttMs > 0) {
       // As the migrate bench's: behind the proxy, A's TCP buffers near what a WAN path would use.
-      const max = Math.max(256 * 1024, Math.ceil(2 * (sc.bps / 8) * ((sc.rttMs + 100) / 1000)));
-      await $`ip netns exec ${net.ns.A} sysctl -q -w ${`net.ipv4.tcp_wmem=4096 16384 ${max}`} ${`net.ipv4.tcp_rmem=4096 ${Math.min(131072, max)} ${max}`}`;
+      const { wmem, rmem } = proxiedTcpMem(sc);
+      await setTcpMem(net.ns.A, wmem, rmem);
     }
   } catch (err) {
     await net.remove();

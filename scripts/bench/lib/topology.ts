@@ -47,11 +47,16 @@ export async function unshape(): Promise<string> {
   return "no shaping (the veth's own rate)";
 }
 
-/** tbf on both veth ends: each direction at `bps`. Burst ≥ 2 ms of line rate (16 KiB at least); queue ≤ 100 ms. */
-export async function shape(bps: number): Promise<string> {
+/** tbf on both veth ends: each direction at `bps`. */
+export function shape(bps: number): Promise<string> {
+  return shapeEnds([[NS_SRC, DEV_SRC], [NS_DST, DEV_DST]], bps);
+}
+
+/** tbf on each end given (namespace, device), at `bps`. Burst ≥ 2 ms of line rate (16 KiB at least); queue ≤ 100 ms. */
+export async function shapeEnds(ends: readonly (readonly [ns: string, dev: string])[], bps: number): Promise<string> {
   const burst = Math.max(16 * 1024, Math.round((bps / 8) * 0.002));
   const spec = ["rate", `${Math.round(bps)}bit`, "burst", `${burst}`, "latency", "100ms"];
-  for (const [ns, dev] of [[NS_SRC, DEV_SRC], [NS_DST, DEV_DST]] as const) await $`tc -n ${ns} qdisc replace dev ${dev} root tbf ${spec}`;
+  for (const [ns, dev] of ends) await $`tc -n ${ns} qdisc replace dev ${dev} root tbf ${spec}`;
   return `tbf ${spec.join(" ")}`;
 }
 
@@ -69,13 +74,19 @@ export async function tuneTcpBuffers(sc: Scenario): Promise<string> {
   defaultTcpMem ??= { wmem: await get("tcp_wmem"), rmem: await get("tcp_rmem") };
   let wmem = defaultTcpMem.wmem;
   let rmem = defaultTcpMem.rmem;
-  if (sc.rttMs > 0) {
-    const max = Math.max(256 * 1024, Math.ceil(2 * (sc.bps / 8) * ((sc.rttMs + 100) / 1000)));
-    wmem = `4096 16384 ${max}`;
-    rmem = `4096 ${Math.min(131072, max)} ${max}`;
-  }
-  await $`ip netns exec ${NS_SRC} sysctl -q -w ${`net.ipv4.tcp_wmem=${wmem}`} ${`net.ipv4.tcp_rmem=${rmem}`}`;
+  if (sc.rttMs > 0) ({ wmem, rmem } = proxiedTcpMem(sc));
+  await setTcpMem(NS_SRC, wmem, rmem);
   return `tcp_wmem ${wmem}, tcp_rmem ${rmem}`;
+}
+
+/** tcp_wmem and tcp_rmem for a sender behind the delay proxy (see tuneTcpBuffers). */
+export function proxiedTcpMem(sc: Scenario): { wmem: string; rmem: string } {
+  const max = Math.max(256 * 1024, Math.ceil(2 * (sc.bps / 8) * ((sc.rttMs + 100) / 1000)));
+  return { wmem: `4096 16384 ${max}`, rmem: `4096 ${Math.min(131072, max)} ${max}` };
+}
+
+export async function setTcpMem(ns: string, wmem: string, rmem: string): Promise<void> {
+  await $`ip netns exec ${ns} sysctl -q -w ${`net.ipv4.tcp_wmem=${wmem}`} ${`net.ipv4.tcp_rmem=${rmem}`}`;
 }
 
 /** Bytes the source's veth end has sent (IP packets). */
