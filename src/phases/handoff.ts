@@ -14,7 +14,7 @@
 // The digest is kept up to date region by region during the migration (region-digest.ts),
 // so the check in the downtime reads only what the last deltas wrote.
 //
-// What a failure means is decided in source-run.ts, which knows where the point of no
+// What a failure means is decided in source/live.ts, which knows where the point of no
 // return lies for the hypervisor in use.
 
 import type { ImageCheck } from "./catch-up.ts";

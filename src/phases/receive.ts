@@ -29,7 +29,7 @@ import { describeError } from "../errors.ts";
 import { decompress } from "../net/compress.ts";
 import { StreamInflater } from "../net/zstd-stream.ts";
 import { ProtocolError } from "../net/errors.ts";
-import { type Barrier, DeltaOp, diskSizes, type Hello, msg, MsgType, type Redirect as RedirectMsg, sameDisks, typeName } from "../net/protocol.ts";
+import { type Barrier, type Bulk, type Delta, DeltaOp, diskSizes, type Hello, msg, MsgType, type Redirect as RedirectMsg, sameDisks, typeName } from "../net/protocol.ts";
 import type { ImageStateFile, IncomingMarker } from "../disk/image-state.ts";
 import { beforeKillPoint, killPoint } from "../util/kill-point.ts";
 import type { Logger } from "../log.ts";
@@ -237,8 +237,10 @@ export class Receiver {
     return { state: this.state.kind, bulkOffset: this.bulkDone ? (this.hello?.size ?? 0) : this.bulkOffset, size: this.hello?.size ?? 0, nextSeq: String(this.nextSeq ?? 0n) };
   }
 
-  /** Runs one connection; "dropped" means the link broke and a resume is possible. */
-  /** `authenticated`: the HELLO of a channel whose handshake ran already (see `authenticate`). */
+  /**
+   * Runs one connection; "dropped" means the link broke and a resume is possible.
+   * `authenticated`: the HELLO of a channel whose handshake ran already (see `authenticate`).
+   */
   async serve(ch: Channel, authenticated?: Hello): Promise<ServeOutcome> {
     if (this.state.kind === "completed") return this.answerCompleted(ch, authenticated);
     if (this.state.kind !== "waiting") {
@@ -258,32 +260,37 @@ export class Receiver {
       this.opts.log.info(`receiving ${hello.name} (${hello.size} bytes) into ${describeImages(this.opts.images)}${this.bulkOffset || this.nextSeq ? `, resuming at bulk ${this.bulkDone ? "end" : this.bulkOffset}, delta ${this.nextSeq ?? 0n}` : ""}`);
       return await this.loop(ch, hello);
     } catch (err) {
-      if (err instanceof ChannelClosed && this.hello && !this.isCompleted()) {
-        await this.checkpoint();
-        this.opts.log.warn(`the link broke (${err.message}); waiting for the source to resume`);
-        this.state = { kind: "waiting" };
-        return "dropped";
-      }
-      // DONE may not have gone out; the image is verified and recorded so all the same,
-      // and a source that missed DONE asks again (answerCompleted).
-      if (this.isCompleted()) {
-        this.opts.log.warn(`the link broke as DONE went out (${(err as Error).message}); the image is verified and served here`);
-        this.image?.close();
-        return "completed";
-      }
-      this.state = { kind: "aborted", reason: (err as Error).message };
-      // Durable before the source can hear of it: this copy is never released, by any process.
-      try {
-        this.persist("abandoned");
-      } catch (cause) {
-        this.opts.log.error(`cannot record that this copy is abandoned: ${(cause as Error).message}`);
-      }
-      this.image?.close();
-      // Say why before hanging up; the source then knows we will never release this image.
-      if (!ch.errorSent && !peerAborted(err)) await ch.send(msg.error(describeError(err).replace(/\n\s*/g, "; "))).catch(() => undefined);
-      await ch.shutdown();
-      throw err instanceof ReceiveError ? err : new ReceiveError("migration aborted", { cause: err });
+      return this.afterFailure(ch, err);
     }
+  }
+
+  /** A connection that failed: a broken link waits for a resume; anything else abandons this copy, durably, and says why. */
+  private async afterFailure(ch: Channel, err: unknown): Promise<ServeOutcome> {
+    if (err instanceof ChannelClosed && this.hello && !this.isCompleted()) {
+      await this.checkpoint();
+      this.opts.log.warn(`the link broke (${err.message}); waiting for the source to resume`);
+      this.state = { kind: "waiting" };
+      return "dropped";
+    }
+    // DONE may not have gone out; the image is verified and recorded so all the same,
+    // and a source that missed DONE asks again (answerCompleted).
+    if (this.isCompleted()) {
+      this.opts.log.warn(`the link broke as DONE went out (${(err as Error).message}); the image is verified and served here`);
+      this.image?.close();
+      return "completed";
+    }
+    this.state = { kind: "aborted", reason: (err as Error).message };
+    // Durable before the source can hear of it: this copy is never released, by any process.
+    try {
+      this.persist("abandoned");
+    } catch (cause) {
+      this.opts.log.error(`cannot record that this copy is abandoned: ${(cause as Error).message}`);
+    }
+    this.image?.close();
+    // Say why before hanging up; the source then knows we will never release this image.
+    if (!ch.errorSent && !peerAborted(err)) await ch.send(msg.error(describeError(err).replace(/\n\s*/g, "; "))).catch(() => undefined);
+    await ch.shutdown();
+    throw err instanceof ReceiveError ? err : new ReceiveError("migration aborted", { cause: err });
   }
 
   private async accept(ch: Channel, hello: Hello): Promise<void> {
@@ -326,10 +333,6 @@ export class Receiver {
   }
 
   /**
-   * A source that lost DONE (or was killed after it) asks again: tell it the image is
-   * verified, with the digest, for the recording that was verified here.
-   */
-  /**
    * The handshake alone: the source's HELLO once it proved itself, or undefined (a stranger,
    * a wrong secret or another version, turned away: anyone who can reach the port must not
    * end us). It touches nothing of the migration, so connections can run it side by side.
@@ -344,6 +347,10 @@ export class Receiver {
     }
   }
 
+  /**
+   * A source that lost DONE (or was killed after it) asks again: tell it the image is
+   * verified, with the digest, for the recording that was verified here.
+   */
   private async answerCompleted(ch: Channel, authenticated?: Hello): Promise<ServeOutcome> {
     const hello = authenticated ?? (await this.authenticate(ch));
     if (!hello) return "rejected";
@@ -388,62 +395,23 @@ export class Receiver {
         continue;
       }
       switch (m.type) {
-        case MsgType.BULK: {
-          checkRange(m.offset, m.length, hello.size);
-          this.hashBulkBefore(m.offset);
-          const data = m.streamed ? await inflater.piece(m.data, m.length) : m.compressed ? decompress(m.data, m.length) : m.data;
-          if (this.fresh) writeSparse(image, m.offset, data);
-          else image.write(m.offset, data, false);
-          this.behind?.written(m.offset, m.length);
-          this.bulkOffset = Math.max(this.bulkOffset, m.offset + m.length);
-          this.gc.add(m.length);
-          ch.recycle(m.data); // written (or decompressed) above: nothing holds it
+        case MsgType.BULK:
+          await this.applyBulk(ch, m, hello, inflater);
           break;
-        }
         case MsgType.ZERO:
           checkRange(m.offset, m.length, hello.size);
           this.hashBulkBefore(m.offset);
           await image.zero(m.offset, m.length, false, true);
           break;
         case MsgType.BULK_END:
-          this.bulkDone = true;
-          this.bulkOffset = hello.size;
-          this.hashBulkBefore(hello.size);
-          // Write the bulk copy back now, while the VM still runs at the source: left to
-          // the barrier's sync, hundreds of MB of page cache would be downtime.
-          await this.checkpoint();
+          await this.endBulk(hello);
           lastFlush = Date.now();
           break;
         case MsgType.ROLLBACK:
-          // Durable first: once the source hears ROLLED_BACK it lifts its fence, and from
-          // then on this copy must never serve, whichever process of ours comes next.
-          this.state = { kind: "aborted", reason: `rolled back by the source: ${m.reason}` };
-          this.persist("abandoned");
-          await ch.send(msg.rolledBack(hello.recording));
-          this.opts.log.warn(`the source rolled the migration back (${m.reason}); this copy is never released`);
-          await ch.shutdown(2000);
-          this.image?.close();
-          throw new ReceiveError(`the source rolled the migration back: ${m.reason}`);
-        case MsgType.DELTA: {
-          // Gaps are allowed (coalescing drops records); going backwards never is.
-          if (this.nextSeq !== undefined && m.seq < this.nextSeq) throw new ProtocolError(`delta ${m.seq} arrived after ${this.nextSeq - 1n}: deltas must come in order`);
-          // A copy pass's frames all name the record it stands for, and nothing else comes
-          // between them (copy-pass.ts: the pass must be whole before nextSeq moves past it).
-          if (this.pass && this.pass.seq !== m.seq) throw new ProtocolError(`delta ${m.seq} arrived inside the copy pass for ${this.pass.seq}`);
-          checkRange(m.offset, m.length, hello.size);
-          if (m.op === DeltaOp.ZERO) await image.zero(m.offset, m.length, false, true);
-          else {
-            image.write(m.offset, m.compressed ? decompress(m.data, m.length) : m.data, false);
-            ch.recycle(m.data); // written above, synchronously: nothing holds it
-          }
-          this.digests!.markDirty(m.offset, m.length);
-          if (m.op === DeltaOp.COPY) this.pass = { seq: m.seq, copied: (this.pass?.copied ?? 0) + 1 };
-          else {
-            this.pass = undefined;
-            this.nextSeq = m.seq + 1n;
-          }
+          throw await this.rollBack(ch, m.reason, hello);
+        case MsgType.DELTA:
+          await this.applyDelta(ch, m, hello);
           break;
-        }
         case MsgType.REDIRECT:
           if (!this.opts.onRedirect) throw new ReceiveError("the source asked for a network redirect, which this destination does not do");
           await this.opts.onRedirect(m, ch);
@@ -466,6 +434,66 @@ export class Receiver {
       if (now - lastAck > ACK_EVERY_MS) await ack();
       else if (!ch.pending() && (m.type === MsgType.DELTA || m.type === MsgType.BULK_END)) ackOwed = true;
     }
+  }
+
+  /** Phase 1, a bulk block: written where it belongs (holes kept on a fresh image), its regions hashed once complete. */
+  private async applyBulk(ch: Channel, m: Bulk, hello: KnownHello, inflater: StreamInflater): Promise<void> {
+    checkRange(m.offset, m.length, hello.size);
+    this.hashBulkBefore(m.offset);
+    const data = m.streamed ? await inflater.piece(m.data, m.length) : m.compressed ? decompress(m.data, m.length) : m.data;
+    if (this.fresh) writeSparse(this.image!, m.offset, data);
+    else this.image!.write(m.offset, data, false);
+    this.behind?.written(m.offset, m.length);
+    this.bulkOffset = Math.max(this.bulkOffset, m.offset + m.length);
+    this.gc.add(m.length);
+    ch.recycle(m.data); // written (or decompressed) above: nothing holds it
+  }
+
+  /**
+   * The bulk copy is whole. It is written back now, while the VM still runs at the source:
+   * left to the barrier's sync, hundreds of MB of page cache would be downtime.
+   */
+  private async endBulk(hello: KnownHello): Promise<void> {
+    this.bulkDone = true;
+    this.bulkOffset = hello.size;
+    this.hashBulkBefore(hello.size);
+    await this.checkpoint();
+  }
+
+  /** Phase 2, a delta: applied in order, its region marked for rehashing. */
+  private async applyDelta(ch: Channel, m: Delta, hello: KnownHello): Promise<void> {
+    // Gaps are allowed (coalescing drops records); going backwards never is.
+    if (this.nextSeq !== undefined && m.seq < this.nextSeq) throw new ProtocolError(`delta ${m.seq} arrived after ${this.nextSeq - 1n}: deltas must come in order`);
+    // A copy pass's frames all name the record it stands for, and nothing else comes
+    // between them (copy-pass.ts: the pass must be whole before nextSeq moves past it).
+    if (this.pass && this.pass.seq !== m.seq) throw new ProtocolError(`delta ${m.seq} arrived inside the copy pass for ${this.pass.seq}`);
+    checkRange(m.offset, m.length, hello.size);
+    if (m.op === DeltaOp.ZERO) await this.image!.zero(m.offset, m.length, false, true);
+    else {
+      this.image!.write(m.offset, m.compressed ? decompress(m.data, m.length) : m.data, false);
+      ch.recycle(m.data); // written above, synchronously: nothing holds it
+    }
+    this.digests!.markDirty(m.offset, m.length);
+    if (m.op === DeltaOp.COPY) this.pass = { seq: m.seq, copied: (this.pass?.copied ?? 0) + 1 };
+    else {
+      this.pass = undefined;
+      this.nextSeq = m.seq + 1n;
+    }
+  }
+
+  /**
+   * The source rolled the migration back. Durable first: once the source hears ROLLED_BACK it
+   * lifts its fence, and from then on this copy must never serve, whichever process of ours
+   * comes next. Returns the error that ends the connection.
+   */
+  private async rollBack(ch: Channel, reason: string, hello: KnownHello): Promise<ReceiveError> {
+    this.state = { kind: "aborted", reason: `rolled back by the source: ${reason}` };
+    this.persist("abandoned");
+    await ch.send(msg.rolledBack(hello.recording));
+    this.opts.log.warn(`the source rolled the migration back (${reason}); this copy is never released`);
+    await ch.shutdown(2000);
+    this.image?.close();
+    return new ReceiveError(`the source rolled the migration back: ${reason}`);
   }
 
   /**
