@@ -6,7 +6,7 @@ import { $ } from "bun";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ControlClient } from "../src/disk/control-client.ts";
+import { ControlClient } from "../src/disk/service/control-client.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "wanmig-demo-"));
 const hostA = join(dir, "hostA");

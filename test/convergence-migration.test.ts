@@ -5,7 +5,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { ExitCode } from "../src/errors.ts";
-import { NbdErr } from "../src/disk/nbd-protocol.ts";
+import { NbdErr } from "../src/disk/nbd/nbd-protocol.ts";
 import { expectMovedWhole, hosts, MiB, removeHosts, spawnSource, withPair, writable, writeError } from "./helpers/migration.ts";
 import { sh, startDest, startServe } from "./helpers/serve-process.ts";
 import { lostWrites, stressWriter, type StressPattern } from "./helpers/stress-writer.ts";

@@ -1,7 +1,7 @@
 // The convergence controller on synthetic traces: a simulated link and writer, no I/O.
 import { describe, expect, test } from "bun:test";
-import type { ControlClient } from "../src/disk/control-client.ts";
-import type { RegionDigests } from "../src/disk/region-digest.ts";
+import type { ControlClient } from "../src/disk/service/control-client.ts";
+import type { RegionDigests } from "../src/disk/image/region-digest.ts";
 import { logger } from "../src/log.ts";
 import { BulkThrottle, bulkRateCap, PROVISIONAL_CAP } from "../src/phases/bulk-throttle.ts";
 import { RecordingWatch } from "../src/phases/recording-watch.ts";

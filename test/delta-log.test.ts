@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { closeSync, openSync, readFileSync, statSync, truncateSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { DeltaKind, DeltaLogReader, DeltaLogWriter, FILE_HEADER_LEN, RECORD_HEADER_LEN } from "../src/disk/delta-log.ts";
+import { DeltaKind, DeltaLogReader, DeltaLogWriter, FILE_HEADER_LEN, RECORD_HEADER_LEN } from "../src/disk/recording/delta-log.ts";
 import { ByteQueue } from "../src/util/byte-queue.ts";
 import { tempDir } from "./helpers/serve-process.ts";
 

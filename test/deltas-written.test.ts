@@ -5,8 +5,8 @@
 // reaches the image and can tell which content the streamer read.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { DeltaKind, DeltaLogWriter, RECORD_HEADER_LEN } from "../src/disk/delta-log.ts";
-import { FileBackend } from "../src/disk/file-backend.ts";
+import { DeltaKind, DeltaLogWriter, RECORD_HEADER_LEN } from "../src/disk/recording/delta-log.ts";
+import { FileBackend } from "../src/disk/image/file-backend.ts";
 import { Channel } from "../src/net/channel.ts";
 import { Compressor } from "../src/net/compress.ts";
 import { DeltaOp, FrameDecoder, MsgType } from "../src/net/protocol.ts";

@@ -6,7 +6,7 @@
 // disk as hard as it can, with incompressible data.
 import { afterAll, describe, expect, test } from "bun:test";
 import { ExitCode } from "../src/errors.ts";
-import { NbdErr } from "../src/disk/nbd-protocol.ts";
+import { NbdErr } from "../src/disk/nbd/nbd-protocol.ts";
 import { expectMovedOnce, type Hosts, hosts, MiB, removeHosts, source, spawnSource, writable, writeError } from "./helpers/migration.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { sh, startDest, startServe, wanmig } from "./helpers/serve-process.ts";

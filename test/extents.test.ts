@@ -3,7 +3,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { closeSync, openSync } from "node:fs";
 import { join } from "node:path";
-import { HoleFinder, nextData } from "../src/disk/extents.ts";
+import { HoleFinder, nextData } from "../src/disk/image/extents.ts";
 import { overwrite, sparseFile, tempDir } from "./helpers/serve-process.ts";
 
 const dir = tempDir();

@@ -8,7 +8,7 @@
 // the fuzzers keeps working throughout, and at the end the image is the model.
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
-import { Cmd, CmdFlag, IHAVEOPT, NbdErr, Opt, OPTION_MAX_LEN, REQUEST_MAGIC } from "../src/disk/nbd-protocol.ts";
+import { Cmd, CmdFlag, IHAVEOPT, NbdErr, Opt, OPTION_MAX_LEN, REQUEST_MAGIC } from "../src/disk/nbd/nbd-protocol.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { RawSocket } from "./helpers/raw-socket.ts";
 import { caseCounter, FUZZ_MS, FUZZ_SEED, prng } from "./helpers/fuzz.ts";

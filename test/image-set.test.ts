@@ -3,10 +3,10 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { ImageSet, openImage, placeDisks } from "../src/disk/image-set.ts";
-import { FileBackend } from "../src/disk/file-backend.ts";
-import { RegionDigests } from "../src/disk/region-digest.ts";
-import { ImageStateFile } from "../src/disk/image-state.ts";
+import { ImageSet, openImage, placeDisks } from "../src/disk/image/image-set.ts";
+import { FileBackend } from "../src/disk/image/file-backend.ts";
+import { RegionDigests } from "../src/disk/image/region-digest.ts";
+import { ImageStateFile } from "../src/disk/image/image-state.ts";
 import { overwrite, sparseFile, tempDir } from "./helpers/serve-process.ts";
 
 const dir = tempDir();

@@ -14,7 +14,7 @@ import { buildGuest, GUEST_DIR, guestFailures, guestWrites, lostWrites, type Ser
 import { libvirtInstalled, libvirtPair, type LibvirtPair } from "./helpers/libvirt-hosts.ts";
 import { MAIN, REPO, sparseFile, tempDir } from "./helpers/serve-process.ts";
 import { moveTimes, writeError } from "./helpers/migration.ts";
-import { NbdErr } from "../src/disk/nbd-protocol.ts";
+import { NbdErr } from "../src/disk/nbd/nbd-protocol.ts";
 
 const dir = tempDir("wanmig-libvirt-");
 let pair: LibvirtPair | undefined;

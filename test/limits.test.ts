@@ -2,7 +2,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, readdirSync, readFileSync, rmSync, statfsSync } from "node:fs";
 import { join } from "node:path";
-import { NbdErr } from "../src/disk/nbd-protocol.ts";
+import { NbdErr } from "../src/disk/nbd/nbd-protocol.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { sh, sparseFile, startServe, tempDir } from "./helpers/serve-process.ts";
 

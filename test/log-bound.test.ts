@@ -2,7 +2,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { statfsSync } from "node:fs";
 import { join } from "node:path";
-import { logBound } from "../src/disk/log-bound.ts";
+import { logBound } from "../src/disk/recording/log-bound.ts";
 import { sparseFile, tempDir } from "./helpers/serve-process.ts";
 
 const dir = tempDir();

@@ -3,7 +3,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { isZero } from "../src/util/zero.ts";
 import { ExitCode } from "../src/errors.ts";
-import { ControlClient } from "../src/disk/control-client.ts";
+import { ControlClient } from "../src/disk/service/control-client.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { startSshd } from "./helpers/sshd.ts";
 import { startProxy } from "./helpers/proxy.ts";

@@ -5,7 +5,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ExitCode } from "../src/errors.ts";
-import { NbdErr } from "../src/disk/nbd-protocol.ts";
+import { NbdErr } from "../src/disk/nbd/nbd-protocol.ts";
 import { type DestHandle, expectResumedOnce, hosts, withPair, lastEvent, MiB, removeHosts, source, spawnSource, writable, writeError } from "./helpers/migration.ts";
 import { startProxy } from "./helpers/proxy.ts";
 import { lostWrites, stressWriter } from "./helpers/stress-writer.ts";

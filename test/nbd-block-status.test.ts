@@ -2,7 +2,7 @@
 // with base:allocation), so backup tools and `nbdcopy` read a thin disk's data only.
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { AllocationState, Cmd, CmdFlag, NbdErr, Opt, Rep, ReplyFlag, ReplyType } from "../src/disk/nbd-protocol.ts";
+import { AllocationState, Cmd, CmdFlag, NbdErr, Opt, Rep, ReplyFlag, ReplyType } from "../src/disk/nbd/nbd-protocol.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { overwrite, serveForSuite, sh, sparseFile } from "./helpers/serve-process.ts";
 

@@ -2,7 +2,7 @@
 // their own connection.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { Cmd, CmdFlag, NbdErr, Opt, Rep } from "../src/disk/nbd-protocol.ts";
+import { Cmd, CmdFlag, NbdErr, Opt, Rep } from "../src/disk/nbd/nbd-protocol.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { RawSocket } from "./helpers/raw-socket.ts";
 import { type ServeHandle, sh, sparseFile, startServe, tempDir } from "./helpers/serve-process.ts";

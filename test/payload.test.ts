@@ -1,6 +1,6 @@
 // A write's bytes in pieces (payload.ts): the same bytes as one buffer, however cut.
 import { describe, expect, test } from "bun:test";
-import { copyPayload, crc32Payload, type Payload, payloadLength, slicePayload } from "../src/disk/payload.ts";
+import { copyPayload, crc32Payload, type Payload, payloadLength, slicePayload } from "../src/disk/block/payload.ts";
 
 const whole = crypto.getRandomValues(new Uint8Array(1000));
 /** The same bytes cut at `cuts`. */

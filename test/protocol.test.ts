@@ -169,7 +169,7 @@ describe("rates", () => {
 });
 
 import { BULK_CHUNK, BulkReadLog, coalesceBatch } from "../src/phases/coalesce.ts";
-import type { DeltaRecord } from "../src/disk/delta-log.ts";
+import type { DeltaRecord } from "../src/disk/recording/delta-log.ts";
 
 describe("coalescing rules", () => {
   const rec = (seq: number, offset: number, length: number, end: number): DeltaRecord => ({ seq: BigInt(seq), kind: 1, offset, length, data: new Uint8Array(length), end });

@@ -4,9 +4,9 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { randomBytes } from "node:crypto";
 import { copyFileSync } from "node:fs";
 import { join } from "node:path";
-import { DeltaKind, DeltaLogReader, replayDeltaLog } from "../src/disk/delta-log.ts";
-import { FileBackend } from "../src/disk/file-backend.ts";
-import { Cmd, CmdFlag } from "../src/disk/nbd-protocol.ts";
+import { DeltaKind, DeltaLogReader, replayDeltaLog } from "../src/disk/recording/delta-log.ts";
+import { FileBackend } from "../src/disk/image/file-backend.ts";
+import { Cmd, CmdFlag } from "../src/disk/nbd/nbd-protocol.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { randomFile, type ServeHandle, sh, startServe, tempDir } from "./helpers/serve-process.ts";
 

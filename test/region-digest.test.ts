@@ -3,7 +3,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { imageDigest, PIECE_SIZE, RegionDigests, REGION_SIZE } from "../src/disk/region-digest.ts";
+import { imageDigest, PIECE_SIZE, RegionDigests, REGION_SIZE } from "../src/disk/image/region-digest.ts";
 import { overwrite, randomFile, sh, sparseFile, tempDir } from "./helpers/serve-process.ts";
 import { isZero } from "../src/util/zero.ts";
 

@@ -1,8 +1,8 @@
 // Write throttling (the paper's doubling policy) and fencing, through the control API.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
-import { Cmd, NbdErr } from "../src/disk/nbd-protocol.ts";
-import { DoublingThrottlePolicy } from "../src/disk/throttle-policy.ts";
+import { Cmd, NbdErr } from "../src/disk/nbd/nbd-protocol.ts";
+import { DoublingThrottlePolicy } from "../src/disk/throttle/throttle-policy.ts";
 import { RawNbd } from "./helpers/raw-nbd.ts";
 import { type ServeHandle, sparseFile, startServe, tempDir, wanmig } from "./helpers/serve-process.ts";
 

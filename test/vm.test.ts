@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { ExitCode } from "../src/errors.ts";
-import { NbdErr } from "../src/disk/nbd-protocol.ts";
+import { NbdErr } from "../src/disk/nbd/nbd-protocol.ts";
 import { moveTimes, writeError } from "./helpers/migration.ts";
 import { buildGuest, type Guest, lostWrites, startGuest } from "./helpers/guest.ts";
 import { hostPair, type HostPair, spawnInNs } from "./helpers/netns.ts";

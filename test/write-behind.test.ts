@@ -4,8 +4,8 @@ import { describe, expect, test } from "bun:test";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FileBackend } from "../src/disk/file-backend.ts";
-import { LAG_BYTES, WriteBehind } from "../src/disk/write-behind.ts";
+import { FileBackend } from "../src/disk/image/file-backend.ts";
+import { LAG_BYTES, WriteBehind } from "../src/disk/image/write-behind.ts";
 
 const MiB = 1024 * 1024;
 

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { DIRTY_PIECE, DirtyMap } from "../src/disk/write-tracking.ts";
+import { DIRTY_PIECE, DirtyMap } from "../src/disk/recording/write-tracking.ts";
 
 describe("the serve's dirty map", () => {
   test("marks the 4 KiB pieces a write touches, as runs, and take() clears them", () => {

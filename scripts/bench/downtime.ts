@@ -27,7 +27,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { ControlClient } from "../../src/disk/control-client.ts";
+import { ControlClient } from "../../src/disk/service/control-client.ts";
 import { BUN, MAIN, MiB } from "./lib/constants.ts";
 import { identical } from "./lib/images.ts";
 import { Proc, tail } from "./lib/proc.ts";

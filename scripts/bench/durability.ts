@@ -15,7 +15,7 @@ import { $, type Subprocess } from "bun";
 import { mkdtempSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { ControlClient } from "../../src/disk/control-client.ts";
+import { ControlClient } from "../../src/disk/service/control-client.ts";
 import { stressWriter } from "../../test/helpers/stress-writer.ts";
 import { REPO } from "./lib/constants.ts";
 

@@ -33,7 +33,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
-import { ControlClient } from "../../src/disk/control-client.ts";
+import { ControlClient } from "../../src/disk/service/control-client.ts";
 import { parseRate } from "../../src/net/rate.ts";
 import { BUN, BUN_EXE, MAIN, MiB, REPO } from "./lib/constants.ts";
 import { buildImage, identical, type ImageKind } from "./lib/images.ts";

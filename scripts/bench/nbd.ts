@@ -13,7 +13,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, readdirSync, unlinkSync 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { ControlClient } from "../../src/disk/control-client.ts";
+import { ControlClient } from "../../src/disk/service/control-client.ts";
 import { REPO } from "./lib/constants.ts";
 
 interface Row {

@@ -2,7 +2,7 @@
 // and how the compound ones are read: the throttle, the network redirect, the destination.
 
 import type { ArgsDef, ParsedArgs } from "citty";
-import type { ThrottleParams } from "../disk/throttle-policy.ts";
+import type { ThrottleParams } from "../disk/throttle/throttle-policy.ts";
 import { UsageError } from "../errors.ts";
 import { tlsArgs } from "../net/tls.ts";
 import type { RedirectOptions } from "../phases/redirect.ts";

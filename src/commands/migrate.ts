@@ -1,6 +1,6 @@
 import { defineCommand } from "citty";
-import { ControlClient } from "../disk/control-client.ts";
-import { controlSocketPath, type ServeStatus, servedImages } from "../disk/disk-service.ts";
+import { ControlClient } from "../disk/service/control-client.ts";
+import { controlSocketPath, type ServeStatus, servedImages } from "../disk/service/status.ts";
 import { ExitCode, UsageError, WanmigError } from "../errors.ts";
 import { logger, setLogLevel } from "../log.ts";
 import { copySelf, preflight } from "../remote/preflight.ts";

@@ -1,6 +1,6 @@
 import { defineCommand } from "citty";
-import { DiskService } from "../disk/disk-service.ts";
-import { parseEndpoint } from "../disk/nbd-server.ts";
+import { DiskService } from "../disk/service/disk-service.ts";
+import { parseEndpoint } from "../disk/nbd/nbd-server.ts";
 import { logger, setLogLevel } from "../log.ts";
 import { logArg, nameArg, REPEATABLE, runDirArg, valuesOf } from "./_shared.ts";
 

@@ -4,8 +4,8 @@
 import { defineCommand } from "citty";
 import { writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { ControlClient } from "../disk/control-client.ts";
-import { controlSocketPath, type ServeStatus, servedImages } from "../disk/disk-service.ts";
+import { ControlClient } from "../disk/service/control-client.ts";
+import { controlSocketPath, type ServeStatus, servedImages } from "../disk/service/status.ts";
 import { UsageError } from "../errors.ts";
 import { sourceHypervisor } from "../hypervisor/index.ts";
 import { type Logger, logger, setLogLevel } from "../log.ts";

@@ -1,6 +1,6 @@
 import { defineCommand } from "citty";
-import { ControlClient } from "../disk/control-client.ts";
-import { controlSocketPath, type ServeStatus } from "../disk/disk-service.ts";
+import { ControlClient } from "../disk/service/control-client.ts";
+import { controlSocketPath, type ServeStatus } from "../disk/service/status.ts";
 import { formatBytes } from "../util/format.ts";
 import { readdirSync } from "node:fs";
 import { jsonArg, runDirArg } from "./_shared.ts";

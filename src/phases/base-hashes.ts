@@ -6,7 +6,7 @@
 // hashes chunk X before sending its hashes, and the source writes into chunk X only after
 // receiving them; deltas come after the whole bulk copy.
 
-import { type ImageRef, openImage } from "../disk/image-set.ts";
+import { type ImageRef, openImage } from "../disk/image/image-set.ts";
 import type { Channel } from "../net/channel.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { BASE_HASH_LEN, msg, MsgType, typeName } from "../net/protocol.ts";

@@ -13,7 +13,7 @@
 // whole disk before the first verdict. The first verdict lifts it, or puts the real cap in
 // its place.
 
-import type { ControlClient } from "../disk/control-client.ts";
+import type { ControlClient } from "../disk/service/control-client.ts";
 import { type RecordingWatch, reportShipped } from "./recording-watch.ts";
 
 /**

@@ -10,7 +10,7 @@
 // is decided (recording.ts): what the VM writes past the cursor is logged without data,
 // and this copy carries it.
 
-import { describeImages, type ImageFile, type ImageRef, openImage } from "../disk/image-set.ts";
+import { describeImages, type ImageFile, type ImageRef, openImage } from "../disk/image/image-set.ts";
 import type { Channel } from "../net/channel.ts";
 import type { Compressor } from "../net/compress.ts";
 import { BASE_HASH_LEN, msg } from "../net/protocol.ts";

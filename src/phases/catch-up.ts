@@ -4,9 +4,9 @@
 // touched (so the hand-off has little to hash), tells the serve how far we got and what
 // write rate the VM may have, and asks the convergence controller whether to fence.
 
-import type { ControlClient } from "../disk/control-client.ts";
-import type { RegionDigests } from "../disk/region-digest.ts";
-import type { ImageRef } from "../disk/image-set.ts";
+import type { ControlClient } from "../disk/service/control-client.ts";
+import type { RegionDigests } from "../disk/image/region-digest.ts";
+import type { ImageRef } from "../disk/image/image-set.ts";
 import type { DeltaStreamer } from "./deltas.ts";
 import { DeltasError } from "./errors.ts";
 import { type RecordingWatch, reportShipped, reportStopped } from "./recording-watch.ts";

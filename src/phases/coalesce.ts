@@ -14,7 +14,7 @@
 // Dropped records leave gaps in the sequence numbers the destination sees; it requires
 // them to increase, not to be contiguous.
 
-import type { DeltaRecord } from "../disk/delta-log.ts";
+import type { DeltaRecord } from "../disk/recording/delta-log.ts";
 
 /** Bulk reads happen in chunks aligned to this size (see bulk.ts). */
 export const BULK_CHUNK = 4 * 1024 * 1024;

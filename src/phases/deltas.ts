@@ -11,10 +11,10 @@
 // after. So a record is settled once the log holds a later one, once a control call made
 // after it was read has answered (the serve answers between turns), or after the fence.
 
-import { DeltaKind, DeltaLogReader, type DeltaRecord, shipCost } from "../disk/delta-log.ts";
+import { DeltaKind, DeltaLogReader, type DeltaRecord, shipCost } from "../disk/recording/delta-log.ts";
 import { type BulkReadLog, coalesceBatch } from "./coalesce.ts";
 import { copyFrames, PASS_MAX_SCAN_BYTES, PASS_MIN_LOG_BYTES, passPays, totalLength, WrittenRanges } from "./copy-pass.ts";
-import { type ImageFile, type ImageRef, openImage } from "../disk/image-set.ts";
+import { type ImageFile, type ImageRef, openImage } from "../disk/image/image-set.ts";
 import type { Channel } from "../net/channel.ts";
 import type { Compressor } from "../net/compress.ts";
 import { ProtocolError } from "../net/errors.ts";

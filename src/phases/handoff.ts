@@ -18,7 +18,7 @@
 // return lies for the hypervisor in use.
 
 import type { ImageCheck } from "./catch-up.ts";
-import type { ControlClient } from "../disk/control-client.ts";
+import type { ControlClient } from "../disk/service/control-client.ts";
 import type { Channel } from "../net/channel.ts";
 import { type Done, msg, MsgType, typeName } from "../net/protocol.ts";
 import type { Logger } from "../log.ts";

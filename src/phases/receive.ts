@@ -21,16 +21,16 @@
 // READY on a resume says the same, so nothing applied is sent again.
 
 import { existsSync, statSync, truncateSync, writeFileSync } from "node:fs";
-import { RegionDigests, REGION_SIZE } from "../disk/region-digest.ts";
-import { describeImages, type ImageFile, imageSizes, openImage } from "../disk/image-set.ts";
-import { WriteBehind } from "../disk/write-behind.ts";
+import { RegionDigests, REGION_SIZE } from "../disk/image/region-digest.ts";
+import { describeImages, type ImageFile, imageSizes, openImage } from "../disk/image/image-set.ts";
+import { WriteBehind } from "../disk/image/write-behind.ts";
 import { type Channel, ChannelClosed, peerAborted } from "../net/channel.ts";
 import { describeError } from "../errors.ts";
 import { decompress } from "../net/compress.ts";
 import { StreamInflater } from "../net/zstd-stream.ts";
 import { ProtocolError } from "../net/errors.ts";
 import { type Barrier, type Bulk, type Delta, DeltaOp, diskSizes, type Hello, msg, MsgType, type Redirect as RedirectMsg, sameDisks, typeName } from "../net/protocol.ts";
-import type { ImageStateFile, IncomingMarker } from "../disk/image-state.ts";
+import type { ImageStateFile, IncomingMarker } from "../disk/image/image-state.ts";
 import { beforeKillPoint, killPoint } from "../util/kill-point.ts";
 import type { Logger } from "../log.ts";
 import { isZero } from "../util/zero.ts";

@@ -4,9 +4,9 @@
 // It also carries the serve's dirty map into the region digests: what the serve says it
 // wrote is rehashed beside what the log says, so a write the log misses cannot pass.
 
-import type { ControlClient, DirtySince } from "../disk/control-client.ts";
+import type { ControlClient, DirtySince } from "../disk/service/control-client.ts";
 import { ControlError, ExitCode } from "../errors.ts";
-import type { RegionDigests } from "../disk/region-digest.ts";
+import type { RegionDigests } from "../disk/image/region-digest.ts";
 import type { Logger } from "../log.ts";
 import { DeltasError } from "./errors.ts";
 

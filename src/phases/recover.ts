@@ -14,9 +14,9 @@
 // A destination that cannot be reached decides nothing: the fence stays, and the operator
 // runs the migration again once it can be.
 
-import type { ControlClient } from "../disk/control-client.ts";
-import { offeredDisks, type ServeStatus, servedImages } from "../disk/disk-service.ts";
-import { imageDigest, RegionDigests } from "../disk/region-digest.ts";
+import type { ControlClient } from "../disk/service/control-client.ts";
+import { offeredDisks, type ServeStatus, servedImages } from "../disk/service/status.ts";
+import { imageDigest, RegionDigests } from "../disk/image/region-digest.ts";
 import type { SourceHypervisor, RecoveryState } from "../hypervisor/types.ts";
 import type { Logger } from "../log.ts";
 import { type Channel, peerAborted } from "../net/channel.ts";

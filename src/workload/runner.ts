@@ -3,8 +3,8 @@
 // a migration: from the first write refused or lost at the old host until the first
 // write that succeeds again (at the same socket, or at `next`, the new host's).
 
-import { NbdClient, NbdClientError } from "../disk/nbd-client.ts";
-import { NbdErr } from "../disk/nbd-protocol.ts";
+import { NbdClient, NbdClientError } from "../disk/nbd/nbd-client.ts";
+import { NbdErr } from "../disk/nbd/nbd-protocol.ts";
 import type { Logger } from "../log.ts";
 import { pattern, type PatternName } from "./patterns.ts";
 

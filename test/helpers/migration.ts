@@ -1,7 +1,7 @@
 // Two "hosts" on loopback for migration tests: serve on A, dest on B, a writer, the source's argv.
 import { expect } from "bun:test";
 import { join } from "node:path";
-import { NbdErr } from "../../src/disk/nbd-protocol.ts";
+import { NbdErr } from "../../src/disk/nbd/nbd-protocol.ts";
 import { RawNbd } from "./raw-nbd.ts";
 import { lostWrites } from "./stress-writer.ts";
 import { MAIN, randomFile, secretFile, type ServeHandle, sh, sparseFile, startDest, startServe, tempDir, wanmig, watchStderr } from "./serve-process.ts";

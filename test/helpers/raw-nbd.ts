@@ -1,6 +1,6 @@
 // A minimal NBD client written from the spec, for requests that libnbd refuses to send
 // (unknown commands, out-of-range offsets, half-written payloads).
-import { Cmd, IHAVEOPT, NBDMAGIC, Opt, OPTION_REPLY_MAGIC, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC } from "../../src/disk/nbd-protocol.ts";
+import { Cmd, IHAVEOPT, NBDMAGIC, Opt, OPTION_REPLY_MAGIC, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC } from "../../src/disk/nbd/nbd-protocol.ts";
 import { RawSocket } from "./raw-socket.ts";
 
 export interface OptionReply {

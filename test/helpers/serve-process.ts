@@ -5,7 +5,7 @@ import { afterAll, beforeAll } from "bun:test";
 import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ControlClient } from "../../src/disk/control-client.ts";
+import { ControlClient } from "../../src/disk/service/control-client.ts";
 
 export const REPO = join(import.meta.dir, "..", "..");
 export const MAIN = join(REPO, "src", "main.ts");

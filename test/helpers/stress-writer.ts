@@ -9,7 +9,7 @@
 //   random4k: 4 KiB at random offsets; seq1m: 1 MiB sequential, wrapping around; seq8m:
 //   8 MiB sequential (a guest's block layer merges a large write into requests this big).
 import { closeSync, openSync, readSync } from "node:fs";
-import { NbdErr } from "../../src/disk/nbd-protocol.ts";
+import { NbdErr } from "../../src/disk/nbd/nbd-protocol.ts";
 import { RawNbd } from "./raw-nbd.ts";
 
 export type StressPattern = "random4k" | "seq1m" | "seq8m";

@@ -4,7 +4,7 @@
 // keeps a shadow of what was acknowledged there. The destination's tail must equal the
 // shadow: a write answered is there, a write refused by the fence is not.
 import { closeSync, openSync, readSync } from "node:fs";
-import { NbdErr } from "../../src/disk/nbd-protocol.ts";
+import { NbdErr } from "../../src/disk/nbd/nbd-protocol.ts";
 import { RawNbd } from "./raw-nbd.ts";
 
 const ANSWER_TIMEOUT_MS = 30_000;

@@ -3,8 +3,8 @@
 // and the durable state a killed destination of them left.
 
 import { existsSync, mkdirSync } from "node:fs";
-import { ImageStateFile } from "../../disk/image-state.ts";
-import { retireMovedServer } from "../../disk/retire-moved.ts";
+import { ImageStateFile } from "../../disk/image/image-state.ts";
+import { retireMovedServer } from "../../disk/service/retire-moved.ts";
 import { ServeError, UsageError } from "../../errors.ts";
 import type { Logger } from "../../log.ts";
 import { recoverStaleJournal } from "../../redirect/journal.ts";

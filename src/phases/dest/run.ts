@@ -4,8 +4,8 @@
 
 import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { DiskService } from "../../disk/disk-service.ts";
-import { stateFilePath } from "../../disk/image-state.ts";
+import { DiskService } from "../../disk/service/disk-service.ts";
+import { stateFilePath } from "../../disk/image/image-state.ts";
 import { describeError, ServeError } from "../../errors.ts";
 import { redirectLogsTo } from "../../log.ts";
 import { pipeChannel, stdoutSink } from "../../net/channel.ts";

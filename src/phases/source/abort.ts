@@ -1,6 +1,6 @@
 // A live migration that failed for good: where it leaves the VM, and the error that says so.
 
-import type { ControlClient } from "../../disk/control-client.ts";
+import type { ControlClient } from "../../disk/service/control-client.ts";
 import { ExitCode } from "../../errors.ts";
 import { HypervisorError } from "../../hypervisor/errors.ts";
 import type { SourceHypervisor } from "../../hypervisor/types.ts";

@@ -5,9 +5,9 @@
 // continue): until then the destination cannot release anything, so a failure unfences the
 // source and the VM carries on here.
 
-import type { ControlClient } from "../../disk/control-client.ts";
-import { offeredDisks, type ServeStatus, servedImages } from "../../disk/disk-service.ts";
-import { RegionDigests } from "../../disk/region-digest.ts";
+import type { ControlClient } from "../../disk/service/control-client.ts";
+import { offeredDisks, type ServeStatus, servedImages } from "../../disk/service/status.ts";
+import { RegionDigests } from "../../disk/image/region-digest.ts";
 import { HypervisorError } from "../../hypervisor/errors.ts";
 import { NoSourceHypervisor } from "../../hypervisor/none.ts";
 import type { SourceHypervisor } from "../../hypervisor/types.ts";

@@ -3,9 +3,9 @@
 // throttle's last verdict outlive the connection; the connection, its compressor and its
 // delta stream do not.
 
-import type { ControlClient } from "../../disk/control-client.ts";
-import { type ServeStatus, servedImages } from "../../disk/disk-service.ts";
-import { RegionDigests } from "../../disk/region-digest.ts";
+import type { ControlClient } from "../../disk/service/control-client.ts";
+import { type ServeStatus, servedImages } from "../../disk/service/status.ts";
+import { RegionDigests } from "../../disk/image/region-digest.ts";
 import { NoSourceHypervisor } from "../../hypervisor/none.ts";
 import type { SourceHypervisor } from "../../hypervisor/types.ts";
 import type { Channel } from "../../net/channel.ts";

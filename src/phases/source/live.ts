@@ -4,8 +4,8 @@
 // other failure is an abort before the point of no return, or a fenced source after it
 // (abort.ts).
 
-import type { ControlClient } from "../../disk/control-client.ts";
-import type { ServeStatus } from "../../disk/disk-service.ts";
+import type { ControlClient } from "../../disk/service/control-client.ts";
+import type { ServeStatus } from "../../disk/service/status.ts";
 import { ExitCode } from "../../errors.ts";
 import { HypervisorError } from "../../hypervisor/errors.ts";
 import { peerAborted } from "../../net/channel.ts";

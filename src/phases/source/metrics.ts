@@ -4,7 +4,6 @@ import type { Compressor } from "../../net/compress.ts";
 import type { DeltaStreamer } from "../deltas.ts";
 import type { DiskFigures, DiskTally } from "../disk-tally.ts";
 import type { HandoffTimes } from "../handoff.ts";
-import type { SourceOptions } from "./options.ts";
 
 export interface MigrationMetrics {
   migrationTimeMs: number;
@@ -88,7 +87,7 @@ function levelTotals(zs: Compressor[]): Record<string, number> {
 
 /** The final figures of a migration, in the paper's terms; also sent as the "done" event. */
 export function finish(
-  o: Pick<SourceOptions, "onEvent">,
+  o: { onEvent?: (e: Record<string, unknown>) => void },
   m: {
     t0: number;
     fencedAt: number;

@@ -2,7 +2,7 @@
 
 import type { Channel } from "../../net/channel.ts";
 import type { CompressSetting } from "../../net/compress.ts";
-import type { ThrottleParams } from "../../disk/throttle-policy.ts";
+import type { ThrottleParams } from "../../disk/throttle/throttle-policy.ts";
 import type { SourceHypervisor } from "../../hypervisor/types.ts";
 import type { Redirect } from "../../redirect/redirect.ts";
 import type { Logger } from "../../log.ts";

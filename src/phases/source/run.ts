@@ -3,8 +3,8 @@
 // before the point of no return stops recording and leaves the disk served and writable;
 // after it, the disk stays fenced and the error says so.
 
-import { ControlClient } from "../../disk/control-client.ts";
-import { controlSocketPath } from "../../disk/disk-service.ts";
+import { ControlClient } from "../../disk/service/control-client.ts";
+import { controlSocketPath } from "../../disk/service/status.ts";
 import { ExitCode } from "../../errors.ts";
 import type { Channel } from "../../net/channel.ts";
 import { InitError } from "../errors.ts";

@@ -1,6 +1,6 @@
 // The report's curves: the serve's delta queue and throttle, and the wire's bytes, sampled.
 
-import { ControlClient } from "../../disk/control-client.ts";
+import { ControlClient } from "../../disk/service/control-client.ts";
 import type { Channel } from "../../net/channel.ts";
 
 /**

@@ -1,7 +1,7 @@
 // A re-run source that finds the hand-off unfinished: finish it or roll it back, with the destination.
 
-import type { ControlClient } from "../../disk/control-client.ts";
-import type { ServeStatus } from "../../disk/disk-service.ts";
+import type { ControlClient } from "../../disk/service/control-client.ts";
+import type { ServeStatus } from "../../disk/service/status.ts";
 import { NoSourceHypervisor } from "../../hypervisor/none.ts";
 import { settleHandoff } from "../recover.ts";
 import { finish, NO_DELTAS } from "./metrics.ts";

@@ -4,7 +4,7 @@
 // after a broken link, the abort before the point of no return and the recovery after it.
 
 import { ControlError, ExitCode } from "../../errors.ts";
-import { offeredDisks } from "../../disk/disk-service.ts";
+import { offeredDisks } from "../../disk/service/status.ts";
 import type { Channel } from "../../net/channel.ts";
 import { Compressor } from "../../net/compress.ts";
 import { msg, type Ready } from "../../net/protocol.ts";

@@ -5,11 +5,11 @@
 // may be the VM's live disk is never touched (disk-service.ts retire refuses it too).
 
 import { resolve } from "node:path";
-import { ServeError } from "../errors.ts";
-import type { Logger } from "../log.ts";
+import { ServeError } from "../../errors.ts";
+import type { Logger } from "../../log.ts";
 import { ControlClient } from "./control-client.ts";
-import { controlSocketPath, servedImages } from "./disk-service.ts";
-import { unixPathAnswers } from "./nbd-server.ts";
+import { controlSocketPath, servedImages } from "./status.ts";
+import { unixPathAnswers } from "../nbd/nbd-server.ts";
 
 const GONE_WITHIN_MS = 15_000;
 

@@ -6,7 +6,7 @@
 // waiting out its throttle delay is checked again when it is applied, and refused.
 
 import { BackendDecorator, BlockError, type MaybePromise } from "./backend.ts";
-import { NbdErr } from "./nbd-protocol.ts";
+import { NbdErr } from "./vocabulary.ts";
 import type { Payload } from "./payload.ts";
 
 export class FencingBackend extends BackendDecorator {

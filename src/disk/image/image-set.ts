@@ -12,11 +12,11 @@
 // One image is opened as its FileBackend itself: no layer on the one-disk path.
 
 import { statSync } from "node:fs";
-import { BlockError, type BlockBackend } from "./backend.ts";
-import type { Extent } from "./extents.ts";
+import { BlockError, type BlockBackend } from "../block/backend.ts";
+import type { Extent } from "../block/vocabulary.ts";
 import { FileBackend } from "./file-backend.ts";
-import { NbdErr } from "./nbd-protocol.ts";
-import { type Payload, payloadLength, slicePayload } from "./payload.ts";
+import { NbdErr } from "../block/vocabulary.ts";
+import { type Payload, payloadLength, slicePayload } from "../block/payload.ts";
 import type { PageCacheOps } from "./write-behind.ts";
 
 /** One image path, or a VM's image paths in disk order. */

@@ -2,12 +2,12 @@
 
 import { closeSync, fdatasync, fstatSync, openSync, readSync, writeSync, writevSync } from "node:fs";
 import { type Extent, extentsOf, HoleFinder } from "./extents.ts";
-import { BlockError, type BlockBackend } from "./backend.ts";
-import { NbdErr } from "./nbd-protocol.ts";
+import { BlockError, type BlockBackend } from "../block/backend.ts";
+import { NbdErr } from "../block/vocabulary.ts";
 import { punchHole, zeroRange } from "./fallocate.ts";
 import { startWriteback, writeBackAndDrop } from "./page-cache.ts";
 import type { PageCacheOps } from "./write-behind.ts";
-import { type Payload, payloadLength, slicePayload } from "./payload.ts";
+import { type Payload, payloadLength, slicePayload } from "../block/payload.ts";
 
 const ZERO_CHUNK = new Uint8Array(1 << 20);
 

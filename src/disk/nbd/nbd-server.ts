@@ -4,9 +4,9 @@
 import type { Socket, SocketListener } from "bun";
 import { existsSync, statSync, unlinkSync } from "node:fs";
 import { type ConnectionHost, NbdConnection, type NbdExport, type NbdStats, newStats } from "./nbd-connection.ts";
-import type { Logger } from "../log.ts";
-import { ServeError } from "../errors.ts";
-import { listenError } from "../util/os-errors.ts";
+import type { Logger } from "../../log.ts";
+import { ServeError } from "../../errors.ts";
+import { listenError } from "../../util/os-errors.ts";
 
 export type Endpoint = { kind: "unix"; path: string } | { kind: "tcp"; host: string; port: number };
 

@@ -1,12 +1,12 @@
 // Client of a local `serve`'s control socket (used by `status`, `source`, tests).
 
 import { ofetch, FetchError } from "ofetch";
-import { ControlError } from "../errors.ts";
-import { codeOf, whyNoAnswer } from "../util/os-errors.ts";
-import type { ServeStatus } from "./disk-service.ts";
-import type { RecordingStart } from "./disk-service.ts";
-import type { RecordingState } from "./recording.ts";
-import type { ThrottleParams, ThrottleState } from "./throttle-policy.ts";
+import { ControlError } from "../../errors.ts";
+import { codeOf, whyNoAnswer } from "../../util/os-errors.ts";
+import type { ServeStatus } from "./status.ts";
+import type { RecordingStart } from "./status.ts";
+import type { RecordingState } from "../recording/recording.ts";
+import type { ThrottleParams, ThrottleState } from "../throttle/throttle-policy.ts";
 
 export interface DirtySince {
   recording?: string;

@@ -49,9 +49,9 @@
 // correct in any mode, and a restart is rare.
 
 import { join } from "node:path";
-import { BackendDecorator, type BlockBackend, type MaybePromise } from "./backend.ts";
+import { BackendDecorator, type BlockBackend, type MaybePromise } from "../block/backend.ts";
 import { applyDelta, DeltaKind, type DeltaKindValue, DeltaLogWriter } from "./delta-log.ts";
-import { type Payload, payloadLength, slicePayload } from "./payload.ts";
+import { type Payload, payloadLength, slicePayload } from "../block/payload.ts";
 import type { TrackingBackend } from "./write-tracking.ts";
 
 /**

@@ -14,26 +14,27 @@
 // that some earlier process set holds from the first request on, and a recording a killed
 // serve left goes on in the same log before the first write is taken.
 
-import { processAlive } from "../util/process.ts";
+import { processAlive } from "../../util/process.ts";
 import { chmodSync, mkdirSync } from "node:fs";
-import { fileProblem } from "../util/os-errors.ts";
+import { fileProblem } from "../../util/os-errors.ts";
 import { join } from "node:path";
-import { ServeError } from "../errors.ts";
-import type { Logger } from "../log.ts";
-import { FencingBackend } from "./fencing.ts";
-import { describeImages, type DiskPlace, type ImageFile, imageSizes, openImage, placeDisks } from "./image-set.ts";
-import { ExportWindow } from "./export-window.ts";
-import { newStats, type NbdStats } from "./nbd-connection.ts";
-import { claimUnixPath, type Endpoint, formatEndpoint, NbdServer } from "./nbd-server.ts";
-import { RecordingBackend, type RecordingState } from "./recording.ts";
-import { ThrottlingBackend } from "./throttle.ts";
-import { DIRTY_PIECE, TrackingBackend } from "./write-tracking.ts";
-import { logBound } from "./log-bound.ts";
-import { type ImageLock, ImageLockError, lockImage } from "./image-lock.ts";
-import { bootId, type ImageState, ImageStateFile } from "./image-state.ts";
+import { ServeError } from "../../errors.ts";
+import type { Logger } from "../../log.ts";
+import { FencingBackend } from "../block/fencing.ts";
+import { describeImages, type DiskPlace, type ImageFile, imageSizes, openImage, placeDisks } from "../image/image-set.ts";
+import { ExportWindow } from "../image/export-window.ts";
+import { newStats, type NbdStats } from "../nbd/nbd-connection.ts";
+import { claimUnixPath, type Endpoint, formatEndpoint, NbdServer } from "../nbd/nbd-server.ts";
+import { RecordingBackend, type RecordingState } from "../recording/recording.ts";
+import { ThrottlingBackend } from "../throttle/throttle.ts";
+import { DIRTY_PIECE, TrackingBackend } from "../recording/write-tracking.ts";
+import { logBound } from "../recording/log-bound.ts";
+import { type ImageLock, ImageLockError, lockImage } from "../image/image-lock.ts";
+import { bootId, type ImageState, ImageStateFile } from "../image/image-state.ts";
 import { basename, dirname } from "node:path";
-import { DoublingThrottlePolicy, type ThrottleParams, type ThrottleState } from "./throttle-policy.ts";
-import { startControlApi, type ControlApi } from "./control-api.ts";
+import { DoublingThrottlePolicy, type ThrottleParams, type ThrottleState } from "../throttle/throttle-policy.ts";
+import { startControlApi, type ControlApi, type ControlledServe } from "./control-api.ts";
+import { controlSocketPath, defaultNbdEndpoint, type HandoffState, type IncomingMigration, type RecordingStart, type ServeMode, type ServeStatus } from "./status.ts";
 
 export interface DiskServiceOptions {
   /** The VM's images, in disk order. */
@@ -59,96 +60,12 @@ export interface DiskServiceOptions {
   log: Logger;
 }
 
-/** How a recording starts (the control API's "start"). */
-export interface RecordingStart {
-  /** Where the log goes (default: the run directory). */
-  dir?: string;
-  /** The pid of the source process the recording is for: a second one is refused while it lives. */
-  owner?: number;
-  maxLogBytes?: number;
-  /** Bytes/s the VM's writes are held to from the first one (the bulk throttle's provisional cap). */
-  rateCap?: number;
-  /** The bulk copy's cursor from the first write (recording.ts; raised later by "cursor"). */
-  bulkCursor?: number;
-  /** Writes behind the cursor logged as ranges, without their bytes (recording.ts). */
-  ranges?: boolean;
-}
-
-export type ServeMode = "normal" | "recording" | "fenced";
-
-/**
- * Where this image stands in a hand-off, for `status`:
- *  - fenced: fenced by a control request, no migration named;
- *  - unfinished: fenced by a migration whose hand-off never completed (run `wanmig source` again);
- *  - moved: the hand-off completed, the VM's disk lives elsewhere now;
- *  - receiving: a destination, before its copy is verified (I/O held);
- *  - verified: a destination whose copy is verified and served.
- */
-export type HandoffState = "none" | "fenced" | "unfinished" | "moved" | "receiving" | "verified";
-/** One disk of the VM: its export, where it lies in the VM's space, and its own requests. */
-export interface DiskStatus extends DiskPlace {
-  export: string;
-  io: NbdStats;
-}
-
-export interface ServeStatus {
-  name: string;
-  pid: number;
-  /** The image, or "A + B" for several (`disks` has each). */
-  image: string;
-  /** All the disks' bytes. */
-  size: number;
-  disks: DiskStatus[];
-  readOnly: boolean;
-  nbd: string;
-  control: string;
-  startedAt: string;
-  mode: ServeMode;
-  clients: number;
-  connectionsTotal: number;
-  io: NbdServer["stats"];
-  /** A new value every time a serve process starts: the migrating source notices a restart by it. */
-  instance: string;
-  recording: RecordingState & { owner?: number; id?: string; applied: number; restarts?: number };
-  handoff: { state: HandoffState; recording?: string; since?: string; reason?: string; text: string };
-  throttle: ThrottleState & { rateCapBytesPerSec?: number; queueLength: number; delayedWrites: number; totalDelayMs: number; vmStopped: boolean };
-  fence: { fenced: boolean; refusedWrites: number; since?: string; reason?: string };
-  /** On a destination: how far the incoming migration is. */
-  migration?: IncomingMigration;
-}
-
-/** The images of a served VM, in disk order: what the source reads. */
-export function servedImages(st: Pick<ServeStatus, "disks">): string[] {
-  return st.disks.map((d) => d.image);
-}
-
-/** HELLO's `disks`: each disk's size when the VM has several (protocol.ts). */
-export function offeredDisks(st: Pick<ServeStatus, "disks">): number[] | undefined {
-  return st.disks.length > 1 ? st.disks.map((d) => d.size) : undefined;
-}
-
-export interface IncomingMigration {
-  state: string;
-  bulkOffset: number;
-  size: number;
-  nextSeq: string;
-}
-
-
-export function defaultNbdEndpoint(runDir: string, name: string): Endpoint {
-  return { kind: "unix", path: join(runDir, `${name}.nbd`) };
-}
-
-export function controlSocketPath(runDir: string, name: string): string {
-  return join(runDir, `${name}.ctl`);
-}
-
 /** A recording action for another recording than the one this serve holds (or for one when it holds none). */
 function otherRecording(held: string | undefined, asked: string | undefined, more = ""): ServeError {
   return new ServeError(`the serve records ${held ? `recording ${held}` : "nothing"}, not ${asked ?? "any"}${more}`);
 }
 
-export class DiskService {
+export class DiskService implements ControlledServe {
   readonly file: ImageFile;
   readonly disks: DiskPlace[];
   private readonly exportStats: NbdStats[];

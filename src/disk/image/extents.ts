@@ -6,6 +6,9 @@
 // skipping data would be corruption.
 
 import { dlopen, FFIType, read } from "bun:ffi";
+import type { Extent } from "../block/vocabulary.ts";
+
+export type { Extent } from "../block/vocabulary.ts";
 
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
@@ -89,10 +92,6 @@ export function nextHole(fd: number, offset: number, end: number): number {
 }
 
 /** A run of the file: data, or a hole (reads as zeros). */
-export interface Extent {
-  length: number;
-  hole: boolean;
-}
 
 /** The runs of [offset, offset + length), in order, at most `max` of them (the last may stop short). */
 export function extentsOf(fd: number, offset: number, length: number, max = 1024): Extent[] {

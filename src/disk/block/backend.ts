@@ -7,8 +7,8 @@
 // request (fence, start recording) can never land between the two halves of one write.
 // A decorator that must delay (throttling) returns a promise and keeps arrival order.
 
-import type { Extent } from "./extents.ts";
-import { NbdErr } from "./nbd-protocol.ts";
+import type { Extent } from "./vocabulary.ts";
+import { NbdErr } from "./vocabulary.ts";
 import type { Payload } from "./payload.ts";
 
 export type MaybePromise<T> = T | Promise<T>;

@@ -1,8 +1,8 @@
 // GET /metrics on the control socket: the serve's counters in Prometheus text format
 // (version 0.0.4), one family per line group, labelled with the VM's name; the I/O families
 // have a sample per disk, labelled with its export (disk0, disk1, ...).
-import type { DiskStatus, ServeStatus } from "./disk-service.ts";
-import type { NbdStats } from "./nbd-connection.ts";
+import type { DiskStatus, ServeStatus } from "./status.ts";
+import type { NbdStats } from "../nbd/nbd-connection.ts";
 
 type Family = [name: string, type: "counter" | "gauge", help: string, value: number | ((io: NbdStats, disk: DiskStatus) => number)];
 

@@ -9,8 +9,8 @@
 // It sits directly on the file, below recording: whatever path a write took through the
 // decorators above, it is counted and marked in the turn it is applied.
 
-import { BackendDecorator, type MaybePromise } from "./backend.ts";
-import { type Payload, payloadLength } from "./payload.ts";
+import { BackendDecorator, type MaybePromise } from "../block/backend.ts";
+import { type Payload, payloadLength } from "../block/payload.ts";
 
 /** The digest's piece (region-digest.ts): a write marks what the hand-off must rehash, no more. */
 export const DIRTY_PIECE = 4096;

@@ -6,8 +6,8 @@
 // them further: each write's turn also waits until the writes before it have used up
 // their share of the allowance.
 
-import { BackendDecorator, type BlockBackend, type MaybePromise } from "./backend.ts";
-import { copyPayload, type Payload, payloadLength } from "./payload.ts";
+import { BackendDecorator, type BlockBackend, type MaybePromise } from "../block/backend.ts";
+import { copyPayload, type Payload, payloadLength } from "../block/payload.ts";
 import { RateCap } from "./rate-cap.ts";
 import type { ThrottlePolicy } from "./throttle-policy.ts";
 

@@ -109,17 +109,7 @@ export const ReplyType = { NONE: 0, OFFSET_DATA: 1, OFFSET_HOLE: 2, BLOCK_STATUS
 export const BASE_ALLOCATION = "base:allocation";
 export const AllocationState = { HOLE: 1, ZERO: 2 } as const;
 
-/** NBD error values (they are the Linux errno numbers, but NBD fixes them itself). */
-export const NbdErr = {
-  EPERM: 1,
-  EIO: 5,
-  ENOMEM: 12,
-  EINVAL: 22,
-  ENOSPC: 28,
-  EOVERFLOW: 75,
-  ENOTSUP: 95,
-  ESHUTDOWN: 108,
-} as const;
+export { NbdErr } from "../block/vocabulary.ts";
 
 export const HANDSHAKE_LEN = 18; // NBDMAGIC + IHAVEOPT + u16
 export const OPTION_HEADER_LEN = 16; // IHAVEOPT + u32 opt + u32 len

@@ -2,10 +2,10 @@
 // tools: `wanmig workload` drives a served disk the way a VM would.
 
 import type { Socket } from "bun";
-import { ExitCode, WanmigError } from "../errors.ts";
-import { ByteQueue } from "../util/byte-queue.ts";
-import { whyNoAnswer } from "../util/os-errors.ts";
-import { SocketWriter } from "../util/socket-writer.ts";
+import { ExitCode, WanmigError } from "../../errors.ts";
+import { ByteQueue } from "../../util/byte-queue.ts";
+import { whyNoAnswer } from "../../util/os-errors.ts";
+import { SocketWriter } from "../../util/socket-writer.ts";
 import { Cmd, IHAVEOPT, Info, NBDMAGIC, Opt, OPTION_REPLY_MAGIC, Rep, REQUEST_MAGIC, SIMPLE_REPLY_MAGIC } from "./nbd-protocol.ts";
 
 export class NbdClientError extends WanmigError {

@@ -3,9 +3,9 @@
 // delta log as every other disk's, in arrival order. The NBD layer checks every request
 // against the export's size before it gets here, so a guest cannot reach another disk.
 
-import { BackendDecorator, type BlockBackend, type MaybePromise } from "./backend.ts";
-import type { Extent } from "./extents.ts";
-import type { Payload } from "./payload.ts";
+import { BackendDecorator, type BlockBackend, type MaybePromise } from "../block/backend.ts";
+import type { Extent } from "../block/vocabulary.ts";
+import type { Payload } from "../block/payload.ts";
 
 export class ExportWindow extends BackendDecorator {
   constructor(

@@ -6,7 +6,7 @@
 // never a dropped connection. A malformed handshake ends this connection only.
 
 import type { Socket } from "bun";
-import { type BlockBackend, type MaybePromise, nbdErrorFor } from "./backend.ts";
+import { type BlockBackend, type MaybePromise, nbdErrorFor } from "../block/backend.ts";
 import {
   allowedCmdFlags,
   BLOCK_MAX,
@@ -34,11 +34,11 @@ import {
   TransmissionFlag,
 } from "./nbd-protocol.ts";
 import { allocationContextReply, blockStatusChunk, errorChunk, parseMetaContextRequest, readChunk, selectsAllocation } from "./nbd-structured.ts";
-import { ByteQueue } from "../util/byte-queue.ts";
-import { CORK_BYTES, SocketWriter } from "../util/socket-writer.ts";
-import { BufferPool } from "../util/buffer-pool.ts";
-import { copyPayload, type Payload } from "./payload.ts";
-import type { Logger } from "../log.ts";
+import { ByteQueue } from "../../util/byte-queue.ts";
+import { CORK_BYTES, SocketWriter } from "../../util/socket-writer.ts";
+import { BufferPool } from "../../util/buffer-pool.ts";
+import { copyPayload, type Payload } from "../block/payload.ts";
+import type { Logger } from "../../log.ts";
 
 export interface NbdExport {
   name: string;

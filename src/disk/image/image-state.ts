@@ -16,7 +16,7 @@
 import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { type ImageRef, imagePaths } from "./image-set.ts";
-import { ServeError } from "../errors.ts";
+import { ServeError } from "../../errors.ts";
 
 export interface FenceMarker {
   since: string;

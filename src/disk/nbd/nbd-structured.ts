@@ -3,7 +3,7 @@
 // and `qemu-img convert` on a running VM's disk read only its data, as with nbdkit and
 // qemu-nbd. The layouts follow nbd's doc/proto.md.
 
-import type { Extent } from "./extents.ts";
+import type { Extent } from "../block/vocabulary.ts";
 import { AllocationState, BASE_ALLOCATION, ReplyFlag, ReplyType, STRUCTURED_REPLY_HEADER_LEN, STRUCTURED_REPLY_MAGIC } from "./nbd-protocol.ts";
 
 /** The id we give base:allocation when a client selects it (0 is what LIST replies carry). */

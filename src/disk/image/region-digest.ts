@@ -31,7 +31,7 @@
 // by the receiver, which marks what it writes.
 
 import { type ImageRef, describeImages, openImage } from "./image-set.ts";
-import { isZero } from "../util/zero.ts";
+import { isZero } from "../../util/zero.ts";
 
 export const REGION_SIZE = 1024 * 1024;
 export const PIECE_SIZE = 4096;

@@ -33,8 +33,8 @@
 // must reproduce the image byte for byte.
 
 import { closeSync, fstatSync, ftruncateSync, openSync, readSync, writeSync, writevSync } from "node:fs";
-import { crc32Payload, type Payload, payloadLength, piecesOf } from "./payload.ts";
-import { DeltaLogError } from "../errors.ts";
+import { crc32Payload, type Payload, payloadLength, piecesOf } from "../block/payload.ts";
+import { DeltaLogError } from "../../errors.ts";
 
 const FILE_MAGIC = Buffer.from("WMDELTA1", "latin1");
 const RECORD_MAGIC = 0x52444d57; // "WMDR" read as little-endian u32

@@ -31,10 +31,10 @@
 // the log is wrong, and acting on it could pass a disk that lacks writes.
 
 import { existsSync, unlinkSync } from "node:fs";
-import { claimUnixPath } from "./nbd-server.ts";
-import { listenError } from "../util/os-errors.ts";
-import type { DiskService } from "./disk-service.ts";
-import { validateThrottleParams } from "./throttle-policy.ts";
+import { claimUnixPath } from "../nbd/nbd-server.ts";
+import { listenError } from "../../util/os-errors.ts";
+import type { RecordingStart, ServeStatus } from "./status.ts";
+import { type ThrottleParams, validateThrottleParams } from "../throttle/throttle-policy.ts";
 import { renderMetrics } from "./metrics.ts";
 
 export interface ControlApi {
@@ -60,7 +60,26 @@ function optString(body: Record<string, unknown>, key: string): string | undefin
   return v;
 }
 
-async function route(req: Request, svc: DiskService): Promise<Response> {
+/**
+ * What the control API asks of the serve behind it (disk-service.ts implements it). Declared
+ * here, in the API's terms, so that the service imports the API and not the other way round.
+ * The answers go out as JSON as they are.
+ */
+export interface ControlledServe {
+  status(): ServeStatus;
+  startRecording(start: RecordingStart): unknown;
+  stopRecording(outcome?: { moved?: { digest?: string; to?: string } }): unknown;
+  raiseCursor(recording: string, offset: number): unknown;
+  takeDirty(recording?: string): object;
+  noteShipped(seq: bigint, rateCap?: number): object;
+  vmStopped(recording?: string): unknown;
+  configureThrottle(params: Partial<ThrottleParams>): unknown;
+  fence(opts: { recording?: string; reason?: string }): void;
+  unfence(reason: string): void;
+  retire(): unknown;
+}
+
+async function route(req: Request, svc: ControlledServe): Promise<Response> {
   const path = new URL(req.url).pathname;
   const key = `${req.method} ${path}`;
   switch (key) {
@@ -127,7 +146,7 @@ async function route(req: Request, svc: DiskService): Promise<Response> {
   return Response.json({ error: `no such endpoint: ${key}` }, { status: 404 });
 }
 
-export async function startControlApi(path: string, svc: DiskService): Promise<ControlApi> {
+export async function startControlApi(path: string, svc: ControlledServe): Promise<ControlApi> {
   await claimUnixPath(path, "control socket");
   let server: ReturnType<typeof Bun.serve>;
   try {
