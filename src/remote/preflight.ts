@@ -44,35 +44,52 @@ function said(err: unknown): string {
 /** Runs the checks; `needCopy` says the remote wanmig is missing or speaks another protocol; `systemd`: the host runs systemd. */
 export async function preflight(t: SshTarget, p: PreflightPlan, log: Logger): Promise<{ checks: Check[]; needCopy: boolean; systemd: boolean }> {
   const host = describeTarget(t);
-  const checks: Check[] = [];
+  const reach = await checkSsh(t, host, log);
+  if (!reach.ok) return { checks: [reach], needCopy: false, systemd: false };
+  const bin = await checkBinary(t, p, log);
+  const checks = [reach, bin.check, ...(await checkSpace(t, p, log))];
+  checks.push(await checkServed(t, p, host, bin.answers, log));
+  for (const tool of p.tools) checks.push(await checkTool(t, tool, host, log));
+  const systemd = await runsSystemd(t, log);
+  checks.push({ what: "detach", ok: true, detail: systemd ? "dest will run in a systemd scope of its own (systemd-run --scope)" : "no systemd there: dest will run as a daemon with a pid file" });
+  if (p.qmp) checks.push(await checkQmp(t, p.qmp, host, log));
+  return { checks, needCopy: bin.needCopy, systemd };
+}
+
+async function checkSsh(t: SshTarget, host: string, log: Logger): Promise<Check> {
   try {
     await sshRun(t, ["true"], log, { timeoutMs: 20_000 });
-    checks.push({ what: "ssh", ok: true, detail: `${host} reachable` });
+    return { what: "ssh", ok: true, detail: `${host} reachable` };
   } catch (err) {
-    checks.push({ what: "ssh", ok: false, detail: `cannot reach ${host} over ssh: ${said(err)}`, fix: "check that `ssh HOST true` works without a prompt (keys, ~/.ssh/config, $WANMIG_SSH)" });
-    return { checks, needCopy: false, systemd: false };
+    return { what: "ssh", ok: false, detail: `cannot reach ${host} over ssh: ${said(err)}`, fix: "check that `ssh HOST true` works without a prompt (keys, ~/.ssh/config, $WANMIG_SSH)" };
   }
+}
 
-  let needCopy = false;
-  /** A wanmig answers there (of any protocol): it can say whether NAME is served. */
-  let binAnswers = false;
+/** The wanmig there: `answers` when one of any protocol runs (it can say whether NAME is served); `needCopy` when this binary must replace it. */
+async function checkBinary(t: SshTarget, p: PreflightPlan, log: Logger): Promise<{ check: Check; needCopy: boolean; answers: boolean }> {
+  let r: { check: Check; needCopy: boolean; answers: boolean };
   try {
     const there = JSON.parse((await sshRun(t, [p.remoteBin, "version", "--json"], log)).stdout) as { version: string; protocol: number };
-    binAnswers = true;
-    if (there.protocol === PROTOCOL_VERSION) checks.push({ what: "wanmig there", ok: true, detail: `${p.remoteBin}: wanmig ${there.version}, protocol ${there.protocol}` });
-    else {
-      needCopy = true;
-      checks.push({ what: "wanmig there", ok: true, detail: `${p.remoteBin} speaks protocol ${there.protocol} (${there.version}), this one ${PROTOCOL_VERSION} (${VERSION}): it will be replaced by this binary` });
-    }
+    r =
+      there.protocol === PROTOCOL_VERSION
+        ? { check: { what: "wanmig there", ok: true, detail: `${p.remoteBin}: wanmig ${there.version}, protocol ${there.protocol}` }, needCopy: false, answers: true }
+        : {
+            check: { what: "wanmig there", ok: true, detail: `${p.remoteBin} speaks protocol ${there.protocol} (${there.version}), this one ${PROTOCOL_VERSION} (${VERSION}): it will be replaced by this binary` },
+            needCopy: true,
+            answers: true,
+          };
   } catch {
-    needCopy = true;
-    checks.push({ what: "wanmig there", ok: true, detail: `no usable ${p.remoteBin} there: this binary will be copied` });
+    r = { check: { what: "wanmig there", ok: true, detail: `no usable ${p.remoteBin} there: this binary will be copied` }, needCopy: true, answers: false };
   }
-  if (needCopy && !selfBinary())
-    checks[checks.length - 1] = { ...checks[checks.length - 1]!, ok: false, fix: "run the compiled wanmig (npm run build, dist/wanmig): it copies itself" };
+  if (r.needCopy && !selfBinary()) r.check = { ...r.check, ok: false, fix: "run the compiled wanmig (npm run build, dist/wanmig): it copies itself" };
+  return r;
+}
 
-  // Space: what the images take here (their allocated blocks: holes stay holes there),
-  // added up per file system there (two disks on one file system need both their sizes).
+/**
+ * Space: what the images take here (their allocated blocks: holes stay holes there), added up
+ * per file system there (two disks on one file system need both their sizes).
+ */
+async function checkSpace(t: SshTarget, p: PreflightPlan, log: Logger): Promise<Check[]> {
   try {
     const out = (await sshRun(t, ["sh", "-c", 'for d in "$@"; do while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -P -B1 "$d" | tail -n 1; done', "df", ...p.remoteImages.map((i) => dirname(i))], log)).stdout;
     const rows = out.trim().split("\n").map((l) => l.trim().split(/\s+/));
@@ -84,62 +101,61 @@ export async function preflight(t: SshTarget, p: PreflightPlan, log: Logger): Pr
       fs.images.push(image);
       perFs.set(row[5]!, fs);
     });
-    for (const { avail, need, images } of perFs.values()) {
+    return [...perFs.values()].map(({ avail, need, images }) => {
       const what = images.join(" + ");
-      checks.push(
-        avail >= need
-          ? { what: "space", ok: true, detail: `${fmt(avail)} free for ${what} (${fmt(need)} needed)` }
-          : { what: "space", ok: false, detail: `only ${fmt(avail)} free for ${what}; ${images.length > 1 ? "the images need" : "the image needs"} ${fmt(need)}`, fix: "free space there, or pick another --remote-image" },
-      );
-    }
+      return avail >= need
+        ? { what: "space", ok: true, detail: `${fmt(avail)} free for ${what} (${fmt(need)} needed)` }
+        : { what: "space", ok: false, detail: `only ${fmt(avail)} free for ${what}; ${images.length > 1 ? "the images need" : "the image needs"} ${fmt(need)}`, fix: "free space there, or pick another --remote-image" };
+    });
   } catch (err) {
-    checks.push({ what: "space", ok: false, detail: `cannot measure free space there: ${said(err)}`, fix: "check --remote-image" });
+    return [{ what: "space", ok: false, detail: `cannot measure free space there: ${said(err)}`, fix: "check --remote-image" }];
   }
+}
 
-  // Whether NAME is served there: its control socket answers. Ask the wanmig there if it
-  // is usable; else ask the kernel which unix sockets listen (iproute2's ss). Running a
-  // missing binary fails too, and that once read as "not served".
+/**
+ * Whether NAME is served there: its control socket answers. Ask the wanmig there if it is
+ * usable; else ask the kernel which unix sockets listen (iproute2's ss). Running a missing
+ * binary fails too, and that once read as "not served".
+ */
+async function checkServed(t: SshTarget, p: PreflightPlan, host: string, binAnswers: boolean, log: Logger): Promise<Check> {
   const ctl = `${p.remoteRunDir}/${p.name}.ctl`;
   const served = await sshRun(t, ["sh", "-c", SERVED_SCRIPT, "served", ctl, p.remoteBin, p.name, p.remoteRunDir, binAnswers ? "ask" : ""], log).then(
     (r) => r.stdout.trim(),
     () => "unknown",
   );
-  checks.push(nameCheck(served, p, host, ctl));
+  return nameCheck(served, p, host, ctl);
+}
 
-  for (const tool of p.tools) {
-    const here = !!Bun.which(tool);
-    const there = await sshRun(t, ["sh", "-c", 'command -v "$1" >/dev/null', "which", tool], log).then(() => true, () => false);
-    checks.push(
-      here && there
-        ? { what: tool, ok: true, detail: `${tool} on both hosts` }
-        : { what: tool, ok: false, detail: `${tool} is missing ${!here && !there ? "on both hosts" : here ? `on ${host}` : "here"}`, fix: `install ${tool}` },
-    );
-  }
-  // How dest will outlive this ssh session there: in a systemd scope of its own where
-  // systemd runs (logind may kill what is left in a closed session), else as a plain
-  // daemon that ignores the hang-up (pid file either way).
-  const systemd = await sshRun(t, ["sh", "-c", 'command -v systemd-run >/dev/null || exit 1; case "$(systemctl is-system-running 2>/dev/null)" in running|degraded|starting) exit 0;; *) exit 1;; esac'], log).then(
+async function checkTool(t: SshTarget, tool: string, host: string, log: Logger): Promise<Check> {
+  const here = !!Bun.which(tool);
+  const there = await sshRun(t, ["sh", "-c", 'command -v "$1" >/dev/null', "which", tool], log).then(() => true, () => false);
+  return here && there
+    ? { what: tool, ok: true, detail: `${tool} on both hosts` }
+    : { what: tool, ok: false, detail: `${tool} is missing ${!here && !there ? "on both hosts" : here ? `on ${host}` : "here"}`, fix: `install ${tool}` };
+}
+
+/**
+ * How dest will outlive this ssh session there: in a systemd scope of its own where systemd
+ * runs (logind may kill what is left in a closed session), else as a plain daemon that
+ * ignores the hang-up (pid file either way).
+ */
+function runsSystemd(t: SshTarget, log: Logger): Promise<boolean> {
+  return sshRun(t, ["sh", "-c", 'command -v systemd-run >/dev/null || exit 1; case "$(systemctl is-system-running 2>/dev/null)" in running|degraded|starting) exit 0;; *) exit 1;; esac'], log).then(
     () => true,
     () => false,
   );
+}
 
-  checks.push({ what: "detach", ok: true, detail: systemd ? "dest will run in a systemd scope of its own (systemd-run --scope)" : "no systemd there: dest will run as a daemon with a pid file" });
-
-  if (p.qmp) {
-    const here = existsSync(p.qmp.local);
-    const there = await sshRun(t, ["test", "-S", p.qmp.remote], log).then(() => true, () => false);
-    checks.push(
-      here && there
-        ? { what: "qemu", ok: true, detail: `QMP sockets ${p.qmp.local} here and ${p.qmp.remote} there` }
-        : {
-            what: "qemu",
-            ok: false,
-            detail: `no QMP socket ${!here ? `${p.qmp.local} here` : ""}${!here && !there ? " and " : ""}${!there ? `${p.qmp.remote} on ${host}` : ""}`,
-            fix: "start QEMU with -qmp unix:PATH,server=on,wait=off (the destination's with -incoming)",
-          },
-    );
-  }
-  return { checks, needCopy, systemd };
+async function checkQmp(t: SshTarget, qmp: { local: string; remote: string }, host: string, log: Logger): Promise<Check> {
+  const here = existsSync(qmp.local);
+  const there = await sshRun(t, ["test", "-S", qmp.remote], log).then(() => true, () => false);
+  if (here && there) return { what: "qemu", ok: true, detail: `QMP sockets ${qmp.local} here and ${qmp.remote} there` };
+  return {
+    what: "qemu",
+    ok: false,
+    detail: `no QMP socket ${!here ? `${qmp.local} here` : ""}${!here && !there ? " and " : ""}${!there ? `${qmp.remote} on ${host}` : ""}`,
+    fix: "start QEMU with -qmp unix:PATH,server=on,wait=off (the destination's with -incoming)",
+  };
 }
 
 /** Copies this very binary to `remoteBin` (atomically: a temporary name, then mv) and checks it by SHA-256. */
