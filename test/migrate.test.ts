@@ -317,6 +317,36 @@ describe("resume after a broken link", () => {
     });
   });
 
+  test("down for 3 s mid-bulk (nothing listens): the failed reconnects count no byte twice; bytesOnWire is what crossed, give or take the bytes lost in the cut", async () => {
+    const h = await hosts(128, 96);
+    await withPair(h, async ({ srv, dst }) => {
+      const proxy = startProxy(dst.port);
+      try {
+        const src = spawnSource(h, proxy.port, ["--insecure", "--compress", "none", "--bandwidth", "400mbit"]);
+        while (proxy.bytes < 32 * MiB) await Bun.sleep(20);
+        const before = proxy.bytes;
+        proxy.down(3000);
+        const { code, stderr: err, done } = await src.result();
+        if (!done) throw new Error(`no final event: ${err}`);
+        expect(code, err).toBe(0);
+        // 250, 500 and 1000 ms back-offs fail against the downed link; a later one gets through.
+        expect(done.reconnects as number).toBeGreaterThanOrEqual(3);
+        // Counted once per connection: what left the source is what the proxy relayed, plus
+        // what was queued or in flight when the link went (the send queue's and the socket's
+        // buffers: well under 16 MiB). Counting the first connection again at each failed
+        // reconnect added 32 MiB or more each time.
+        const sent = done.bytesOnWire as number;
+        expect(sent).toBeGreaterThanOrEqual(proxy.bytes);
+        expect(sent - proxy.bytes).toBeLessThan(16 * MiB);
+        expect(proxy.bytes - before).toBeLessThan(96 * MiB - 32 * MiB + 16 * MiB); // resumed, not started over
+        await dst.waitFor("now serving");
+        await sh(["cmp", h.image, h.destImage]);
+      } finally {
+        proxy.stop();
+      }
+    });
+  });
+
   test("cut while deltas stream: resumed at the destination's next sequence, identical", async () => {
     const h = await hosts(32, 8);
     await withPair(h, async ({ srv, dst }) => {

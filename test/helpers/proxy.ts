@@ -73,9 +73,10 @@ function drain(s: Socket<End>): void {
 export function startProxy(targetPort: number, opts: { tamper?: Tamper; tap?: (data: Uint8Array, at: number) => Uint8Array } = {}) {
   const live = new Set<Socket<End>>();
   let bytes = 0;
-  const listener = Bun.listen<End>({
+
+  const listen = (port: number) => Bun.listen<End>({
     hostname: "127.0.0.1",
-    port: 0,
+    port,
     data: { queue: [] },
     socket: {
       open(client) {
@@ -117,8 +118,11 @@ export function startProxy(targetPort: number, opts: { tamper?: Tamper; tap?: (d
       },
     },
   });
+  let listener = listen(0);
+  const port = listener.port;
+  let stopped = false;
   return {
-    port: listener.port,
+    port,
     /** Bytes relayed from the source so far. */
     get bytes() {
       return bytes;
@@ -128,7 +132,16 @@ export function startProxy(targetPort: number, opts: { tamper?: Tamper; tap?: (d
       for (const s of live) s.terminate();
       live.clear();
     },
+    /** Cuts every connection and refuses new ones for `ms` (nothing listens: ECONNREFUSED, as with a destination that is down). */
+    down(ms: number) {
+      listener.stop(true);
+      this.cut();
+      setTimeout(() => {
+        if (!stopped) listener = listen(port);
+      }, ms);
+    },
     stop() {
+      stopped = true;
       this.cut();
       listener.stop(true);
     },
