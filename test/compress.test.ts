@@ -40,4 +40,31 @@ describe("Compressor", () => {
     expect(out.compressed).toBe(false);
     expect(out.data).toEqual(unit);
   });
+
+  test("auto, on a link measured slow that the sender does not wait for (TCP's slow start over a long round trip): probes do not hold the units back", async () => {
+    // Measured at 8 Mbit/s early on; the sender never waited (waitedMs stays 0). Before,
+    // every unit waited for probes of each level that fit in that slow link's time. Each
+    // compression is made to take 300 ms here, so a unit held back by probes shows.
+    const slowStart = { linkBytesPerMs: () => 1000, waitedMs: 0 };
+    const z = new Compressor("auto", slowStart, 100);
+    const unit = new Uint8Array(4 * 1024 * 1024);
+    for (let i = 0; i < unit.length; i += 65536) crypto.getRandomValues(unit.subarray(i, i + 65536));
+    const real = Bun.zstdCompress;
+    let calls = 0;
+    (Bun as { zstdCompress: unknown }).zstdCompress = (data: Uint8Array, opts: { level: number }) => {
+      calls++;
+      return Bun.sleep(300).then(() => real(data, opts));
+    };
+    try {
+      for (let i = 0; i < 6; i++) {
+        const t0 = performance.now();
+        await z.compress(unit, false);
+        // Its own compression at most (300 ms), never its probes too.
+        expect(performance.now() - t0).toBeLessThan(550);
+      }
+      expect(calls).toBeGreaterThanOrEqual(2); // the first unit at level 1, and probes beside the units
+    } finally {
+      (Bun as { zstdCompress: unknown }).zstdCompress = real;
+    }
+  });
 });

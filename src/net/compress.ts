@@ -129,7 +129,7 @@ export class Compressor {
     this.stream = undefined;
   }
 
-  /** Auto: tells the policy what this unit cost and the time around it, probes other levels on it, lets it choose. */
+  /** Auto: tells the policy what this unit cost and the time around it, starts probes of other levels on it, lets it choose. */
   private async learn(data: Uint8Array, level: number, wire: number, ms: number, withProbes: boolean): Promise<void> {
     const p = this.policy!;
     // The policy tells idle gaps (nothing to send) from the sender's work.
@@ -137,14 +137,30 @@ export class Compressor {
     const waitedMs = this.last ? this.link.waitedMs - this.last.waited : 0;
     p.sent({ level, raw: data.length, wire, ms, wallMs, waitedMs });
     const link = this.link.linkBytesPerMs();
-    for (const probe of withProbes ? p.probes(link) : []) {
-      const t0 = performance.now();
-      const c = await zstd(data, probe);
-      p.note({ level: probe, raw: data.length, wire: worthIt(data.length, c.length) ? c.length : data.length, ms: performance.now() - t0 });
+    if (withProbes && !this.probing) {
+      const levels = p.probes(link);
+      // A unit that waited for the link probes before the next goes: the link has its queue
+      // to send meanwhile. Any other probes beside the sending, on zstd's own threads, and
+      // the unit goes out now. Awaited always, probes held every unit back: over a long round
+      // trip TCP's slow start measures as a slow link, so every level was probed (19: 0.7 s a
+      // 4 MiB unit) while the link idled and stayed measured slow (1 Gbit/s at 100 ms moved
+      // 26 Mbit/s). A copy: the caller reads its next unit into the same buffer.
+      if (levels.length && waitedMs > 0) await this.probe(data, levels);
+      else if (levels.length) this.probing = this.probe(data.slice(), levels).finally(() => (this.probing = undefined));
     }
     p.decide(link);
-    // The next unit's wall time starts here: probes are part of this unit's cost.
     this.last = { at: performance.now(), waited: this.link.waitedMs };
+  }
+
+  private probing?: Promise<void>;
+
+  private async probe(data: Uint8Array, levels: number[]): Promise<void> {
+    for (const level of levels) {
+      const t0 = performance.now();
+      const c = await Promise.resolve(zstd(data, level)).catch(() => undefined);
+      if (!c) return;
+      this.policy!.note({ level, raw: data.length, wire: worthIt(data.length, c.length) ? c.length : data.length, ms: performance.now() - t0 });
+    }
   }
 }
 
