@@ -72,6 +72,8 @@ export class Compressor {
   readonly rawByLevel = new Map<number, number>();
   /** Raw bytes sent as pieces of the stream. */
   streamedRaw = 0;
+  /** Probes running beside the sending (one batch at a time). */
+  private probing?: Promise<void>;
 
   /** `rttMs`: the link's round trip (auto starts uncompressed on a short one). */
   constructor(
@@ -151,8 +153,6 @@ export class Compressor {
     p.decide(link);
     this.last = { at: performance.now(), waited: this.link.waitedMs };
   }
-
-  private probing?: Promise<void>;
 
   private async probe(data: Uint8Array, levels: number[]): Promise<void> {
     for (const level of levels) {

@@ -97,8 +97,9 @@ class Direction {
   }
 }
 
+const libc = dlopen("libc.so.6", { ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 } });
+
 function openTun(name: string): number {
-  const libc = dlopen("libc.so.6", { ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 } });
   const fd = openSync("/dev/net/tun", "r+");
   // struct ifreq: the name (16 bytes), then the flags (a short), padded to 40 bytes.
   const ifr = new Uint8Array(40);
