@@ -11,6 +11,7 @@ import { sourceHypervisor } from "../hypervisor/index.ts";
 import { type Logger, logger, setLogLevel } from "../log.ts";
 import { connectTcp } from "../net/channel.ts";
 import { parseCompress } from "../net/compress.ts";
+import { parseStreams, type StreamsSetting } from "../net/stream-count.ts";
 import { parseRate, TokenBucket } from "../net/rate.ts";
 import { clientTls, tlsFromArgs } from "../net/tls.ts";
 import { runSource } from "../phases/source/run.ts";
@@ -86,6 +87,7 @@ export async function runSourceCommand(args: SourceArgs, opts: { destImages?: st
         return ch;
       },
       creds,
+      streams: ssh ? 1 : streamsArg(args.streams),
       compress: parseCompress(args.compress),
       mode: args.mode as "live" | "freeze-and-copy",
       deltas: args.deltas as "paper" | "coalesce",
@@ -154,3 +156,11 @@ export default defineCommand({
   },
   run: ({ args, rawArgs }) => runSourceCommand(args, { destImages: valuesOf(rawArgs, "dest-image") }),
 });
+
+function streamsArg(text: string | undefined): StreamsSetting {
+  try {
+    return parseStreams(text ?? "auto");
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}

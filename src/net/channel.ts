@@ -6,12 +6,13 @@ import { ExitCode } from "../errors.ts";
 import { ProtocolError } from "./errors.ts";
 import { Opener, Sealer } from "./seal.ts";
 import { TlsError } from "./tls.ts";
-import { encodeFrame, FRAME_BUFFER_BYTES, FrameDecoder, type Message, MIN_POOLED_FRAME, MsgType, typeName } from "./protocol.ts";
+import { encodeFrame, FRAME_BUFFER_BYTES, FrameDecoder, type Message, MIN_POOLED_FRAME, msg, MsgType, typeName } from "./protocol.ts";
 import { DrainMeter } from "./drain-meter.ts";
 import type { TokenBucket } from "./rate.ts";
 import { SocketWriter } from "../util/socket-writer.ts";
 import { BufferPool } from "../util/buffer-pool.ts";
 import { codeOf, connectError, listenError } from "../util/os-errors.ts";
+import { type LaneInbox, STALL_MS, stalledLane, StripeMerger, StripeScheduler } from "./lanes.ts";
 
 /**
  * Unsent bytes past which send() waits: about QUEUE_MS of the link once its rate is known,
@@ -31,6 +32,15 @@ const LINK_MIN_MS = 200;
  */
 const INBOX_HIGH = 16 * 1024 * 1024;
 const INBOX_LOW = 4 * 1024 * 1024;
+/**
+ * A joined lane's inbox (lanes.ts): frames wait there only while the receiver reads another
+ * lane, and the kernel's window holds the rest; eight lanes at 16 MiB each would be most of
+ * the process's 200 MiB.
+ */
+const LANE_INBOX_HIGH = 4 * 1024 * 1024;
+const LANE_INBOX_LOW = 1024 * 1024;
+/** A striped channel's waits wake this often to look for a stalled lane. */
+const STALL_CHECK_MS = 1000;
 
 /** Pauses and resumes reading from the underlying stream. */
 export interface ReadFlow {
@@ -106,6 +116,18 @@ export class Channel {
   localAddress?: string;
   remoteAddress?: string;
 
+  /** The connections this channel is made of (lanes.ts): this one first, then those joined to it. */
+  private lanes: (Channel | undefined)[] = [this];
+  /** Set on a joined lane: the channel it is part of. */
+  private primary?: Channel;
+  /** Set once this end stripes what it sends (the source); the destination answers on lane 0. */
+  private scheduler?: StripeScheduler;
+  private merger?: StripeMerger<Message>;
+  /** The lanes as the merger reads them (a lane's own inbox, not the channel's merged view). */
+  private inboxes: (LaneInbox<Message> | undefined)[] = [];
+  /** When this lane's backlog last moved (a stalled lane's backlog never does). */
+  private lastTakenAt = 0;
+
   /** `copiesWrites`: the writer copies what it takes, so a frame it took whole can be reused (see `frames`). */
   constructor(
     private socket: ByteWriter,
@@ -126,11 +148,17 @@ export class Channel {
       // Not closed here: the owner reads the failure, tells the peer why, then closes.
       this.fail(err as Error);
     }
-    if (this.inboxBytes > INBOX_HIGH && !this.readPaused && this.flow) {
+    if (this.inboxBytes > (this.primary ? LANE_INBOX_HIGH : INBOX_HIGH) && !this.readPaused && this.flow) {
       this.readPaused = true;
       this.flow.pause();
     }
-    this.wake?.();
+    if (this.primary) this.primary.bytesReceived += chunk.length;
+    this.wakeReader();
+  }
+
+  private wakeReader(): void {
+    const owner = this.primary ?? this;
+    owner.wake?.();
   }
 
   private take1(m: Message): void {
@@ -159,7 +187,7 @@ export class Channel {
     const m = this.inbox.shift();
     if (!m) return undefined;
     this.inboxBytes -= messageBytes(m);
-    if (this.readPaused && this.inboxBytes < INBOX_LOW) {
+    if (this.readPaused && this.inboxBytes < (this.primary ? LANE_INBOX_LOW : INBOX_LOW)) {
       this.readPaused = false;
       this.flow?.resume();
     }
@@ -169,13 +197,23 @@ export class Channel {
 
   onDrain(): void {
     const all = this.out.drain();
-    this.observe();
-    if (all) this.drained?.();
+    this.lastTakenAt = performance.now();
+    const owner = this.primary ?? this;
+    owner.observe();
+    // Striped, the sender waits for the whole channel's backlog, so any lane's drain may end it.
+    if (all || owner !== this || owner.lanes.length > 1) owner.drained?.();
+  }
+
+  /** Bytes waiting here, on every lane, for the kernel to take them. */
+  private queued(): number {
+    let n = 0;
+    for (const l of this.lanes) n += l?.out.queued ?? 0;
+    return n;
   }
 
   /** Whether bytes wait here for the kernel to take them: the link is the bottleneck now. */
   hasBacklog(): boolean {
-    return this.out.queued > 0;
+    return this.queued() > 0;
   }
 
   /** The caller is done with a message's data (nothing keeps a view of it): its buffer takes a later frame. */
@@ -185,7 +223,7 @@ export class Channel {
 
   /** Bytes handed to the kernel so far (sent less what waits here). */
   handedBytes(): number {
-    return this.bytesSent - this.out.queued;
+    return this.bytesSent - this.queued();
   }
 
   private observe(): void {
@@ -209,6 +247,9 @@ export class Channel {
     this.fail(err ? new ChannelClosed(`connection lost: ${err.message}`, err) : new ChannelClosed());
     this.drained?.();
     this.wake?.(); // a receiver waiting for the next message must learn the stream is gone
+    // One lane lost is the channel lost: the frames it carried are gone, and order with them.
+    const p = this.primary;
+    if (p && !p.closed) p.onClose(new Error(`stream ${p.lanes.indexOf(this)}: ${this.failure?.message ?? "closed"}`));
   }
 
   /**
@@ -216,39 +257,113 @@ export class Channel {
    * together: a burst of 4 KiB deltas was a syscall each, a third of its cost.
    */
   cork(): void {
-    this.out.cork();
+    for (const l of this.lanes) l?.out.cork();
   }
 
   uncork(): void {
-    this.out.uncork();
+    for (const l of this.lanes) l?.out.uncork();
+  }
+
+  /**
+   * Another connection to the same peer becomes lane `lane` of this channel (lanes.ts): its
+   * handshake is done, its own keys seal it, nothing is buffered in it. `stripe`: this end
+   * spreads what it sends over the lanes (the source); else it only reads them in order.
+   */
+  join(lane: number, other: Channel, maxLanes: number, stripe: boolean): void {
+    if (other.inbox.length || other.decoder.buffered) throw new ProtocolError(`stream ${lane} sent frames before it joined`);
+    if (this.lanes[lane]) throw new ProtocolError(`stream ${lane} joined twice`);
+    other.primary = this;
+    this.lanes[lane] = other;
+    this.inboxes = this.lanes.map((l) => l && { take: () => l.take(), pending: () => l.inbox.length });
+    this.bytesSent += other.bytesSent;
+    this.bytesReceived += other.bytesReceived;
+    this.merger ??= new StripeMerger<Message>((m) => (m.type === MsgType.NEXT ? m.lane : undefined), maxLanes);
+    if (stripe) this.scheduler ??= new StripeScheduler();
+    if (other.closed) this.onClose(other.failure);
+  }
+
+  /** The connections this channel runs over. */
+  get streams(): number {
+    return this.lanes.filter(Boolean).length;
   }
 
   /** Queues one message; resolves once the unsent backlog is below the high-water mark. */
   async send(m: Message): Promise<void> {
     if (this.failure && (this.closed || this.failure instanceof PeerAborted)) throw this.failure;
     if (m.type === MsgType.ERROR) this.errorSent = true;
+    const lane = this.laneFor(m);
     // The message's data is copied into the frame here, before any wait: callers may reuse their buffers once send() is called.
+    const frame = lane.frame(m);
+    if (this.rate) {
+      const t0 = performance.now();
+      await this.rate.take(frame.length);
+      this.waitedMs += performance.now() - t0;
+    }
+    this.bytesSent += frame.length;
+    lane.write(frame);
+    this.observe();
+    if (lane.out.closed) throw this.failure ?? lane.failure ?? new ChannelClosed();
+    if (this.queued() > this.highWater()) await this.untilBelowHighWater();
+    if (this.closed && this.failure) throw this.failure;
+  }
+
+  /** This message's lane: this connection, or (striped) the one the scheduler picks, told to the peer by NEXT on the lane the run leaves. */
+  private laneFor(m: Message): Channel {
+    if (!this.scheduler || this.streams < 2) return this;
+    const lanes = this.lanes;
+    const estimate = "data" in m ? m.data.length + 64 : 64;
+    const { lane, from } = this.scheduler.place(estimate, lanes.length, (i) => (lanes[i] ? lanes[i]!.out.queued : Number.POSITIVE_INFINITY));
+    if (from !== undefined) {
+      const next = lanes[from]!.frame(msg.next(lane));
+      this.bytesSent += next.length;
+      lanes[from]!.write(next);
+    }
+    return lanes[lane]!;
+  }
+
+  /** One frame, encoded and (on a sealed lane) sealed with this lane's keys. */
+  private frame(m: Message): { f: Buffer; sealed?: Uint8Array[]; length: number } {
     const f = encodeFrame(m, this.frames && ((n) => this.frames!.take(n)));
     // Sealed in place: f goes as ciphertext, between the record's length and its tag.
     const sealed = this.sealer?.seal(f);
-    const length = sealed ? sealed[0].length + f.length + sealed[2].length : f.length;
-    if (this.rate) {
-      const t0 = performance.now();
-      await this.rate.take(length);
-      this.waitedMs += performance.now() - t0;
-    }
-    this.bytesSent += length;
+    return { f, sealed, length: sealed ? sealed[0]!.length + f.length + sealed[2]!.length : f.length };
+  }
+
+  private write({ f, sealed }: { f: Buffer; sealed?: Uint8Array[] }): void {
+    const was = this.out.queued;
     if (sealed) for (const p of sealed) this.out.write(p);
     else this.out.write(f);
     if (this.out.queued === 0) this.frames?.release(f); // the socket took the whole frame
-    this.observe();
-    if (this.out.closed) throw this.failure ?? new ChannelClosed();
-    if (this.out.queued > this.highWater()) {
-      const t0 = performance.now();
-      while (this.out.queued > this.highWater() && !this.closed) await new Promise<void>((r) => (this.drained = r));
-      this.waitedMs += performance.now() - t0;
+    else if (was === 0) this.lastTakenAt = performance.now(); // a backlog starts: the stall clock with it
+  }
+
+  private async untilBelowHighWater(): Promise<void> {
+    const t0 = performance.now();
+    const striped = this.lanes.length > 1;
+    while (this.queued() > this.highWater() && !this.closed) {
+      await new Promise<void>((r) => {
+        this.drained = r;
+        if (striped) setTimeout(r, STALL_CHECK_MS);
+      });
+      if (striped) this.failStalledSender();
     }
-    if (this.closed && this.failure) throw this.failure;
+    this.waitedMs += performance.now() - t0;
+  }
+
+  /** A lane whose backlog took no byte for STALL_MS closes the channel (lanes.ts). */
+  private failStalledSender(): void {
+    const lanes = this.lanes.map((l) => ({ queued: l?.out.queued ?? 0, lastTakenAt: l?.lastTakenAt ?? 0 }));
+    const stalled = stalledLane(lanes, performance.now());
+    if (stalled !== undefined) this.failStalled(stalled, "took no byte");
+  }
+
+  private failStalled(lane: number, what: string): void {
+    const err = new ChannelClosed(`stream ${lane} of ${this.streams} stalled: it ${what} for ${STALL_MS / 1000} s`);
+    this.fail(err);
+    this.closed = true;
+    this.close();
+    this.drained?.();
+    this.wake?.();
   }
 
   /** The next message, in order; throws if the stream failed or the timeout passed. */
@@ -268,21 +383,35 @@ export class Channel {
       if (left <= 0) return undefined;
       await new Promise<void>((r) => {
         this.wake = r;
-        if (Number.isFinite(left)) setTimeout(r, left);
+        const tick = this.merger ? Math.min(left, STALL_CHECK_MS) : left;
+        if (Number.isFinite(tick)) setTimeout(r, tick);
       });
     }
   }
 
-  /** Messages arrived and not yet taken. */
+  /** Messages arrived and not yet taken (striped: on the lane being read; the others' may not be next). */
   pending(): number {
-    return this.inbox.length;
+    return this.merger ? (this.lanes[this.merger.lane]?.inbox.length ?? 0) : this.inbox.length;
   }
 
   /** The next message if one has arrived, without waiting; throws if the stream failed. */
   tryRecv(): Message | undefined {
-    const m = this.take();
+    const m = this.merger ? this.takeMerged() : this.take();
     if (m) return m;
     if (this.failure) throw this.failure;
+    return undefined;
+  }
+
+  /** The lanes' next frame in the sender's order (lanes.ts); a stalled lane closes the channel. */
+  private takeMerged(): Message | undefined {
+    let r: ReturnType<StripeMerger<Message>["take"]>;
+    try {
+      r = this.merger!.take(this.inboxes, performance.now());
+    } catch (err) {
+      throw err instanceof RangeError ? new ProtocolError(err.message) : err;
+    }
+    if ("frame" in r) return r.frame;
+    if ("stalled" in r) this.failStalled(r.stalled, "brought nothing while later frames waited on the others");
     return undefined;
   }
 
@@ -293,7 +422,7 @@ export class Channel {
   }
 
   close(): void {
-    this.socket.end();
+    for (const l of this.lanes) l?.socket.end();
   }
 
   /**
@@ -303,9 +432,9 @@ export class Channel {
   async shutdown(timeoutMs = 2000): Promise<void> {
     const end = Date.now() + timeoutMs;
     const tick = (set: (r: () => void) => void) => new Promise<void>((r) => (set(r), setTimeout(r, 50)));
-    while (this.out.queued > 0 && !this.closed && Date.now() < end) await tick((r) => (this.drained = r));
-    this.socket.end();
-    while (!this.closed && Date.now() < end) await tick((r) => (this.wake = r));
+    while (this.queued() > 0 && !this.closed && Date.now() < end) await tick((r) => (this.drained = r));
+    this.close();
+    while (this.lanes.some((l) => l && !l.closed) && Date.now() < end) await tick((r) => (this.wake = r));
   }
 
   /** Why the stream failed, if it did (an ERROR from the peer shows as PeerAborted). */
@@ -315,6 +444,11 @@ export class Channel {
 
   private fail(err: Error): void {
     this.failure ??= err;
+    // A lane that cannot go on (a forged frame, its peer's ERROR) fails the whole channel.
+    if (this.primary && !this.primary.failure) {
+      this.primary.fail(err);
+      this.primary.wake?.();
+    }
   }
 }
 

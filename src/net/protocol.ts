@@ -70,7 +70,9 @@
 // (DELTA ops COPY and COPY_END, ACK's `copied`); 7: BULK pieces of the connection's zstd
 // stream (Flag.ZSTD_STREAM), ACK's `syncMs`, the digest's pieces hashed with XXH3
 // (region-digest.ts); 8: every frame after AUTH sealed when a secret is used (seal.ts);
-// 9: HELLO's `disks` (a VM's several disks as one space, image-set.ts).
+// 9: HELLO's `disks` (a VM's several disks as one space, image-set.ts); 10: several
+// connections as one channel (HELLO's `streams` and `join`, READY's `streams` and `session`,
+// JOINED, NEXT; lanes.ts).
 // New message types need a new version; unknown
 // types, oversize lengths and bad checksums are errors, never guesses.
 
@@ -78,7 +80,7 @@ import { ProtocolError } from "./errors.ts";
 import { BufferPool } from "../util/buffer-pool.ts";
 import { ByteQueue } from "../util/byte-queue.ts";
 
-export const PROTOCOL_VERSION = 9;
+export const PROTOCOL_VERSION = 10;
 export const FRAME_MAGIC = 0x574d4731; // "WMG1"
 export const FRAME_HEADER_LEN = 12;
 export const FRAME_TRAILER_LEN = 4;
@@ -103,6 +105,8 @@ export const MsgType = {
   REDIRECT_READY: 24,
   ROLLBACK: 25,
   ROLLED_BACK: 26,
+  JOINED: 27,
+  NEXT: 28,
   ERROR: 30,
 } as const;
 export type MsgTypeValue = (typeof MsgType)[keyof typeof MsgType];
@@ -134,6 +138,10 @@ export interface Hello {
   recording: string;
   /** A VM with several disks: their sizes, in order (they add up to `size`; image-set.ts). Absent: one disk. */
   disks?: number[];
+  /** The connections (this one included) the source would use as one channel (--streams); absent: one. */
+  streams?: number;
+  /** This connection joins the channel READY opened: its session, and its lane number (1 on). */
+  join?: { session: string; lane: number };
 }
 
 /** The sizes of the disks a HELLO (or what a destination kept of one) describes. */
@@ -165,6 +173,19 @@ export interface Ready {
   base: boolean;
   /** Set when the destination verified this recording already (DONE was sent): its digest. */
   verified?: string;
+  /** Connections the destination takes as this channel's lanes (HELLO's `streams` or fewer), and the session they join. */
+  streams?: number;
+  session?: string;
+}
+/** A connection joined the channel as lane `lane` (the answer to a HELLO with `join`, after AUTH). */
+export interface Joined {
+  type: typeof MsgType.JOINED;
+  lane: number;
+}
+/** The frames after this one continue on lane `lane` (lanes.ts): the order across a channel's connections. */
+export interface Next {
+  type: typeof MsgType.NEXT;
+  lane: number;
 }
 export interface Bulk {
   type: typeof MsgType.BULK;
@@ -267,14 +288,23 @@ export interface ErrorMsg {
   message: string;
 }
 
-export type Message = Hello | Welcome | Auth | Ready | Bulk | Zero | Delta | Ack | BulkEnd | BaseHashes | Barrier | Checksum | Redirect | RedirectReady | Done | Rollback | RolledBack | ErrorMsg;
+export type Message = Hello | Welcome | Auth | Ready | Joined | Next | Bulk | Zero | Delta | Ack | BulkEnd | BaseHashes | Barrier | Checksum | Redirect | RedirectReady | Done | Rollback | RolledBack | ErrorMsg;
 
 /** Named constructors: the only way messages are made, so every field is always set. */
 export const msg = {
   hello: (p: Omit<Hello, "type" | "version">): Hello => ({ type: MsgType.HELLO, version: PROTOCOL_VERSION, ...p }),
   welcome: (p: Omit<Welcome, "type" | "version">): Welcome => ({ type: MsgType.WELCOME, version: PROTOCOL_VERSION, ...p }),
   auth: (proof: string): Auth => ({ type: MsgType.AUTH, proof }),
-  ready: (bulkOffset: number, nextSeq: bigint, base: boolean, verified?: string): Ready => ({ type: MsgType.READY, bulkOffset, nextSeq: nextSeq.toString(), base, ...(verified ? { verified } : {}) }),
+  ready: (bulkOffset: number, nextSeq: bigint, base: boolean, verified?: string, lanes?: { streams: number; session: string }): Ready => ({
+    type: MsgType.READY,
+    bulkOffset,
+    nextSeq: nextSeq.toString(),
+    base,
+    ...(verified ? { verified } : {}),
+    ...(lanes ?? {}),
+  }),
+  joined: (lane: number): Joined => ({ type: MsgType.JOINED, lane }),
+  next: (lane: number): Next => ({ type: MsgType.NEXT, lane }),
   bulk: (offset: number, length: number, data: Uint8Array, compressed = false, streamed = false): Bulk => ({ type: MsgType.BULK, offset, length, data, compressed: compressed || streamed, ...(streamed ? { streamed } : {}) }),
   zero: (offset: number, length: number): Zero => ({ type: MsgType.ZERO, offset, length }),
   delta: (p: Omit<Delta, "type">): Delta => ({ type: MsgType.DELTA, ...p }),
@@ -291,7 +321,7 @@ export const msg = {
   error: (message: string): ErrorMsg => ({ type: MsgType.ERROR, message }),
 };
 
-const JSON_TYPES = new Set<number>([MsgType.HELLO, MsgType.WELCOME, MsgType.AUTH, MsgType.READY, MsgType.BULK_END, MsgType.BARRIER, MsgType.CHECKSUM, MsgType.REDIRECT, MsgType.REDIRECT_READY, MsgType.DONE, MsgType.ROLLBACK, MsgType.ROLLED_BACK, MsgType.ERROR]);
+const JSON_TYPES = new Set<number>([MsgType.HELLO, MsgType.WELCOME, MsgType.AUTH, MsgType.READY, MsgType.JOINED, MsgType.BULK_END, MsgType.BARRIER, MsgType.CHECKSUM, MsgType.REDIRECT, MsgType.REDIRECT_READY, MsgType.DONE, MsgType.ROLLBACK, MsgType.ROLLED_BACK, MsgType.ERROR]);
 
 export function typeName(t: number): string {
   for (const [k, v] of Object.entries(MsgType)) if (v === t) return k;
@@ -335,6 +365,11 @@ function encodePayload(m: Message): { flags: number; parts: Uint8Array[] } {
       const h = Buffer.alloc(8);
       putU64(h, 0, m.offset);
       return { flags: 0, parts: [h, m.hashes] };
+    }
+    case MsgType.NEXT: {
+      const h = Buffer.alloc(2);
+      h.writeUInt16BE(m.lane, 0);
+      return { flags: 0, parts: [h] };
     }
     case MsgType.ACK: {
       const h = Buffer.alloc(28);
@@ -398,6 +433,15 @@ const isNum = (x: unknown) => typeof x === "number" && Number.isSafeInteger(x) &
 const validDisks = (x: unknown, size: unknown) =>
   x === undefined || (Array.isArray(x) && x.length >= 1 && x.length <= 64 && x.every((d) => isNum(d) && d > 0) && x.reduce((a: number, d: number) => a + d, 0) === size);
 
+/** More connections than this in one channel would buy nothing but memory (lanes.ts). */
+export const MAX_STREAMS = 16;
+const validStreams = (x: unknown) => x === undefined || (isNum(x) && (x as number) >= 1 && (x as number) <= MAX_STREAMS);
+const validJoin = (x: unknown) => {
+  if (x === undefined) return true;
+  const j = x as Record<string, unknown>;
+  return !!j && typeof j === "object" && isStr(j.session) && isNum(j.lane) && (j.lane as number) >= 1 && (j.lane as number) < MAX_STREAMS;
+};
+
 export function decodePayload(type: number, flags: number, payload: Buffer): Message {
   const streamed = (flags & Flag.ZSTD_STREAM) !== 0;
   const compressed = (flags & Flag.ZSTD) !== 0 || streamed;
@@ -405,13 +449,33 @@ export function decodePayload(type: number, flags: number, payload: Buffer): Mes
   if (streamed && type !== MsgType.BULK) throw new ProtocolError(`a ${typeName(type)} cannot be a piece of the zstd stream`);
   switch (type) {
     case MsgType.HELLO:
-      return decodeJson<Hello>(type, payload, (v) => isNum(v.version) && isStr(v.nonce) && isStr(v.name) && isNum(v.size) && isNum(v.blockSize) && isStr(v.recording) && validDisks(v.disks, v.size));
+      return decodeJson<Hello>(
+        type,
+        payload,
+        (v) => isNum(v.version) && isStr(v.nonce) && isStr(v.name) && isNum(v.size) && isNum(v.blockSize) && isStr(v.recording) && validDisks(v.disks, v.size) && validStreams(v.streams) && validJoin(v.join),
+      );
     case MsgType.WELCOME:
       return decodeJson<Welcome>(type, payload, (v) => isNum(v.version) && isStr(v.nonce) && isStr(v.proof));
     case MsgType.AUTH:
       return decodeJson<Auth>(type, payload, (v) => isStr(v.proof));
     case MsgType.READY:
-      return decodeJson<Ready>(type, payload, (v) => isNum(v.bulkOffset) && isStr(v.nextSeq) && /^\d+$/.test(v.nextSeq as string) && typeof v.base === "boolean" && (v.verified === undefined || isStr(v.verified)));
+      return decodeJson<Ready>(
+        type,
+        payload,
+        (v) =>
+          isNum(v.bulkOffset) &&
+          isStr(v.nextSeq) &&
+          /^\d+$/.test(v.nextSeq as string) &&
+          typeof v.base === "boolean" &&
+          (v.verified === undefined || isStr(v.verified)) &&
+          validStreams(v.streams) &&
+          (v.session === undefined || isStr(v.session)),
+      );
+    case MsgType.JOINED:
+      return decodeJson<Joined>(type, payload, (v) => isNum(v.lane) && (v.lane as number) >= 1 && (v.lane as number) < MAX_STREAMS);
+    case MsgType.NEXT:
+      need(payload, 2, "NEXT");
+      return { type, lane: payload.readUInt16BE(0) };
     case MsgType.BULK_END:
       return decodeJson<BulkEnd>(type, payload, (v) => isNum(v.size));
     case MsgType.BARRIER:

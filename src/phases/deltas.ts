@@ -30,7 +30,7 @@ export interface DeltaStreamOptions {
   /** Coalesce mode: what the bulk copy carried; undefined in paper mode (send everything). */
   coalesce?: BulkReadLog;
   /** Every record read from the log, sent or not (the image digest marks its regions dirty). */
-  onRecord?: (r: { offset: number; length: number }) => void;
+  onRecord?: (r: { offset: number; length: number; seq: bigint }) => void;
   /** The source image, which WRITTEN records and (in coalesce mode) copy passes read. */
   image?: ImageRef;
   /** A control call to the serve: once it answers, every record read before it is settled (see the header). */
@@ -252,7 +252,7 @@ export class DeltaStreamer {
     if (r0.pendingShipBytes() < PASS_MIN_LOG_BYTES || r0.position < this.noScanBefore) return false;
     const start = r0.mark();
     const written = new WrittenRanges(image.size);
-    const covered: { offset: number; length: number }[] = [];
+    const covered: { offset: number; length: number; seq: bigint }[] = [];
     let scanned = 0;
     let lastRead = this.lastRead;
     let passSeq = -1n;
@@ -268,7 +268,7 @@ export class DeltaStreamer {
       lastRead = r.seq;
       this.noteRead(r);
       if (r.seq < (this.opts.from ?? 0n)) continue; // applied at the destination before the link broke
-      covered.push({ offset: r.offset, length: r.length });
+      covered.push({ offset: r.offset, length: r.length, seq: r.seq });
       passSeq = r.seq;
       if (r.kind !== DeltaKind.AHEAD) written.add(r.offset, r.length); // the bulk copy carries AHEAD writes
     }

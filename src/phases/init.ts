@@ -17,12 +17,37 @@ export interface Credentials {
   tls?: boolean;
 }
 
-export async function sourceHandshake(
-  ch: Channel,
-  creds: Credentials,
-  offer: { name: string; size: number; blockSize: number; recording: string; disks?: number[] },
-): Promise<Ready> {
+/** What the source says of the disk it sends (HELLO's fields). */
+export interface Offer {
+  name: string;
+  size: number;
+  blockSize: number;
+  recording: string;
+  disks?: number[];
+  /** Connections the source would use as one channel (--streams). */
+  streams?: number;
+}
+
+/** `timing.welcomeMs`: HELLO to WELCOME, one round trip and no work of the destination's (READY comes after it opened the image). */
+export async function sourceHandshake(ch: Channel, creds: Credentials, offer: Offer, timing?: { welcomeMs?: number }): Promise<Ready> {
+  await authenticateToDest(ch, creds, offer, timing);
+  return ch.expect(MsgType.READY);
+}
+
+/**
+ * Another connection to the destination, joined to the channel READY opened as lane `lane`
+ * (lanes.ts). It authenticates like the first, so it has keys of its own.
+ */
+export async function joinHandshake(ch: Channel, creds: Credentials, offer: Offer, join: { session: string; lane: number }): Promise<void> {
+  await authenticateToDest(ch, creds, { ...offer, join });
+  const j = await ch.expect(MsgType.JOINED);
+  if (j.lane !== join.lane) throw new ProtocolError(`the destination joined stream ${join.lane} as ${j.lane}`);
+}
+
+/** HELLO, WELCOME, AUTH: both ends proved, and (with a secret, without TLS) everything after AUTH sealed. */
+async function authenticateToDest(ch: Channel, creds: Credentials, offer: Offer & { join?: { session: string; lane: number } }, timing?: { welcomeMs?: number }): Promise<void> {
   const nonce = newNonce();
+  const sentAt = performance.now();
   await ch.send(msg.hello({ nonce, ...offer }));
   const w = await ch.expect(MsgType.WELCOME).catch((err: unknown) => {
     // TLS 1.3: our side of the handshake ends before the destination has checked our
@@ -32,6 +57,7 @@ export async function sourceHandshake(
       throw new TlsError("the destination closed the connection after the TLS handshake: it refused our certificate", { hint: "this host's --tls-cert must chain to the destination's --tls-ca" });
     throw err;
   });
+  if (timing) timing.welcomeMs = performance.now() - sentAt;
   if (w.version !== PROTOCOL_VERSION) throw new InitError(`destination speaks protocol ${w.version}, we speak ${PROTOCOL_VERSION}`, { hint: "use the same wanmig version on both hosts" });
   if (creds.secret && !verifyProof(creds.secret, "dest", w.nonce, nonce, w.proof))
     throw new InitError("the destination could not prove it knows the secret", {
@@ -40,7 +66,7 @@ export async function sourceHandshake(
     });
   if (!creds.secret || creds.tls) {
     await ch.send(msg.auth(creds.secret ? proof(creds.secret, "source", w.nonce, nonce) : ""));
-    return ch.expect(MsgType.READY);
+    return;
   }
   // Everything after AUTH is sealed (seal.ts): inbound before AUTH goes, since READY may
   // come back before send() returns.
@@ -48,7 +74,6 @@ export async function sourceHandshake(
   ch.sealInbound(keys.d2s);
   await ch.send(msg.auth(proof(creds.secret, "source", w.nonce, nonce)));
   ch.sealOutbound(keys.s2d);
-  return ch.expect(MsgType.READY);
 }
 
 /** The destination's side up to (not including) READY; returns what the source offered. */

@@ -29,7 +29,8 @@ import { describeError } from "../errors.ts";
 import { decompress } from "../net/compress.ts";
 import { StreamInflater } from "../net/zstd-stream.ts";
 import { ProtocolError } from "../net/errors.ts";
-import { type Barrier, type Bulk, type Delta, DeltaOp, diskSizes, type Hello, msg, MsgType, type Redirect as RedirectMsg, sameDisks, typeName } from "../net/protocol.ts";
+import { type Barrier, type Bulk, type Delta, DeltaOp, diskSizes, type Hello, MAX_STREAMS, msg, MsgType, type Redirect as RedirectMsg, sameDisks, typeName } from "../net/protocol.ts";
+import { randomBytes } from "node:crypto";
 import type { ImageStateFile, IncomingMarker } from "../disk/image/image-state.ts";
 import { beforeKillPoint, killPoint } from "../util/kill-point.ts";
 import type { Logger } from "../log.ts";
@@ -133,6 +134,8 @@ export class Receiver {
   private bulkHashedTo = 0;
   /** The bulk copy's pages, dropped once the digest has read them back (write-behind.ts). */
   private behind?: WriteBehind;
+  /** The connection being received on, and what its further connections must name to join it (lanes.ts). */
+  private session?: { token: string; ch: Channel; streams: number; recording: string };
 
   constructor(
     private readonly opts: {
@@ -252,21 +255,66 @@ export class Receiver {
     if (!hello) return "rejected";
     try {
       await this.accept(ch, hello);
-      await ch.send(msg.ready(this.bulkDone ? hello.size : this.bulkOffset, this.nextSeq ?? 0n, !this.fresh));
+      await ch.send(msg.ready(this.bulkDone ? hello.size : this.bulkOffset, this.nextSeq ?? 0n, !this.fresh, undefined, this.openSession(ch, hello)));
       if (!this.fresh && !this.bulkDone) this.streamBaseHashes(ch, hello);
       this.state = { kind: "receiving" };
       // A copy pass broken off with the last connection is sent again whole (from before it).
       this.pass = undefined;
       this.opts.log.info(`receiving ${hello.name} (${hello.size} bytes) into ${describeImages(this.opts.images)}${this.bulkOffset || this.nextSeq ? `, resuming at bulk ${this.bulkDone ? "end" : this.bulkOffset}, delta ${this.nextSeq ?? 0n}` : ""}`);
-      return await this.loop(ch, hello);
+      const outcome = await this.loop(ch, hello);
+      this.session = undefined;
+      return outcome;
     } catch (err) {
       return this.afterFailure(ch, err);
     }
   }
 
+  /**
+   * A source that offered several connections gets a session for them: further connections
+   * that name it (and prove themselves, each with keys of its own) join this one as lanes.
+   * A new session per connection: a lane left over from a broken one cannot join the next.
+   */
+  private openSession(ch: Channel, hello: Hello): { streams: number; session: string } | undefined {
+    this.session = undefined;
+    if (!hello.streams || hello.streams < 2) return undefined;
+    const s = { token: randomBytes(16).toString("hex"), ch, streams: Math.min(hello.streams, MAX_STREAMS), recording: hello.recording };
+    this.session = s;
+    return { streams: s.streams, session: s.token };
+  }
+
+  /**
+   * A further connection of the source, authenticated: it joins the channel being received
+   * on, or (another session, a lane taken, nothing being received) is told no and closed,
+   * and the migration goes on without it.
+   */
+  async join(ch: Channel, hello: Hello): Promise<void> {
+    const s = this.session;
+    const j = hello.join!;
+    const why =
+      !s || this.state.kind !== "receiving" || s.ch.closed
+        ? "no migration is being received here"
+        : j.session !== s.token || hello.recording !== s.recording
+          ? "it names a session that is not this destination's current one"
+          : j.lane >= s.streams
+            ? `stream ${j.lane} is past the ${s.streams} agreed`
+            : undefined;
+    try {
+      if (why) throw new ProtocolError(why);
+      s!.ch.join(j.lane, ch, s!.streams, false);
+      await ch.send(msg.joined(j.lane));
+    } catch (err) {
+      this.opts.log.warn(`refused stream ${j.lane} of the source: ${(err as Error).message}`);
+      await ch.send(msg.error(`stream ${j.lane} not joined: ${(err as Error).message}`)).catch(() => undefined);
+      await ch.shutdown(500);
+    }
+  }
+
   /** A connection that failed: a broken link waits for a resume; anything else abandons this copy, durably, and says why. */
   private async afterFailure(ch: Channel, err: unknown): Promise<ServeOutcome> {
+    this.session = undefined;
     if (err instanceof ChannelClosed && this.hello && !this.isCompleted()) {
+      // Every lane goes: the source resumes on fresh connections, in one new session.
+      ch.close();
       await this.checkpoint();
       this.opts.log.warn(`the link broke (${err.message}); waiting for the source to resume`);
       this.state = { kind: "waiting" };

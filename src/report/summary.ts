@@ -34,11 +34,11 @@ export function summary(name: string, m: MigrationMetrics): string {
     ...(m.disks && m.disks.length > 1
       ? m.disks.map((d): [string, string] => [`  ${d.export}`, `${d.deltas} deltas (${formatBytes(d.bytes)}), ${d.finalDeltas} of them in the hand-off (${formatBytes(d.finalBytes)})`])
       : []),
-    ["on the wire", formatBytes(m.bytesOnWire)],
+    ["on the wire", `${formatBytes(m.bytesOnWire)}${m.streams > 1 ? ` over ${m.streams} connections` : ""}`],
     ["throttle", `highest level ${m.throttleSteps}`],
   ];
   if (m.frozen) rows.push(["timeout", m.frozen]);
-  if (m.reconnects) rows.push(["link", `${m.reconnects} reconnect(s), resumed`]);
+  if (m.reconnects) rows.push(["link", `${m.reconnects} reconnect(s), resumed; ${formatBytes(m.bytesResent)} sent again`]);
   return `migrated ${name} in ${(m.migrationTimeMs / 1000).toFixed(1)} s\n${rows.map(([k, v]) => `  ${k.padEnd(17)}${v}`).join("\n")}\n`;
 }
 

@@ -27,6 +27,8 @@ export function listenForSources(listen: { host: string; port: number; tls?: Tls
     (ch) =>
       void receiver.authenticate(ch).then((hello) => {
         if (!hello) return;
+        // A further connection of the source being received joins it at once (lanes.ts).
+        if (hello.join) return void receiver.join(ch, hello);
         waiting.push({ ch, hello });
         wake?.();
       }),

@@ -20,6 +20,7 @@ import { DeltasError, Interrupted } from "../errors.ts";
 import type { RecordingWatch } from "../recording-watch.ts";
 import type { LiveStage } from "./abort.ts";
 import { addDeltaStats, type DeltaTotals, NO_DELTAS } from "./metrics.ts";
+import { ResendLedger } from "./resend-ledger.ts";
 import { DEFAULT_MAX_DOWNTIME_MS, phaseEvent, type SourceOptions } from "./options.ts";
 
 export interface Deadline {
@@ -74,6 +75,10 @@ export interface LiveRun {
   redirect?: Redirect;
   /** Wire bytes of earlier connections, their deltas' totals, and every connection's compressor. */
   wire: number;
+  /** Each connection's wire bytes, in order (the last is the one that finished). */
+  attemptWire: number[];
+  /** What resumes sent twice (resend-ledger.ts). */
+  ledger: ResendLedger;
   deltaStats: DeltaTotals;
   compressors: Compressor[];
 }
@@ -95,6 +100,8 @@ export function newLiveRun(ctl: ControlClient, status: ServeStatus, blockSize: n
     bulk: { bytesSent: 0, wireBytes: 0, zeroBlocks: 0, dataBlocks: 0, baseBlocks: 0, holeBytes: 0 },
     pacing: { heldCap: PROVISIONAL_CAP, throttled: false, ms: 0 },
     wire: 0,
+    attemptWire: [],
+    ledger: new ResendLedger(),
     deltaStats: NO_DELTAS,
     compressors: [],
   };

@@ -74,6 +74,9 @@ async function complete(run: LiveRun, link: Link, { catchUp, converged }: Caught
     deltas: run.deltaStats,
     finalDeltas: h.finalDeltas,
     bytesOnWire: run.wire + link.ch.bytesSent,
+    bytesResent: run.ledger.resent,
+    attemptWire: [...run.attemptWire, link.ch.bytesSent],
+    streams: link.ch.streams,
     throttleSteps: Math.max(end.throttle.maxLevel, catchUp.throttleSteps, run.pacing.throttled ? 1 : 0),
     converged: { estimateMs: converged.estimate.totalMs, budgetMs: run.budgetMs, frozen: converged.frozen },
     reconnects: at.attempt,
@@ -100,6 +103,7 @@ async function closeLink(run: LiveRun, caught: unknown): Promise<unknown> {
     // waiting for a resume and exits, keeping what it has as a base for the next run.
     else if (!isLinkFailure(err) && !ch.errorSent) await ch.send(msg.error(`the source gave up: ${(err as Error).message}`)).catch(() => undefined);
     run.wire += ch.bytesSent;
+    run.attemptWire.push(ch.bytesSent);
     // Last words go out before the stream ends: close() would drop what still waits in
     // our queue behind the bulk (a destination that missed them waits for a resume).
     if (ch.errorSent) await ch.shutdown();
@@ -140,7 +144,7 @@ async function settleBrokenHandoff(run: LiveRun, err: unknown, attempt: number):
     if (redirect) await completeRedirect(redirect, o.redirect!, o.log, redirectEvents(o));
     const now = performance.now();
     const figures = { t0: run.t0, fencedAt: now, doneAt: now, bulk: run.bulk, compressors: run.compressors, deltas: run.deltaStats };
-    const metrics = finish(o, { ...figures, finalDeltas: r.finalDeltas, bytesOnWire: run.wire, throttleSteps: st.throttle.maxLevel, reconnects: attempt + 1 });
+    const metrics = finish(o, { ...figures, finalDeltas: r.finalDeltas, bytesOnWire: run.wire, bytesResent: run.ledger.resent, attemptWire: run.attemptWire, throttleSteps: st.throttle.maxLevel, reconnects: attempt + 1 });
     return { metrics, redirect };
   } catch (settled) {
     if (redirect && (settled as PhaseError).exitCode !== ExitCode.unsafeState) await redirect.teardown().catch(() => undefined);

@@ -46,6 +46,12 @@ export interface MigrationMetrics {
   settleCalls: number;
   finalDeltas: number;
   bytesOnWire: number;
+  /** Of bytesOnWire: what resumed connections sent again (what the destination had not got when a link broke; resend-ledger.ts). */
+  bytesResent: number;
+  /** bytesOnWire by connection, in order: one entry per attempt. */
+  attemptWire: number[];
+  /** TCP connections the last attempt ran over (--streams). */
+  streams: number;
   deltaRatePerSec: number;
   throttleSteps: number;
   /** Broken links resumed during this migration. */
@@ -103,6 +109,9 @@ export function finish(
     deltas: DeltaTotals;
     finalDeltas: number;
     bytesOnWire: number;
+    bytesResent?: number;
+    attemptWire?: number[];
+    streams?: number;
     throttleSteps: number;
     reconnects: number;
     disks?: DiskTally;
@@ -134,6 +143,9 @@ export function finish(
     settleCalls: m.deltas.settleCalls,
     finalDeltas: m.finalDeltas,
     bytesOnWire: m.bytesOnWire,
+    bytesResent: m.bytesResent ?? 0,
+    attemptWire: m.attemptWire ?? [m.bytesOnWire],
+    streams: m.streams ?? 1,
     deltaRatePerSec: Math.round((m.deltas.sent / migrationTimeMs) * 1000),
     throttleSteps: m.throttleSteps,
     reconnects: m.reconnects,

@@ -1,6 +1,7 @@
 // What a source migration is asked to do, and what it gives back.
 
 import type { Channel } from "../../net/channel.ts";
+import type { StreamsSetting } from "../../net/stream-count.ts";
 import type { CompressSetting } from "../../net/compress.ts";
 import type { ThrottleParams } from "../../disk/throttle/throttle-policy.ts";
 import type { SourceHypervisor } from "../../hypervisor/types.ts";
@@ -16,6 +17,8 @@ export interface SourceOptions {
   runDir: string;
   connect: () => Promise<Channel>;
   creds: Credentials;
+  /** --streams: connections to the destination as one channel (src/net/lanes.ts); 1 over SSH. Default 1. */
+  streams?: StreamsSetting;
   blockSize?: number;
   compress: CompressSetting;
   /** live (the paper's) or freeze-and-copy (the baseline it is compared with). */

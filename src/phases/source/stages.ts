@@ -22,6 +22,11 @@ import { setUpRedirect } from "../redirect.ts";
 import { RecordingWatch } from "../recording-watch.ts";
 import { checkInterrupted, enter, type LiveRun, retireDeltas } from "./live-run.ts";
 import { sampleServe, wireCount } from "./sampler.ts";
+import { openLanes } from "./open-lanes.ts";
+import { MAX_AUTO_STREAMS, type StreamsSetting, streamsFor } from "../../net/stream-count.ts";
+
+/** HELLO's offer: what auto may open at most, or the number asked for. */
+const offeredStreams = (s: StreamsSetting | undefined) => (s === "auto" ? MAX_AUTO_STREAMS : (s ?? 1));
 
 /** One connection to the destination, shaken hands on. */
 export interface Link {
@@ -74,13 +79,25 @@ export async function connect(run: LiveRun, attempt: number): Promise<Link> {
     throw new InitError(`cannot connect to the destination${o.to ? ` ${o.to}` : ""}`, { cause, hint: "is `wanmig dest` waiting there? check --to, and the path between" });
   }
   const shookAt = performance.now();
-  const ready = await sourceHandshake(ch, o.creds, { name: o.name, size: status.size, disks: offeredDisks(status), blockSize: run.blockSize, recording: basename(run.recording!.logPath) });
+  const offer = { name: o.name, size: status.size, disks: offeredDisks(status), blockSize: run.blockSize, recording: basename(run.recording!.logPath) };
+  const timing: { welcomeMs?: number } = {};
+  const ready = await sourceHandshake(ch, o.creds, { ...offer, streams: offeredStreams(o.streams) }, timing);
   // Two round trips (HELLO/WELCOME, AUTH/READY) and the destination's opening of its image: an upper bound.
   const rttMs = (performance.now() - shookAt) / 2;
-  if (attempt > 0) o.log.info(`resumed: destination has bulk up to ${ready.bulkOffset}, needs delta ${ready.nextSeq}`);
+  if (attempt > 0) noteResume(run, ready);
+  const want = streamsFor(o.streams ?? 1, timing.welcomeMs ?? rttMs, ch.rate && ch.rate.bytesPerSec);
+  const streams = await openLanes(ch, ready, want, { connect: o.connect, creds: o.creds, offer, log: o.log, rttMs });
+  if (streams > 1 && attempt === 0) o.log.info(`sending over ${streams} connections (--streams ${o.streams}; round trip ${(timing.welcomeMs ?? rttMs).toFixed(1)} ms)`);
   const z = new Compressor(o.compress, ch, rttMs);
   run.compressors.push(z);
   return { ch, ready, rttMs, z };
+}
+
+/** A resumed connection: what the last one sent past where the destination got counts as sent again. */
+function noteResume(run: LiveRun, ready: Ready): void {
+  const from = ready.bulkOffset < run.status.size ? { bulk: bulkResumeOffset(ready.bulkOffset, run.blockSize) } : { seq: BigInt(ready.nextSeq) };
+  const again = run.ledger.resume(from, run.attemptWire.at(-1) ?? 0);
+  run.o.log.info(`resumed: destination has bulk up to ${ready.bulkOffset}, needs delta ${ready.nextSeq}; ${again} bytes of the last connection's cross again`);
 }
 
 /**
@@ -109,7 +126,10 @@ export async function copyBulk(run: LiveRun, { ch, ready, z }: Link): Promise<vo
       // Coalesce mode: what the VM writes ahead of the copy goes into the log without
       // its data (paper mode logs and sends every write, as the paper does).
       raiseCursor: carried ? async (offset) => void (await ctl.raiseCursor(watch.recording, offset)) : undefined,
-      beforeRead: (offset) => carried?.noteRead(offset, statSync(logPath).size),
+      beforeRead: (offset) => {
+        run.ledger.note({ bulk: offset }, ch.bytesSent);
+        carried?.noteRead(offset, statSync(logPath).size);
+      },
       afterRead: (offset, chunk) => check.digests.noteData(offset, chunk),
       onProgress: (p) => o.onEvent?.({ event: "progress", phase: "bulk", offset: p.offset, size: p.size, bytesSent: run.bulk.bytesSent + p.bytesSent, rateCap: paced.cap }),
     });
@@ -136,6 +156,7 @@ export async function catchUp(run: LiveRun, { ch, ready, rttMs, z }: Link): Prom
     from: BigInt(ready.nextSeq),
     coalesce: run.carried,
     onRecord: (r) => {
+      run.ledger.note({ seq: r.seq }, ch.bytesSent);
       check.digests.markDirty(r.offset, r.length);
       run.tally.note(r.offset, r.length);
     },

@@ -1,0 +1,50 @@
+// How many connections `--streams auto` opens (lanes.ts). One TCP stream keeps at most its
+// window in flight: the kernel's socket buffer maximum (tcp_wmem at the sender, tcp_rmem at
+// the receiver), of which about three quarters carry data (measured here: 4 MiB of tcp_wmem
+// gave one stream 280 Mbit/s at 100 ms, 3.5 MB in flight). A link of R bytes/s and a round
+// trip of T needs R × T in flight, so R × T / window streams.
+//
+// The link's rate is not known when the streams open (the bulk copy measures it later), so
+// auto assumes the fastest link the tool is meant for, 10 Gbit/s, unless --bandwidth caps it.
+// A stream too many on a slow link costs a handshake and a little memory; a stream too few
+// on a fast one costs most of the link (0.06 × at 1 Gbit/s, 100 ms).
+
+import { readFileSync } from "node:fs";
+
+/** Never more than this: past it, every stream's share of the bottleneck's queue is what limits, not the window. */
+export const MAX_AUTO_STREAMS = 8;
+const ASSUMED_LINK_BYTES_PER_SEC = 10e9 / 8;
+const WINDOW_SHARE = 0.75;
+
+export type StreamsSetting = number | "auto";
+
+export function parseStreams(text: string): StreamsSetting {
+  if (text === "auto") return "auto";
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1 || n > 16) throw new RangeError(`--streams ${text}: give auto, or a whole number from 1 to 16`);
+  return n;
+}
+
+/** Streams for a round trip of `rttMs`; `bytesPerSec`: the link's rate if known (--bandwidth). */
+export function autoStreams(o: { rttMs: number; bytesPerSec?: number; sendBufMax: number; recvBufMax: number }): number {
+  const window = WINDOW_SHARE * Math.min(o.sendBufMax, o.recvBufMax);
+  const inFlight = ((o.bytesPerSec ?? ASSUMED_LINK_BYTES_PER_SEC) * o.rttMs) / 1000;
+  return Math.max(1, Math.min(MAX_AUTO_STREAMS, Math.ceil(inFlight / window)));
+}
+
+/** The host's TCP buffer maxima (the third field of tcp_wmem and tcp_rmem); Linux's defaults where unreadable. */
+export function socketBufferMax(): { sendBufMax: number; recvBufMax: number } {
+  const third = (path: string, fallback: number) => {
+    try {
+      return Number(readFileSync(path, "utf8").trim().split(/\s+/)[2]) || fallback;
+    } catch {
+      return fallback;
+    }
+  };
+  return { sendBufMax: third("/proc/sys/net/ipv4/tcp_wmem", 4 * 1024 * 1024), recvBufMax: third("/proc/sys/net/ipv4/tcp_rmem", 6 * 1024 * 1024) };
+}
+
+/** The streams to open: a fixed number as asked, else from the measured round trip. */
+export function streamsFor(setting: StreamsSetting, rttMs: number, bytesPerSec?: number): number {
+  return setting === "auto" ? autoStreams({ rttMs, bytesPerSec, ...socketBufferMax() }) : setting;
+}
