@@ -16,12 +16,16 @@
 // A lane that stalls (no byte, no close) would hold the others up for ever: the sender gives
 // up on a lane whose backlog took no byte for STALL_MS, the receiver on a lane it waited on
 // that long while later frames wait on others. Either closes the channel, which the source
-// resumes on fresh connections like any broken link.
+// resumes on fresh connections like any broken link. STALL_MS is longer than the outages a
+// WAN path has (a failover, a router's reboot: tens of seconds): through those TCP keeps the
+// connections and retransmits what was in flight itself (its timer backs off to about 38 s
+// after a 30 s outage at 100 ms), so nothing is sent twice; a new connection would resend
+// everything in flight.
 
 /** A run is at least this much: one bulk frame (4 MiB of data) is a run of its own; small deltas go together. */
 export const RUN_BYTES = 512 * 1024;
 /** No byte taken (sender) or brought (receiver) for this long, with work waiting: the lane is stalled. */
-export const STALL_MS = 15_000;
+export const STALL_MS = 45_000;
 
 /** Picks each frame's lane. */
 export class StripeScheduler {

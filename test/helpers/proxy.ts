@@ -33,9 +33,16 @@ interface End {
   peer?: Socket<End>;
   queue: Uint8Array[];
   split?: (data: Uint8Array) => Uint8Array;
+  /** Nothing is relayed either way, and nothing closed: a stalled flow (what arrived meanwhile is held, not lost). */
+  stalled?: boolean;
+  held?: Uint8Array[];
 }
 
 function forward(from: Socket<End>, to: Socket<End> | undefined, data: Uint8Array): void {
+  if (from.data.stalled) {
+    (from.data.held ??= []).push(Uint8Array.from(data));
+    return;
+  }
   if (!to) {
     from.data.queue.push(Uint8Array.from(data)); // the other side is still connecting
     return;
@@ -63,7 +70,7 @@ function drain(s: Socket<End>): void {
     }
     q.shift();
   }
-  s.data.peer?.resume();
+  if (!s.data.stalled) s.data.peer?.resume();
 }
 
 /**
@@ -72,6 +79,8 @@ function drain(s: Socket<End>): void {
  */
 export function startProxy(targetPort: number, opts: { tamper?: Tamper; tap?: (data: Uint8Array, at: number) => Uint8Array } = {}) {
   const live = new Set<Socket<End>>();
+  /** The source's connections, in the order they arrived. */
+  const clients: Socket<End>[] = [];
   let bytes = 0;
 
   const listen = (port: number) => Bun.listen<End>({
@@ -82,6 +91,7 @@ export function startProxy(targetPort: number, opts: { tamper?: Tamper; tap?: (d
       open(client) {
         client.data = { queue: [], split: opts.tamper && frameSplitter(opts.tamper) };
         live.add(client);
+        clients.push(client);
         Bun.connect<End>({
           hostname: "127.0.0.1",
           port: targetPort,
@@ -126,6 +136,39 @@ export function startProxy(targetPort: number, opts: { tamper?: Tamper; tap?: (d
     /** Bytes relayed from the source so far. */
     get bytes() {
       return bytes;
+    },
+    /** Connections the source opened so far. */
+    get connections() {
+      return clients.length;
+    },
+    /** Drops the source's `i`-th connection (from 0), both ways, as a lost flow would; the others go on. */
+    cutConnection(i: number) {
+      const c = clients[i]!;
+      c.data.peer?.terminate();
+      c.terminate();
+    },
+    /**
+     * The source's `i`-th connection relays nothing more either way, and stays open: no bytes,
+     * no close (reading stops, so TCP pushes back). The returned function lets it flow again.
+     */
+    stallConnection(i: number): () => void {
+      const ends = [clients[i]!, clients[i]!.data.peer].filter((e): e is Socket<End> => !!e);
+      for (const e of ends) {
+        e.data.stalled = true;
+        e.pause();
+      }
+      return () => {
+        for (const e of ends) {
+          e.data.stalled = false;
+          for (const b of e.data.held?.splice(0) ?? []) forward(e, e.data.peer, b);
+          e.resume();
+        }
+      };
+    },
+    /** Every connection stalls at once for `ms` (the link lost, nothing closed), then flows again. */
+    loseLinkFor(ms: number) {
+      const release = clients.map((_, i) => this.stallConnection(i));
+      setTimeout(() => release.forEach((r) => r()), ms);
     },
     /** Drops every connection at once, as a broken link would. */
     cut() {

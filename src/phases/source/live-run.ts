@@ -21,6 +21,7 @@ import type { RecordingWatch } from "../recording-watch.ts";
 import type { LiveStage } from "./abort.ts";
 import { addDeltaStats, type DeltaTotals, NO_DELTAS } from "./metrics.ts";
 import { ResendLedger } from "./resend-ledger.ts";
+import { ResumePolicy } from "./resume-policy.ts";
 import { DEFAULT_MAX_DOWNTIME_MS, phaseEvent, type SourceOptions } from "./options.ts";
 
 export interface Deadline {
@@ -79,6 +80,8 @@ export interface LiveRun {
   attemptWire: number[];
   /** What resumes sent twice (resend-ledger.ts). */
   ledger: ResendLedger;
+  /** When to try again after a broken link (resume-policy.ts). */
+  resume: ResumePolicy;
   deltaStats: DeltaTotals;
   compressors: Compressor[];
 }
@@ -102,6 +105,7 @@ export function newLiveRun(ctl: ControlClient, status: ServeStatus, blockSize: n
     wire: 0,
     attemptWire: [],
     ledger: new ResendLedger(),
+    resume: new ResumePolicy(),
     deltaStats: NO_DELTAS,
     compressors: [],
   };

@@ -18,7 +18,7 @@ import { completeRedirect } from "../redirect.ts";
 import { abortLive } from "./abort.ts";
 import { enter, type LiveRun, newLiveRun, retireDeltas } from "./live-run.ts";
 import { finish } from "./metrics.ts";
-import { recoveryOptions, redirectEvents, RESUME_BACKOFF_MS, type SourceOptions, type SourceResult } from "./options.ts";
+import { recoveryOptions, redirectEvents, type SourceOptions, type SourceResult } from "./options.ts";
 import { type CaughtUp, catchUp, connect, copyBulk, handOff, type Link, pause, startRecording } from "./stages.ts";
 
 export async function live(ctl: ControlClient, status: ServeStatus, blockSize: number, o: SourceOptions, t0: number): Promise<SourceResult> {
@@ -29,11 +29,12 @@ export async function live(ctl: ControlClient, status: ServeStatus, blockSize: n
       return await attemptOnce(run, attempt);
     } catch (caught) {
       const err = await closeLink(run, caught);
-      // Before the fence, while memory has not started to move, a broken link is resumed.
-      if (!run.stage.fenced && !run.stage.vmGone && isLinkFailure(err) && attempt < RESUME_BACKOFF_MS.length && run.recording) {
-        o.log.warn(`link to the destination broke (${(err as Error).message}); reconnecting in ${RESUME_BACKOFF_MS[attempt]} ms`);
+      // Before the fence, while memory has not started to move, a broken link is resumed (resume-policy.ts).
+      const pause = !run.stage.fenced && !run.stage.vmGone && isLinkFailure(err) && run.recording ? run.resume.broke(performance.now()) : undefined;
+      if (pause !== undefined) {
+        o.log.warn(`link to the destination broke (${(err as Error).message}); reconnecting in ${pause} ms`);
         o.onEvent?.({ event: "reconnect", attempt: attempt + 1 });
-        await Bun.sleep(RESUME_BACKOFF_MS[attempt]!);
+        await Bun.sleep(pause);
         continue;
       }
       return giveUp(run, err, attempt);

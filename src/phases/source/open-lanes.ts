@@ -4,12 +4,14 @@
 // the migration: the channel runs on those that did.
 
 import type { Logger } from "../../log.ts";
-import type { Channel } from "../../net/channel.ts";
+import { type Channel, ChannelClosed } from "../../net/channel.ts";
 import type { Ready } from "../../net/protocol.ts";
 import { type Credentials, joinHandshake, type Offer } from "../init.ts";
 
 /** A join that takes longer than this (after a few round trips) is given up; the others go on. */
 const JOIN_TIMEOUT_MS = 10_000;
+/** A connect that takes longer than this is given up and tried again (resume-policy.ts). */
+export const CONNECT_TIMEOUT_MS = 10_000;
 
 export interface LaneOptions {
   connect: () => Promise<Channel>;
@@ -33,23 +35,45 @@ export async function openLanes(ch: Channel, ready: Ready, want: number, o: Lane
 
 /** One lane: connected, authenticated, joined; the error's message if not. */
 async function joinLane(ch: Channel, lane: number, lanes: number, session: string, o: LaneOptions): Promise<string | undefined> {
-  let other: Channel | undefined;
   const timeoutMs = JOIN_TIMEOUT_MS + 4 * o.rttMs;
-  let timer: Timer | undefined;
   try {
-    const joined = (async () => {
-      other = await o.connect();
-      await joinHandshake(other, o.creds, o.offer, { session, lane });
-      return other;
-    })();
-    const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer in ${Math.round(timeoutMs / 1000)} s`)), timeoutMs)));
-    const joinedLane = await Promise.race([joined, late]);
-    if (ch.closed) throw new Error("the first connection closed meanwhile");
-    ch.join(lane, joinedLane, lanes, true);
+    const other = await connectWithin(async () => {
+      const c = await o.connect();
+      try {
+        await joinHandshake(c, o.creds, o.offer, { session, lane });
+      } catch (err) {
+        c.close();
+        throw err;
+      }
+      return c;
+    }, timeoutMs);
+    if (ch.closed) {
+      other.close();
+      throw new Error("the first connection closed meanwhile");
+    }
+    ch.join(lane, other, lanes, true);
     return undefined;
   } catch (err) {
-    other?.close();
     return (err as Error).message;
+  }
+}
+
+/**
+ * A connection within `ms`, or a failure: a path that drops packets leaves a connect waiting
+ * for the kernel's SYN retries (two minutes), which would hold a resume long after the link
+ * came back. One that succeeds too late is closed.
+ */
+export async function connectWithin(connect: () => Promise<Channel>, ms: number): Promise<Channel> {
+  let timer: Timer | undefined;
+  let late = false;
+  const connecting = connect().then((c) => {
+    if (late) c.close();
+    return c;
+  });
+  connecting.catch(() => undefined); // a failure after the timeout has no one to hear it
+  const timedOut = new Promise<never>((_, reject) => (timer = setTimeout(() => ((late = true), reject(new ChannelClosed(`no connection within ${Math.round(ms / 1000)} s`))), ms)));
+  try {
+    return await Promise.race([connecting, timedOut]);
   } finally {
     clearTimeout(timer);
   }

@@ -22,7 +22,7 @@ import { setUpRedirect } from "../redirect.ts";
 import { RecordingWatch } from "../recording-watch.ts";
 import { checkInterrupted, enter, type LiveRun, retireDeltas } from "./live-run.ts";
 import { sampleServe, wireCount } from "./sampler.ts";
-import { openLanes } from "./open-lanes.ts";
+import { CONNECT_TIMEOUT_MS, connectWithin, openLanes } from "./open-lanes.ts";
 import { MAX_AUTO_STREAMS, type StreamsSetting, streamsFor } from "../../net/stream-count.ts";
 
 /** HELLO's offer: what auto may open at most, or the number asked for. */
@@ -74,7 +74,7 @@ export async function connect(run: LiveRun, attempt: number): Promise<Link> {
   const { o, status } = run;
   let ch: Channel;
   try {
-    ch = run.ch = await o.connect();
+    ch = run.ch = await connectWithin(o.connect, CONNECT_TIMEOUT_MS);
   } catch (cause) {
     throw new InitError(`cannot connect to the destination${o.to ? ` ${o.to}` : ""}`, { cause, hint: "is `wanmig dest` waiting there? check --to, and the path between" });
   }
@@ -84,6 +84,7 @@ export async function connect(run: LiveRun, attempt: number): Promise<Link> {
   const ready = await sourceHandshake(ch, o.creds, { ...offer, streams: offeredStreams(o.streams) }, timing);
   // Two round trips (HELLO/WELCOME, AUTH/READY) and the destination's opening of its image: an upper bound.
   const rttMs = (performance.now() - shookAt) / 2;
+  run.resume.connected();
   if (attempt > 0) noteResume(run, ready);
   const want = streamsFor(o.streams ?? 1, timing.welcomeMs ?? rttMs, ch.rate && ch.rate.bytesPerSec);
   const streams = await openLanes(ch, ready, want, { connect: o.connect, creds: o.creds, offer, log: o.log, rttMs });
