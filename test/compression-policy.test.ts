@@ -22,6 +22,7 @@ const MiB = 1024 * 1024;
 function simulate(opts: { units: number; link?: number; data: (unit: number) => Record<number, { ratio: number; ns: number }>; baseNs?: number; receiverNs?: (level: number) => number; rttMs?: number }) {
   const p = new CompressionPolicy(opts.rttMs);
   const levels: number[] = [];
+  let probes = 0;
   for (let u = 0; u < opts.units; u++) {
     const level = p.level;
     levels.push(level);
@@ -35,10 +36,12 @@ function simulate(opts: { units: number; link?: number; data: (unit: number) => 
     p.sent({ level, raw: MiB, wire: ratio * MiB, ms, wallMs: u === 0 ? undefined : wall, waitedMs: wall - cpu });
     // The link as the channel measures it: wire bytes per ms while it waits (the receiver's, if it is the bottleneck).
     const measured = wall > cpu ? (ratio * MiB) / wall : undefined;
-    for (const probe of p.probes(opts.link ?? measured)) p.note({ level: probe, raw: MiB, wire: d[probe]!.ratio * MiB, ms: (d[probe]!.ns * MiB) / 1e6 });
+    const asked = p.probes(opts.link ?? measured);
+    probes += asked.length;
+    for (const probe of asked) p.note({ level: probe, raw: MiB, wire: d[probe]!.ratio * MiB, ms: (d[probe]!.ns * MiB) / 1e6 });
     p.decide(opts.link ?? measured);
   }
-  return { levels };
+  return { levels, probes };
 }
 
 const tail = (a: number[], n: number) => a.slice(-n);
@@ -86,6 +89,12 @@ describe("CompressionPolicy (synthetic links and data)", () => {
   test("random data on a slow link: sent as it is (no level gains, the cheapest wins)", () => {
     const r = simulate({ units: 200, link: 625, data: () => RANDOM });
     expect(tail(r.levels, 100).every((l) => l === 0)).toBe(true);
+  });
+
+  test("random data on a link that is the bottleneck (1 Gbit/s, 125 bytes/us): sent as it is, and probed again only one unit in 16", () => {
+    const r = simulate({ units: 320, link: 125_000, data: () => RANDOM });
+    expect(tail(r.levels, 300).every((l) => l === 0)).toBe(true);
+    expect(r.probes).toBeLessThanOrEqual(320 / 16 + 8);
   });
 
   test("data that changes from random to OS-like on a slow link: back up to 19", () => {
