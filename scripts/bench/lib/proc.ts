@@ -23,13 +23,14 @@ export class Proc {
   peak: Peak = { polledKiB: 0, hwmKiB: 0, cpuS: 0 };
   private waiters: (() => void)[] = [];
 
+  /** `ns` "": the bench's own namespace (the link emulator, which moves its devices into the hosts'). */
   constructor(
     readonly name: string,
     ns: string,
     argv: string[],
     readonly watchRss: boolean,
   ) {
-    this.proc = Bun.spawn(["ip", "netns", "exec", ns, ...argv], { cwd: REPO, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    this.proc = Bun.spawn(ns ? ["ip", "netns", "exec", ns, ...argv] : argv, { cwd: REPO, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
     live.add(this);
     void this.pump(this.proc.stderr, (t) => {
       this.stderr = (this.stderr + t).slice(-256 * 1024);
