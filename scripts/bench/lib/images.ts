@@ -67,11 +67,13 @@ function osBytes(bytes: number, skip: number): Uint8Array {
   return out;
 }
 
-export type ImageKind = "mixed" | "os";
+export type ImageKind = "mixed" | "os" | "random";
+export const IMAGE_KINDS: readonly ImageKind[] = ["mixed", "os", "random"];
 
 /**
  * A sparse image with six data extents spread over it. mixed: random, text, random, text, …
- * (the half that does not compress, and logs); os: shared libraries throughout.
+ * (the half that does not compress, and logs); os: shared libraries throughout; random:
+ * none of it compresses (what a link's throughput is measured with).
  * Returns the extents, and the zstd -19 size of all the data as one stream (`zstd -19`,
  * one thread): the physical limit's numerator, as the issue defines it.
  */
@@ -88,7 +90,7 @@ export async function buildImage(path: string, imageMiB: number, dataMiB: number
   const zstdSize = zstd ? new Response(zstd.stdout).arrayBuffer().then((b) => b.byteLength) : Promise.resolve(undefined);
   try {
     for (let i = 0; i < n; i++) {
-      const extentKind = kind === "os" ? "os" : i % 2 ? "text" : "random";
+      const extentKind = kind === "mixed" ? (i % 2 ? "text" : "random") : kind;
       const data = extentKind === "os" ? osBytes(extentBytes, i * extentBytes) : extentKind === "text" ? logText(extentBytes, 0x9e3779b9 + i) : randomBytes(extentBytes);
       for (let at = 0; at < data.length; ) at += writeSync(fd, data, at, data.length - at, i * stride + at);
       zstd?.stdin.write(data);
