@@ -164,7 +164,7 @@ function rows(): Row[] {
     { what: "source: no serve of that name", argv: sourceArgs("nobody-serves-this", "--to", "127.0.0.1:1", "--insecure"), code: ExitCode.abortedSafely, names: "nobody-serves-this", says: `${p("run", "nobody-serves-this.ctl")}: no such socket (ENOENT)` },
     { what: "source: --bandwidth that does not parse", argv: sourceArgs("vm", "--to", "127.0.0.1:1", "--insecure", "--bandwidth", "fast"), code: ExitCode.usage, names: '--bandwidth "fast"' },
     { what: "source: --max-downtime that does not parse", argv: sourceArgs("vm", "--to", "127.0.0.1:1", "--insecure", "--max-downtime", "soon"), code: ExitCode.usage, names: '--max-downtime "soon"' },
-    { what: "source: --streams out of range", argv: sourceArgs("vm", "--to", "127.0.0.1:1", "--insecure", "--streams", "0"), code: ExitCode.usage, names: "--streams 0" },
+    { what: "source: --streams out of range", argv: sourceArgs("vm", "--to", "127.0.0.1:1", "--insecure", "--streams", "0"), code: ExitCode.usage, names: '--streams "0"' },
     { what: "source: --timeout that does not parse", argv: sourceArgs("vm", "--to", "127.0.0.1:1", "--insecure", "--timeout", "1 hour"), code: ExitCode.usage, names: '--timeout "1 hour"' },
     { what: "source: --max-log-size that does not parse", argv: sourceArgs("vm", "--to", "127.0.0.1:1", "--insecure", "--max-log-size", "huge"), code: ExitCode.usage, names: "--max-log-size huge" },
     { what: "source: --throttle-delay that does not parse", argv: sourceArgs("vm", "--to", "127.0.0.1:1", "--insecure", "--throttle-delay", "a bit"), code: ExitCode.usage, names: '--throttle-delay "a bit"' },

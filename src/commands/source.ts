@@ -160,7 +160,7 @@ export default defineCommand({
 function streamsArg(text: string | undefined): StreamsSetting {
   try {
     return parseStreams(text ?? "auto");
-  } catch (err) {
-    throw new UsageError((err as Error).message);
+  } catch {
+    throw new UsageError(`cannot read --streams ${JSON.stringify(text)}`, "use auto, or a whole number of TCP connections from 1 to 16");
   }
 }
