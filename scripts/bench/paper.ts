@@ -21,10 +21,11 @@
 //   paused while its whole disk is copied).
 // - After the row: the dynamic client's acknowledged posts are looked up in the guest's
 //   posts file on B's image (journal replayed first): every one must be there.
-// Links: LAN 100 Mbit/s (the paper's switched Ethernet); WAN 5 Mbit/s with 100 ms RTT. tbf
-// shapes both directions of A–B; the RTT is the user-space delay proxy (no netem here) on
-// wanmig's stream and on QEMU's memory stream. The tunnel's packets (VXLAN over UDP) are not
-// delayed: after the move the clients see B at LAN latency plus the shaped rate.
+// Links: LAN 100 Mbit/s (the paper's switched Ethernet): tbf shapes both directions of the
+// A–B veth. WAN 5 Mbit/s with 100 ms RTT: the link emulator (lib/link.ts) joins A and B
+// with addresses of its own, and everything between them goes over it, TCP end to end:
+// wanmig's stream, QEMU's memory stream, and the tunnel (VXLAN over UDP), whose endpoints
+// are the migration connection's addresses: after the move the clients reach B over the WAN.
 // Needs root (namespaces, tc, taps) and QEMU.
 import { $ } from "bun";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -35,8 +36,9 @@ import { type GuestHosts, guestHosts } from "../../test/helpers/netns.ts";
 import { parseRate } from "../../src/net/rate.ts";
 import { Timeline } from "../../src/report/timeline.ts";
 import { BUN, MAIN } from "./lib/constants.ts";
+import { EmulatedLink } from "./lib/link.ts";
 import { Proc, tail } from "./lib/proc.ts";
-import { proxiedTcpMem, proxyArgs, type Scenario, setTcpMem, shapeEnds } from "./lib/topology.ts";
+import { type Scenario, shapeEnds } from "./lib/topology.ts";
 import type { OpLine } from "./paper-client.ts";
 import { lostPosts, medianFigures, parsePosts, type RowEvents, type RowFigures, rowFigures } from "./paper-figures.ts";
 
@@ -74,25 +76,40 @@ const PAPER: Record<string, string> = {
 const GUEST_RAM_MIB = 512;
 const IMAGE_BYTES = 1024 ** 3;
 
-/** Three fresh namespaces per row, so that nothing a row leaves behind (a tunnel, a route) meets the next; the A–B link shaped. */
 /** Stops the row under way (its guests, processes and namespaces): what an interrupt must not leave behind. */
 let rowStop: (() => Promise<void>) | undefined;
 
-async function makeNet(sc: Scenario): Promise<GuestHosts> {
+/** The WAN's A and B ends on the link emulator: outside guestHosts's networks (10.30-229.x.x). */
+const EMU_A = "10.250.0.1";
+const EMU_B = "10.250.0.2";
+
+/** A row's hosts, and the A–B path: the addresses A and B reach each other at, and its removal (the emulator, then the namespaces). */
+interface RowNet {
+  net: GuestHosts;
+  a: string;
+  b: string;
+  remove(): Promise<void>;
+}
+
+/** Three fresh namespaces per row, so that nothing a row leaves behind (a tunnel, a route) meets the next; the A–B path as the scenario asks. */
+async function makeNet(sc: Scenario): Promise<RowNet> {
   const net = await guestHosts("wp");
   try {
-    // The A–B link: tbf each way (burst ≥ 2 ms of line rate, queue ≤ 100 ms).
-    await shapeEnds([[net.ns.A, net.wan.a], [net.ns.B, net.wan.b]], sc.bps);
     if (sc.rttMs > 0) {
-      // As the migrate bench's: behind the proxy, A's TCP buffers near what a WAN path would use.
-      const { wmem, rmem } = proxiedTcpMem(sc);
-      await setTcpMem(net.ns.A, wmem, rmem);
+      const link = await EmulatedLink.start(net.ns.A, net.ns.B, { bps: sc.bps, rttMs: sc.rttMs, loss: sc.loss, addrA: EMU_A, addrB: EMU_B });
+      const remove = async () => {
+        await link.stop();
+        await net.remove();
+      };
+      return { net, a: EMU_A, b: EMU_B, remove };
     }
+    // The A–B veth: tbf each way (burst ≥ 2 ms of line rate, queue ≤ 100 ms).
+    await shapeEnds([[net.ns.A, net.wan.a], [net.ns.B, net.wan.b]], sc.bps);
   } catch (err) {
     await net.remove();
     throw err;
   }
-  return net;
+  return { net, a: net.ip.aWan, b: net.ip.bWan, remove: () => net.remove() };
 }
 
 interface Ctx {
@@ -182,7 +199,8 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
   const destImage = join(b, "vm.img");
   await $`truncate -s ${IMAGE_BYTES} ${image}`;
   await $`mkfs.ext4 -q -F ${image}`;
-  const net = await makeNet(sc);
+  const rowNet = await makeNet(sc);
+  const { net } = rowNet;
   const procs: Proc[] = [];
   const guests: Guest[] = [];
   const start = (name: string, ns: string, argv: string[]) => {
@@ -197,7 +215,7 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
   };
   rowStop = async () => {
     await stopAll();
-    await net.remove();
+    await rowNet.remove();
   };
   try {
     start("serve", net.ns.A, [BUN, MAIN, "serve", "--name", "vm", "--image", image, "--run-dir", a, "--log", "warn"]);
@@ -211,30 +229,20 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
     const port = 7400;
     const mport = 4444;
     const dest = start("dest", net.ns.B, [
-      BUN, MAIN, "dest", "--name", "vm", "--image", destImage, "--run-dir", b, "--listen", `${net.ip.bWan}:${port}`, "--secret-file", ctx.secret,
+      BUN, MAIN, "dest", "--name", "vm", "--image", destImage, "--run-dir", b, "--listen", `${rowNet.b}:${port}`, "--secret-file", ctx.secret,
       "--hypervisor", "qemu", "--qmp", `unix:${join(b, "dst.qmp")}`, "--vm-dev", "tap0", "--json",
     ]);
     await dest.waitFor(/listening on/, "dest to listen");
-    const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: ["ip", "netns", "exec", net.ns.B], incoming: `tcp:${net.ip.bWan}:${mport}`, openTimeout: 3600, nic, mode: "paper", bonnie: w === "diabolical", ramMiB: GUEST_RAM_MIB });
+    const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: ["ip", "netns", "exec", net.ns.B], incoming: `tcp:${rowNet.b}:${mport}`, openTimeout: 3600, nic, mode: "paper", bonnie: w === "diabolical", ramMiB: GUEST_RAM_MIB });
     guests.push(dst);
-    const tunnel: string[] = [];
-    let to = `${net.ip.bWan}:${port}`;
-    let migrateUri = `tcp:${net.ip.bWan}:${mport}`;
-    if (sc.rttMs > 0) {
-      const p1 = start("delay-wanmig", net.ns.A, proxyArgs(sc, "127.0.0.1:7401", to));
-      // B's QEMU listens only once dest serves its disk: the relay waits for it, as a refused connect would be retried.
-      const p2 = start("delay-qemu", net.ns.A, [...proxyArgs(sc, "127.0.0.1:7402", `${net.ip.bWan}:${mport}`), "--wait-for-target-s", "60"]);
-      await p1.waitFor(/listening on/, "the delay proxy");
-      await p2.waitFor(/listening on/, "the delay proxy");
-      to = "127.0.0.1:7401";
-      migrateUri = "tcp:127.0.0.1:7402";
-      tunnel.push("--tunnel-local", net.ip.aWan, "--tunnel-remote", net.ip.bWan); // the proxied connection names no host
-    }
+    // Both streams, and the tunnel after them, go to B's end of the path: over the WAN, the link emulator's.
+    const to = `${rowNet.b}:${port}`;
+    const migrateUri = `tcp:${rowNet.b}:${mport}`;
     const requestedAt = Date.now();
     const source = start("source", net.ns.A, [
       BUN, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", to, "--secret-file", ctx.secret, "--json",
       "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", migrateUri,
-      "--old-ip", net.ip.guest, "--tunnel", "vxlan", ...tunnel, ...MODE_ARGS[mode],
+      "--old-ip", net.ip.guest, "--tunnel", "vxlan", ...MODE_ARGS[mode],
     ]);
     const limitMs = ctx.rowLimitS * 1000;
     const done = await waitEvent(source, "the migration's done event", (e) => e.event === "done", limitMs).catch(async (err) => {
@@ -284,7 +292,7 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
       for (const p of procs) writeFileSync(join(ctx.logDir, `${label}-${p.name}.log`), `${p.stderr}\n${p.stdoutLines.map((l) => l.line).join("\n")}\n`);
       for (const [i, g] of guests.entries()) writeFileSync(join(ctx.logDir, `${label}-guest${i}.log`), g.lines.map((l) => `${l.t} ${l.text}`).join("\n"));
     }
-    await net.remove();
+    await rowNet.remove();
     rmSync(dir, { recursive: true, force: true });
   }
 }
