@@ -7,8 +7,9 @@
 //                             [--runs 5] [--wan-runs 1] [--image-mib 256] [--data-mib 32] [--timeout-s 600] [--json FILE]
 //                             [--events DIR]   (each wanmig run's NDJSON events and the writer's progress, to see why a row took long)
 //
-// The hosts, the link shaping (tc tbf) and the WAN's delay (a user-space proxy) are the
-// migration benchmark's (scripts/bench/lib/topology.ts). The writer is `wanmig workload`
+// The hosts and the paths are the migration benchmark's (scripts/bench/lib/topology.ts):
+// loopback and 1gbit over the veth (1gbit shaped by tc tbf), the WAN through the link
+// emulator (5 Mbit/s, 100 ms, TCP end to end), the rows talking to its addresses. The writer is `wanmig workload`
 // (incompressible data) on the source's disk, started 1 s before the migration.
 // Rows:
 //   wanmig              wanmig serve → source → dest, --max-downtime 50ms (the default)
@@ -31,7 +32,7 @@ import { ControlClient } from "../../src/disk/service/control-client.ts";
 import { BUN, MAIN, MiB } from "./lib/constants.ts";
 import { identical } from "./lib/images.ts";
 import { Proc, tail } from "./lib/proc.ts";
-import { cleanup, DST_IP, netSetup, NS_DST, NS_SRC, proxyArgs, rowHosts, type Scenario, shape, tuneTcpBuffers, unshape } from "./lib/topology.ts";
+import { cleanup, linkDown, linkUp, netSetup, NS_DST, NS_SRC, pathOf, rowHosts, type Scenario, tcpMem } from "./lib/topology.ts";
 import { waitUntil } from "./lib/wait.ts";
 import { mirrorRow } from "./peers/qsd-mirror.ts";
 
@@ -110,18 +111,10 @@ async function runWanmig(sc: Scenario, writer: string, row: string, ctx: Ctx, di
     procs.push(serve);
     const ctl = new ControlClient(join(a, "vm.ctl"));
     await waitUntil(async () => (await ctl.status()).size > 0, "serve's control socket");
-    const port = ctx.port++;
-    const dest = new Proc("dest", NS_DST, [BUN, MAIN, "dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b, "--listen", `${DST_IP}:${port}`, "--secret-file", ctx.secret], false);
+    const to = `${pathOf(sc).dst}:${ctx.port++}`;
+    const dest = new Proc("dest", NS_DST, [BUN, MAIN, "dest", "--name", "vm", "--image", join(b, "vm.img"), "--run-dir", b, "--listen", to, "--secret-file", ctx.secret], false);
     procs.push(dest);
     await dest.waitFor(/listening on \S+:\d+/, "dest to listen");
-    let to = `${DST_IP}:${port}`;
-    if (sc.rttMs > 0) {
-      const pp = ctx.port++;
-      const proxy = new Proc("delay-proxy", NS_SRC, proxyArgs(sc, `127.0.0.1:${pp}`, to), false);
-      procs.push(proxy);
-      await proxy.waitFor(/listening on/, "the delay proxy");
-      to = `127.0.0.1:${pp}`;
-    }
     const vm = writerProc(writer, a);
     if (vm) procs.push(vm);
     await Bun.sleep(1000);
@@ -206,8 +199,10 @@ function pct(xs: number[], p: number): number | undefined {
 
 const f = (x: number | undefined, d = 0) => (x === undefined ? "—" : x.toFixed(d));
 
-export async function main(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
+type Values = ReturnType<typeof parseOptions>;
+
+function parseOptions(argv: string[]) {
+  return parseArgs({
     args: argv,
     options: {
       links: { type: "string", default: "loopback,1gbit,wan" },
@@ -221,40 +216,34 @@ export async function main(argv: string[]): Promise<void> {
       json: { type: "string" },
       events: { type: "string" },
     },
-  });
-  const base = mkdtempSync(join(tmpdir(), "wanmig-bench-downtime-"));
-  for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => void cleanup().then(() => process.exit(130)));
-  const ctx: Ctx = { image: join(base, "image"), sizeBytes: Number(values["image-mib"]) * MiB, secret: join(base, "secret"), port: 19000, timeoutMs: Number(values["timeout-s"]) * 1000, eventsDir: values.events };
-  if (ctx.eventsDir) await $`mkdir -p ${ctx.eventsDir}`;
-  await $`truncate -s ${ctx.sizeBytes} ${ctx.image}`;
-  await $`dd if=/dev/urandom of=${ctx.image} bs=1M count=${values["data-mib"]} conv=notrunc status=none`;
-  await Bun.write(ctx.secret, Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex"));
-  await $`chmod 600 ${ctx.secret}`;
-  await netSetup();
-  const runs: Run[] = [];
+  }).values;
+}
+
+/** Every run on one link: its path up (tbf on the veth, or the link emulator), each writer × run × row, the path down. */
+async function runLink(sc: Scenario, values: Values, ctx: Ctx, base: string, runs: Run[]): Promise<void> {
+  console.error(`link ${sc.name}: ${await linkUp(sc)}; ${await tcpMem()}`);
   try {
-    for (const linkName of values.links!.split(",")) {
-      const sc = LINKS[linkName];
-      if (!sc) throw new Error(`no link ${linkName}: ${Object.keys(LINKS).join(", ")}`);
-      console.error(`link ${sc.name}: ${sc.bps ? await shape(sc.bps) : await unshape()}; ${await tuneTcpBuffers(sc)}`);
-      const n = Number(sc.rttMs > 0 ? values["wan-runs"] : values.runs);
-      for (const writer of values.writers!.split(","))
-        for (let i = 0; i < n; i++)
-          for (const row of values.rows!.split(",")) {
-            const dir = mkdtempSync(join(base, "run-"));
-            const run = row.startsWith("qsd") ? await runQsd(sc, writer, row, ctx, dir) : await runWanmig(sc, writer, row, ctx, dir);
-            rmSync(dir, { recursive: true, force: true });
-            runs.push(run);
-            console.error(
-              `${sc.name} ${writer} ${row} #${i + 1}: ${run.ok ? "ok" : `FAILED (${run.error})`} downtime ${f(run.downtimeMs)} ms` +
-                `${run.estimateMs !== undefined ? ` (estimate ${run.estimateMs})` : ""}, migration ${f(run.migrationS, 1)} s, throttle ${f(run.throttleSteps)}, writer ${f(run.writerMBps, 1)} MB/s (slowest second ${f(run.writerMinMBps, 1)})`,
-            );
-          }
-    }
+    const n = Number(sc.rttMs > 0 ? values["wan-runs"] : values.runs);
+    for (const writer of values.writers!.split(","))
+      for (let i = 0; i < n; i++)
+        for (const row of values.rows!.split(",")) {
+          const dir = mkdtempSync(join(base, "run-"));
+          const run = row.startsWith("qsd") ? await runQsd(sc, writer, row, ctx, dir) : await runWanmig(sc, writer, row, ctx, dir);
+          rmSync(dir, { recursive: true, force: true });
+          runs.push(run);
+          console.error(
+            `${sc.name} ${writer} ${row} #${i + 1}: ${run.ok ? "ok" : `FAILED (${run.error})`} downtime ${f(run.downtimeMs)} ms` +
+              `${run.estimateMs !== undefined ? ` (estimate ${run.estimateMs})` : ""}, migration ${f(run.migrationS, 1)} s, throttle ${f(run.throttleSteps)}, writer ${f(run.writerMBps, 1)} MB/s (slowest second ${f(run.writerMinMBps, 1)})`,
+          );
+        }
   } finally {
-    await cleanup();
-    rmSync(base, { recursive: true, force: true });
+    const counts = await linkDown();
+    if (counts) console.error(`link ${sc.name}: link emulator ${JSON.stringify(counts)}`);
   }
+}
+
+/** The table: a row per link, writer and row, over its runs. */
+function table(runs: Run[]): string {
   const lines = ["| link | writer | row | runs ok | storage downtime p50 / p95 (ms) | estimate p50 (ms) | migration (s, median) | throttle steps (max) | writer MB/s (median; slowest second) |", "|---|---|---|---|---|---|---|---|---|"];
   const keys = [...new Set(runs.map((r) => `${r.link}\t${r.writer}\t${r.row}`))];
   for (const k of keys) {
@@ -269,6 +258,32 @@ export async function main(argv: string[]): Promise<void> {
       `| ${link} | ${writer} | ${row} | ${ok.length}/${rs.length} | ${f(pct(dt, 50))} / ${f(pct(dt, 95))} | ${f(pct(est, 50))} | ${f(pct(ok.map((r) => r.migrationS!), 50), 1)} | ${f(Math.max(0, ...ok.map((r) => r.throttleSteps ?? 0)))} | ${f(pct(wr, 50), 1)}; ${f(wmin.length ? Math.min(...wmin) : undefined, 1)} |`,
     );
   }
-  console.log(lines.join("\n"));
+  return lines.join("\n");
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const values = parseOptions(argv);
+  const links = values.links!.split(",").map((name) => {
+    const sc = LINKS[name];
+    if (!sc) throw new Error(`no link ${name}: ${Object.keys(LINKS).join(", ")}`);
+    return sc;
+  });
+  const base = mkdtempSync(join(tmpdir(), "wanmig-bench-downtime-"));
+  for (const sig of ["SIGINT", "SIGTERM"] as const) process.on(sig, () => void cleanup().then(() => process.exit(130)));
+  const ctx: Ctx = { image: join(base, "image"), sizeBytes: Number(values["image-mib"]) * MiB, secret: join(base, "secret"), port: 19000, timeoutMs: Number(values["timeout-s"]) * 1000, eventsDir: values.events };
+  const runs: Run[] = [];
+  try {
+    if (ctx.eventsDir) await $`mkdir -p ${ctx.eventsDir}`;
+    await $`truncate -s ${ctx.sizeBytes} ${ctx.image}`;
+    await $`dd if=/dev/urandom of=${ctx.image} bs=1M count=${values["data-mib"]} conv=notrunc status=none`;
+    await Bun.write(ctx.secret, Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("hex"));
+    await $`chmod 600 ${ctx.secret}`;
+    await netSetup();
+    for (const sc of links) await runLink(sc, values, ctx, base, runs);
+  } finally {
+    await cleanup();
+    rmSync(base, { recursive: true, force: true });
+  }
+  console.log(table(runs));
   if (values.json) await Bun.write(values.json, JSON.stringify({ args: values, runs }, null, 2));
 }

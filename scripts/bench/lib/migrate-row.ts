@@ -1,6 +1,6 @@
 // One row of the migrate bench's table: what defines it, what it runs with, what it
 // yields, and its processes. Shared by the bench's own rows (migrate.ts) and its peers'
-// (peers/nbdcopy.ts).
+// (peers/).
 
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -11,14 +11,18 @@ import type { Scenario } from "./topology.ts";
 export interface RowDef {
   id: string;
   label: string;
+  /** What runs the row: wanmig, or a peer (peers/). */
+  kind: "wanmig" | "nbdcopy" | "qsd-mirror" | "iperf3";
   mode?: "live" | "freeze-and-copy";
   deltas?: "coalesce" | "paper";
   /** --compress for this row (else the bench's --compress, else the product's default). */
   compress?: string;
-  /** --insecure on both ends (the other rows use --secret-file: sealed frames). */
-  insecure?: boolean;
+  /** How the ends trust each other: --tls with certificates, or --insecure (frames in the clear); else --secret-file (sealed frames). */
+  auth?: "tls" | "insecure";
   /** The same image as two disks of one VM (its halves, each its own file): what a second disk costs. */
   twoDisks?: boolean;
+  /** iperf3: one TCP stream, or the bench's --iperf-streams. */
+  streams?: "one" | "many";
 }
 
 export interface RowResult {
@@ -33,6 +37,10 @@ export interface RowResult {
   wireBytes?: number;
   bulkWireBytes?: number;
   linkTxBytes?: number;
+  /** TCP connections wanmig used (its DONE says how many --streams opened). */
+  streams?: number;
+  /** The image's data over the migration time (bits per second); iperf3's own figure. */
+  throughputBps?: number;
   deltas?: number;
   deltasSkipped?: number;
   finalDeltas?: number;
@@ -49,10 +57,19 @@ export interface RowResult {
 }
 
 export interface Ctx {
+  /** The current scenario's image (its kind is the scenario's). */
   image: string;
   imageMiB: number;
   dataMiB: number;
+  /** The bytes of data in the image (its extents), what a row's throughput counts. */
+  dataBytes: number;
   secret: string;
+  /** The --tls flags for each end, when a row uses TLS. */
+  tls?: { source: string[]; dest: string[] };
+  /** The source's --streams (empty: not passed). */
+  streams: string;
+  iperfStreams: number;
+  iperfSeconds: number;
   timeoutS?: number;
   port: number;
   /** Write each process's stderr here. */

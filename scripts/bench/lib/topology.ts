@@ -1,17 +1,22 @@
 // The two hosts of a bench and how they are joined: two network namespaces and a veth
-// pair between them, the link shaped by `tc tbf` at the rate on both ends (each
-// direction), and latency from the user-space delay proxy (lib/delay-proxy.ts; this
-// machine has no netem), with the source namespace's TCP buffers capped to suit it.
-// Also each row's two host directories, and the cleanup that removes it all.
+// pair between them. A scenario without a round trip runs over the veth, shaped by `tc
+// tbf` at its rate on both ends (each direction) or not at all; one with a round trip (or
+// loss) runs through the link emulator (lib/link.ts), whose devices carry addresses of
+// their own, so TCP runs end to end over the delay. Also each row's two host directories,
+// and the cleanup that removes it all.
 
 import { $ } from "bun";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { BUN } from "./constants.ts";
+import { describeSpec, EMU_DEV, EmulatedLink, type LinkCounts } from "./link.ts";
 import { stopAll } from "./proc.ts";
 
+/** The veth's addresses. */
 export const SRC_IP = "10.77.0.1";
 export const DST_IP = "10.77.0.2";
+/** The link emulator's: each host's end of it. */
+export const EMU_SRC_IP = "10.78.0.1";
+export const EMU_DST_IP = "10.78.0.2";
 
 export interface Scenario {
   name: string;
@@ -19,6 +24,8 @@ export interface Scenario {
   /** Link rate, bits per second. */
   bps: number;
   rttMs: number;
+  /** Probability a packet is lost, each way (0.001: 0.1 %); the link emulator's. */
+  loss?: number;
 }
 
 const id = process.pid;
@@ -60,48 +67,47 @@ export async function shapeEnds(ends: readonly (readonly [ns: string, dev: strin
   return `tbf ${spec.join(" ")}`;
 }
 
-let defaultTcpMem: { wmem: string; rmem: string } | undefined;
+/** The namespace's TCP buffer limits (the defaults: nothing here changes them), for the record. */
+export async function tcpMem(ns = NS_SRC): Promise<string> {
+  const get = async (k: string) => (await $`ip netns exec ${ns} sysctl -n net.ipv4.${k}`.text()).trim().replace(/\s+/g, " ");
+  return `tcp_wmem ${await get("tcp_wmem")}, tcp_rmem ${await get("tcp_rmem")}`;
+}
+
+/** A scenario with a round trip or loss runs through the link emulator; the others over the veth (tbf at the rate, if any). */
+export const emulated = (sc: Scenario): boolean => sc.rttMs > 0 || (sc.loss ?? 0) > 0;
+
+/** The addresses the rows use on a scenario's path, and the source's device on it (its tx counter). */
+export function pathOf(sc: Scenario): { src: string; dst: string; srcDev: string } {
+  return emulated(sc) ? { src: EMU_SRC_IP, dst: EMU_DST_IP, srcDev: EMU_DEV } : { src: SRC_IP, dst: DST_IP, srcDev: DEV_SRC };
+}
+
+let link: EmulatedLink | undefined;
 
 /**
- * With the delay proxy, the source's stream crosses loopback to the proxy first, where
- * TCP would autotune its buffers to several MiB (tcp_wmem up to 4 MiB, tcp_rmem up to
- * 32 MiB here): a queue no real 100 ms path builds, and one the hand-off has to drain. So
- * in the source's namespace the buffers are capped near what a WAN path's TCP would use:
- * 2 × rate × (RTT + tbf's 100 ms queue), 256 KiB at least. Without the proxy: the defaults.
+ * A scenario's path up, replacing the last one's: the link emulator between the hosts (the
+ * veth left unshaped: nothing of the rows' crosses it then), or the veth shaped by tbf at the
+ * rate, or not at all. Returns what it set up, for the record.
  */
-export async function tuneTcpBuffers(sc: Scenario): Promise<string> {
-  const get = async (k: string) => (await $`ip netns exec ${NS_SRC} sysctl -n net.ipv4.${k}`.text()).trim().replace(/\s+/g, " ");
-  defaultTcpMem ??= { wmem: await get("tcp_wmem"), rmem: await get("tcp_rmem") };
-  let wmem = defaultTcpMem.wmem;
-  let rmem = defaultTcpMem.rmem;
-  if (sc.rttMs > 0) ({ wmem, rmem } = proxiedTcpMem(sc));
-  await setTcpMem(NS_SRC, wmem, rmem);
-  return `tcp_wmem ${wmem}, tcp_rmem ${rmem}`;
+export async function linkUp(sc: Scenario, queueMs?: number): Promise<string> {
+  await linkDown();
+  if (!emulated(sc)) return sc.bps ? shape(sc.bps) : unshape();
+  await unshape();
+  const spec = { bps: sc.bps, rttMs: sc.rttMs, loss: sc.loss, queueMs, addrA: EMU_SRC_IP, addrB: EMU_DST_IP };
+  link = await EmulatedLink.start(NS_SRC, NS_DST, spec);
+  return describeSpec(spec);
 }
 
-/** tcp_wmem and tcp_rmem for a sender behind the delay proxy (see tuneTcpBuffers). */
-export function proxiedTcpMem(sc: Scenario): { wmem: string; rmem: string } {
-  const max = Math.max(256 * 1024, Math.ceil(2 * (sc.bps / 8) * ((sc.rttMs + 100) / 1000)));
-  return { wmem: `4096 16384 ${max}`, rmem: `4096 ${Math.min(131072, max)} ${max}` };
+/** Stops the link emulator, if one runs; its counts. */
+export async function linkDown(): Promise<LinkCounts | undefined> {
+  const l = link;
+  link = undefined;
+  return l?.stop();
 }
 
-export async function setTcpMem(ns: string, wmem: string, rmem: string): Promise<void> {
-  await $`ip netns exec ${ns} sysctl -q -w ${`net.ipv4.tcp_wmem=${wmem}`} ${`net.ipv4.tcp_rmem=${rmem}`}`;
-}
-
-/** Bytes the source's veth end has sent (IP packets). */
-export async function linkTxBytes(): Promise<number> {
-  const j = JSON.parse(await $`ip -n ${NS_SRC} -j -s link show dev ${DEV_SRC}`.text());
+/** Bytes the source has sent on the scenario's path (IP packets): its veth end's, or its emulator device's. */
+export async function linkTxBytes(sc: Scenario): Promise<number> {
+  const j = JSON.parse(await $`ip -n ${NS_SRC} -j -s link show dev ${pathOf(sc).srcDev}`.text());
   return Number(j[0].stats64.tx.bytes);
-}
-
-/** The delay proxy, run as its own process (`bun lib/delay-proxy.ts`) wherever a row needs latency. */
-const PROXY = join(import.meta.dir, "delay-proxy.ts");
-
-export function proxyArgs(sc: Scenario, listen: string, to: string): string[] {
-  // The relay must hold rate × one-way delay, or it caps the rate: twice that, 64 KiB at least.
-  const kib = Math.max(64, Math.ceil(((sc.bps / 8) * (sc.rttMs / 2 / 1000) * 2) / 1024));
-  return [BUN, PROXY, "--listen", listen, "--to", to, "--delay-ms", String(sc.rttMs / 2), "--max-buffer-kib", String(kib)];
 }
 
 /** A row's two host directories, A holding a sparse copy of the bench's image. */
@@ -120,9 +126,10 @@ export async function rowHosts(dir: string, template: string): Promise<{ a: stri
 
 let cleaned: Promise<void> | undefined;
 
-/** Stops every process still running and removes the namespaces (once, however often called). */
+/** Stops every process still running (the link emulator too) and removes the namespaces (once, however often called). */
 export function cleanup(): Promise<void> {
   cleaned ??= (async () => {
+    await linkDown().catch(() => undefined);
     await stopAll();
     if (netUp) {
       await $`ip netns del ${NS_SRC}`.nothrow().quiet();

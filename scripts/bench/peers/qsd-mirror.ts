@@ -1,6 +1,6 @@
 // The peer for a live migration: QEMU's own. qemu-storage-daemon exports the disk (the VM's
-// writer talks to it) and blockdev-mirrors it to qemu-nbd at the destination, over the
-// bench's link (and delay proxy); at READY the writer pauses (the VM pauses) and
+// writer talks to it) and blockdev-mirrors it to qemu-nbd at the destination, over TCP on
+// the scenario's path (the veth, or the link emulator); at READY the writer pauses (the VM pauses) and
 // block-job-cancel finishes the copy. Used by the downtime and migrate benches.
 
 import { $ } from "bun";
@@ -9,7 +9,7 @@ import { QmpClient } from "../../../src/hypervisor/qmp.ts";
 import { logger } from "../../../src/log.ts";
 import { identical } from "../lib/images.ts";
 import { Proc } from "../lib/proc.ts";
-import { DST_IP, NS_DST, NS_SRC, proxyArgs, rowHosts, type Scenario } from "../lib/topology.ts";
+import { NS_DST, NS_SRC, pathOf, rowHosts, type Scenario } from "../lib/topology.ts";
 import { waitUntil } from "../lib/wait.ts";
 
 export interface MirrorOptions {
@@ -49,18 +49,10 @@ export async function mirrorRow(o: MirrorOptions): Promise<MirrorRun> {
   let qmp: QmpClient | undefined;
   try {
     const port = o.nextPort();
-    const nbd = new Proc("qemu-nbd", NS_DST, ["qemu-nbd", "-f", "raw", "-x", "vm", "-b", DST_IP, "-p", String(port), "--persistent", "--cache=writeback", target], true);
+    // On the scenario's path: the veth, or the link emulator's end at the destination.
+    const host = pathOf(o.sc).dst;
+    const nbd = new Proc("qemu-nbd", NS_DST, ["qemu-nbd", "-f", "raw", "-x", "vm", "-b", host, "-p", String(port), "--persistent", "--cache=writeback", target], true);
     procs.push(nbd);
-    let host = DST_IP;
-    let hostPort = port;
-    if (o.sc.rttMs > 0) {
-      const pp = o.nextPort();
-      const proxy = new Proc("delay-proxy", NS_SRC, proxyArgs(o.sc, `127.0.0.1:${pp}`, `${DST_IP}:${port}`), false);
-      procs.push(proxy);
-      await proxy.waitFor(/listening on/, "the delay proxy");
-      host = "127.0.0.1";
-      hostPort = pp;
-    }
     const qmpPath = join(a, "qsd.qmp");
     const qsd = new Proc("qsd", NS_SRC, [
       "qemu-storage-daemon",
@@ -83,7 +75,7 @@ export async function mirrorRow(o: MirrorOptions): Promise<MirrorRun> {
     await Bun.sleep(1000);
     const t0 = performance.now();
     r.t0 = t0;
-    await q.execute("blockdev-add", { driver: "nbd", "node-name": "target", server: { type: "inet", host, port: String(hostPort) }, export: "vm" });
+    await q.execute("blockdev-add", { driver: "nbd", "node-name": "target", server: { type: "inet", host, port: String(port) }, export: "vm" });
     await q.execute("blockdev-mirror", { "job-id": "m0", device: "disk", target: "target", sync: "full", "copy-mode": o.copyMode });
     // A QMP call that never answers (qsd stuck in a drain) must fail the row, not hang the bench.
     const timed = <T>(p: Promise<T>): Promise<T> => Promise.race([p, Bun.sleep(30_000).then(() => Promise.reject(new Error("qemu-storage-daemon stopped answering QMP")))]);
