@@ -169,9 +169,10 @@ export class CompressionPolicy {
   probes(linkBytesPerMs?: number): number[] {
     if (!this.linkBound && !this.trusts(linkBytesPerMs) && this.units % PROBE_EVERY !== 0) return [];
     // Data no level compresses (random, encrypted, already compressed): every unit probed
-    // twice cost a 2-core host the CPU its link needed (1 Gbit/s, 100 ms: 282 Mbit/s with
-    // --compress auto, 526 with none). One in PROBE_EVERY still sees data that changes.
-    if (this.incompressible() && this.units % PROBE_EVERY !== 0) return [];
+    // twice at dearer levels cost a 2-core host the CPU its link needed (1 Gbit/s, 100 ms:
+    // 282 Mbit/s with --compress auto, 526 with none). The cheapest level alone (zstd gives
+    // up on random input fast) still sees, unit by unit, data that turns compressible.
+    if (this.incompressible() && this.units % PROBE_EVERY !== 0) return this.at === 1 ? [] : [LADDER[1]];
     // The link's time for a raw byte at this level, once measured (what was lived can be
     // inflated by the first units, which only filled buffers).
     const here = this.est[this.at]!;
