@@ -7,7 +7,7 @@ import { basename, join } from "node:path";
 import { ControlClient } from "../../src/disk/service/control-client.ts";
 import { BUN, BUN_EXE, MAIN, MiB } from "./lib/constants.ts";
 import { identical } from "./lib/images.ts";
-import { type Ctx, type RowDef, RowProcs, type RowResult, timeoutMs } from "./lib/migrate-row.ts";
+import { type Ctx, judgeIdentical, type RowDef, RowProcs, type RowResult, timeoutMs } from "./lib/migrate-row.ts";
 import { notable, type Proc, tail } from "./lib/proc.ts";
 import { linkTxBytes, NS_DST, NS_SRC, pathOf, rowHosts, type Scenario } from "./lib/topology.ts";
 import { waitUntil } from "./lib/wait.ts";
@@ -116,22 +116,15 @@ export async function runWanmig(sc: Scenario, row: RowDef, ctx: Ctx, dir: string
   const images = row.twoDisks ? await splitInTwo(image) : [image];
   const destImages = images.map((i) => join(b, basename(i)));
   const procs = new RowProcs();
-  try {
+  await procs.guard(ctx, sc, row, r, async () => {
     const h = await startHosts(sc, row, ctx, procs, { a, b, images, destImages });
-    if (!(await runSource(sc, row, ctx, procs, a, h, r))) return r;
+    if (!(await runSource(sc, row, ctx, procs, a, h, r))) return;
     takeDone(r, ctx);
     await h.vm.stop();
     for (const { line } of h.vm.stdoutLines) if (line.includes('"done"')) r.workload = JSON.parse(line);
     await h.dest.waitFor(/now serving/, "dest to serve", 10_000).catch((e) => r.notes.push(`dest: ${(e as Error).message}`));
-    r.identical = (await Promise.all(images.map((i, k) => identical(i, destImages[k]!)))).every(Boolean);
-    r.ok = r.identical;
-    if (!r.identical) r.error = "the images differ";
-    return r;
-  } catch (err) {
-    r.error = (err as Error).message;
-    return r;
-  } finally {
-    await procs.finish(ctx, sc, row, r);
-    for (const p of procs.all) if (["serve", "source", "dest", "workload"].includes(p.name)) r.notes.push(...notable(p.name, p.stderr));
-  }
+    judgeIdentical(r, await Promise.all(images.map((i, k) => identical(i, destImages[k]!))));
+  });
+  for (const p of procs.all) if (["serve", "source", "dest", "workload"].includes(p.name)) r.notes.push(...notable(p.name, p.stderr));
+  return r;
 }

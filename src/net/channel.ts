@@ -274,6 +274,7 @@ export class Channel {
     if (this.lanes[lane]) throw new ProtocolError(`stream ${lane} joined twice`);
     other.primary = this;
     this.lanes[lane] = other;
+    this.streams++;
     this.inboxes = this.lanes.map((l) => l && { take: () => l.take(), pending: () => l.inbox.length });
     this.bytesSent += other.bytesSent;
     this.bytesReceived += other.bytesReceived;
@@ -282,10 +283,8 @@ export class Channel {
     if (other.closed) this.onClose(other.failure);
   }
 
-  /** The connections this channel runs over. */
-  get streams(): number {
-    return this.lanes.filter(Boolean).length;
-  }
+  /** The connections this channel runs over (counted at join: send() asks on every frame). */
+  streams = 1;
 
   /** Queues one message; resolves once the unsent backlog is below the high-water mark. */
   async send(m: Message): Promise<void> {

@@ -11,10 +11,15 @@
 //     | AUTH      {proof = HMAC(secret, "source" | dest nonce |  |  (with SSH, proofs are
 //     |            source nonce)}                              |   empty: SSH authenticated)
 //     |------------------------------------------------------->|
-//     | READY     {bulkOffset, nextSeq, base}: where to resume  |  0/first on a new run
+//     | READY     {bulkOffset, nextSeq, base, [streams,      |  0/first on a new run
+//     |            session]}: where to resume                  |
 //     | BASE_HASHES offset hash* (if base: per block, per chunk)|  the image here has
 //     |<-------------------------------------------------------|  content: send only
 //     |                                                        |  blocks that differ
+//     | --streams N: N-1 more connections, each HELLO {join:   |  (lanes.ts) each proves
+//     |   {session, lane}} WELCOME AUTH, answered JOINED {lane} |  itself, keys of its own;
+//     |   from here on the source's frames go in runs, a run   |  the receiver follows
+//     |   per lane, each ended by NEXT {lane} where it leaves   |  NEXT: one ordered stream
 //     | BULK offset [zstd] data | ZERO offset length   ...      |  bulk copy, in order
 //     | BULK_END  {size}                                        |
 //     | DELTA seq kind offset length data              ...      |  deltas, in seq order;

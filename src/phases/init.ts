@@ -17,16 +17,8 @@ export interface Credentials {
   tls?: boolean;
 }
 
-/** What the source says of the disk it sends (HELLO's fields). */
-export interface Offer {
-  name: string;
-  size: number;
-  blockSize: number;
-  recording: string;
-  disks?: number[];
-  /** Connections the source would use as one channel (--streams). */
-  streams?: number;
-}
+/** What the source says of the disk it sends: HELLO's fields but the handshake's own. */
+export type Offer = Omit<Hello, "type" | "version" | "nonce" | "join">;
 
 /** `timing.welcomeMs`: HELLO to WELCOME, one round trip and no work of the destination's (READY comes after it opened the image). */
 export async function sourceHandshake(ch: Channel, creds: Credentials, offer: Offer, timing?: { welcomeMs?: number }): Promise<Ready> {

@@ -93,6 +93,28 @@ export class RowProcs {
     keepLogs(ctx, sc, row, this.all);
     for (const p of this.all) if (p.watchRss) r.rss[p.name] = p.peak;
   }
+
+  /**
+   * Runs a row's body: a failure becomes the row's error (the table shows it, the next row
+   * runs), and the row's processes are stopped, their logs and peak RSS kept, whatever happens.
+   */
+  async guard(ctx: Ctx, sc: Scenario, row: RowDef, r: RowResult, body: () => Promise<void>): Promise<RowResult> {
+    try {
+      await body();
+    } catch (err) {
+      r.error = (err as Error).message;
+    } finally {
+      await this.finish(ctx, sc, row, r);
+    }
+    return r;
+  }
+}
+
+/** A row's last word: ok only if every destination image is the source's. */
+export function judgeIdentical(r: RowResult, same: boolean[]): void {
+  r.identical = same.every(Boolean);
+  r.ok = r.identical;
+  if (!r.identical) r.error = "the images differ";
 }
 
 export function keepLogs(ctx: Ctx, sc: Scenario, row: RowDef, procs: Proc[]): void {

@@ -16,7 +16,7 @@ export async function runIperf3(sc: Scenario, row: RowDef, ctx: Ctx): Promise<Ro
   const r: RowResult = { scenario: sc.name, row: row.id, label, ok: false, rss: {}, notes: [] };
   const procs = new RowProcs();
   const { src, dst } = pathOf(sc);
-  try {
+  return procs.guard(ctx, sc, row, r, async () => {
     const port = String(ctx.port++);
     const server = procs.start("iperf3-server", NS_DST, ["iperf3", "-s", "-1", "-B", dst, "-p", port]);
     // Its stdout is block-buffered into a pipe: its listening socket says it is up.
@@ -34,15 +34,9 @@ export async function runIperf3(sc: Scenario, row: RowDef, ctx: Ctx): Promise<Ro
     if (code !== 0 || typeof bps !== "number") {
       r.error = `iperf3 exited ${code}${out.error ? `: ${out.error}` : ""}`;
       r.notes.push(`iperf3 stderr:\n${tail(client.stderr)}`);
-      return r;
+      return;
     }
     r.throughputBps = bps;
     r.ok = true;
-    return r;
-  } catch (err) {
-    r.error = (err as Error).message;
-    return r;
-  } finally {
-    await procs.finish(ctx, sc, row, r);
-  }
+  });
 }

@@ -5,7 +5,7 @@
 
 import { $ } from "bun";
 import { join } from "node:path";
-import { type Ctx, type RowDef, RowProcs, type RowResult, timeoutMs } from "../lib/migrate-row.ts";
+import { type Ctx, judgeIdentical, type RowDef, RowProcs, type RowResult, timeoutMs } from "../lib/migrate-row.ts";
 import { identical } from "../lib/images.ts";
 import { tail } from "../lib/proc.ts";
 import { linkTxBytes, NS_DST, NS_SRC, pathOf, type Scenario } from "../lib/topology.ts";
@@ -23,7 +23,7 @@ export async function runNbdcopy(sc: Scenario, row: RowDef, ctx: Ctx, dir: strin
   await $`sync`; // as rowHosts
   const procs = new RowProcs();
   const start = procs.start.bind(procs);
-  try {
+  return procs.guard(ctx, sc, row, r, async () => {
     const qport = ctx.port++;
     const { src } = pathOf(sc);
     const uri = `nbd://${src}:${qport}`;
@@ -45,19 +45,11 @@ export async function runNbdcopy(sc: Scenario, row: RowDef, ctx: Ctx, dir: strin
     if (code !== 0) {
       r.error = `nbdcopy exited ${code}`;
       r.notes.push(`nbdcopy stderr:\n${tail(copy.stderr)}`);
-      return r;
+      return;
     }
     r.migrationTimeS = secs;
     r.throughputBps = (ctx.dataBytes * 8) / secs;
     r.downtimeMs = secs * 1000; // not live: the VM is stopped for the whole copy
-    r.identical = await identical(image, out);
-    r.ok = r.identical;
-    if (!r.identical) r.error = "the images differ";
-    return r;
-  } catch (err) {
-    r.error = (err as Error).message;
-    return r;
-  } finally {
-    await procs.finish(ctx, sc, row, r);
-  }
+    judgeIdentical(r, [await identical(image, out)]);
+  });
 }

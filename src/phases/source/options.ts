@@ -60,7 +60,7 @@ export const DEFAULT_MAX_DOWNTIME_MS = 50;
 /** How long the source waits for a serve that went away (a restart) before it gives up. */
 export const SERVE_RESTART_GRACE_MS = 30_000;
 
-/** Reconnects after a broken link: attempts and the pause before each (ms). */
+/** Settling a hand-off broken by the link (recover.ts): attempts to reach the destination, and the pause before each (ms). */
 export const RESUME_BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000];
 
 export function blockSize(o: SourceOptions): number {
