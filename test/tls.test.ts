@@ -50,6 +50,23 @@ describe("--tls with certificates", () => {
     );
   }, 60_000);
 
+  test("three streams, each its own TLS connection, under a sequential 1 MiB writer: identical, nothing acknowledged lost, one host", async () => {
+    const h = await hosts(96, 64);
+    await withPair(
+      h,
+      async ({ srv, dst }) => {
+        const w = await stressWriter(srv.socket, { pattern: "seq1m", from: 68 * MiB, bytes: 24 * MiB });
+        const run = await source(h, dst.port, [...tlsFlags("hosta", "site"), "--streams", "3", "--json"]);
+        await w.stop();
+        expect(run.code, run.stderr).toBe(0);
+        expect(run.stderr).toContain("sending over 3 connections");
+        expect(run.stdout).toContain('"streams":3');
+        await expectMovedWhole(h, w.acked, srv.socket, dst.socket);
+      },
+      tlsFlags("hostb", "site"),
+    );
+  }, 60_000);
+
   test("a source whose certificate another CA signed is refused at the handshake; the destination waits on, and the real source gets through", async () => {
     const h = await hosts(32, 8);
     await withPair(
