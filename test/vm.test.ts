@@ -127,7 +127,8 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
       const { dest, dst, release } = await heldDestination(at, s, 7100 + at.n, `tcp:${net.b.ip}:${4440 + at.n}`, ["--json"]);
       await Bun.sleep(1500); // the guest writes on at A
       const source = spawnIn(net.a.ns, [
-        "source", "--name", "vm", "--run-dir", s.a, "--to", `${net.b.ip}:${7100 + at.n}`, "--secret-file", s.secret, "--json",
+        // Three connections (auto would open one on this path): the guest's disk over several streams, as over a long path.
+        "source", "--name", "vm", "--run-dir", s.a, "--to", `${net.b.ip}:${7100 + at.n}`, "--secret-file", s.secret, "--json", "--streams", "3",
         "--hypervisor", "qemu", "--qmp", `unix:${s.src.qmpPath}`, "--migrate-uri", `tcp:${net.b.ip}:${4440 + at.n}`,
       ]);
       const ram = ramAtSwitchover(at, s.src, dst, release);
@@ -155,6 +156,7 @@ describe("a real VM (QEMU, TCG) migrated live between two network namespaces", (
           `guest serial gap ${fig.serialGapMs} ms; writes A ${fig.srcWrites}, B ${fig.dstWrites}`,
       );
       expect(runningAt).toBeGreaterThan(pausedAt);
+      expect(done.streams).toBe(3);
       expect(s.src.failures()).toEqual([]);
       expect(dst.failures()).toEqual([]);
       await ours(async () => {
