@@ -1,6 +1,13 @@
 // The resume policy on a synthetic clock.
 import { describe, expect, test } from "bun:test";
-import { RESUME_WINDOW_MS, ResumePolicy } from "../src/phases/source/resume-policy.ts";
+import { FIRST_CONNECT_WINDOW_MS, RESUME_WINDOW_MS, ResumePolicy } from "../src/phases/source/resume-policy.ts";
+
+/** A policy whose connection shook hands once (a link that worked, then broke). */
+function afterAConnection(): ResumePolicy {
+  const p = new ResumePolicy();
+  p.connected();
+  return p;
+}
 
 /** Tries until the policy gives up, every try failing at once; returns the times of the tries. */
 function triesUntilGivenUp(p: ResumePolicy, start = 0): number[] {
@@ -16,14 +23,20 @@ function triesUntilGivenUp(p: ResumePolicy, start = 0): number[] {
 
 describe("resume policy", () => {
   test("pauses double from 250 ms to 4 s, and the tries stop a minute after the first failure", () => {
-    const at = triesUntilGivenUp(new ResumePolicy());
+    const at = triesUntilGivenUp(afterAConnection());
     expect(at.slice(0, 6)).toEqual([250, 750, 1750, 3750, 7750, 11750]);
     expect(at.at(-1)!).toBeLessThanOrEqual(RESUME_WINDOW_MS);
     expect(at.at(-1)!).toBeGreaterThan(RESUME_WINDOW_MS - 4000);
   });
 
-  test("a link down for 30 s: a try lands within 4 s of its return", () => {
+  test("a destination never reached (a wrong port, a dest not started): given up within 15 s, six tries", () => {
     const at = triesUntilGivenUp(new ResumePolicy());
+    expect(at).toEqual([250, 750, 1750, 3750, 7750, 11750]);
+    expect(at.at(-1)!).toBeLessThanOrEqual(FIRST_CONNECT_WINDOW_MS);
+  });
+
+  test("a link down for 30 s: a try lands within 4 s of its return", () => {
+    const at = triesUntilGivenUp(afterAConnection());
     const first = at.find((t) => t >= 30_000)!;
     expect(first - 30_000).toBeLessThanOrEqual(4000);
   });
