@@ -104,7 +104,7 @@ export class Channel {
    * Data frames' buffers, reused (buffer-pool.ts). Only where the writer copies what it
    * takes (a Bun TCP socket); a pipe's writer may keep the buffer.
    */
-  private readonly frames?: BufferPool;
+  private frames?: BufferPool;
 
   /** Sealed frames (seal.ts), from the handshake's end on; undefined in the clear (--insecure, SSH). */
   private sealer?: Sealer;
@@ -273,6 +273,9 @@ export class Channel {
     if (other.inbox.length || other.decoder.buffered) throw new ProtocolError(`stream ${lane} sent frames before it joined`);
     if (this.lanes[lane]) throw new ProtocolError(`stream ${lane} joined twice`);
     other.primary = this;
+    // One pool of frame buffers for the channel, each way (the decoder's is empty: nothing buffered).
+    other.decoder = new FrameDecoder(this.decoder.frames);
+    if (other.frames && this.frames) other.frames = this.frames;
     this.lanes[lane] = other;
     this.streams++;
     this.inboxes = this.lanes.map((l) => l && { take: () => l.take(), pending: () => l.inbox.length });

@@ -557,8 +557,12 @@ function checkHeader(head: Buffer): number {
 export class FrameDecoder {
   private readonly queue = new ByteQueue();
   private readonly header = Buffer.alloc(FRAME_HEADER_LEN);
-  /** Frame buffers: four kept, more made while the channel's inbox holds more frames. */
-  private readonly frames = new BufferPool({ minBytes: MIN_POOLED_FRAME, allocBytes: FRAME_BUFFER_BYTES, keep: 4 });
+  /**
+   * Frame buffers: four kept, more made while the channel's inbox holds more frames. A
+   * channel's lanes share their first lane's (lanes.ts): its frames are recycled through the
+   * channel whichever lane brought them, and a pool per lane kept four more each.
+   */
+  constructor(readonly frames = new BufferPool({ minBytes: MIN_POOLED_FRAME, allocBytes: FRAME_BUFFER_BYTES, keep: 4 })) {}
 
   /** Bytes received and not yet part of a whole frame. */
   get buffered(): number {
