@@ -1,6 +1,6 @@
 // --streams auto on synthetic hosts: enough streams for the round trip's window, no more.
 import { describe, expect, test } from "bun:test";
-import { autoStreams, parseStreams } from "../src/net/stream-count.ts";
+import { autoStreams, parseStreams, windowBound } from "../src/net/stream-count.ts";
 
 const MiB = 1024 * 1024;
 const host = { sendBufMax: 4 * MiB, recvBufMax: 32 * MiB }; // Debian's defaults here
@@ -29,5 +29,11 @@ describe("--streams auto", () => {
     expect(parseStreams("auto")).toBe("auto");
     expect(parseStreams("4")).toBe(4);
     for (const bad of ["0", "17", "2.5", "many", ""]) expect(() => parseStreams(bad)).toThrow(/--streams/);
+  });
+
+  test("one stream is window-bound at 1 Gbit/s, 100 ms (280 Mbit/s: 3.5 MB a round trip), not on a 5 Mbit/s WAN or at 100 Mbit/s, 5 ms", () => {
+    expect(windowBound({ bytesPerMs: 35_000, rttMs: 100, ...host })).toBe(true);
+    expect(windowBound({ bytesPerMs: 625, rttMs: 100, ...host })).toBe(false);
+    expect(windowBound({ bytesPerMs: 12_500, rttMs: 5, ...host })).toBe(false);
   });
 });

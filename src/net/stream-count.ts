@@ -4,8 +4,11 @@
 // gave one stream 280 Mbit/s at 100 ms, 3.5 MB in flight). A link of R bytes/s and a round
 // trip of T needs R × T in flight, so R × T / window streams.
 //
-// The link's rate is not known when the streams open (the bulk copy measures it later), so
-// auto assumes 1 Gbit/s, unless --bandwidth says. Streams beyond what the link needs are not
+// The link's rate is not known when the first connection opens, so auto starts with one and
+// opens the rest only once the bulk copy has measured that one bound by its window (it moves
+// about a window per round trip): a slow link (the 5 Mbit/s WAN) keeps its one stream, whose
+// compression and queue it has to itself. How many then: enough for 1 Gbit/s, unless
+// --bandwidth says. Streams beyond what the link needs are not
 // free: measured through the link emulator on this 2-core host, 8 streams moved 512 MiB at
 // 1 Gbit/s, 100 ms at 352 Mbit/s and 4 streams at 463 (each stream's runs wait in turn at the
 // receiver, and cost CPU); at 100 Mbit/s, 50 ms, 8 streams overflowed the bottleneck's queue
@@ -45,6 +48,15 @@ export function socketBufferMax(): { sendBufMax: number; recvBufMax: number } {
     }
   };
   return { sendBufMax: third("/proc/sys/net/ipv4/tcp_wmem", 4 * 1024 * 1024), recvBufMax: third("/proc/sys/net/ipv4/tcp_rmem", 6 * 1024 * 1024) };
+}
+
+/** Past this share of one window per round trip, a stream is taken to be bound by its window, not by the link. */
+const WINDOW_BOUND_SHARE = 0.5;
+
+/** Whether one stream moving `bytesPerMs` over `rttMs` is held by its window: more streams would move more. */
+export function windowBound(o: { bytesPerMs: number; rttMs: number; sendBufMax: number; recvBufMax: number }): boolean {
+  const perRoundTrip = WINDOW_SHARE * Math.min(o.sendBufMax, o.recvBufMax);
+  return o.bytesPerMs * o.rttMs >= WINDOW_BOUND_SHARE * perRoundTrip;
 }
 
 /** The streams to open: a fixed number as asked, else from the measured round trip. */

@@ -6,6 +6,7 @@
 import type { Logger } from "../../log.ts";
 import { type Channel, ChannelClosed } from "../../net/channel.ts";
 import type { Ready } from "../../net/protocol.ts";
+import { socketBufferMax, windowBound } from "../../net/stream-count.ts";
 import { type Credentials, joinHandshake, type Offer } from "../init.ts";
 
 /** A join that takes longer than this (after a few round trips) is given up; the others go on. */
@@ -76,5 +77,33 @@ export async function connectWithin(connect: () => Promise<Channel>, ms: number)
     return await Promise.race([connecting, timedOut]);
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/** TCP's slow start is over by then (a few round trips), so the rate measured is the stream's own. */
+const GROWTH_AFTER_MS = 2000;
+
+/**
+ * --streams auto (src/net/stream-count.ts): the further connections open, once, when the bulk
+ * copy has measured its one connection bound by its window. They join beside the sending,
+ * which goes on meanwhile; the channel takes each lane as it joins.
+ */
+export class LaneGrowth {
+  private readonly since = performance.now();
+  private started = false;
+
+  constructor(
+    private readonly ch: Channel,
+    private readonly rttMs: number,
+    private readonly open: () => Promise<void>,
+  ) {}
+
+  /** Called before each bulk chunk. */
+  check(): void {
+    if (this.started || performance.now() - this.since < Math.max(GROWTH_AFTER_MS, 10 * this.rttMs)) return;
+    const bytesPerMs = this.ch.linkBytesPerMs();
+    if (bytesPerMs === undefined || !windowBound({ bytesPerMs, rttMs: this.rttMs, ...socketBufferMax() })) return;
+    this.started = true;
+    void this.open().catch(() => undefined); // a lane that cannot join leaves the channel as it was
   }
 }

@@ -22,7 +22,7 @@ import { setUpRedirect } from "../redirect.ts";
 import { RecordingWatch } from "../recording-watch.ts";
 import { checkInterrupted, enter, type LiveRun, retireDeltas } from "./live-run.ts";
 import { sampleServe, wireCount } from "./sampler.ts";
-import { CONNECT_TIMEOUT_MS, connectWithin, openLanes } from "./open-lanes.ts";
+import { CONNECT_TIMEOUT_MS, connectWithin, LaneGrowth, openLanes } from "./open-lanes.ts";
 import { MAX_AUTO_STREAMS, type StreamsSetting, streamsFor } from "../../net/stream-count.ts";
 
 /** HELLO's offer: what auto may open at most, or the number asked for. */
@@ -35,6 +35,8 @@ export interface Link {
   rttMs: number;
   /** One per connection: a new link may be another link (a resume over another path). */
   z: Compressor;
+  /** --streams auto: opens the further connections once the bulk shows one is not enough. */
+  grow?: LaneGrowth;
 }
 
 /** The catch-up that converged, and the delta stream it drains (the hand-off sends the rest). */
@@ -86,12 +88,20 @@ export async function connect(run: LiveRun, attempt: number): Promise<Link> {
   const rttMs = (performance.now() - shookAt) / 2;
   run.resume.connected();
   if (attempt > 0) noteResume(run, ready);
-  const want = streamsFor(o.streams ?? 1, timing.welcomeMs ?? rttMs, ch.rate && ch.rate.bytesPerSec);
-  const streams = await openLanes(ch, ready, want, { connect: o.connect, creds: o.creds, offer, log: o.log, rttMs });
-  if (streams > 1 && attempt === 0) o.log.info(`sending over ${streams} connections (--streams ${o.streams}; round trip ${(timing.welcomeMs ?? rttMs).toFixed(1)} ms)`);
+  const roundTripMs = timing.welcomeMs ?? rttMs;
+  const lanes = { connect: o.connect, creds: o.creds, offer, log: o.log, rttMs };
+  const announce = (streams: number) => {
+    if (streams > 1) o.log.info(`sending over ${streams} connections (--streams ${o.streams}; round trip ${roundTripMs.toFixed(1)} ms)`);
+  };
+  // A fixed number opens now; auto waits for the bulk to show one stream bound by its window.
+  if (o.streams !== "auto") announce(await openLanes(ch, ready, o.streams ?? 1, lanes));
+  const grow =
+    o.streams === "auto"
+      ? new LaneGrowth(ch, roundTripMs, async () => announce(await openLanes(ch, ready, streamsFor("auto", roundTripMs, ch.rate && ch.rate.bytesPerSec), lanes)))
+      : undefined;
   const z = new Compressor(o.compress, ch, rttMs);
   run.compressors.push(z);
-  return { ch, ready, rttMs, z };
+  return { ch, ready, rttMs, z, grow };
 }
 
 /** A resumed connection: what the last one sent past where the destination got counts as sent again. */
@@ -107,7 +117,7 @@ function noteResume(run: LiveRun, ready: Ready): void {
  * catch-up's first report: BULK_END can wait for the bulk's tail to drain (13 s on the WAN),
  * past the cap's 2 s lease.
  */
-export async function copyBulk(run: LiveRun, { ch, ready, z }: Link): Promise<void> {
+export async function copyBulk(run: LiveRun, { ch, ready, z, grow }: Link): Promise<void> {
   const { ctl, o, check, carried } = run;
   const { logPath, watch } = run.recording!;
   enter(run, "bulk");
@@ -123,6 +133,7 @@ export async function copyBulk(run: LiveRun, { ch, ready, z }: Link): Promise<vo
       beforeChunk: () => {
         checkInterrupted(run);
         paced.check();
+        grow?.check();
       },
       // Coalesce mode: what the VM writes ahead of the copy goes into the log without
       // its data (paper mode logs and sends every write, as the paper does).
