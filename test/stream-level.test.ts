@@ -16,15 +16,6 @@ describe("StreamLevel", () => {
     expect(s.settled).toBe(true);
   });
 
-  test("a policy not yet informed (its probes still running beside the sending): the level follows its guesses, and settles at the first informed piece, or after eight", () => {
-    const s = new StreamLevel();
-    expect([s.next(1, U, false), s.next(1, U, false), s.next(3, U, false), s.next(19, U, true), s.next(9, U, true)]).toEqual([1, 1, 3, 19, 19]);
-    expect(s.settled).toBe(true);
-    const never = new StreamLevel();
-    expect(Array.from({ length: 10 }, (_, i) => never.next(i < 7 ? 1 : 16, U, false))).toEqual([1, 1, 1, 1, 1, 1, 1, 16, 16, 16]);
-    expect(never.settled).toBe(true);
-  });
-
   test("past its youth, a wandering policy (3, 6, 9, 6, 16) leaves the level alone", () => {
     const s = new StreamLevel();
     run(s, [9, 9, 9]);

@@ -101,7 +101,7 @@ export class Compressor {
     let out: Compressed;
     if (streamable && level > 0 && this.streaming()) {
       this.stream ??= { deflater: new StreamDeflater(), level: new StreamLevel() };
-      level = this.stream.level.next(level, data.length, this.policy ? this.policy.measuredAll() : true);
+      level = this.stream.level.next(level, data.length);
       // Always sent as made, even if it did not shrink: the receiver's stream must see every piece.
       out = { data: await this.stream.deflater.piece(data, level), compressed: true, streamed: true };
       this.streamedRaw += data.length;

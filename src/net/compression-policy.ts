@@ -194,11 +194,6 @@ export class CompressionPolicy {
     return out;
   }
 
-  /** Every level of the ladder has been measured on this data (a stream's level may settle then: stream-level.ts). */
-  measuredAll(): boolean {
-    return this.est.every((e) => e !== undefined && e.samples > 0);
-  }
-
   /** Two levels or more measured, and every one keeps nearly all of the data. */
   private incompressible(): boolean {
     const measured = this.est.filter((e, i) => i > 0 && e && e.samples > 0);
