@@ -18,7 +18,7 @@ type Result = Awaited<ReturnType<ReturnType<typeof spawnSource>["result"]>>;
  * check. The bulk goes uncompressed and capped, so the fault lands mid-bulk.
  */
 async function fourStreams(
-  o: { sizeMiB: number; dataMiB: number; writer: StressPattern; atMiB: number },
+  o: { sizeMiB: number; dataMiB: number; writer: StressPattern; atMiB: number | "deltas" },
   fault: (proxy: Proxy) => void,
   check: (r: Result, proxy: Proxy, dstStderr: string) => void,
 ): Promise<void> {
@@ -28,7 +28,8 @@ async function fourStreams(
     try {
       const w = await stressWriter(srv.socket, { pattern: o.writer, from: (o.dataMiB + 4) * MiB, bytes: Math.min(48, o.sizeMiB - o.dataMiB - 8) * MiB });
       const run = spawnSource(h, proxy.port, ["--insecure", "--compress", "none", "--streams", "4", "--bandwidth", "400mbit"]);
-      while (proxy.bytes < o.atMiB * MiB) await Bun.sleep(20);
+      if (o.atMiB === "deltas") await run.waitEvent((e) => e.event === "phase" && e.phase === "deltas", 60_000);
+      else while (proxy.bytes < o.atMiB * MiB) await Bun.sleep(20);
       fault(proxy);
       const r = await run.result();
       await w.stop();
@@ -107,6 +108,23 @@ describe("several connections as one channel", () => {
     );
   }, 150_000);
 
+  test("the link lost for 30 s mid-deltas (the writer still writing): the same four connections carry on when it returns, nothing sent twice; identical, one host", async () => {
+    let lostAt = 0;
+    await fourStreams(
+      { sizeMiB: 256, dataMiB: 64, writer: "random4k", atMiB: "deltas" },
+      (proxy) => {
+        lostAt = Date.now();
+        proxy.loseLinkFor(30_000);
+      },
+      ({ done }, proxy) => {
+        expect(Date.now() - lostAt).toBeGreaterThan(30_000);
+        expect(done!.reconnects).toBe(0);
+        expect(done!.bytesResent).toBe(0);
+        expect(proxy.connections).toBe(4);
+      },
+    );
+  }, 150_000);
+
   test("all four streams cut and refused for 30 s mid-bulk: resumed by itself from where the destination got; what crossed again is counted, and is what the cut lost", async () => {
     await fourStreams(
       { sizeMiB: 256, dataMiB: 224, writer: "seq1m", atMiB: 96 },
@@ -119,6 +137,17 @@ describe("several connections as one channel", () => {
         const resent = done!.bytesResent as number;
         expect(resent).toBeGreaterThan(0);
         expect(Math.abs(first - reached - resent)).toBeLessThan(2 * MiB);
+      },
+    );
+  }, 150_000);
+
+  test("all four streams cut and refused for 30 s mid-deltas (the writer still writing): resumed by itself; identical, nothing acknowledged lost, one host", async () => {
+    await fourStreams(
+      { sizeMiB: 256, dataMiB: 64, writer: "random4k", atMiB: "deltas" },
+      (proxy) => proxy.down(30_000),
+      ({ done }) => {
+        expect(done!.reconnects as number).toBeGreaterThanOrEqual(5);
+        expect(done!.streams).toBe(4);
       },
     );
   }, 150_000);
