@@ -68,3 +68,27 @@ describe("Compressor", () => {
     }
   });
 });
+
+describe("Compressor probes (auto)", () => {
+  test("a unit that waited for the link probes other levels before the next only while the link still has bytes queued", async () => {
+    const random = new Uint8Array(1024 * 1024).map(() => (Math.random() * 256) | 0);
+    const probesAfterSecondUnit = async (backlog: boolean) => {
+      const link = { linkBytesPerMs: () => 8000, waitedMs: 0, hasBacklog: () => backlog }; // slow start reads as a slow link
+      const z = new Compressor("auto", link, 100);
+      let noted = 0; // probes: notes of a unit not sent (sent() notes the unit sent through note() too)
+      const policy = (z as unknown as { policy: { note: (s: unknown) => void; sent: (u: unknown) => void } }).policy;
+      const note = policy.note.bind(policy);
+      const sent = policy.sent.bind(policy);
+      policy.note = (s) => (noted++, note(s));
+      policy.sent = (u) => (sent(u), noted--);
+      await z.compress(random, true);
+      await (z as unknown as { probing?: Promise<void> }).probing; // the first unit's probes, beside its sending
+      noted = 0;
+      link.waitedMs = 500; // it waited for the link
+      await z.compress(random, true);
+      return noted;
+    };
+    expect(await probesAfterSecondUnit(true)).toBeGreaterThan(0);
+    expect(await probesAfterSecondUnit(false)).toBe(0);
+  });
+});

@@ -27,6 +27,11 @@ export class DrainMeter {
     this.lastBacklog = backlog;
   }
 
+  /** The backlogged time and the bytes drained in it, so far: two readings give the rate between them. */
+  totals(): { busyMs: number; busyBytes: number } {
+    return { busyMs: this.busyMs, busyBytes: this.busyBytes };
+  }
+
   /** Bytes per ms, once backlogged stretches add up to `minMs`; undefined before (or if there never was one). */
   bytesPerMs(minMs: number): number | undefined {
     if (this.busyMs < minMs) return undefined;

@@ -80,8 +80,15 @@ export async function connectWithin(connect: () => Promise<Channel>, ms: number)
   }
 }
 
-/** TCP's slow start is over by then (a few round trips), so the rate measured is the stream's own. */
-const GROWTH_AFTER_MS = 2000;
+/**
+ * The one stream's rate is judged over its recent backlogged time, at least this many round
+ * trips of it (and GROWTH_MIN_MS): the meter's life-long average still carried slow start and
+ * crossed the window-bound line only 2.5 s into the bulk at 1 Gbit/s, 100 ms, a third of a
+ * 256 MiB move on one stream. Slow start only makes a reading low: a reading that falls
+ * short is simply followed by the next.
+ */
+const GROWTH_ROUND_TRIPS = 4;
+const GROWTH_MIN_MS = 300;
 
 /**
  * --streams auto (src/net/stream-count.ts): the further connections open, once, when the bulk
@@ -89,20 +96,26 @@ const GROWTH_AFTER_MS = 2000;
  * which goes on meanwhile; the channel takes each lane as it joins.
  */
 export class LaneGrowth {
-  private readonly since = performance.now();
   private started = false;
+  private mark: { busyMs: number; busyBytes: number };
 
   constructor(
     private readonly ch: Channel,
     private readonly rttMs: number,
     private readonly open: () => Promise<void>,
-  ) {}
+  ) {
+    this.mark = ch.drainTotals();
+  }
 
   /** Called before each bulk chunk. */
   check(): void {
-    if (this.started || performance.now() - this.since < Math.max(GROWTH_AFTER_MS, 10 * this.rttMs)) return;
-    const bytesPerMs = this.ch.linkBytesPerMs();
-    if (bytesPerMs === undefined || !windowBound({ bytesPerMs, rttMs: this.rttMs, ...socketBufferMax() })) return;
+    if (this.started) return;
+    const now = this.ch.drainTotals();
+    const busyMs = now.busyMs - this.mark.busyMs;
+    if (busyMs < Math.max(GROWTH_MIN_MS, GROWTH_ROUND_TRIPS * this.rttMs)) return;
+    const bytesPerMs = (now.busyBytes - this.mark.busyBytes) / busyMs;
+    this.mark = now;
+    if (!windowBound({ bytesPerMs, rttMs: this.rttMs, ...socketBufferMax() })) return;
     this.started = true;
     void this.open().catch(() => undefined); // a lane that cannot join leaves the channel as it was
   }
