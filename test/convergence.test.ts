@@ -129,18 +129,48 @@ describe("ConvergenceController", () => {
     expect(level).toBe(0);
   });
 
-  test("fixed costs over the budget (a slow fsync at B): once nothing the throttle can shrink is left, it fences; not before", () => {
+  test("fixed costs over the budget (a slow fsync at B): once nothing the throttle can shrink is left and the throttle has held the VM a window, it fences; not before", () => {
     const c = new ConvergenceController({ budgetMs: 50 });
     // 2 x 40 ms of the destination's syncs and 2 ms of control calls: 82 ms whatever the VM does.
     const slow = { ...base, controlMs: 2, destSyncMs: 40, linkBytesPerMs: 10_000 };
     expect(c.observe(0, { ...slow, queuedBytes: 1_000_000 }).fence).toBe(false); // 100 ms of transfer still to shrink
     expect(c.observe(50, { ...slow, queuedBytes: 200_000 }).fence).toBe(false); // 20 ms: more than a fifth of the budget
-    const v = c.observe(100, { ...slow, queuedBytes: 50_000 }); // 5 ms
+    const first = c.observe(100, { ...slow, queuedBytes: 50_000 }); // 5 ms: at the floor, but the throttle has not tried
+    expect(first.fence).toBe(false);
+    expect(first.level).toBe(1);
+    expect(c.observe(600, { ...slow, queuedBytes: 50_000 }).fence).toBe(false);
+    const v = c.observe(1100, { ...slow, queuedBytes: 50_000 }); // a window at level 1
     expect(v.fence).toBe(true);
+    expect(v.level).toBe(1);
     expect(v.estimate.workMs).toBeGreaterThan(50); // and the estimate says so
     // Fixed costs within the budget: the budget holds as before.
     const fast = { ...base, controlMs: 2, destSyncMs: 10, linkBytesPerMs: 10_000 };
     expect(new ConvergenceController({ budgetMs: 50 }).observe(0, { ...fast, queuedBytes: 300_000 }).fence).toBe(false);
+  });
+
+  test("issue 33's writer (4 KiB at random, queue depth 1, a flush every 64; loopback): no verdict fences over the budget at level 0", () => {
+    // Its trace as the controller saw it: the destination's background syncs 120-150 ms under
+    // the writer's flushes, control calls 1-3 ms, 0.1-0.6 MB queued on a 1 GB/s link, little
+    // to rehash: at the floor from the first look (299 ms estimated, as in the issue).
+    const c = new ConvergenceController({ budgetMs: 50, targetMs: 2000 });
+    const verdicts: { fence: boolean; level: number; workMs: number }[] = [];
+    for (let t = 0; t <= 10_000; t += 20) {
+      const v = c.observe(t, {
+        ...base,
+        queuedBytes: 100_000 + ((t * 7919) % 500_000),
+        linkBytesPerMs: 1_000_000,
+        controlMs: 1 + ((t / 20) % 3),
+        destSyncMs: 120 + ((t / 20) % 31),
+        hashBytes: 400_000,
+        hashBytesPerMs: 400_000,
+      });
+      verdicts.push({ fence: v.fence, level: v.level, workMs: v.estimate.workMs });
+      if (v.fence) break;
+    }
+    const fence = verdicts.at(-1)!;
+    expect(fence.fence).toBe(true); // it does not hang at the floor either
+    for (const v of verdicts) if (v.fence && v.workMs > 50) expect(v.level).toBeGreaterThan(0);
+    expect(verdicts.filter((v) => v.level > 0).length * 20).toBeGreaterThanOrEqual(1000); // the throttle held a window first
   });
 
   test("atLeast raises the level for pressure the estimate does not see (the log's bound)", () => {

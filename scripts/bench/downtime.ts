@@ -2,7 +2,7 @@
 // writers from gentle to as-fast-as-they-go, on loopback, a 1 Gbit/s link and the paper's
 // WAN, side by side with QEMU's own live storage migration in the same run.
 //
-//   npm run bench -- downtime [--links loopback,1gbit,wan] [--writers none,static-web,dynamic-web,diabolical,random-4k]
+//   npm run bench -- downtime [--links loopback,1gbit,wan] [--writers none,static-web,dynamic-web,diabolical,random-4k,commit-4k]
 //                             [--rows wanmig,wanmig-paper,qsd-background,qsd-write-blocking]
 //                             [--runs 5] [--wan-runs 1] [--image-mib 256] [--data-mib 32] [--timeout-s 600] [--json FILE]
 //                             [--events DIR]   (each wanmig run's NDJSON events and the writer's progress, to see why a row took long)
@@ -42,7 +42,7 @@ const LINKS: Record<string, Scenario> = {
   wan: { name: "wan", rateSpec: "5mbit", bps: 5e6, rttMs: 100 },
 };
 const ROWS = ["wanmig", "wanmig-paper", "qsd-background", "qsd-write-blocking"];
-const WRITERS = ["none", "static-web", "dynamic-web", "diabolical", "random-4k"];
+const WRITERS = ["none", "static-web", "dynamic-web", "diabolical", "random-4k", "commit-4k"];
 
 interface Run {
   link: string;

@@ -4,10 +4,13 @@
 //   video        streaming: long sequential reads, rare small writes
 //   diabolical   Bonnie-like: large sequential writes as fast as the disk takes them
 //   random-4k    a database's worst: 4 KiB writes at random offsets, as fast as they go
+//   commit-4k    a database committing: 4 KiB writes at random offsets one at a time, a
+//                flush after every 64 (issue 33's case 1: many small records, each cheap
+//                to send and dear to apply)
 
-export type Op = { kind: "read" | "write"; offset: number; length: number } | { kind: "pause"; ms: number };
-export type PatternName = "static-web" | "dynamic-web" | "video" | "diabolical" | "random-4k";
-export const patternNames: PatternName[] = ["static-web", "dynamic-web", "video", "diabolical", "random-4k"];
+export type Op = { kind: "read" | "write"; offset: number; length: number } | { kind: "pause"; ms: number } | { kind: "flush" };
+export type PatternName = "static-web" | "dynamic-web" | "video" | "diabolical" | "random-4k" | "commit-4k";
+export const patternNames: PatternName[] = ["static-web", "dynamic-web", "video", "diabolical", "random-4k", "commit-4k"];
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -53,6 +56,10 @@ export function* pattern(name: PatternName, size: number): Generator<Op> {
         break;
       case "random-4k":
         yield { kind: "write", offset: randomAligned(size, 4 * KiB), length: 4 * KiB };
+        break;
+      case "commit-4k":
+        for (let i = 0; i < 64; i++) yield { kind: "write", offset: randomAligned(size, 4 * KiB), length: 4 * KiB };
+        yield { kind: "flush" };
         break;
     }
   }

@@ -71,6 +71,7 @@ export async function runWorkload(o: {
     }
     try {
       if (op.kind === "read") await client.pread(op.offset, op.length);
+      else if (op.kind === "flush") await client.flush();
       else await client.pwrite(op.offset, payload(op.length));
     } catch (err) {
       if (!(err instanceof NbdClientError) || (err.nbdError !== 0 && err.nbdError !== NbdErr.EPERM)) throw err;
@@ -84,7 +85,7 @@ export async function runWorkload(o: {
     r.longestStallMs = Math.max(r.longestStallMs, now - lastDone);
     lastDone = now;
     if (op.kind === "read") r.reads++;
-    else {
+    else if (op.kind === "write") {
       r.writes++;
       r.bytesWritten += op.length;
       if (disruptedAt !== undefined) {
