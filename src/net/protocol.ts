@@ -77,7 +77,8 @@
 // (region-digest.ts); 8: every frame after AUTH sealed when a secret is used (seal.ts);
 // 9: HELLO's `disks` (a VM's several disks as one space, image-set.ts); 10: several
 // connections as one channel (HELLO's `streams` and `join`, READY's `streams` and `session`,
-// JOINED, NEXT; lanes.ts).
+// JOINED, NEXT; lanes.ts); 11: the image digest over groups of regions that hold data
+// (another digest value for the same image; region-digest.ts).
 // New message types need a new version; unknown
 // types, oversize lengths and bad checksums are errors, never guesses.
 
@@ -85,7 +86,7 @@ import { ProtocolError } from "./errors.ts";
 import { BufferPool } from "../util/buffer-pool.ts";
 import { ByteQueue } from "../util/byte-queue.ts";
 
-export const PROTOCOL_VERSION = 10;
+export const PROTOCOL_VERSION = 11;
 export const FRAME_MAGIC = 0x574d4731; // "WMG1"
 export const FRAME_HEADER_LEN = 12;
 export const FRAME_TRAILER_LEN = 4;
