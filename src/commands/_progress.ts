@@ -39,8 +39,9 @@ export function progressReporter(out: { write(s: string): unknown; isTTY?: boole
       } else if (e.phase === "deltas") {
         const cap = e.rateCap ? ` (VM writes held to ${formatBytes(e.rateCap as number)}/s)` : "";
         const copying = e.copyLeftBytes ? ` (a copy pass: ${formatBytes(e.copyLeftBytes as number)} of it)` : "";
+        const held = e.heldBytes ? ` + ${formatBytes(e.heldBytes as number)} held` : "";
         draw(
-          `deltas: ${e.deltasSent} sent, ${formatBytes(e.queuedBytes as number)} queued${copying}, ${formatBytes(e.unackedBytes as number)} unacked; ` +
+          `deltas: ${e.deltasSent} sent, ${formatBytes(e.queuedBytes as number)} queued${held}${copying}, ${formatBytes(e.unackedBytes as number)} unacked; ` +
             `hand-off ~${e.estimateMs} ms, budget ${e.budgetMs} ms; throttle level ${e.throttleLevel}${cap}`,
         );
       }

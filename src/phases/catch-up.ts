@@ -59,6 +59,8 @@ export interface ImageCheck {
 /** What the deltas phase reports while it runs (the progress line, --json). */
 export interface DeltasProgress {
   queuedBytes: number;
+  /** Bytes of the VM's writes the serve holds back (the cap), not yet in the queue. */
+  heldBytes: number;
   unackedBytes: number;
   deltasSent: number;
   /** Delta bytes sent so far (before compression). */
@@ -88,6 +90,8 @@ export class CatchUp {
   private controlMs = 1;
   private cap?: number;
   private log: { bytes: number; maxBytes?: number } = { bytes: 0 };
+  /** Writes the serve holds back (the cap): not yet in the log, yet they cross before the hand-off can go. */
+  private held = { writes: 0, bytes: 0 };
   private verdict?: Verdict;
   /** The serve being told the VM stopped at the source (vmStopped()). */
   private stopNotice?: Promise<void>;
@@ -126,6 +130,7 @@ export class CatchUp {
       this.controlMs = 0.7 * this.controlMs + 0.3 * (performance.now() - asked);
       this.throttleLevel = answer.level;
       if (answer.log) this.log = answer.log;
+      if (answer.held) this.held = answer.held;
       this.lastReport = Date.now();
     })().finally(() => (this.reporting = undefined));
     return this.reporting;
@@ -151,11 +156,12 @@ export class CatchUp {
     return this.deltas.ackedBulk >= this.size;
   }
 
-  /** The controller's look at the hand-off, were the source fenced now. */
-  private assess(): Verdict {
+  /** What the hand-off would cost were the source fenced now, as measured so far. */
+  private inputs(): HandoffInputs {
     const d = this.deltas;
-    const queued = d.pendingBytes();
-    const inputs: HandoffInputs = {
+    // Held writes count as queued: at the fence the serve lets them go, and each becomes a delta to ship and rehash.
+    const queued = d.pendingBytes() + this.held.bytes;
+    return {
       queuedBytes: queued,
       unackedWireBytes: d.unackedBytes(),
       compressionRatio: d.compressionRatio(),
@@ -167,6 +173,11 @@ export class CatchUp {
       controlMs: 2 * this.controlMs, // the fence, then the dirty map
       destSyncMs: d.destSyncMs,
     };
+  }
+
+  /** The controller's look at the hand-off, were the source fenced now. */
+  private assess(): Verdict {
+    const inputs = this.inputs();
     // Until the destination has the whole bulk copy, its tail shares the link (up to a
     // channel's worth of it queued): no fence, and no verdict on a pace the deltas do not set.
     const v = this.bulkAcked() ? this.controller.observe(performance.now(), inputs) : { fence: false, estimate: estimateHandoff(inputs), level: this.controller.currentLevel };
@@ -214,6 +225,7 @@ export class CatchUp {
       this.lastProgress = Date.now();
       this.onProgress({
         queuedBytes: d.pendingBytes(),
+        heldBytes: this.held.bytes,
         unackedBytes: d.unackedBytes(),
         deltasSent: d.sent,
         deltaBytes: d.bytes,
@@ -221,7 +233,8 @@ export class CatchUp {
         copyPasses: d.copyPasses,
         copyLeftBytes: d.copyLeftBytes(),
         throttleLevel: Math.max(this.throttleLevel, this.verdict?.level ?? 0),
-        estimateMs: Math.round(this.verdict?.estimate.totalMs ?? 0),
+        // Before the first verdict too: a progress line reading 0 ms with MBs queued told the operator nothing.
+        estimateMs: Math.round((this.verdict?.estimate ?? estimateHandoff(this.inputs())).totalMs),
         budgetMs: this.settings.budgetMs,
         rateCap: this.cap,
       });

@@ -45,7 +45,7 @@ export class ControlClient {
    * (bytes/s) holds the VM's writes to it for a lease the next report renews. Returns what
    * was written since the last call too.
    */
-  shipped(seq: bigint, recording?: string, rateCap?: number): Promise<ThrottleState & DirtySince & { rateCapBytesPerSec?: number; log?: { bytes: number; shipBytes: number; maxBytes?: number } }> {
+  shipped(seq: bigint, recording?: string, rateCap?: number): Promise<ThrottleState & DirtySince & { rateCapBytesPerSec?: number; log?: { bytes: number; shipBytes: number; maxBytes?: number }; held?: { writes: number; bytes: number } }> {
     return this.call("POST", "/v1/record", { action: "shipped", seq: seq.toString(), recording, rateCap: rateCap ?? 0 });
   }
 

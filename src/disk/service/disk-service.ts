@@ -294,12 +294,13 @@ export class DiskService implements ControlledServe {
   }
 
   /** The source has shipped (or skipped) every delta up to `seq`: the throttle's queue shrinks. */
-  noteShipped(seq: bigint, rateCap = 0): ThrottleState & { rateCapBytesPerSec?: number; log: { bytes: number; shipBytes: number; maxBytes?: number } } {
+  noteShipped(seq: bigint, rateCap = 0): ThrottleState & { rateCapBytesPerSec?: number; log: { bytes: number; shipBytes: number; maxBytes?: number }; held: { writes: number; bytes: number } } {
     const first = this.recording.state().firstSeq;
     if (first !== undefined && seq >= BigInt(first)) this.throttling.policy.noteShipped(Number(seq - BigInt(first) + 1n));
     this.throttling.cap.set(rateCap);
     const rec = this.recording.state();
-    return { ...this.throttling.policy.state(), rateCapBytesPerSec: this.throttling.cap.current(), log: { bytes: rec.bytes, shipBytes: rec.shipBytes, maxBytes: rec.maxBytes } };
+    const held = { writes: this.throttling.queueLength, bytes: this.throttling.heldBytes };
+    return { ...this.throttling.policy.state(), rateCapBytesPerSec: this.throttling.cap.current(), log: { bytes: rec.bytes, shipBytes: rec.shipBytes, maxBytes: rec.maxBytes }, held };
   }
 
     /**
@@ -414,6 +415,7 @@ export class DiskService implements ControlledServe {
         ...this.throttling.policy.state(),
         rateCapBytesPerSec: this.throttling.cap.current(),
         queueLength: this.throttling.queueLength,
+        heldBytes: this.throttling.heldBytes,
         delayedWrites: this.throttling.delayedWrites,
         totalDelayMs: Math.round(this.throttling.totalDelayMs),
         vmStopped: this.throttling.lifted,

@@ -22,6 +22,8 @@ export class ThrottlingBackend extends BackendDecorator {
   delayedWrites = 0;
   totalDelayMs = 0;
   private queued = 0;
+  /** Bytes of the writes held (queued, not yet applied): they reach the log, and the link, before the hand-off can. */
+  private held = 0;
   private tail: Promise<unknown> = Promise.resolve();
   private lastTurn = 0;
   /** When the rate cap next lets a write through (its previous writes' share used up). */
@@ -40,6 +42,10 @@ export class ThrottlingBackend extends BackendDecorator {
 
   get queueLength(): number {
     return this.queued;
+  }
+
+  get heldBytes(): number {
+    return this.held;
   }
 
   override write(offset: number, data: Payload, fua: boolean): MaybePromise<void> {
@@ -70,7 +76,7 @@ export class ThrottlingBackend extends BackendDecorator {
       this.counted();
       return r;
     }
-    return this.enqueue(later(), delayUs, paceMs);
+    return this.enqueue(later(), delayUs, paceMs, bytes);
   }
 
   /**
@@ -104,13 +110,14 @@ export class ThrottlingBackend extends BackendDecorator {
     if (this.counting) this.policy.onWriteCompleted();
   }
 
-  private enqueue(apply: () => MaybePromise<void>, delayUs: number, paceMs: number): Promise<void> {
+  private enqueue(apply: () => MaybePromise<void>, delayUs: number, paceMs: number, bytes: number): Promise<void> {
     const arrival = performance.now();
     const epoch = this.epoch;
     const turn = Math.max(arrival + delayUs / 1000, this.lastTurn, paceMs > 0 ? this.capFreeAt : 0);
     this.lastTurn = turn;
     if (paceMs > 0) this.capFreeAt = turn + paceMs;
     this.queued++;
+    this.held += bytes;
     if (delayUs > 0 || turn > arrival) this.delayedWrites++;
     // The queue waits for each write to be applied, not for its FUA flush.
     const applied = this.tail.then(async () => {
@@ -124,6 +131,7 @@ export class ThrottlingBackend extends BackendDecorator {
         return { result };
       } finally {
         this.queued--;
+        this.held -= bytes;
       }
     });
     this.tail = applied.catch(() => undefined);
