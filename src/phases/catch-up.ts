@@ -90,7 +90,7 @@ export class CatchUp {
   private controlMs = 1;
   private cap?: number;
   private log: { bytes: number; maxBytes?: number } = { bytes: 0 };
-  /** Writes the serve holds back (the cap): not yet in the log, yet they cross before the hand-off can go. */
+  /** Writes the serve holds back (the cap): not yet in the log; shown beside the queue. */
   private held = { writes: 0, bytes: 0 };
   private verdict?: Verdict;
   /** The serve being told the VM stopped at the source (vmStopped()). */
@@ -159,8 +159,12 @@ export class CatchUp {
   /** What the hand-off would cost were the source fenced now, as measured so far. */
   private inputs(): HandoffInputs {
     const d = this.deltas;
-    // Held writes count as queued: at the fence the serve lets them go, and each becomes a delta to ship and rehash.
-    const queued = d.pendingBytes() + this.held.bytes;
+    // Writes the serve holds (this.held) are not counted: storage only, the fence refuses
+    // them (the client writes them again at the destination). Where a hypervisor's pause
+    // drains them they do cross, but they do not shrink under the throttle (a client keeps
+    // its queue full): counted, a capped sequential writer held 4 MiB on a 2 MB/s link and
+    // the estimate never fit. They count once what may be in flight is bounded.
+    const queued = d.pendingBytes();
     return {
       queuedBytes: queued,
       unackedWireBytes: d.unackedBytes(),
