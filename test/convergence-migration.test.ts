@@ -97,6 +97,27 @@ describe("--timeout", () => {
   }, 120_000);
 });
 
+describe("--timeout-action freeze mid-bulk", () => {
+  test("a bulk copy that outlasts the deadline: the source fences at the deadline, not at the bulk's end, and copies the rest frozen; identical, nothing acknowledged lost, the downtime counted from the freeze", async () => {
+    const h = await hosts(64, 48);
+    await withPair(h, async ({ srv, dst }) => {
+      const w = await stressWriter(srv.socket, { pattern: "random4k", from: 52 * MiB, bytes: 8 * MiB });
+      // 48 MiB at 40 Mbit/s: a bulk copy of about 10 s, the deadline at 2 s.
+      const run = spawnSource(h, dst.port, ["--insecure", "--bandwidth", "40mbit", "--timeout", "2s", "--timeout-action", "freeze"]);
+      const { code, stderr, done } = await run.result();
+      await w.stop();
+      expect(code, stderr).toBe(0);
+      expect(stderr).toContain("--timeout 2s reached during the bulk copy: the source is fenced");
+      // Fenced with most of the bulk still to copy: the downtime is that copy, seconds of it.
+      expect(done!.storageDowntimeMs as number).toBeGreaterThan(3000);
+      expect(w.refused).toBeGreaterThan(0);
+      await sh(["cmp", h.image, h.destImage]);
+      expect(lostWrites(h.destImage, w.acked)).toEqual([]);
+      expect(await writeError(srv.socket)).toBe(NbdErr.EPERM);
+    });
+  }, 120_000);
+});
+
 describe("a delta log on a small file system", () => {
   test("the log stays within its bound, the VM's writes never fail for lack of space, and the migration converges or aborts cleanly", async () => {
     const h = await hosts(64, 16);

@@ -122,8 +122,8 @@ export async function sendBulk(
     /** The destination has a base image and streams its block hashes. */
     base?: boolean;
     onProgress?: (p: BulkProgress) => void;
-    /** Called before each chunk, read or hole (interruption and the throttle's failures). */
-    beforeChunk?: () => void;
+    /** Called (and awaited) before each chunk, read or hole: interruption, the throttle's failures, a freeze at the deadline. */
+    beforeChunk?: () => void | Promise<void>;
     /**
      * Coalesce mode: raises the recording's cursor to `offset` (and resolves once the serve
      * has it). Nothing is decided about a range, neither where its holes are nor what it
@@ -158,7 +158,7 @@ export async function sendBulk(
   };
   try {
     while (p.offset < p.size) {
-      opts.beforeChunk?.();
+      await opts.beforeChunk?.();
       let { hole, n } = step();
       // The hole finder's answers date from the cursor's last rise: true for what lies
       // behind the cursor (writes since are logged whole), not past it (AHEAD writes may

@@ -62,6 +62,8 @@ export interface LiveRun {
   stage: LiveStage;
   budgetMs: number;
   deadline?: Deadline;
+  /** --timeout-action freeze: when the source was fenced mid-bulk at the deadline (NaN: a VM, frozen at the bulk's end). */
+  frozenAt?: number;
   /** Coalesce mode: where the bulk copy read, to drop the deltas it carried. */
   carried?: BulkReadLog;
   check: ImageCheck;

@@ -13,6 +13,7 @@ import { msg } from "../../net/protocol.ts";
 import type { PhaseError } from "../errors.ts";
 import type { HandoffTimes } from "../handoff.ts";
 import { isLinkFailure } from "../link-failure.ts";
+import { downtimeFrom } from "./deadline-freeze.ts";
 import { settleHandoff } from "../recover.ts";
 import { completeRedirect } from "../redirect.ts";
 import { abortLive } from "./abort.ts";
@@ -65,7 +66,7 @@ async function complete(run: LiveRun, link: Link, { catchUp, converged }: Caught
   retireDeltas(run);
   const metrics = finish(o, {
     t0: run.t0,
-    fencedAt: h.fencedAt,
+    fencedAt: downtimeFrom(run, h.fencedAt),
     doneAt: h.doneAt,
     parts: h.parts,
     pausedAt: hv.kind === "none" ? undefined : at.pausedAt,

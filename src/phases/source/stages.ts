@@ -22,6 +22,7 @@ import { setUpRedirect } from "../redirect.ts";
 import { RecordingWatch } from "../recording-watch.ts";
 import { checkInterrupted, enter, type LiveRun, retireDeltas } from "./live-run.ts";
 import { sampleServe, wireCount } from "./sampler.ts";
+import { freezeAtDeadline } from "./deadline-freeze.ts";
 import { CONNECT_TIMEOUT_MS, connectWithin, LaneGrowth, openLanes } from "./open-lanes.ts";
 import { MAX_AUTO_STREAMS, type StreamsSetting, streamsFor } from "../../net/stream-count.ts";
 
@@ -130,8 +131,9 @@ export async function copyBulk(run: LiveRun, { ch, ready, z, grow }: Link): Prom
       blockSize: run.blockSize,
       compress: z,
       base: ready.base,
-      beforeChunk: () => {
+      beforeChunk: async () => {
         checkInterrupted(run);
+        await freezeAtDeadline(run);
         paced.check();
         grow?.check();
       },
