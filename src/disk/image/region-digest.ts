@@ -65,6 +65,12 @@ type PieceMask = Uint8Array;
 const newMask = (): PieceMask => new Uint8Array(PIECES / 8);
 const isSet = (m: PieceMask, p: number) => (m[p >> 3]! & (1 << (p & 7))) !== 0;
 
+function popcount8(b: number): number {
+  let n = 0;
+  for (; b; b &= b - 1) n++;
+  return n;
+}
+
 function popcount(m: PieceMask): number {
   let n = 0;
   for (let b of m) for (; b; b &= b - 1) n++;
@@ -79,6 +85,8 @@ export class RegionDigests {
    * hashing. A region neither current nor dirty was never hashed, so has no hash stored.
    */
   private readonly current: Uint8Array;
+  /** Regions not current: none, and the hand-off's refresh and digest need not look for any. */
+  private stale: number;
   /** Hashes of the groups holding data, and the groups whose hash is out of date. */
   private readonly groupHashes = new Map<number, Uint8Array>();
   private readonly staleGroups = new Set<number>();
@@ -96,6 +104,7 @@ export class RegionDigests {
   constructor(readonly size: number) {
     this.regions = Math.ceil(size / REGION_SIZE);
     this.current = new Uint8Array(Math.ceil(this.regions / 8));
+    this.stale = this.regions;
   }
 
   private isCurrent(r: number): boolean {
@@ -103,8 +112,10 @@ export class RegionDigests {
   }
 
   private setCurrent(r: number, on: boolean): void {
+    if (this.isCurrent(r) === on) return;
     if (on) this.current[r >> 3]! |= 1 << (r & 7);
     else this.current[r >> 3]! &= ~(1 << (r & 7));
+    this.stale += on ? -1 : 1;
   }
 
   /** The first region in [from, to) that is not current, or `to`; whole bytes of current regions are skipped at once. */
@@ -121,7 +132,10 @@ export class RegionDigests {
   private setZeroRun(from: number, to: number): void {
     let r = from;
     for (; r < to && (r & 7) !== 0; r++) this.setCurrent(r, true);
-    for (; r + 8 <= to; r += 8) this.current[r >> 3] = 0xff;
+    for (; r + 8 <= to; r += 8) {
+      this.stale -= 8 - popcount8(this.current[r >> 3]!);
+      this.current[r >> 3] = 0xff;
+    }
     for (; r < to; r++) this.setCurrent(r, true);
   }
 
@@ -171,9 +185,7 @@ export class RegionDigests {
 
   /** Regions whose hash is not current (never hashed, or written since). */
   staleCount(): number {
-    let n = 0;
-    for (let r = this.nextStale(0, this.regions); r < this.regions; r = this.nextStale(r + 1, this.regions)) n++;
-    return n;
+    return this.stale;
   }
 
   /**
@@ -213,6 +225,7 @@ export class RegionDigests {
    */
   private hashStale(file: ImageFile, holes: HoleTests, from: number, to: number): number {
     let n = 0;
+    if (this.stale === 0) return 0;
     for (let r = this.nextStale(from, to); r < to; r = this.nextStale(r + 1, to)) {
       const at = r * REGION_SIZE;
       if (!this.dirty.has(r) && this.regionLength(r) === REGION_SIZE) {
@@ -263,8 +276,7 @@ export class RegionDigests {
 
   /** The image digest; every region must be current (call refresh({all: true}) first). */
   digest(): string {
-    const stale = this.nextStale(0, this.regions);
-    if (stale < this.regions) throw new Error(`region ${stale} has no current hash`);
+    if (this.stale > 0) throw new Error(`region ${this.nextStale(0, this.regions)} has no current hash`);
     for (const g of this.staleGroups) this.hashGroup(g);
     this.staleGroups.clear();
     const h = new Bun.CryptoHasher("sha256");
