@@ -21,7 +21,7 @@ function rng(seed: number): () => number {
  * 250 ms (a late tick now and then), growing by whole 4 MiB BULK frames handed at once at
  * the cap's pace; the delta queue; the throttle level (0 here); the phases; a 14 ms pause.
  */
-function move(t0: number, opts: { pauseMs?: number; levels?: (i: number) => number } = {}): Timeline {
+function move(t0: number, opts: { pauseMs?: number; levels?: (i: number) => number; cap?: (i: number) => number; held?: (i: number) => number } = {}): Timeline {
   const t = new Timeline();
   t.add({ event: "phase", phase: "init", at: t0 }, t0);
   t.add({ event: "phase", phase: "bulk", at: t0 + 60 }, t0 + 60);
@@ -35,7 +35,7 @@ function move(t0: number, opts: { pauseMs?: number; levels?: (i: number) => numb
       handed += frame;
       nextFrame += (frame / CAP) * 1000;
     }
-    t.add({ event: "sample", at, wireBytes: handed, linkBytesPerSec: CAP, deltaQueue: Math.round(i * 37.5), throttleLevel: opts.levels?.(i) ?? 0 }, at);
+    t.add({ event: "sample", at, wireBytes: handed, linkBytesPerSec: CAP, deltaQueue: Math.round(i * 37.5), heldWrites: opts.held?.(i) ?? 0, throttleLevel: opts.levels?.(i) ?? 0, rateCap: opts.cap?.(i) ?? 0 }, at);
     at += 250 + (r() < 0.1 ? 500 : 0);
   }
   t.add({ event: "phase", phase: "deltas", at: t0 + 5200 }, t0 + 5200);
@@ -155,10 +155,19 @@ describe("the timeline", () => {
     expect(busy).not.toContain("no throttling");
   });
 
+  test("the write cap has its own panel (the paper's level reads 0 under it), and held writes sit beside the queue", () => {
+    const capped = move(9_000_000, { cap: (i) => (i >= 8 ? 5_000_000 : 0), held: (i) => (i >= 8 ? 16 : 0) }).svg("capped");
+    expect(capped).toContain("VM write cap (MB/s)");
+    expect(capped).toContain("held by the cap (not yet queued)");
+    expect(capped).not.toContain("no cap: the VM wrote freely throughout");
+    const free = move(9_000_000).svg("free");
+    expect(free).toContain("no cap: the VM wrote freely throughout");
+  });
+
   test("a 14 ms pause shows: at least MIN_PAUSE_PX wide, labelled with its real duration", () => {
     const svg = move(6_000_000, { pauseMs: 14 }).svg("a short pause");
     const marks = [...svg.matchAll(/<rect x="([\d.]+)" y="[\d.]+" width="([\d.]+)" height="[\d.]+" fill="#d62728"/g)];
-    expect(marks.length).toBe(3); // one per panel
+    expect(marks.length).toBe(4); // one per panel
     for (const m of marks) {
       expect(Number(m[2])).toBeGreaterThanOrEqual(MIN_PAUSE_PX - 0.1);
       expect(Number(m[1]) + Number(m[2])).toBeLessThanOrEqual(W); // inside the picture

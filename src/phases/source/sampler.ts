@@ -1,4 +1,5 @@
-// The report's curves: the serve's delta queue and throttle, and the wire's bytes, sampled.
+// The report's curves: the serve's delta queue, the writes it holds, its throttle and write
+// cap, and the wire's bytes, sampled.
 
 import { ControlClient } from "../../disk/service/control-client.ts";
 import type { Channel } from "../../net/channel.ts";
@@ -21,7 +22,20 @@ export function sampleServe(retrying: ControlClient, onEvent?: (e: Record<string
     const at = Date.now();
     const wire = link?.();
     ctl.status().then(
-      (st) => onEvent({ event: "sample", at, ...wire, deltaQueue: st.throttle.deltaQueue, throttleLevel: st.throttle.level, recordedDeltas: st.recording.records }),
+      (st) =>
+        onEvent({
+          event: "sample",
+          at,
+          ...wire,
+          deltaQueue: st.throttle.deltaQueue,
+          // The writes the cap holds back, beside the queue: they are not in it yet.
+          heldWrites: st.throttle.queueLength,
+          heldBytes: st.throttle.heldBytes,
+          throttleLevel: st.throttle.level,
+          // The write cap in force (the bulk throttle's or the catch-up's), 0 for none: the paper policy's level above reads 0 under it.
+          rateCap: st.throttle.rateCapBytesPerSec ?? 0,
+          recordedDeltas: st.recording.records,
+        }),
       () => wire && onEvent({ event: "sample", at, ...wire }),
     );
   }, 250);
