@@ -5,6 +5,8 @@
 //   npm run bench -- paper [--scenario lan,wan] [--workloads static,dynamic,video,diabolical]
 //                          [--modes live,live-paper,freeze] [--runs 1] [--row-limit-s 900] [--quick]
 //                          [--baseline-s S] [--after-s S] [--report DIR] [--keep-logs DIR] [--json FILE]
+//                          [--ram-check]   (B held at the switchover, guest RAM compared: a failed
+//                                           guest laid at QEMU's door or ours, lib/ram-blame.ts)
 //
 // Each row, on fresh hosts (three network namespaces):
 //   C (the clients) --veth, unshaped-- A (serve, the guest on tap0, source) --veth, shaped-- B (dest, QEMU -incoming, tap0)
@@ -40,6 +42,8 @@ import { EmulatedLink } from "./lib/link.ts";
 import { Proc, tail } from "./lib/proc.ts";
 import { type Scenario, shapeEnds } from "./lib/topology.ts";
 import type { OpLine } from "./paper-client.ts";
+import { holdAndCompare, type RamVerdict } from "../../test/helpers/ram-check.ts";
+import { type Blame, blame, blameText } from "./lib/ram-blame.ts";
 import { lostPosts, medianFigures, parsePosts, type RowEvents, type RowFigures, rowFigures } from "./paper-figures.ts";
 
 const CLIENT = join(import.meta.dir, "paper-client.ts");
@@ -121,6 +125,8 @@ interface Ctx {
   logDir?: string;
   /** A migration not done by then is interrupted and the row fails. */
   rowLimitS: number;
+  /** --ram-check: hold B's QEMU at the switchover and compare guest RAM (lib/ram-blame.ts). */
+  ramCheck: boolean;
 }
 
 export interface RunResult {
@@ -134,6 +140,9 @@ export interface RunResult {
   acked?: number;
   lost?: number[];
   timeline?: string;
+  /** --ram-check: pages of guest RAM that differed at the switchover, and whose fault a failed guest is. */
+  ram?: RamVerdict;
+  blame?: Blame;
   notes: string[];
 }
 
@@ -228,13 +237,17 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
 
     const port = 7400;
     const mport = 4444;
+    const release = join(b, "ram-checked");
+    const hold = ctx.ramCheck ? ["env", `WANMIG_TEST_HOLD_AT=dest-cont:${release}`] : [];
     const dest = start("dest", net.ns.B, [
-      BUN, MAIN, "dest", "--name", "vm", "--image", destImage, "--run-dir", b, "--listen", `${rowNet.b}:${port}`, "--secret-file", ctx.secret,
+      ...hold, BUN, MAIN, "dest", "--name", "vm", "--image", destImage, "--run-dir", b, "--listen", `${rowNet.b}:${port}`, "--secret-file", ctx.secret,
       "--hypervisor", "qemu", "--qmp", `unix:${join(b, "dst.qmp")}`, "--vm-dev", "tap0", "--json",
     ]);
     await dest.waitFor(/listening on/, "dest to listen");
-    const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: ["ip", "netns", "exec", net.ns.B], incoming: `tcp:${rowNet.b}:${mport}`, openTimeout: 3600, nic, mode: "paper", bonnie: w === "diabolical", ramMiB: GUEST_RAM_MIB });
+    const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: ["ip", "netns", "exec", net.ns.B], incoming: `tcp:${rowNet.b}:${mport}`, hold: ctx.ramCheck, openTimeout: 3600, nic, mode: "paper", bonnie: w === "diabolical", ramMiB: GUEST_RAM_MIB });
     guests.push(dst);
+    const ram = ctx.ramCheck ? holdAndCompare({ src: () => src.testQmp(), dst: () => dst.testQmp() }, { dir, ramBytes: src.ramBytes, release, timeoutMs: ctx.rowLimitS * 1000 }) : undefined;
+    ram?.catch(() => undefined); // awaited after the migration
     // Both streams, and the tunnel after them, go to B's end of the path: over the WAN, the link emulator's.
     const to = `${rowNet.b}:${port}`;
     const migrateUri = `tcp:${rowNet.b}:${mport}`;
@@ -262,10 +275,13 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
       r.timeline = join(ctx.reportDir, `${label}.svg`);
       writeFileSync(r.timeline, timeline(source, ops, `${sc.name.toUpperCase()}, ${w}, ${MODE_LABEL[mode]}: downtime ${s(r.figures.downtimeMs)}, disruption ${s(r.figures.disruptionMs)}`));
     }
+    r.ram = await ram?.catch((err) => void r.notes.push(`RAM check: ${(err as Error).message}`));
+    if (r.ram) r.notes.push(`RAM at the switchover: ${r.ram.pagesDiffering} pages differ (B held ${r.ram.heldMs} ms for the dumps, in the downtime)`);
     const failures = [...src.failures().map((f) => `at A: ${f}`), ...dst.failures().map((f) => `at B: ${f}`)];
+    r.blame = blame(failures, r.ram);
     if (failures.length) {
       r.notes.push(`guest: ${failures.slice(0, 3).join(" | ")}`);
-      r.error = `the guest failed ${failures[0]!.replace(/^(at \w): \d+ /, "$1: ").replace(/^(at \w): \[\s*[\d.]+\] /, "$1: ")}`;
+      r.error = blameText(r.blame, r.ram, failures[0]!.replace(/^(at \w): \d+ /, "$1: ").replace(/^(at \w): \[\s*[\d.]+\] /, "$1: "));
     }
     r.ok = failures.length === 0;
     if (w === "dynamic") {
@@ -348,6 +364,7 @@ export async function main(argv: string[]): Promise<void> {
       "after-s": { type: "string", default: "8" },
       report: { type: "string" },
       "keep-logs": { type: "string" },
+      "ram-check": { type: "boolean", default: false },
       json: { type: "string" },
     },
   });
@@ -368,7 +385,7 @@ export async function main(argv: string[]): Promise<void> {
   const secret = join(dir, "secret");
   writeFileSync(secret, `${Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64")}\n`, { mode: 0o600 });
   if (values.report) mkdirSync(values.report, { recursive: true });
-  const ctx: Ctx = { dir, secret, baselineS: Number(values["baseline-s"]), afterS: Number(values["after-s"]), reportDir: values.report, logDir: values["keep-logs"], rowLimitS: Number(values["row-limit-s"]) };
+  const ctx: Ctx = { dir, secret, baselineS: Number(values["baseline-s"]), afterS: Number(values["after-s"]), reportDir: values.report, logDir: values["keep-logs"], rowLimitS: Number(values["row-limit-s"]), ramCheck: values["ram-check"]! };
   await buildGuest();
   const t0 = Date.now();
   const results: RunResult[] = [];
@@ -396,6 +413,7 @@ export async function main(argv: string[]): Promise<void> {
             console.error(
               `${sc.name} ${w} ${m} #${n}: ${r.ok ? "ok" : `FAILED: ${r.error?.split("\n")[0]}`}` +
                 (f ? `; downtime ${s(f.downtimeMs)}, disruption ${s(f.disruptionMs)}, migration ${f.migrationS?.toFixed(1)} s, deltas ${f.deltas}, throttle ${f.throttleSteps}, failed ops ${f.failedOps}` : "") +
+                (r.ram ? `; RAM at the switchover: ${r.ram.pagesDiffering} pages differ (held ${r.ram.heldMs} ms)` : "") +
                 ` (row ${Math.round((Date.now() - rowT0) / 1000)} s)`,
             );
           }
