@@ -42,6 +42,24 @@ async function fourStreams(
   });
 }
 
+/** The link lost for 30 s at `o.atMiB` (or the deltas' start), nothing closed: the same connections carry on, nothing crosses twice. */
+async function linkLostFor30s(o: Parameters<typeof fourStreams>[0]): Promise<void> {
+  let lostAt = 0;
+  await fourStreams(
+    o,
+    (proxy) => {
+      lostAt = Date.now();
+      proxy.loseLinkFor(30_000);
+    },
+    ({ done }, proxy) => {
+      expect(Date.now() - lostAt).toBeGreaterThan(30_000);
+      expect(done!.reconnects).toBe(0);
+      expect(done!.bytesResent).toBe(0);
+      expect(proxy.connections).toBe(4);
+    },
+  );
+}
+
 describe("several connections as one channel", () => {
   test("four streams, sealed, under a random 4 KiB writer: identical, nothing acknowledged lost, one host", async () => {
     const h = await hosts(128, 96);
@@ -92,37 +110,11 @@ describe("several connections as one channel", () => {
   }, 120_000);
 
   test("the link lost for 30 s mid-bulk (nothing relayed either way, nothing closed): the same four connections carry on when it returns, nothing sent twice; identical, one host", async () => {
-    let lostAt = 0;
-    await fourStreams(
-      { sizeMiB: 256, dataMiB: 192, writer: "random4k", atMiB: 64 },
-      (proxy) => {
-        lostAt = Date.now();
-        proxy.loseLinkFor(30_000);
-      },
-      ({ done }, proxy) => {
-        expect(Date.now() - lostAt).toBeGreaterThan(30_000);
-        expect(done!.reconnects).toBe(0);
-        expect(done!.bytesResent).toBe(0);
-        expect(proxy.connections).toBe(4);
-      },
-    );
+    await linkLostFor30s({ sizeMiB: 256, dataMiB: 192, writer: "random4k", atMiB: 64 });
   }, 150_000);
 
   test("the link lost for 30 s mid-deltas (the writer still writing): the same four connections carry on when it returns, nothing sent twice; identical, one host", async () => {
-    let lostAt = 0;
-    await fourStreams(
-      { sizeMiB: 256, dataMiB: 64, writer: "random4k", atMiB: "deltas" },
-      (proxy) => {
-        lostAt = Date.now();
-        proxy.loseLinkFor(30_000);
-      },
-      ({ done }, proxy) => {
-        expect(Date.now() - lostAt).toBeGreaterThan(30_000);
-        expect(done!.reconnects).toBe(0);
-        expect(done!.bytesResent).toBe(0);
-        expect(proxy.connections).toBe(4);
-      },
-    );
+    await linkLostFor30s({ sizeMiB: 256, dataMiB: 64, writer: "random4k", atMiB: "deltas" });
   }, 150_000);
 
   test("all four streams cut and refused for 30 s mid-bulk: resumed by itself from where the destination got; what crossed again is counted, and is what the cut lost", async () => {
