@@ -218,6 +218,9 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
     return p;
   };
   const nic = net.nic;
+  /** The RAM check under way (--ram-check): its verdict is kept even when the row fails (a guest that died at B is when it matters). */
+  let ram: Promise<RamVerdict> | undefined;
+  let guestsAt: { src?: Guest; dst?: Guest } = {};
   const stopAll = async () => {
     for (const g of guests) await g.stop();
     for (const p of [...procs].reverse()) await p.stop();
@@ -246,7 +249,8 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
     await dest.waitFor(/listening on/, "dest to listen");
     const dst = startGuest({ name: "dst", dir: b, nbdSocket: join(b, "vm.nbd"), netnsExec: ["ip", "netns", "exec", net.ns.B], incoming: `tcp:${rowNet.b}:${mport}`, hold: ctx.ramCheck, openTimeout: 3600, nic, mode: "paper", bonnie: w === "diabolical", ramMiB: GUEST_RAM_MIB });
     guests.push(dst);
-    const ram = ctx.ramCheck ? holdAndCompare({ src: () => src.testQmp(), dst: () => dst.testQmp() }, { dir, ramBytes: src.ramBytes, release, timeoutMs: ctx.rowLimitS * 1000 }) : undefined;
+    guestsAt = { src, dst };
+    ram = ctx.ramCheck ? holdAndCompare({ src: () => src.testQmp(), dst: () => dst.testQmp() }, { dir, ramBytes: src.ramBytes, release, timeoutMs: ctx.rowLimitS * 1000 }) : undefined;
     ram?.catch(() => undefined); // awaited after the migration
     // Both streams, and the tunnel after them, go to B's end of the path: over the WAN, the link emulator's.
     const to = `${rowNet.b}:${port}`;
@@ -299,6 +303,10 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
     return r;
   } catch (err) {
     r.error = (err as Error).message;
+    r.ram ??= await ram?.catch(() => undefined);
+    const failures = [...(guestsAt.src?.failures() ?? []).map((f) => `at A: ${f}`), ...(guestsAt.dst?.failures() ?? []).map((f) => `at B: ${f}`)];
+    r.blame = blame(failures, r.ram);
+    if (failures.length) r.error = `${r.error}; ${blameText(r.blame, r.ram, failures[0]!)}`;
     return r;
   } finally {
     rowStop = undefined;
