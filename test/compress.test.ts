@@ -70,7 +70,7 @@ describe("Compressor", () => {
 });
 
 describe("Compressor probes (auto)", () => {
-  test("a unit that waited for the link probes other levels before the next only while the link still has bytes queued", async () => {
+  test("a unit that waited for the link probes other levels before the next only while the link still has bytes queued; the rest beside the sending", async () => {
     const random = new Uint8Array(1024 * 1024).map(() => (Math.random() * 256) | 0);
     const probesAfterSecondUnit = async (backlog: boolean) => {
       const link = { linkBytesPerMs: () => 8000, waitedMs: 0, hasBacklog: () => backlog }; // slow start reads as a slow link
@@ -86,9 +86,14 @@ describe("Compressor probes (auto)", () => {
       noted = 0;
       link.waitedMs = 500; // it waited for the link
       await z.compress(random, true);
-      return noted;
+      const inline = noted;
+      await (z as unknown as { probing?: Promise<void> }).probing;
+      return { inline, all: noted };
     };
-    expect(await probesAfterSecondUnit(true)).toBeGreaterThan(0);
-    expect(await probesAfterSecondUnit(false)).toBe(0);
+    const queued = await probesAfterSecondUnit(true);
+    expect(queued.inline).toBeGreaterThan(0);
+    const drained = await probesAfterSecondUnit(false);
+    expect(drained.inline).toBe(0); // the link had nothing queued: the unit went out at once
+    expect(drained.all).toBeGreaterThan(0); // and the levels were probed beside it
   });
 });

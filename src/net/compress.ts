@@ -149,8 +149,9 @@ export class Compressor {
       // trip TCP's slow start measures as a slow link, so every level was probed (19: 0.7 s a
       // 4 MiB unit) while the link idled and stayed measured slow (1 Gbit/s at 100 ms moved
       // 26 Mbit/s). A copy: the caller reads its next unit into the same buffer.
-      if (levels.length && waitedMs > 0) await this.probe(data, levels, true);
-      else if (levels.length) this.probing = this.probe(data.slice(), levels).finally(() => (this.probing = undefined));
+      // Inline only while the link has its queue; what is left then is probed beside the sending.
+      const rest = levels.length && waitedMs > 0 ? await this.probe(data, levels, true) : levels;
+      if (rest.length) this.probing = this.probe(data.slice(), rest).then(() => undefined).finally(() => (this.probing = undefined));
     }
     p.decide(link);
     this.last = { at: performance.now(), waited: this.link.waitedMs };
@@ -160,16 +161,17 @@ export class Compressor {
    * `whileBacklog`: only while the link has bytes queued to send meanwhile. In TCP's slow
    * start a fast link measures slow and its first unit waits, so every level was probed
    * before the second unit (16 and 19 on 4 MiB: 1.1 s) while the link, 1 Gbit/s at 100 ms,
-   * had long drained its queue and idled.
+   * had long drained its queue and idled. Returns the levels it left unprobed.
    */
-  private async probe(data: Uint8Array, levels: number[], whileBacklog = false): Promise<void> {
-    for (const level of levels) {
-      if (whileBacklog && this.link.hasBacklog && !this.link.hasBacklog()) return;
+  private async probe(data: Uint8Array, levels: number[], whileBacklog = false): Promise<number[]> {
+    for (const [i, level] of levels.entries()) {
+      if (whileBacklog && this.link.hasBacklog && !this.link.hasBacklog()) return levels.slice(i);
       const t0 = performance.now();
       const c = await Promise.resolve(zstd(data, level)).catch(() => undefined);
-      if (!c) return;
+      if (!c) return [];
       this.policy!.note({ level, raw: data.length, wire: worthIt(data.length, c.length) ? c.length : data.length, ms: performance.now() - t0 });
     }
+    return [];
   }
 }
 

@@ -113,8 +113,8 @@ export const MIN_TARGET_MS = 2000;
 
 export class ConvergenceController {
   private level = 0;
-  /** When the level was last raised (the throttle's trial at the floor runs from there). */
-  private levelSince?: number;
+  /** When the throttle first held the VM (level 1 or more): the trial at the floor runs from there. */
+  private heldSince?: number;
   private maxSeen = 0;
   private windowStart?: number;
   /** The window's best (least work) inputs, and the last window's: compared at the rates measured now. */
@@ -179,14 +179,16 @@ export class ConvergenceController {
    */
   private throttleTried(now: number): boolean {
     if (this.level === 0) this.raise(1, now);
-    this.levelSince ??= now; // raised from outside (atLeast): the trial runs from its first look
-    return now - this.levelSince >= this.windowMs;
+    this.heldSince ??= now; // raised from outside (atLeast): the trial runs from its first look
+    // From the first hold, not the last step up: the pace steps the level up every window
+    // while nothing fits, and a trial restarted at each step might never end.
+    return now - this.heldSince >= this.windowMs;
   }
 
   private raise(level: number, now: number): void {
     if (level <= this.level) return;
     this.level = level;
-    this.levelSince = now;
+    this.heldSince ??= now;
     this.maxSeen = Math.max(this.maxSeen, level);
   }
 
