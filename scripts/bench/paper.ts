@@ -196,6 +196,11 @@ async function postsOnImage(image: string): Promise<number[]> {
   return parsePosts(r.stdout.toString());
 }
 
+/** The guests' failures (oopses, verify failures), each named by its host. */
+function guestFailuresAt(g: { src?: Guest; dst?: Guest }): string[] {
+  return [...(g.src?.failures() ?? []).map((f) => `at A: ${f}`), ...(g.dst?.failures() ?? []).map((f) => `at B: ${f}`)];
+}
+
 async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx): Promise<RunResult> {
   const r: RunResult = { scenario: sc.name, workload: w, mode, run: n, ok: false, notes: [] };
   const label = `${sc.name}-${w}-${mode}-${n}`;
@@ -281,7 +286,7 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
     }
     r.ram = await ram?.catch((err) => void r.notes.push(`RAM check: ${(err as Error).message}`));
     if (r.ram) r.notes.push(`RAM at the switchover: ${r.ram.pagesDiffering} pages differ (B held ${r.ram.heldMs} ms for the dumps, in the downtime)`);
-    const failures = [...src.failures().map((f) => `at A: ${f}`), ...dst.failures().map((f) => `at B: ${f}`)];
+    const failures = guestFailuresAt(guestsAt);
     r.blame = blame(failures, r.ram);
     if (failures.length) {
       r.notes.push(`guest: ${failures.slice(0, 3).join(" | ")}`);
@@ -304,7 +309,7 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
   } catch (err) {
     r.error = (err as Error).message;
     r.ram ??= await ram?.catch(() => undefined);
-    const failures = [...(guestsAt.src?.failures() ?? []).map((f) => `at A: ${f}`), ...(guestsAt.dst?.failures() ?? []).map((f) => `at B: ${f}`)];
+    const failures = guestFailuresAt(guestsAt);
     r.blame = blame(failures, r.ram);
     if (failures.length) r.error = `${r.error}; ${blameText(r.blame, r.ram, failures[0]!)}`;
     return r;

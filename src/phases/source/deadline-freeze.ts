@@ -16,9 +16,9 @@ import type { LiveRun } from "./live-run.ts";
 /** Fences the source if the freeze deadline has passed mid-bulk (storage only); once. */
 export async function freezeAtDeadline(run: LiveRun): Promise<void> {
   const d = run.deadline;
-  if (d?.action !== "freeze" || performance.now() < d.at || run.stage.fenced || run.frozenAt !== undefined) return;
+  if (d?.action !== "freeze" || performance.now() < d.at || run.stage.fenced || run.freezeDeferred) return;
   if (run.hv.kind !== "none") {
-    run.frozenAt = Number.NaN; // said once
+    run.freezeDeferred = true;
     run.o.log.warn(`--timeout ${d.text} reached during the bulk copy: a ${run.hv.kind} VM is frozen once the bulk copy ends`);
     return;
   }
@@ -31,5 +31,5 @@ export async function freezeAtDeadline(run: LiveRun): Promise<void> {
 
 /** When the storage downtime began: the freeze, if it came mid-bulk, else the hand-off's fence. */
 export function downtimeFrom(run: LiveRun, handoffFencedAt: number): number {
-  return run.frozenAt !== undefined && !Number.isNaN(run.frozenAt) ? run.frozenAt : handoffFencedAt;
+  return run.frozenAt ?? handoffFencedAt;
 }

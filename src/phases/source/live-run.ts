@@ -62,8 +62,10 @@ export interface LiveRun {
   stage: LiveStage;
   budgetMs: number;
   deadline?: Deadline;
-  /** --timeout-action freeze: when the source was fenced mid-bulk at the deadline (NaN: a VM, frozen at the bulk's end). */
+  /** --timeout-action freeze: when the source was fenced mid-bulk at the deadline. */
   frozenAt?: number;
+  /** --timeout-action freeze reached mid-bulk with a VM: frozen at the bulk's end instead (said once). */
+  freezeDeferred?: boolean;
   /** Coalesce mode: where the bulk copy read, to drop the deltas it carried. */
   carried?: BulkReadLog;
   check: ImageCheck;
