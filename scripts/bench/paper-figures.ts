@@ -21,7 +21,7 @@ export interface RowEvents {
   pausedAt?: number;
   runningAt?: number;
   /** The source's `done` event. */
-  done: { deltaCount: number; deltaRatePerSec: number; throttleSteps: number; storageDowntimeMs: number; bytesOnWire: number };
+  done: { deltaCount: number; deltaRatePerSec: number; throttleSteps: number; storageDowntimeMs: number; bytesOnWire: number; pauseDrain?: { bytes: number } };
 }
 
 export interface RowFigures {
@@ -34,6 +34,8 @@ export interface RowFigures {
   deltaRate: number;
   throttleSteps: number;
   wireMiB: number;
+  /** What the VM's pause drained (writes in flight at the stop), MiB. */
+  pauseDrainMiB?: number;
   ops: number;
   failedOps: number;
   slowOps: number;
@@ -53,6 +55,7 @@ export function rowFigures(ev: RowEvents, ops: readonly OpLine[]): RowFigures {
     deltaRate: ev.done.deltaRatePerSec,
     throttleSteps: ev.done.throttleSteps,
     wireMiB: ev.done.bytesOnWire / (1024 * 1024),
+    pauseDrainMiB: ev.done.pauseDrain && ev.done.pauseDrain.bytes / (1024 * 1024),
     ops: ops.length,
     // The operation still waiting at the stop is in the disruption's clock, not a failure.
     failedOps: ops.filter((op) => !op.ok && !op.stopped).length,

@@ -127,6 +127,8 @@ interface Ctx {
   rowLimitS: number;
   /** --ram-check: hold B's QEMU at the switchover and compare guest RAM (lib/ram-blame.ts). */
   ramCheck: boolean;
+  /** --max-request: the serve's advertised NBD maximum (what the guest can hold in flight). */
+  maxRequest?: string;
 }
 
 export interface RunResult {
@@ -235,7 +237,7 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
     await rowNet.remove();
   };
   try {
-    start("serve", net.ns.A, [BUN, MAIN, "serve", "--name", "vm", "--image", image, "--run-dir", a, "--log", "warn"]);
+    start("serve", net.ns.A, [BUN, MAIN, "serve", "--name", "vm", "--image", image, "--run-dir", a, "--log", "warn", ...(ctx.maxRequest ? ["--max-request", ctx.maxRequest] : [])]);
     const src = startGuest({ name: "src", dir: a, nbdSocket: join(a, "vm.nbd"), openTimeout: 60, netnsExec: ["ip", "netns", "exec", net.ns.A], nic, mode: "paper", bonnie: w === "diabolical", ramMiB: GUEST_RAM_MIB });
     guests.push(src);
     await src.waitFor(/GUEST BOOTED paper/, 180_000);
@@ -378,6 +380,7 @@ export async function main(argv: string[]): Promise<void> {
       report: { type: "string" },
       "keep-logs": { type: "string" },
       "ram-check": { type: "boolean", default: false },
+      "max-request": { type: "string" },
       json: { type: "string" },
     },
   });
@@ -398,7 +401,7 @@ export async function main(argv: string[]): Promise<void> {
   const secret = join(dir, "secret");
   writeFileSync(secret, `${Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64")}\n`, { mode: 0o600 });
   if (values.report) mkdirSync(values.report, { recursive: true });
-  const ctx: Ctx = { dir, secret, baselineS: Number(values["baseline-s"]), afterS: Number(values["after-s"]), reportDir: values.report, logDir: values["keep-logs"], rowLimitS: Number(values["row-limit-s"]), ramCheck: values["ram-check"]! };
+  const ctx: Ctx = { dir, secret, baselineS: Number(values["baseline-s"]), afterS: Number(values["after-s"]), reportDir: values.report, logDir: values["keep-logs"], rowLimitS: Number(values["row-limit-s"]), ramCheck: values["ram-check"]!, maxRequest: values["max-request"] };
   await buildGuest();
   const t0 = Date.now();
   const results: RunResult[] = [];
@@ -425,7 +428,7 @@ export async function main(argv: string[]): Promise<void> {
             const f = r.figures;
             console.error(
               `${sc.name} ${w} ${m} #${n}: ${r.ok ? "ok" : `FAILED: ${r.error?.split("\n")[0]}`}` +
-                (f ? `; downtime ${s(f.downtimeMs)}, disruption ${s(f.disruptionMs)}, migration ${f.migrationS?.toFixed(1)} s, deltas ${f.deltas}, throttle ${f.throttleSteps}, failed ops ${f.failedOps}` : "") +
+                (f ? `; downtime ${s(f.downtimeMs)}, disruption ${s(f.disruptionMs)}, migration ${f.migrationS?.toFixed(1)} s, deltas ${f.deltas}, throttle ${f.throttleSteps}, failed ops ${f.failedOps}, storage downtime ${s(f.storageDowntimeMs, 3)}${f.pauseDrainMiB !== undefined ? `, pause drained ${f.pauseDrainMiB.toFixed(1)} MiB` : ""}` : "") +
                 (r.ram ? `; RAM at the switchover: ${r.ram.pagesDiffering} pages differ (held ${r.ram.heldMs} ms)` : "") +
                 ` (row ${Math.round((Date.now() - rowT0) / 1000)} s)`,
             );

@@ -2,6 +2,7 @@ import { defineCommand } from "citty";
 import { DiskService } from "../disk/service/disk-service.ts";
 import { parseEndpoint } from "../disk/nbd/nbd-server.ts";
 import { logger, setLogLevel } from "../log.ts";
+import { parseMaxRequest } from "../disk/nbd/max-request.ts";
 import { logArg, nameArg, REPEATABLE, runDirArg, valuesOf } from "./_shared.ts";
 
 export default defineCommand({
@@ -16,6 +17,11 @@ export default defineCommand({
       type: "boolean",
       description: "lift a fence an earlier migration left on this image (only when the VM runs nowhere else: the disk could fork)",
       default: false,
+    },
+    "max-request": {
+      type: "string",
+      description: "the largest NBD request advertised to clients (64KiB to 32MiB, a multiple of 4KiB): bounds what a VM holds in flight, which its pause drains inside a migration's downtime",
+      valueHint: "SIZE",
     },
     ...logArg,
   },
@@ -39,6 +45,7 @@ export default defineCommand({
       nbd: args.nbd ? parseEndpoint(args.nbd) : undefined,
       readOnly: args["read-only"],
       unfence: args.unfence,
+      maxRequest: args["max-request"] ? parseMaxRequest(args["max-request"]) : undefined,
       // Its disk moved away and the VM comes back onto it (wanmig dest): the clean stop below.
       onRetire: () => process.kill(process.pid, "SIGTERM"),
       log,

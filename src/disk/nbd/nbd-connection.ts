@@ -9,7 +9,6 @@ import type { Socket } from "bun";
 import { type BlockBackend, type MaybePromise, nbdErrorFor } from "../block/backend.ts";
 import {
   allowedCmdFlags,
-  BLOCK_MAX,
   BLOCK_MIN,
   BLOCK_PREFERRED,
   ClientFlag,
@@ -55,6 +54,8 @@ export interface ConnectionHost {
   listExports(): readonly NbdExport[];
   /** Resolves when a request of this kind may be served; the destination holds them until consistent. */
   gate(read: boolean): Promise<void> | undefined;
+  /** The largest READ or WRITE payload advertised (NBD_INFO_BLOCK_SIZE) and accepted. */
+  readonly maxRequest: number;
   log: Logger;
 }
 
@@ -318,7 +319,7 @@ export class NbdConnection {
     bs.writeUInt16BE(Info.BLOCK_SIZE, 0);
     bs.writeUInt32BE(BLOCK_MIN, 2);
     bs.writeUInt32BE(BLOCK_PREFERRED, 6);
-    bs.writeUInt32BE(BLOCK_MAX, 10);
+    bs.writeUInt32BE(this.host.maxRequest, 10);
     this.sendOptionReply(opt, Rep.INFO, bs);
     this.sendOptionReply(opt, Rep.ACK);
     if (opt === Opt.GO) this.enterTransmission(ex);
@@ -395,8 +396,8 @@ export class NbdConnection {
     if (isWrite && ex.backend.readOnly) return { error: NbdErr.EPERM, message: "the export is read-only" };
     if ((req.type === Cmd.READ || req.type === Cmd.WRITE || req.type === Cmd.BLOCK_STATUS) && req.length === 0)
       return { error: NbdErr.EINVAL, message: "zero-length request" };
-    if ((req.type === Cmd.READ || req.type === Cmd.WRITE) && req.length > BLOCK_MAX)
-      return { error: NbdErr.EINVAL, message: `request larger than the ${BLOCK_MAX}-byte maximum` };
+    if ((req.type === Cmd.READ || req.type === Cmd.WRITE) && req.length > this.host.maxRequest)
+      return { error: NbdErr.EINVAL, message: `request larger than the ${this.host.maxRequest}-byte maximum` };
     if (req.offset + req.length > size)
       return {
         error: isWrite ? NbdErr.ENOSPC : NbdErr.EINVAL,

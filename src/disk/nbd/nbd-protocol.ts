@@ -120,6 +120,8 @@ export const SIMPLE_REPLY_LEN = 16;
 export const BLOCK_MIN = 1;
 export const BLOCK_PREFERRED = 4096;
 export const BLOCK_MAX = 32 * 1024 * 1024;
+/** The smallest maximum a serve may advertise: the preferred size, so that no client's natural request is refused. */
+export const BLOCK_MAX_FLOOR = 64 * 1024;
 /** An option's payload is small (an export name, a few info requests); more is hostile. */
 export const OPTION_MAX_LEN = 64 * 1024;
 

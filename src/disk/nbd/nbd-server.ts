@@ -5,6 +5,7 @@ import type { Socket, SocketListener } from "bun";
 import { existsSync, statSync, unlinkSync } from "node:fs";
 import { type ConnectionHost, NbdConnection, type NbdExport, type NbdStats, newStats } from "./nbd-connection.ts";
 import type { Logger } from "../../log.ts";
+import { BLOCK_MAX } from "./nbd-protocol.ts";
 import { ServeError } from "../../errors.ts";
 import { listenError } from "../../util/os-errors.ts";
 
@@ -71,6 +72,7 @@ export class NbdServer implements ConnectionHost {
     /** Names that also mean the first export (besides ""). */
     private readonly aliases: readonly string[],
     readonly log: Logger,
+    readonly maxRequest = BLOCK_MAX,
   ) {}
 
   /** Every export's requests, added up. */

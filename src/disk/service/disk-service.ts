@@ -57,6 +57,12 @@ export interface DiskServiceOptions {
    * for good; see retire()). Without it, retiring is refused.
    */
   onRetire?: () => void;
+  /**
+   * The largest request advertised to NBD clients (serve --max-request). It bounds what a
+   * client can hold in flight, and so what the VM's pause drains (QEMU keeps 16 requests
+   * in flight, each up to this): those bytes cross the link inside the downtime.
+   */
+  maxRequest?: number;
   log: Logger;
 }
 
@@ -106,7 +112,7 @@ export class DiskService implements ControlledServe {
       backend: this.disks.length === 1 ? this.throttling : new ExportWindow(this.throttling, d.offset, d.size),
       stats: this.exportStats[d.index]!,
     }));
-    this.nbd = new NbdServer(exports, [opts.name], opts.log);
+    this.nbd = new NbdServer(exports, [opts.name], opts.log, opts.maxRequest);
   }
 
   static async start(opts: DiskServiceOptions): Promise<DiskService> {
@@ -419,6 +425,7 @@ export class DiskService implements ControlledServe {
         delayedWrites: this.throttling.delayedWrites,
         totalDelayMs: Math.round(this.throttling.totalDelayMs),
         vmStopped: this.throttling.lifted,
+        pauseDrain: { ...this.throttling.pauseDrain },
       },
       fence: { fenced: this.fencing.fenced, refusedWrites: this.fencing.refused, since: this.state?.state.fence?.since, reason: this.state?.state.fence?.reason },
       migration: this.incoming?.(),

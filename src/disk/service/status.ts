@@ -61,7 +61,7 @@ export interface ServeStatus {
   instance: string;
   recording: RecordingState & { owner?: number; id?: string; applied: number; restarts?: number };
   handoff: { state: HandoffState; recording?: string; since?: string; reason?: string; text: string };
-  throttle: ThrottleState & { rateCapBytesPerSec?: number; queueLength: number; heldBytes: number; delayedWrites: number; totalDelayMs: number; vmStopped: boolean };
+  throttle: ThrottleState & { rateCapBytesPerSec?: number; queueLength: number; heldBytes: number; delayedWrites: number; totalDelayMs: number; vmStopped: boolean; pauseDrain?: { writes: number; bytes: number } };
   fence: { fenced: boolean; refusedWrites: number; since?: string; reason?: string };
   /** On a destination: how far the incoming migration is. */
   migration?: IncomingMigration;

@@ -21,6 +21,13 @@ export class ThrottlingBackend extends BackendDecorator {
   lifted = false;
   delayedWrites = 0;
   totalDelayMs = 0;
+  /**
+   * What the VM's pause drained: the writes held when lift() came, and every write after it
+   * (the hypervisor's queue, flushed before it reports the pause). All of it crosses the
+   * link before the destination can run the VM, so it is the part of the downtime the
+   * in-flight bound exists to keep small.
+   */
+  readonly pauseDrain = { writes: 0, bytes: 0 };
   private queued = 0;
   /** Bytes of the writes held (queued, not yet applied): they reach the log, and the link, before the hand-off can. */
   private held = 0;
@@ -68,6 +75,10 @@ export class ThrottlingBackend extends BackendDecorator {
 
   /** `now` applies at once; `later` prepares an apply that is safe to run after this call. */
   private admit(bytes: number, now: () => MaybePromise<void>, later: () => () => MaybePromise<void> = () => now): MaybePromise<void> {
+    if (this.counting && this.lifted) {
+      this.pauseDrain.writes++;
+      this.pauseDrain.bytes += bytes;
+    }
     const holds = this.counting && !this.lifted;
     const delayUs = holds ? this.policy.delayUs() : 0;
     const paceMs = holds ? this.cap.paceMs(bytes) : 0;
@@ -102,6 +113,8 @@ export class ThrottlingBackend extends BackendDecorator {
    * downtime on the paper bench's LAN.
    */
   lift(): void {
+    this.pauseDrain.writes = this.queued;
+    this.pauseDrain.bytes = this.held;
     this.lifted = true;
     this.release();
   }

@@ -80,6 +80,7 @@ async function complete(run: LiveRun, link: Link, { catchUp, converged }: Caught
     attemptWire: [...run.attemptWire, link.ch.bytesSent],
     streams: link.ch.streams,
     throttleSteps: Math.max(end.throttle.maxLevel, catchUp.throttleSteps, run.pacing.throttled ? 1 : 0),
+    pauseDrain: hv.kind === "none" ? undefined : end.throttle.pauseDrain,
     converged: { estimateMs: converged.estimate.totalMs, budgetMs: run.budgetMs, frozen: converged.frozen },
     reconnects: at.attempt,
     disks: run.tally,

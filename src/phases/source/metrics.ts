@@ -54,6 +54,8 @@ export interface MigrationMetrics {
   streams: number;
   deltaRatePerSec: number;
   throttleSteps: number;
+  /** With a hypervisor: the writes its pause drained (held then, or arriving after), which crossed before B could run. */
+  pauseDrain?: { writes: number; bytes: number };
   /** Broken links resumed during this migration. */
   reconnects: number;
   /** Each disk's deltas, and its share of the hand-off's (live mode). */
@@ -113,6 +115,7 @@ export function finish(
     attemptWire?: number[];
     streams?: number;
     throttleSteps: number;
+    pauseDrain?: { writes: number; bytes: number };
     reconnects: number;
     disks?: DiskTally;
   },
@@ -148,6 +151,7 @@ export function finish(
     streams: m.streams ?? 1,
     deltaRatePerSec: Math.round((m.deltas.sent / migrationTimeMs) * 1000),
     throttleSteps: m.throttleSteps,
+    pauseDrain: m.pauseDrain,
     reconnects: m.reconnects,
     disks: m.disks?.figures(),
   };

@@ -1,0 +1,59 @@
+// Whether the VM may pause now (issue 33). A hypervisor's pause drains every write the VM
+// has in flight: the ones the rate cap holds at the serve, and the ones queued behind them
+// in the hypervisor. All of them become deltas that cross the link before the destination
+// can run the VM. The convergence controller does not count held writes (a client keeps
+// its queue full, so they never shrink under the cap and a capped writer would never
+// fence); this policy does, at the one moment they matter: while memory moves, the
+// hypervisor is kept from pausing the VM while what it would drain does not fit the budget.
+//
+// A writer's in-flight bytes rise and fall with what it does (Bonnie's read phases hold
+// nothing), so holding waits for a moment that fits. A writer that never leaves one is not
+// waited for without end: after maxHoldMs the hold is given up for the rest of the
+// migration, and the pause drains what it drains (the done event's pauseDrain says how much).
+
+import { estimateHandoff, type HandoffEstimate, type HandoffInputs } from "./convergence.ts";
+
+/** How long a pause is held back at most, by default: a few of Bonnie's phases. */
+export const SWITCHOVER_HOLD_MAX_MS = 120_000;
+
+export interface HoldLook {
+  /** true: keep the hypervisor from pausing the VM now. */
+  hold: boolean;
+  /** The hand-off's estimate with the held writes counted. */
+  estimate: HandoffEstimate;
+  /** Set once, on the look that gave up holding. */
+  gaveUp?: string;
+}
+
+export class SwitchoverHold {
+  private since?: number;
+  private given = false;
+  /** Total time the pause was held back (ms). */
+  heldMs = 0;
+  private lastLook?: number;
+
+  constructor(private readonly opts: { budgetMs: number; maxHoldMs?: number }) {}
+
+  /** `inputs`: the hand-off as the catch-up measures it; `heldBytes`: what the serve holds now. */
+  look(now: number, inputs: HandoffInputs, heldBytes: number): HoldLook {
+    const estimate = estimateHandoff({ ...inputs, queuedBytes: inputs.queuedBytes + heldBytes, hashBytes: inputs.hashBytes + heldBytes });
+    if (this.since !== undefined && this.lastLook !== undefined) this.heldMs += now - this.lastLook;
+    this.lastLook = now;
+    if (this.given || estimate.workMs <= this.opts.budgetMs) {
+      this.since = undefined;
+      this.lastLook = undefined;
+      return { hold: false, estimate };
+    }
+    this.since ??= now;
+    const max = this.opts.maxHoldMs ?? SWITCHOVER_HOLD_MAX_MS;
+    if (this.heldMs < max) return { hold: true, estimate };
+    this.given = true;
+    this.since = undefined;
+    this.lastLook = undefined;
+    return {
+      hold: false,
+      estimate,
+      gaveUp: `the VM's writes in flight did not fit the downtime budget for ${Math.round(this.heldMs / 1000)} s of holding its pause back (${Math.round(estimate.workMs)} ms of hand-off estimated with ${heldBytes} held bytes against ${this.opts.budgetMs} ms): letting it pause`,
+    };
+  }
+}

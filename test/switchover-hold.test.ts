@@ -1,0 +1,69 @@
+import { describe, expect, test } from "bun:test";
+import type { HandoffInputs } from "../src/phases/convergence.ts";
+import { SwitchoverHold } from "../src/phases/switchover-hold.ts";
+
+// A 5 Mbit/s link (625 bytes/ms), nothing queued: only what the serve holds decides.
+const idle = (over: Partial<HandoffInputs> = {}): HandoffInputs => ({
+  queuedBytes: 0,
+  unackedWireBytes: 0,
+  compressionRatio: 1,
+  linkBytesPerMs: 625,
+  rttMs: 100,
+  hashBytes: 0,
+  hashBytesPerMs: 200_000,
+  controlMs: 2,
+  destSyncMs: 1,
+  ...over,
+});
+
+describe("the switchover hold", () => {
+  test("holds the pause while the held writes would not cross within the budget, and lets it go once they would", () => {
+    const h = new SwitchoverHold({ budgetMs: 50 });
+    // 4 MiB held on 5 Mbit/s: 6.7 s to cross.
+    expect(h.look(0, idle(), 4 * 1024 * 1024).hold).toBe(true);
+    expect(h.look(50, idle(), 4 * 1024 * 1024).hold).toBe(true);
+    // The writer's read phase: nothing held.
+    const fit = h.look(100, idle(), 0);
+    expect(fit.hold).toBe(false);
+    expect(fit.estimate.workMs).toBeLessThanOrEqual(50);
+    expect(h.heldMs).toBe(100);
+  });
+
+  test("counts the held bytes at the compression ratio seen, like the queue", () => {
+    const h = new SwitchoverHold({ budgetMs: 50 });
+    // 64 KiB held is 105 ms raw on 625 bytes/ms, 21 ms at a 0.2 ratio.
+    expect(h.look(0, idle(), 64 * 1024).hold).toBe(true);
+    expect(h.look(1, idle({ compressionRatio: 0.2 }), 64 * 1024).hold).toBe(false);
+  });
+
+  test("a queue already too long is held back too: the held bytes come on top of it", () => {
+    const h = new SwitchoverHold({ budgetMs: 50 });
+    expect(h.look(0, idle({ queuedBytes: 20_000 }), 20_000).hold).toBe(true);
+    expect(h.look(1, idle({ queuedBytes: 20_000 }), 0).hold).toBe(false);
+  });
+
+  test("a writer that never leaves its queue full is held for at most maxHoldMs in all, then never again", () => {
+    const h = new SwitchoverHold({ budgetMs: 50, maxHoldMs: 1000 });
+    let gaveUp: string | undefined;
+    let t = 0;
+    for (; t <= 2000 && !gaveUp; t += 100) {
+      const look = h.look(t, idle(), 8 * 1024 * 1024);
+      if (look.gaveUp) gaveUp = look.gaveUp;
+      else expect(look.hold).toBe(true);
+    }
+    expect(t).toBe(1100); // the look at 1000 ms of holding gave up
+    expect(gaveUp).toMatch(/did not fit the downtime budget for 1 s/);
+    expect(h.look(t, idle(), 8 * 1024 * 1024).hold).toBe(false);
+  });
+
+  test("separate episodes of holding add up against the maximum", () => {
+    const h = new SwitchoverHold({ budgetMs: 50, maxHoldMs: 500 });
+    h.look(0, idle(), 1 << 22);
+    h.look(200, idle(), 1 << 22);
+    expect(h.look(300, idle(), 0).hold).toBe(false); // held until this look: 300 ms
+    expect(h.heldMs).toBe(300);
+    h.look(1000, idle(), 1 << 22);
+    expect(h.look(1150, idle(), 1 << 22).hold).toBe(true); // 450 ms
+    expect(h.look(1250, idle(), 1 << 22).gaveUp).toBeDefined(); // 550 ms
+  });
+});
