@@ -40,9 +40,10 @@ export function progressReporter(out: { write(s: string): unknown; isTTY?: boole
         const cap = e.rateCap ? ` (VM writes held to ${formatBytes(e.rateCap as number)}/s)` : "";
         const copying = e.copyLeftBytes ? ` (a copy pass: ${formatBytes(e.copyLeftBytes as number)} of it)` : "";
         const held = e.heldBytes ? ` + ${formatBytes(e.heldBytes as number)} held` : "";
+        const pause = e.pauseHeld ? `; VM pause held back (~${e.pauseEstimateMs} ms with its writes in flight)` : "";
         draw(
           `deltas: ${e.deltasSent} sent, ${formatBytes(e.queuedBytes as number)} queued${held}${copying}, ${formatBytes(e.unackedBytes as number)} unacked; ` +
-            `hand-off ~${e.estimateMs} ms, budget ${e.budgetMs} ms; throttle level ${e.throttleLevel}${cap}`,
+            `hand-off ~${e.estimateMs} ms, budget ${e.budgetMs} ms; throttle level ${e.throttleLevel}${cap}${pause}`,
         );
       }
     },

@@ -11,11 +11,11 @@ export function renderStatus(s: ServeStatus): string {
   const lines = [
     `${s.name}: ${s.mode}, ${s.clients} client(s), pid ${s.pid}`,
     `  image      ${s.image} (${formatBytes(s.size)}${s.readOnly ? ", read-only" : ""})`,
-    `  nbd        ${s.nbd}`,
+    `  nbd        ${s.nbd}${s.maxRequest ? `, requests up to ${formatBytes(s.maxRequest)}` : ""}`,
     ...(s.disks.length > 1 ? s.disks.map((d) => `  ${d.export.padEnd(10)} ${d.image} (${formatBytes(d.size)}): ${d.io.writes} writes (${formatBytes(d.io.bytesWritten)}), ${d.io.reads} reads (${formatBytes(d.io.bytesRead)})`) : []),
     `  io         ${s.io.writes} writes (${formatBytes(s.io.bytesWritten)}), ${s.io.reads} reads (${formatBytes(s.io.bytesRead)}), ${s.io.flushes} flushes, ${s.io.errors} errors`,
     `  recording  ${r.active ? `on, ${r.records} deltas (${formatBytes(r.bytes)}) in ${r.path}${r.restarts ? `, went on after ${r.restarts} restart(s)` : ""}` : "off"}${r.failed ? `, FAILED: ${r.failed}` : ""}`,
-    `  throttle   level ${t.level}, delay ${t.currentDelayUs} us, next step at ${t.nextThreshold} writes (${t.writesCounted} counted), ${t.queueLength} writes held (${formatBytes(t.heldBytes ?? 0)})${t.rateCapBytesPerSec ? `, capped at ${formatBytes(t.rateCapBytesPerSec)}/s` : ""}${t.vmStopped ? ", lifted (the VM stopped for the hand-off)" : ""}`,
+    `  throttle   level ${t.level}, delay ${t.currentDelayUs} us, next step at ${t.nextThreshold} writes (${t.writesCounted} counted), ${t.queueLength} writes held (${formatBytes(t.heldBytes ?? 0)})${t.rateCapBytesPerSec ? `, capped at ${formatBytes(t.rateCapBytesPerSec)}/s` : ""}${t.vmStopped ? `, lifted (the VM stopped for the hand-off${t.pauseDrain ? `; its pause drained ${t.pauseDrain.writes} writes, ${formatBytes(t.pauseDrain.bytes)}` : ""})` : ""}`,
     `  fence      ${s.fence.fenced ? `fenced${s.fence.since ? ` since ${s.fence.since}` : ""}, ${s.fence.refusedWrites} writes refused` : "open"}`,
     `  hand-off   ${s.handoff.text}${s.handoff.recording ? ` (${s.handoff.recording})` : ""}`,
   ];

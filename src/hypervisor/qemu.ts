@@ -11,8 +11,16 @@ import { QmpClient, type QmpEvent } from "./qmp.ts";
 import type { DestHypervisor, MoveMemoryOptions, SourceHypervisor } from "./types.ts";
 import { holdPoint } from "../util/kill-point.ts";
 import { endPrecopyLimit, precopyProgress } from "./memory-convergence.ts";
+import { linkWantsXbzrle, xbzrlePlan } from "./memory-xbzrle.ts";
 
 const POLL_MS = 50;
+/**
+ * The downtime-limit that holds a pause back. QEMU pauses the VM once the memory left fits
+ * bandwidth x downtime-limit (migration_iteration_run); at 1 ms a running guest's newly
+ * dirtied pages never fit, so it keeps copying. Not 0: then a round that finds no dirty
+ * page at all would not resync the bitmap and would complete at once.
+ */
+const PAUSE_HOLD_LIMIT_MS = 1;
 const MIGRATION_TIMEOUT_MS = 60 * 60 * 1000;
 /** How long a destination QEMU that does not listen yet is waited for. */
 const LISTEN_WAIT_MS = 60_000;
@@ -21,6 +29,7 @@ interface MigrateInfo {
   status?: string;
   "error-desc"?: string;
   ram?: { "dirty-sync-count"?: number; remaining?: number; mbps?: number; transferred?: number };
+  "xbzrle-cache"?: { bytes?: number; pages?: number; "cache-miss-rate"?: number; "encoding-rate"?: number };
 }
 
 /** QEMU's event timestamps are wall-clock; map one onto performance.now(). */
@@ -37,6 +46,11 @@ export class QemuSource implements SourceHypervisor {
   private stoppedAt?: number;
   private onStopped?: () => void;
   private downtimeLimitMs = 300;
+  /** The VM's own downtime-limit, put back when a migration of ours does not complete. */
+  private ownLimitMs = 300;
+  private pauseHeld = false;
+  /** XBZRLE turned on by us (sendLessOnSlowLinks): turned off again if the VM stays here. */
+  private xbzrleOn = false;
 
   constructor(
     private readonly opts: { qmp: string; migrateUri: string },
@@ -62,6 +76,15 @@ export class QemuSource implements SourceHypervisor {
       this.onStopped = undefined;
     });
     this.downtimeLimitMs = (await this.qmp.execute<{ "downtime-limit"?: number }>("query-migrate-parameters"))["downtime-limit"] ?? 300;
+    this.ownLimitMs = this.downtimeLimitMs;
+  }
+
+  /** Holds QEMU's pause back, or lets it pause once its memory fits the limit in force (PAUSE_HOLD_LIMIT_MS). */
+  async holdPause(hold: boolean): Promise<void> {
+    if (hold === this.pauseHeld || !this.qmp) return;
+    this.pauseHeld = hold;
+    await this.qmp.execute("migrate-set-parameters", { "downtime-limit": hold ? PAUSE_HOLD_LIMIT_MS : this.downtimeLimitMs });
+    this.log.info(hold ? "holding the VM's pause back: the writes it has in flight would not cross within the downtime budget" : `the VM may pause (downtime-limit ${this.downtimeLimitMs} ms again)`);
   }
 
   async moveMemory(whileWaiting: () => Promise<void>, opts: MoveMemoryOptions = {}): Promise<{ pausedAt: number }> {
@@ -81,6 +104,7 @@ export class QemuSource implements SourceHypervisor {
     const refusedUntil = Date.now() + LISTEN_WAIT_MS;
     let started = false;
     let sentAny = false; // a byte of memory went: the destination has begun, a failure is not "not listening yet"
+    if (!opts.stopFirst) await this.sendLessOnSlowLinks(opts.linkBytesPerSec, whileWaiting);
     await qmp.execute("migrate", { uri: this.opts.migrateUri });
     this.log.info(`QEMU migrates memory to ${this.opts.migrateUri}`);
     let lastPoll = 0;
@@ -99,6 +123,8 @@ export class QemuSource implements SourceHypervisor {
       if (m.status === "active") await this.endPrecopyIfStuck(m);
       if (m.status === "pre-switchover") {
         this.log.info("QEMU paused the VM at the source (pre-switchover); its writes are flushed");
+        const x = m["xbzrle-cache"];
+        if (this.xbzrleOn && x) this.log.info(`XBZRLE sent ${x.pages ?? 0} pages as ${((x.bytes ?? 0) / 1048576).toFixed(1)} MiB of changes (cache misses ${(((x["cache-miss-rate"] ?? 0) * 100)).toFixed(0)} %, encoding rate ${(x["encoding-rate"] ?? 0).toFixed(1)})`);
         return { pausedAt: this.stoppedAt ?? performance.now() };
       }
       // Through a relay (a delay proxy, an SSH forward) the connection is taken and then
@@ -115,8 +141,42 @@ export class QemuSource implements SourceHypervisor {
     }
   }
 
+  /**
+   * A slow link: XBZRLE, its cache sized from the guest's dirty rate (memory-xbzrle.ts).
+   * QEMU measures that rate by sampling pages for a second (calc-dirty-rate), while the
+   * deltas go on streaming.
+   */
+  private async sendLessOnSlowLinks(linkBytesPerSec: number | undefined, whileWaiting: () => Promise<void>): Promise<void> {
+    const qmp = this.qmp!;
+    if (!linkWantsXbzrle(linkBytesPerSec)) return;
+    const ramBytes = (await qmp.execute<{ "base-memory": number }>("query-memory-size-summary"))["base-memory"];
+    const dirtyBytesPerSec = await this.dirtyRate(whileWaiting).catch((err) => {
+      this.log.info(`QEMU's dirty rate could not be measured (${(err as Error).message}): the XBZRLE cache is sized from the guest's RAM`);
+      return undefined;
+    });
+    const plan = xbzrlePlan({ bytesPerSec: linkBytesPerSec }, { ramBytes, dirtyBytesPerSec })!;
+    await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "xbzrle", state: true }] });
+    await qmp.execute("migrate-set-parameters", { "xbzrle-cache-size": plan.cacheBytes });
+    this.xbzrleOn = true;
+    this.log.info(plan.why);
+  }
+
+  private async dirtyRate(whileWaiting: () => Promise<void>): Promise<number | undefined> {
+    const qmp = this.qmp!;
+    await qmp.execute("calc-dirty-rate", { "calc-time": 1 });
+    const end = Date.now() + 5000;
+    while (Date.now() < end) {
+      await whileWaiting();
+      await Bun.sleep(20);
+      const r = await qmp.execute<{ status: string; "dirty-rate"?: number }>("query-dirty-rate");
+      if (r.status === "measured" && r["dirty-rate"] !== undefined) return r["dirty-rate"] * 1024 * 1024; // MB/s in QEMU's words, MiB/s in its code
+    }
+    return undefined;
+  }
+
   /** Pre-copy that had its rounds and still does not fit: QEMU stops the VM and copies the rest (memory-convergence.ts). */
   private async endPrecopyIfStuck(m: MigrateInfo): Promise<void> {
+    if (this.pauseHeld) return; // judged again once the pause may come
     const p = precopyProgress(m, this.downtimeLimitMs);
     const limit = p && endPrecopyLimit(p);
     if (limit === undefined) return;
@@ -164,6 +224,16 @@ export class QemuSource implements SourceHypervisor {
         if (s === "cancelled" || s === "failed") break;
         await Bun.sleep(POLL_MS);
       }
+    }
+    // A held pause or an ended pre-copy changed the VM's downtime-limit: its next migration gets its own back.
+    if (this.pauseHeld || this.downtimeLimitMs !== this.ownLimitMs) {
+      await qmp.execute("migrate-set-parameters", { "downtime-limit": this.ownLimitMs });
+      this.pauseHeld = false;
+      this.downtimeLimitMs = this.ownLimitMs;
+    }
+    if (this.xbzrleOn) {
+      await qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "xbzrle", state: false }] });
+      this.xbzrleOn = false;
     }
     const st = await qmp.execute<{ status: string }>("query-status");
     if (st.status !== "running") await qmp.execute("cont");

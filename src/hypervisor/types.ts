@@ -41,6 +41,8 @@ export interface MoveMemoryOptions {
    * see the stop before moveMemory returns do not call it.
    */
   onStopped?: () => void;
+  /** The link's rate as the deltas measured it (bytes/s): a slow one makes the memory's copy send less (memory-xbzrle.ts). */
+  linkBytesPerSec?: number;
 }
 
 export interface SourceHypervisor {
@@ -54,6 +56,11 @@ export interface SourceHypervisor {
    * and over meanwhile, so deltas keep streaming.
    */
   moveMemory(whileWaiting: () => Promise<void>, opts?: MoveMemoryOptions): Promise<{ pausedAt: number }>;
+  /**
+   * While memory moves: keep the hypervisor from pausing the VM (true), or let it pause when
+   * its memory fits (false). Drivers that cannot hold a pause back do not have it (xl).
+   */
+  holdPause?(hold: boolean): Promise<void>;
   /** The destination has verified the disk: let the VM run there. */
   complete(): Promise<void>;
   /**

@@ -9,6 +9,7 @@ import type { RegionDigests } from "../disk/image/region-digest.ts";
 import type { ImageRef } from "../disk/image/image-set.ts";
 import type { DeltaStreamer } from "./deltas.ts";
 import { DeltasError } from "./errors.ts";
+import { type HoldLook, SwitchoverHold } from "./switchover-hold.ts";
 import { type RecordingWatch, reportShipped, reportStopped } from "./recording-watch.ts";
 import { ConvergenceController, estimateHandoff, type HandoffEstimate, type HandoffInputs, rateCap, type Verdict } from "./convergence.ts";
 import { LinkMeter } from "./link-meter.ts";
@@ -41,6 +42,8 @@ export interface ConvergenceSettings {
   initialLevel?: number;
   /** How long the catch-up should take (ms): the bulk copy's duration, so a writer costs about one more of it. */
   targetMs?: number;
+  /** How long the VM's pause may be held back in all, ms (switchover-hold.ts; its default otherwise). */
+  maxPauseHoldMs?: number;
 }
 
 /** How catch-up ended: the estimate at the fence, and why the fence came early if it did. */
@@ -75,6 +78,10 @@ export interface DeltasProgress {
   budgetMs: number;
   /** The VM's write allowance now, bytes/s (undefined: none). */
   rateCap?: number;
+  /** While memory moves: the VM's pause is held back, its writes in flight not fitting the budget (switchover-hold.ts). */
+  pauseHeld?: boolean;
+  /** The hand-off's estimate with those writes counted (ms): what the pause would cost now. */
+  pauseEstimateMs?: number;
 }
 
 export class CatchUp {
@@ -95,6 +102,8 @@ export class CatchUp {
   private verdict?: Verdict;
   /** The serve being told the VM stopped at the source (vmStopped()). */
   private stopNotice?: Promise<void>;
+  private readonly hold: SwitchoverHold;
+  private pauseLook?: HoldLook;
 
   constructor(
     private readonly ctl: ControlClient,
@@ -108,6 +117,27 @@ export class CatchUp {
     this.controller = new ConvergenceController({ budgetMs: settings.budgetMs, targetMs: settings.targetMs });
     if (settings.initialLevel) this.controller.atLeast(settings.initialLevel);
     this.link = new LinkMeter(settings.linkBytesPerMs);
+    this.hold = new SwitchoverHold({ budgetMs: settings.budgetMs, maxHoldMs: settings.maxPauseHoldMs });
+  }
+
+  /**
+   * While memory moves: may the hypervisor pause the VM now? What the pause drains (the
+   * writes the serve holds, on top of the queue) must fit the budget (switchover-hold.ts).
+   */
+  mayPause(): HoldLook {
+    this.pauseLook = this.hold.look(performance.now(), this.inputs(), this.held.bytes);
+    return this.pauseLook;
+  }
+
+  /** The link's rate as the deltas measured it (bytes/s), if they have. */
+  linkBytesPerSec(): number | undefined {
+    const r = this.link.bytesPerMs();
+    return r === undefined ? undefined : r * 1000;
+  }
+
+  /** How long the VM's pause was held back (ms). */
+  get pauseHeldMs(): number {
+    return Math.round(this.hold.heldMs);
   }
 
   /** The highest throttle level this migration reached (its throttle steps). */
@@ -241,6 +271,7 @@ export class CatchUp {
         estimateMs: Math.round((this.verdict?.estimate ?? estimateHandoff(this.inputs())).totalMs),
         budgetMs: this.settings.budgetMs,
         rateCap: this.cap,
+        ...(this.pauseLook && { pauseHeld: this.pauseLook.hold, pauseEstimateMs: Math.round(this.pauseLook.estimate.totalMs) }),
       });
     }
   }

@@ -37,7 +37,7 @@ export function summary(name: string, m: MigrationMetrics): string {
     ["on the wire", `${formatBytes(m.bytesOnWire)}${m.streams > 1 ? ` over ${m.streams} connections` : ""}`],
     ["throttle", `highest level ${m.throttleSteps}`],
   ];
-  if (m.pauseDrain) rows.push(["pause drained", `${m.pauseDrain.writes} writes (${formatBytes(m.pauseDrain.bytes)}) the VM had in flight when it paused`]);
+  if (m.pauseDrain) rows.push(["pause drained", `${m.pauseDrain.writes} writes (${formatBytes(m.pauseDrain.bytes)}) the VM had in flight when it paused${m.pauseHeldBackMs ? `; its pause was held back ${(m.pauseHeldBackMs / 1000).toFixed(1)} s until they fit the budget` : ""}`]);
   if (m.frozen) rows.push(["timeout", m.frozen]);
   if (m.reconnects) rows.push(["link", `${m.reconnects} reconnect(s), resumed; ${formatBytes(m.bytesResent)} sent again`]);
   return `migrated ${name} in ${(m.migrationTimeMs / 1000).toFixed(1)} s\n${rows.map(([k, v]) => `  ${k.padEnd(17)}${v}`).join("\n")}\n`;

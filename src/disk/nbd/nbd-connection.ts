@@ -88,7 +88,7 @@ type Step =
   | { kind: "optionData"; opt: number; length: number }
   | { kind: "requestHeader" }
   | { kind: "writePayload"; req: Request }
-  | { kind: "drain"; left: number }
+  | { kind: "drain"; left: number; then: () => void }
   | { kind: "done" };
 
 /** Backpressure: stop reading a client that does not read its replies. */
@@ -231,7 +231,10 @@ export class NbdConnection {
         const n = q.skip(s.left);
         if (n === 0) return false;
         s.left -= n;
-        if (s.left === 0) this.step = { kind: "requestHeader" };
+        if (s.left === 0) {
+          this.step = { kind: "requestHeader" };
+          s.then();
+        }
         return true;
       }
       case "done":
@@ -366,8 +369,11 @@ export class NbdConnection {
     if (problem) {
       this.export!.stats.errors++;
       this.host.log.info(`client ${this.peer}: ${cmdName(req.type)} offset=${req.offset} length=${req.length}: ${problem.message}`);
-      this.replyError(req, problem.error, problem.message);
-      if (req.type === Cmd.WRITE) this.step = req.length > 0 ? { kind: "drain", left: req.length } : this.step;
+      // A refused write's payload is read first, then answered: libnbd, still sending it, took
+      // an answer before its end for a reply to no request of its own and gave the handle up.
+      const answer = () => this.replyError(req, problem.error, problem.message);
+      if (req.type === Cmd.WRITE && req.length > 0) this.step = { kind: "drain", left: req.length, then: answer };
+      else answer();
       return;
     }
     if (req.type === Cmd.WRITE) {

@@ -412,6 +412,7 @@ export class DiskService implements ControlledServe {
       startedAt: this.startedAt.toISOString(),
       mode: this.mode,
       clients: this.nbd.clients,
+      maxRequest: this.nbd.maxRequest,
       connectionsTotal: this.nbd.totalConnections,
       io: { ...this.nbd.stats },
       instance: this.instance,

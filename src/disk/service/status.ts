@@ -55,6 +55,8 @@ export interface ServeStatus {
   startedAt: string;
   mode: ServeMode;
   clients: number;
+  /** The largest NBD request advertised (serve --max-request): with a client's queue depth, what a VM can hold in flight. */
+  maxRequest?: number;
   connectionsTotal: number;
   io: NbdServer["stats"];
   /** A new value every time a serve process starts: the migrating source notices a restart by it. */

@@ -81,6 +81,7 @@ async function complete(run: LiveRun, link: Link, { catchUp, converged }: Caught
     streams: link.ch.streams,
     throttleSteps: Math.max(end.throttle.maxLevel, catchUp.throttleSteps, run.pacing.throttled ? 1 : 0),
     pauseDrain: hv.kind === "none" ? undefined : end.throttle.pauseDrain,
+    pauseHeldBackMs: hv.holdPause ? catchUp.pauseHeldMs : undefined,
     converged: { estimateMs: converged.estimate.totalMs, budgetMs: run.budgetMs, frozen: converged.frozen },
     reconnects: at.attempt,
     disks: run.tally,

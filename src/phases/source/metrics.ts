@@ -56,6 +56,8 @@ export interface MigrationMetrics {
   throttleSteps: number;
   /** With a hypervisor: the writes its pause drained (held then, or arriving after), which crossed before B could run. */
   pauseDrain?: { writes: number; bytes: number };
+  /** With a hypervisor that can: how long the VM's pause was held back until what it drains fit the budget (ms). */
+  pauseHeldBackMs?: number;
   /** Broken links resumed during this migration. */
   reconnects: number;
   /** Each disk's deltas, and its share of the hand-off's (live mode). */
@@ -116,6 +118,7 @@ export function finish(
     streams?: number;
     throttleSteps: number;
     pauseDrain?: { writes: number; bytes: number };
+    pauseHeldBackMs?: number;
     reconnects: number;
     disks?: DiskTally;
   },
@@ -152,6 +155,7 @@ export function finish(
     deltaRatePerSec: Math.round((m.deltas.sent / migrationTimeMs) * 1000),
     throttleSteps: m.throttleSteps,
     pauseDrain: m.pauseDrain,
+    pauseHeldBackMs: m.pauseHeldBackMs,
     reconnects: m.reconnects,
     disks: m.disks?.figures(),
   };

@@ -196,12 +196,20 @@ export async function pause(run: LiveRun, { ch }: Link, { catchUp }: CaughtUp): 
     run.redirect = await setUpRedirect(ch, o.redirect, { runDir: o.runDir, name: o.name }, o.log);
   }
   if (hv.kind !== "none") enter(run, "memory");
+  let stopped = false;
   const { pausedAt } = await hv.moveMemory(
     async () => {
       checkInterrupted(run);
       await catchUp.round();
+      if (!stopped) await holdPauseWhileTooMuchInFlight(run, catchUp);
     },
-    { onStopped: () => catchUp.vmStopped() },
+    {
+      onStopped: () => {
+        stopped = true;
+        catchUp.vmStopped();
+      },
+      linkBytesPerSec: catchUp.linkBytesPerSec(),
+    },
   );
   await catchUp.stopNoticed();
   if (hv.kind !== "none") o.onEvent?.({ event: "paused", at: Math.round(Date.now() - (performance.now() - pausedAt)) });
@@ -210,6 +218,19 @@ export async function pause(run: LiveRun, { ch }: Link, { catchUp }: CaughtUp): 
     o.log.info(`point of no return: the VM has left (${hv.kind}); handing its disk over`);
   }
   return pausedAt;
+}
+
+/**
+ * What the VM's pause would drain must fit the budget (switchover-hold.ts): the hypervisor
+ * is kept from pausing it until then. Past the --timeout deadline nothing is held back: the
+ * operator's window has the last word.
+ */
+async function holdPauseWhileTooMuchInFlight(run: LiveRun, catchUp: CatchUp): Promise<void> {
+  if (!run.hv.holdPause) return;
+  const look = catchUp.mayPause();
+  const pastDeadline = run.deadline !== undefined && performance.now() >= run.deadline.at;
+  if (look.gaveUp) run.o.log.warn(look.gaveUp);
+  await run.hv.holdPause(look.hold && !pastDeadline);
 }
 
 /** The fence, the last deltas, the barrier and the digests' check (handoff.ts). */
