@@ -142,7 +142,8 @@ async function ext4Migration(n: number, at: Attempt, opts: { bonnie?: boolean; i
   });
   // The check can fail: the source's image lacks what B acknowledged.
   expect((await checkImage(image, acked, "negative")).length).toBeGreaterThan(0);
-  return { acked, atSource: acks(src).size, atDest: acks(dst).size, sourceOut: source.out(), serveLog: srv.stderr() };
+  const pauseDrain = (await srv.ctl.status()).throttle.pauseDrain;
+  return { acked, atSource: acks(src).size, atDest: acks(dst).size, sourceOut: source.out(), serveLog: srv.stderr(), pauseDrain };
 }
 
 describe("a real file system (ext4) migrated live, then the destination crashes", () => {
@@ -161,7 +162,17 @@ describe("a real file system (ext4) migrated live, then the destination crashes"
       expect(level).toBeGreaterThanOrEqual(1);
       const held = /the VM stopped at the source: its last writes \((\d+) held now\)/.exec(r.serveLog);
       expect(held).not.toBeNull();
-      console.log(`ext4 guest with Bonnie: ${r.acked.size} steps ACKed (${r.atSource} at A, ${r.atDest} at B); throttle level ${level}; ${held![1]} writes held at QEMU's STOP, let go; both images clean`);
+      // What the pause drained crossed inside the downtime: either it fit the budget (50 ms of
+      // the 3 MB/s link), or the pause had been held back waiting for it to (switchover-hold.ts).
+      const heldBackS = Number(/held back ([\d.]+) s/.exec(r.sourceOut)?.[1] ?? 0);
+      const fitBytes = 50 * (24e6 / 8 / 1000);
+      expect(r.pauseDrain).toBeDefined();
+      expect(r.sourceOut).toContain(`pause drained    ${r.pauseDrain!.writes} writes`);
+      expect(heldBackS > 0 || r.pauseDrain!.bytes <= fitBytes).toBe(true);
+      console.log(
+        `ext4 guest with Bonnie: ${r.acked.size} steps ACKed (${r.atSource} at A, ${r.atDest} at B); throttle level ${level}; ${held![1]} writes held at QEMU's STOP, let go; ` +
+          `the pause drained ${r.pauseDrain!.writes} writes (${r.pauseDrain!.bytes} bytes), held back ${heldBackS} s; both images clean`,
+      );
     });
   }, 600_000);
 });

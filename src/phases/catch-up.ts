@@ -247,7 +247,7 @@ export class CatchUp {
     // Only unsent bytes mean the link was kept busy: bytes merely in flight behind a trickle
     // of writes would measure the writer (on the WAN under dynamic-web the rate sank to the
     // writer's, the estimate grew without end, and the migration never fenced).
-    if (this.bulkAcked()) this.link.observe(performance.now(), d.ackedWireBytes, d.pendingBytes() > 0);
+    if (this.bulkAcked()) this.link.observe(performance.now(), d.ackedWireBytes, d.pendingBytes() > 0, d.drainTotals());
     // A request to the serve per round (every few ms while memory moves) would be most of
     // the round's cost; the throttle needs the queue's size, not each step of it. The same
     // answer brings the serve's dirty map, marked before the rehash below.

@@ -128,6 +128,11 @@ export class DeltaStreamer {
     return this.inFlightBytes;
   }
 
+  /** The connection's drain meter (link-meter.ts): when its kernel buffers were full, and what they took. */
+  drainTotals(): { busyMs: number; busyBytes: number } {
+    return this.ch.drainTotals();
+  }
+
   /** Takes the ACKs that have arrived (without waiting). An ERROR from the destination throws. */
   takeAcks(): void {
     for (let m = this.ch.tryRecv(); m; m = this.ch.tryRecv()) {
