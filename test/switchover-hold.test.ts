@@ -66,4 +66,18 @@ describe("the switchover hold", () => {
     expect(h.look(1150, idle(), 1 << 22).hold).toBe(true); // 450 ms
     expect(h.look(1250, idle(), 1 << 22).gaveUp).toBeDefined(); // 550 ms
   });
+
+  test("holds no longer than the downtime at stake, and at least 5 s", () => {
+    // 8 MiB on 625 bytes/ms: 13.4 s at stake.
+    const h = new SwitchoverHold({ budgetMs: 50 });
+    let t = 0;
+    while (!h.look(t, idle(), 8 * 1024 * 1024).gaveUp) t += 500;
+    expect(t).toBeGreaterThanOrEqual(13_000);
+    expect(t).toBeLessThan(14_500);
+    // 64 KiB: 105 ms at stake, held the 5 s floor.
+    const small = new SwitchoverHold({ budgetMs: 50 });
+    t = 0;
+    while (!small.look(t, idle(), 64 * 1024).gaveUp) t += 500;
+    expect(t).toBe(5000);
+  });
 });

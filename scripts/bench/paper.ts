@@ -7,6 +7,7 @@
 //                          [--baseline-s S] [--after-s S] [--report DIR] [--keep-logs DIR] [--json FILE]
 //                          [--ram-check]   (B held at the switchover, guest RAM compared: a failed
 //                                           guest laid at QEMU's door or ours, lib/ram-blame.ts)
+//                          [--max-request SIZE] (the serve's NBD maximum) [--xbzrle auto|off] (the source's)
 //
 // Each row, on fresh hosts (three network namespaces):
 //   C (the clients) --veth, unshaped-- A (serve, the guest on tap0, source) --veth, shaped-- B (dest, QEMU -incoming, tap0)
@@ -129,6 +130,8 @@ interface Ctx {
   ramCheck: boolean;
   /** --max-request: the serve's advertised NBD maximum (what the guest can hold in flight). */
   maxRequest?: string;
+  /** --xbzrle auto|off: the source's (a before/after of XBZRLE on the WAN rows). */
+  xbzrle?: string;
 }
 
 export interface RunResult {
@@ -266,7 +269,7 @@ async function runRow(sc: Scenario, w: Workload, mode: Mode, n: number, ctx: Ctx
     const source = start("source", net.ns.A, [
       BUN, MAIN, "source", "--name", "vm", "--run-dir", a, "--to", to, "--secret-file", ctx.secret, "--json",
       "--hypervisor", "qemu", "--qmp", `unix:${src.qmpPath}`, "--migrate-uri", migrateUri,
-      "--old-ip", net.ip.guest, "--tunnel", "vxlan", ...MODE_ARGS[mode],
+      "--old-ip", net.ip.guest, "--tunnel", "vxlan", ...MODE_ARGS[mode], ...(ctx.xbzrle ? ["--xbzrle", ctx.xbzrle] : []),
     ]);
     const limitMs = ctx.rowLimitS * 1000;
     const done = await waitEvent(source, "the migration's done event", (e) => e.event === "done", limitMs).catch(async (err) => {
@@ -381,6 +384,7 @@ export async function main(argv: string[]): Promise<void> {
       "keep-logs": { type: "string" },
       "ram-check": { type: "boolean", default: false },
       "max-request": { type: "string" },
+      xbzrle: { type: "string" },
       json: { type: "string" },
     },
   });
@@ -401,7 +405,7 @@ export async function main(argv: string[]): Promise<void> {
   const secret = join(dir, "secret");
   writeFileSync(secret, `${Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString("base64")}\n`, { mode: 0o600 });
   if (values.report) mkdirSync(values.report, { recursive: true });
-  const ctx: Ctx = { dir, secret, baselineS: Number(values["baseline-s"]), afterS: Number(values["after-s"]), reportDir: values.report, logDir: values["keep-logs"], rowLimitS: Number(values["row-limit-s"]), ramCheck: values["ram-check"]!, maxRequest: values["max-request"] };
+  const ctx: Ctx = { dir, secret, baselineS: Number(values["baseline-s"]), afterS: Number(values["after-s"]), reportDir: values.report, logDir: values["keep-logs"], rowLimitS: Number(values["row-limit-s"]), ramCheck: values["ram-check"]!, maxRequest: values["max-request"], xbzrle: values.xbzrle };
   await buildGuest();
   const t0 = Date.now();
   const results: RunResult[] = [];

@@ -12,6 +12,7 @@ export interface HypervisorArgs {
   domain?: string;
   qmp?: string;
   "migrate-uri"?: string;
+  xbzrle?: string;
   "xl-ssh"?: string;
   "xl-host"?: string;
   "xl-config"?: string;
@@ -31,7 +32,7 @@ export function sourceHypervisor(args: HypervisorArgs, destHost: string, log: Lo
     case "none":
       return new NoSourceHypervisor();
     case "qemu":
-      return new QemuSource({ qmp: need(args, "qmp"), migrateUri: need(args, "migrate-uri") }, log);
+      return new QemuSource({ qmp: need(args, "qmp"), migrateUri: need(args, "migrate-uri"), xbzrle: args.xbzrle !== "off" }, log);
     case "xl":
       return new XlSource({ domain: need(args, "domain"), host: xlHost(args, destHost), sshCommand: args["xl-ssh"], config: args["xl-config"] }, log);
     case "libvirt":

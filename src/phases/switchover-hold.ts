@@ -8,13 +8,19 @@
 //
 // A writer's in-flight bytes rise and fall with what it does (Bonnie's read phases hold
 // nothing), so holding waits for a moment that fits. A writer that never leaves one is not
-// waited for without end: after maxHoldMs the hold is given up for the rest of the
-// migration, and the pause drains what it drains (the done event's pauseDrain says how much).
+// waited for without end: the hold trades at most the downtime at stake (the largest
+// estimate seen, at least MIN_HOLD_MS) for migration time, never more than maxHoldMs in
+// all, and is then given up for the rest of the migration; the pause drains what it
+// drains (the done event's pauseDrain says how much). On the paper's WAN a capped Bonnie
+// writer kept 32 MB held for the whole 120 s it was waited for: its writes were stuck
+// behind a 4 KB/s cap, so it never reached a read phase.
 
 import { estimateHandoff, type HandoffEstimate, type HandoffInputs } from "./convergence.ts";
 
 /** How long a pause is held back at most, by default: a few of Bonnie's phases. */
 export const SWITCHOVER_HOLD_MAX_MS = 120_000;
+/** A hold may always last this long, however little is at stake. */
+export const MIN_HOLD_MS = 5_000;
 
 export interface HoldLook {
   /** true: keep the hypervisor from pausing the VM now. */
@@ -31,6 +37,8 @@ export class SwitchoverHold {
   /** Total time the pause was held back (ms). */
   heldMs = 0;
   private lastLook?: number;
+  /** The largest hand-off estimate seen while holding (ms): the downtime at stake. */
+  private atStakeMs = 0;
 
   constructor(private readonly opts: { budgetMs: number; maxHoldMs?: number }) {}
 
@@ -45,7 +53,8 @@ export class SwitchoverHold {
       return { hold: false, estimate };
     }
     this.since ??= now;
-    const max = this.opts.maxHoldMs ?? SWITCHOVER_HOLD_MAX_MS;
+    this.atStakeMs = Math.max(this.atStakeMs, estimate.totalMs);
+    const max = Math.min(this.opts.maxHoldMs ?? SWITCHOVER_HOLD_MAX_MS, Math.max(MIN_HOLD_MS, this.atStakeMs));
     if (this.heldMs < max) return { hold: true, estimate };
     this.given = true;
     this.since = undefined;
