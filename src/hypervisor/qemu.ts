@@ -21,6 +21,7 @@ const POLL_MS = 50;
  * page at all would not resync the bitmap and would complete at once.
  */
 const PAUSE_HOLD_LIMIT_MS = 1;
+const QEMU_DEFAULT_LIMIT_MS = 300;
 const MIGRATION_TIMEOUT_MS = 60 * 60 * 1000;
 /** How long a destination QEMU that does not listen yet is waited for. */
 const LISTEN_WAIT_MS = 60_000;
@@ -75,7 +76,13 @@ export class QemuSource implements SourceHypervisor {
       this.onStopped?.();
       this.onStopped = undefined;
     });
-    this.downtimeLimitMs = (await this.qmp.execute<{ "downtime-limit"?: number }>("query-migrate-parameters"))["downtime-limit"] ?? 300;
+    this.downtimeLimitMs = (await this.qmp.execute<{ "downtime-limit"?: number }>("query-migrate-parameters"))["downtime-limit"] ?? QEMU_DEFAULT_LIMIT_MS;
+    if (this.downtimeLimitMs === PAUSE_HOLD_LIMIT_MS) {
+      // A source of ours killed while it held the pause back left it so; no operator sets 1 ms.
+      this.log.warn(`QEMU's downtime-limit is ${PAUSE_HOLD_LIMIT_MS} ms, as a killed migration holding the pause back left it: using QEMU's default ${QEMU_DEFAULT_LIMIT_MS} ms`);
+      this.downtimeLimitMs = QEMU_DEFAULT_LIMIT_MS;
+      await this.qmp.execute("migrate-set-parameters", { "downtime-limit": QEMU_DEFAULT_LIMIT_MS });
+    }
     this.ownLimitMs = this.downtimeLimitMs;
   }
 
