@@ -48,7 +48,7 @@ export const sourceOptionArgs = {
     "xl-config": { type: "string", description: "with xl: the domain config for the destination (its -C)", valueHint: "FILE" },
     qmp: { type: "string", description: "with qemu: the source QEMU's QMP socket", valueHint: "unix:PATH" },
     "migrate-uri": { type: "string", description: "with qemu: where the destination QEMU listens (-incoming)", valueHint: "tcp:HOST:PORT" },
-    xbzrle: { type: "enum", options: ["auto", "off"], description: "with qemu: XBZRLE for the memory's copy when the link measures under 50 Mbit/s (auto), or never (off)", default: "auto" },
+    xbzrle: { type: "enum", options: ["auto", "off"], description: "with qemu: XBZRLE for the memory's copy when the link measures under 50 Mbit/s (auto), or never (off, the default until it is proven under TCG)", default: "off" },
     report: { type: "string", description: "draw the migration's timeline (throughput, delta queue, throttle, the pause) into FILE.svg or FILE.html", valueHint: "FILE" },
     ...jsonArg,
     ...logArg,

@@ -32,7 +32,7 @@ export function sourceHypervisor(args: HypervisorArgs, destHost: string, log: Lo
     case "none":
       return new NoSourceHypervisor();
     case "qemu":
-      return new QemuSource({ qmp: need(args, "qmp"), migrateUri: need(args, "migrate-uri"), xbzrle: args.xbzrle !== "off" }, log);
+      return new QemuSource({ qmp: need(args, "qmp"), migrateUri: need(args, "migrate-uri"), xbzrle: args.xbzrle === "auto" }, log);
     case "xl":
       return new XlSource({ domain: need(args, "domain"), host: xlHost(args, destHost), sshCommand: args["xl-ssh"], config: args["xl-config"] }, log);
     case "libvirt":

@@ -111,7 +111,7 @@ export class QemuSource implements SourceHypervisor {
     const refusedUntil = Date.now() + LISTEN_WAIT_MS;
     let started = false;
     let sentAny = false; // a byte of memory went: the destination has begun, a failure is not "not listening yet"
-    if (!opts.stopFirst && this.opts.xbzrle !== false) await this.sendLessOnSlowLinks(opts.linkBytesPerSec, whileWaiting);
+    if (!opts.stopFirst && this.opts.xbzrle) await this.sendLessOnSlowLinks(opts.linkBytesPerSec, whileWaiting);
     await qmp.execute("migrate", { uri: this.opts.migrateUri });
     this.log.info(`QEMU migrates memory to ${this.opts.migrateUri}`);
     let lastPoll = 0;

@@ -610,9 +610,12 @@ export class Receiver {
     if (this.nextSeq !== undefined && BigInt(m.lastSeq) !== this.nextSeq - 1n)
       throw new ProtocolError(`barrier says the last delta is ${m.lastSeq}, we applied up to ${this.nextSeq - 1n}`);
     const t0 = performance.now();
-    await this.writeback;
+    // Our own sync covers every write applied (fdatasync also waits for pages a background
+    // sync is writing), so a background sync under way is not waited for first: its time
+    // overlaps ours instead of adding to the downtime. Its error is still taken: a failed
+    // writeback's error is reported once, and a later sync may succeed without the data.
+    await Promise.all([this.writeback, this.image!.flush()]);
     if (this.writebackError) throw new ReceiveError(`cannot sync the image: ${(this.writebackError as Error).message}`);
-    await this.image!.flush();
     const t1 = performance.now();
     const rehashed = this.digests!.refresh(this.opts.images, { all: true });
     const digest = this.digests!.digest();
