@@ -22,24 +22,40 @@ describe("the switchover hold", () => {
     // 4 MiB held on 5 Mbit/s: 6.7 s to cross.
     expect(h.look(0, idle(), 4 * 1024 * 1024).hold).toBe(true);
     expect(h.look(50, idle(), 4 * 1024 * 1024).hold).toBe(true);
-    // The writer's read phase: nothing held.
-    const fit = h.look(100, idle(), 0);
+    // The writer's read phase: nothing held, for 300 ms before the pause is let go.
+    expect(h.look(100, idle(), 0).hold).toBe(true);
+    expect(h.look(300, idle(), 0).hold).toBe(true);
+    const fit = h.look(400, idle(), 0);
     expect(fit.hold).toBe(false);
     expect(fit.estimate.workMs).toBeLessThanOrEqual(50);
-    expect(h.heldMs).toBe(100);
+    expect(h.heldMs).toBe(400);
+  });
+
+  test("a writer that fits for an instant between requests is not let go: it must fit for 300 ms in a row", () => {
+    const h = new SwitchoverHold({ budgetMs: 50 });
+    expect(h.look(0, idle(), 4 << 20).hold).toBe(true);
+    expect(h.look(100, idle(), 0).hold).toBe(true);
+    expect(h.look(200, idle(), 4 << 20).hold).toBe(true); // refilled
+    expect(h.look(300, idle(), 0).hold).toBe(true);
+    expect(h.look(500, idle(), 0).hold).toBe(true);
+    expect(h.look(600, idle(), 0).hold).toBe(false);
+  });
+
+  test("never held, a look that fits lets the pause come at once", () => {
+    expect(new SwitchoverHold({ budgetMs: 50 }).look(0, idle(), 0).hold).toBe(false);
   });
 
   test("counts the held bytes at the compression ratio seen, like the queue", () => {
     const h = new SwitchoverHold({ budgetMs: 50 });
     // 64 KiB held is 105 ms raw on 625 bytes/ms, 21 ms at a 0.2 ratio.
-    expect(h.look(0, idle(), 64 * 1024).hold).toBe(true);
-    expect(h.look(1, idle({ compressionRatio: 0.2 }), 64 * 1024).hold).toBe(false);
+    expect(h.look(0, idle({ compressionRatio: 0.2 }), 64 * 1024).hold).toBe(false);
+    expect(new SwitchoverHold({ budgetMs: 50 }).look(0, idle(), 64 * 1024).hold).toBe(true);
   });
 
   test("a queue already too long is held back too: the held bytes come on top of it", () => {
     const h = new SwitchoverHold({ budgetMs: 50 });
     expect(h.look(0, idle({ queuedBytes: 20_000 }), 20_000).hold).toBe(true);
-    expect(h.look(1, idle({ queuedBytes: 20_000 }), 0).hold).toBe(false);
+    expect(new SwitchoverHold({ budgetMs: 50 }).look(0, idle({ queuedBytes: 20_000 }), 0).hold).toBe(false);
   });
 
   test("a writer that never leaves its queue full is held for at most maxHoldMs in all, then never again", () => {
@@ -57,14 +73,22 @@ describe("the switchover hold", () => {
   });
 
   test("separate episodes of holding add up against the maximum", () => {
-    const h = new SwitchoverHold({ budgetMs: 50, maxHoldMs: 500 });
+    const h = new SwitchoverHold({ budgetMs: 50, maxHoldMs: 5000 });
     h.look(0, idle(), 1 << 22);
     h.look(200, idle(), 1 << 22);
-    expect(h.look(300, idle(), 0).hold).toBe(false); // held until this look: 300 ms
-    expect(h.heldMs).toBe(300);
-    h.look(1000, idle(), 1 << 22);
-    expect(h.look(1150, idle(), 1 << 22).hold).toBe(true); // 450 ms
-    expect(h.look(1250, idle(), 1 << 22).gaveUp).toBeDefined(); // 550 ms
+    h.look(300, idle(), 0);
+    h.look(450, idle(), 0);
+    expect(h.look(600, idle(), 0).hold).toBe(false); // quiet for 300 ms: held until this look, 600 ms
+    expect(h.heldMs).toBe(600);
+    const separate = new SwitchoverHold({ budgetMs: 50, maxHoldMs: 800 });
+    separate.look(0, idle(), 1 << 22);
+    separate.look(200, idle(), 1 << 22);
+    separate.look(300, idle(), 0);
+    separate.look(450, idle(), 0);
+    expect(separate.look(600, idle(), 0).hold).toBe(false); // 600 ms held
+    separate.look(1000, idle(), 1 << 22);
+    expect(separate.look(1150, idle(), 1 << 22).hold).toBe(true); // 750 ms
+    expect(separate.look(1250, idle(), 1 << 22).gaveUp).toBeDefined(); // 850 ms
   });
 
   test("holds no longer than the downtime at stake, and at least 5 s", () => {
