@@ -104,4 +104,30 @@ describe("the switchover hold", () => {
     while (!small.look(t, idle(), 64 * 1024).gaveUp) t += 500;
     expect(t).toBe(5000);
   });
+
+  test("past the downtime at stake, the pause goes at a moment no worse than the best the writer offered, not on the look that reached the limit", () => {
+    const h = new SwitchoverHold({ budgetMs: 50 });
+    // The writer's queue swings between 8 and 2 MiB (13.4 s and 3.4 s at stake).
+    const held = (t: number) => ((t / 500) % 4 === 3 ? 2 : 8) * 1024 * 1024;
+    let t = 0;
+    let look = h.look(t, idle(), held(t));
+    while (!look.gaveUp) look = h.look((t += 500), idle(), held(t));
+    expect(t).toBeGreaterThanOrEqual(13_000);
+    expect(held(t)).toBe(2 * 1024 * 1024);
+    expect(look.gaveUp).toMatch(/the least seen \d+ ms/);
+  });
+
+  test("a best moment that never comes again is waited for no longer than maxHoldMs", () => {
+    // A fast link (100 MB/s) and a 5 ms budget: little at stake, so the 5 s floor is the soft limit.
+    const fast = (over: Partial<HandoffInputs> = {}) => idle({ linkBytesPerMs: 100_000, ...over });
+    const h = new SwitchoverHold({ budgetMs: 5, maxHoldMs: 8000 });
+    expect(h.look(0, fast(), 1 << 20).hold).toBe(true); // the best: 1 MiB
+    let t = 0;
+    let look = h.look(t, fast(), 32 << 20);
+    while (!look.gaveUp) {
+      expect(look.hold).toBe(true);
+      look = h.look((t += 500), fast(), 32 << 20);
+    }
+    expect(t).toBe(8000);
+  });
 });
