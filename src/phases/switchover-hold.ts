@@ -42,7 +42,8 @@ export interface HoldLook {
 }
 
 export class SwitchoverHold {
-  private since?: number;
+  /** The pause is held back now. */
+  private holding = false;
   private given = false;
   /** Total time the pause was held back (ms). */
   heldMs = 0;
@@ -59,11 +60,11 @@ export class SwitchoverHold {
   /** `inputs`: the hand-off as the catch-up measures it; `heldBytes`: what the serve holds now. */
   look(now: number, inputs: HandoffInputs, heldBytes: number): HoldLook {
     const estimate = estimateHandoff({ ...inputs, queuedBytes: inputs.queuedBytes + heldBytes, hashBytes: inputs.hashBytes + heldBytes });
-    if (this.since !== undefined && this.lastLook !== undefined) this.heldMs += now - this.lastLook;
+    if (this.holding && this.lastLook !== undefined) this.heldMs += now - this.lastLook;
     this.lastLook = now;
     const fits = estimate.workMs <= this.opts.budgetMs;
-    if (this.given || (fits && this.since === undefined)) return { hold: false, estimate };
-    this.since ??= now;
+    if (this.given || (fits && !this.holding)) return { hold: false, estimate };
+    this.holding = true;
     if (fits) {
       this.fitSince ??= now;
       return now - this.fitSince < QUIET_MS ? { hold: true, estimate } : this.letGo(estimate);
@@ -88,7 +89,7 @@ export class SwitchoverHold {
   }
 
   private letGo(estimate: HandoffEstimate): HoldLook {
-    this.since = undefined;
+    this.holding = false;
     this.lastLook = undefined;
     this.fitSince = undefined;
     return { hold: false, estimate };
