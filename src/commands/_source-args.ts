@@ -22,6 +22,8 @@ export const sourceOptionArgs = {
     deltas: { type: "enum", options: ["paper", "coalesce"], description: "paper: send every delta; coalesce: skip what the bulk copy carries and repeated writes", default: "coalesce" },
     compress: { type: "string", description: "zstd on the wire: auto (the level that moves data fastest over the link as measured, none on a link faster than the CPU), zstd[:LEVEL] (fixed, 1-19; zstd alone is 1), or none", default: "auto", valueHint: "auto|zstd[:LEVEL]|none" },
     bandwidth: { type: "string", description: "cap the migration stream: 5mbit, 100mbit, 10MB (per second)", valueHint: "RATE" },
+    group: { type: "string", description: "a group of moves on this host (an evacuation): at most --concurrency of them run at once, and --bandwidth is the budget they share", valueHint: "NAME" },
+    concurrency: { type: "string", description: "with --group: how many of the group's moves run at once on this host; the others wait their turn", default: "2", valueHint: "N" },
     streams: { type: "string", description: "TCP connections to the destination, used as one: auto (enough to fill 1 Gbit/s, or --bandwidth, at the measured round trip with this host's socket buffers; 1 on a LAN), or 1-16. ssh:// uses one", default: "auto", valueHint: "auto|N" },
     "max-downtime": { type: "string", description: "fence only when the disk's hand-off is expected to take at most this (one round trip to the destination comes on top); the VM's writes are throttled until it does", default: "50ms", valueHint: "DURATION" },
     timeout: { type: "string", description: "give the migration this long, from its start: 10m, 1h (then --timeout-action)", valueHint: "DURATION" },

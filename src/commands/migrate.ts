@@ -3,10 +3,12 @@ import { ControlClient } from "../disk/service/control-client.ts";
 import { controlSocketPath, type ServeStatus, servedImages } from "../disk/service/status.ts";
 import { ExitCode, UsageError, WanmigError } from "../errors.ts";
 import { logger, setLogLevel } from "../log.ts";
-import { copySelf, preflight } from "../remote/preflight.ts";
+import { preflight } from "../remote/preflight.ts";
+import { copySelf } from "../remote/self-copy.ts";
 import { describeTarget, parseSshUrl } from "../remote/ssh.ts";
 import { InitError } from "../phases/errors.ts";
 import { qmpSocketPath } from "../hypervisor/qmp.ts";
+import { joinMoveGroup } from "./_group.ts";
 import { REPEATABLE, runDirArg, valuesOf } from "./_shared.ts";
 import { remoteImages as imagesThere, runSourceCommand, sourceOptionArgs } from "./source.ts";
 
@@ -65,6 +67,9 @@ export default defineCommand({
       await runSourceCommand({ ...args, "dest-run-dir": remoteRunDir } as Parameters<typeof runSourceCommand>[0], { destImages: remoteImages });
       return;
     }
+    // The group's slot covers the pre-flight too: its ssh sessions count against the other
+    // host's MaxStartups like the move's own.
+    const group = args["dry-run"] ? undefined : await joinMoveGroup(args, say);
     const { checks, needCopy, systemd } = await preflight(target, { name: args.name, localImages: servedImages(local), remoteImages, remoteRunDir, remoteBin: args["remote-bin"], tools, qmp }, log);
     for (const c of checks) say({ event: "check", ...c }, `  ${c.ok ? "ok  " : "FAIL"}  ${c.what.padEnd(13)}${c.detail}${c.fix ? `\n        -> ${c.fix}` : ""}`);
     const failed = checks.filter((c) => !c.ok);
@@ -75,7 +80,7 @@ export default defineCommand({
     }
     if (needCopy) {
       const c = await copySelf(target, args["remote-bin"], log);
-      say({ event: "copied", path: args["remote-bin"], ...c }, `copied this wanmig (${(c.bytes / (1 << 20)).toFixed(1)} MiB) to ${describeTarget(target)}:${args["remote-bin"]}; SHA-256 checked`);
+      say({ event: "copied", path: args["remote-bin"], ...c }, `copied this wanmig (${(c.bytes / (1 << 20)).toFixed(1)} MiB${c.compressed ? `, ${(c.sentBytes / (1 << 20)).toFixed(1)} MiB gzip'd` : ""}) to ${describeTarget(target)}:${args["remote-bin"]} in ${c.seconds.toFixed(1)} s; SHA-256 checked`);
     }
     const hvArgs =
       args.hypervisor === "xl"
@@ -94,6 +99,7 @@ export default defineCommand({
         // With systemd, in a transient scope of its own: it keeps ssh's pipes (the scope
         // execs it in place) and is no longer part of the ssh session logind may clean up.
         remoteWrapper: systemd ? ["systemd-run", "--scope", "--quiet", "--collect", `--unit=wanmig-dest-${args.name}-${Date.now()}`, "--"] : [],
+        group,
       },
     );
   },

@@ -23,7 +23,9 @@ import { Timeline } from "../report/timeline.ts";
 import { parseDuration } from "../util/duration.ts";
 import { parseSize } from "../util/size.ts";
 import { credentials, writableDir } from "./_migration.ts";
+import { joinMoveGroup, sendInGroup } from "./_group.ts";
 import { progressReporter } from "./_progress.ts";
+import type { MoveGroup } from "../remote/move-group.ts";
 import { nameArg, runDirArg, valuesOf } from "./_shared.ts";
 import { destHostOf, hostPort, redirectOptions, type SourceArgs, sourceOptionArgs, throttleParams } from "./_source-args.ts";
 
@@ -55,7 +57,7 @@ export function remoteImages(given: string[], status: Pick<ServeStatus, "disks">
  * Runs a migration as `wanmig source` does: the transfer, the summary, then the redirect
  * until idle. `remoteDestArgs`: more flags for an ssh:// destination's `wanmig dest`.
  */
-export async function runSourceCommand(args: SourceArgs, opts: { destImages?: string[]; remoteDestArgs?: string[]; remoteWrapper?: string[] } = {}): Promise<void> {
+export async function runSourceCommand(args: SourceArgs, opts: { destImages?: string[]; remoteDestArgs?: string[]; remoteWrapper?: string[]; group?: MoveGroup } = {}): Promise<void> {
     if (args.log) setLogLevel(args.log);
     const log = logger("migration sender");
     const signals = interruptOnSignal(log);
@@ -73,6 +75,8 @@ export async function runSourceCommand(args: SourceArgs, opts: { destImages?: st
     const creds = ssh && !args["secret-file"] ? {} : credentials(args, "source");
     const hypervisor = sourceHypervisor(args, destHostOf(args.to), log);
     if (args["old-ip"]) await recoverStaleJournal(args["run-dir"], args.name, log);
+    const group = opts.group ?? (await joinMoveGroup(args, (e, text) => (args.json ? show(e) : log.info(text))));
+    const stopSending = sendInGroup(group, rate, log);
     const { metrics: m, redirect } = await runSource({
       redirect: redirectOptions(args),
       hypervisor,
@@ -101,7 +105,11 @@ export async function runSourceCommand(args: SourceArgs, opts: { destImages?: st
         timeline?.add(e);
         show(e);
       },
-    }).finally(() => progress.end());
+    }).finally(() => {
+      stopSending();
+      group?.leave(); // the move is over: a redirect still tunnelling takes no slot
+      progress.end();
+    });
     if (!args.json) process.stdout.write(summary(args.name, m));
     if (timeline && args.report) {
       const title = `wanmig: ${args.name} to ${args.to}, ${new Date().toISOString().slice(0, 19)}Z`;

@@ -23,13 +23,24 @@ export function parseRate(spec: string, flag?: string): number {
 export class TokenBucket {
   private tokens: number;
   private last = performance.now();
-  private readonly burst: number;
+  private burst: number;
 
-  constructor(readonly bytesPerSec: number) {
-    // A quarter second: a sender compressing a unit (170 ms for 1 MiB at zstd 19) leaves
-    // the link idle unless the tokens it earns meanwhile can be spent at once after.
-    this.burst = Math.max(64 * 1024, bytesPerSec / 4);
+  constructor(private rate: number) {
+    this.burst = burstOf(rate);
     this.tokens = this.burst;
+  }
+
+  get bytesPerSec(): number {
+    return this.rate;
+  }
+
+  /** A new rate from now on (a group's share as moves start and end); what was earned so far stays. */
+  setRate(bytesPerSec: number): void {
+    if (bytesPerSec === this.rate) return;
+    this.refill();
+    this.rate = bytesPerSec;
+    this.burst = burstOf(bytesPerSec);
+    this.tokens = Math.min(this.tokens, this.burst);
   }
 
   /** Resolves when `bytes` may be sent. */
@@ -38,13 +49,21 @@ export class TokenBucket {
     this.tokens -= bytes;
     if (this.tokens >= 0) return;
     // In debt: wait until the debt is paid back at the configured rate.
-    await Bun.sleep(Math.ceil((-this.tokens / this.bytesPerSec) * 1000));
+    await Bun.sleep(Math.ceil((-this.tokens / this.rate) * 1000));
     this.refill();
   }
 
   private refill(): void {
     const now = performance.now();
-    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.bytesPerSec);
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
     this.last = now;
   }
+}
+
+/**
+ * A quarter second: a sender compressing a unit (170 ms for 1 MiB at zstd 19) leaves the
+ * link idle unless the tokens it earns meanwhile can be spent at once after.
+ */
+function burstOf(bytesPerSec: number): number {
+  return Math.max(64 * 1024, bytesPerSec / 4);
 }

@@ -2,13 +2,13 @@
 // one line saying what is wrong and what to do. The checks read; the binary copy is the
 // only change, and `--dry-run` skips it.
 
-import { createHash } from "node:crypto";
-import { existsSync, readFileSync, statSync } from "node:fs";
-import { basename, dirname } from "node:path";
+import { existsSync, statSync } from "node:fs";
+import { dirname } from "node:path";
 import type { Logger } from "../log.ts";
 import { PROTOCOL_VERSION } from "../net/protocol.ts";
 import { CommandError } from "../util/run.ts";
 import { VERSION } from "../version.ts";
+import { selfBinary } from "./self-copy.ts";
 import { describeTarget, type SshTarget, sshRun } from "./ssh.ts";
 
 export interface Check {
@@ -30,11 +30,6 @@ export interface PreflightPlan {
   tools: string[];
   /** QMP sockets that must exist: here (the source QEMU) and there (the destination QEMU). */
   qmp?: { local: string; remote: string };
-}
-
-/** The running executable, when it is wanmig itself (compiled) and not Bun running the sources. */
-export function selfBinary(): string | undefined {
-  return /^bun(\.exe)?$/.test(basename(process.execPath)) ? undefined : process.execPath;
 }
 
 function said(err: unknown): string {
@@ -156,17 +151,6 @@ async function checkQmp(t: SshTarget, qmp: { local: string; remote: string }, ho
     detail: `no QMP socket ${!here ? `${qmp.local} here` : ""}${!here && !there ? " and " : ""}${!there ? `${qmp.remote} on ${host}` : ""}`,
     fix: "start QEMU with -qmp unix:PATH,server=on,wait=off (the destination's with -incoming)",
   };
-}
-
-/** Copies this very binary to `remoteBin` (atomically: a temporary name, then mv) and checks it by SHA-256. */
-export async function copySelf(t: SshTarget, remoteBin: string, log: Logger): Promise<{ bytes: number; sha256: string }> {
-  const self = selfBinary()!;
-  const bytes = readFileSync(self);
-  const sha256 = createHash("sha256").update(bytes).digest("hex");
-  await sshRun(t, ["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1.tmp.$$" && chmod 755 "$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"', "copy", remoteBin], log, { input: bytes, timeoutMs: 10 * 60_000 });
-  const there = (await sshRun(t, ["sha256sum", remoteBin], log)).stdout.split(/\s+/)[0];
-  if (there !== sha256) throw new CommandError(["sha256sum", remoteBin], 0, `the copy's SHA-256 is ${there}, this binary's ${sha256}`);
-  return { bytes: bytes.length, sha256 };
 }
 
 /**

@@ -65,3 +65,46 @@ export function spawnPiped(argv: string[], log: Logger) {
   log.info(`starting: ${quoteArgv(argv)}`);
   return Bun.spawn(argv, { stdin: "pipe", stdout: "pipe", stderr: "inherit" });
 }
+
+const FEED_CHUNK = 1 << 20;
+
+/**
+ * Runs a command fed `input` on stdin, with no limit on the whole but one on a stall: the
+ * command is stopped when it takes no byte for `stallMs`. A copy over a slow link may take
+ * an hour and be healthy; one that moves nothing for a minute is not.
+ */
+export async function runCommandFed(argv: string[], log: Logger, input: Uint8Array, opts: { stallMs: number }): Promise<CommandResult & { stalled: boolean }> {
+  const start = performance.now();
+  let proc;
+  try {
+    proc = Bun.spawn(argv, { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: process.env });
+  } catch (cause) {
+    throw new CommandError(argv, null, "", { cause });
+  }
+  const output = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+  let lastProgress = performance.now();
+  let stalled = false;
+  const watchdog = setInterval(() => {
+    if (performance.now() - lastProgress < opts.stallMs) return;
+    stalled = true;
+    proc.kill("SIGTERM");
+  }, Math.min(1000, opts.stallMs));
+  try {
+    for (let off = 0; off < input.length && !stalled; off += FEED_CHUNK) {
+      proc.stdin.write(input.subarray(off, off + FEED_CHUNK));
+      await proc.stdin.flush();
+      lastProgress = performance.now();
+    }
+    await proc.stdin.end();
+  } catch {
+    // The command died or closed its stdin: its exit code and stderr say why.
+  }
+  const code = await proc.exited;
+  clearInterval(watchdog);
+  const [stdout, stderr] = await output;
+  const durationMs = Math.round(performance.now() - start);
+  log.debug(`ran (${durationMs} ms, exit ${code}, ${input.length} bytes fed): ${quoteArgv(argv)}`);
+  if (stalled) throw new CommandError(argv, code, `${stderr}\nnothing moved for ${Math.round(opts.stallMs / 1000)} s; stopped`);
+  if (code !== 0) throw new CommandError(argv, code, stderr);
+  return { stdout, stderr, durationMs, stalled };
+}

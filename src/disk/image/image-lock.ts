@@ -15,55 +15,12 @@
 // released by the kernel when the process dies (a SIGKILLed serve never leaves it stale).
 
 import { closeSync, openSync } from "node:fs";
-import { dlopen, FFIType, ptr } from "bun:ffi";
-
-const F_OFD_GETLK = 36;
-const F_OFD_SETLK = 37;
-const F_RDLCK = 0;
-const F_WRLCK = 1;
-const F_UNLCK = 2;
-const SEEK_SET = 0;
+import { lockByte, ofdLocksAvailable, someoneHolds } from "../../util/ofd-lock.ts";
 
 const PERM_BASE = 100;
 const SHARED_BASE = 200;
 export const Perm = { consistentRead: 0, write: 1, writeUnchanged: 2, resize: 3 } as const;
 const PERM_NAMES = ["consistent read", "write", "write unchanged", "resize"];
-
-type Fcntl = (fd: number, cmd: number, arg: number) => number;
-
-function loadFcntl(): { fcntl: Fcntl } | undefined {
-  try {
-    const libc = dlopen("libc.so.6", { fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.ptr], returns: FFIType.i32 } });
-    return { fcntl: (fd, cmd, arg) => libc.symbols.fcntl(fd, cmd, arg as never) as number };
-  } catch {
-    return undefined;
-  }
-}
-
-const libc = loadFcntl();
-
-/** struct flock on x86-64/aarch64 Linux: short type, short whence, (pad), off_t start, off_t len, pid_t pid, (pad). */
-function flock(type: number, start: number): { buf: Buffer; view: DataView } {
-  const buf = Buffer.alloc(32);
-  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  view.setInt16(0, type, true);
-  view.setInt16(2, SEEK_SET, true);
-  view.setBigInt64(8, BigInt(start), true);
-  view.setBigInt64(16, 1n, true);
-  return { buf, view };
-}
-
-/** True when another open file description holds a lock on `byte`. */
-function someoneHolds(fd: number, byte: number): boolean {
-  const { buf, view } = flock(F_WRLCK, byte);
-  if (libc!.fcntl(fd, F_OFD_GETLK, ptr(buf) as unknown as number) !== 0) throw new Error(`fcntl(F_OFD_GETLK) failed on byte ${byte}`);
-  return view.getInt16(0, true) !== F_UNLCK;
-}
-
-function lockByte(fd: number, byte: number): boolean {
-  const { buf } = flock(F_RDLCK, byte);
-  return libc!.fcntl(fd, F_OFD_SETLK, ptr(buf) as unknown as number) === 0;
-}
 
 export class ImageLockError extends Error {}
 
@@ -77,7 +34,7 @@ export interface ImageLock {
  * reader with `readOnly`. Throws ImageLockError naming the permission someone else holds.
  */
 export function lockImage(path: string, opts: { readOnly?: boolean } = {}): ImageLock {
-  if (!libc) return { path, release() {} }; // not glibc: no locks to speak, like QEMU built without OFD
+  if (!ofdLocksAvailable) return { path, release() {} }; // not glibc: no locks to speak, like QEMU built without OFD
   const fd = openSync(path, "r");
   try {
     const held = opts.readOnly ? [Perm.consistentRead] : [Perm.consistentRead, Perm.write];

@@ -45,6 +45,8 @@ export interface MovedMarker {
   recording: string;
   at: string;
   digest?: string;
+  /** Where the VM went, as the source named it (`--to`). */
+  to?: string;
 }
 
 /** On a destination: the incoming migration, with the positions that are durable in the image. */

@@ -34,7 +34,7 @@ import { bootId, type ImageState, ImageStateFile } from "../image/image-state.ts
 import { basename, dirname } from "node:path";
 import { DoublingThrottlePolicy, type ThrottleParams, type ThrottleState } from "../throttle/throttle-policy.ts";
 import { startControlApi, type ControlApi, type ControlledServe } from "./control-api.ts";
-import { controlSocketPath, defaultNbdEndpoint, type HandoffState, type IncomingMigration, type RecordingStart, type ServeMode, type ServeStatus } from "./status.ts";
+import { controlSocketPath, defaultNbdEndpoint, type HandoffState, type IncomingMigration, type RecordingStart, type ServeMode, type ServeStatus, vmState } from "./status.ts";
 
 export interface DiskServiceOptions {
   /** The VM's images, in disk order. */
@@ -257,7 +257,7 @@ export class DiskService implements ControlledServe {
       delete s.recording;
       if (outcome?.moved) {
         const what = id ?? s.fence?.recording ?? "a freeze-and-copy migration";
-        s.moved = { recording: what, at: new Date().toISOString(), digest: outcome.moved.digest };
+        s.moved = { recording: what, at: new Date().toISOString(), digest: outcome.moved.digest, to: outcome.moved.to };
         // An incoming migration that brought the VM here is over too: the VM left again, and
         // this image is now only a base for its next return (image-state.ts).
         delete s.incoming;
@@ -391,7 +391,7 @@ export class DiskService implements ControlledServe {
     const m = this.incoming?.();
     if (m && m.state !== "completed")
       return { state: "receiving", recording: st.incoming?.recording, text: m.state === "waiting" && st.incoming ? "receiving: waiting for the source to resume" : `receiving (${m.state})` };
-    if (st.fence && st.moved) return { state: "moved", recording: st.moved.recording, since: st.fence.since, reason: st.fence.reason, text: `fenced: ${st.fence.reason}` };
+    if (st.fence && st.moved) return { state: "moved", recording: st.moved.recording, to: st.moved.to, since: st.fence.since, reason: st.fence.reason, text: `fenced: ${st.fence.reason}` };
     if (st.fence && (st.recording || st.fence.recording))
       return { state: "unfinished", recording: st.recording?.id ?? st.fence.recording, since: st.fence.since, reason: st.fence.reason, text: "fenced, hand-off unfinished: run the migration again to finish or roll it back" };
     if (st.fence) return { state: "fenced", since: st.fence.since, reason: st.fence.reason, text: `fenced: ${st.fence.reason}` };
@@ -400,6 +400,7 @@ export class DiskService implements ControlledServe {
   }
 
   status(): ServeStatus {
+    const handoff = this.handoff();
     return {
       name: this.opts.name,
       pid: process.pid,
@@ -417,7 +418,8 @@ export class DiskService implements ControlledServe {
       io: { ...this.nbd.stats },
       instance: this.instance,
       recording: this.recordingStatus(),
-      handoff: this.handoff(),
+      handoff,
+      state: vmState(this.mode, handoff.state),
       throttle: {
         ...this.throttling.policy.state(),
         rateCapBytesPerSec: this.throttling.cap.current(),

@@ -62,11 +62,26 @@ export interface ServeStatus {
   /** A new value every time a serve process starts: the migrating source notices a restart by it. */
   instance: string;
   recording: RecordingState & { owner?: number; id?: string; applied: number; restarts?: number };
-  handoff: { state: HandoffState; recording?: string; since?: string; reason?: string; text: string };
+  handoff: { state: HandoffState; recording?: string; to?: string; since?: string; reason?: string; text: string };
+  /** The VM's disk here in one word (vmState): what an evacuation reads. */
+  state: VmState;
   throttle: ThrottleState & { rateCapBytesPerSec?: number; queueLength: number; heldBytes: number; delayedWrites: number; totalDelayMs: number; vmStopped: boolean; pauseDrain?: { writes: number; bytes: number } };
   fence: { fenced: boolean; refusedWrites: number; since?: string; reason?: string };
   /** On a destination: how far the incoming migration is. */
   migration?: IncomingMigration;
+}
+
+/**
+ * The VM's disk on this host in one word: serving (writable here), recording (a migration
+ * away is under way), moved (fenced for good: the VM runs at `handoff.to`), unfinished (a
+ * hand-off to finish: run the migration again), fenced (by hand, no migration), receiving
+ * (a destination whose copy is not verified yet).
+ */
+export type VmState = "serving" | "recording" | "moved" | "unfinished" | "fenced" | "receiving";
+
+export function vmState(mode: ServeMode, handoff: HandoffState): VmState {
+  if (handoff === "moved" || handoff === "unfinished" || handoff === "fenced" || handoff === "receiving") return handoff;
+  return mode === "recording" ? "recording" : "serving";
 }
 
 /** The images of a served VM, in disk order: what the source reads. */
