@@ -130,3 +130,47 @@ export async function guestHosts(prefix = "wg"): Promise<GuestHosts> {
   }
   return hosts;
 }
+
+export interface Lan {
+  hosts: Record<string, { ns: string; ip: string }>;
+  exec(ns: string): string[];
+  remove(): Promise<void>;
+}
+
+/** Hosts as network namespaces on one bridge (in a namespace of its own), 10.<n>.0.1, .2, … in the order named. */
+export async function lan(names: string[]): Promise<Lan> {
+  const id = `${process.pid % 10000}x${made++}`;
+  const octet = 100 + ((process.pid + made * 7) % 100);
+  const bridgeNs = `wmL${id}`;
+  const hosts: Lan["hosts"] = {};
+  names.forEach((n, i) => (hosts[n] = { ns: `wmH${i}x${id}`, ip: `10.${octet}.1.${i + 1}` }));
+  const all = [bridgeNs, ...Object.values(hosts).map((h) => h.ns)];
+  const net: Lan = {
+    hosts,
+    exec: (ns) => ["ip", "netns", "exec", ns],
+    async remove() {
+      for (const ns of all) await sh(["ip", "netns", "del", ns], { allowFail: true });
+    },
+  };
+  try {
+    await sh(["ip", "netns", "add", bridgeNs]);
+    await sh(["ip", "-n", bridgeNs, "link", "add", "br0", "type", "bridge"]);
+    await sh(["ip", "-n", bridgeNs, "link", "set", "br0", "up"]);
+    let i = 0;
+    for (const h of Object.values(hosts)) {
+      const [inner, outer] = [`wli${id}x${i}`, `wlo${id}x${i++}`];
+      await sh(["ip", "netns", "add", h.ns]);
+      await sh(["ip", "link", "add", inner, "type", "veth", "peer", "name", outer]);
+      await sh(["ip", "link", "set", inner, "netns", h.ns]);
+      await sh(["ip", "link", "set", outer, "netns", bridgeNs]);
+      await sh(["ip", "-n", bridgeNs, "link", "set", outer, "master", "br0", "up"]);
+      await sh(["ip", "-n", h.ns, "addr", "add", `${h.ip}/24`, "dev", inner]);
+      await sh(["ip", "-n", h.ns, "link", "set", inner, "up"]);
+      await sh(["ip", "-n", h.ns, "link", "set", "lo", "up"]);
+    }
+  } catch (err) {
+    await net.remove();
+    throw err;
+  }
+  return net;
+}

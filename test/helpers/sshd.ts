@@ -7,11 +7,13 @@ import { MAIN, sh } from "./serve-process.ts";
  * `where`: run sshd inside a network namespace, listening on `ip` there, and reach it from
  * `clientNs` (both made by the test); by default, loopback in our own namespace.
  */
-export async function startSshd(dir: string, where: { ns: string; ip: string; clientNs: string } | undefined = undefined, sessionEnv: Record<string, string> = {}) {
+export async function startSshd(dir: string, where: { ns: string; ip: string; clientNs: string } | undefined = undefined, sessionEnv: Record<string, string> = {}, opts: { userKey?: string } = {}) {
   mkdirSync(dir, { recursive: true });
   mkdirSync("/run/sshd", { recursive: true }); // Debian's sshd wants its privilege-separation dir
   await sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", join(dir, "host_key")]);
-  await sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", join(dir, "user_key")]);
+  // One user key for several hosts (`userKey`): they then reach one another, as a cluster's do.
+  if (opts.userKey) for (const f of ["", ".pub"]) await sh(["cp", `${opts.userKey}${f}`, join(dir, `user_key${f}`)]);
+  else await sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", join(dir, "user_key")]);
   await sh(["cp", join(dir, "user_key.pub"), join(dir, "authorized_keys")]);
   const port = 22000 + Math.floor(Math.random() * 20000);
   const config = join(dir, "sshd_config");
@@ -28,6 +30,7 @@ export async function startSshd(dir: string, where: { ns: string; ip: string; cl
       "UsePAM no",
       `PidFile ${join(dir, "sshd.pid")}`,
       "LogLevel ERROR",
+      "Subsystem sftp internal-sftp", // as a Debian host's sshd has (Ansible copies files over it)
       // Environment of every session (PATH shims for what a test host cannot have); one
       // SetEnv line, since sshd takes the first of repeated options.
       ...(Object.keys(sessionEnv).length ? [`SetEnv ${Object.entries(sessionEnv).map(([k, v]) => `${k}=${v}`).join(" ")}`] : []),
