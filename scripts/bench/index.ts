@@ -5,6 +5,7 @@ const benches: Record<string, () => Promise<{ main(args: string[]): Promise<void
   durability: () => import("./durability.ts"),
   downtime: () => import("./downtime.ts"),
   paper: () => import("./paper.ts"),
+  evacuate: () => import("./evacuate.ts"),
 };
 
 const [name, ...rest] = process.argv.slice(2);

@@ -39,7 +39,7 @@ RETURN = r"""
 outcome: {description: "moved, already-moved, already-there, would-move (check mode), or failed", type: str, returned: always}
 rc: {description: wanmig's exit code, type: int, returned: when wanmig migrate ran}
 kind: {description: "On failure, what the exit code means: aborted-vm-runs-here (5), needs-attention (6), refused (3), peer-failure (4), usage (2), interrupted (130), internal (1)", type: str, returned: failure}
-vm_runs_here: {description: True when the VM still runs here untouched (exit 5), type: bool, returned: failure}
+vm_runs_here: {description: "After a failure, whether the VM's disk is served and writable here (read from wanmig status, not inferred from the exit code)", type: bool, returned: failure}
 done: {description: The done event of wanmig migrate --json (migrationTimeMs, downtimeMs, storageDowntimeMs, bytesOnWire, ...), type: dict, returned: changed}
 checks: {description: The pre-flight checks, type: list, returned: when they ran}
 state_before: {description: The VM's state here before (wanmig status's state), type: str, returned: always}
@@ -118,6 +118,11 @@ class Mover:
         except ValueError:
             return None
 
+    def runs_here_now(self):
+        """After a failure, whether the VM's disk is writable here: read, not inferred from the exit code."""
+        after = self.status_here()
+        return bool(after) and after.get("state") == "serving"
+
     def migrate_argv(self):
         p = self.p
         argv = [p["bin"], "migrate", p["name"], "--to", p["to"], "--run-dir", p["run_dir"], "--remote-bin", p["remote_bin"], "--json"]
@@ -158,7 +163,7 @@ class Mover:
             kind = EXIT_KINDS.get(rc, "internal")
             failed_checks = ["%s: %s" % (c.get("what"), c.get("detail")) for c in checks if not c.get("ok")]
             msg = one_line(err) + (" (%s)" % "; ".join(failed_checks) if failed_checks else "")
-            self.m.fail_json(msg=msg, rc=rc, kind=kind, outcome="failed", vm_runs_here=rc in (5, 130) or (rc in (2, 3, 4) and state == "serving"), checks=checks, state_before=state, stderr_lines=err.strip().splitlines()[-20:])
+            self.m.fail_json(msg=msg, rc=rc, kind=kind, outcome="failed", vm_runs_here=self.runs_here_now(), checks=checks, state_before=state, stderr_lines=err.strip().splitlines()[-20:])
         if self.m.check_mode:
             self.m.exit_json(changed=True, outcome="would-move", checks=checks, state_before=state, msg="%s can move to %s" % (self.p["name"], self.p["to"]))
         done = next((e for e in reversed(events) if e.get("event") == "done"), {})
