@@ -4,7 +4,7 @@
 # upgrade a package that is installed, and says which installed packages apt upgrades
 # anyway because a new package needs a newer version of them (apt's own dependency rule).
 #
-#   scripts/install-deps.sh GROUP...   core, guest, libvirt, xen, dns, bench, or all
+#   scripts/install-deps.sh GROUP...   core, guest, libvirt, xen, dns, ansible, bench, or all
 #
 #   core:    libnbd-bin (nbdinfo, nbdcopy, nbdsh), python3-libnbd (nbdsh's bindings),
 #            qemu-utils (qemu-img, qemu-io, qemu-nbd), nbdkit (a peer server), fio (nbd
@@ -18,6 +18,7 @@
 #            libvirtd; not libvirt-daemon-system, whose services the test starts itself)
 #   xen:     xen-utils-4.17 (Debian's real xl: on a host without Xen it must fail the way we name)
 #   dns:     bind9 + bind9-dnsutils (a real named for dynamic DNS; nsupdate, dig)
+#   ansible: ansible-core (Debian's; the collection in ansible/ is tested with it)
 #   bench:   iperf3 (the migrate bench's path ceiling); no test needs it, so `all` (what
 #            the tests install) leaves it out
 #
@@ -31,14 +32,15 @@ packages_of() {
     libvirt) echo libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients ;;
     xen) echo xen-utils-4.17 ;;
     dns) echo bind9 bind9-dnsutils ;;
+    ansible) echo ansible-core ;;
     bench) echo iperf3 ;;
-    *) echo "install-deps.sh: unknown group $1 (core, guest, libvirt, xen, dns, bench, all)" >&2; exit 2 ;;
+    *) echo "install-deps.sh: unknown group $1 (core, guest, libvirt, xen, dns, ansible, bench, all)" >&2; exit 2 ;;
   esac
 }
 
 groups=("$@")
 [ ${#groups[@]} -gt 0 ] || groups=(all)
-[ "${groups[*]}" = all ] && groups=(core guest libvirt xen dns)
+[ "${groups[*]}" = all ] && groups=(core guest libvirt xen dns ansible)
 
 for g in "${groups[@]}"; do packages_of "$g" >/dev/null; done # an unknown group: exit 2 here
 missing=()
