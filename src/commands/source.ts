@@ -14,6 +14,7 @@ import { parseCompress } from "../net/compress.ts";
 import { parseStreams, type StreamsSetting } from "../net/stream-count.ts";
 import { parseRate, TokenBucket } from "../net/rate.ts";
 import { clientTls, tlsFromArgs } from "../net/tls.ts";
+import type { MigrationMetrics } from "../phases/source/metrics.ts";
 import { runSource } from "../phases/source/run.ts";
 import { recoverStaleJournal } from "../redirect/journal.ts";
 import type { Redirect } from "../redirect/redirect.ts";
@@ -63,10 +64,7 @@ export async function runSourceCommand(args: SourceArgs, opts: { destImages?: st
     const signals = interruptOnSignal(log);
     const rate = args.bandwidth ? new TokenBucket(parseRate(args.bandwidth, "--bandwidth")) : undefined;
     const progress = progressReporter(process.stderr);
-    if (args.report && !/\.(svg|html)$/.test(args.report)) throw new UsageError(`--report ${args.report}: name a .svg or .html file`);
-    // Written at the end: a directory that is not there must not fail a migration that succeeded.
-    if (args.report) writableDir(dirname(resolve(args.report)), `--report ${args.report}`);
-    const timeline = args.report ? new Timeline() : undefined;
+    const report = timelineReport(args, log);
     const show = args.json ? (e: Record<string, unknown>) => process.stdout.write(`${JSON.stringify(e)}\n`) : progress.onEvent;
     const ssh = args.to.startsWith("ssh://");
     // Over SSH, SSH authenticates and encrypts; a secret file is still honoured if given.
@@ -102,7 +100,7 @@ export async function runSourceCommand(args: SourceArgs, opts: { destImages?: st
       log,
       interrupted: () => signals.interrupted,
       onEvent: (e) => {
-        timeline?.add(e);
+        report?.add(e);
         show(e);
       },
     }).finally(() => {
@@ -111,12 +109,26 @@ export async function runSourceCommand(args: SourceArgs, opts: { destImages?: st
       progress.end();
     });
     if (!args.json) process.stdout.write(summary(args.name, m));
-    if (timeline && args.report) {
-      const title = `wanmig: ${args.name} to ${args.to}, ${new Date().toISOString().slice(0, 19)}Z`;
-      writeFileSync(args.report, args.report.endsWith(".html") ? timeline.html(title, { ...m }) : timeline.svg(title));
-      log.info(`timeline drawn in ${args.report}`);
-    }
+    report?.draw(m);
     if (redirect) await waitForRedirectIdle(redirect, args, log, signals);
+}
+
+/** --report FILE: checked before the migration, drawn from its events after it. */
+function timelineReport(args: SourceArgs, log: Logger): { add(e: Parameters<Timeline["add"]>[0]): void; draw(m: MigrationMetrics): void } | undefined {
+  const file = args.report;
+  if (file === undefined) return undefined;
+  if (!/\.(svg|html)$/.test(file)) throw new UsageError(`--report ${file}: name a .svg or .html file`);
+  // Written at the end: a directory that is not there must not fail a migration that succeeded.
+  writableDir(dirname(resolve(file)), `--report ${file}`);
+  const timeline = new Timeline();
+  return {
+    add: (e) => timeline.add(e),
+    draw(m) {
+      const title = `wanmig: ${args.name} to ${args.to}, ${new Date().toISOString().slice(0, 19)}Z`;
+      writeFileSync(file, file.endsWith(".html") ? timeline.html(title, { ...m }) : timeline.svg(title));
+      log.info(`timeline drawn in ${file}`);
+    },
+  };
 }
 
 /**

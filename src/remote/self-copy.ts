@@ -6,6 +6,7 @@
 
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { basename } from "node:path";
 import type { Logger } from "../log.ts";
 import { CommandError, runCommandFed } from "../util/run.ts";
 import { type SshTarget, sshArgv, sshRun } from "./ssh.ts";
@@ -15,7 +16,7 @@ const GZIP_LEVEL = 6;
 
 /** The running executable, when it is wanmig itself (compiled) and not Bun running the sources. */
 export function selfBinary(): string | undefined {
-  return /^bun(\.exe)?$/.test(process.execPath.split("/").at(-1) ?? "") ? undefined : process.execPath;
+  return /^bun(\.exe)?$/.test(basename(process.execPath)) ? undefined : process.execPath;
 }
 
 const INSTALL_SCRIPT = 'mkdir -p "$(dirname "$1")" && t="$1.tmp.$$" && if [ "$2" = gzip ]; then gzip -dc > "$t"; else cat > "$t"; fi && chmod 755 "$t" && mv -f "$t" "$1"';

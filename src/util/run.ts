@@ -73,7 +73,7 @@ const FEED_CHUNK = 1 << 20;
  * command is stopped when it takes no byte for `stallMs`. A copy over a slow link may take
  * an hour and be healthy; one that moves nothing for a minute is not.
  */
-export async function runCommandFed(argv: string[], log: Logger, input: Uint8Array, opts: { stallMs: number }): Promise<CommandResult & { stalled: boolean }> {
+export async function runCommandFed(argv: string[], log: Logger, input: Uint8Array, opts: { stallMs: number }): Promise<CommandResult> {
   const start = performance.now();
   let proc;
   try {
@@ -106,5 +106,5 @@ export async function runCommandFed(argv: string[], log: Logger, input: Uint8Arr
   log.debug(`ran (${durationMs} ms, exit ${code}, ${input.length} bytes fed): ${quoteArgv(argv)}`);
   if (stalled) throw new CommandError(argv, code, `${stderr}\nnothing moved for ${Math.round(opts.stallMs / 1000)} s; stopped`);
   if (code !== 0) throw new CommandError(argv, code, stderr);
-  return { stdout, stderr, durationMs, stalled };
+  return { stdout, stderr, durationMs };
 }
