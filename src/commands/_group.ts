@@ -9,11 +9,16 @@ import { MoveGroup, parseConcurrency, parseGroupName } from "../remote/move-grou
 
 type Say = (event: Record<string, unknown>, text: string) => void;
 
+/** --group and --concurrency, read before anything else happens: a bad value is a usage error, not a late surprise. */
+export function groupArgs(args: { group?: string; concurrency?: string }): { name: string; concurrency: number } | undefined {
+  return args.group === undefined ? undefined : { name: parseGroupName(args.group), concurrency: parseConcurrency(args.concurrency ?? "2") };
+}
+
 /** Joins --group if given (waiting for a slot, and saying so); undefined without it. */
 export async function joinMoveGroup(args: { group?: string; concurrency?: string; "run-dir": string }, say: Say): Promise<MoveGroup | undefined> {
-  if (args.group === undefined) return undefined;
-  const name = parseGroupName(args.group);
-  const concurrency = parseConcurrency(args.concurrency ?? "2");
+  const wanted = groupArgs(args);
+  if (!wanted) return undefined;
+  const { name, concurrency } = wanted;
   const start = performance.now();
   let waited = false;
   const group = await MoveGroup.join(args["run-dir"], name, concurrency, () => {

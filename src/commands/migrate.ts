@@ -8,7 +8,7 @@ import { copySelf } from "../remote/self-copy.ts";
 import { describeTarget, parseSshUrl } from "../remote/ssh.ts";
 import { InitError } from "../phases/errors.ts";
 import { qmpSocketPath } from "../hypervisor/qmp.ts";
-import { joinMoveGroup } from "./_group.ts";
+import { groupArgs, joinMoveGroup } from "./_group.ts";
 import { REPEATABLE, runDirArg, valuesOf } from "./_shared.ts";
 import { remoteImages as imagesThere, runSourceCommand, sourceOptionArgs } from "./source.ts";
 
@@ -47,6 +47,7 @@ export default defineCommand({
     const log = logger("migrate");
     if (!args.to.startsWith("ssh://")) throw new UsageError("migrate goes over SSH", "write --to ssh://[USER@]HOST[:PORT]; for a waiting dest over TCP use `wanmig source`");
     const target = parseSshUrl(args.to);
+    groupArgs(args);
     let local;
     try {
       local = await new ControlClient(controlSocketPath(args["run-dir"], args.name)).status();
