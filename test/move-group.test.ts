@@ -1,6 +1,7 @@
 // Moves that share a host (`--group`): the slots cap how many run at once, a killed move
 // frees its slot and its share at once (the kernel drops its locks), and the budget is split
-// among the moves sending, re-read as they start and end.
+// among the moves sending, re-read as they start and end. How well the shared bucket paces
+// is a figure of `npm run bench -- evacuate`, not asserted here.
 import { describe, expect, test } from "bun:test";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -81,20 +82,11 @@ describe("the shared budget", () => {
     const share = followShare(bucket, 25e6, () => senders);
     expect(bucket.bytesPerSec).toBe(12.5e6);
     senders = 1;
-    await Bun.sleep(400);
+    for (let i = 0; i < 100 && bucket.bytesPerSec !== 25e6; i++) await Bun.sleep(50); // the next poll, however late
+    expect(bucket.bytesPerSec).toBe(25e6);
+    bucket.setRate(1e6); // and a rate set by hand holds only until the next poll
+    for (let i = 0; i < 100 && bucket.bytesPerSec !== 25e6; i++) await Bun.sleep(50);
     expect(bucket.bytesPerSec).toBe(25e6);
     share.stop();
-  });
-
-  test("a bucket whose rate changes paces at the new rate", async () => {
-    const bucket = new TokenBucket(1e6);
-    await bucket.take(250_000); // the burst
-    bucket.setRate(4e6);
-    const start = performance.now();
-    await bucket.take(1_000_000); // the new burst is 1 MB; in debt by ~0 to 1 MB at 4 MB/s
-    await bucket.take(400_000);
-    const ms = performance.now() - start;
-    expect(ms).toBeGreaterThan(50);
-    expect(ms).toBeLessThan(600); // at the old 1 MB/s it would take over a second
   });
 });
