@@ -35,7 +35,6 @@ export class MoveGroup {
   private constructor(
     readonly name: string,
     readonly slot: number,
-    readonly concurrency: number,
     private readonly fd: number,
   ) {}
 
@@ -49,7 +48,7 @@ export class MoveGroup {
     mkdirSync(dir, { recursive: true });
     const fd = openSync(join(dir, `${name}.lock`), "a+");
     for (let waited = false; ; waited = true) {
-      for (let slot = 0; slot < concurrency; slot++) if (lockByte(fd, slot, F_WRLCK)) return new MoveGroup(name, slot, concurrency, fd);
+      for (let slot = 0; slot < concurrency; slot++) if (lockByte(fd, slot, F_WRLCK)) return new MoveGroup(name, slot, fd);
       if (!waited) onWait();
       await Bun.sleep(WAIT_POLL_MS);
     }
