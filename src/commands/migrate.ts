@@ -2,10 +2,10 @@ import { defineCommand } from "citty";
 import { ControlClient } from "../disk/service/control-client.ts";
 import { controlSocketPath, type ServeStatus, servedImages } from "../disk/service/status.ts";
 import { ExitCode, UsageError, WanmigError } from "../errors.ts";
-import { logger, setLogLevel } from "../log.ts";
-import { preflight } from "../remote/preflight.ts";
+import { type Logger, logger, setLogLevel } from "../log.ts";
+import { type PreflightPlan, preflight } from "../remote/preflight.ts";
 import { copySelf } from "../remote/self-copy.ts";
-import { describeTarget, parseSshUrl } from "../remote/ssh.ts";
+import { describeTarget, parseSshUrl, type SshTarget } from "../remote/ssh.ts";
 import { InitError } from "../phases/errors.ts";
 import { qmpSocketPath } from "../hypervisor/qmp.ts";
 import { groupArgs, joinMoveGroup } from "./_group.ts";
@@ -27,6 +27,28 @@ class PreflightFailed extends WanmigError {
 function chosenRemoteImages(remote: string[], dest: string[], local: Pick<ServeStatus, "disks">): string[] {
   if (remote.length && dest.length) throw new UsageError("--remote-image and --dest-image name the same thing", "give --remote-image only");
   return remote.length ? imagesThere(remote, local, "--remote-image") : imagesThere(dest, local, "--dest-image");
+}
+
+type Say = (e: Record<string, unknown>, text: string) => void;
+
+/**
+ * The pre-flight, each check said; then, unless it is a dry run (undefined), this binary
+ * copied there if needed. Throws when a check failed: nothing was changed.
+ */
+async function readyThere(target: SshTarget, plan: PreflightPlan, dryRun: boolean, say: Say, log: Logger): Promise<{ systemd: boolean } | undefined> {
+  const { checks, needCopy, systemd } = await preflight(target, plan, log);
+  for (const c of checks) say({ event: "check", ...c }, `  ${c.ok ? "ok  " : "FAIL"}  ${c.what.padEnd(13)}${c.detail}${c.fix ? `\n        -> ${c.fix}` : ""}`);
+  const failed = checks.filter((c) => !c.ok);
+  if (failed.length) throw new PreflightFailed(failed.length, failed.some((c) => c.what === "ssh"));
+  if (dryRun) {
+    say({ event: "dry-run", ready: true }, `dry run: ${plan.name} can move to ${describeTarget(target)}${needCopy ? ` (this binary would be copied to ${plan.remoteBin})` : ""}`);
+    return undefined;
+  }
+  if (needCopy) {
+    const c = await copySelf(target, plan.remoteBin, log);
+    say({ event: "copied", path: plan.remoteBin, ...c }, `copied this wanmig (${(c.bytes / (1 << 20)).toFixed(1)} MiB${c.compressed ? `, ${(c.sentBytes / (1 << 20)).toFixed(1)} MiB gzip'd` : ""}) to ${describeTarget(target)}:${plan.remoteBin} in ${c.seconds.toFixed(1)} s; SHA-256 checked`);
+  }
+  return { systemd };
 }
 
 export default defineCommand({
@@ -71,18 +93,13 @@ export default defineCommand({
     // The group's slot covers the pre-flight too: its ssh sessions count against the other
     // host's MaxStartups like the move's own.
     const group = args["dry-run"] ? undefined : await joinMoveGroup(args, say);
-    const { checks, needCopy, systemd } = await preflight(target, { name: args.name, localImages: servedImages(local), remoteImages, remoteRunDir, remoteBin: args["remote-bin"], tools, qmp }, log);
-    for (const c of checks) say({ event: "check", ...c }, `  ${c.ok ? "ok  " : "FAIL"}  ${c.what.padEnd(13)}${c.detail}${c.fix ? `\n        -> ${c.fix}` : ""}`);
-    const failed = checks.filter((c) => !c.ok);
-    if (failed.length) throw new PreflightFailed(failed.length, failed.some((c) => c.what === "ssh"));
-    if (args["dry-run"]) {
-      say({ event: "dry-run", ready: true }, `dry run: ${args.name} can move to ${describeTarget(target)}${needCopy ? ` (this binary would be copied to ${args["remote-bin"]})` : ""}`);
-      return;
-    }
-    if (needCopy) {
-      const c = await copySelf(target, args["remote-bin"], log);
-      say({ event: "copied", path: args["remote-bin"], ...c }, `copied this wanmig (${(c.bytes / (1 << 20)).toFixed(1)} MiB${c.compressed ? `, ${(c.sentBytes / (1 << 20)).toFixed(1)} MiB gzip'd` : ""}) to ${describeTarget(target)}:${args["remote-bin"]} in ${c.seconds.toFixed(1)} s; SHA-256 checked`);
-    }
+    const plan = { name: args.name, localImages: servedImages(local), remoteImages, remoteRunDir, remoteBin: args["remote-bin"], tools, qmp };
+    const ready = await readyThere(target, plan, args["dry-run"], say, log).catch((err: unknown) => {
+      group?.progress.end("failed", (err as Error).message);
+      throw err;
+    });
+    if (!ready) return; // a dry run
+    const { systemd } = ready;
     const hvArgs =
       args.hypervisor === "xl"
         ? ["--hypervisor", "xl", "--domain", args.domain ?? ""]

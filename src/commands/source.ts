@@ -26,7 +26,7 @@ import { parseSize } from "../util/size.ts";
 import { credentials, writableDir } from "./_migration.ts";
 import { joinMoveGroup, sendInGroup } from "./_group.ts";
 import { progressReporter } from "./_progress.ts";
-import type { MoveGroup } from "../remote/move-group.ts";
+import type { GroupMove } from "./_group.ts";
 import { nameArg, runDirArg, valuesOf } from "./_shared.ts";
 import { destHostOf, hostPort, redirectOptions, type SourceArgs, sourceOptionArgs, throttleParams } from "./_source-args.ts";
 
@@ -58,7 +58,7 @@ export function remoteImages(given: string[], status: Pick<ServeStatus, "disks">
  * Runs a migration as `wanmig source` does: the transfer, the summary, then the redirect
  * until idle. `remoteDestArgs`: more flags for an ssh:// destination's `wanmig dest`.
  */
-export async function runSourceCommand(args: SourceArgs, opts: { destImages?: string[]; remoteDestArgs?: string[]; remoteWrapper?: string[]; group?: MoveGroup } = {}): Promise<void> {
+export async function runSourceCommand(args: SourceArgs, opts: { destImages?: string[]; remoteDestArgs?: string[]; remoteWrapper?: string[]; group?: GroupMove } = {}): Promise<void> {
     if (args.log) setLogLevel(args.log);
     const log = logger("migration sender");
     const signals = interruptOnSignal(log);
@@ -101,13 +101,19 @@ export async function runSourceCommand(args: SourceArgs, opts: { destImages?: st
       interrupted: () => signals.interrupted,
       onEvent: (e) => {
         report?.add(e);
+        group?.progress.event(e);
         show(e);
       },
-    }).finally(() => {
-      stopSending();
-      group?.leave(); // the move is over: a redirect still tunnelling takes no slot
-      progress.end();
-    });
+    })
+      .catch((err: unknown) => {
+        group?.progress.end("failed", (err as Error).message);
+        throw err;
+      })
+      .finally(() => {
+        stopSending();
+        group?.group.leave(); // the move is over: a redirect still tunnelling takes no slot
+        progress.end();
+      });
     if (!args.json) process.stdout.write(summary(args.name, m));
     report?.draw(m);
     if (redirect) await waitForRedirectIdle(redirect, args, log, signals);

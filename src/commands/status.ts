@@ -4,6 +4,29 @@ import { controlSocketPath, type ServeStatus } from "../disk/service/status.ts";
 import { formatBytes } from "../util/format.ts";
 import { readdirSync } from "node:fs";
 import { jsonArg, runDirArg } from "./_shared.ts";
+import { readGroupProgress } from "../remote/group-progress.ts";
+import { parseGroupName } from "../remote/move-group.ts";
+import { etaRise, type JobSummary, renderSummary, summarize } from "../report/job-progress.ts";
+
+const WATCH_EVERY_MS = 1000;
+
+/** A group's moves on this host (an evacuation), once or every second until none waits or sends. */
+async function groupStatus(runDir: string, group: string, json: boolean, watch: boolean): Promise<void> {
+  let prev: { at: number; s: JobSummary } | undefined;
+  for (;;) {
+    const moves = readGroupProgress(runDir, group);
+    const s = summarize(moves);
+    const rise = prev ? etaRise(prev.s, s, (performance.now() - prev.at) / 1000) : undefined;
+    if (json) process.stdout.write(`${JSON.stringify({ group, ...s, ...(rise ? { etaRise: rise } : {}), ...(watch ? { at: Date.now() } : { moves }) })}\n`);
+    else {
+      process.stdout.write(`${renderSummary(group, s)}${rise ? ` (${rise})` : ""}\n`);
+      if (!watch) for (const m of moves) process.stdout.write(`  ${m.vm.padEnd(16)} ${m.state}${m.state === "sending" || m.state === "waiting" ? `, ${formatBytes(m.bytesLeft)} left` : ""}${m.error ? `: ${m.error}` : ""}\n`);
+    }
+    if (!watch || !moves.length || s.underWay + s.waiting === 0) return;
+    prev = { at: performance.now(), s };
+    await Bun.sleep(WATCH_EVERY_MS);
+  }
+}
 
 export function renderStatus(s: ServeStatus): string {
   const t = s.throttle;
@@ -38,13 +61,16 @@ async function allStatuses(runDir: string): Promise<ServeStatus[]> {
 }
 
 export default defineCommand({
-  meta: { name: "status", description: "Show the state of the serves on this host (or one, with --name): mode, clients, recording, throttle, fence" },
+  meta: { name: "status", description: "Show the state of the serves on this host (or one, with --name): mode, clients, recording, throttle, fence; or a group's moves (--group)" },
   args: {
     name: { type: "string", description: "only this one", valueHint: "NAME" },
+    group: { type: "string", description: "the moves of this group (migrate --group) on this host: done, under way, waiting, bytes left, ETA", valueHint: "NAME" },
+    watch: { type: "boolean", description: "with --group: a line every second until no move waits or sends; a rising ETA says why", default: false },
     ...runDirArg,
     ...jsonArg,
   },
   async run({ args }) {
+    if (args.group !== undefined) return groupStatus(args["run-dir"], parseGroupName(args.group), args.json, args.watch);
     if (args.name) {
       const status = await new ControlClient(controlSocketPath(args["run-dir"], args.name)).status();
       process.stdout.write(args.json ? `${JSON.stringify(status)}\n` : `${renderStatus(status)}\n`);
