@@ -5,14 +5,17 @@
 // wanmig on every host itself.
 //
 // In order: check mode on a target without space (reported per VM, nothing moved); the
-// evacuation under full-speed writers, concurrency 2 and a 200 Mbit/s budget (every disk
-// byte-identical, no acknowledged write lost, each at exactly one host); the same playbook
+// evacuation of five storage-only VMs (two under full-speed writers) and a real QEMU guest
+// (TCG, --hypervisor qemu, its destination QEMU waiting at B), concurrency 2 and a 200 Mbit/s
+// budget (every disk byte-identical, no acknowledged write lost, each at exactly one host,
+// the guest running at B with every write it made); the same playbook
 // again (nothing changes, every VM ok); a destination host lost in the middle of one VM's
 // move (that VM fails alone, exit 5 mapped, its disk writable at A; the others complete); and
 // the next run, which moves it.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { buildGuest, type Guest, lostWrites as guestLostWrites, startGuest } from "./helpers/guest.ts";
 import { lostWrites, type StressWriter, stressWriter } from "./helpers/stress-writer.ts";
 import { expectMovedOnce, MiB, writable } from "./helpers/migration.ts";
 import { lan, type Lan } from "./helpers/netns.ts";
@@ -88,6 +91,7 @@ async function serveVm(vm: string) {
 }
 
 beforeAll(async () => {
+  await buildGuest();
   await sh(["npm", "run", "--silent", "build"], { env: { PATH: `${join(REPO, "node_modules", ".bin")}:${process.env.PATH}` } });
   dir = tempDir("wanmig-ansible-");
   for (const h of ["hosta", "hostb", "hostc", "full"]) await sh(["mkdir", "-p", join(hostDir(h), "run"), join(hostDir(h), "images"), join(hostDir(h), "bin")]);
@@ -106,6 +110,7 @@ beforeAll(async () => {
 }, 300_000);
 
 afterAll(async () => {
+  for (const g of guests) await g.stop().catch(() => undefined);
   for (const s of Object.values(serves)) await s.stop().catch(() => undefined);
   for (const s of Object.values(sshd)) await s.stop().catch(() => undefined);
   // The destinations' daemons (pid files in the targets' run directories).
@@ -114,6 +119,47 @@ afterAll(async () => {
   await sh(["umount", "-l", join(hostDir("full"), "images")], { allowFail: true });
   dir?.remove();
 });
+
+const guests: Guest[] = [];
+
+/**
+ * VM "vmq": a real guest (TCG) on A whose disk is served there and which writes to it all
+ * the time, and its destination QEMU at B, started -incoming as an operator prepares one.
+ * `extra`: the playbook's variables for it. `runsAtB`: the guest carries on at B, every write
+ * it made on B's disk, none failed; A's QEMU is done.
+ */
+async function qemuGuestOnA() {
+  const image = imageOf("hosta", "vmq");
+  await sparseFile(image, 64 * MiB);
+  serves.vmq = await startServe({ image, runDir: join(hostDir("hosta"), "run"), name: "vmq" });
+  const src = startGuest({ name: "vmq-src", dir: join(hostDir("hosta"), "run"), nbdSocket: socketOf("hosta", "vmq"), exports: ["vmq"], netnsExec: net.exec(net.hosts.hosta!.ns) });
+  guests.push(src);
+  await src.waitFor(/GUEST W i=1 /, 90_000);
+  const migrateUri = `tcp:${net.hosts.hostb!.ip}:4444`;
+  const dst = startGuest({ name: "vmq-dst", dir: join(hostDir("hostb"), "run"), nbdSocket: socketOf("hostb", "vmq"), exports: ["vmq"], netnsExec: net.exec(net.hosts.hostb!.ns), incoming: migrateUri, openTimeout: 300 });
+  guests.push(dst);
+  for (let i = 0; i < 100 && !existsSync(dst.qmpPath); i++) await Bun.sleep(50);
+  const extra = {
+    wanmig_evacuate_targets: ["hostb", "hostc"],
+    wanmig_evacuate_map: { vmq: "hostb" },
+    wanmig_vm_args: { vmq: { hypervisor: "qemu", qmp: `unix:${src.qmpPath}`, remote_qmp: `unix:${dst.qmpPath}`, migrate_uri: migrateUri } },
+  };
+  return {
+    extra,
+    async runsAtB() {
+      const before = dst.writes().length;
+      for (let i = 0; i < 200 && dst.writes().length < before + 5; i++) await Bun.sleep(50);
+      expect(dst.writes().length).toBeGreaterThan(before + 4);
+      expect([...src.failures(), ...dst.failures()]).toEqual([]);
+      const q = await src.testQmp();
+      expect((await q.execute<{ status: string }>("query-status")).status).toBe("postmigrate");
+      q.close();
+      await dst.stop(); // B's disk is still; then every write either QEMU acknowledged is on it
+      expect(guestLostWrites(imageOf("hostb", "vmq"), [...src.writes(), ...dst.writes()])).toEqual([]);
+      await expectMovedOnce(socketOf("hosta", "vmq"), socketOf("hostb", "vmq"));
+    },
+  };
+}
 
 const moved = (vm: string, to: string) => ({ srcSocket: socketOf("hosta", vm), dstSocket: socketOf(to, vm), image: imageOf("hosta", vm), destImage: imageOf(to, vm) });
 
@@ -134,13 +180,19 @@ describe("ansible-playbook wanmig.vm.evacuate", () => {
     }
   }, 240_000);
 
-  test("evacuates A to B and C under full-speed writers, concurrency 2, 200 Mbit/s; run again: nothing changes", async () => {
+  test("evacuates A to B and C: five disks (two under full-speed writers) and a real QEMU guest, concurrency 2, 200 Mbit/s; run again: nothing changes", async () => {
+    const guest = await qemuGuestOnA();
     const writers: Record<string, StressWriter> = {
       vm1: await stressWriter(socketOf("hosta", "vm1"), { pattern: "random4k", bytes: 32 * MiB }),
       vm2: await stressWriter(socketOf("hosta", "vm2"), { pattern: "seq1m", bytes: 32 * MiB }),
     };
-    const r = await playbook({ wanmig_evacuate_targets: ["hostb", "hostc"] });
+    const r = await playbook(guest.extra);
     for (const w of Object.values(writers)) await w.stop();
+    const guestRow = r.row("vmq");
+    expect(guestRow.outcome, JSON.stringify(guestRow)).toBe("moved");
+    expect(guestRow.target).toBe("hostb");
+    expect(guestRow.downtime_ms).toBeGreaterThanOrEqual(guestRow.storage_downtime_ms); // the VM's pause holds the disk's hand-off
+    await guest.runsAtB();
     console.log(r.stdout.split("\n").filter((l) => /moved to|already|FAILED/.test(l)).join("\n"));
     expect(r.code, r.stdout + r.stderr).toBe(0);
     const targets: Record<string, string> = { vm1: "hostb", vm2: "hostc", vm3: "hostb", vm4: "hostc", vm5: "hostb" };
@@ -156,7 +208,7 @@ describe("ansible-playbook wanmig.vm.evacuate", () => {
     }
     expect(writers.vm1!.writes).toBeGreaterThan(0);
 
-    const again = await playbook({ wanmig_evacuate_targets: ["hostb", "hostc"] });
+    const again = await playbook(guest.extra);
     expect(again.code, again.stdout + again.stderr).toBe(0);
     for (const row of again.rows) expect(row.outcome, JSON.stringify(row)).toBe("already-there");
     expect(again.stdout).toMatch(/hosta\s+: ok=\d+\s+changed=0/);
@@ -192,7 +244,7 @@ describe("ansible-playbook wanmig.vm.evacuate", () => {
       expect(r.row(vm).outcome).toBe("moved");
       await sh(["cmp", imageOf("hosta", vm), imageOf("hostb", vm)]);
     }
-    for (const vm of ["vm1", "vm2", "vm3", "vm4", "vm5"]) expect(r.row(vm).outcome).toBe("already-there");
+    for (const vm of ["vm1", "vm2", "vm3", "vm4", "vm5", "vmq"]) expect(r.row(vm).outcome).toBe("already-there");
 
     // Host C is back (a new sshd, a new port): the next run moves vm7 and touches nothing else.
     sshd.hostc = await startSshd(join(dir.path, "sshd-hostc-again"), { ns: net.hosts.hostc!.ns, ip: net.hosts.hostc!.ip, clientNs: net.hosts.ctl!.ns }, {}, { userKey: key });
